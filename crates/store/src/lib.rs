@@ -1,1 +1,501 @@
-//! placeholder
+//! moxnet's content-addressed blob store.
+//!
+//! ```
+//! # fn main() -> Result<(), store::StoreError> {
+//! let dir = tempfile::tempdir().expect("tempdir");
+//! let store = store::Store::open(dir.path())?;
+//! let imported = store.import_bytes(b"hello", "raw", Vec::new())?;
+//! // A raw blob's hash is its BLAKE3 hash, as printed by `b3sum`.
+//! assert_eq!(imported.hash, protocol::BlobHash::of(b"hello"));
+//! store.pin(imported.hash)?;
+//! let mut out = Vec::new();
+//! store.read_to(imported.hash, &mut out)?;
+//! assert_eq!(out, b"hello");
+//! # Ok(()) }
+//! ```
+//!
+//! # Concepts
+//! - A **blob** is named by the BLAKE3 hash of its bytes ([`protocol::BlobHash`]). Its bytes
+//!   live in `blobs/<hash>.data`, or, for a `.safetensors` file, as the concatenation of one
+//!   blob per tensor plus the header ([`Layout::Parts`]): two training snapshots that share
+//!   tensors share storage. Every blob has a post-order BLAKE3 **outboard**
+//!   (`blobs/<hash>.obao`, bao-tree, 16 KiB chunk groups), so any range can be served with its
+//!   proof ([`Store::read_ranges`]).
+//! - **Indexes** are sled trees under `meta/`: `blobs` (hash → [`BlobRecord`]), `pins`,
+//!   `partial` (blobs being received), `manifests`, `heads` (snapshot chain heads).
+//! - **Partial blobs** receive proven ranges from untrusted peers ([`Store::ingest`]); each
+//!   16 KiB group is verified against the root hash *before* it is written, and the blob
+//!   becomes visible only once every group verified.
+//! - **Invariant:** a blob is never visible before it is whole. Data is written to `tmp/`,
+//!   fsynced, renamed into `blobs/`, the directory fsynced, and only then indexed (and the index
+//!   flushed). A crash at any point leaves either no trace or an unindexed file that
+//!   [`Store::gc`] removes.
+//! - **Pins and GC**: [`Store::gc`] deletes every blob not reachable from a pin through
+//!   [`BlobRecord::links`] and parts. [`Store::verify`] re-hashes blobs and reports every
+//!   corrupt or missing one.
+
+mod export;
+mod import;
+mod partial;
+mod reader;
+mod record;
+mod safetensors;
+
+use std::fs::{self, File};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bao_tree::{BaoTree, BlockSize};
+use protocol::{BlobHash, DecodeError};
+
+pub use bao_tree::ChunkRanges;
+pub use export::{Problem, VerifyReport};
+pub use import::Imported;
+pub use partial::{IngestError, IngestOutcome};
+pub use reader::BlobReader;
+pub use record::{BlobRecord, Layout, PartialRecord};
+
+/// bao-tree block size: 16 KiB chunk groups.
+pub const BLOCK_SIZE: BlockSize = BlockSize::from_chunk_log(protocol::CHUNK_GROUP_LOG);
+/// On-disk layout version of a store; a store with another version is refused.
+pub const STORE_VERSION: u32 = 1;
+
+/// Number of 16 KiB chunk groups of a blob of `size` bytes (an empty blob has one, empty).
+pub fn groups(size: u64) -> u64 {
+    size.div_ceil(protocol::CHUNK_GROUP_BYTES).max(1)
+}
+
+pub(crate) fn tree(size: u64) -> BaoTree {
+    BaoTree::new(size, BLOCK_SIZE)
+}
+
+/// What went wrong, and what the caller should do about it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The blob is not in this store (or not complete yet): add or fetch it first.
+    #[error("blob {hash} is not in the store")]
+    NotFound {
+        /// The blob.
+        hash: BlobHash,
+    },
+    /// Stored bytes do not match their hash: run `verify`, then re-add or re-fetch the blob.
+    #[error("blob {hash} is corrupt: {reason}")]
+    Corrupt {
+        /// The blob.
+        hash: BlobHash,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The disk is full; nothing partial was left visible. Free space and retry.
+    #[error("disk full while {context}; nothing was stored")]
+    DiskFull {
+        /// What was being done.
+        context: String,
+    },
+    /// Another process has this store open (sled holds a lock); stop it or wait.
+    #[error("the store at {path} is in use by another moxnet process")]
+    Locked {
+        /// The store's directory.
+        path: PathBuf,
+    },
+    /// The directory is not a moxnet store, or one of an unsupported layout version.
+    #[error("{path} is not a moxnet store: {reason}")]
+    NotAStore {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// Bad input from the user (a path that cannot be imported or exported).
+    #[error("{0}")]
+    Invalid(String),
+    /// An index record or object could not be decoded: the index is damaged.
+    #[error("damaged index record: {0}")]
+    Record(#[from] DecodeError),
+    /// Filesystem error.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done, naming the file.
+        context: String,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+    /// The sled index failed.
+    #[error("index error: {0}")]
+    Db(#[from] sled::Error),
+}
+
+/// Result alias for store operations.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Adds what was being done to an I/O error, turning ENOSPC into [`StoreError::DiskFull`].
+pub(crate) trait IoContext<T> {
+    fn ctx(self, context: impl FnOnce() -> String) -> Result<T>;
+}
+
+impl<T> IoContext<T> for io::Result<T> {
+    fn ctx(self, context: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|source| io_error(context(), source))
+    }
+}
+
+pub(crate) fn io_error(context: String, source: io::Error) -> StoreError {
+    if source.kind() == io::ErrorKind::StorageFull || source.raw_os_error() == Some(libc_enospc())
+    {
+        StoreError::DiskFull { context }
+    } else {
+        StoreError::Io { context, source }
+    }
+}
+
+const fn libc_enospc() -> i32 {
+    28 // ENOSPC on Linux and macOS
+}
+
+/// A content-addressed store rooted at one directory.
+#[derive(Debug)]
+pub struct Store {
+    root: PathBuf,
+    db: sled::Db,
+    blobs: sled::Tree,
+    pins: sled::Tree,
+    partial: sled::Tree,
+    manifests: sled::Tree,
+    heads: sled::Tree,
+    /// Serialises making blobs visible (rename + index) against [`Store::gc`].
+    commit: std::sync::Mutex<()>,
+}
+
+static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+impl Store {
+    /// Opens (creating if needed) the store at `root`.
+    pub fn open(root: impl AsRef<Path>) -> Result<Store> {
+        let root = root.as_ref().to_path_buf();
+        for sub in ["blobs", "partial", "tmp"] {
+            let p = root.join(sub);
+            fs::create_dir_all(&p).ctx(|| format!("creating {}", p.display()))?;
+        }
+        let version_file = root.join("VERSION");
+        match fs::read_to_string(&version_file) {
+            Ok(v) if v.trim() == STORE_VERSION.to_string() => {}
+            Ok(v) => {
+                return Err(StoreError::NotAStore {
+                    path: root,
+                    reason: format!(
+                        "layout version {:?}, this build reads {STORE_VERSION}",
+                        v.trim()
+                    ),
+                });
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                write_durably(&version_file, format!("{STORE_VERSION}\n").as_bytes())?;
+            }
+            Err(e) => return Err(io_error(format!("reading {}", version_file.display()), e)),
+        }
+        let db = sled::Config::new()
+            .path(root.join("meta"))
+            .open()
+            .map_err(|e| match e {
+                sled::Error::Io(io) if io.kind() == io::ErrorKind::WouldBlock
+                    || io.to_string().contains("lock") =>
+                {
+                    StoreError::Locked { path: root.clone() }
+                }
+                sled::Error::Io(io) => io_error(format!("opening index in {}", root.display()), io),
+                other => StoreError::Db(other),
+            })?;
+        let store = Store {
+            blobs: db.open_tree("blobs")?,
+            pins: db.open_tree("pins")?,
+            partial: db.open_tree("partial")?,
+            manifests: db.open_tree("manifests")?,
+            heads: db.open_tree("heads")?,
+            commit: std::sync::Mutex::new(()),
+            db,
+            root,
+        };
+        // Temp files of an interrupted write are garbage: nothing refers to them.
+        let tmp = store.root.join("tmp");
+        for entry in fs::read_dir(&tmp).ctx(|| format!("listing {}", tmp.display()))? {
+            let entry = entry.ctx(|| format!("listing {}", tmp.display()))?;
+            let _ = fs::remove_file(entry.path());
+        }
+        Ok(store)
+    }
+
+    /// The store's directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub(crate) fn commit_lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.commit.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub(crate) fn data_path(&self, hash: &BlobHash) -> PathBuf {
+        self.root.join("blobs").join(format!("{hash}.data"))
+    }
+
+    pub(crate) fn outboard_path(&self, hash: &BlobHash) -> PathBuf {
+        self.root.join("blobs").join(format!("{hash}.obao"))
+    }
+
+    pub(crate) fn temp_path(&self, suffix: &str) -> TempPath {
+        let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+        TempPath::new(
+            self.root
+                .join("tmp")
+                .join(format!("{}-{n}.{suffix}", std::process::id())),
+        )
+    }
+
+    /// The index record of a complete blob.
+    pub fn record(&self, hash: BlobHash) -> Result<Option<BlobRecord>> {
+        self.blobs
+            .get(hash.as_bytes())?
+            .map(|v| BlobRecord::decode(&v).map_err(StoreError::from))
+            .transpose()
+    }
+
+    pub(crate) fn require(&self, hash: BlobHash) -> Result<BlobRecord> {
+        self.record(hash)?.ok_or(StoreError::NotFound { hash })
+    }
+
+    /// Whether a complete blob is present.
+    pub fn has(&self, hash: BlobHash) -> Result<bool> {
+        Ok(self.blobs.contains_key(hash.as_bytes())?)
+    }
+
+    /// Every complete blob with its record, in hash order.
+    pub fn list(&self) -> Result<Vec<(BlobHash, BlobRecord)>> {
+        self.blobs
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                Ok((key_hash(&k)?, BlobRecord::decode(&v)?))
+            })
+            .collect()
+    }
+
+    /// Opens a complete blob's bytes for reading (without verifying them).
+    pub fn open_blob(&self, hash: BlobHash) -> Result<BlobReader> {
+        let record = self.require(hash)?;
+        self.open_record(hash, &record)
+    }
+
+    pub(crate) fn open_record(&self, hash: BlobHash, record: &BlobRecord) -> Result<BlobReader> {
+        let open = |h: &BlobHash| {
+            let p = self.data_path(h);
+            File::open(&p).map_err(|e| {
+                if e.kind() == io::ErrorKind::NotFound {
+                    StoreError::Corrupt {
+                        hash,
+                        reason: format!("data file {} is missing", p.display()),
+                    }
+                } else {
+                    io_error(format!("opening {}", p.display()), e)
+                }
+            })
+        };
+        match &record.layout {
+            Layout::File => Ok(BlobReader::File(open(&hash)?)),
+            Layout::Parts(parts) => {
+                let mut files = Vec::with_capacity(parts.len());
+                for (h, len) in parts {
+                    files.push((open(h)?, *len));
+                }
+                Ok(BlobReader::parts(files))
+            }
+        }
+    }
+
+    /// Pins a blob so that [`Store::gc`] keeps it and everything it links.
+    pub fn pin(&self, hash: BlobHash) -> Result<()> {
+        self.require(hash)?;
+        self.pins.insert(hash.as_bytes(), &[])?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Unpins a blob; returns whether it was pinned.
+    pub fn unpin(&self, hash: BlobHash) -> Result<bool> {
+        let was = self.pins.remove(hash.as_bytes())?.is_some();
+        self.db.flush()?;
+        Ok(was)
+    }
+
+    /// Whether a blob is pinned.
+    pub fn is_pinned(&self, hash: BlobHash) -> Result<bool> {
+        Ok(self.pins.contains_key(hash.as_bytes())?)
+    }
+
+    /// All pins.
+    pub fn pins(&self) -> Result<Vec<BlobHash>> {
+        self.pins.iter().keys().map(|k| key_hash(&k?)).collect()
+    }
+
+    /// Deletes every blob not reachable from a pin, and leftover files no record names.
+    pub fn gc(&self) -> Result<GcReport> {
+        let _guard = self.commit_lock();
+        let mut live = std::collections::BTreeSet::new();
+        let mut stack = self.pins()?;
+        while let Some(h) = stack.pop() {
+            if !live.insert(h) {
+                continue;
+            }
+            if let Some(record) = self.record(h)? {
+                stack.extend(record.children());
+            }
+        }
+        let mut report = GcReport::default();
+        let mut dead = Vec::new();
+        for (hash, record) in self.list()? {
+            if !live.contains(&hash) {
+                dead.push(hash);
+                report.blobs_removed += 1;
+                if record.layout == Layout::File {
+                    report.bytes_freed += record.size;
+                }
+            }
+        }
+        // Index first, files after: a crash in between leaves unindexed files, removed below
+        // by the next gc; never a record pointing at a deleted file.
+        let mut batch = sled::Batch::default();
+        let mut manifests = sled::Batch::default();
+        for h in &dead {
+            batch.remove(h.as_bytes());
+            manifests.remove(h.as_bytes());
+        }
+        self.blobs.apply_batch(batch)?;
+        self.manifests.apply_batch(manifests)?;
+        self.db.flush()?;
+        let dir = self.root.join("blobs");
+        for entry in fs::read_dir(&dir).ctx(|| format!("listing {}", dir.display()))? {
+            let entry = entry.ctx(|| format!("listing {}", dir.display()))?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            let indexed = name
+                .split('.')
+                .next()
+                .and_then(|stem| stem.parse::<BlobHash>().ok())
+                .map(|h| self.blobs.contains_key(h.as_bytes()))
+                .transpose()?
+                .unwrap_or(false);
+            if !indexed {
+                fs::remove_file(entry.path())
+                    .ctx(|| format!("removing {}", entry.path().display()))?;
+            }
+        }
+        Ok(report)
+    }
+
+    /// Records `snapshot` as the newest of the training run `name`.
+    pub fn set_snapshot_head(&self, name: &str, snapshot: BlobHash) -> Result<()> {
+        self.heads.insert(name.as_bytes(), snapshot.as_bytes())?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// The newest snapshot of the training run `name`.
+    pub fn snapshot_head(&self, name: &str) -> Result<Option<BlobHash>> {
+        self.heads
+            .get(name.as_bytes())?
+            .map(|v| key_hash(&v))
+            .transpose()
+    }
+
+    /// Remembers that blob `id` holds a signed manifest.
+    pub fn index_manifest(&self, id: protocol::ModelId) -> Result<()> {
+        self.manifests.insert(id.blob().as_bytes(), &[])?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Every model whose manifest is in the store.
+    pub fn manifests(&self) -> Result<Vec<protocol::ModelId>> {
+        self.manifests
+            .iter()
+            .keys()
+            .map(|k| key_hash(&k?).map(protocol::ModelId))
+            .collect()
+    }
+
+    /// Flushes the index to disk (every mutating method already does).
+    pub fn flush(&self) -> Result<()> {
+        self.db.flush()?;
+        Ok(())
+    }
+}
+
+/// What [`Store::gc`] removed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct GcReport {
+    /// Blobs deleted.
+    pub blobs_removed: u64,
+    /// Bytes of data files deleted.
+    pub bytes_freed: u64,
+}
+
+fn key_hash(k: &[u8]) -> Result<BlobHash> {
+    let arr: [u8; 32] = k.try_into().map_err(|_| DecodeError::Invalid {
+        what: "index key",
+        reason: format!("{} bytes, expected 32", k.len()),
+    })?;
+    Ok(BlobHash::from_bytes(arr))
+}
+
+/// A file in `tmp/` that is deleted on drop unless persisted.
+#[derive(Debug)]
+pub(crate) struct TempPath {
+    path: PathBuf,
+    keep: bool,
+}
+
+impl TempPath {
+    fn new(path: PathBuf) -> Self {
+        TempPath { path, keep: false }
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Renames the file to `to`; it is no longer deleted on drop.
+    pub(crate) fn persist(mut self, to: &Path) -> Result<()> {
+        fs::rename(&self.path, to)
+            .ctx(|| format!("moving {} to {}", self.path.display(), to.display()))?;
+        self.keep = true;
+        Ok(())
+    }
+}
+
+impl Drop for TempPath {
+    fn drop(&mut self) {
+        if !self.keep {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// fsyncs a directory so that renames into it survive a crash.
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .ctx(|| format!("syncing directory {}", dir.display()))
+}
+
+/// Writes a small file atomically: temp file, fsync, rename, fsync the directory.
+pub(crate) fn write_durably(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = TempPath::new(path.with_extension("tmp"));
+    let mut f = File::create(tmp.path()).ctx(|| format!("creating {}", tmp.path().display()))?;
+    io::Write::write_all(&mut f, bytes).ctx(|| format!("writing {}", tmp.path().display()))?;
+    f.sync_all()
+        .ctx(|| format!("syncing {}", tmp.path().display()))?;
+    tmp.persist(path)?;
+    sync_dir(dir)
+}

@@ -1,0 +1,263 @@
+//! Receiving a blob from untrusted peers: proven ranges are verified group by group against the
+//! root hash before anything is written; the blob appears only once every group verified.
+
+use std::fs::{File, OpenOptions};
+use std::io::Read;
+
+use bao_tree::io::BaoContentItem;
+use bao_tree::io::outboard::PostOrderOutboard;
+use bao_tree::io::sync::{DecodeResponseIter, OutboardMut};
+use bao_tree::{ChunkNum, ChunkRanges, ChunkRangesRef};
+use positioned_io::WriteAt;
+use protocol::{BlobHash, CHUNK_GROUP_BYTES};
+
+use crate::record::{BlobRecord, Layout, PartialRecord};
+use crate::{IoContext, Result, Store, StoreError, groups, sync_dir, tree};
+
+/// What one [`Store::ingest`] call achieved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IngestOutcome {
+    /// Chunk groups verified and written by this call.
+    pub groups_written: u64,
+    /// Groups now present of the blob's total.
+    pub groups_present: u64,
+    /// Total groups of the blob.
+    pub groups_total: u64,
+    /// True once the blob is complete and visible.
+    pub complete: bool,
+}
+
+/// Why an ingest stopped. Groups verified before the failure are kept.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// The source sent bytes that do not match the hash: drop and ban that source for this
+    /// blob. Nothing of the bad group was written.
+    #[error("peer sent bad data for blob {hash}: {reason}")]
+    PeerMisbehaved {
+        /// The blob.
+        hash: BlobHash,
+        /// What failed to verify.
+        reason: String,
+        /// What was kept from before the failure.
+        outcome: IngestOutcome,
+    },
+    /// The source ended early; retry the missing ranges (from this or another peer).
+    #[error("stream for blob {hash} ended early: {reason}")]
+    Incomplete {
+        /// The blob.
+        hash: BlobHash,
+        /// Where it ended.
+        reason: String,
+        /// What was kept.
+        outcome: IngestOutcome,
+    },
+    /// A local failure (disk, index).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl Store {
+    fn partial_paths(&self, hash: &BlobHash) -> (std::path::PathBuf, std::path::PathBuf) {
+        let dir = self.root.join("partial");
+        (
+            dir.join(format!("{hash}.data")),
+            dir.join(format!("{hash}.obao")),
+        )
+    }
+
+    /// The state of a blob being received, if any.
+    pub fn partial(&self, hash: BlobHash) -> Result<Option<PartialRecord>> {
+        self.partial
+            .get(hash.as_bytes())?
+            .map(|v| PartialRecord::decode(&v).map_err(StoreError::from))
+            .transpose()
+    }
+
+    /// The chunk ranges still missing for `hash` of `size` bytes: all of them if nothing was
+    /// received yet, none if the blob is complete. Use these in the next request.
+    pub fn missing(&self, hash: BlobHash, size: u64) -> Result<ChunkRanges> {
+        if self.has(hash)? {
+            return Ok(ChunkRanges::empty());
+        }
+        let Some(record) = self.partial(hash)?.filter(|r| r.size == size) else {
+            return Ok(ChunkRanges::all());
+        };
+        let per_group = CHUNK_GROUP_BYTES / 1024;
+        let mut missing = ChunkRanges::empty();
+        let total = groups(size);
+        let mut g = 0;
+        while g < total {
+            if record.has(g) {
+                g += 1;
+                continue;
+            }
+            let start = g;
+            while g < total && !record.has(g) {
+                g += 1;
+            }
+            let end = if g == total {
+                ChunkRanges::from(ChunkNum(start * per_group)..)
+            } else {
+                ChunkRanges::from(ChunkNum(start * per_group)..ChunkNum(g * per_group))
+            };
+            missing |= end;
+        }
+        Ok(missing)
+    }
+
+    /// Ingests a bao-encoded response for `ranges` of blob `hash` (`size` bytes) from an
+    /// untrusted source. Each 16 KiB group is verified against `hash` before it is written;
+    /// verified groups are fsynced and recorded, so a restart resumes without re-downloading
+    /// them. When the last group arrives the blob becomes complete and visible.
+    pub fn ingest(
+        &self,
+        hash: BlobHash,
+        size: u64,
+        ranges: &ChunkRangesRef,
+        encoded: impl Read,
+    ) -> std::result::Result<IngestOutcome, IngestError> {
+        let total = groups(size);
+        if self.has(hash)? {
+            return Ok(IngestOutcome {
+                groups_written: 0,
+                groups_present: total,
+                groups_total: total,
+                complete: true,
+            });
+        }
+        let mut record = match self.partial(hash)? {
+            Some(r) if r.size == size => r,
+            Some(r) => {
+                return Err(StoreError::Invalid(format!(
+                    "blob {hash} is being received as {} bytes, not {size}",
+                    r.size
+                ))
+                .into());
+            }
+            None => PartialRecord::new(size),
+        };
+        let (data_path, ob_path) = self.partial_paths(&hash);
+        let open = |p: &std::path::Path| {
+            OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .read(true)
+                .write(true)
+                .open(p)
+                .ctx(|| format!("opening {}", p.display()))
+        };
+        let mut data = open(&data_path)?;
+        let mut outboard = PostOrderOutboard {
+            root: hash.into(),
+            tree: tree(size),
+            data: open(&ob_path)?,
+        };
+        let mut written = 0;
+        let mut failure = None;
+        for item in DecodeResponseIter::new(hash.into(), tree(size), encoded, ranges) {
+            match item {
+                Ok(BaoContentItem::Parent(p)) => {
+                    outboard
+                        .save(p.node, &p.pair)
+                        .ctx(|| format!("writing {}", ob_path.display()))?;
+                }
+                Ok(BaoContentItem::Leaf(leaf)) => {
+                    data.write_all_at(leaf.offset, &leaf.data)
+                        .ctx(|| format!("writing {}", data_path.display()))?;
+                    let g = leaf.offset / CHUNK_GROUP_BYTES;
+                    if !record.has(g) {
+                        record.set(g);
+                        written += 1;
+                    }
+                }
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+        // Make what verified durable before recording it, so the record never claims a group
+        // that a crash could lose.
+        data.sync_all()
+            .ctx(|| format!("syncing {}", data_path.display()))?;
+        outboard
+            .data
+            .sync_all()
+            .ctx(|| format!("syncing {}", ob_path.display()))?;
+        let complete = record.is_complete();
+        if complete {
+            self.complete_partial(hash, &record, data, outboard.data)?;
+        } else {
+            self.partial
+                .insert(hash.as_bytes(), record.encode())
+                .map_err(StoreError::from)?;
+            self.db.flush().map_err(StoreError::from)?;
+        }
+        let outcome = IngestOutcome {
+            groups_written: written,
+            groups_present: record.count(),
+            groups_total: total,
+            complete,
+        };
+        match failure {
+            None => Ok(outcome),
+            Some(
+                e @ (bao_tree::io::DecodeError::LeafHashMismatch(_)
+                | bao_tree::io::DecodeError::ParentHashMismatch(_)),
+            ) => Err(IngestError::PeerMisbehaved {
+                hash,
+                reason: format!("{e}"),
+                outcome,
+            }),
+            Some(bao_tree::io::DecodeError::Io(e))
+                if e.kind() != std::io::ErrorKind::UnexpectedEof =>
+            {
+                Err(IngestError::Store(crate::io_error(
+                    format!("reading the stream for blob {hash}"),
+                    e,
+                )))
+            }
+            Some(e) => Err(IngestError::Incomplete {
+                hash,
+                reason: format!("{e}"),
+                outcome,
+            }),
+        }
+    }
+
+    fn complete_partial(
+        &self,
+        hash: BlobHash,
+        record: &PartialRecord,
+        data: File,
+        outboard: File,
+    ) -> Result<()> {
+        let (data_path, ob_path) = self.partial_paths(&hash);
+        data.set_len(record.size)
+            .ctx(|| format!("truncating {}", data_path.display()))?;
+        outboard
+            .set_len(tree(record.size).outboard_size())
+            .ctx(|| format!("truncating {}", ob_path.display()))?;
+        data.sync_all()
+            .ctx(|| format!("syncing {}", data_path.display()))?;
+        outboard
+            .sync_all()
+            .ctx(|| format!("syncing {}", ob_path.display()))?;
+        let _guard = self.commit_lock();
+        std::fs::rename(&data_path, self.data_path(&hash))
+            .ctx(|| format!("moving {}", data_path.display()))?;
+        std::fs::rename(&ob_path, self.outboard_path(&hash))
+            .ctx(|| format!("moving {}", ob_path.display()))?;
+        sync_dir(&self.root.join("blobs"))?;
+        let blob = BlobRecord {
+            size: record.size,
+            layout: Layout::File,
+            links: Vec::new(),
+            kind: "raw".into(),
+        };
+        self.blobs.insert(hash.as_bytes(), blob.encode())?;
+        self.partial.remove(hash.as_bytes())?;
+        self.db.flush()?;
+        Ok(())
+    }
+}

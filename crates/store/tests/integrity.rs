@@ -1,0 +1,289 @@
+//! Integrity: corrupt bytes are found and never exported; untrusted ranges are verified before
+//! they are written; partial blobs resume; safetensors snapshots share tensor storage.
+
+use std::fs;
+use std::path::Path;
+
+use bao_tree::io::outboard::PostOrderMemOutboard;
+use bao_tree::{ChunkNum, ChunkRanges};
+use protocol::BlobHash;
+use store::{BLOCK_SIZE, IngestError, Problem, Store, StoreError};
+
+fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Encodes `ranges` of `sent` with the proofs (outboard) of `honest`: a peer that has the right
+/// tree but sends `sent`'s bytes.
+fn encode_as(honest: &[u8], sent: &[u8], ranges: &ChunkRanges) -> Vec<u8> {
+    let ob = PostOrderMemOutboard::create(honest, BLOCK_SIZE);
+    let mut out = Vec::new();
+    bao_tree::io::sync::encode_ranges(sent, &ob, ranges, &mut out).expect("encode");
+    out
+}
+
+fn encode(data: &[u8], ranges: &ChunkRanges) -> Vec<u8> {
+    encode_as(data, data, ranges)
+}
+
+fn dir_size(dir: &Path) -> u64 {
+    let mut total = 0;
+    for e in fs::read_dir(dir).expect("read_dir") {
+        let e = e.expect("entry");
+        let m = e.metadata().expect("metadata");
+        total += if m.is_dir() { dir_size(&e.path()) } else { m.len() };
+    }
+    total
+}
+
+#[test]
+fn flipped_byte_is_named_by_verify_and_never_exported() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path().join("store")).expect("open");
+    let good = store.import_bytes(&pseudo_random(100_000, 1), "raw", vec![]).expect("import");
+    let bad = store.import_bytes(&pseudo_random(50_000, 2), "raw", vec![]).expect("import");
+    let path = dir.path().join("store/blobs").join(format!("{}.data", bad.hash));
+    let mut bytes = fs::read(&path).expect("read");
+    bytes[12_345] ^= 0x01;
+    fs::write(&path, bytes).expect("write");
+
+    let report = store.verify(None).expect("verify");
+    assert_eq!(report.checked, 2);
+    assert_eq!(report.problems.len(), 1, "{report:?}");
+    assert_eq!(report.problems[0].0, bad.hash);
+    assert!(matches!(report.problems[0].1, Problem::Corrupt(_)));
+
+    let dest = dir.path().join("out.bin");
+    match store.export(bad.hash, &dest) {
+        Err(StoreError::Corrupt { hash, .. }) => assert_eq!(hash, bad.hash),
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    assert!(!dest.exists(), "corrupt bytes reached the destination");
+    let leftovers: Vec<_> = fs::read_dir(dir.path())
+        .expect("read_dir")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains("moxnet"))
+        .collect();
+    assert!(leftovers.is_empty(), "temp files left: {leftovers:?}");
+    // Serving it to a peer is refused too.
+    assert!(matches!(
+        store.read_ranges(bad.hash, &ChunkRanges::all(), &mut Vec::new()),
+        Err(StoreError::Corrupt { .. })
+    ));
+    store.export(good.hash, &dest).expect("intact blob exports");
+    assert_eq!(BlobHash::of(&fs::read(&dest).expect("read")), good.hash);
+}
+
+#[test]
+fn missing_data_file_is_reported() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path()).expect("open");
+    let b = store.import_bytes(b"gone soon", "raw", vec![]).expect("import");
+    fs::remove_file(dir.path().join("blobs").join(format!("{}.data", b.hash))).expect("rm");
+    let report = store.verify(Some(b.hash)).expect("verify");
+    assert!(matches!(report.problems.as_slice(), [(h, Problem::Missing(_))] if *h == b.hash));
+}
+
+#[test]
+fn corrupted_group_from_untrusted_source_is_rejected_and_not_written() {
+    let data = pseudo_random(20 * 16 * 1024 + 777, 3);
+    let hash = BlobHash::of(&data);
+    let mut evil = data.clone();
+    let bad_group = 7u64;
+    evil[(bad_group * 16 * 1024 + 100) as usize] ^= 0x80;
+    let encoded = encode_as(&data, &evil, &ChunkRanges::all());
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path()).expect("open");
+    let err = store
+        .ingest(hash, data.len() as u64, &ChunkRanges::all(), &encoded[..])
+        .expect_err("corrupt group must be rejected");
+    let IngestError::PeerMisbehaved { outcome, .. } = err else {
+        panic!("expected PeerMisbehaved, got {err:?}");
+    };
+    assert_eq!(outcome.groups_present, bad_group, "groups before the bad one are kept");
+    assert!(!store.has(hash).expect("has"));
+    let partial = store.partial(hash).expect("partial").expect("record");
+    assert!(!partial.has(bad_group));
+    // Nothing of the bad group reached the disk.
+    let on_disk = fs::read(dir.path().join("partial").join(format!("{hash}.data"))).expect("read");
+    let start = (bad_group * 16 * 1024) as usize;
+    let written = on_disk.get(start..start + 16 * 1024).unwrap_or(&[]);
+    assert!(written.iter().all(|b| *b == 0), "bytes of the bad group were written");
+
+    // An honest source completes it, sending only what is missing, even after a restart.
+    drop(store);
+    let store = Store::open(dir.path()).expect("reopen");
+    let missing = store.missing(hash, data.len() as u64).expect("missing");
+    assert_eq!(
+        missing,
+        ChunkRanges::from(ChunkNum(bad_group * 16)..),
+        "resume asks only for what is missing"
+    );
+    let honest = encode(&data, &missing);
+    let outcome = store
+        .ingest(hash, data.len() as u64, &missing, &honest[..])
+        .expect("honest ingest");
+    assert!(outcome.complete);
+    assert_eq!(outcome.groups_written, 21 - bad_group);
+    let mut out = Vec::new();
+    store.read_to(hash, &mut out).expect("read");
+    assert_eq!(out, data);
+    assert!(store.verify(None).expect("verify").is_ok());
+}
+
+#[test]
+fn ranges_served_by_one_store_complete_another() {
+    let a_dir = tempfile::tempdir().expect("tempdir");
+    let b_dir = tempfile::tempdir().expect("tempdir");
+    let a = Store::open(a_dir.path()).expect("open a");
+    let b = Store::open(b_dir.path()).expect("open b");
+    for len in [0usize, 1, 1024, 16 * 1024, 16 * 1024 + 1, 300_000] {
+        let data = pseudo_random(len, len as u64);
+        let imported = a.import_bytes(&data, "raw", vec![]).expect("import");
+        let size = len as u64;
+        // Second half first, then the first half: out-of-order ranges, as from two peers.
+        let half = ChunkNum(store::groups(size) / 2 * 16);
+        for ranges in [ChunkRanges::from(half..), ChunkRanges::from(..half)] {
+            let mut encoded = Vec::new();
+            a.read_ranges(imported.hash, &ranges, &mut encoded).expect("serve");
+            b.ingest(imported.hash, size, &ranges, &encoded[..]).expect("ingest");
+        }
+        assert!(b.has(imported.hash).expect("has"), "len {len} incomplete");
+        let mut out = Vec::new();
+        b.read_to(imported.hash, &mut out).expect("read");
+        assert_eq!(out, data);
+    }
+    assert!(b.verify(None).expect("verify").is_ok());
+}
+
+/// Writes a safetensors file with one F32 tensor per entry of `tensors`.
+fn write_safetensors(path: &Path, tensors: &[(&str, Vec<u8>)]) {
+    let mut header = serde_json::Map::new();
+    let mut offset = 0;
+    for (name, bytes) in tensors {
+        header.insert(
+            name.to_string(),
+            serde_json::json!({
+                "dtype": "F32",
+                "shape": [bytes.len() / 4],
+                "data_offsets": [offset, offset + bytes.len()],
+            }),
+        );
+        offset += bytes.len();
+    }
+    let mut json = serde_json::to_vec(&header).expect("json");
+    while json.len() % 8 != 0 {
+        json.push(b' ');
+    }
+    let mut file = (json.len() as u64).to_le_bytes().to_vec();
+    file.extend_from_slice(&json);
+    for (_, bytes) in tensors {
+        file.extend_from_slice(bytes);
+    }
+    fs::write(path, file).expect("write");
+}
+
+#[test]
+fn safetensors_snapshots_share_unchanged_tensors() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let tensor_len = 1 << 20;
+    let names = ["a", "b", "c", "d", "e", "f", "g", "h"];
+    let mut tensors: Vec<(&str, Vec<u8>)> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (*n, pseudo_random(tensor_len, i as u64 + 10)))
+        .collect();
+    let first = work.path().join("step1.safetensors");
+    write_safetensors(&first, &tensors);
+    tensors[3].1 = pseudo_random(tensor_len, 99);
+    let second = work.path().join("step2.safetensors");
+    write_safetensors(&second, &tensors);
+
+    let store_dir = work.path().join("store");
+    let store = Store::open(&store_dir).expect("open");
+    let one = store.import_file(&first, &mut |_| {}).expect("import 1");
+    let after_one = dir_size(&store_dir.join("blobs"));
+    let two = store.import_file(&second, &mut |_| {}).expect("import 2");
+    let after_two = dir_size(&store_dir.join("blobs"));
+    // The hash is the plain BLAKE3 of the file, as b3sum prints it.
+    assert_eq!(one.hash, BlobHash::of(&fs::read(&first).expect("read")));
+    assert_eq!(two.hash, BlobHash::of(&fs::read(&second).expect("read")));
+    let file_len = fs::metadata(&second).expect("meta").len();
+    let growth = after_two - after_one;
+    assert!(
+        growth < tensor_len as u64 + tensor_len as u64 / 10 && growth >= tensor_len as u64,
+        "second snapshot grew the store by {growth} bytes; one tensor is {tensor_len}, the file {file_len}"
+    );
+    // Export rebuilds the exact original bytes.
+    for (imported, original) in [(one, &first), (two, &second)] {
+        let out = work.path().join(format!("out-{}", imported.hash.short()));
+        store.export(imported.hash, &out).expect("export");
+        assert_eq!(fs::read(&out).expect("read"), fs::read(original).expect("read"));
+    }
+    assert!(store.verify(None).expect("verify").is_ok());
+    // Serving a range across tensor boundaries works on the composite.
+    let mut encoded = Vec::new();
+    store
+        .read_ranges(two.hash, &ChunkRanges::from(ChunkNum(1000)..ChunkNum(3000)), &mut encoded)
+        .expect("serve composite ranges");
+    // Unpinned tensors of a pinned snapshot survive gc; the other snapshot's unique tensor goes.
+    store.pin(two.hash).expect("pin");
+    let report = store.gc().expect("gc");
+    assert_eq!(report.blobs_removed, 2, "snapshot 1 and its unique tensor");
+    assert!(store.verify(None).expect("verify").is_ok());
+    let out = work.path().join("after-gc");
+    store.export(two.hash, &out).expect("export after gc");
+    assert_eq!(fs::read(&out).expect("read"), fs::read(&second).expect("read"));
+}
+
+#[test]
+fn folders_export_byte_identical() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let src = work.path().join("src");
+    fs::create_dir_all(src.join("sub/deeper")).expect("mkdir");
+    fs::write(src.join("a.txt"), b"alpha").expect("write");
+    fs::write(src.join("sub/b.bin"), pseudo_random(70_000, 5)).expect("write");
+    fs::write(src.join("sub/deeper/c"), b"").expect("write");
+    fs::write(src.join("dup.txt"), b"alpha").expect("write");
+    let store = Store::open(work.path().join("store")).expect("open");
+    let (imported, collection) = store.import_dir(&src, &mut |_| {}).expect("import dir");
+    assert_eq!(collection.entries.len(), 4);
+    assert_eq!(collection.entries[0].path, "a.txt");
+    let dest = work.path().join("dest");
+    store.export_files(&collection.entries, &dest).expect("export");
+    for rel in ["a.txt", "dup.txt", "sub/b.bin", "sub/deeper/c"] {
+        assert_eq!(
+            fs::read(dest.join(rel)).expect("read exported"),
+            fs::read(src.join(rel)).expect("read source"),
+            "{rel}"
+        );
+    }
+    // Re-importing the same folder stores nothing new.
+    let (again, _) = store.import_dir(&src, &mut |_| {}).expect("again");
+    assert_eq!(again.hash, imported.hash);
+    assert!(!again.new);
+    // Exporting over an existing path is refused.
+    assert!(matches!(
+        store.export_files(&collection.entries, &dest),
+        Err(StoreError::Invalid(_))
+    ));
+}
+
+#[test]
+fn a_second_process_handle_is_refused_while_the_store_is_open() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let _first = Store::open(dir.path()).expect("open");
+    match Store::open(dir.path()) {
+        Err(StoreError::Locked { .. }) => {}
+        other => panic!("expected Locked, got {other:?}"),
+    }
+}
