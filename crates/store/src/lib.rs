@@ -51,7 +51,7 @@ use protocol::{BlobHash, DecodeError};
 
 pub use bao_tree::ChunkRanges;
 pub use export::{Problem, VerifyReport};
-pub use import::Imported;
+pub use import::{Imported, walk};
 pub use partial::{IngestError, IngestOutcome};
 pub use reader::BlobReader;
 pub use record::{BlobRecord, Layout, PartialRecord};

@@ -1,0 +1,58 @@
+//! Printing results: text for people, or one JSON object per command with `--json`.
+
+use std::io::IsTerminal;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::Value;
+
+/// Prints a command's result: `json` with `--json`, else the text `human` makes.
+pub fn emit(json: bool, value: Value, human: impl FnOnce() -> String) {
+    if json {
+        println!("{value}");
+    } else {
+        let text = human();
+        if !text.is_empty() {
+            println!("{text}");
+        }
+    }
+}
+
+/// Reports a failure on stderr (and as `{"error": …}` on stdout with `--json`).
+pub fn error(json: bool, err: &anyhow::Error) {
+    eprintln!("error: {err:#}");
+    if json {
+        println!("{}", serde_json::json!({ "error": format!("{err:#}") }));
+    }
+}
+
+/// A byte progress bar, shown only when stdout is a terminal and output is text.
+pub fn progress(json: bool, total: u64, what: &str) -> Option<ProgressBar> {
+    if json || !std::io::stdout().is_terminal() || total < (8 << 20) {
+        return None;
+    }
+    let bar = ProgressBar::new(total);
+    let style = ProgressStyle::with_template(
+        "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+    )
+    .map(|s| s.progress_chars("=> "))
+    .unwrap_or_else(|_| ProgressStyle::default_bar());
+    bar.set_style(style);
+    bar.set_message(what.to_string());
+    Some(bar)
+}
+
+/// Human-readable byte count.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
