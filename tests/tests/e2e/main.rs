@@ -1,0 +1,6 @@
+//! End-to-end tests: real `moxnet` processes, real stores on disk. Modules are named after the
+//! journey or failure they cover.
+
+mod crash;
+mod disk_full;
+mod journey;
