@@ -3,6 +3,7 @@
 use std::fs::{self, File};
 use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::Path;
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
 use protocol::{BlobHash, Collection, FileEntry, Object};
 
@@ -48,9 +49,166 @@ impl<R: Read, W: Write> Read for Tee<'_, R, W> {
     }
 }
 
+/// Inputs at least this large are staged by [`Store::stage_pipelined`].
+const PIPELINE_THRESHOLD: u64 = 8 << 20;
+/// Buffers in flight between the copying thread and the hashing thread.
+const PIPELINE_BUFFERS: usize = 6;
+/// Bytes written between two background `fdatasync`s of the data file.
+const SYNC_EVERY: u64 = 16 << 20;
+
+/// A `Read` over buffers arriving on a channel; spent buffers go back for reuse.
+struct ChannelReader {
+    full: Receiver<Vec<u8>>,
+    empty: SyncSender<Vec<u8>>,
+    current: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.current.len() {
+            let next = match self.full.recv() {
+                Ok(b) => b,
+                Err(_) => return Ok(0), // the copier is done (or gave up): end of input
+            };
+            let spent = std::mem::replace(&mut self.current, next);
+            let _ = self.empty.try_send(spent);
+            self.pos = 0;
+        }
+        let n = out.len().min(self.current.len() - self.pos);
+        out[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
 impl Store {
     /// Writes `size` bytes from `src` to `tmp/`, computing hash and outboard on the way.
     pub(crate) fn stage(
+        &self,
+        src: impl Read,
+        size: u64,
+        kind: &str,
+        links: Vec<BlobHash>,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<Pending> {
+        if size >= PIPELINE_THRESHOLD {
+            self.stage_pipelined(src, size, kind, links, progress)
+        } else {
+            self.stage_simple(src, size, kind, links, progress)
+        }
+    }
+
+    /// Large inputs: this thread copies into the data file while a second thread computes the
+    /// outboard from the same buffers and a third starts writeback every [`SYNC_EVERY`] bytes,
+    /// so hashing and the final fsync overlap the copy. Memory stays constant
+    /// ([`PIPELINE_BUFFERS`] buffers of [`IO_BUFFER`] bytes).
+    fn stage_pipelined(
+        &self,
+        mut src: impl Read,
+        size: u64,
+        kind: &str,
+        links: Vec<BlobHash>,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<Pending> {
+        let data = self.temp_path("data");
+        let outboard = self.temp_path("obao");
+        let mut data_file =
+            File::create(data.path()).ctx(|| format!("creating {}", data.path().display()))?;
+        let sync_handle = data_file
+            .try_clone()
+            .ctx(|| format!("opening {}", data.path().display()))?;
+        let ob_file = File::create(outboard.path())
+            .ctx(|| format!("creating {}", outboard.path().display()))?;
+        let (full_tx, full_rx) = sync_channel::<Vec<u8>>(PIPELINE_BUFFERS);
+        let (empty_tx, empty_rx) = sync_channel::<Vec<u8>>(PIPELINE_BUFFERS + 2);
+        for _ in 0..PIPELINE_BUFFERS {
+            let _ = empty_tx.try_send(Vec::with_capacity(IO_BUFFER));
+        }
+        let (sync_tx, sync_rx) = std::sync::mpsc::channel::<()>();
+        let (copied, hashed, synced) = std::thread::scope(|scope| {
+            let hasher = scope.spawn(move || {
+                let mut reader = ChannelReader {
+                    full: full_rx,
+                    empty: empty_tx,
+                    current: Vec::new(),
+                    pos: 0,
+                };
+                let mut ob = BufWriter::with_capacity(64 * 1024, &ob_file);
+                let root = bao_tree::io::sync::outboard_post_order(&mut reader, tree(size), &mut ob)?;
+                ob.flush()?;
+                Ok::<_, io::Error>(root)
+            });
+            let syncer = scope.spawn(move || {
+                while sync_rx.recv().is_ok() {
+                    while sync_rx.try_recv().is_ok() {}
+                    sync_handle.sync_data()?;
+                }
+                Ok::<_, io::Error>(())
+            });
+            let copied = (|| -> Result<()> {
+                let mut done = 0u64;
+                let mut since_sync = 0u64;
+                while done < size {
+                    let Ok(mut buf) = empty_rx.recv() else {
+                        return Ok(()); // the hasher stopped; its error is reported below
+                    };
+                    let n = (size - done).min(IO_BUFFER as u64) as usize;
+                    buf.resize(n, 0);
+                    src.read_exact(&mut buf).map_err(|e| {
+                        if e.kind() == io::ErrorKind::UnexpectedEof {
+                            StoreError::Invalid(format!(
+                                "the input ended before {size} bytes (was it changed while importing?)"
+                            ))
+                        } else {
+                            crate::io_error("reading the input".into(), e)
+                        }
+                    })?;
+                    data_file
+                        .write_all(&buf)
+                        .ctx(|| format!("writing {}", data.path().display()))?;
+                    progress(n as u64);
+                    done += n as u64;
+                    since_sync += n as u64;
+                    if since_sync >= SYNC_EVERY {
+                        let _ = sync_tx.send(());
+                        since_sync = 0;
+                    }
+                    if full_tx.send(buf).is_err() {
+                        return Ok(()); // the hasher stopped; its error is reported below
+                    }
+                }
+                Ok(())
+            })();
+            drop(full_tx);
+            drop(sync_tx);
+            let hashed = hasher.join();
+            let synced = syncer.join();
+            (copied, hashed, synced)
+        });
+        copied?;
+        let root = match hashed {
+            Ok(r) => r.ctx(|| format!("hashing into {}", outboard.path().display()))?,
+            Err(_) => return Err(StoreError::Invalid("the hashing thread panicked".into())),
+        };
+        match synced {
+            Ok(r) => r.ctx(|| format!("syncing {}", data.path().display()))?,
+            Err(_) => return Err(StoreError::Invalid("the sync thread panicked".into())),
+        }
+        Ok(Pending {
+            hash: root.into(),
+            record: BlobRecord {
+                size,
+                layout: Layout::File,
+                links,
+                kind: kind.to_string(),
+            },
+            data: Some(data),
+            outboard,
+        })
+    }
+
+    fn stage_simple(
         &self,
         src: impl Read,
         size: u64,
