@@ -1,0 +1,82 @@
+"""Independent check of moxnet's protocol v1 test vectors, written only from docs/protocol.md.
+
+Usage: python3 docs/test-vectors/check.py [docs/test-vectors/v1.json]
+Needs: pip install cbor2 blake3 cryptography
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import cbor2
+from blake3 import blake3
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+
+def as_json(value):
+    """The vectors' JSON view of a CBOR value: byte strings as h'<hex>'."""
+    if isinstance(value, bytes):
+        return f"h'{value.hex()}'"
+    if isinstance(value, list):
+        return [as_json(v) for v in value]
+    if isinstance(value, dict):
+        return {k: as_json(v) for k, v in value.items()}
+    return value
+
+
+def canonical(value):
+    return cbor2.dumps(value, canonical=True)
+
+
+def check_signed(vec):
+    name = vec["name"]
+    envelope_bytes = bytes.fromhex(vec["envelope"])
+    envelope = cbor2.loads(envelope_bytes)
+    assert canonical(envelope) == envelope_bytes, f"{name}: envelope is not deterministic CBOR"
+    assert set(envelope) == {"v", "domain", "signer", "body", "sig"}, name
+    assert envelope["v"] == 1, name
+    assert envelope["domain"] == vec["domain"], name
+    body = envelope["body"]
+    assert body.hex() == vec["body"], name
+    assert envelope["sig"].hex() == vec["signature"], name
+    # The key derives from the seed (RFC 8032), and the signature verifies over domain || 0 || body.
+    key = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(vec["secret_seed"]))
+    public = key.public_key().public_bytes_raw()
+    assert public.hex() == vec["public_key"] == envelope["signer"].hex(), name
+    message = vec["domain"].encode() + b"\x00" + body
+    Ed25519PublicKey.from_public_bytes(public).verify(envelope["sig"], message)
+    assert key.sign(message) == envelope["sig"], f"{name}: ed25519 signatures are deterministic"
+    # The same signature must not verify under another domain.
+    other = ("moxnet/v1/vote" if vec["domain"] != "moxnet/v1/vote" else "moxnet/v1/manifest")
+    try:
+        Ed25519PublicKey.from_public_bytes(public).verify(envelope["sig"], other.encode() + b"\x00" + body)
+        raise AssertionError(f"{name}: signature verified under {other}")
+    except Exception as e:  # cryptography raises InvalidSignature
+        if isinstance(e, AssertionError):
+            raise
+    decoded = cbor2.loads(body)
+    assert canonical(decoded) == body, f"{name}: body is not deterministic CBOR"
+    assert as_json(decoded) == vec["fields"], f"{name}: decoded fields differ"
+    assert blake3(envelope_bytes).hexdigest() == vec["id"], f"{name}: id is not BLAKE3(envelope)"
+
+
+def check_object(vec):
+    data = bytes.fromhex(vec["bytes"])
+    decoded = cbor2.loads(data)
+    assert canonical(decoded) == data, vec["name"]
+    assert as_json(decoded) == vec["fields"], vec["name"]
+    assert blake3(data).hexdigest() == vec["id"], vec["name"]
+
+
+def main():
+    path = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).with_name("v1.json")
+    vectors = json.loads(path.read_text())
+    for vec in vectors["signed"]:
+        check_signed(vec)
+    for vec in vectors["objects"]:
+        check_object(vec)
+    print(f"ok: {len(vectors['signed'])} signed and {len(vectors['objects'])} plain vectors verified independently")
+
+
+if __name__ == "__main__":
+    main()
