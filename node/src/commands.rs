@@ -6,9 +6,7 @@ use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
-use protocol::{
-    BlobHash, Collection, Dim, FileEntry, Manifest, ModelId, Object, Signed, Snapshot,
-};
+use protocol::{BlobHash, Collection, Dim, FileEntry, Manifest, ModelId, Object, Signed, Snapshot};
 use serde_json::{Value, json};
 use store::Store;
 
@@ -61,19 +59,25 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Pin { hash } => {
             let h = parse_hash(&hash)?;
             home.store.pin(h).with_context(|| format!("pinning {h}"))?;
-            emit(json, json!({ "pinned": h.to_string() }), || format!("pinned {h}"));
+            emit(json, json!({ "pinned": h.to_string() }), || {
+                format!("pinned {h}")
+            });
             Ok(ExitCode::SUCCESS)
         }
         Command::Unpin { hash } => {
             let h = parse_hash(&hash)?;
             let was = home.store.unpin(h)?;
-            emit(json, json!({ "unpinned": h.to_string(), "was_pinned": was }), || {
-                if was {
-                    format!("unpinned {h}")
-                } else {
-                    format!("{h} was not pinned")
-                }
-            });
+            emit(
+                json,
+                json!({ "unpinned": h.to_string(), "was_pinned": was }),
+                || {
+                    if was {
+                        format!("unpinned {h}")
+                    } else {
+                        format!("{h} was not pinned")
+                    }
+                },
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Gc => {
@@ -107,7 +111,8 @@ fn parse_hash(s: &str) -> Result<BlobHash> {
 }
 
 fn add(home: &Home, path: &Path, json: bool) -> Result<ExitCode> {
-    let meta = std::fs::metadata(path).with_context(|| format!("{} does not exist", path.display()))?;
+    let meta =
+        std::fs::metadata(path).with_context(|| format!("{} does not exist", path.display()))?;
     let store = &home.store;
     let imported = if meta.is_dir() {
         let total = store::walk(path)?
@@ -163,8 +168,8 @@ fn get(home: &Home, hash: &BlobHash, output: &Path, json: bool) -> Result<ExitCo
     let (kind, written) = match record.kind.as_str() {
         "collection" => {
             let bytes = store.read_bytes(*hash, protocol::MAX_COLLECTION_BYTES as u64)?;
-            let collection =
-                Collection::from_bytes(&bytes).with_context(|| format!("decoding folder {hash}"))?;
+            let collection = Collection::from_bytes(&bytes)
+                .with_context(|| format!("decoding folder {hash}"))?;
             ("folder", store.export_files(&collection.entries, output)?)
         }
         "manifest" => {
@@ -200,7 +205,11 @@ fn ls(store: &Store, json: bool) -> Result<ExitCode> {
                     r["hash"].as_str().unwrap_or_default(),
                     bytes(r["size"].as_u64().unwrap_or_default()),
                     r["kind"].as_str().unwrap_or_default(),
-                    if r["pinned"].as_bool().unwrap_or_default() { "pinned" } else { "" },
+                    if r["pinned"].as_bool().unwrap_or_default() {
+                        "pinned"
+                    } else {
+                        ""
+                    },
                 )
                 .trim_end()
                 .to_string()
@@ -242,12 +251,18 @@ fn import_files(store: &Store, files: &[(String, PathBuf)], json: bool) -> Resul
 }
 
 /// The snapshot chain of training run `name`, oldest first.
-fn snapshot_chain(store: &Store, head: Option<BlobHash>) -> Result<Vec<(BlobHash, Signed<Snapshot>)>> {
+fn snapshot_chain(
+    store: &Store,
+    head: Option<BlobHash>,
+) -> Result<Vec<(BlobHash, Signed<Snapshot>)>> {
     let mut chain = Vec::new();
     let mut next = head;
     while let Some(h) = next {
         if chain.len() >= protocol::MAX_SNAPSHOTS {
-            bail!("snapshot chain longer than {} (a cycle?)", protocol::MAX_SNAPSHOTS);
+            bail!(
+                "snapshot chain longer than {} (a cycle?)",
+                protocol::MAX_SNAPSHOTS
+            );
         }
         let bytes = store
             .read_bytes(h, Signed::<Snapshot>::MAX_BYTES as u64)
@@ -388,13 +403,27 @@ fn show(store: &Store, id: ModelId, json: bool) -> Result<ExitCode> {
         out.push(format!(
             "runtime  {}{}",
             m.runtime.kind,
-            m.runtime.entry.as_ref().map(|e| format!(" ({e})")).unwrap_or_default()
+            m.runtime
+                .entry
+                .as_ref()
+                .map(|e| format!(" ({e})"))
+                .unwrap_or_default()
         ));
         for t in &m.interface.inputs {
-            out.push(format!("input    {} {} {}", t.name, t.dtype.name(), dims(&t.shape)));
+            out.push(format!(
+                "input    {} {} {}",
+                t.name,
+                t.dtype.name(),
+                dims(&t.shape)
+            ));
         }
         for t in &m.interface.outputs {
-            out.push(format!("output   {} {} {}", t.name, t.dtype.name(), dims(&t.shape)));
+            out.push(format!(
+                "output   {} {} {}",
+                t.name,
+                t.dtype.name(),
+                dims(&t.shape)
+            ));
         }
         if let Some(p) = m.parent {
             out.push(format!("parent   {p}"));
@@ -402,12 +431,24 @@ fn show(store: &Store, id: ModelId, json: bool) -> Result<ExitCode> {
         for d in &m.datasets {
             out.push(format!("dataset  {} {}", d.hash, d.description));
         }
-        out.push(format!("files    {} ({})", m.files.len(), bytes(m.total_size())));
+        out.push(format!(
+            "files    {} ({})",
+            m.files.len(),
+            bytes(m.total_size())
+        ));
         for f in &m.files {
-            out.push(format!("  {}  {:>10}  {}", f.hash.short(), bytes(f.size), f.path));
+            out.push(format!(
+                "  {}  {:>10}  {}",
+                f.hash.short(),
+                bytes(f.size),
+                f.path
+            ));
         }
         if !m.snapshots.is_empty() {
-            out.push(format!("snapshots {} (see `moxnet history {id}`)", m.snapshots.len()));
+            out.push(format!(
+                "snapshots {} (see `moxnet history {id}`)",
+                m.snapshots.len()
+            ));
         }
         out.join("\n")
     });
@@ -424,7 +465,10 @@ fn parse_metric(s: &str) -> Result<(String, f64)> {
         .with_context(|| format!("metric {name:?}: {value:?} is not a number"))?;
     let name = name.trim();
     if name.is_empty() || name.len() > protocol::MAX_SHORT_TEXT {
-        bail!("metric name {name:?} must be 1 to {} bytes", protocol::MAX_SHORT_TEXT);
+        bail!(
+            "metric name {name:?} must be 1 to {} bytes",
+            protocol::MAX_SHORT_TEXT
+        );
     }
     Ok((name.to_string(), value))
 }

@@ -68,10 +68,7 @@ impl Home {
         let key = load_key(&key_path)?;
         let store = Store::open(dir.join(STORE_DIR))
             .with_context(|| format!("opening the store in {}", dir.display()))?;
-        Ok(Home {
-            key,
-            store,
-        })
+        Ok(Home { key, store })
     }
 }
 

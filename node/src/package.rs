@@ -34,8 +34,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use protocol::{
-    BlobHash, DType, DatasetRef, Dim, FileEntry, Interface, Manifest, ModelId, Runtime,
-    TensorSpec,
+    BlobHash, DType, DatasetRef, Dim, FileEntry, Interface, Manifest, ModelId, Runtime, TensorSpec,
 };
 use serde::Deserialize;
 
@@ -125,7 +124,8 @@ pub struct Package {
 
 /// Reads a package folder or a bare `.onnx` file.
 pub fn read(path: &Path) -> Result<Package> {
-    let meta = std::fs::metadata(path).with_context(|| format!("{} does not exist", path.display()))?;
+    let meta =
+        std::fs::metadata(path).with_context(|| format!("{} does not exist", path.display()))?;
     if meta.is_file() {
         return read_bare_onnx(path);
     }
@@ -150,17 +150,15 @@ pub fn read(path: &Path) -> Result<Package> {
             toml_path.display()
         );
     }
-    Ok(Package {
-        files,
-        manifest,
-    })
+    Ok(Package { files, manifest })
 }
 
 /// Parses `moxnet.toml` text into a manifest (without files). Errors point at the line.
 pub fn parse_toml(text: &str) -> Result<Manifest> {
     let raw: PackageToml = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
     let p = raw.package;
-    protocol::validate_name(&p.name).map_err(|e| anyhow::anyhow!("package.name {:?}: {e}", p.name))?;
+    protocol::validate_name(&p.name)
+        .map_err(|e| anyhow::anyhow!("package.name {:?}: {e}", p.name))?;
     let parent = p
         .parent
         .map(|s| {
@@ -262,10 +260,20 @@ fn read_bare_onnx(path: &Path) -> Result<Package> {
         .and_then(|n| n.to_str())
         .unwrap_or("model")
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '-'
+            }
+        })
         .collect();
     let name = stem.trim_start_matches(['.', '-']).to_string();
-    let name = if name.is_empty() { "model".to_string() } else { name };
+    let name = if name.is_empty() {
+        "model".to_string()
+    } else {
+        name
+    };
     Ok(Package {
         files: vec![(file_name.clone(), path.to_path_buf())],
         manifest: Manifest {

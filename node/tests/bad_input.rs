@@ -31,14 +31,22 @@ impl Home {
 
     fn ok(&self, args: &[&str]) -> String {
         let out = self.run(args);
-        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
     /// Runs a command that must fail with status 1; returns stderr.
     fn err(&self, args: &[&str]) -> String {
         let out = self.run(args);
-        assert_eq!(out.status.code(), Some(1), "{args:?} should fail with status 1");
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{args:?} should fail with status 1"
+        );
         String::from_utf8_lossy(&out.stderr).into_owned()
     }
 }
@@ -47,7 +55,10 @@ impl Home {
 fn missing_path_names_it() {
     let h = Home::new();
     let err = h.err(&["add", "/definitely/not/here.bin"]);
-    assert!(err.contains("/definitely/not/here.bin") && err.contains("does not exist"), "{err}");
+    assert!(
+        err.contains("/definitely/not/here.bin") && err.contains("does not exist"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -61,7 +72,10 @@ fn not_a_moxnet_home_says_to_init() {
         .expect("run");
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("not a moxnet home") && err.contains("moxnet init"), "{err}");
+    assert!(
+        err.contains("not a moxnet home") && err.contains("moxnet init"),
+        "{err}"
+    );
     // MOXNET_HOME works the same as --home.
     let out = Command::new(env!("CARGO_BIN_EXE_moxnet"))
         .env("MOXNET_HOME", dir.path())
@@ -87,9 +101,16 @@ fn malformed_moxnet_toml_points_at_the_line() {
     let h = Home::new();
     let pkg = h.path().join("pkg");
     fs::create_dir_all(&pkg).expect("mkdir");
-    fs::write(pkg.join("moxnet.toml"), "[package]\nname = \"x\"\nversion = \n").expect("write");
+    fs::write(
+        pkg.join("moxnet.toml"),
+        "[package]\nname = \"x\"\nversion = \n",
+    )
+    .expect("write");
     let err = h.err(&["publish", pkg.to_str().expect("utf8")]);
-    assert!(err.contains("moxnet.toml") && err.contains("line 3"), "{err}");
+    assert!(
+        err.contains("moxnet.toml") && err.contains("line 3"),
+        "{err}"
+    );
     fs::write(pkg.join("moxnet.toml"), "[package]\nname = \"x\"\nversion = \"1\"\n[runtime]\nkind = \"onnx\"\nentry = \"missing.onnx\"\n").expect("write");
     let err = h.err(&["publish", pkg.to_str().expect("utf8")]);
     assert!(err.contains("missing.onnx"), "{err}");
@@ -117,7 +138,10 @@ fn a_manifest_whose_signature_fails_is_refused() {
     fs::write(&file, &bytes).expect("write");
     let hash = h.ok(&["add", file.to_str().expect("utf8")]);
     let err = h.err(&["show", &hash]);
-    assert!(err.contains("signature") && err.contains("does not verify"), "{err}");
+    assert!(
+        err.contains("signature") && err.contains("does not verify"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -126,12 +150,19 @@ fn corrupt_store_is_reported_and_not_exported() {
     let file = h.path().join("data.bin");
     fs::write(&file, vec![7u8; 100_000]).expect("write");
     let hash = h.ok(&["add", file.to_str().expect("utf8")]);
-    let blob = h.path().join("home/store/blobs").join(format!("{hash}.data"));
+    let blob = h
+        .path()
+        .join("home/store/blobs")
+        .join(format!("{hash}.data"));
     let mut bytes = fs::read(&blob).expect("read");
     bytes[50_000] ^= 0xff;
     fs::write(&blob, bytes).expect("write");
     let out = h.run(&["verify"]);
-    assert_eq!(out.status.code(), Some(1), "verify must exit 1 on corruption");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "verify must exit 1 on corruption"
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains(&hash));
     let dest = h.path().join("out.bin");
     let err = h.err(&["get", &hash, "-o", dest.to_str().expect("utf8")]);
@@ -146,7 +177,11 @@ fn json_mode_prints_one_object_even_for_errors() {
     assert_eq!(out.status.code(), Some(1));
     let v: serde_json::Value =
         serde_json::from_slice(&out.stdout).expect("one JSON object on stdout");
-    assert!(v["error"].as_str().is_some_and(|e| e.contains("not a hash")));
+    assert!(
+        v["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("not a hash"))
+    );
 }
 
 #[test]

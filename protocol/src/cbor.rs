@@ -162,7 +162,10 @@ struct Decoder<'a> {
 impl Decoder<'_> {
     fn take(&mut self, n: usize) -> Result<&[u8], DecodeError> {
         let end = self.pos.checked_add(n).ok_or(DecodeError::Truncated)?;
-        let slice = self.bytes.get(self.pos..end).ok_or(DecodeError::Truncated)?;
+        let slice = self
+            .bytes
+            .get(self.pos..end)
+            .ok_or(DecodeError::Truncated)?;
         self.pos = end;
         Ok(slice)
     }
@@ -183,7 +186,9 @@ impl Decoder<'_> {
             _ => return Err(DecodeError::NotCanonical("reserved additional information")),
         };
         if n < min {
-            return Err(DecodeError::NotCanonical("integer or length not in shortest form"));
+            return Err(DecodeError::NotCanonical(
+                "integer or length not in shortest form",
+            ));
         }
         Ok(n)
     }
@@ -283,7 +288,9 @@ fn check_shortest_float(x: f64, width: usize) -> Result<(), DecodeError> {
     let mut canonical = Vec::with_capacity(9);
     encode_float(&mut canonical, x);
     if canonical.len() != width + 1 {
-        return Err(DecodeError::NotCanonical("float not in shortest exact form"));
+        return Err(DecodeError::NotCanonical(
+            "float not in shortest exact form",
+        ));
     }
     Ok(())
 }
@@ -477,7 +484,10 @@ mod tests {
         ];
         for (input, why) in bad {
             let bytes = hex::decode(input).expect("test hex");
-            assert!(Value::decode(&bytes, 1024).is_err(), "accepted {why}: {input}");
+            assert!(
+                Value::decode(&bytes, 1024).is_err(),
+                "accepted {why}: {input}"
+            );
         }
     }
 

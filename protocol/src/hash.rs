@@ -77,7 +77,7 @@ impl FromStr for BlobHash {
         if s.len() != 64 {
             return Err(ParseHashError::Length { len: s.len() });
         }
-        if let Some(pos) = s.find(|c: char| !matches!(c, '0'..='9' | 'a'..='f' | 'A'..='F')) {
+        if let Some(pos) = s.find(|c: char| !c.is_ascii_hexdigit()) {
             return Err(ParseHashError::NotHex { pos });
         }
         let mut out = [0u8; 32];
@@ -184,7 +184,10 @@ mod tests {
         );
         let mut s = "0".repeat(64);
         s.replace_range(10..11, "g");
-        assert_eq!(s.parse::<BlobHash>(), Err(ParseHashError::NotHex { pos: 10 }));
+        assert_eq!(
+            s.parse::<BlobHash>(),
+            Err(ParseHashError::NotHex { pos: 10 })
+        );
         let h = BlobHash::of(b"x");
         assert_eq!(h.to_hex().to_uppercase().parse::<BlobHash>(), Ok(h));
     }

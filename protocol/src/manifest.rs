@@ -213,7 +213,9 @@ pub fn validate_name(name: &str) -> Result<(), String> {
         .chars()
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/')))
     {
-        return Err(format!("character {c:?} is not allowed in a name (use a-z, 0-9, - _ . /)"));
+        return Err(format!(
+            "character {c:?} is not allowed in a name (use a-z, 0-9, - _ . /)"
+        ));
     }
     if name.starts_with(['.', '-', '/']) || name.ends_with('/') {
         return Err("a name starts and ends with a letter or digit".into());
@@ -332,15 +334,24 @@ impl TensorSpec {
         let dtype_name = as_text("tensor dtype", m.required("dtype")?, 16)?;
         let dtype = DType::parse(&dtype_name)
             .filter(|d| d.name() == dtype_name)
-            .ok_or_else(|| DecodeError::invalid("tensor dtype", format!("unknown {dtype_name:?}")))?;
-        let shape = as_list("tensor shape", m.required("shape")?, MAX_LIST, |d| match d {
-            Value::Uint(n) => Ok(Dim::Fixed(n)),
-            Value::Text(s) if !s.is_empty() && s.len() <= MAX_SHORT_TEXT => Ok(Dim::Symbolic(s)),
-            _ => Err(DecodeError::invalid(
-                "tensor shape",
-                "a dimension is a size or a non-empty name",
-            )),
-        })?;
+            .ok_or_else(|| {
+                DecodeError::invalid("tensor dtype", format!("unknown {dtype_name:?}"))
+            })?;
+        let shape = as_list(
+            "tensor shape",
+            m.required("shape")?,
+            MAX_LIST,
+            |d| match d {
+                Value::Uint(n) => Ok(Dim::Fixed(n)),
+                Value::Text(s) if !s.is_empty() && s.len() <= MAX_SHORT_TEXT => {
+                    Ok(Dim::Symbolic(s))
+                }
+                _ => Err(DecodeError::invalid(
+                    "tensor shape",
+                    "a dimension is a size or a non-empty name",
+                )),
+            },
+        )?;
         m.finish()?;
         Ok(TensorSpec { name, dtype, shape })
     }
@@ -351,7 +362,10 @@ fn specs_from_cbor(what: &'static str, v: Value) -> Result<Vec<TensorSpec>, Deco
     let mut names = BTreeSet::new();
     for s in &specs {
         if !names.insert(s.name.as_str()) {
-            return Err(DecodeError::invalid(what, format!("duplicate tensor {:?}", s.name)));
+            return Err(DecodeError::invalid(
+                what,
+                format!("duplicate tensor {:?}", s.name),
+            ));
         }
     }
     Ok(specs)
@@ -503,8 +517,11 @@ impl Object for Manifest {
             datasets: as_list("datasets", m.required("datasets")?, MAX_LIST, |v| {
                 let mut d = MapReader::new("dataset", v)?;
                 let hash = BlobHash::from_cbor("dataset hash", d.required("hash")?)?;
-                let description =
-                    as_text("dataset description", d.required("description")?, MAX_DESCRIPTION)?;
+                let description = as_text(
+                    "dataset description",
+                    d.required("description")?,
+                    MAX_DESCRIPTION,
+                )?;
                 d.finish()?;
                 Ok(DatasetRef { hash, description })
             })?,

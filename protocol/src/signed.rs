@@ -110,7 +110,10 @@ impl<T: Signable> Signed<T> {
         Value::Map(vec![
             (Value::text("v"), Value::Uint(ENVELOPE_VERSION)),
             (Value::text("domain"), Value::text(T::DOMAIN)),
-            (Value::text("signer"), Value::Bytes(self.signer.as_bytes().to_vec())),
+            (
+                Value::text("signer"),
+                Value::Bytes(self.signer.as_bytes().to_vec()),
+            ),
             (Value::text("body"), Value::Bytes(self.body_bytes.clone())),
             (Value::text("sig"), Value::Bytes(self.signature.to_vec())),
         ])
@@ -126,7 +129,12 @@ impl<T: Signable> Signed<T> {
         let signer = NodeId::from_bytes(as_array("envelope signer", map.required("signer")?)?)?;
         let body_bytes = match map.required("body")? {
             Value::Bytes(b) => b,
-            _ => return Err(DecodeError::invalid("envelope body", "expected a byte string")),
+            _ => {
+                return Err(DecodeError::invalid(
+                    "envelope body",
+                    "expected a byte string",
+                ));
+            }
         };
         let signature: [u8; 64] = as_array("envelope signature", map.required("sig")?)?;
         map.finish()?;

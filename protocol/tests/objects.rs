@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 
 use proptest::prelude::*;
 use protocol::{
-    BlobHash, Collection, DType, DecodeError, Dim, FileEntry, Interface, Manifest, ModelId,
-    Object, Runtime, SecretKey, Signed, Snapshot, TensorSpec,
+    BlobHash, Collection, DType, DecodeError, Dim, FileEntry, Interface, Manifest, ModelId, Object,
+    Runtime, SecretKey, Signed, Snapshot, TensorSpec,
 };
 
 fn sample_manifest() -> Manifest {

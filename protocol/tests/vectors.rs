@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 
 use protocol::cbor::Value;
 use protocol::{
-    BlobHash, Collection, DType, DatasetRef, Dim, FileEntry, Interface, Manifest, ModelId,
-    Object, Runtime, SecretKey, Signable, Snapshot, TensorSpec,
+    BlobHash, Collection, DType, DatasetRef, Dim, FileEntry, Interface, Manifest, ModelId, Object,
+    Runtime, SecretKey, Signable, Snapshot, TensorSpec,
 };
 use serde_json::{Map, json};
 

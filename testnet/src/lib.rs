@@ -110,7 +110,9 @@ impl Node {
         assert!(
             out.status.success(),
             "moxnet {:?} failed ({}):\n{}",
-            args.iter().map(|a| a.as_ref().to_string_lossy().into_owned()).collect::<Vec<_>>(),
+            args.iter()
+                .map(|a| a.as_ref().to_string_lossy().into_owned())
+                .collect::<Vec<_>>(),
             out.status,
             String::from_utf8_lossy(&out.stderr)
         );
@@ -123,7 +125,9 @@ impl Node {
         assert!(
             !out.status.success(),
             "moxnet {:?} succeeded but should have failed; stdout:\n{}",
-            args.iter().map(|a| a.as_ref().to_string_lossy().into_owned()).collect::<Vec<_>>(),
+            args.iter()
+                .map(|a| a.as_ref().to_string_lossy().into_owned())
+                .collect::<Vec<_>>(),
             String::from_utf8_lossy(&out.stdout)
         );
         String::from_utf8_lossy(&out.stderr).into_owned()

@@ -66,7 +66,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .and_then(|s| s.parse().ok())
         .unwrap_or(1024);
     let size = mib << 20;
-    let dir = tempfile::tempdir_in(std::env::var_os("MOXNET_BENCH_DIR").unwrap_or_else(|| ".".into()))?;
+    let dir =
+        tempfile::tempdir_in(std::env::var_os("MOXNET_BENCH_DIR").unwrap_or_else(|| ".".into()))?;
     let src = dir.path().join("input.bin");
     write_random(&src, size)?;
     // Warm the page cache so every contender reads from memory.
@@ -101,10 +102,28 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (b, bs, i) = (median(base), median(base_sync), median(import));
     let mbps = |d: Duration| size as f64 / d.as_secs_f64() / 1e6;
     println!("import benchmark: {mib} MiB, median of {ROUNDS} rounds");
-    println!("  baseline copy+blake3          {:>8.3} s  {:>7.0} MB/s", b.as_secs_f64(), mbps(b));
-    println!("  baseline copy+blake3+fsync    {:>8.3} s  {:>7.0} MB/s", bs.as_secs_f64(), mbps(bs));
-    println!("  moxnet import (fsync, outboard, index) {:>8.3} s  {:>7.0} MB/s", i.as_secs_f64(), mbps(i));
-    println!("  ratio import / baseline       {:>8.2}x  (goal <= 1.5x)", i.as_secs_f64() / b.as_secs_f64());
-    println!("  ratio import / baseline+fsync {:>8.2}x", i.as_secs_f64() / bs.as_secs_f64());
+    println!(
+        "  baseline copy+blake3          {:>8.3} s  {:>7.0} MB/s",
+        b.as_secs_f64(),
+        mbps(b)
+    );
+    println!(
+        "  baseline copy+blake3+fsync    {:>8.3} s  {:>7.0} MB/s",
+        bs.as_secs_f64(),
+        mbps(bs)
+    );
+    println!(
+        "  moxnet import (fsync, outboard, index) {:>8.3} s  {:>7.0} MB/s",
+        i.as_secs_f64(),
+        mbps(i)
+    );
+    println!(
+        "  ratio import / baseline       {:>8.2}x  (goal <= 1.5x)",
+        i.as_secs_f64() / b.as_secs_f64()
+    );
+    println!(
+        "  ratio import / baseline+fsync {:>8.2}x",
+        i.as_secs_f64() / bs.as_secs_f64()
+    );
     Ok(())
 }

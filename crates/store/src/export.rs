@@ -206,15 +206,15 @@ impl Store {
             tree: tree(record.size),
             data: ob_file,
         };
-        bao_tree::io::sync::encode_ranges_validated(&blob, &outboard, ranges, out).map_err(
-            |e| match e {
+        bao_tree::io::sync::encode_ranges_validated(&blob, &outboard, ranges, out).map_err(|e| {
+            match e {
                 bao_tree::io::EncodeError::Io(io) => io_error(format!("serving blob {hash}"), io),
                 other => StoreError::Corrupt {
                     hash,
                     reason: format!("{other}"),
                 },
-            },
-        )
+            }
+        })
     }
 
     /// Re-hashes one blob's bytes and outboard; `None` when it is intact.
@@ -276,7 +276,9 @@ impl Store {
             return Ok(Some(Problem::Corrupt(format!("bytes hash to {root}"))));
         }
         if compare.mismatch {
-            return Ok(Some(Problem::Corrupt("outboard does not match the bytes".into())));
+            return Ok(Some(Problem::Corrupt(
+                "outboard does not match the bytes".into(),
+            )));
         }
         Ok(None)
     }

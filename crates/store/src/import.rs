@@ -135,7 +135,8 @@ impl Store {
                     pos: 0,
                 };
                 let mut ob = BufWriter::with_capacity(64 * 1024, &ob_file);
-                let root = bao_tree::io::sync::outboard_post_order(&mut reader, tree(size), &mut ob)?;
+                let root =
+                    bao_tree::io::sync::outboard_post_order(&mut reader, tree(size), &mut ob)?;
                 ob.flush()?;
                 Ok::<_, io::Error>(root)
             });
@@ -228,8 +229,8 @@ impl Store {
             progress,
         };
         let mut ob = BufWriter::with_capacity(64 * 1024, &ob_file);
-        let root = bao_tree::io::sync::outboard_post_order(&mut tee, tree(size), &mut ob)
-            .map_err(|e| {
+        let root = bao_tree::io::sync::outboard_post_order(&mut tee, tree(size), &mut ob).map_err(
+            |e| {
                 if e.kind() == io::ErrorKind::UnexpectedEof {
                     StoreError::Invalid(format!(
                         "the input ended before {size} bytes (was it changed while importing?)"
@@ -237,8 +238,11 @@ impl Store {
                 } else {
                     crate::io_error("importing".into(), e)
                 }
-            })?;
-        tee.dst.flush().ctx(|| format!("writing {}", data.path().display()))?;
+            },
+        )?;
+        tee.dst
+            .flush()
+            .ctx(|| format!("writing {}", data.path().display()))?;
         ob.flush()
             .ctx(|| format!("writing {}", outboard.path().display()))?;
         Ok(Pending {
@@ -343,8 +347,8 @@ impl Store {
         }
         let size = meta.len();
         if path.extension().is_some_and(|e| e == "safetensors")
-            && let Some(parts) = safetensors::split(&file, size)
-                .ctx(|| format!("reading {}", path.display()))?
+            && let Some(parts) =
+                safetensors::split(&file, size).ctx(|| format!("reading {}", path.display()))?
         {
             return self.import_parts(path, file, size, &parts, progress);
         }

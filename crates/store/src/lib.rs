@@ -143,8 +143,7 @@ impl<T> IoContext<T> for io::Result<T> {
 }
 
 pub(crate) fn io_error(context: String, source: io::Error) -> StoreError {
-    if source.kind() == io::ErrorKind::StorageFull || source.raw_os_error() == Some(libc_enospc())
-    {
+    if source.kind() == io::ErrorKind::StorageFull || source.raw_os_error() == Some(libc_enospc()) {
         StoreError::DiskFull { context }
     } else {
         StoreError::Io { context, source }
@@ -200,8 +199,9 @@ impl Store {
             .path(root.join("meta"))
             .open()
             .map_err(|e| match e {
-                sled::Error::Io(io) if io.kind() == io::ErrorKind::WouldBlock
-                    || io.to_string().contains("lock") =>
+                sled::Error::Io(io)
+                    if io.kind() == io::ErrorKind::WouldBlock
+                        || io.to_string().contains("lock") =>
                 {
                     StoreError::Locked { path: root.clone() }
                 }
@@ -233,7 +233,9 @@ impl Store {
     }
 
     pub(crate) fn commit_lock(&self) -> std::sync::MutexGuard<'_, ()> {
-        self.commit.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.commit
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     pub(crate) fn data_path(&self, hash: &BlobHash) -> PathBuf {

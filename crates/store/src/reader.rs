@@ -38,8 +38,7 @@ impl ReadAt for BlobReader {
             BlobReader::Parts(parts) => {
                 // The part containing `pos`: the last one starting at or before it.
                 let idx = parts.partition_point(|(start, _, _)| *start <= pos);
-                let Some((start, len, file)) = idx.checked_sub(1).and_then(|i| parts.get(i))
-                else {
+                let Some((start, len, file)) = idx.checked_sub(1).and_then(|i| parts.get(i)) else {
                     return Ok(0);
                 };
                 let within = pos - start;

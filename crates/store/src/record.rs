@@ -31,7 +31,11 @@ pub struct BlobRecord {
 }
 
 fn hashes(v: &[BlobHash]) -> Value {
-    Value::Array(v.iter().map(|h| Value::Bytes(h.as_bytes().to_vec())).collect())
+    Value::Array(
+        v.iter()
+            .map(|h| Value::Bytes(h.as_bytes().to_vec()))
+            .collect(),
+    )
 }
 
 fn hash(what: &'static str, v: Value) -> Result<BlobHash, DecodeError> {
@@ -45,7 +49,10 @@ impl BlobRecord {
             Layout::File => &[],
             Layout::Parts(p) => p,
         };
-        parts.iter().map(|(h, _)| *h).chain(self.links.iter().copied())
+        parts
+            .iter()
+            .map(|(h, _)| *h)
+            .chain(self.links.iter().copied())
     }
 
     pub(crate) fn encode(&self) -> Vec<u8> {

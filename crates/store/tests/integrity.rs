@@ -39,7 +39,11 @@ fn dir_size(dir: &Path) -> u64 {
     for e in fs::read_dir(dir).expect("read_dir") {
         let e = e.expect("entry");
         let m = e.metadata().expect("metadata");
-        total += if m.is_dir() { dir_size(&e.path()) } else { m.len() };
+        total += if m.is_dir() {
+            dir_size(&e.path())
+        } else {
+            m.len()
+        };
     }
     total
 }
@@ -48,9 +52,16 @@ fn dir_size(dir: &Path) -> u64 {
 fn flipped_byte_is_named_by_verify_and_never_exported() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Store::open(dir.path().join("store")).expect("open");
-    let good = store.import_bytes(&pseudo_random(100_000, 1), "raw", vec![]).expect("import");
-    let bad = store.import_bytes(&pseudo_random(50_000, 2), "raw", vec![]).expect("import");
-    let path = dir.path().join("store/blobs").join(format!("{}.data", bad.hash));
+    let good = store
+        .import_bytes(&pseudo_random(100_000, 1), "raw", vec![])
+        .expect("import");
+    let bad = store
+        .import_bytes(&pseudo_random(50_000, 2), "raw", vec![])
+        .expect("import");
+    let path = dir
+        .path()
+        .join("store/blobs")
+        .join(format!("{}.data", bad.hash));
     let mut bytes = fs::read(&path).expect("read");
     bytes[12_345] ^= 0x01;
     fs::write(&path, bytes).expect("write");
@@ -86,7 +97,9 @@ fn flipped_byte_is_named_by_verify_and_never_exported() {
 fn missing_data_file_is_reported() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Store::open(dir.path()).expect("open");
-    let b = store.import_bytes(b"gone soon", "raw", vec![]).expect("import");
+    let b = store
+        .import_bytes(b"gone soon", "raw", vec![])
+        .expect("import");
     fs::remove_file(dir.path().join("blobs").join(format!("{}.data", b.hash))).expect("rm");
     let report = store.verify(Some(b.hash)).expect("verify");
     assert!(matches!(report.problems.as_slice(), [(h, Problem::Missing(_))] if *h == b.hash));
@@ -109,7 +122,10 @@ fn corrupted_group_from_untrusted_source_is_rejected_and_not_written() {
     let IngestError::PeerMisbehaved { outcome, .. } = err else {
         panic!("expected PeerMisbehaved, got {err:?}");
     };
-    assert_eq!(outcome.groups_present, bad_group, "groups before the bad one are kept");
+    assert_eq!(
+        outcome.groups_present, bad_group,
+        "groups before the bad one are kept"
+    );
     assert!(!store.has(hash).expect("has"));
     let partial = store.partial(hash).expect("partial").expect("record");
     assert!(!partial.has(bad_group));
@@ -117,7 +133,10 @@ fn corrupted_group_from_untrusted_source_is_rejected_and_not_written() {
     let on_disk = fs::read(dir.path().join("partial").join(format!("{hash}.data"))).expect("read");
     let start = (bad_group * 16 * 1024) as usize;
     let written = on_disk.get(start..start + 16 * 1024).unwrap_or(&[]);
-    assert!(written.iter().all(|b| *b == 0), "bytes of the bad group were written");
+    assert!(
+        written.iter().all(|b| *b == 0),
+        "bytes of the bad group were written"
+    );
 
     // An honest source completes it, sending only what is missing, even after a restart.
     drop(store);
@@ -154,8 +173,10 @@ fn ranges_served_by_one_store_complete_another() {
         let half = ChunkNum(store::groups(size) / 2 * 16);
         for ranges in [ChunkRanges::from(half..), ChunkRanges::from(..half)] {
             let mut encoded = Vec::new();
-            a.read_ranges(imported.hash, &ranges, &mut encoded).expect("serve");
-            b.ingest(imported.hash, size, &ranges, &encoded[..]).expect("ingest");
+            a.read_ranges(imported.hash, &ranges, &mut encoded)
+                .expect("serve");
+            b.ingest(imported.hash, size, &ranges, &encoded[..])
+                .expect("ingest");
         }
         assert!(b.has(imported.hash).expect("has"), "len {len} incomplete");
         let mut out = Vec::new();
@@ -181,7 +202,7 @@ fn write_safetensors(path: &Path, tensors: &[(&str, Vec<u8>)]) {
         offset += bytes.len();
     }
     let mut json = serde_json::to_vec(&header).expect("json");
-    while json.len() % 8 != 0 {
+    while !json.len().is_multiple_of(8) {
         json.push(b' ');
     }
     let mut file = (json.len() as u64).to_le_bytes().to_vec();
@@ -227,13 +248,20 @@ fn safetensors_snapshots_share_unchanged_tensors() {
     for (imported, original) in [(one, &first), (two, &second)] {
         let out = work.path().join(format!("out-{}", imported.hash.short()));
         store.export(imported.hash, &out).expect("export");
-        assert_eq!(fs::read(&out).expect("read"), fs::read(original).expect("read"));
+        assert_eq!(
+            fs::read(&out).expect("read"),
+            fs::read(original).expect("read")
+        );
     }
     assert!(store.verify(None).expect("verify").is_ok());
     // Serving a range across tensor boundaries works on the composite.
     let mut encoded = Vec::new();
     store
-        .read_ranges(two.hash, &ChunkRanges::from(ChunkNum(1000)..ChunkNum(3000)), &mut encoded)
+        .read_ranges(
+            two.hash,
+            &ChunkRanges::from(ChunkNum(1000)..ChunkNum(3000)),
+            &mut encoded,
+        )
         .expect("serve composite ranges");
     // Unpinned tensors of a pinned snapshot survive gc; the other snapshot's unique tensor goes.
     store.pin(two.hash).expect("pin");
@@ -242,7 +270,10 @@ fn safetensors_snapshots_share_unchanged_tensors() {
     assert!(store.verify(None).expect("verify").is_ok());
     let out = work.path().join("after-gc");
     store.export(two.hash, &out).expect("export after gc");
-    assert_eq!(fs::read(&out).expect("read"), fs::read(&second).expect("read"));
+    assert_eq!(
+        fs::read(&out).expect("read"),
+        fs::read(&second).expect("read")
+    );
 }
 
 #[test]
@@ -259,7 +290,9 @@ fn folders_export_byte_identical() {
     assert_eq!(collection.entries.len(), 4);
     assert_eq!(collection.entries[0].path, "a.txt");
     let dest = work.path().join("dest");
-    store.export_files(&collection.entries, &dest).expect("export");
+    store
+        .export_files(&collection.entries, &dest)
+        .expect("export");
     for rel in ["a.txt", "dup.txt", "sub/b.bin", "sub/deeper/c"] {
         assert_eq!(
             fs::read(dest.join(rel)).expect("read exported"),
@@ -285,5 +318,47 @@ fn a_second_process_handle_is_refused_while_the_store_is_open() {
     match Store::open(dir.path()) {
         Err(StoreError::Locked { .. }) => {}
         other => panic!("expected Locked, got {other:?}"),
+    }
+}
+
+mod untrusted_streams {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+        /// Arbitrary bytes as a bao stream: never a panic, never a completed blob with wrong bytes.
+        #[test]
+        fn arbitrary_streams_never_panic_or_complete_wrongly(
+            stream in proptest::collection::vec(any::<u8>(), 0..70_000),
+            len in 0usize..50_000,
+        ) {
+            let data = pseudo_random(len, 11);
+            let hash = BlobHash::of(&data);
+            let dir = tempfile::tempdir().expect("tempdir");
+            let store = Store::open(dir.path()).expect("open");
+            let _ = store.ingest(hash, len as u64, &ChunkRanges::all(), &stream[..]);
+            if store.has(hash).expect("has") {
+                let mut out = Vec::new();
+                store.read_to(hash, &mut out).expect("complete blobs verify");
+                prop_assert_eq!(out, data);
+            }
+        }
+
+        /// An honest stream with one flipped byte anywhere: ingest fails or the blob is right.
+        #[test]
+        fn flipped_stream_bytes_are_caught(idx in any::<prop::sample::Index>(), len in 1usize..80_000) {
+            let data = pseudo_random(len, 12);
+            let hash = BlobHash::of(&data);
+            let mut stream = encode(&data, &ChunkRanges::all());
+            let i = idx.index(stream.len());
+            stream[i] ^= 0x20;
+            let dir = tempfile::tempdir().expect("tempdir");
+            let store = Store::open(dir.path()).expect("open");
+            let result = store.ingest(hash, len as u64, &ChunkRanges::all(), &stream[..]);
+            prop_assert!(result.is_err(), "a corrupted stream was accepted");
+            prop_assert!(!store.has(hash).expect("has"));
+        }
     }
 }

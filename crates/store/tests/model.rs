@@ -10,10 +10,19 @@ use store::{Store, StoreError};
 #[derive(Debug, Clone)]
 enum Op {
     /// Add content number `n` (sizes span one and several chunk groups), pinning it or not.
-    Add { n: u8, pin: bool },
-    Get { n: u8 },
-    Pin { n: u8 },
-    Unpin { n: u8 },
+    Add {
+        n: u8,
+        pin: bool,
+    },
+    Get {
+        n: u8,
+    },
+    Pin {
+        n: u8,
+    },
+    Unpin {
+        n: u8,
+    },
     Gc,
     Restart,
 }
@@ -25,7 +34,9 @@ fn content(n: u8) -> Vec<u8> {
         2 => 16 * 1024,
         _ => 40_000 + n as usize,
     };
-    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(n)).collect()
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(n))
+        .collect()
 }
 
 fn op() -> impl Strategy<Value = Op> {

@@ -55,7 +55,9 @@ fn disk_full_is_a_clear_error_and_loses_nothing() {
         .collect();
     assert_eq!(hashes, vec![small_hash.as_str()]);
     assert_eq!(
-        std::fs::read_dir(mnt.join("home/store/tmp")).expect("tmp").count(),
+        std::fs::read_dir(mnt.join("home/store/tmp"))
+            .expect("tmp")
+            .count(),
         0
     );
     assert_eq!(node.json(&["verify"])["ok"], true);
@@ -63,7 +65,10 @@ fn disk_full_is_a_clear_error_and_loses_nothing() {
     // The store still works: export the small blob, add another one.
     let out = net.path().join("small.out");
     node.ok(&["get", &small_hash, "-o", out.to_str().expect("utf8")]);
-    assert_eq!(std::fs::read(&out).expect("read"), std::fs::read(&small).expect("read"));
+    assert_eq!(
+        std::fs::read(&out).expect("read"),
+        std::fs::read(&small).expect("read")
+    );
     let another = net.path().join("another.bin");
     write_random_file(&another, 1 << 20, 3).expect("write");
     node.ok(&["add", another.to_str().expect("utf8")]);

@@ -13,7 +13,9 @@ fn repo_root() -> &'static Path {
 }
 
 fn b3(path: &Path) -> String {
-    blake3::hash(&fs::read(path).expect("read")).to_hex().to_string()
+    blake3::hash(&fs::read(path).expect("read"))
+        .to_hex()
+        .to_string()
 }
 
 fn same_tree(a: &Path, b: &Path) {
@@ -34,7 +36,11 @@ fn walk(dir: &Path) -> Vec<(String, Vec<u8>)> {
             if p.is_dir() {
                 stack.push(p);
             } else {
-                let rel = p.strip_prefix(dir).expect("prefix").to_string_lossy().into_owned();
+                let rel = p
+                    .strip_prefix(dir)
+                    .expect("prefix")
+                    .to_string_lossy()
+                    .into_owned();
                 out.push((rel, fs::read(&p).expect("read")));
             }
         }
@@ -56,7 +62,10 @@ fn add_get_by_hash_equals_b3sum_and_round_trips() {
     assert_eq!(again["new"], false);
     let out = net.path().join("out.bin");
     a.ok(&["get", &hash, "-o", out.to_str().expect("utf8")]);
-    assert_eq!(fs::read(&out).expect("read"), fs::read(&file).expect("read"));
+    assert_eq!(
+        fs::read(&out).expect("read"),
+        fs::read(&file).expect("read")
+    );
 
     // Folders too.
     let dir = net.path().join("folder");
@@ -88,25 +97,48 @@ fn publish_snapshot_history_show_export_gc() {
     copy_dir(&repo_root().join("examples/iris-linear"), &pkg);
     let pkg_s = pkg.to_str().expect("utf8");
     let s1 = a.json(&[
-        "snapshot", "add", pkg_s, "--step", "100", "--metric", "loss=0.61",
-        "--weights", &format!("{pkg_s}/checkpoints/step-100.safetensors"),
+        "snapshot",
+        "add",
+        pkg_s,
+        "--step",
+        "100",
+        "--metric",
+        "loss=0.61",
+        "--weights",
+        &format!("{pkg_s}/checkpoints/step-100.safetensors"),
     ]);
     assert!(s1["parent"].is_null());
     let s2 = a.json(&[
-        "snapshot", "add", pkg_s, "--step", "200", "--metric", "loss=0.38",
-        "--weights", &format!("{pkg_s}/checkpoints/step-200.safetensors"),
+        "snapshot",
+        "add",
+        pkg_s,
+        "--step",
+        "200",
+        "--metric",
+        "loss=0.38",
+        "--weights",
+        &format!("{pkg_s}/checkpoints/step-200.safetensors"),
     ]);
-    assert_eq!(s2["parent"], s1["snapshot"], "snapshots link by parent hash");
+    assert_eq!(
+        s2["parent"], s1["snapshot"],
+        "snapshots link by parent hash"
+    );
 
     let published = a.json(&["publish", pkg_s]);
-    let id = published["model_id"].as_str().expect("model id").to_string();
+    let id = published["model_id"]
+        .as_str()
+        .expect("model id")
+        .to_string();
     assert_eq!(published["snapshots"], 2);
     assert_eq!(published["author"], node_id.as_str());
 
     let shown = a.json(&["show", &id]);
     assert_eq!(shown["name"], "iris-linear");
     assert_eq!(shown["interface"]["inputs"][0]["datatype"], "FP32");
-    assert_eq!(shown["interface"]["inputs"][0]["shape"], serde_json::json!(["batch", 4]));
+    assert_eq!(
+        shown["interface"]["inputs"][0]["shape"],
+        serde_json::json!(["batch", 4])
+    );
     assert_eq!(shown["runtime"]["entry"], "model.onnx");
     let history = a.json(&["history", &id]);
     let steps: Vec<u64> = history["snapshots"]
@@ -126,12 +158,20 @@ fn publish_snapshot_history_show_export_gc() {
     // gc keeps everything the pinned model reaches; unpinning model and snapshot frees it all.
     let before = a.json(&["ls"])["blobs"].as_array().expect("blobs").len();
     assert_eq!(a.json(&["gc"])["blobs_removed"], 0);
-    assert_eq!(a.json(&["ls"])["blobs"].as_array().expect("blobs").len(), before);
+    assert_eq!(
+        a.json(&["ls"])["blobs"].as_array().expect("blobs").len(),
+        before
+    );
     a.ok(&["unpin", &id]);
     a.ok(&["unpin", s2["snapshot"].as_str().expect("snapshot")]);
     let gc = a.json(&["gc"]);
     assert_eq!(gc["blobs_removed"].as_u64(), Some(before as u64));
-    assert!(a.json(&["ls"])["blobs"].as_array().expect("blobs").is_empty());
+    assert!(
+        a.json(&["ls"])["blobs"]
+            .as_array()
+            .expect("blobs")
+            .is_empty()
+    );
     assert!(a.fails(&["show", &id]).contains("not in the store"));
     assert_eq!(a.json(&["verify"])["ok"], true);
 }
