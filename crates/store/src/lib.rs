@@ -195,19 +195,7 @@ impl Store {
             }
             Err(e) => return Err(io_error(format!("reading {}", version_file.display()), e)),
         }
-        let db = sled::Config::new()
-            .path(root.join("meta"))
-            .open()
-            .map_err(|e| match e {
-                sled::Error::Io(io)
-                    if io.kind() == io::ErrorKind::WouldBlock
-                        || io.to_string().contains("lock") =>
-                {
-                    StoreError::Locked { path: root.clone() }
-                }
-                sled::Error::Io(io) => io_error(format!("opening index in {}", root.display()), io),
-                other => StoreError::Db(other),
-            })?;
+        let db = open_index(&root)?;
         let store = Store {
             blobs: db.open_tree("blobs")?,
             pins: db.open_tree("pins")?,
@@ -430,6 +418,45 @@ impl Store {
     pub fn flush(&self) -> Result<()> {
         self.db.flush()?;
         Ok(())
+    }
+}
+
+/// How long [`Store::open`] waits for sled's lock before reporting [`StoreError::Locked`]:
+/// sled releases its file lock from background threads a moment after the last handle is
+/// dropped, so a store closed and reopened in one process (or by two short-lived commands in a
+/// row) must not fail just because of that.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+fn open_index(root: &Path) -> Result<sled::Db> {
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    let mut pause = std::time::Duration::from_millis(2);
+    loop {
+        match sled::Config::new().path(root.join("meta")).open() {
+            Ok(db) => return Ok(db),
+            Err(sled::Error::Io(io))
+                if io.kind() == io::ErrorKind::WouldBlock || io.to_string().contains("lock") =>
+            {
+                if std::time::Instant::now() >= deadline {
+                    return Err(StoreError::Locked {
+                        path: root.to_path_buf(),
+                    });
+                }
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(std::time::Duration::from_millis(100));
+            }
+            Err(sled::Error::Io(io)) => {
+                return Err(io_error(format!("opening index in {}", root.display()), io));
+            }
+            Err(sled::Error::Corruption { at, .. }) => {
+                return Err(StoreError::NotAStore {
+                    path: root.to_path_buf(),
+                    reason: format!(
+                        "the index in meta/ is corrupt (at {at:?}); move it away and re-add your files"
+                    ),
+                });
+            }
+            Err(other) => return Err(StoreError::Db(other)),
+        }
     }
 }
 

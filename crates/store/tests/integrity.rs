@@ -362,3 +362,32 @@ mod untrusted_streams {
         }
     }
 }
+
+#[test]
+fn a_damaged_index_or_layout_is_a_clear_error_not_a_panic() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let store = Store::open(dir.path()).expect("open");
+        store
+            .import_bytes(&pseudo_random(50_000, 8), "raw", vec![])
+            .expect("import");
+    }
+    // An unknown layout version is refused with a reason.
+    fs::write(dir.path().join("VERSION"), "99\n").expect("write");
+    match Store::open(dir.path()) {
+        Err(StoreError::NotAStore { reason, .. }) => assert!(reason.contains("99"), "{reason}"),
+        other => panic!("expected NotAStore, got {other:?}"),
+    }
+    fs::write(dir.path().join("VERSION"), "1\n").expect("write");
+    // Garbage over every index file: opening fails with an error (or recovers), never panics.
+    for entry in fs::read_dir(dir.path().join("meta")).expect("meta") {
+        let path = entry.expect("entry").path();
+        if path.is_file() {
+            fs::write(&path, pseudo_random(4096, 9)).expect("write");
+        }
+    }
+    let opened =
+        std::panic::catch_unwind(|| Store::open(dir.path()).map(|s| s.list().map(|l| l.len())));
+    eprintln!("damaged index: {opened:?}");
+    assert!(opened.is_ok(), "opening a damaged index panicked");
+}

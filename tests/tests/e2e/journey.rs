@@ -188,3 +188,24 @@ fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+#[test]
+fn a_bare_onnx_file_publishes_as_a_package() {
+    let net = Testnet::new().expect("testnet");
+    let a = net.home("a");
+    a.ok(&["init"]);
+    let onnx = net.path().join("My Classifier.onnx");
+    fs::copy(repo_root().join("examples/iris-linear/model.onnx"), &onnx).expect("copy");
+    let published = a.json(&["publish", onnx.to_str().expect("utf8")]);
+    let id = published["model_id"].as_str().expect("id");
+    let shown = a.json(&["show", id]);
+    assert_eq!(shown["name"], "My-Classifier");
+    assert_eq!(shown["runtime"]["kind"], "onnx");
+    assert_eq!(shown["runtime"]["entry"], "My Classifier.onnx");
+    assert_eq!(shown["files"][0]["hash"], b3(&onnx).as_str());
+    // A file that is neither a package folder nor .onnx is refused with a hint.
+    let txt = net.path().join("notes.txt");
+    fs::write(&txt, "hello").expect("write");
+    let err = a.fails(&["publish", txt.to_str().expect("utf8")]);
+    assert!(err.contains("moxnet.toml"), "{err}");
+}
