@@ -1,0 +1,391 @@
+//! The fetch scheduler in a deterministic simulation: peers of different speeds, peers that send
+//! bad bytes, stall, refuse, or leave; thousands of steps per seed. Invariants are checked at
+//! every step, and the same seed must give the same trace.
+
+// A one-element list of missing ranges is exactly what these tests mean.
+#![allow(clippy::single_range_in_vec_init)]
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::ops::Range;
+
+use net::fetch::{Action, Event, Failure, Fetch, FetchConfig, RequestId};
+use proptest::prelude::*;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Behaviour {
+    /// Serves every request.
+    Honest,
+    /// Sends bad bytes for any range containing a group `g` with `g % modulus == residue`.
+    Byzantine { modulus: u64, residue: u64 },
+    /// Accepts requests and never answers.
+    Silent,
+    /// Refuses every `n`th request.
+    Flaky { every: u64 },
+    /// Honest until it disconnects at this time.
+    Leaves { at: u64 },
+}
+
+#[derive(Debug, Clone)]
+struct SimPeer {
+    /// Milliseconds per 16 KiB group.
+    ms_per_group: u64,
+    latency: u64,
+    behaviour: Behaviour,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum SimEvent {
+    Answer(RequestId),
+    Leave(usize),
+    Tick,
+}
+
+/// A request the simulated peer will answer: who, which groups, and how it ends (a failure
+/// after this many good groups).
+type Answer = (usize, Range<u64>, Result<(), (Failure, u64)>);
+
+#[derive(Debug)]
+struct Report {
+    completed: bool,
+    finished_at: u64,
+    trace: Vec<String>,
+    banned: BTreeSet<usize>,
+    delivered_bad: BTreeSet<usize>,
+}
+
+/// xorshift for the simulation's own choices.
+struct SimRng(u64);
+impl SimRng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n.max(1)
+    }
+}
+
+fn simulate(total: u64, missing: Vec<Range<u64>>, peers: &[SimPeer], seed: u64) -> Report {
+    let config = FetchConfig {
+        chunk_groups: 16,
+        max_in_flight_per_peer: 3,
+        min_timeout_ms: 2_000,
+        timeout_factor: 4,
+        max_failures: 3,
+    };
+    let mut fetch: Fetch<usize> = Fetch::new(total, missing.clone(), config, seed);
+    let mut present = vec![true; total as usize];
+    for r in &missing {
+        for g in r.clone() {
+            present[g as usize] = false;
+        }
+    }
+    let mut rng = SimRng(seed | 1);
+    let mut queue: BinaryHeap<Reverse<(u64, u64, SimEvent)>> = BinaryHeap::new();
+    let mut seq = 0u64;
+    let mut push = |q: &mut BinaryHeap<_>, at: u64, e: SimEvent| {
+        seq += 1;
+        q.push(Reverse((at, seq, e)));
+    };
+    // In flight: id -> (peer, groups, outcome decided when sent).
+    let mut in_flight: BTreeMap<RequestId, Answer> = BTreeMap::new();
+    let mut served: Vec<u64> = vec![0; peers.len()];
+    let mut gone: BTreeSet<usize> = BTreeSet::new();
+    let mut report = Report {
+        completed: false,
+        finished_at: 0,
+        trace: Vec::new(),
+        banned: BTreeSet::new(),
+        delivered_bad: BTreeSet::new(),
+    };
+    let mut actions = Vec::new();
+    for (i, p) in peers.iter().enumerate() {
+        actions.extend(fetch.handle(0, Event::PeerAdded(i)));
+        if let Behaviour::Leaves { at } = p.behaviour {
+            push(&mut queue, at, SimEvent::Leave(i));
+        }
+    }
+    push(&mut queue, 100, SimEvent::Tick);
+    let mut now = 0;
+    let mut steps = 0;
+    loop {
+        // Carry out actions.
+        for action in actions.drain(..) {
+            report.trace.push(format!("{now} {action:?}"));
+            match action {
+                Action::Request { id, peer, groups } => {
+                    assert!(
+                        !report.banned.contains(&peer),
+                        "request to banned peer {peer}"
+                    );
+                    assert!(!gone.contains(&peer), "request to departed peer {peer}");
+                    assert!(
+                        groups.start < groups.end && groups.end <= total,
+                        "bad range {groups:?}"
+                    );
+                    for g in groups.clone() {
+                        assert!(!present[g as usize], "asked for present group {g}");
+                    }
+                    let p = &peers[peer];
+                    served[peer] += 1;
+                    let len = groups.end - groups.start;
+                    let outcome = match p.behaviour {
+                        Behaviour::Honest | Behaviour::Leaves { .. } => Some(Ok(())),
+                        Behaviour::Silent => None,
+                        Behaviour::Flaky { every } if served[peer].is_multiple_of(every) => {
+                            Some(Err((Failure::Unavailable, 0)))
+                        }
+                        Behaviour::Flaky { .. } => Some(Ok(())),
+                        Behaviour::Byzantine { modulus, residue } => {
+                            match groups.clone().find(|g| g % modulus == residue) {
+                                Some(bad) => Some(Err((Failure::Misbehaved, bad - groups.start))),
+                                None => Some(Ok(())),
+                            }
+                        }
+                    };
+                    if let Some(outcome) = outcome {
+                        let sent = match outcome {
+                            Ok(()) => len,
+                            Err((_, good)) => good,
+                        };
+                        let jitter = rng.below(p.latency + 1);
+                        push(
+                            &mut queue,
+                            now + p.latency + jitter + sent.max(1) * p.ms_per_group,
+                            SimEvent::Answer(id),
+                        );
+                        in_flight.insert(id, (peer, groups, outcome));
+                    }
+                }
+                Action::Cancel { id, .. } => {
+                    in_flight.remove(&id);
+                }
+                Action::Ban { peer } => {
+                    assert!(
+                        matches!(peers[peer].behaviour, Behaviour::Byzantine { .. }),
+                        "honest peer {peer} banned"
+                    );
+                    report.banned.insert(peer);
+                }
+                Action::Complete => {
+                    assert!(present.iter().all(|p| *p), "complete with groups missing");
+                    report.completed = true;
+                    report.finished_at = now;
+                }
+                Action::NeedProviders => {}
+            }
+        }
+        if report.completed {
+            // Nothing may still be in flight once complete.
+            assert_eq!(
+                fetch.in_flight().count(),
+                0,
+                "requests left after completion"
+            );
+            return report;
+        }
+        let Some(Reverse((at, _, event))) = queue.pop() else {
+            return report; // nothing more can happen: stuck
+        };
+        now = at;
+        steps += 1;
+        assert!(
+            steps < 200_000,
+            "simulation does not terminate (seed {seed})"
+        );
+        let event = match event {
+            SimEvent::Tick => {
+                if now < 600_000 {
+                    push(&mut queue, now + 100, SimEvent::Tick);
+                }
+                Event::Tick
+            }
+            SimEvent::Leave(peer) => {
+                gone.insert(peer);
+                in_flight.retain(|_, (p, _, _)| *p != peer);
+                Event::PeerRemoved(peer)
+            }
+            SimEvent::Answer(id) => {
+                let Some((peer, groups, outcome)) = in_flight.remove(&id) else {
+                    continue; // cancelled
+                };
+                match outcome {
+                    Ok(()) => {
+                        for g in groups.clone() {
+                            present[g as usize] = true;
+                        }
+                        Event::Completed { id }
+                    }
+                    Err((failure, good)) => {
+                        if failure == Failure::Misbehaved {
+                            report.delivered_bad.insert(peer);
+                        }
+                        let verified = groups.start..groups.start + good;
+                        for g in verified.clone() {
+                            present[g as usize] = true;
+                        }
+                        Event::Failed {
+                            id,
+                            failure,
+                            verified: vec![verified],
+                        }
+                    }
+                }
+            }
+        };
+        actions = fetch.handle(now, event);
+    }
+}
+
+fn honest(ms_per_group: u64) -> SimPeer {
+    SimPeer {
+        ms_per_group,
+        latency: 5,
+        behaviour: Behaviour::Honest,
+    }
+}
+
+fn behaviour() -> impl Strategy<Value = Behaviour> {
+    prop_oneof![
+        3 => Just(Behaviour::Honest),
+        1 => (2u64..40, 0u64..40).prop_map(|(m, r)| Behaviour::Byzantine { modulus: m, residue: r % m }),
+        1 => Just(Behaviour::Silent),
+        1 => (2u64..6).prop_map(|every| Behaviour::Flaky { every }),
+        1 => (0u64..5_000).prop_map(|at| Behaviour::Leaves { at }),
+    ]
+}
+
+fn peer() -> impl Strategy<Value = SimPeer> {
+    (1u64..20, 0u64..50, behaviour()).prop_map(|(ms_per_group, latency, behaviour)| SimPeer {
+        ms_per_group,
+        latency,
+        behaviour,
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+    /// With at least one honest peer that stays, every fetch completes; every peer that sent bad
+    /// bytes is banned; honest peers never are; nothing present is requested again.
+    #[test]
+    fn completes_whenever_one_honest_peer_stays(
+        mut peers in proptest::collection::vec(peer(), 0..6),
+        total in 1u64..400,
+        holes in proptest::collection::vec((0u64..400, 1u64..80), 0..4),
+        seed in any::<u64>(),
+    ) {
+        peers.push(honest(1 + seed % 15));
+        let missing: Vec<Range<u64>> = if holes.is_empty() {
+            vec![0..total]
+        } else {
+            holes.iter().map(|(s, l)| (s % total)..((s % total) + l).min(total)).collect()
+        };
+        let report = simulate(total, missing, &peers, seed);
+        prop_assert!(report.completed, "did not complete: {:?}", report.trace.last());
+        for peer in &report.delivered_bad {
+            prop_assert!(report.banned.contains(peer), "byzantine peer {} not banned", peer);
+        }
+    }
+
+    /// Without any usable peer the fetch reports it needs providers instead of hanging.
+    #[test]
+    fn reports_need_providers_when_every_peer_is_bad(
+        modulus in 1u64..4,
+        seed in any::<u64>(),
+    ) {
+        let peers = vec![
+            SimPeer { ms_per_group: 1, latency: 1, behaviour: Behaviour::Byzantine { modulus, residue: 0 } },
+            SimPeer { ms_per_group: 1, latency: 1, behaviour: Behaviour::Silent },
+        ];
+        let report = simulate(100, vec![0..100], &peers, seed);
+        prop_assert!(!report.completed);
+        prop_assert!(report.trace.iter().any(|t| t.contains("NeedProviders")), "{:?}", report.trace);
+    }
+
+    /// The same seed gives the same trace.
+    #[test]
+    fn deterministic_for_a_seed(peers in proptest::collection::vec(peer(), 1..5), seed in any::<u64>()) {
+        let mut peers = peers;
+        peers.push(honest(3));
+        let a = simulate(200, vec![0..200], &peers, seed);
+        let b = simulate(200, vec![0..200], &peers, seed);
+        prop_assert_eq!(a.trace, b.trace);
+    }
+}
+
+#[test]
+fn three_providers_are_faster_than_one() {
+    let one = simulate(640, vec![0..640], &[honest(4)], 1);
+    let three = simulate(640, vec![0..640], &[honest(4), honest(4), honest(4)], 1);
+    assert!(one.completed && three.completed);
+    assert!(
+        three.finished_at * 2 < one.finished_at,
+        "3 providers took {} ms, 1 took {} ms",
+        three.finished_at,
+        one.finished_at
+    );
+}
+
+#[test]
+fn a_slow_peer_does_not_hold_up_the_end() {
+    let fast_alone = simulate(320, vec![0..320], &[honest(2)], 2);
+    let with_slow = simulate(320, vec![0..320], &[honest(2), honest(200)], 2);
+    assert!(fast_alone.completed && with_slow.completed);
+    assert!(
+        with_slow.finished_at <= fast_alone.finished_at * 13 / 10,
+        "with a slow peer: {} ms, fast peer alone: {} ms",
+        with_slow.finished_at,
+        fast_alone.finished_at
+    );
+}
+
+#[test]
+fn byzantine_peer_is_banned_and_honest_peers_finish() {
+    let peers = [
+        SimPeer {
+            ms_per_group: 1,
+            latency: 1,
+            behaviour: Behaviour::Byzantine {
+                modulus: 7,
+                residue: 3,
+            },
+        },
+        honest(3),
+        honest(5),
+    ];
+    let report = simulate(300, vec![0..300], &peers, 3);
+    assert!(report.completed);
+    assert_eq!(report.banned, BTreeSet::from([0]));
+}
+
+#[test]
+fn a_silent_peer_times_out_and_its_work_moves() {
+    let peers = [
+        SimPeer {
+            ms_per_group: 1,
+            latency: 1,
+            behaviour: Behaviour::Silent,
+        },
+        honest(3),
+    ];
+    let report = simulate(100, vec![0..100], &peers, 4);
+    assert!(report.completed, "{:?}", report.trace);
+    assert!(report.trace.iter().any(|t| t.contains("Cancel")));
+}
+
+#[test]
+fn resumes_only_the_missing_groups() {
+    // Groups 0..50 and 80..100 are already present.
+    let report = simulate(100, vec![50..80], &[honest(1)], 5);
+    assert!(report.completed);
+    let requested: Vec<&String> = report
+        .trace
+        .iter()
+        .filter(|t| t.contains("Request"))
+        .collect();
+    assert!(
+        requested.iter().all(|t| !t.contains("groups: 0..")),
+        "{requested:?}"
+    );
+}
