@@ -36,6 +36,7 @@ mod hash;
 mod manifest;
 mod signed;
 mod snapshot;
+pub mod wire;
 
 pub use hash::{BlobHash, ModelId, NodeId};
 pub use manifest::{

@@ -185,6 +185,10 @@ proptest! {
         let _ = Manifest::from_bytes(&bytes);
         let _ = Snapshot::from_bytes(&bytes);
         let _ = Collection::from_bytes(&bytes);
+        let _ = protocol::wire::BlobRequest::from_bytes(&bytes);
+        let _ = protocol::wire::BlobResponseHeader::from_bytes(&bytes);
+        let _ = protocol::wire::CatalogRequest::from_bytes(&bytes);
+        let _ = protocol::wire::CatalogResponse::from_bytes(&bytes);
     }
 
     #[test]
@@ -210,5 +214,31 @@ proptest! {
         let bytes = key.sign(s).to_bytes();
         let back = Signed::<Snapshot>::from_bytes(&bytes).expect("own snapshot decodes");
         prop_assert_eq!(back.to_bytes(), bytes);
+    }
+}
+
+#[test]
+fn blob_requests_must_be_sorted_disjoint_and_bounded() {
+    use protocol::wire::{BlobRequest, MAX_REQUEST_GROUPS};
+    let hash = BlobHash::of(b"x");
+    let ok = BlobRequest {
+        hash,
+        groups: vec![(0, 2), (5, 9)],
+    };
+    assert_eq!(BlobRequest::from_bytes(&ok.to_bytes()), Ok(ok));
+    for groups in [
+        vec![(3, 3)],
+        vec![(5, 9), (0, 2)],
+        vec![(0, 5), (5, 6)],
+        vec![(0, MAX_REQUEST_GROUPS + 1)],
+    ] {
+        let bad = BlobRequest {
+            hash,
+            groups: groups.clone(),
+        };
+        assert!(
+            BlobRequest::from_bytes(&bad.to_bytes()).is_err(),
+            "accepted {groups:?}"
+        );
     }
 }

@@ -1,31 +1,273 @@
-//! moxnet networking.
+//! moxnet networking: one libp2p `Swarm` in one task behind a cloneable [`Client`].
 //!
-//! This crate will own the libp2p `Swarm` behind a `Client` (see `docs/ARCHITECTURE.md`). Its
-//! first part is the decision logic of a multi-peer fetch, kept free of I/O so that it can be
-//! tested deterministically over thousands of simulated steps:
-//!
-//! ```
-//! use net::fetch::{Action, Event, Fetch, FetchConfig};
-//!
-//! // A blob of 100 chunk groups, none present yet, two providers.
-//! let mut fetch: Fetch<&str> = Fetch::new(100, [0..100], FetchConfig::default(), 7);
-//! let mut actions = fetch.handle(0, Event::PeerAdded("a"));
-//! actions.extend(fetch.handle(0, Event::PeerAdded("b")));
-//! // The scheduler asks both peers for ranges; the caller sends the requests and reports back.
-//! let requests: Vec<_> = actions
-//!     .iter()
-//!     .filter_map(|a| match a {
-//!         Action::Request { id, .. } => Some(*id),
-//!         _ => None,
-//!     })
-//!     .collect();
-//! assert!(!requests.is_empty());
-//! for id in requests {
-//!     let _ = fetch.handle(10, Event::Completed { id });
+//! ```no_run
+//! # async fn demo(provider: std::sync::Arc<dyn net::Provider>) -> Result<(), net::NetError> {
+//! let config = net::NetConfig {
+//!     seed: [7; 32],
+//!     listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("multiaddr")],
+//!     ..net::NetConfig::default()
+//! };
+//! let (client, mut events) = net::spawn(config, provider).await?;
+//! let hash = protocol::BlobHash::of(b"weights");
+//! client.provide(hash).await?;
+//! for peer in client.find_providers(hash).await? {
+//!     let request = protocol::wire::BlobRequest { hash, groups: vec![(0, 1)] };
+//!     let response = client.request_blob(peer, &request).await?;
+//!     // hand `response.into_blocking_reader(..)` to the store's `ingest`
+//! #   let _ = response;
 //! }
-//! // …and so on, until the scheduler returns `Action::Complete`.
+//! while let Some(event) = events.recv().await { /* NetEvent::Manifest, PeerConnected, … */ }
+//! # Ok(()) }
 //! ```
 //!
-//! **Boundary:** `net` never touches the disk; `node` connects it to `store` through events.
+//! # Concepts
+//! - **Client / EventLoop / Command**: the event loop (`swarm.rs`) owns the swarm; each
+//!   [`Client`] method sends a `Command` with a `oneshot` reply; in-flight queries wait in
+//!   `pending_*` maps keyed by query or request id. Channels are bounded.
+//! - Behaviours: identify, ping, Kademlia (`/moxnet/kad/1.0.0`, provider records keyed by blob
+//!   hash, server mode), gossipsub (signed manifests on `/moxnet/announce/1`), mDNS (optional),
+//!   request-response (`/moxnet/catalog/1`, catalogue sync on connect), and a stream protocol
+//!   for blob ranges (`/moxnet/blob/1`, its own streams so bulk data never queues behind
+//!   control traffic). Transports: TCP + noise + yamux, and QUIC.
+//! - [`Provider`]: what this node serves, supplied by `node` (backed by the store).
+//!   **Boundary:** `net` never touches the disk.
+//! - [`fetch`]: the I/O-free multi-peer fetch scheduler.
 
+pub mod blob;
+mod codec;
 pub mod fetch;
+mod swarm;
+
+use std::io::Write;
+use std::sync::Arc;
+
+use libp2p::{Multiaddr, PeerId};
+use protocol::wire::BlobRequest;
+use protocol::{BlobHash, Manifest, Signed};
+use tokio::sync::{mpsc, oneshot};
+
+pub use blob::{BlobResponse, BlockingReader, ServeLimits};
+pub use libp2p;
+
+use swarm::{Command, EventLoop, build_swarm};
+
+/// How to start the network.
+#[derive(Debug, Clone, Default)]
+pub struct NetConfig {
+    /// The ed25519 seed of the node's identity (the same key signs what it publishes).
+    pub seed: [u8; 32],
+    /// Addresses to listen on, e.g. `/ip4/0.0.0.0/tcp/4001`, `/ip4/0.0.0.0/udp/4001/quic-v1`.
+    pub listen: Vec<Multiaddr>,
+    /// Peers to connect to at start (with `/p2p/<peer id>`).
+    pub bootstrap: Vec<Multiaddr>,
+    /// Discover peers on the LAN with mDNS.
+    pub mdns: bool,
+    /// Limits on serving blob streams.
+    pub serve: ServeLimits,
+}
+
+/// What this node offers to peers. Implemented by `node` on top of the store; methods are
+/// called on blocking threads.
+pub trait Provider: Send + Sync + 'static {
+    /// The size of a complete blob this node has, if it has it.
+    fn blob_size(&self, hash: BlobHash) -> Option<u64>;
+    /// Writes the bao encoding of chunk groups `groups` (`[start, end)`, sorted) of a blob.
+    fn serve(
+        &self,
+        hash: BlobHash,
+        groups: &[(u64, u64)],
+        out: &mut dyn Write,
+    ) -> std::io::Result<()>;
+    /// The signed manifest envelopes this node knows, for catalogue sync.
+    fn catalog(&self) -> Vec<Vec<u8>>;
+}
+
+/// Something the network learnt.
+#[derive(Debug, Clone)]
+pub enum NetEvent {
+    /// Listening on a new address.
+    Listening(Multiaddr),
+    /// A connection to a peer opened.
+    PeerConnected(PeerId),
+    /// The last connection to a peer closed.
+    PeerDisconnected(PeerId),
+    /// A signed manifest (signature verified), announced by gossip or received in a sync.
+    Manifest {
+        /// The peer it came from (not necessarily its author).
+        from: PeerId,
+        /// The manifest.
+        manifest: Box<Signed<Manifest>>,
+    },
+    /// A peer sent something invalid.
+    Rejected {
+        /// The peer.
+        from: PeerId,
+        /// What was wrong.
+        reason: String,
+    },
+}
+
+/// Network failures, saying what to do.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum NetError {
+    /// The network could not start (bad key, address in use, …).
+    #[error("network setup: {0}")]
+    Setup(String),
+    /// A dial failed.
+    #[error("cannot connect to {0}")]
+    Dial(String),
+    /// A DHT operation failed.
+    #[error("DHT: {0}")]
+    Dht(String),
+    /// Publishing failed.
+    #[error("gossip: {0}")]
+    Gossip(String),
+    /// The peer does not have it, refused, or the connection failed: try another peer.
+    #[error("peer {peer} unavailable: {reason}")]
+    Unavailable {
+        /// The peer.
+        peer: PeerId,
+        /// Why.
+        reason: String,
+    },
+    /// The peer is at capacity: try later or elsewhere.
+    #[error("peer {peer} is busy")]
+    Busy {
+        /// The peer.
+        peer: PeerId,
+    },
+    /// The peer broke the protocol: drop it.
+    #[error("peer {peer} misbehaved: {reason}")]
+    PeerMisbehaved {
+        /// The peer.
+        peer: PeerId,
+        /// What it did.
+        reason: String,
+    },
+    /// The network task has stopped.
+    #[error("the network has shut down")]
+    Shutdown,
+}
+
+/// A handle to the network task. Cheap to clone.
+#[derive(Clone)]
+pub struct Client {
+    peer_id: PeerId,
+    commands: mpsc::Sender<Command>,
+    control: libp2p_stream::Control,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("peer_id", &self.peer_id)
+            .finish()
+    }
+}
+
+/// Starts the network: builds the swarm, listens, dials the bootstrap peers, and spawns the
+/// event loop and the blob server on the current tokio runtime.
+pub async fn spawn(
+    config: NetConfig,
+    provider: Arc<dyn Provider>,
+) -> Result<(Client, mpsc::Receiver<NetEvent>), NetError> {
+    let mut swarm = build_swarm(&config)?;
+    let peer_id = *swarm.local_peer_id();
+    let mut control = swarm.behaviour().stream.new_control();
+    let incoming = control
+        .accept(blob::protocol_id())
+        .map_err(|e| NetError::Setup(e.to_string()))?;
+    for addr in &config.listen {
+        swarm
+            .listen_on(addr.clone())
+            .map_err(|e| NetError::Setup(format!("listening on {addr}: {e}")))?;
+    }
+    let (commands_tx, commands_rx) = mpsc::channel(256);
+    let (events_tx, events_rx) = mpsc::channel(1024);
+    let event_loop = EventLoop::new(swarm, commands_rx, events_tx, provider.clone())?;
+    tokio::spawn(event_loop.run());
+    tokio::spawn(blob::serve(incoming, provider, config.serve.clone()));
+    let client = Client {
+        peer_id,
+        commands: commands_tx,
+        control,
+    };
+    for addr in config.bootstrap {
+        // A bootstrap peer that is down must not stop the node from starting.
+        let _ = client.dial(addr).await;
+    }
+    Ok((client, events_rx))
+}
+
+impl Client {
+    async fn call<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, NetError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(make(tx))
+            .await
+            .map_err(|_| NetError::Shutdown)?;
+        rx.await.map_err(|_| NetError::Shutdown)
+    }
+
+    /// This node's peer id.
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    /// Starts listening on another address.
+    pub async fn listen(&self, addr: Multiaddr) -> Result<(), NetError> {
+        self.call(|reply| Command::Listen { addr, reply })
+            .await?
+            .map(|_| ())
+    }
+
+    /// The addresses this node listens on.
+    pub async fn listen_addrs(&self) -> Result<Vec<Multiaddr>, NetError> {
+        self.call(|reply| Command::ListenAddrs { reply }).await
+    }
+
+    /// Connects to a peer; with `/p2p/<peer id>` in the address, waits until connected.
+    pub async fn dial(&self, addr: Multiaddr) -> Result<(), NetError> {
+        self.call(|reply| Command::Dial { addr, reply }).await?
+    }
+
+    /// The peers connected now.
+    pub async fn peers(&self) -> Result<Vec<PeerId>, NetError> {
+        self.call(|reply| Command::Peers { reply }).await
+    }
+
+    /// Announces in the DHT that this node provides `hash`.
+    pub async fn provide(&self, hash: BlobHash) -> Result<(), NetError> {
+        self.call(|reply| Command::Provide { hash, reply }).await?
+    }
+
+    /// Peers that the DHT says provide `hash`.
+    pub async fn find_providers(&self, hash: BlobHash) -> Result<Vec<PeerId>, NetError> {
+        self.call(|reply| Command::FindProviders { hash, reply })
+            .await
+    }
+
+    /// Publishes a signed manifest envelope on the announcement topic.
+    pub async fn announce(&self, envelope: Vec<u8>) -> Result<(), NetError> {
+        self.call(|reply| Command::Announce { envelope, reply })
+            .await?
+    }
+
+    /// Asks `peer` for the signed manifests it knows; invalid ones are dropped.
+    pub async fn catalog(&self, peer: PeerId) -> Result<Vec<Signed<Manifest>>, NetError> {
+        self.call(|reply| Command::Catalog { peer, reply }).await?
+    }
+
+    /// Opens a blob request to `peer`; the response streams the encoded groups.
+    pub async fn request_blob(
+        &self,
+        peer: PeerId,
+        request: &BlobRequest,
+    ) -> Result<BlobResponse, NetError> {
+        blob::request(self.control.clone(), peer, request).await
+    }
+}

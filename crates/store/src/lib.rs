@@ -66,6 +66,42 @@ pub fn groups(size: u64) -> u64 {
     size.div_ceil(protocol::CHUNK_GROUP_BYTES).max(1)
 }
 
+/// The chunk ranges (1 KiB chunks) covering chunk-group ranges `[start, end)` (16 KiB groups),
+/// as the blob protocol's requests name them.
+pub fn chunk_ranges(groups: &[(u64, u64)]) -> ChunkRanges {
+    let per_group = protocol::CHUNK_GROUP_BYTES / 1024;
+    let mut ranges = ChunkRanges::empty();
+    for (start, end) in groups {
+        ranges |= ChunkRanges::from(
+            bao_tree::ChunkNum(start * per_group)..bao_tree::ChunkNum(end * per_group),
+        );
+    }
+    ranges
+}
+
+/// The chunk-group ranges of a blob of `size` bytes that `ranges` (from [`Store::missing`])
+/// touch: what to ask peers for.
+pub fn group_ranges(ranges: &ChunkRanges, size: u64) -> Vec<(u64, u64)> {
+    let per_group = protocol::CHUNK_GROUP_BYTES / 1024;
+    let total = groups(size);
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for r in ranges.iter() {
+        let (start, end) = match r {
+            range_collections::range_set::RangeSetRange::Range(r) => (r.start.0, r.end.0),
+            range_collections::range_set::RangeSetRange::RangeFrom(r) => (r.start.0, u64::MAX),
+        };
+        let g_start = (start / per_group).min(total);
+        let g_end = end.div_ceil(per_group).min(total);
+        if g_start < g_end {
+            match out.last_mut() {
+                Some(last) if last.1 >= g_start => last.1 = last.1.max(g_end),
+                _ => out.push((g_start, g_end)),
+            }
+        }
+    }
+    out
+}
+
 pub(crate) fn tree(size: u64) -> BaoTree {
     BaoTree::new(size, BLOCK_SIZE)
 }

@@ -1,0 +1,504 @@
+//! The libp2p `Swarm`, owned by one [`EventLoop`] task; the rest of the program talks to it
+//! through a [`Client`](crate::Client) sending [`Command`]s with `oneshot` replies.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use libp2p::core::transport::ListenerId;
+use libp2p::gossipsub::{self, IdentTopic, MessageAuthenticity};
+use libp2p::kad::{self, store::MemoryStore};
+use libp2p::request_response::{self, ProtocolSupport};
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent, behaviour::toggle::Toggle};
+use libp2p::{
+    Multiaddr, PeerId, StreamProtocol, Swarm, SwarmBuilder, identify, identity, mdns, noise, ping,
+    tcp, yamux,
+};
+use protocol::wire::{self, CatalogRequest, CatalogResponse};
+use protocol::{BlobHash, Manifest, Signed};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::codec::CatalogCodec;
+use crate::{NetConfig, NetError, NetEvent, Provider};
+
+/// Everything the node speaks, composed.
+#[derive(NetworkBehaviour)]
+pub(crate) struct Behaviour {
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+    kad: kad::Behaviour<MemoryStore>,
+    gossipsub: gossipsub::Behaviour,
+    mdns: Toggle<mdns::tokio::Behaviour>,
+    catalog: request_response::Behaviour<CatalogCodec>,
+    pub(crate) stream: libp2p_stream::Behaviour,
+}
+
+/// A request to the event loop; each carries its reply channel.
+#[derive(Debug)]
+pub(crate) enum Command {
+    /// Start listening on an address.
+    Listen {
+        addr: Multiaddr,
+        reply: oneshot::Sender<Result<ListenerId, NetError>>,
+    },
+    /// Current listen addresses.
+    ListenAddrs {
+        reply: oneshot::Sender<Vec<Multiaddr>>,
+    },
+    /// Connect to an address (with `/p2p/<peer id>` it is also added to the DHT).
+    Dial {
+        addr: Multiaddr,
+        reply: oneshot::Sender<Result<(), NetError>>,
+    },
+    /// Currently connected peers.
+    Peers { reply: oneshot::Sender<Vec<PeerId>> },
+    /// Announce in the DHT that this node provides a blob.
+    Provide {
+        hash: BlobHash,
+        reply: oneshot::Sender<Result<(), NetError>>,
+    },
+    /// Find providers of a blob in the DHT.
+    FindProviders {
+        hash: BlobHash,
+        reply: oneshot::Sender<Vec<PeerId>>,
+    },
+    /// Publish a signed manifest on the announcement topic.
+    Announce {
+        envelope: Vec<u8>,
+        reply: oneshot::Sender<Result<(), NetError>>,
+    },
+    /// Ask a peer for its catalogue.
+    Catalog {
+        peer: PeerId,
+        reply: oneshot::Sender<Result<Vec<Signed<Manifest>>, NetError>>,
+    },
+}
+
+/// Where a catalogue answer goes.
+type CatalogReply = oneshot::Sender<Result<Vec<Signed<Manifest>>, NetError>>;
+
+/// The task that owns the swarm.
+pub(crate) struct EventLoop {
+    swarm: Swarm<Behaviour>,
+    commands: mpsc::Receiver<Command>,
+    events: mpsc::Sender<NetEvent>,
+    provider: Arc<dyn Provider>,
+    topic: IdentTopic,
+    /// Catalogue answers computed off the loop, to be sent from it.
+    catalog_answers: mpsc::Receiver<(request_response::ResponseChannel<Vec<u8>>, Vec<u8>)>,
+    catalog_answers_tx: mpsc::Sender<(request_response::ResponseChannel<Vec<u8>>, Vec<u8>)>,
+    pending_dial: HashMap<PeerId, Vec<oneshot::Sender<Result<(), NetError>>>>,
+    pending_provide: HashMap<kad::QueryId, oneshot::Sender<Result<(), NetError>>>,
+    pending_providers: HashMap<kad::QueryId, (HashSet<PeerId>, oneshot::Sender<Vec<PeerId>>)>,
+    pending_catalog: HashMap<request_response::OutboundRequestId, CatalogReply>,
+    synced: HashSet<PeerId>,
+}
+
+pub(crate) fn build_swarm(config: &NetConfig) -> Result<Swarm<Behaviour>, NetError> {
+    let mut seed = config.seed;
+    let keypair = identity::Keypair::ed25519_from_bytes(&mut seed)
+        .map_err(|e| NetError::Setup(format!("identity key: {e}")))?;
+    let mdns_enabled = config.mdns;
+    let builder = SwarmBuilder::with_existing_identity(keypair)
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .map_err(|e| NetError::Setup(format!("tcp transport: {e}")))?
+        .with_quic()
+        .with_behaviour(|key| {
+            let peer_id = key.public().to_peer_id();
+            let mut kad_config = kad::Config::new(StreamProtocol::new(wire::KAD_PROTOCOL));
+            kad_config.set_query_timeout(Duration::from_secs(30));
+            let mut kad =
+                kad::Behaviour::with_config(peer_id, MemoryStore::new(peer_id), kad_config);
+            kad.set_mode(Some(kad::Mode::Server));
+            let gossip_config = gossipsub::ConfigBuilder::default()
+                .max_transmit_size(Signed::<Manifest>::MAX_BYTES)
+                .validation_mode(gossipsub::ValidationMode::Strict)
+                .heartbeat_interval(Duration::from_millis(500))
+                .build()
+                .map_err(|e| format!("gossipsub config: {e}"))?;
+            let gossipsub =
+                gossipsub::Behaviour::new(MessageAuthenticity::Signed(key.clone()), gossip_config)
+                    .map_err(|e| format!("gossipsub: {e}"))?;
+            let mdns = if mdns_enabled {
+                Toggle::from(Some(mdns::tokio::Behaviour::new(
+                    mdns::Config::default(),
+                    peer_id,
+                )?))
+            } else {
+                Toggle::from(None)
+            };
+            Ok(Behaviour {
+                identify: identify::Behaviour::new(identify::Config::new(
+                    wire::IDENTIFY_VERSION.into(),
+                    key.public(),
+                )),
+                ping: ping::Behaviour::default(),
+                kad,
+                gossipsub,
+                mdns,
+                catalog: request_response::Behaviour::with_codec(
+                    CatalogCodec,
+                    [(
+                        StreamProtocol::new(wire::CATALOG_PROTOCOL),
+                        ProtocolSupport::Full,
+                    )],
+                    request_response::Config::default()
+                        .with_request_timeout(Duration::from_secs(30)),
+                ),
+                stream: libp2p_stream::Behaviour::new(),
+            })
+        })
+        .map_err(|e| NetError::Setup(format!("behaviour: {e}")))?;
+    Ok(builder
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
+        .build())
+}
+
+impl EventLoop {
+    pub(crate) fn new(
+        mut swarm: Swarm<Behaviour>,
+        commands: mpsc::Receiver<Command>,
+        events: mpsc::Sender<NetEvent>,
+        provider: Arc<dyn Provider>,
+    ) -> Result<Self, NetError> {
+        let topic = IdentTopic::new(wire::ANNOUNCE_TOPIC);
+        swarm
+            .behaviour_mut()
+            .gossipsub
+            .subscribe(&topic)
+            .map_err(|e| NetError::Setup(format!("subscribing to announcements: {e}")))?;
+        let (catalog_answers_tx, catalog_answers) = mpsc::channel(64);
+        Ok(EventLoop {
+            swarm,
+            commands,
+            events,
+            provider,
+            topic,
+            catalog_answers,
+            catalog_answers_tx,
+            pending_dial: HashMap::new(),
+            pending_provide: HashMap::new(),
+            pending_providers: HashMap::new(),
+            pending_catalog: HashMap::new(),
+            synced: HashSet::new(),
+        })
+    }
+
+    /// Runs until every [`Client`](crate::Client) is dropped.
+    pub(crate) async fn run(mut self) {
+        loop {
+            tokio::select! {
+                event = self.swarm.select_next_some() => self.on_swarm_event(event).await,
+                command = self.commands.recv() => match command {
+                    Some(c) => self.on_command(c),
+                    None => return,
+                },
+                Some((channel, bytes)) = self.catalog_answers.recv() => {
+                    // The requester may have gone; nothing to do then.
+                    let _ = self.swarm.behaviour_mut().catalog.send_response(channel, bytes);
+                }
+            }
+        }
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Listen { addr, reply } => {
+                let result = self
+                    .swarm
+                    .listen_on(addr.clone())
+                    .map_err(|e| NetError::Setup(format!("listening on {addr}: {e}")));
+                let _ = reply.send(result);
+            }
+            Command::ListenAddrs { reply } => {
+                let _ = reply.send(self.swarm.listeners().cloned().collect());
+            }
+            Command::Dial { addr, reply } => {
+                let peer = addr.iter().find_map(|p| match p {
+                    libp2p::multiaddr::Protocol::P2p(id) => Some(id),
+                    _ => None,
+                });
+                if let Some(peer) = peer {
+                    self.swarm
+                        .behaviour_mut()
+                        .kad
+                        .add_address(&peer, addr.clone());
+                    if self.swarm.is_connected(&peer) {
+                        let _ = reply.send(Ok(()));
+                        return;
+                    }
+                }
+                match self.swarm.dial(addr.clone()) {
+                    Ok(()) => match peer {
+                        Some(peer) => self.pending_dial.entry(peer).or_default().push(reply),
+                        None => {
+                            let _ = reply.send(Ok(()));
+                        }
+                    },
+                    Err(e) => {
+                        let _ = reply.send(Err(NetError::Dial(format!("{addr}: {e}"))));
+                    }
+                }
+            }
+            Command::Peers { reply } => {
+                let _ = reply.send(self.swarm.connected_peers().copied().collect());
+            }
+            Command::Provide { hash, reply } => {
+                let key = kad::RecordKey::new(hash.as_bytes());
+                match self.swarm.behaviour_mut().kad.start_providing(key) {
+                    Ok(id) => {
+                        self.pending_provide.insert(id, reply);
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(NetError::Dht(format!("providing {hash}: {e}"))));
+                    }
+                }
+            }
+            Command::FindProviders { hash, reply } => {
+                let key = kad::RecordKey::new(hash.as_bytes());
+                let id = self.swarm.behaviour_mut().kad.get_providers(key);
+                self.pending_providers.insert(id, (HashSet::new(), reply));
+            }
+            Command::Announce { envelope, reply } => {
+                let result = match self
+                    .swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .publish(self.topic.clone(), envelope)
+                {
+                    Ok(_) => Ok(()),
+                    // Nobody to tell yet: peers that join later sync the catalogue.
+                    Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => Ok(()),
+                    Err(gossipsub::PublishError::Duplicate) => Ok(()),
+                    Err(e) => Err(NetError::Gossip(e.to_string())),
+                };
+                let _ = reply.send(result);
+            }
+            Command::Catalog { peer, reply } => {
+                let request = frame_object(&CatalogRequest);
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .catalog
+                    .send_request(&peer, request);
+                self.pending_catalog.insert(id, reply);
+            }
+        }
+    }
+
+    async fn emit(&mut self, event: NetEvent) {
+        // The node may be shutting down; events are then dropped.
+        let _ = self.events.send(event).await;
+    }
+
+    async fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                self.emit(NetEvent::Listening(address)).await;
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id, endpoint, ..
+            } => {
+                if let Some(waiting) = self.pending_dial.remove(&peer_id) {
+                    for reply in waiting {
+                        let _ = reply.send(Ok(()));
+                    }
+                }
+                if endpoint.is_dialer() {
+                    self.swarm
+                        .behaviour_mut()
+                        .kad
+                        .add_address(&peer_id, endpoint.get_remote_address().clone());
+                }
+                self.emit(NetEvent::PeerConnected(peer_id)).await;
+                if self.synced.insert(peer_id) {
+                    // Catalogue sync on join: learn what was announced before we were here.
+                    let id = self
+                        .swarm
+                        .behaviour_mut()
+                        .catalog
+                        .send_request(&peer_id, frame_object(&CatalogRequest));
+                    let (tx, rx) = oneshot::channel();
+                    self.pending_catalog.insert(id, tx);
+                    let events = self.events.clone();
+                    tokio::spawn(async move {
+                        if let Ok(Ok(manifests)) = rx.await {
+                            for manifest in manifests {
+                                let _ = events
+                                    .send(NetEvent::Manifest {
+                                        from: peer_id,
+                                        manifest: Box::new(manifest),
+                                    })
+                                    .await;
+                            }
+                        }
+                    });
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established: 0,
+                ..
+            } => {
+                self.synced.remove(&peer_id);
+                self.emit(NetEvent::PeerDisconnected(peer_id)).await;
+            }
+            SwarmEvent::OutgoingConnectionError {
+                peer_id: Some(peer),
+                error,
+                ..
+            } => {
+                if let Some(waiting) = self.pending_dial.remove(&peer) {
+                    for reply in waiting {
+                        let _ = reply.send(Err(NetError::Dial(format!("{peer}: {error}"))));
+                    }
+                }
+            }
+            SwarmEvent::Behaviour(event) => self.on_behaviour_event(event).await,
+            _ => {}
+        }
+    }
+
+    async fn on_behaviour_event(&mut self, event: BehaviourEvent) {
+        match event {
+            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                if info.protocol_version != wire::IDENTIFY_VERSION {
+                    return;
+                }
+                for addr in info.listen_addrs {
+                    self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                }
+            }
+            BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
+                for (peer, addr) in found {
+                    self.swarm
+                        .behaviour_mut()
+                        .kad
+                        .add_address(&peer, addr.clone());
+                    if !self.swarm.is_connected(&peer) {
+                        let _ = self.swarm.dial(addr);
+                    }
+                }
+            }
+            BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
+                id, result, step, ..
+            }) => {
+                match result {
+                    kad::QueryResult::StartProviding(result) => {
+                        if let Some(reply) = self.pending_provide.remove(&id) {
+                            // With no peers the record is still stored locally and served to
+                            // peers that ask later, so that counts as success.
+                            let outcome = match result {
+                                Ok(_) | Err(kad::AddProviderError::Timeout { .. }) => Ok(()),
+                            };
+                            let _ = reply.send(outcome);
+                        }
+                    }
+                    kad::QueryResult::GetProviders(result) => {
+                        if let Some((found, _)) = self.pending_providers.get_mut(&id)
+                            && let Ok(kad::GetProvidersOk::FoundProviders { providers, .. }) =
+                                &result
+                        {
+                            found.extend(providers.iter().copied());
+                        }
+                        if step.last
+                            && let Some((found, reply)) = self.pending_providers.remove(&id)
+                        {
+                            let local = *self.swarm.local_peer_id();
+                            let _ = reply.send(found.into_iter().filter(|p| *p != local).collect());
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            BehaviourEvent::Gossipsub(gossipsub::Event::Message {
+                propagation_source,
+                message,
+                ..
+            }) => match Signed::<Manifest>::from_bytes(&message.data) {
+                Ok(manifest) => {
+                    self.emit(NetEvent::Manifest {
+                        from: propagation_source,
+                        manifest: Box::new(manifest),
+                    })
+                    .await;
+                }
+                Err(e) => {
+                    self.emit(NetEvent::Rejected {
+                        from: propagation_source,
+                        reason: format!("announcement: {e}"),
+                    })
+                    .await;
+                }
+            },
+            BehaviourEvent::Catalog(request_response::Event::Message { peer, message, .. }) => {
+                match message {
+                    request_response::Message::Request {
+                        request, channel, ..
+                    } => {
+                        if decode_frame::<CatalogRequest>(&request).is_err() {
+                            return; // dropping the channel closes the stream: bad request
+                        }
+                        let provider = self.provider.clone();
+                        let answers = self.catalog_answers_tx.clone();
+                        tokio::spawn(async move {
+                            let manifests = tokio::task::spawn_blocking(move || provider.catalog())
+                                .await
+                                .unwrap_or_default();
+                            let response = frame_object(&CatalogResponse { manifests });
+                            let _ = answers.send((channel, response)).await;
+                        });
+                    }
+                    request_response::Message::Response {
+                        request_id,
+                        response,
+                    } => {
+                        if let Some(reply) = self.pending_catalog.remove(&request_id) {
+                            let result = decode_frame::<CatalogResponse>(&response)
+                                .map_err(|e| NetError::PeerMisbehaved {
+                                    peer,
+                                    reason: format!("catalogue: {e}"),
+                                })
+                                .map(|r| {
+                                    r.manifests
+                                        .iter()
+                                        .filter_map(|m| Signed::<Manifest>::from_bytes(m).ok())
+                                        .collect()
+                                });
+                            let _ = reply.send(result);
+                        }
+                    }
+                }
+            }
+            BehaviourEvent::Catalog(request_response::Event::OutboundFailure {
+                request_id,
+                error,
+                peer,
+                ..
+            }) => {
+                if let Some(reply) = self.pending_catalog.remove(&request_id) {
+                    let _ = reply.send(Err(NetError::Unavailable {
+                        peer,
+                        reason: format!("catalogue: {error}"),
+                    }));
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The canonical bytes of an object (request-response messages are already length-delimited).
+fn frame_object<T: protocol::Object>(object: &T) -> Vec<u8> {
+    object.to_bytes()
+}
+
+fn decode_frame<T: protocol::Object>(bytes: &[u8]) -> Result<T, protocol::DecodeError> {
+    T::from_bytes(bytes)
+}

@@ -1,0 +1,338 @@
+//! Real libp2p swarms on loopback TCP, each with a real store on disk: DHT provider records,
+//! gossip announcements, catalogue sync for a late joiner, verified blob transfer, and a
+//! Byzantine provider whose bad bytes never reach the store.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use net::libp2p::{Multiaddr, PeerId};
+use net::{Client, NetConfig, NetEvent, Provider};
+use protocol::wire::BlobRequest;
+use protocol::{BlobHash, Manifest, SecretKey};
+use store::{IngestError, Store};
+use tokio::sync::mpsc;
+
+/// Serves a store; optionally corrupts what it sends (a Byzantine peer).
+struct StoreProvider {
+    store: Arc<Store>,
+    manifests: Mutex<Vec<Vec<u8>>>,
+    corrupt_at: Option<usize>,
+}
+
+struct Corrupting<'a> {
+    inner: &'a mut dyn Write,
+    at: usize,
+    written: usize,
+}
+
+impl Write for Corrupting<'_> {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let mut data = data.to_vec();
+        if self.at >= self.written && self.at < self.written + data.len() {
+            data[self.at - self.written] ^= 0x55;
+        }
+        self.written += data.len();
+        self.inner.write_all(&data)?;
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl Provider for StoreProvider {
+    fn blob_size(&self, hash: BlobHash) -> Option<u64> {
+        self.store.record(hash).ok().flatten().map(|r| r.size)
+    }
+
+    fn serve(
+        &self,
+        hash: BlobHash,
+        groups: &[(u64, u64)],
+        out: &mut dyn Write,
+    ) -> std::io::Result<()> {
+        let ranges = store::chunk_ranges(groups);
+        let result = match self.corrupt_at {
+            Some(at) => self.store.read_ranges(
+                hash,
+                &ranges,
+                Corrupting {
+                    inner: out,
+                    at,
+                    written: 0,
+                },
+            ),
+            None => self.store.read_ranges(hash, &ranges, out),
+        };
+        result.map_err(std::io::Error::other)
+    }
+
+    fn catalog(&self) -> Vec<Vec<u8>> {
+        self.manifests.lock().expect("lock").clone()
+    }
+}
+
+struct TestNode {
+    client: Client,
+    events: mpsc::Receiver<NetEvent>,
+    provider: Arc<StoreProvider>,
+    addr: Multiaddr,
+    _dir: tempfile::TempDir,
+}
+
+async fn node(seed: u8, corrupt_at: Option<usize>) -> TestNode {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(Store::open(dir.path()).expect("store"));
+    let provider = Arc::new(StoreProvider {
+        store,
+        manifests: Mutex::new(Vec::new()),
+        corrupt_at,
+    });
+    let config = NetConfig {
+        seed: [seed; 32],
+        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("addr")],
+        ..NetConfig::default()
+    };
+    let (client, mut events) = net::spawn(config, provider.clone()).await.expect("spawn");
+    let addr = loop {
+        match tokio::time::timeout(Duration::from_secs(5), events.recv()).await {
+            Ok(Some(NetEvent::Listening(a))) => break a,
+            Ok(Some(_)) => continue,
+            other => panic!("no listen address: {other:?}"),
+        }
+    };
+    let addr = addr.with(net::libp2p::multiaddr::Protocol::P2p(client.peer_id()));
+    TestNode {
+        client,
+        events,
+        provider,
+        addr,
+        _dir: dir,
+    }
+}
+
+async fn wait_for_manifest(node: &mut TestNode, name: &str) -> PeerId {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match tokio::time::timeout_at(deadline, node.events.recv()).await {
+            Ok(Some(NetEvent::Manifest { from, manifest })) if manifest.body().name == name => {
+                return from;
+            }
+            Ok(Some(_)) => continue,
+            other => panic!("manifest {name} never arrived: {other:?}"),
+        }
+    }
+}
+
+fn blob(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(seed).wrapping_add(i as u8 >> 3))
+        .collect()
+}
+
+/// Fetches every group of `hash` from `peer` into `into`'s store.
+async fn fetch(
+    into: &TestNode,
+    peer: PeerId,
+    hash: BlobHash,
+    size: u64,
+) -> Result<(), IngestError> {
+    let groups = vec![(0, store::groups(size))];
+    let response = into
+        .client
+        .request_blob(
+            peer,
+            &BlobRequest {
+                hash,
+                groups: groups.clone(),
+            },
+        )
+        .await
+        .expect("request");
+    assert_eq!(response.size, size);
+    let reader = response.into_blocking_reader(tokio::runtime::Handle::current());
+    let store = into.provider.store.clone();
+    tokio::task::spawn_blocking(move || {
+        store
+            .ingest(hash, size, &store::chunk_ranges(&groups), reader)
+            .map(|_| ())
+    })
+    .await
+    .expect("join")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_find_fetch_and_hear_announcements() {
+    let a = node(1, None).await;
+    let mut b = node(2, None).await;
+    let mut c = node(3, None).await;
+    b.client.dial(a.addr.clone()).await.expect("b dials a");
+    c.client.dial(b.addr.clone()).await.expect("c dials b");
+
+    // A stores and provides a blob; C finds A through the DHT (it only knows B) and fetches.
+    let data = blob(700_000, 7);
+    let imported = a
+        .provider
+        .store
+        .import_bytes(&data, "raw", vec![])
+        .expect("import");
+    a.client.provide(imported.hash).await.expect("provide");
+    let mut providers = Vec::new();
+    for _ in 0..50 {
+        providers = c.client.find_providers(imported.hash).await.expect("find");
+        if providers.contains(&a.client.peer_id()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        providers.contains(&a.client.peer_id()),
+        "providers: {providers:?}"
+    );
+    fetch(&c, a.client.peer_id(), imported.hash, data.len() as u64)
+        .await
+        .expect("verified fetch");
+    let mut out = Vec::new();
+    c.provider
+        .store
+        .read_to(imported.hash, &mut out)
+        .expect("read");
+    assert_eq!(out, data);
+
+    // A announces a signed manifest; B and C hear it by gossip.
+    let key = SecretKey::from_seed(&[1; 32]);
+    let envelope = key
+        .sign(Manifest {
+            name: "announced".into(),
+            version: "1".into(),
+            ..Manifest::default()
+        })
+        .to_bytes();
+    a.provider
+        .manifests
+        .lock()
+        .expect("lock")
+        .push(envelope.clone());
+    // Gossipsub needs a heartbeat or two to build its mesh; republishing is idempotent.
+    let announcer = a.client.clone();
+    let republish = tokio::spawn(async move {
+        for _ in 0..20 {
+            let _ = announcer.announce(envelope.clone()).await;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    });
+    wait_for_manifest(&mut b, "announced").await;
+    wait_for_manifest(&mut c, "announced").await;
+    republish.abort();
+
+    // D joins late and learns the manifest from A's catalogue on connect.
+    let mut d = node(4, None).await;
+    d.client.dial(a.addr.clone()).await.expect("d dials a");
+    let from = wait_for_manifest(&mut d, "announced").await;
+    assert_eq!(from, a.client.peer_id());
+    // The catalogue can also be asked for explicitly.
+    let listed = d.client.catalog(a.client.peer_id()).await.expect("catalog");
+    assert_eq!(listed.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_bytes_from_a_byzantine_provider_never_reach_the_store() {
+    let evil = node(5, Some(150_000)).await;
+    let honest = node(6, None).await;
+    let victim = node(7, None).await;
+    let data = blob(600_000, 11);
+    for n in [&evil, &honest] {
+        n.provider
+            .store
+            .import_bytes(&data, "raw", vec![])
+            .expect("import");
+    }
+    let hash = BlobHash::of(&data);
+    victim
+        .client
+        .dial(evil.addr.clone())
+        .await
+        .expect("dial evil");
+    victim
+        .client
+        .dial(honest.addr.clone())
+        .await
+        .expect("dial honest");
+
+    let err = fetch(&victim, evil.client.peer_id(), hash, data.len() as u64)
+        .await
+        .expect_err("corrupt data must be rejected");
+    let IngestError::PeerMisbehaved { outcome, .. } = err else {
+        panic!("expected PeerMisbehaved, got {err:?}");
+    };
+    assert!(!outcome.complete);
+    assert!(!victim.provider.store.has(hash).expect("has"));
+    // The honest provider completes what is missing, re-sending nothing already verified.
+    let missing = victim
+        .provider
+        .store
+        .missing(hash, data.len() as u64)
+        .expect("missing");
+    let groups = store::group_ranges(&missing, data.len() as u64);
+    assert!(groups.iter().map(|(s, e)| e - s).sum::<u64>() < store::groups(data.len() as u64));
+    let response = victim
+        .client
+        .request_blob(
+            honest.client.peer_id(),
+            &BlobRequest {
+                hash,
+                groups: groups.clone(),
+            },
+        )
+        .await
+        .expect("request");
+    let reader = response.into_blocking_reader(tokio::runtime::Handle::current());
+    let st = victim.provider.store.clone();
+    let size = data.len() as u64;
+    let outcome = tokio::task::spawn_blocking(move || {
+        st.ingest(hash, size, &store::chunk_ranges(&groups), reader)
+    })
+    .await
+    .expect("join")
+    .expect("honest ingest");
+    assert!(outcome.complete);
+    assert!(victim.provider.store.verify(None).expect("verify").is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_blobs_and_bad_ranges_get_clear_answers() {
+    let a = node(8, None).await;
+    let b = node(9, None).await;
+    b.client.dial(a.addr.clone()).await.expect("dial");
+    let missing = BlobHash::of(b"nobody has this");
+    let err = b
+        .client
+        .request_blob(
+            a.client.peer_id(),
+            &BlobRequest {
+                hash: missing,
+                groups: vec![(0, 1)],
+            },
+        )
+        .await
+        .expect_err("not found");
+    assert!(err.to_string().contains("NotFound"), "{err}");
+    let small = a
+        .provider
+        .store
+        .import_bytes(b"tiny", "raw", vec![])
+        .expect("import");
+    let err = b
+        .client
+        .request_blob(
+            a.client.peer_id(),
+            &BlobRequest {
+                hash: small.hash,
+                groups: vec![(0, 5)],
+            },
+        )
+        .await
+        .expect_err("out of range");
+    assert!(err.to_string().contains("BadRequest"), "{err}");
+}
