@@ -2,7 +2,8 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+use serde::{Deserialize, Serialize};
 
 /// moxnet: share AI models peer to peer. A model goes live the moment it is published.
 #[derive(Debug, Parser)]
@@ -21,11 +22,22 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// The subcommands.
-#[derive(Debug, Subcommand)]
+/// The subcommands. While a node runs on the home, store commands are sent to it over its HTTP
+/// API (it holds the store), so they are serialisable.
+#[derive(Debug, Subcommand, Serialize, Deserialize)]
 pub enum Command {
     /// Create a home: an identity key (mode 0600) and an empty store.
     Init,
+    /// Run the node: join the network, serve blobs and models, offer the HTTP API.
+    Node(NodeArgs),
+    /// Fetch a model (manifest, files, snapshots) or a blob by hash from the network, verified,
+    /// resumable. Needs a running node.
+    Fetch {
+        /// Model id or blob hash.
+        id: String,
+    },
+    /// List the models this node knows (published here, announced, or synced from peers).
+    Models,
     /// Add a file or folder to the store and pin it; prints its hash.
     Add {
         /// File or folder to add.
@@ -82,8 +94,25 @@ pub enum Command {
     },
 }
 
+/// `moxnet node …`
+#[derive(Debug, Clone, Default, Args, Serialize, Deserialize)]
+pub struct NodeArgs {
+    /// Listen address (repeatable), e.g. /ip4/0.0.0.0/tcp/4001 or /ip4/0.0.0.0/udp/4001/quic-v1.
+    #[arg(long = "listen", value_name = "MULTIADDR")]
+    pub listen: Vec<String>,
+    /// Peer to connect to at start, with /p2p/<peer id> (repeatable).
+    #[arg(long = "bootstrap", value_name = "MULTIADDR")]
+    pub bootstrap: Vec<String>,
+    /// HTTP API address (localhost only), e.g. 127.0.0.1:5080; port 0 picks a free one.
+    #[arg(long, value_name = "ADDR")]
+    pub api: Option<String>,
+    /// Do not discover peers on the LAN with mDNS.
+    #[arg(long)]
+    pub no_mdns: bool,
+}
+
 /// `moxnet snapshot …`
-#[derive(Debug, Subcommand)]
+#[derive(Debug, Subcommand, Serialize, Deserialize)]
 pub enum SnapshotCommand {
     /// Record a training snapshot of a package: step, metrics, weight files. The next
     /// `publish` of the package links every snapshot recorded so far.

@@ -22,29 +22,89 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         None => home::default_dir()?,
     };
     let json = cli.json;
-    if let Command::Init = cli.command {
-        let (home, new) = Home::init(&dir)?;
-        let id = home.key.node_id();
-        emit(
-            json,
-            json!({ "home": dir, "node_id": id.to_string(), "created": new }),
-            || {
-                if new {
-                    format!("initialized moxnet home {}\nnode id {id}", dir.display())
-                } else {
-                    format!("{} is already a moxnet home\nnode id {id}", dir.display())
-                }
-            },
-        );
-        return Ok(ExitCode::SUCCESS);
-    }
-    let home = Home::open(&dir)?;
     match cli.command {
-        Command::Init => unreachable_init(),
-        Command::Add { path } => add(&home, &path, json),
-        Command::Get { hash, output } => get(&home, &parse_hash(&hash)?, &output, json),
+        Command::Init => {
+            let (home, new) = Home::init(&dir)?;
+            let id = home.key.node_id();
+            emit(
+                json,
+                json!({ "home": dir, "node_id": id.to_string(), "created": new }),
+                || {
+                    if new {
+                        format!("initialized moxnet home {}\nnode id {id}", dir.display())
+                    } else {
+                        format!("{} is already a moxnet home\nnode id {id}", dir.display())
+                    }
+                },
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Node(args) => {
+            crate::daemon::run(&dir, args, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Fetch { id } => {
+            let api = crate::api_client::Api::find(&dir)?.with_context(|| {
+                "fetching needs a running node on this home: start `moxnet node` first".to_string()
+            })?;
+            crate::api_client::fetch(&api, &parse_hash(&id)?, json)
+        }
+        mut command => match crate::api_client::Api::find(&dir)? {
+            // A node holds the store: let it run the command.
+            Some(api) => {
+                absolutize(&mut command)?;
+                crate::api_client::exec(&api, &command, json)
+            }
+            None => execute(&Home::open(&dir)?, command, json),
+        },
+    }
+}
+
+/// Makes path arguments absolute before a command is sent to a node (whose working directory
+/// is elsewhere).
+fn absolutize(command: &mut Command) -> Result<()> {
+    let abs = |p: &mut PathBuf| -> Result<()> {
+        if p.is_relative() {
+            *p = std::env::current_dir()
+                .context("reading the working directory")?
+                .join(&*p);
+        }
+        Ok(())
+    };
+    match command {
+        Command::Add { path } | Command::Publish { path } => abs(path),
+        Command::Get { output, .. } => abs(output),
+        Command::Snapshot {
+            command: SnapshotCommand::Add {
+                package, weights, ..
+            },
+        } => {
+            abs(package)?;
+            weights.iter_mut().try_for_each(abs)
+        }
+        Command::History { target } => {
+            if Path::new(target).is_dir() {
+                let mut p = PathBuf::from(&*target);
+                abs(&mut p)?;
+                *target = p.to_string_lossy().into_owned();
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Runs a store command against an open home (directly, or inside the node for a client).
+pub fn execute(home: &Home, command: Command, json: bool) -> Result<ExitCode> {
+    match command {
+        Command::Init | Command::Node(_) | Command::Fetch { .. } => {
+            bail!("this command is not run inside a node")
+        }
+        Command::Models => models(&home.store, json),
+        Command::Add { path } => add(home, &path, json),
+        Command::Get { hash, output } => get(home, &parse_hash(&hash)?, &output, json),
         Command::Ls => ls(&home.store, json),
-        Command::Publish { path } => publish(&home, &path, json),
+        Command::Publish { path } => publish(home, &path, json),
         Command::Show { id } => show(&home.store, ModelId(parse_hash(&id)?), json),
         Command::Snapshot {
             command:
@@ -54,7 +114,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                     metrics,
                     weights,
                 },
-        } => snapshot_add(&home, &package, step, &metrics, &weights, json),
+        } => snapshot_add(home, &package, step, &metrics, &weights, json),
         Command::History { target } => history(&home.store, &target, json),
         Command::Pin { hash } => {
             let h = parse_hash(&hash)?;
@@ -97,10 +157,6 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Verify { hash } => verify(&home.store, hash.as_deref(), json),
     }
-}
-
-fn unreachable_init() -> Result<ExitCode> {
-    bail!("init is handled before the home is opened")
 }
 
 /// Parses a hash argument with a message that says what a hash looks like.
@@ -183,6 +239,49 @@ fn get(home: &Home, hash: &BlobHash, output: &Path, json: bool) -> Result<ExitCo
         json!({ "hash": hash.to_string(), "kind": kind, "path": output, "bytes": written }),
         || format!("wrote {kind} {} ({})", output.display(), bytes(written)),
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn models(store: &Store, json: bool) -> Result<ExitCode> {
+    let mut rows = Vec::new();
+    for id in store.manifests()? {
+        let Ok(signed) = load_manifest(store, id) else {
+            continue; // listed but not (or no longer) readable: skip rather than fail the list
+        };
+        let m = signed.body();
+        let local = m.files.iter().all(|f| store.has(f.hash).unwrap_or(false));
+        rows.push(json!({
+            "model_id": id.to_string(),
+            "name": m.name,
+            "version": m.version,
+            "author": signed.signer().to_string(),
+            "files": m.files.len(),
+            "bytes": m.total_size(),
+            "local": local,
+        }));
+    }
+    emit(json, json!({ "models": rows }), || {
+        if rows.is_empty() {
+            return "no models known yet".into();
+        }
+        rows.iter()
+            .map(|r| {
+                format!(
+                    "{}  {} {}  {}{}",
+                    r["model_id"].as_str().unwrap_or_default(),
+                    r["name"].as_str().unwrap_or_default(),
+                    r["version"].as_str().unwrap_or_default(),
+                    bytes(r["bytes"].as_u64().unwrap_or_default()),
+                    if r["local"].as_bool().unwrap_or_default() {
+                        ""
+                    } else {
+                        "  (not fetched)"
+                    },
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    });
     Ok(ExitCode::SUCCESS)
 }
 
@@ -317,7 +416,7 @@ fn publish(home: &Home, path: &Path, json: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn load_manifest(store: &Store, id: ModelId) -> Result<Signed<Manifest>> {
+pub fn load_manifest(store: &Store, id: ModelId) -> Result<Signed<Manifest>> {
     let bytes = store
         .read_bytes(id.blob(), Signed::<Manifest>::MAX_BYTES as u64)
         .with_context(|| format!("reading model {id}"))?;

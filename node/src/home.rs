@@ -24,7 +24,7 @@ pub struct Home {
     /// The identity that signs what this home publishes.
     pub key: SecretKey,
     /// The blob store.
-    pub store: Store,
+    pub store: std::sync::Arc<Store>,
 }
 
 impl Home {
@@ -66,8 +66,10 @@ impl Home {
             );
         }
         let key = load_key(&key_path)?;
-        let store = Store::open(dir.join(STORE_DIR))
-            .with_context(|| format!("opening the store in {}", dir.display()))?;
+        let store = std::sync::Arc::new(
+            Store::open(dir.join(STORE_DIR))
+                .with_context(|| format!("opening the store in {}", dir.display()))?,
+        );
         Ok(Home { key, store })
     }
 }

@@ -2,8 +2,12 @@
 //!
 //! Exit status: 0 on success, 1 on failure (or when `verify` finds a problem), 2 on bad usage.
 
+mod api_client;
 mod cli;
 mod commands;
+mod config;
+mod daemon;
+mod fetcher;
 mod home;
 mod output;
 mod package;

@@ -5,14 +5,48 @@ use std::io::IsTerminal;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Value;
 
+use std::cell::RefCell;
+
+thread_local! {
+    /// When set, results are collected here instead of printed (the daemon runs CLI commands
+    /// for clients and sends their output back).
+    static CAPTURE: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` with results captured; returns `f`'s result and what it would have printed.
+pub fn capture<T>(f: impl FnOnce() -> T) -> (T, String) {
+    CAPTURE.with(|c| *c.borrow_mut() = Some(String::new()));
+    let result = f();
+    let text = CAPTURE.with(|c| c.borrow_mut().take()).unwrap_or_default();
+    (result, text)
+}
+
+fn capturing() -> bool {
+    CAPTURE.with(|c| c.borrow().is_some())
+}
+
+fn print_line(line: &str) {
+    let captured = CAPTURE.with(|c| match c.borrow_mut().as_mut() {
+        Some(buf) => {
+            buf.push_str(line);
+            buf.push('\n');
+            true
+        }
+        None => false,
+    });
+    if !captured {
+        println!("{line}");
+    }
+}
+
 /// Prints a command's result: `json` with `--json`, else the text `human` makes.
 pub fn emit(json: bool, value: Value, human: impl FnOnce() -> String) {
     if json {
-        println!("{value}");
+        print_line(&value.to_string());
     } else {
         let text = human();
         if !text.is_empty() {
-            println!("{text}");
+            print_line(&text);
         }
     }
 }
@@ -27,7 +61,7 @@ pub fn error(json: bool, err: &anyhow::Error) {
 
 /// A byte progress bar, shown only when stdout is a terminal and output is text.
 pub fn progress(json: bool, total: u64, what: &str) -> Option<ProgressBar> {
-    if json || !std::io::stdout().is_terminal() || total < (8 << 20) {
+    if json || capturing() || !std::io::stdout().is_terminal() || total < (8 << 20) {
         return None;
     }
     let bar = ProgressBar::new(total);

@@ -182,3 +182,107 @@ pub fn write_random_file(path: &Path, len: u64, seed: u64) -> Result<()> {
     f.flush()?;
     Ok(())
 }
+
+/// A running `moxnet node` process; killed when dropped.
+pub struct Daemon {
+    /// The process.
+    pub child: Child,
+    /// Its peer id.
+    pub peer_id: String,
+    /// Its listen addresses, each ending in `/p2p/<peer id>`.
+    pub listen: Vec<String>,
+    /// Its HTTP API address.
+    pub api: String,
+}
+
+impl Node {
+    /// Starts `moxnet node` on loopback with a free port and the given bootstrap peers, and waits
+    /// until it is up.
+    pub fn start(&self, bootstrap: &[&str]) -> Daemon {
+        let mut args: Vec<String> = [
+            "--json",
+            "node",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--api",
+            "127.0.0.1:0",
+            "--no-mdns",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        for b in bootstrap {
+            args.push("--bootstrap".into());
+            args.push(b.to_string());
+        }
+        let mut child = self.spawn(&args);
+        let mut line = String::new();
+        if let Some(out) = child.stdout.take() {
+            let mut reader = std::io::BufReader::new(out);
+            let _ = std::io::BufRead::read_line(&mut reader, &mut line);
+            // Keep draining stdout so the node never blocks on a full pipe.
+            std::thread::spawn(move || {
+                let mut sink = Vec::new();
+                let _ = std::io::Read::read_to_end(&mut reader, &mut sink);
+            });
+        }
+        let info: serde_json::Value = match serde_json::from_str(&line) {
+            Ok(v) => v,
+            Err(_) => {
+                let _ = child.kill();
+                let out = child.wait_with_output().ok();
+                panic!(
+                    "moxnet node did not start: {line:?} {}",
+                    out.map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+                        .unwrap_or_default()
+                );
+            }
+        };
+        let text = |k: &str| info[k].as_str().unwrap_or_default().to_string();
+        Daemon {
+            peer_id: text("peer_id"),
+            listen: info["listen"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            api: text("api"),
+            child,
+        }
+    }
+}
+
+impl Daemon {
+    /// The first listen address (for `--bootstrap`).
+    pub fn addr(&self) -> &str {
+        self.listen.first().map(String::as_str).unwrap_or_default()
+    }
+
+    /// Kills the process at once (SIGKILL), as a crash would.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Asks the process to stop (SIGTERM) and waits for it.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        match self.child.wait() {
+            Ok(s) => s,
+            Err(e) => panic!("waiting for moxnet node: {e}"),
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

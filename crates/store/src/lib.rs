@@ -202,6 +202,8 @@ pub struct Store {
     heads: sled::Tree,
     /// Serialises making blobs visible (rename + index) against [`Store::gc`].
     commit: std::sync::Mutex<()>,
+    /// Serialises updates of partial-blob records between concurrent ingests.
+    partial_lock: std::sync::Mutex<()>,
 }
 
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -239,6 +241,7 @@ impl Store {
             manifests: db.open_tree("manifests")?,
             heads: db.open_tree("heads")?,
             commit: std::sync::Mutex::new(()),
+            partial_lock: std::sync::Mutex::new(()),
             db,
             root,
         };

@@ -153,6 +153,7 @@ impl Store {
             data: open(&ob_path)?,
         };
         let mut written = 0;
+        let mut newly = Vec::new();
         let mut failure = None;
         for item in DecodeResponseIter::new(hash.into(), tree(size), encoded, ranges) {
             match item {
@@ -167,6 +168,7 @@ impl Store {
                     let g = leaf.offset / CHUNK_GROUP_BYTES;
                     if !record.has(g) {
                         record.set(g);
+                        newly.push(g);
                         written += 1;
                     }
                 }
@@ -184,15 +186,35 @@ impl Store {
             .data
             .sync_all()
             .ctx(|| format!("syncing {}", ob_path.display()))?;
-        let complete = record.is_complete();
-        if complete {
-            self.complete_partial(hash, &record, data, outboard.data)?;
+        // Concurrent ingests of one blob (several peers at once) merge their groups into the
+        // record under a lock; whoever adds the last group completes the blob.
+        let _guard = self.partial_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let complete = if self.has(hash)? {
+            record = PartialRecord::new(size);
+            for g in 0..total {
+                record.set(g);
+            }
+            true
         } else {
-            self.partial
-                .insert(hash.as_bytes(), record.encode())
-                .map_err(StoreError::from)?;
-            self.db.flush().map_err(StoreError::from)?;
-        }
+            let mut current = match self.partial(hash)? {
+                Some(r) if r.size == size => r,
+                _ => PartialRecord::new(size),
+            };
+            for g in &newly {
+                current.set(*g);
+            }
+            record = current;
+            if record.is_complete() {
+                self.complete_partial(hash, &record, data, outboard.data)?;
+                true
+            } else {
+                self.partial
+                    .insert(hash.as_bytes(), record.encode())
+                    .map_err(StoreError::from)?;
+                self.db.flush().map_err(StoreError::from)?;
+                false
+            }
+        };
         let outcome = IngestOutcome {
             groups_written: written,
             groups_present: record.count(),

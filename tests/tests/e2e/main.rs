@@ -4,3 +4,4 @@
 mod crash;
 mod disk_full;
 mod journey;
+mod network;

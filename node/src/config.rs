@@ -1,0 +1,128 @@
+//! The node's configuration: embedded defaults, then `config.toml` in the home, then flags.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use net::libp2p::Multiaddr;
+use serde::Deserialize;
+
+use crate::cli::NodeArgs;
+
+/// The defaults, as shipped.
+pub const DEFAULT_CONFIG: &str = include_str!("default-config.toml");
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    listen: Option<Vec<String>>,
+    bootstrap: Option<Vec<String>>,
+    api: Option<String>,
+    mdns: Option<bool>,
+}
+
+/// The effective configuration.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Listen addresses.
+    pub listen: Vec<Multiaddr>,
+    /// Bootstrap peers.
+    pub bootstrap: Vec<Multiaddr>,
+    /// HTTP API address (loopback).
+    pub api: SocketAddr,
+    /// mDNS discovery.
+    pub mdns: bool,
+}
+
+fn parse_file(text: &str, what: &str) -> Result<ConfigFile> {
+    toml::from_str(text).map_err(|e| anyhow::anyhow!("{what}: {e}"))
+}
+
+fn addrs(list: &[String], key: &str) -> Result<Vec<Multiaddr>> {
+    list.iter()
+        .map(|a| {
+            a.parse::<Multiaddr>()
+                .map_err(|e| anyhow::anyhow!("{key}: {a:?} is not a multiaddr: {e}"))
+        })
+        .collect()
+}
+
+/// Loads the configuration for the home `dir` with `args` applied.
+pub fn load(dir: &Path, args: &NodeArgs) -> Result<NodeConfig> {
+    let defaults = parse_file(DEFAULT_CONFIG, "embedded default config")?;
+    let path = dir.join("config.toml");
+    let file = match std::fs::read_to_string(&path) {
+        Ok(text) => parse_file(&text, &path.display().to_string())?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => ConfigFile::default(),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let pick = |flag: &Vec<String>, file: &Option<Vec<String>>, default: &Option<Vec<String>>| {
+        if !flag.is_empty() {
+            flag.clone()
+        } else {
+            file.clone().or_else(|| default.clone()).unwrap_or_default()
+        }
+    };
+    let listen = addrs(
+        &pick(&args.listen, &file.listen, &defaults.listen),
+        "listen",
+    )?;
+    let bootstrap = addrs(
+        &pick(&args.bootstrap, &file.bootstrap, &defaults.bootstrap),
+        "bootstrap",
+    )?;
+    let api_text = args
+        .api
+        .clone()
+        .or(file.api)
+        .or(defaults.api)
+        .unwrap_or_else(|| "127.0.0.1:5080".into());
+    let api: SocketAddr = api_text
+        .parse()
+        .map_err(|e| anyhow::anyhow!("api: {api_text:?} is not an address: {e}"))?;
+    if !api.ip().is_loopback() {
+        bail!("api: {api} is not a loopback address; the HTTP API only listens on localhost");
+    }
+    let mdns = !args.no_mdns && file.mdns.or(defaults.mdns).unwrap_or(true);
+    Ok(NodeConfig {
+        listen,
+        bootstrap,
+        api,
+        mdns,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_defaults_parse_and_flags_win() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let c = load(dir.path(), &NodeArgs::default()).expect("defaults");
+        assert_eq!(c.listen.len(), 2);
+        assert!(c.mdns);
+        std::fs::write(
+            dir.path().join("config.toml"),
+            "mdns = false\napi = \"127.0.0.1:6000\"\n",
+        )
+        .expect("write");
+        let args = NodeArgs {
+            api: Some("127.0.0.1:0".into()),
+            ..NodeArgs::default()
+        };
+        let c = load(dir.path(), &args).expect("file + flags");
+        assert!(!c.mdns);
+        assert_eq!(c.api.port(), 0);
+        std::fs::write(dir.path().join("config.toml"), "api = \"0.0.0.0:80\"\n").expect("write");
+        assert!(
+            load(dir.path(), &NodeArgs::default()).is_err(),
+            "non-loopback API refused"
+        );
+        std::fs::write(dir.path().join("config.toml"), "lisen = []\n").expect("write");
+        assert!(
+            load(dir.path(), &NodeArgs::default()).is_err(),
+            "typos refused"
+        );
+    }
+}

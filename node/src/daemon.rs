@@ -1,0 +1,461 @@
+//! `moxnet node`: the daemon. It holds the home's store, runs the network (`net`), serves blobs
+//! and the catalogue to peers, learns models from announcements and syncs, fetches on request,
+//! and offers the HTTP API on localhost, through which the CLI runs while a node is up.
+
+use std::collections::{HashMap, HashSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use axum::extract::{Path as UrlPath, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use net::libp2p::{Multiaddr, PeerId, multiaddr::Protocol};
+use net::{NetConfig, NetEvent, Provider};
+use protocol::{BlobHash, ModelId};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::api_client::API_FILE;
+use crate::cli::{Command, NodeArgs};
+use crate::fetcher::{self, Progress};
+use crate::home::Home;
+use crate::output;
+
+/// What the node shares between its tasks.
+pub struct Node {
+    /// The home: identity and store.
+    pub home: Arc<Home>,
+    /// The network.
+    pub net: net::Client,
+    /// Addresses we listen on (with our `/p2p/` suffix).
+    listening: Mutex<Vec<Multiaddr>>,
+    /// Fetches started through the API, by root hash.
+    fetches: Mutex<HashMap<BlobHash, Arc<Mutex<Progress>>>>,
+    /// Peers that announced or synced each model to us: likely providers.
+    pub announcers: Mutex<HashMap<BlobHash, HashSet<PeerId>>>,
+    /// Models already announced and provided by this node.
+    announced: Mutex<HashSet<ModelId>>,
+}
+
+/// Serves blobs and the catalogue from the store (called by `net` on blocking threads).
+struct StoreProvider {
+    home: Arc<Home>,
+}
+
+/// Test-only (`--features byzantine`): flips one byte in every 64 KiB it serves.
+struct Corrupt<'a> {
+    inner: &'a mut dyn Write,
+    written: usize,
+}
+
+impl Write for Corrupt<'_> {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let mut data = data.to_vec();
+        for (i, b) in data.iter_mut().enumerate() {
+            if (self.written + i) % 65_536 == 1_000 {
+                *b ^= 0xa5;
+            }
+        }
+        self.written += data.len();
+        self.inner.write_all(&data)?;
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl Provider for StoreProvider {
+    fn blob_size(&self, hash: BlobHash) -> Option<u64> {
+        self.home.store.record(hash).ok().flatten().map(|r| r.size)
+    }
+
+    fn serve(
+        &self,
+        hash: BlobHash,
+        groups: &[(u64, u64)],
+        out: &mut dyn Write,
+    ) -> std::io::Result<()> {
+        let ranges = store::chunk_ranges(groups);
+        let result = if cfg!(feature = "byzantine") {
+            self.home.store.read_ranges(
+                hash,
+                &ranges,
+                Corrupt {
+                    inner: out,
+                    written: 0,
+                },
+            )
+        } else {
+            self.home.store.read_ranges(hash, &ranges, out)
+        };
+        result.map_err(std::io::Error::other)
+    }
+
+    fn catalog(&self) -> Vec<Vec<u8>> {
+        let store = &self.home.store;
+        store
+            .manifests()
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|id| {
+                store
+                    .read_bytes(
+                        id.blob(),
+                        protocol::Signed::<protocol::Manifest>::MAX_BYTES as u64,
+                    )
+                    .ok()
+            })
+            .collect()
+    }
+}
+
+/// Runs the node until SIGINT or SIGTERM.
+pub fn run(dir: &Path, args: NodeArgs, json: bool) -> Result<()> {
+    let config = crate::config::load(dir, &args)?;
+    let home = Arc::new(Home::open(dir)?);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(serve(dir.to_path_buf(), home, config, json))
+}
+
+async fn serve(
+    dir: PathBuf,
+    home: Arc<Home>,
+    config: crate::config::NodeConfig,
+    json: bool,
+) -> Result<()> {
+    let provider = Arc::new(StoreProvider { home: home.clone() });
+    let net_config = NetConfig {
+        seed: home.key.seed(),
+        listen: config.listen.clone(),
+        bootstrap: config.bootstrap.clone(),
+        mdns: config.mdns,
+        ..NetConfig::default()
+    };
+    let (client, mut events) = net::spawn(net_config, provider)
+        .await
+        .context("starting the network")?;
+    let node = Arc::new(Node {
+        home,
+        net: client,
+        listening: Mutex::new(Vec::new()),
+        fetches: Mutex::new(HashMap::new()),
+        announcers: Mutex::new(HashMap::new()),
+        announced: Mutex::new(HashSet::new()),
+    });
+    // Wait briefly for the listeners so the start-up line can show real addresses.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while node
+        .listening
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .len()
+        < config.listen.len()
+    {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Ok(Some(event)) => on_event(&node, event).await,
+            _ => break,
+        }
+    }
+    let event_node = node.clone();
+    tokio::spawn(async move {
+        while let Some(event) = events.recv().await {
+            on_event(&event_node, event).await;
+        }
+    });
+    let announce_node = node.clone();
+    tokio::spawn(async move { announce_local(&announce_node).await });
+
+    let listener = tokio::net::TcpListener::bind(config.api)
+        .await
+        .with_context(|| format!("binding the HTTP API to {}", config.api))?;
+    let api_addr = listener.local_addr().context("reading the API address")?;
+    let api_file = dir.join(API_FILE);
+    std::fs::write(&api_file, format!("{api_addr}\n"))
+        .with_context(|| format!("writing {}", api_file.display()))?;
+    let listen: Vec<String> = node
+        .listening
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+    output::emit(
+        json,
+        json!({ "peer_id": node.net.peer_id().to_string(), "node_id": node.home.key.node_id().to_string(), "listen": listen, "api": api_addr.to_string() }),
+        || {
+            format!(
+                "moxnet node {}\nlistening on {}\nHTTP API on http://{api_addr}",
+                node.net.peer_id(),
+                listen.join(", ")
+            )
+        },
+    );
+    let _ = std::io::stdout().flush();
+
+    let app = Router::new()
+        .route("/api/v1/node", get(node_info))
+        .route("/api/v1/models", get(models))
+        .route("/api/v1/exec", post(exec))
+        .route("/api/v1/fetch/{id}", post(start_fetch).get(fetch_progress))
+        .with_state(node.clone());
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await;
+    let _ = std::fs::remove_file(&api_file);
+    node.home.store.flush().context("flushing the store")?;
+    served.context("serving the HTTP API")
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = ctrl_c.await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term.recv() => {}
+    }
+}
+
+async fn on_event(node: &Arc<Node>, event: NetEvent) {
+    match event {
+        NetEvent::Listening(addr) => {
+            let addr = addr.with(Protocol::P2p(node.net.peer_id()));
+            node.listening
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(addr);
+        }
+        NetEvent::Manifest { from, manifest } => {
+            let bytes = manifest.to_bytes();
+            let id = protocol::model_id(&bytes);
+            node.announcers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(id.blob())
+                .or_default()
+                .insert(from);
+            let home = node.home.clone();
+            let links = manifest.body().referenced_blobs();
+            // Learning a model stores its signed manifest (not its files) in the catalogue.
+            let _ = tokio::task::spawn_blocking(move || -> Result<()> {
+                if !home.store.has(id.blob())? {
+                    home.store.import_bytes(&bytes, "manifest", links)?;
+                }
+                home.store.index_manifest(id)?;
+                Ok(())
+            })
+            .await;
+        }
+        NetEvent::PeerConnected(_) | NetEvent::PeerDisconnected(_) | NetEvent::Rejected { .. } => {}
+    }
+}
+
+/// Announces every local manifest not yet announced, and provides it and its files.
+pub async fn announce_local(node: &Arc<Node>) {
+    let home = node.home.clone();
+    let local = tokio::task::spawn_blocking(move || -> Vec<(ModelId, Vec<u8>, Vec<BlobHash>)> {
+        let store = &home.store;
+        store
+            .manifests()
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|id| {
+                let signed = crate::commands::load_manifest(store, id).ok()?;
+                let blobs: Vec<BlobHash> = std::iter::once(id.blob())
+                    .chain(signed.body().referenced_blobs())
+                    .filter(|h| store.has(*h).unwrap_or(false))
+                    .collect();
+                // Only models whose files are all here are ours to announce.
+                let complete = signed
+                    .body()
+                    .files
+                    .iter()
+                    .all(|f| store.has(f.hash).unwrap_or(false));
+                complete.then(|| (id, signed.to_bytes(), blobs))
+            })
+            .collect()
+    })
+    .await
+    .unwrap_or_default();
+    for (id, envelope, blobs) in local {
+        if !node
+            .announced
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id)
+        {
+            continue;
+        }
+        let _ = node.net.announce(envelope).await;
+        for hash in blobs {
+            let _ = node.net.provide(hash).await;
+        }
+    }
+}
+
+async fn node_info(State(node): State<Arc<Node>>) -> Json<Value> {
+    let peers: Vec<String> = node
+        .net
+        .peers()
+        .await
+        .unwrap_or_default()
+        .iter()
+        .map(|p| p.to_string())
+        .collect();
+    let listen: Vec<String> = node
+        .listening
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+    Json(json!({
+        "node_id": node.home.key.node_id().to_string(),
+        "peer_id": node.net.peer_id().to_string(),
+        "listen": listen,
+        "peers": peers,
+    }))
+}
+
+fn run_captured(node: &Arc<Node>, command: Command, json: bool) -> Value {
+    let (result, stdout) = output::capture(|| crate::commands::execute(&node.home, command, json));
+    match result {
+        Ok(code) => {
+            json!({ "code": if code == std::process::ExitCode::SUCCESS { 0 } else { 1 }, "stdout": stdout })
+        }
+        Err(e) => json!({ "code": 1, "stdout": stdout, "error": format!("{e:#}") }),
+    }
+}
+
+async fn models(State(node): State<Arc<Node>>) -> (StatusCode, Json<Value>) {
+    let answer =
+        tokio::task::spawn_blocking(move || run_captured(&node, Command::Models, true)).await;
+    match answer {
+        Ok(v) => match serde_json::from_str::<Value>(v["stdout"].as_str().unwrap_or("")) {
+            Ok(list) => (StatusCode::OK, Json(list)),
+            Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, Json(v)),
+        },
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Json(json!({ "error": e.to_string() })),
+        ),
+    }
+}
+
+#[derive(Deserialize)]
+struct ExecRequest {
+    command: Command,
+    #[serde(default)]
+    json: bool,
+}
+
+/// Runs a CLI store command inside the node (which holds the store), then announces anything
+/// newly published.
+async fn exec(
+    State(node): State<Arc<Node>>,
+    Json(request): Json<ExecRequest>,
+) -> (StatusCode, Json<Value>) {
+    if matches!(
+        request.command,
+        Command::Init | Command::Node(_) | Command::Fetch { .. }
+    ) {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({ "error": "not a store command" })),
+        );
+    }
+    let worker = node.clone();
+    let answer =
+        tokio::task::spawn_blocking(move || run_captured(&worker, request.command, request.json))
+            .await;
+    announce_local(&node).await;
+    match answer {
+        Ok(v) => (StatusCode::OK, Json(v)),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Json(json!({ "error": e.to_string() })),
+        ),
+    }
+}
+
+async fn start_fetch(
+    State(node): State<Arc<Node>>,
+    UrlPath(id): UrlPath<String>,
+) -> (StatusCode, Json<Value>) {
+    let hash: BlobHash = match id.parse() {
+        Ok(h) => h,
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(json!({ "error": format!("{id:?}: {e}") })),
+            );
+        }
+    };
+    let progress = {
+        let mut fetches = node.fetches.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(existing) = fetches.get(&hash) {
+            let running = existing.lock().unwrap_or_else(|p| p.into_inner()).state == "running";
+            if running {
+                return (StatusCode::ACCEPTED, Json(json!({ "state": "running" })));
+            }
+        }
+        let progress = Arc::new(Mutex::new(Progress::default()));
+        fetches.insert(hash, progress.clone());
+        progress
+    };
+    let worker = node.clone();
+    tokio::spawn(async move {
+        let result = fetcher::fetch(&worker, hash, progress.clone()).await;
+        let mut p = progress.lock().unwrap_or_else(|p| p.into_inner());
+        match result {
+            Ok(()) => p.state = "complete",
+            Err(e) => {
+                p.state = "failed";
+                p.error = Some(format!("{e:#}"));
+            }
+        }
+    });
+    (StatusCode::ACCEPTED, Json(json!({ "state": "running" })))
+}
+
+async fn fetch_progress(
+    State(node): State<Arc<Node>>,
+    UrlPath(id): UrlPath<String>,
+) -> (StatusCode, Json<Value>) {
+    let Ok(hash) = id.parse::<BlobHash>() else {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({ "error": "not a hash" })),
+        );
+    };
+    let progress = node
+        .fetches
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&hash)
+        .cloned();
+    match progress {
+        Some(p) => {
+            let p = p.lock().unwrap_or_else(|p| p.into_inner());
+            (StatusCode::OK, Json(p.to_json(hash)))
+        }
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(json!({ "error": "no such fetch" })),
+        ),
+    }
+}
