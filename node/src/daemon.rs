@@ -46,7 +46,16 @@ struct StoreProvider {
     home: Arc<Home>,
 }
 
-/// Test-only (`--features byzantine`): flips one byte in every 64 KiB it serves.
+/// Whether this node corrupts what it serves: test-only, for Byzantine scenarios. Built in with
+/// `--features byzantine`, or in debug builds when `MOXNET_TEST_BYZANTINE=1` is set (release
+/// builds without the feature never misbehave).
+fn byzantine() -> bool {
+    cfg!(feature = "byzantine")
+        || (cfg!(debug_assertions)
+            && std::env::var_os("MOXNET_TEST_BYZANTINE").is_some_and(|v| v == "1"))
+}
+
+/// Test-only Byzantine behaviour: flips one byte in every 64 KiB it serves.
 struct Corrupt<'a> {
     inner: &'a mut dyn Write,
     written: usize,
@@ -82,7 +91,7 @@ impl Provider for StoreProvider {
         out: &mut dyn Write,
     ) -> std::io::Result<()> {
         let ranges = store::chunk_ranges(groups);
-        let result = if cfg!(feature = "byzantine") {
+        let result = if byzantine() {
             self.home.store.read_ranges(
                 hash,
                 &ranges,

@@ -199,6 +199,12 @@ impl Node {
     /// Starts `moxnet node` on loopback with a free port and the given bootstrap peers, and waits
     /// until it is up.
     pub fn start(&self, bootstrap: &[&str]) -> Daemon {
+        self.start_with(bootstrap, &[])
+    }
+
+    /// Like [`Node::start`], with extra environment variables (e.g. `MOXNET_TEST_BYZANTINE=1`
+    /// for a provider that corrupts what it serves, in debug builds).
+    pub fn start_with(&self, bootstrap: &[&str], env: &[(&str, &str)]) -> Daemon {
         let mut args: Vec<String> = [
             "--json",
             "node",
@@ -215,7 +221,15 @@ impl Node {
             args.push("--bootstrap".into());
             args.push(b.to_string());
         }
-        let mut child = self.spawn(&args);
+        let mut cmd = self.command(&args);
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => panic!("cannot start {}: {e}", self.bin.display()),
+        };
         let mut line = String::new();
         if let Some(out) = child.stdout.take() {
             let mut reader = std::io::BufReader::new(out);

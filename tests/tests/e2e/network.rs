@@ -113,3 +113,40 @@ fn a_killed_fetch_resumes_without_refetching_verified_groups() {
         fs::read(pkg.join("weights.bin")).expect("read")
     );
 }
+
+#[test]
+fn three_providers_one_byzantine_fetch_completes_and_bans_it() {
+    let net = Testnet::new().expect("testnet");
+    let pkg = net.path().join("pkg");
+    big_package(&pkg, 32);
+    let providers: Vec<_> = (0..3).map(|i| net.home(&format!("p{i}"))).collect();
+    let mut ids = Vec::new();
+    for p in &providers {
+        p.ok(&["init"]);
+        ids.push(p.ok(&["publish", pkg.to_str().expect("utf8")]));
+    }
+    let evil = providers[0].start_with(&[], &[("MOXNET_TEST_BYZANTINE", "1")]);
+    let honest1 = providers[1].start(&[]);
+    let honest2 = providers[2].start(&[]);
+    let client = net.home("client");
+    client.ok(&["init"]);
+    let _node = client.start(&[evil.addr(), honest1.addr(), honest2.addr()]);
+    // The evil provider's model id: its manifest is honest, its bytes are not.
+    wait_until("the client to list the model", || {
+        client.ok(&["models"]).contains(&ids[0])
+    });
+    let fetched = client.json(&["fetch", &ids[0]]);
+    assert_eq!(fetched["state"], "complete");
+    assert_eq!(fetched["peers_banned"], 1, "{fetched}");
+    assert_eq!(
+        client.json(&["verify"])["ok"],
+        true,
+        "no bad byte was stored"
+    );
+    let out = net.path().join("out");
+    client.ok(&["get", &ids[0], "-o", out.to_str().expect("utf8")]);
+    assert_eq!(
+        fs::read(out.join("weights.bin")).expect("read"),
+        fs::read(pkg.join("weights.bin")).expect("read")
+    );
+}
