@@ -13,6 +13,8 @@ use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
+pub mod scenario;
+
 use anyhow::{Context, Result, bail};
 
 /// Finds the `moxnet` binary: `$MOXNET_BIN`, else beside the running test's target directory

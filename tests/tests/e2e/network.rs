@@ -150,3 +150,13 @@ fn three_providers_one_byzantine_fetch_completes_and_bans_it() {
         fs::read(pkg.join("weights.bin")).expect("read")
     );
 }
+
+#[test]
+fn testnet_scenarios_pass_at_ci_size() {
+    for report in [
+        testnet::scenario::fetch_many(5, 16).expect("fetch-many"),
+        testnet::scenario::kill_provider(64).expect("kill-provider"),
+    ] {
+        eprintln!("{report}");
+    }
+}

@@ -1,0 +1,58 @@
+//! `testnet`: runs scenarios with many real `moxnet node` processes on loopback and prints a
+//! report per scenario. Exit status 1 if any scenario fails.
+//!
+//! ```text
+//! cargo build -p node && cargo run -p testnet -- all [--nodes 6] [--mib 256]
+//! cargo run -p testnet -- fetch-many|byzantine|kill-provider [--nodes N] [--mib M]
+//! ```
+
+use std::process::ExitCode;
+
+use testnet::scenario;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let which = args.first().map(String::as_str).unwrap_or("all");
+    let flag = |name: &str, default: u64| -> u64 {
+        args.windows(2)
+            .find(|w| w[0] == name)
+            .and_then(|w| w[1].parse().ok())
+            .unwrap_or(default)
+    };
+    let nodes = flag("--nodes", 6) as usize;
+    let mib = flag("--mib", 256);
+    let runs: Vec<(&str, Box<dyn Fn() -> anyhow::Result<scenario::Report>>)> = vec![
+        (
+            "fetch-many",
+            Box::new(move || scenario::fetch_many(nodes, mib)),
+        ),
+        ("byzantine", Box::new(move || scenario::byzantine(mib))),
+        (
+            "kill-provider",
+            Box::new(move || scenario::kill_provider(mib)),
+        ),
+    ];
+    let selected: Vec<_> = runs
+        .iter()
+        .filter(|(name, _)| which == "all" || which == *name)
+        .collect();
+    if selected.is_empty() {
+        eprintln!("unknown scenario {which:?}; use all, fetch-many, byzantine or kill-provider");
+        return ExitCode::from(2);
+    }
+    let mut failed = 0;
+    for (name, run) in selected {
+        match run() {
+            Ok(report) => println!("ok    {report}"),
+            Err(e) => {
+                failed += 1;
+                println!("FAIL  {name}: {e:#}");
+            }
+        }
+    }
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
