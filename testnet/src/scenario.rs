@@ -206,7 +206,7 @@ pub fn kill_provider(mib: u64) -> Result<Report> {
     let _c = client.start(&[victim.addr(), survivor.addr()]);
     wait_for_model(&client, &id)?;
     let start = Instant::now();
-    let fetching = client.spawn(&["--json", "fetch", &id]);
+    let mut fetching = client.spawn(&["--json", "fetch", &id]);
     let partial = client.home.join("store/partial");
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -219,7 +219,11 @@ pub fn kill_provider(mib: u64) -> Result<Report> {
         if started {
             break;
         }
-        ensure!(Instant::now() < deadline, "the fetch never started");
+        if Instant::now() > deadline {
+            let _ = fetching.kill();
+            let _ = fetching.wait();
+            bail!("the fetch never started");
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
     victim.kill();
