@@ -10,6 +10,12 @@ use std::process::ExitCode;
 
 use testnet::scenario;
 
+/// A named scenario, ready to run.
+type Run = (
+    &'static str,
+    Box<dyn Fn() -> anyhow::Result<scenario::Report>>,
+);
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let which = args.first().map(String::as_str).unwrap_or("all");
@@ -21,7 +27,7 @@ fn main() -> ExitCode {
     };
     let nodes = flag("--nodes", 6) as usize;
     let mib = flag("--mib", 256);
-    let runs: Vec<(&str, Box<dyn Fn() -> anyhow::Result<scenario::Report>>)> = vec![
+    let runs: Vec<Run> = vec![
         (
             "fetch-many",
             Box::new(move || scenario::fetch_many(nodes, mib)),
