@@ -213,6 +213,7 @@ async fn serve(
     let app = Router::new()
         .route("/api/v1/node", get(node_info))
         .route("/api/v1/models", get(models))
+        .route("/api/v1/blobs", get(blobs))
         .route("/api/v1/exec", post(exec))
         .route("/api/v1/fetch/{id}", post(start_fetch).get(fetch_progress))
         .with_state(node.clone());
@@ -351,8 +352,16 @@ fn run_captured(node: &Arc<Node>, command: Command, json: bool) -> Value {
 }
 
 async fn models(State(node): State<Arc<Node>>) -> (StatusCode, Json<Value>) {
-    let answer =
-        tokio::task::spawn_blocking(move || run_captured(&node, Command::Models, true)).await;
+    listing(node, Command::Models).await
+}
+
+async fn blobs(State(node): State<Arc<Node>>) -> (StatusCode, Json<Value>) {
+    listing(node, Command::Ls).await
+}
+
+/// Runs a listing command with JSON output and returns its object.
+async fn listing(node: Arc<Node>, command: Command) -> (StatusCode, Json<Value>) {
+    let answer = tokio::task::spawn_blocking(move || run_captured(&node, command, true)).await;
     match answer {
         Ok(v) => match serde_json::from_str::<Value>(v["stdout"].as_str().unwrap_or("")) {
             Ok(list) => (StatusCode::OK, Json(list)),

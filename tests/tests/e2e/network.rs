@@ -46,6 +46,31 @@ fn publish_on_a_fetch_on_c_through_b_and_late_joiners_see_it() {
     let fetched = c.json(&["fetch", &id]);
     assert_eq!(fetched["state"], "complete");
     assert_eq!(c.json(&["verify"])["ok"], true);
+    // The HTTP API answers with the node and its blobs.
+    let api = |path: &str| -> serde_json::Value {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(&node_c.api).expect("connect API");
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .expect("send");
+        let mut text = String::new();
+        s.read_to_string(&mut text).expect("read");
+        let body = text.split("\r\n\r\n").nth(1).unwrap_or_default();
+        serde_json::from_str(body).expect("JSON body")
+    };
+    let info = api("/api/v1/node");
+    assert_eq!(info["peer_id"], node_c.peer_id.as_str());
+    assert!(!info["peers"].as_array().expect("peers").is_empty());
+    let blobs = api("/api/v1/blobs");
+    assert!(
+        blobs["blobs"]
+            .as_array()
+            .expect("blobs")
+            .iter()
+            .any(|b| b["hash"] == id.as_str())
+    );
     let out = net.path().join("out");
     c.ok(&["get", &id, "-o", out.to_str().expect("utf8")]);
     assert_eq!(
