@@ -180,6 +180,30 @@ async fn serve(
             on_event(&event_node, event).await;
         }
     });
+    // Stay connected to the bootstrap peers: redial after a restart or a partition heals (the
+    // catalogue is synced again on every new connection).
+    let redial_node = node.clone();
+    let bootstrap = config.bootstrap.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            let peers = redial_node.net.peers().await.unwrap_or_default();
+            for addr in &bootstrap {
+                let peer = addr.iter().find_map(|p| match p {
+                    Protocol::P2p(id) => Some(id),
+                    _ => None,
+                });
+                if peer.is_some_and(|p| !peers.contains(&p)) {
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(5),
+                        redial_node.net.dial(addr.clone()),
+                    )
+                    .await;
+                }
+            }
+        }
+    });
     let announce_node = node.clone();
     tokio::spawn(async move { announce_local(&announce_node).await });
 

@@ -67,6 +67,7 @@ impl Testnet {
         Node {
             bin: self.bin.clone(),
             home: self.dir.path().join(name),
+            netns: None,
         }
     }
 }
@@ -78,6 +79,8 @@ pub struct Node {
     pub bin: PathBuf,
     /// Its home directory.
     pub home: PathBuf,
+    /// The network namespace its processes run in (`ip netns exec`), if any.
+    pub netns: Option<String>,
 }
 
 impl Node {
@@ -86,12 +89,20 @@ impl Node {
         Ok(Node {
             bin: moxnet_bin()?,
             home: home.into(),
+            netns: None,
         })
     }
 
     /// A `moxnet --home HOME args…` command, ready to run.
     pub fn command<S: AsRef<OsStr>>(&self, args: &[S]) -> Command {
-        let mut cmd = Command::new(&self.bin);
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(&self.bin);
+                c
+            }
+            None => Command::new(&self.bin),
+        };
         cmd.arg("--home").arg(&self.home).args(args);
         cmd.env_remove("MOXNET_HOME");
         cmd.stdin(Stdio::null());
@@ -207,11 +218,16 @@ impl Node {
     /// Like [`Node::start`], with extra environment variables (e.g. `MOXNET_TEST_BYZANTINE=1`
     /// for a provider that corrupts what it serves, in debug builds).
     pub fn start_with(&self, bootstrap: &[&str], env: &[(&str, &str)]) -> Daemon {
+        self.start_on("/ip4/127.0.0.1/tcp/0", bootstrap, env)
+    }
+
+    /// Starts `moxnet node` listening on `listen`.
+    pub fn start_on(&self, listen: &str, bootstrap: &[&str], env: &[(&str, &str)]) -> Daemon {
         let mut args: Vec<String> = [
             "--json",
             "node",
             "--listen",
-            "/ip4/127.0.0.1/tcp/0",
+            listen,
             "--api",
             "127.0.0.1:0",
             "--no-mdns",

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo build -p node && cargo run -p testnet -- all [--nodes 6] [--mib 256]
-//! cargo run -p testnet -- fetch-many|byzantine|kill-provider [--nodes N] [--mib M]
+//! cargo run -p testnet -- fetch-many|byzantine|kill-provider|partition [--nodes N] [--mib M]
 //! ```
 
 use std::process::ExitCode;
@@ -37,13 +37,16 @@ fn main() -> ExitCode {
             "kill-provider",
             Box::new(move || scenario::kill_provider(mib)),
         ),
+        ("partition", Box::new(move || scenario::partition(mib))),
     ];
     let selected: Vec<_> = runs
         .iter()
         .filter(|(name, _)| which == "all" || which == *name)
         .collect();
     if selected.is_empty() {
-        eprintln!("unknown scenario {which:?}; use all, fetch-many, byzantine or kill-provider");
+        eprintln!(
+            "unknown scenario {which:?}; use all, fetch-many, byzantine, kill-provider or partition"
+        );
         return ExitCode::from(2);
     }
     let mut failed = 0;

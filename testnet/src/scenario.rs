@@ -248,3 +248,134 @@ pub fn kill_provider(mib: u64) -> Result<Report> {
         peers_banned: 0,
     })
 }
+
+/// Runs `ip` with `args`, failing with its stderr.
+fn ip(args: &[&str]) -> Result<()> {
+    let out = std::process::Command::new("ip")
+        .args(args)
+        .output()
+        .context("running ip (iproute2)")?;
+    ensure!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(())
+}
+
+/// Two network namespaces joined by a veth pair (10.203.0.1 ↔ 10.203.0.2): two hosts on one
+/// machine. Deleted on drop. Needs root (CAP_NET_ADMIN), as CI has.
+struct TwoHosts {
+    ns: [String; 2],
+    veth: [String; 2],
+}
+
+impl TwoHosts {
+    fn create() -> Result<TwoHosts> {
+        let tag = format!("mx{}", std::process::id() % 100_000);
+        let hosts = TwoHosts {
+            ns: [format!("{tag}a"), format!("{tag}b")],
+            veth: [format!("{tag}va"), format!("{tag}vb")],
+        };
+        for ns in &hosts.ns {
+            ip(&["netns", "add", ns]).context("creating a network namespace (needs root)")?;
+            ip(&["-n", ns, "link", "set", "lo", "up"])?;
+        }
+        ip(&[
+            "link",
+            "add",
+            &hosts.veth[0],
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &hosts.veth[1],
+        ])?;
+        for (i, addr) in ["10.203.0.1/24", "10.203.0.2/24"].iter().enumerate() {
+            ip(&["link", "set", &hosts.veth[i], "netns", &hosts.ns[i]])?;
+            ip(&[
+                "-n",
+                &hosts.ns[i],
+                "addr",
+                "add",
+                addr,
+                "dev",
+                &hosts.veth[i],
+            ])?;
+            ip(&["-n", &hosts.ns[i], "link", "set", &hosts.veth[i], "up"])?;
+        }
+        Ok(hosts)
+    }
+
+    /// Cuts the link between the hosts (both ends down), or restores it. (`tc netem` would
+    /// model loss and latency, but its kernel module is not available on every machine.)
+    fn partition(&self, on: bool) -> Result<()> {
+        let state = if on { "down" } else { "up" };
+        for i in 0..2 {
+            ip(&["-n", &self.ns[i], "link", "set", &self.veth[i], state])?;
+        }
+        if !on {
+            for (i, addr) in ["10.203.0.1/24", "10.203.0.2/24"].iter().enumerate() {
+                // Addresses survive link down; re-adding is a no-op error we can ignore.
+                let _ = ip(&["-n", &self.ns[i], "addr", "add", addr, "dev", &self.veth[i]]);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for TwoHosts {
+    fn drop(&mut self) {
+        for ns in &self.ns {
+            let _ = ip(&["netns", "del", ns]);
+        }
+    }
+}
+
+/// Two hosts (network namespaces). A model published on one while the network is partitioned
+/// reaches the other once it heals, and can be fetched.
+pub fn partition(mib: u64) -> Result<Report> {
+    let hosts = TwoHosts::create()?;
+    let net = Testnet::new()?;
+    let mut a = net.home("a");
+    let mut b = net.home("b");
+    a.netns = Some(hosts.ns[0].clone());
+    b.netns = Some(hosts.ns[1].clone());
+    a.ok(&["init"]);
+    b.ok(&["init"]);
+    let before = net.path().join("before");
+    package(&before, 1)?;
+    let id_before = a.ok(&["publish", path_str(&before)?]);
+    let node_a = a.start_on("/ip4/10.203.0.1/tcp/0", &[], &[]);
+    let _node_b = b.start_on("/ip4/10.203.0.2/tcp/0", &[node_a.addr()], &[]);
+    wait_for_model(&b, &id_before)?;
+
+    hosts.partition(true)?;
+    let during = net.path().join("during");
+    package(&during, mib)?;
+    std::fs::write(
+        during.join("moxnet.toml"),
+        "[package]\nname = \"during-partition\"\nversion = \"1\"\n",
+    )?;
+    let id_during = a.ok(&["publish", path_str(&during)?]);
+    std::thread::sleep(Duration::from_secs(2));
+    ensure!(
+        !b.ok(&["models"]).contains(&id_during),
+        "the model crossed a partitioned network"
+    );
+    hosts.partition(false)?;
+    wait_for_model(&b, &id_during)?;
+    let start = Instant::now();
+    let v = fetch(&b, &id_during)?;
+    let elapsed = start.elapsed();
+    ensure!(b.json(&["verify"])["ok"] == true, "store does not verify");
+    Ok(Report {
+        name: "partition",
+        nodes: 2,
+        bytes: mib << 20,
+        elapsed,
+        fetches: 1,
+        peers_banned: v["peers_banned"].as_u64().unwrap_or(0),
+    })
+}

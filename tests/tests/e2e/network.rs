@@ -181,6 +181,8 @@ fn testnet_scenarios_pass_at_ci_size() {
     for report in [
         testnet::scenario::fetch_many(5, 16).expect("fetch-many"),
         testnet::scenario::kill_provider(64).expect("kill-provider"),
+        // Two network namespaces as two hosts; needs root, as CI has.
+        testnet::scenario::partition(16).expect("partition"),
     ] {
         eprintln!("{report}");
     }
