@@ -82,6 +82,10 @@ struct TestNode {
 }
 
 async fn node(seed: u8, corrupt_at: Option<usize>) -> TestNode {
+    node_on(seed, corrupt_at, "/ip4/127.0.0.1/tcp/0").await
+}
+
+async fn node_on(seed: u8, corrupt_at: Option<usize>, listen: &str) -> TestNode {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Arc::new(Store::open(dir.path()).expect("store"));
     let provider = Arc::new(StoreProvider {
@@ -91,7 +95,7 @@ async fn node(seed: u8, corrupt_at: Option<usize>) -> TestNode {
     });
     let config = NetConfig {
         seed: [seed; 32],
-        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("addr")],
+        listen: vec![listen.parse().expect("addr")],
         ..NetConfig::default()
     };
     let (client, mut events) = net::spawn(config, provider.clone()).await.expect("spawn");
@@ -335,4 +339,27 @@ async fn unknown_blobs_and_bad_ranges_get_clear_answers() {
         .await
         .expect_err("out of range");
     assert!(err.to_string().contains("BadRequest"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blobs_move_over_quic_too() {
+    let a = node_on(10, None, "/ip4/127.0.0.1/udp/0/quic-v1").await;
+    let b = node_on(11, None, "/ip4/127.0.0.1/udp/0/quic-v1").await;
+    assert!(a.addr.to_string().contains("quic-v1"), "{}", a.addr);
+    b.client.dial(a.addr.clone()).await.expect("dial over QUIC");
+    let data = blob(2_000_000, 13);
+    let imported = a
+        .provider
+        .store
+        .import_bytes(&data, "raw", vec![])
+        .expect("import");
+    fetch(&b, a.client.peer_id(), imported.hash, data.len() as u64)
+        .await
+        .expect("verified fetch over QUIC");
+    let mut out = Vec::new();
+    b.provider
+        .store
+        .read_to(imported.hash, &mut out)
+        .expect("read");
+    assert_eq!(out, data);
 }
