@@ -171,37 +171,18 @@ fn add(home: &Home, path: &Path, json: bool) -> Result<ExitCode> {
         std::fs::metadata(path).with_context(|| format!("{} does not exist", path.display()))?;
     let store = &home.store;
     let imported = if meta.is_dir() {
-        let total = store::walk(path)?
-            .iter()
-            .filter_map(|(_, p)| std::fs::metadata(p).ok())
-            .map(|m| m.len())
-            .sum();
-        let bar = output::progress(json, total, "adding");
-        let (imported, _) = store
-            .import_dir(path, &mut |n| {
-                if let Some(b) = &bar {
-                    b.inc(n)
-                }
-            })
-            .with_context(|| format!("adding {}", path.display()))?;
-        if let Some(b) = bar {
-            b.finish_and_clear();
-        }
-        imported
+        let files = store::walk(path)?;
+        output::with_progress(json, total_size(&files), "adding", |progress| {
+            store
+                .import_dir(path, progress)
+                .map(|(imported, _)| imported)
+        })
     } else {
-        let bar = output::progress(json, meta.len(), "adding");
-        let imported = store
-            .import_file(path, &mut |n| {
-                if let Some(b) = &bar {
-                    b.inc(n)
-                }
-            })
-            .with_context(|| format!("adding {}", path.display()))?;
-        if let Some(b) = bar {
-            b.finish_and_clear();
-        }
-        imported
-    };
+        output::with_progress(json, meta.len(), "adding", |progress| {
+            store.import_file(path, progress)
+        })
+    }
+    .with_context(|| format!("adding {}", path.display()))?;
     store.pin(imported.hash)?;
     emit(
         json,
@@ -320,31 +301,31 @@ fn ls(store: &Store, json: bool) -> Result<ExitCode> {
 }
 
 /// Imports a list of files, with one progress bar over all of them.
-fn import_files(store: &Store, files: &[(String, PathBuf)], json: bool) -> Result<Vec<FileEntry>> {
-    let total = files
+/// Total size of files listed as (relative path, path).
+fn total_size(files: &[(String, PathBuf)]) -> u64 {
+    files
         .iter()
         .filter_map(|(_, p)| std::fs::metadata(p).ok())
         .map(|m| m.len())
-        .sum();
-    let bar = output::progress(json, total, "importing");
-    let mut entries = Vec::with_capacity(files.len());
-    for (rel, path) in files {
-        let imported = store
-            .import_file(path, &mut |n| {
-                if let Some(b) = &bar {
-                    b.inc(n)
-                }
+        .sum()
+}
+
+fn import_files(store: &Store, files: &[(String, PathBuf)], json: bool) -> Result<Vec<FileEntry>> {
+    let mut entries = output::with_progress(json, total_size(files), "importing", |progress| {
+        files
+            .iter()
+            .map(|(rel, path)| {
+                let imported = store
+                    .import_file(path, progress)
+                    .with_context(|| format!("adding {}", path.display()))?;
+                Ok(FileEntry {
+                    path: rel.clone(),
+                    hash: imported.hash,
+                    size: imported.size,
+                })
             })
-            .with_context(|| format!("adding {}", path.display()))?;
-        entries.push(FileEntry {
-            path: rel.clone(),
-            hash: imported.hash,
-            size: imported.size,
-        });
-    }
-    if let Some(b) = bar {
-        b.finish_and_clear();
-    }
+            .collect::<Result<Vec<_>>>()
+    })?;
     entries.sort();
     Ok(entries)
 }

@@ -75,6 +75,25 @@ pub fn progress(json: bool, total: u64, what: &str) -> Option<ProgressBar> {
     Some(bar)
 }
 
+/// Runs `f` with a progress callback (bytes done) behind a bar, shown as [`progress`] decides.
+pub fn with_progress<T>(
+    json: bool,
+    total: u64,
+    what: &str,
+    f: impl FnOnce(&mut dyn FnMut(u64)) -> T,
+) -> T {
+    let bar = progress(json, total, what);
+    let result = f(&mut |n| {
+        if let Some(b) = &bar {
+            b.inc(n)
+        }
+    });
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    result
+}
+
 /// Human-readable byte count.
 pub fn bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];

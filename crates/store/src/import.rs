@@ -33,6 +33,30 @@ pub(crate) struct Pending {
     pub(crate) outboard: TempPath,
 }
 
+impl Pending {
+    /// A staged single-file blob.
+    fn file(
+        hash: BlobHash,
+        size: u64,
+        kind: &str,
+        links: Vec<BlobHash>,
+        data: TempPath,
+        outboard: TempPath,
+    ) -> Pending {
+        Pending {
+            hash,
+            record: BlobRecord {
+                size,
+                layout: Layout::File,
+                links,
+                kind: kind.to_string(),
+            },
+            data: Some(data),
+            outboard,
+        }
+    }
+}
+
 /// A reader that copies everything it reads into a writer and reports progress.
 struct Tee<'a, R, W> {
     src: R,
@@ -196,17 +220,14 @@ impl Store {
             Ok(r) => r.ctx(|| format!("syncing {}", data.path().display()))?,
             Err(_) => return Err(StoreError::Invalid("the sync thread panicked".into())),
         }
-        Ok(Pending {
-            hash: root.into(),
-            record: BlobRecord {
-                size,
-                layout: Layout::File,
-                links,
-                kind: kind.to_string(),
-            },
-            data: Some(data),
+        Ok(Pending::file(
+            root.into(),
+            size,
+            kind,
+            links,
+            data,
             outboard,
-        })
+        ))
     }
 
     fn stage_simple(
@@ -245,17 +266,14 @@ impl Store {
             .ctx(|| format!("writing {}", data.path().display()))?;
         ob.flush()
             .ctx(|| format!("writing {}", outboard.path().display()))?;
-        Ok(Pending {
-            hash: root.into(),
-            record: BlobRecord {
-                size,
-                layout: Layout::File,
-                links,
-                kind: kind.to_string(),
-            },
-            data: Some(data),
+        Ok(Pending::file(
+            root.into(),
+            size,
+            kind,
+            links,
+            data,
             outboard,
-        })
+        ))
     }
 
     /// Makes staged blobs durable and visible, in order (parts before the blob made of them).
