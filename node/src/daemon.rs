@@ -41,6 +41,18 @@ pub struct Node {
     announced: Mutex<HashSet<ModelId>>,
 }
 
+impl Node {
+    /// The addresses this node listens on, as text.
+    fn listen_addrs(&self) -> Vec<String> {
+        self.listening
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|a| a.to_string())
+            .collect()
+    }
+}
+
 /// Serves blobs and the catalogue from the store (called by `net` on blocking threads).
 struct StoreProvider {
     home: Arc<Home>,
@@ -214,13 +226,7 @@ async fn serve(
     let api_file = dir.join(API_FILE);
     std::fs::write(&api_file, format!("{api_addr}\n"))
         .with_context(|| format!("writing {}", api_file.display()))?;
-    let listen: Vec<String> = node
-        .listening
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .iter()
-        .map(|a| a.to_string())
-        .collect();
+    let listen = node.listen_addrs();
     output::emit(
         json,
         json!({ "peer_id": node.net.peer_id().to_string(), "node_id": node.home.key.node_id().to_string(), "listen": listen, "api": api_addr.to_string() }),
@@ -350,13 +356,7 @@ async fn node_info(State(node): State<Arc<Node>>) -> Json<Value> {
         .iter()
         .map(|p| p.to_string())
         .collect();
-    let listen: Vec<String> = node
-        .listening
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .iter()
-        .map(|a| a.to_string())
-        .collect();
+    let listen = node.listen_addrs();
     Json(json!({
         "node_id": node.home.key.node_id().to_string(),
         "peer_id": node.net.peer_id().to_string(),

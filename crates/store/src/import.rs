@@ -180,15 +180,8 @@ impl Store {
                     };
                     let n = (size - done).min(IO_BUFFER as u64) as usize;
                     buf.resize(n, 0);
-                    src.read_exact(&mut buf).map_err(|e| {
-                        if e.kind() == io::ErrorKind::UnexpectedEof {
-                            StoreError::Invalid(format!(
-                                "the input ended before {size} bytes (was it changed while importing?)"
-                            ))
-                        } else {
-                            crate::io_error("reading the input".into(), e)
-                        }
-                    })?;
+                    src.read_exact(&mut buf)
+                        .map_err(|e| input_error(e, size, "reading the input"))?;
                     data_file
                         .write_all(&buf)
                         .ctx(|| format!("writing {}", data.path().display()))?;
@@ -250,17 +243,8 @@ impl Store {
             progress,
         };
         let mut ob = BufWriter::with_capacity(64 * 1024, &ob_file);
-        let root = bao_tree::io::sync::outboard_post_order(&mut tee, tree(size), &mut ob).map_err(
-            |e| {
-                if e.kind() == io::ErrorKind::UnexpectedEof {
-                    StoreError::Invalid(format!(
-                        "the input ended before {size} bytes (was it changed while importing?)"
-                    ))
-                } else {
-                    crate::io_error("importing".into(), e)
-                }
-            },
-        )?;
+        let root = bao_tree::io::sync::outboard_post_order(&mut tee, tree(size), &mut ob)
+            .map_err(|e| input_error(e, size, "importing"))?;
         tee.dst
             .flush()
             .ctx(|| format!("writing {}", data.path().display()))?;
@@ -457,6 +441,17 @@ impl Store {
         let links = collection.entries.iter().map(|e| e.hash).collect();
         let imported = self.import_bytes(&collection.to_bytes(), "collection", links)?;
         Ok((imported, collection))
+    }
+}
+
+/// An error while reading an import's input: ending early means the file changed underneath us.
+fn input_error(e: io::Error, size: u64, context: &str) -> StoreError {
+    if e.kind() == io::ErrorKind::UnexpectedEof {
+        StoreError::Invalid(format!(
+            "the input ended before {size} bytes (was it changed while importing?)"
+        ))
+    } else {
+        crate::io_error(context.into(), e)
     }
 }
 

@@ -7,6 +7,21 @@ use std::time::{Duration, Instant};
 
 use testnet::{Testnet, write_random_file};
 
+/// GET on a node's HTTP API; the JSON body.
+fn api_get(addr: &str, path: &str) -> serde_json::Value {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect API");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("read");
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default();
+    serde_json::from_str(body).expect("JSON body")
+}
+
 fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !check() {
@@ -47,19 +62,7 @@ fn publish_on_a_fetch_on_c_through_b_and_late_joiners_see_it() {
     assert_eq!(fetched["state"], "complete");
     assert_eq!(c.json(&["verify"])["ok"], true);
     // The HTTP API answers with the node and its blobs.
-    let api = |path: &str| -> serde_json::Value {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(&node_c.api).expect("connect API");
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        )
-        .expect("send");
-        let mut text = String::new();
-        s.read_to_string(&mut text).expect("read");
-        let body = text.split("\r\n\r\n").nth(1).unwrap_or_default();
-        serde_json::from_str(body).expect("JSON body")
-    };
+    let api = |path: &str| api_get(&node_c.api, path);
     let info = api("/api/v1/node");
     assert_eq!(info["peer_id"], node_c.peer_id.as_str());
     assert!(!info["peers"].as_array().expect("peers").is_empty());
@@ -103,16 +106,14 @@ fn a_killed_fetch_resumes_without_refetching_verified_groups() {
     let node_c = c.start(&[node_a.addr()]);
     wait_until("C to list the model", || c.ok(&["models"]).contains(&id));
 
-    // Start the fetch, and kill -9 the node once part of the weights arrived.
+    // Start the fetch, and kill -9 the node once 32 MiB are verified and recorded (the
+    // progress counts groups in the store's durable partial record).
     let mut fetching = c.spawn(&["fetch", &id]);
-    let partial_dir = c.home.join("store/partial");
-    wait_until("part of the weights to arrive", || {
-        fs::read_dir(&partial_dir)
-            .map(|d| {
-                d.filter_map(|e| e.ok())
-                    .any(|e| e.metadata().map(|m| m.len() > 8 << 20).unwrap_or(false))
-            })
-            .unwrap_or(false)
+    let saved = 32u64 << 20;
+    wait_until("32 MiB of the weights to be recorded", || {
+        api_get(&node_c.api, &format!("/api/v1/fetch/{id}"))["bytes_done"]
+            .as_u64()
+            .is_some_and(|done| done >= saved)
     });
     node_c.kill();
     let _ = fetching.kill();
@@ -126,7 +127,7 @@ fn a_killed_fetch_resumes_without_refetching_verified_groups() {
     let again = fetched["bytes_fetched"].as_u64().expect("fetched");
     eprintln!("resume: fetched {again} of {total} bytes after the kill");
     assert!(
-        again + (8 << 20) <= total,
+        again + saved - (1 << 20) <= total,
         "the resumed fetch downloaded {again} of {total} bytes: verified groups were fetched again"
     );
     assert_eq!(c.json(&["verify"])["ok"], true);
