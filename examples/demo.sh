@@ -1,11 +1,19 @@
 #!/usr/bin/env bash
-# The README's main command. Builds moxnet, creates a fresh demo home, records the example
-# package's training run (two snapshots), publishes it as a signed model, and shows it.
+# The README's main command. Builds moxnet and its ONNX runner guest, creates a fresh demo home,
+# records the example package's training run (two snapshots), publishes it, then publishes the
+# demo text-embedding model, starts a node and calls the model through it. On a terminal the
+# node keeps running (Ctrl-C stops it); elsewhere (CI) it stops at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+target="${CARGO_TARGET_DIR:-target}"
 
+rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
 cargo build --quiet -p node
-moxnet() { "${CARGO_TARGET_DIR:-target}/debug/moxnet" "$@"; }
+(cd guests && cargo build --quiet --release --locked)
+export MOXNET_RUNNER="$target/wasm32-wasip2/release/moxnet_runner.wasm"
+[ -f "$MOXNET_RUNNER" ] || MOXNET_RUNNER=guests/target/wasm32-wasip2/release/moxnet_runner.wasm
+python3 examples/minilm/fetch.py
+moxnet() { "$target/debug/moxnet" "$@"; }
 
 export MOXNET_HOME="${MOXNET_DEMO_HOME:-${CARGO_TARGET_DIR:-target}/moxnet-demo}"
 rm -rf "$MOXNET_HOME"
@@ -27,6 +35,33 @@ echo "== moxnet history $id"
 moxnet history "$id"
 echo "== moxnet verify"
 moxnet verify
+
+echo "== moxnet publish examples/minilm (text embeddings; the interface is read from the graph)"
+mini=$(moxnet publish examples/minilm)
+echo "$mini"
+moxnet show "$mini"
+
+echo "== moxnet node (HTTP API and Open Inference Protocol v2 on 127.0.0.1)"
+moxnet node --listen /ip4/127.0.0.1/udp/0/quic-v1 --api 127.0.0.1:0 --no-mdns &
+node_pid=$!
+trap 'kill $node_pid 2>/dev/null || true; wait $node_pid 2>/dev/null || true' EXIT
+for _ in $(seq 300); do
+    [ -s "$MOXNET_HOME/api" ] && break
+    kill -0 $node_pid 2>/dev/null || { echo "the node exited" >&2; exit 1; }
+    sleep 0.1
+done
+api="http://$(cat "$MOXNET_HOME/api")"
+
+echo "== moxnet call $mini"
+moxnet call "$mini" --input '{"text": ["moxnet shares models like code", "A model goes live the moment it is published."]}'
+
 echo
-echo "Published model $id in $MOXNET_HOME."
-echo "Export it with: MOXNET_HOME=$MOXNET_HOME ${CARGO_TARGET_DIR:-target}/debug/moxnet get $id -o ./iris-linear-copy"
+echo "Published models $id (iris-linear) and $mini (all-MiniLM-L6-v2) in $MOXNET_HOME."
+echo "Call the embedding model:"
+echo "  MOXNET_HOME=$MOXNET_HOME $target/debug/moxnet call $mini --input '{\"text\": [\"your sentence here\"]}'"
+echo "or over HTTP (Open Inference Protocol v2):"
+echo "  curl -s $api/v2/models/$mini/infer -d '{\"inputs\": [{\"name\": \"text\", \"datatype\": \"BYTES\", \"shape\": [1], \"data\": [\"your sentence here\"]}]}'"
+if [ -t 1 ] && [ -z "${CI:-}" ]; then
+    echo "The node is running; Ctrl-C stops it."
+    wait $node_pid
+fi

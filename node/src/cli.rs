@@ -59,6 +59,17 @@ pub enum Command {
         /// Package folder or .onnx file.
         path: PathBuf,
     },
+    /// Run a model on this node, in the sandbox, and print its outputs. A model not yet here is
+    /// fetched first (needs a running node).
+    Call {
+        /// Model id.
+        id: String,
+        /// The input: JSON, or @FILE to read it from a file (@- for stdin). Either an OIP v2
+        /// request ({"inputs": [{"name", "datatype", "shape", "data"}]}) or the shorthand
+        /// {"<input name>": <nested data>}, e.g. {"text": ["a sentence"]}.
+        #[arg(long)]
+        input: String,
+    },
     /// Show a model's manifest (after checking its author's signature).
     Show {
         /// Model id.

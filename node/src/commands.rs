@@ -49,6 +49,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             })?;
             crate::api_client::fetch(&api, &parse_hash(&id)?, json)
         }
+        Command::Call { id, input } => call(&dir, &id, &input, json),
         mut command => match crate::api_client::Api::find(&dir)? {
             // A node holds the store: let it run the command.
             Some(api) => {
@@ -97,7 +98,7 @@ fn absolutize(command: &mut Command) -> Result<()> {
 /// Runs a store command against an open home (directly, or inside the node for a client).
 pub fn execute(home: &Home, command: Command, json: bool) -> Result<ExitCode> {
     match command {
-        Command::Init | Command::Node(_) | Command::Fetch { .. } => {
+        Command::Init | Command::Node(_) | Command::Fetch { .. } | Command::Call { .. } => {
             bail!("this command is not run inside a node")
         }
         Command::Models => models(&home.store, json),
@@ -360,6 +361,9 @@ fn publish(home: &Home, path: &Path, json: bool) -> Result<ExitCode> {
     let store = &home.store;
     let package = package::read(path)?;
     let mut manifest = package.manifest;
+    if manifest.runtime.kind == "onnx" && manifest.runtime.guest.is_none() {
+        prepare_onnx(home, path, &package.files, &mut manifest)?;
+    }
     manifest.files = import_files(store, &package.files, json)?;
     protocol::check_files(&manifest.files).map_err(|e| anyhow::anyhow!("{e}"))?;
     manifest.snapshots = snapshot_chain(store, store.snapshot_head(&manifest.name)?)?
@@ -395,6 +399,171 @@ fn publish(home: &Home, path: &Path, json: bool) -> Result<ExitCode> {
         || id.to_string(),
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Makes an ONNX package callable: names the built-in runner (imported as a blob) as its
+/// guest and, when `moxnet.toml` declares no interface, takes the interface the runner reports
+/// for the graph (with the package's `runner.json` pre- and post-processing applied).
+fn prepare_onnx(
+    home: &Home,
+    path: &Path,
+    files: &[(String, PathBuf)],
+    manifest: &mut Manifest,
+) -> Result<()> {
+    let runner = crate::inference::runner_path()?;
+    let guest = home
+        .store
+        .import_file(&runner, &mut |_| {})
+        .with_context(|| format!("adding the runner {}", runner.display()))?;
+    manifest.runtime.guest = Some(guest.hash);
+    if !manifest.interface.inputs.is_empty() || !manifest.interface.outputs.is_empty() {
+        return Ok(());
+    }
+    // The runner sees the package read-only at /model: the folder itself, or for a bare .onnx
+    // file a scratch folder holding just that file.
+    let scratch;
+    let dir = if path.is_dir() {
+        path.to_path_buf()
+    } else {
+        scratch = tempfile::tempdir().context("creating a scratch folder")?;
+        for (rel, full) in files {
+            std::fs::copy(full, scratch.path().join(rel))
+                .with_context(|| format!("copying {}", full.display()))?;
+        }
+        scratch.path().to_path_buf()
+    };
+    let wasm = std::fs::read(&runner).with_context(|| format!("reading {}", runner.display()))?;
+    let sandbox = sandbox::Sandbox::new(sandbox::SandboxConfig {
+        cache_dir: Some(home.dir.join("cache/wasm")),
+        max_concurrent: 1,
+        ..sandbox::SandboxConfig::default()
+    })?;
+    let model = sandbox
+        .load(&wasm, &dir, manifest.runtime.entry.as_deref())
+        .context("loading the model in the sandbox to read its interface")?;
+    let spec = |s: &graph::Spec| -> Result<protocol::TensorSpec> {
+        Ok(protocol::TensorSpec {
+            name: s.name.clone(),
+            dtype: protocol::DType::parse(s.dtype.name())
+                .with_context(|| format!("tensor {:?}: dtype {}", s.name, s.dtype))?,
+            shape: s
+                .shape
+                .iter()
+                .map(|d| match d {
+                    graph::Dim::Fixed(n) => Dim::Fixed(*n),
+                    graph::Dim::Symbolic(n) => Dim::Symbolic(n.clone()),
+                })
+                .collect(),
+        })
+    };
+    manifest.interface = protocol::Interface {
+        inputs: model.inputs().iter().map(spec).collect::<Result<_>>()?,
+        outputs: model.outputs().iter().map(spec).collect::<Result<_>>()?,
+    };
+    Ok(())
+}
+
+/// Reads `--input`: JSON text, or `@FILE` (`@-`: stdin).
+fn read_input(input: &str) -> Result<Value> {
+    let text = match input.strip_prefix('@') {
+        Some("-") => {
+            let mut s = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+                .context("reading the input from stdin")?;
+            s
+        }
+        Some(file) => std::fs::read_to_string(file).with_context(|| format!("reading {file}"))?,
+        None => input.to_string(),
+    };
+    let value: Value = serde_json::from_str(&text).context("the input is not valid JSON")?;
+    crate::inference::expand_input(value)
+}
+
+/// `moxnet call`: on the running node when there is one (fetching the model first if it is
+/// not here), else in this process.
+fn call(dir: &Path, id: &str, input: &str, json: bool) -> Result<ExitCode> {
+    let id = ModelId(parse_hash(id)?);
+    let request = read_input(input)?;
+    let answer = match crate::api_client::Api::find(dir)? {
+        Some(api) => {
+            let (status, meta) = api.request("GET", &format!("/v2/models/{id}"), None)?;
+            if status == 404 {
+                crate::api_client::fetch(&api, &id.blob(), json)?;
+            } else if status != 200 {
+                bail!(
+                    "{}",
+                    meta["error"]
+                        .as_str()
+                        .unwrap_or("the node refused the call")
+                );
+            }
+            let (status, answer) =
+                api.request("POST", &format!("/v2/models/{id}/infer"), Some(&request))?;
+            if status != 200 {
+                bail!(
+                    "the call failed (HTTP {status}): {}",
+                    answer["error"].as_str().unwrap_or("no reason given")
+                );
+            }
+            answer
+        }
+        None => {
+            let home = Home::open(dir)?;
+            let config = crate::config::load(dir, &crate::cli::NodeArgs::default())?;
+            let (sandbox_config, limits) = config.inference.sandbox();
+            let engine = crate::inference::Inference::new(
+                dir,
+                sandbox::SandboxConfig {
+                    // One call in this process: it runs on the instance loading initialised.
+                    warm_instances: 1,
+                    ..sandbox_config
+                },
+                limits,
+            )?;
+            let model = engine.load(&home.store, id).map_err(|e| {
+                if e.status == 404 {
+                    anyhow::anyhow!(
+                        "model {id} is not on this node; start `moxnet node` and call again to fetch it"
+                    )
+                } else {
+                    anyhow::anyhow!("{e}")
+                }
+            })?;
+            engine
+                .infer(&model, &request)
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+        }
+    };
+    emit(json, answer.clone(), || describe_outputs(&answer));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A short human rendering of an OIP response: each output's type, shape and first values.
+fn describe_outputs(answer: &Value) -> String {
+    let mut lines = Vec::new();
+    for o in answer["outputs"].as_array().into_iter().flatten() {
+        let data = o["data"].as_array().cloned().unwrap_or_default();
+        let shown: Vec<String> = data.iter().take(8).map(|v| v.to_string()).collect();
+        let more = if data.len() > 8 {
+            format!(", … ({} values)", data.len())
+        } else {
+            String::new()
+        };
+        lines.push(format!(
+            "{} {} {}: [{}{more}]",
+            o["name"].as_str().unwrap_or("?"),
+            o["datatype"].as_str().unwrap_or("?"),
+            o["shape"],
+            shown.join(", ")
+        ));
+    }
+    let p = &answer["parameters"];
+    lines.push(format!(
+        "fuel {}, {:.1} ms",
+        p["fuel"],
+        p["elapsed_ms"].as_f64().unwrap_or(0.0)
+    ));
+    lines.join("\n")
 }
 
 pub fn load_manifest(store: &Store, id: ModelId) -> Result<Signed<Manifest>> {

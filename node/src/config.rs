@@ -19,6 +19,58 @@ struct ConfigFile {
     bootstrap: Option<Vec<String>>,
     api: Option<String>,
     mdns: Option<bool>,
+    inference: Option<InferenceSection>,
+}
+
+/// `[inference]`: the sandbox's limits. Any key left out keeps its default.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InferenceSection {
+    /// Calls running at once.
+    pub max_concurrent: Option<usize>,
+    /// Calls waiting for a slot before the node answers busy (HTTP 503).
+    pub max_queued: Option<usize>,
+    /// Spare initialised instances kept ready, across models.
+    pub warm_instances: Option<usize>,
+    /// Whether guests may run their graphs on the host's native engine.
+    pub host_backend: Option<bool>,
+    /// Memory cap per call, MiB.
+    pub memory_mib: Option<u64>,
+    /// Fuel per call.
+    pub fuel: Option<u64>,
+    /// Wall-clock deadline per call, seconds.
+    pub timeout_secs: Option<u64>,
+}
+
+impl InferenceSection {
+    /// The sandbox configuration and per-call limits these settings give.
+    pub fn sandbox(&self) -> (sandbox::SandboxConfig, sandbox::CallLimits) {
+        let mut config = sandbox::SandboxConfig::default();
+        let mut limits = sandbox::CallLimits::default();
+        if let Some(n) = self.max_concurrent {
+            config.max_concurrent = n.max(1);
+        }
+        if let Some(n) = self.max_queued {
+            config.max_queued = n;
+        }
+        if let Some(n) = self.warm_instances {
+            config.warm_instances = n;
+        }
+        if let Some(b) = self.host_backend {
+            config.host_backend = b;
+        }
+        if let Some(m) = self.memory_mib {
+            limits.memory_mib = m;
+            config.max_memory_mib = config.max_memory_mib.max(m);
+        }
+        if let Some(f) = self.fuel {
+            limits.fuel = f;
+        }
+        if let Some(t) = self.timeout_secs {
+            limits.timeout = std::time::Duration::from_secs(t.max(1));
+        }
+        (config, limits)
+    }
 }
 
 /// The effective configuration.
@@ -32,6 +84,8 @@ pub struct NodeConfig {
     pub api: SocketAddr,
     /// mDNS discovery.
     pub mdns: bool,
+    /// Sandbox limits.
+    pub inference: InferenceSection,
 }
 
 fn parse_file(text: &str, what: &str) -> Result<ConfigFile> {
@@ -84,11 +138,23 @@ pub fn load(dir: &Path, args: &NodeArgs) -> Result<NodeConfig> {
         bail!("api: {api} is not a loopback address; the HTTP API only listens on localhost");
     }
     let mdns = !args.no_mdns && file.mdns.or(defaults.mdns).unwrap_or(true);
+    let d = defaults.inference.unwrap_or_default();
+    let f = file.inference.unwrap_or_default();
+    let inference = InferenceSection {
+        max_concurrent: f.max_concurrent.or(d.max_concurrent),
+        max_queued: f.max_queued.or(d.max_queued),
+        warm_instances: f.warm_instances.or(d.warm_instances),
+        host_backend: f.host_backend.or(d.host_backend),
+        memory_mib: f.memory_mib.or(d.memory_mib),
+        fuel: f.fuel.or(d.fuel),
+        timeout_secs: f.timeout_secs.or(d.timeout_secs),
+    };
     Ok(NodeConfig {
         listen,
         bootstrap,
         api,
         mdns,
+        inference,
     })
 }
 

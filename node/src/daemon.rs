@@ -23,7 +23,11 @@ use crate::api_client::API_FILE;
 use crate::cli::{Command, NodeArgs};
 use crate::fetcher::{self, Progress};
 use crate::home::Home;
+use crate::inference::{CallError, Inference};
 use crate::output;
+
+/// The largest HTTP request body (an inference request's JSON).
+const MAX_REQUEST_BYTES: usize = 64 << 20;
 
 /// What the node shares between its tasks.
 pub struct Node {
@@ -39,6 +43,8 @@ pub struct Node {
     pub announcers: Mutex<HashMap<BlobHash, HashSet<PeerId>>>,
     /// Models already announced and provided by this node.
     announced: Mutex<HashSet<ModelId>>,
+    /// The sandbox and the models loaded in it.
+    pub inference: Arc<Inference>,
 }
 
 impl Node {
@@ -164,6 +170,8 @@ async fn serve(
     let (client, mut events) = net::spawn(net_config, provider)
         .await
         .context("starting the network")?;
+    let (sandbox_config, limits) = config.inference.sandbox();
+    let inference = Arc::new(Inference::new(&dir, sandbox_config, limits)?);
     let node = Arc::new(Node {
         home,
         net: client,
@@ -171,6 +179,7 @@ async fn serve(
         fetches: Mutex::new(HashMap::new()),
         announcers: Mutex::new(HashMap::new()),
         announced: Mutex::new(HashSet::new()),
+        inference,
     });
     // Wait briefly for the listeners so the start-up line can show real addresses.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
@@ -246,6 +255,12 @@ async fn serve(
         .route("/api/v1/blobs", get(blobs))
         .route("/api/v1/exec", post(exec))
         .route("/api/v1/fetch/{id}", post(start_fetch).get(fetch_progress))
+        .route("/v2/health/live", get(live))
+        .route("/v2/health/ready", get(ready))
+        .route("/v2/models/{id}", get(model_metadata))
+        .route("/v2/models/{id}/ready", get(model_ready))
+        .route("/v2/models/{id}/infer", post(infer))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_REQUEST_BYTES))
         .with_state(node.clone());
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
@@ -499,5 +514,132 @@ async fn fetch_progress(
             StatusCode::NOT_FOUND,
             Json(json!({ "error": "no such fetch" })),
         ),
+    }
+}
+
+/// An OIP error answer.
+fn oip_error(e: &CallError) -> (StatusCode, Json<Value>) {
+    (
+        StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        Json(e.to_json()),
+    )
+}
+
+async fn live() -> Json<Value> {
+    Json(json!({ "live": true }))
+}
+
+async fn ready(State(node): State<Arc<Node>>) -> Json<Value> {
+    Json(json!({ "ready": true, "backend": node.inference.backend() }))
+}
+
+fn parse_model(id: &str) -> Result<ModelId, CallError> {
+    id.parse::<BlobHash>().map(ModelId).map_err(|e| CallError {
+        status: 400,
+        message: format!("{id:?} is not a model id: {e}"),
+    })
+}
+
+/// Loads a local model into the sandbox (on a blocking thread: compiling a guest takes a while
+/// the first time).
+async fn load_local(
+    node: &Arc<Node>,
+    id: ModelId,
+) -> Result<Arc<crate::inference::Loaded>, CallError> {
+    if let Some(l) = node.inference.get(id) {
+        return Ok(l);
+    }
+    let worker = node.clone();
+    tokio::task::spawn_blocking(move || worker.inference.load(&worker.home.store, id))
+        .await
+        .map_err(|e| CallError {
+            status: 500,
+            message: format!("loading the model: {e}"),
+        })?
+}
+
+/// The local model named in a request path, loaded.
+async fn load_named(
+    node: &Arc<Node>,
+    id: &str,
+) -> Result<Arc<crate::inference::Loaded>, CallError> {
+    load_local(node, parse_model(id)?).await
+}
+
+async fn model_metadata(
+    State(node): State<Arc<Node>>,
+    UrlPath(id): UrlPath<String>,
+) -> (StatusCode, Json<Value>) {
+    match load_named(&node, &id).await {
+        Ok(l) => (StatusCode::OK, Json(l.metadata())),
+        Err(e) => oip_error(&e),
+    }
+}
+
+async fn model_ready(
+    State(node): State<Arc<Node>>,
+    UrlPath(id): UrlPath<String>,
+) -> (StatusCode, Json<Value>) {
+    match load_named(&node, &id).await {
+        Ok(l) => (
+            StatusCode::OK,
+            Json(json!({ "name": l.id.to_string(), "ready": true })),
+        ),
+        Err(e) => oip_error(&e),
+    }
+}
+
+/// `POST /v2/models/{id}/infer`: fetches the model from peers if it is not here, loads it,
+/// runs the call in the sandbox.
+async fn infer(
+    State(node): State<Arc<Node>>,
+    UrlPath(id): UrlPath<String>,
+    body: axum::body::Bytes,
+) -> (StatusCode, Json<Value>) {
+    let id = match parse_model(&id) {
+        Ok(id) => id,
+        Err(e) => return oip_error(&e),
+    };
+    let request: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => {
+            return oip_error(&CallError {
+                status: 400,
+                message: format!("the request is not JSON: {e}"),
+            });
+        }
+    };
+    if !node.home.store.has(id.blob()).unwrap_or(false) {
+        let progress = Arc::new(Mutex::new(Progress::default()));
+        node.fetches
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.blob(), progress.clone());
+        let fetched = fetcher::fetch(&node, id.blob(), progress.clone()).await;
+        let mut p = progress.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = fetched {
+            p.state = "failed";
+            p.error = Some(format!("{e:#}"));
+            return oip_error(&CallError {
+                status: 404,
+                message: format!("model {id} is not on this node and fetching it failed: {e:#}"),
+            });
+        }
+        p.state = "complete";
+    }
+    let model = match load_local(&node, id).await {
+        Ok(m) => m,
+        Err(e) => return oip_error(&e),
+    };
+    let worker = node.clone();
+    let answer =
+        tokio::task::spawn_blocking(move || worker.inference.infer(&model, &request)).await;
+    match answer {
+        Ok(Ok(v)) => (StatusCode::OK, Json(v)),
+        Ok(Err(e)) => oip_error(&e),
+        Err(e) => oip_error(&CallError {
+            status: 500,
+            message: format!("the call failed: {e}"),
+        }),
     }
 }

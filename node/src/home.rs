@@ -25,6 +25,8 @@ pub struct Home {
     pub key: SecretKey,
     /// The blob store.
     pub store: std::sync::Arc<Store>,
+    /// The home's folder.
+    pub dir: std::path::PathBuf,
 }
 
 impl Home {
@@ -70,7 +72,11 @@ impl Home {
             Store::open(dir.join(STORE_DIR))
                 .with_context(|| format!("opening the store in {}", dir.display()))?,
         );
-        Ok(Home { key, store })
+        Ok(Home {
+            key,
+            store,
+            dir: dir.to_path_buf(),
+        })
     }
 }
 

@@ -9,6 +9,7 @@ mod config;
 mod daemon;
 mod fetcher;
 mod home;
+mod inference;
 mod output;
 mod package;
 

@@ -3,5 +3,6 @@
 
 mod crash;
 mod disk_full;
+mod inference;
 mod journey;
 mod network;

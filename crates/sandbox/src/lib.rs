@@ -1,0 +1,872 @@
+//! Runs model guests — WebAssembly components of the `moxnet:model` world — in wasmtime.
+//!
+//! ```no_run
+//! use sandbox::{CallLimits, Sandbox, SandboxConfig};
+//! let sandbox = Sandbox::new(SandboxConfig::default())?;
+//! let wasm = std::fs::read("moxnet_runner.wasm").expect("runner");
+//! let model = sandbox.load(&wasm, "/path/to/package".as_ref(), Some("model.onnx"))?;
+//! let x = graph::Tensor::from_f32("x", vec![1, 4], &[5.1, 3.5, 1.4, 0.2]);
+//! let outcome = sandbox.predict(&model, vec![x], &CallLimits::default())?;
+//! println!("{:?} used {} fuel", outcome.outputs, outcome.fuel);
+//! # Ok::<(), sandbox::SandboxError>(())
+//! ```
+//!
+//! Core concepts:
+//! - **No ambient authority.** A guest sees the model package read-only at `/model` and nothing
+//!   else: no network, no environment, no host files; its wall clock is fixed at the Unix epoch,
+//!   its monotonic clock at zero, its random sources seeded with zero. The same input therefore
+//!   gives the same output and the same fuel on every peer, which is what lets a second peer
+//!   replay and check a call.
+//! - **Fresh instance per call.** Each call runs `predict` on an instance that has run `init`
+//!   and nothing else, then drops it: nothing of one caller's call survives into the next, and
+//!   the same input costs the same fuel every time. To keep `init` (parsing and optimising a
+//!   graph) off the call's path, each model keeps one such spare instance ready, prepared on a
+//!   background thread after each call ([`SandboxConfig::warm_instances`] bounds them). Fuel
+//!   counts `predict` only; `init` has its own budget.
+//! - **Limits per call** ([`CallLimits`]): a memory cap (growth beyond it traps), fuel (the
+//!   deterministic unit calls are priced in), a wall-clock deadline enforced by epoch
+//!   interruption, and a cap on output bytes. [`SandboxConfig::max_concurrent`] and
+//!   [`SandboxConfig::max_queued`] bound the work in flight: beyond them a call gets
+//!   [`SandboxError::Busy`] at once.
+//! - **Compiled-module cache.** Compilation goes through wasmtime's cache, keyed by the wasm
+//!   bytes and the engine configuration, in a directory of this node's own: only code this node
+//!   compiled itself is ever loaded from disk.
+//! - **Host backend** ([`Backend`]): a guest may hand its heavy graph to the host (the WIT
+//!   `graph` interface, in the style of wasi-nn). The host checks every tensor the guest passes,
+//!   meters its work separately from fuel ([`Outcome::host`]), and loads each graph once per model.
+
+mod backend;
+mod gate;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{Engine, ResourceLimiter, Store, Trap};
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
+
+pub use backend::{Backend, HostWork, LoadedGraph, NativeTract};
+use gate::Gate;
+
+mod bindings {
+    //! Host bindings for the `moxnet:model` world (guests/wit/model.wit).
+    #![allow(missing_docs)]
+    wasmtime::component::bindgen!({ path: "../../guests/wit", world: "model" });
+}
+
+use bindings::Model as Guest;
+use bindings::moxnet::model::graph as wit_graph;
+use bindings::moxnet::model::types as wit;
+
+/// How often the epoch ticks: the resolution of call deadlines.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Where the package appears inside the guest.
+pub const GUEST_ROOT: &str = "/model";
+
+/// Why a sandboxed call failed. Each variant says whose fault it is and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// The caller's input does not fit the model: fix the request.
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
+    /// The guest ran and reported a failure.
+    #[error("model failed: {0}")]
+    Failed(String),
+    /// The guest or its package could not be loaded: a malformed or oversized component, a
+    /// component that is not a `moxnet:model` guest, or a model its runner cannot load.
+    #[error("cannot load model: {0}")]
+    Load(String),
+    /// The call used all the fuel it was given.
+    #[error("out of fuel: the call needed more than {limit} fuel units")]
+    OutOfFuel {
+        /// The fuel the call had.
+        limit: u64,
+    },
+    /// The call ran past its wall-clock deadline.
+    #[error("timed out after {limit:?}")]
+    Timeout {
+        /// The deadline.
+        limit: Duration,
+    },
+    /// The guest tried to grow its memory past the cap.
+    #[error("out of memory: the guest tried to use more than {limit_mib} MiB")]
+    OutOfMemory {
+        /// The cap.
+        limit_mib: u64,
+    },
+    /// The guest's outputs are larger than the call allows.
+    #[error("output too large: {bytes} bytes, the limit is {limit}")]
+    OutputTooLarge {
+        /// The size of the outputs.
+        bytes: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// The guest trapped (a bug or a hostile guest): stack overflow, unreachable, bad access.
+    #[error("guest trapped: {0}")]
+    Trap(String),
+    /// Too many calls are running or waiting: retry later or elsewhere.
+    #[error("busy: {running} calls running and {queued} waiting")]
+    Busy {
+        /// Calls running.
+        running: usize,
+        /// Calls waiting.
+        queued: usize,
+    },
+    /// The node itself failed (e.g. the compile cache directory is unusable).
+    #[error("sandbox: {0}")]
+    Host(String),
+}
+
+/// Sandbox-wide settings, fixed when the engine is built.
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    /// Where compiled modules are cached (`None`: no cache).
+    pub cache_dir: Option<PathBuf>,
+    /// The largest memory any guest may have, in MiB (the pooling allocator's slot size).
+    pub max_memory_mib: u64,
+    /// Calls running at once.
+    pub max_concurrent: usize,
+    /// Calls waiting for a slot; beyond this, calls are answered [`SandboxError::Busy`].
+    pub max_queued: usize,
+    /// Whether guests may use the host's graph backend (native tract).
+    pub host_backend: bool,
+    /// The largest component accepted, in bytes.
+    pub max_component_bytes: usize,
+    /// Spare instances kept ready (each has run `init`), across all models: a call takes its
+    /// model's spare instead of paying for `init`, and a new spare is prepared behind it.
+    pub warm_instances: usize,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        SandboxConfig {
+            cache_dir: None,
+            max_memory_mib: 2048,
+            max_concurrent: 2,
+            max_queued: 16,
+            host_backend: true,
+            max_component_bytes: 64 << 20,
+            warm_instances: 4,
+        }
+    }
+}
+
+/// Limits for one call.
+#[derive(Debug, Clone)]
+pub struct CallLimits {
+    /// Memory cap, MiB (at most [`SandboxConfig::max_memory_mib`]).
+    pub memory_mib: u64,
+    /// Fuel for `predict`.
+    pub fuel: u64,
+    /// Fuel for `init` (loading the model), not charged to the caller.
+    pub init_fuel: u64,
+    /// Wall-clock deadline for the whole call, instantiation included.
+    pub timeout: Duration,
+    /// Largest total size of the outputs' data, bytes.
+    pub max_output_bytes: u64,
+    /// Limits on each input tensor.
+    pub input: graph::Limits,
+}
+
+impl Default for CallLimits {
+    fn default() -> Self {
+        CallLimits {
+            memory_mib: 1024,
+            fuel: 200_000_000_000,
+            init_fuel: 1_000_000_000_000,
+            timeout: Duration::from_secs(60),
+            max_output_bytes: 64 << 20,
+            input: graph::Limits::default(),
+        }
+    }
+}
+
+/// The result of a call.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// The outputs, in the model's output order.
+    pub outputs: Vec<graph::Tensor>,
+    /// Fuel `predict` used: deterministic for a given guest, package and input.
+    pub fuel: u64,
+    /// Work the host backend did for the call.
+    pub host: HostWork,
+    /// Wall-clock time of the whole call.
+    pub elapsed: Duration,
+}
+
+/// A guest loaded with its package, ready for calls.
+pub struct Model {
+    inner: Arc<Package>,
+    inputs: Vec<graph::Spec>,
+    outputs: Vec<graph::Spec>,
+}
+
+/// What every instance of a model is built from, and the spare instance waiting for a call.
+struct Package {
+    component: Component,
+    dir: PathBuf,
+    entry: Option<String>,
+    graphs: backend::GraphCache,
+    spare: Mutex<Spare>,
+}
+
+/// A model's spare instance: one that has run `init` and nothing else.
+enum Spare {
+    Empty,
+    Building,
+    Ready(Box<Ready>),
+}
+
+/// An instance that has run `init`, with the token that counts it against
+/// [`SandboxConfig::warm_instances`].
+struct Ready {
+    store: Store<CallState>,
+    bindings: Guest,
+    _token: WarmToken,
+}
+
+/// One of the [`SandboxConfig::warm_instances`] places; dropping it frees the place.
+struct WarmToken(Arc<AtomicUsize>);
+
+impl Drop for WarmToken {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model")
+            .field("dir", &self.inner.dir)
+            .field("entry", &self.inner.entry)
+            .field("inputs", &self.inputs)
+            .field("outputs", &self.outputs)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Model {
+    /// The model's inputs.
+    pub fn inputs(&self) -> &[graph::Spec] {
+        &self.inputs
+    }
+
+    /// The model's outputs.
+    pub fn outputs(&self) -> &[graph::Spec] {
+        &self.outputs
+    }
+
+    /// Whether a spare instance is ready, so that the next call skips `init`.
+    pub fn is_warm(&self) -> bool {
+        matches!(*lock(&self.inner.spare), Spare::Ready(_))
+    }
+}
+
+/// The engine, its linker and the call gate. Cheap to share behind an `Arc`.
+pub struct Sandbox {
+    core: Arc<Core>,
+    gate: Gate,
+    ticking: Arc<AtomicBool>,
+}
+
+/// What building an instance needs; shared with the threads that prepare spare instances.
+struct Core {
+    engine: Engine,
+    linker: Linker<CallState>,
+    config: SandboxConfig,
+    backend: Option<Arc<dyn Backend>>,
+    /// Spare instances held or being built, at most `config.warm_instances`.
+    warm: Arc<AtomicUsize>,
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        self.ticking.store(false, Ordering::Relaxed);
+    }
+}
+
+impl Sandbox {
+    /// Builds the engine (cranelift, fuel, epochs, pooling allocator) and its linker.
+    pub fn new(config: SandboxConfig) -> Result<Sandbox, SandboxError> {
+        let host = |e: wasmtime::Error| SandboxError::Host(format!("{e:#}"));
+        let mut wasm = wasmtime::Config::new();
+        wasm.wasm_component_model(true)
+            .consume_fuel(true)
+            .epoch_interruption(true)
+            .cranelift_opt_level(wasmtime::OptLevel::Speed)
+            .max_wasm_stack(1 << 20)
+            .wasm_relaxed_simd(false)
+            .cranelift_nan_canonicalization(true);
+        let memory_bytes = usize::try_from(config.max_memory_mib << 20)
+            .map_err(|_| SandboxError::Host("max_memory_mib is too large".into()))?;
+        // Every running call, every spare instance, and one being built for each.
+        let slots = u32::try_from(config.max_concurrent + 2 * config.warm_instances + 1)
+            .map_err(|_| SandboxError::Host("too many concurrent calls".into()))?;
+        let mut pool = wasmtime::PoolingAllocationConfig::default();
+        pool.total_component_instances(slots)
+            .total_core_instances(slots * 8)
+            .total_memories(slots * 2)
+            .total_tables(slots * 8)
+            .total_stacks(slots)
+            .max_memory_size(memory_bytes)
+            .table_elements(1 << 18)
+            .max_core_instance_size(1 << 22)
+            .max_component_instance_size(1 << 22)
+            .max_core_instances_per_component(32)
+            .max_tables_per_component(32)
+            .max_memories_per_component(2);
+        wasm.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
+        if let Some(dir) = &config.cache_dir {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| SandboxError::Host(format!("cache {}: {e}", dir.display())))?;
+            // wasmtime wants an absolute path.
+            let dir = std::fs::canonicalize(dir)
+                .map_err(|e| SandboxError::Host(format!("cache {}: {e}", dir.display())))?;
+            let mut cache = wasmtime::CacheConfig::new();
+            cache.with_directory(dir);
+            wasm.cache(Some(wasmtime::Cache::new(cache).map_err(host)?));
+        }
+        let engine = Engine::new(&wasm).map_err(host)?;
+        let mut linker = Linker::<CallState>::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(host)?;
+        Guest::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(host)?;
+        let ticking = Arc::new(AtomicBool::new(true));
+        {
+            let engine = engine.clone();
+            let ticking = ticking.clone();
+            std::thread::Builder::new()
+                .name("sandbox-epoch".into())
+                .spawn(move || {
+                    while ticking.load(Ordering::Relaxed) {
+                        std::thread::sleep(EPOCH_TICK);
+                        engine.increment_epoch();
+                    }
+                })
+                .map_err(|e| SandboxError::Host(format!("epoch thread: {e}")))?;
+        }
+        let backend: Option<Arc<dyn Backend>> = if config.host_backend {
+            Some(Arc::new(NativeTract))
+        } else {
+            None
+        };
+        Ok(Sandbox {
+            gate: Gate::new(config.max_concurrent, config.max_queued),
+            core: Arc::new(Core {
+                engine,
+                linker,
+                config,
+                backend,
+                warm: Arc::new(AtomicUsize::new(0)),
+            }),
+            ticking,
+        })
+    }
+
+    /// The host backend guests may use, if any.
+    pub fn backend_name(&self) -> Option<&str> {
+        self.core.backend.as_ref().map(|b| b.name())
+    }
+
+    /// Compiles a guest ahead of its first load, filling the on-disk cache (if configured) so
+    /// that later loads, in this process or the next, skip compilation.
+    pub fn precompile(&self, wasm: &[u8]) -> Result<(), SandboxError> {
+        self.compile(wasm).map(drop)
+    }
+
+    fn compile(&self, wasm: &[u8]) -> Result<Component, SandboxError> {
+        let limit = self.core.config.max_component_bytes;
+        if wasm.len() > limit {
+            return Err(SandboxError::Load(format!(
+                "the component is {} bytes; the limit is {limit}",
+                wasm.len()
+            )));
+        }
+        Component::new(&self.core.engine, wasm).map_err(|e| SandboxError::Load(format!("{e:#}")))
+    }
+
+    /// Compiles a guest (or takes it from the cache) and loads its package: instantiates it
+    /// once, runs `init`, and records its interface. That instance becomes the model's first
+    /// spare, so the first call does not pay for `init`.
+    pub fn load(
+        &self,
+        wasm: &[u8],
+        dir: &Path,
+        entry: Option<&str>,
+    ) -> Result<Model, SandboxError> {
+        let component = self.compile(wasm)?;
+        let inner = Arc::new(Package {
+            component,
+            dir: dir.to_path_buf(),
+            entry: entry.map(str::to_string),
+            graphs: backend::GraphCache::default(),
+            spare: Mutex::new(Spare::Empty),
+        });
+        let _slot = self.gate.enter()?;
+        let (store, bindings, metadata) = self.core.instantiate(&inner, &CallLimits::default())?;
+        if let Some(token) = self.core.warm_token() {
+            *lock(&inner.spare) = Spare::Ready(Box::new(Ready {
+                store,
+                bindings,
+                _token: token,
+            }));
+        }
+        Ok(Model {
+            inner,
+            inputs: metadata.inputs.into_iter().map(spec_from_wit).collect(),
+            outputs: metadata.outputs.into_iter().map(spec_from_wit).collect(),
+        })
+    }
+
+    /// Runs one call with `limits`, on an instance that has run `init` and nothing else: the
+    /// model's spare if one is ready (a new spare is then prepared in the background), else a
+    /// new instance.
+    pub fn predict(
+        &self,
+        model: &Model,
+        inputs: Vec<graph::Tensor>,
+        limits: &CallLimits,
+    ) -> Result<Outcome, SandboxError> {
+        for t in &inputs {
+            t.check(&limits.input)
+                .map_err(|e| SandboxError::InvalidInput(e.to_string()))?;
+        }
+        check_inputs(model, &inputs)?;
+        let _slot = self.gate.enter()?;
+        let started = Instant::now();
+        let spare = std::mem::replace(&mut *lock(&model.inner.spare), Spare::Empty);
+        let (mut store, bindings) = match spare {
+            Spare::Ready(ready) => {
+                let Ready {
+                    mut store,
+                    bindings,
+                    _token,
+                } = *ready;
+                let state = store.data_mut();
+                state.memory_limit = limits.memory_mib.min(self.core.config.max_memory_mib) << 20;
+                state.input_limits = limits.input;
+                state.host_work = HostWork::default();
+                store.set_epoch_deadline(epoch_ticks(limits.timeout));
+                (store, bindings)
+            }
+            Spare::Building => {
+                *lock(&model.inner.spare) = Spare::Building;
+                let (store, bindings, _) = self.core.instantiate(&model.inner, limits)?;
+                (store, bindings)
+            }
+            Spare::Empty => {
+                let (store, bindings, _) = self.core.instantiate(&model.inner, limits)?;
+                (store, bindings)
+            }
+        };
+        // The spare for the next call is prepared once this one is done, not competing with it.
+        let outcome = (|| {
+            store
+                .set_fuel(limits.fuel)
+                .map_err(|e| SandboxError::Host(format!("{e:#}")))?;
+            let inputs: Vec<wit::Tensor> = inputs.into_iter().map(tensor_to_wit).collect();
+            let result = bindings.call_predict(&mut store, &inputs);
+            let fuel = limits.fuel - store.get_fuel().unwrap_or(0);
+            let outputs = match result {
+                Ok(Ok(outputs)) => outputs,
+                Ok(Err(e)) => return Err(guest_error(e)),
+                Err(e) => return Err(trap(&store, e, limits, limits.fuel)),
+            };
+            let bytes: u64 = outputs.iter().map(|t| t.data.len() as u64).sum();
+            if bytes > limits.max_output_bytes {
+                return Err(SandboxError::OutputTooLarge {
+                    bytes,
+                    limit: limits.max_output_bytes,
+                });
+            }
+            let outputs: Vec<graph::Tensor> = outputs.into_iter().map(tensor_from_wit).collect();
+            let output_limits = graph::Limits {
+                max_bytes: usize::try_from(limits.max_output_bytes).unwrap_or(usize::MAX),
+                ..limits.input
+            };
+            for t in &outputs {
+                t.check(&output_limits).map_err(|e| {
+                    SandboxError::Failed(format!("the guest returned a malformed tensor: {e}"))
+                })?;
+            }
+            Ok(Outcome {
+                outputs,
+                fuel,
+                host: store.data().host_work,
+                elapsed: started.elapsed(),
+            })
+        })();
+        drop((store, bindings));
+        self.core.refill(&model.inner);
+        outcome
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn epoch_ticks(timeout: Duration) -> u64 {
+    u64::try_from(timeout.as_millis() / EPOCH_TICK.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1)
+}
+
+impl Core {
+    /// Takes one of the warm places, if any is free.
+    fn warm_token(&self) -> Option<WarmToken> {
+        let max = self.config.warm_instances;
+        self.warm
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| WarmToken(self.warm.clone()))
+    }
+
+    /// Prepares a spare instance of `package` on a background thread, unless one is ready or
+    /// being built, or every warm place is taken.
+    fn refill(self: &Arc<Self>, package: &Arc<Package>) {
+        let mut spare = lock(&package.spare);
+        if !matches!(*spare, Spare::Empty) {
+            return;
+        }
+        let Some(token) = self.warm_token() else {
+            return;
+        };
+        *spare = Spare::Building;
+        drop(spare);
+        let (core, building) = (self.clone(), package.clone());
+        let spawned = std::thread::Builder::new()
+            .name("sandbox-spare".into())
+            .spawn(move || {
+                let built = core.instantiate(&building, &CallLimits::default());
+                let mut spare = lock(&building.spare);
+                *spare = match built {
+                    Ok((store, bindings, _)) => Spare::Ready(Box::new(Ready {
+                        store,
+                        bindings,
+                        _token: token,
+                    })),
+                    Err(_) => Spare::Empty,
+                };
+            });
+        if spawned.is_err() {
+            *lock(&package.spare) = Spare::Empty;
+        }
+    }
+
+    fn instantiate(
+        &self,
+        model: &Package,
+        limits: &CallLimits,
+    ) -> Result<(Store<CallState>, Guest, wit::Metadata), SandboxError> {
+        let memory_mib = limits.memory_mib.min(self.config.max_memory_mib);
+        let mut wasi = WasiCtx::builder();
+        wasi.preopened_dir(&model.dir, GUEST_ROOT, FsPerms::ReadOnly)
+            .map_err(|e| SandboxError::Host(format!("{}: {e:#}", model.dir.display())))?
+            .wall_clock(FixedClock)
+            .monotonic_clock(FixedClock)
+            .secure_random(StdRng::seed_from_u64(0))
+            .insecure_random(StdRng::seed_from_u64(0))
+            .insecure_random_seed(0)
+            .allow_ip_name_lookup(false)
+            .allow_tcp(false)
+            .allow_udp(false);
+        let state = CallState {
+            wasi: wasi.build(),
+            table: ResourceTable::new(),
+            memory_limit: memory_mib << 20,
+            memory_denied: false,
+            backend: self.backend.clone(),
+            graphs: model.graphs.clone(),
+            dir: model.dir.clone(),
+            handles: Vec::new(),
+            input_limits: limits.input,
+            host_work: HostWork::default(),
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| s);
+        store.set_epoch_deadline(epoch_ticks(limits.timeout));
+        store
+            .set_fuel(limits.init_fuel)
+            .map_err(|e| SandboxError::Host(format!("{e:#}")))?;
+        let bindings =
+            Guest::instantiate(&mut store, &model.component, &self.linker).map_err(|e| match e
+                .downcast_ref::<Trap>()
+            {
+                Some(_) => trap(&store, e, limits, limits.init_fuel),
+                None => SandboxError::Load(format!("{e:#}")),
+            })?;
+        let metadata = match bindings.call_init(&mut store, model.entry.as_deref()) {
+            Ok(Ok(m)) => m,
+            Ok(Err(e)) => {
+                return Err(SandboxError::Load(match e {
+                    wit::Error::InvalidInput(m) | wit::Error::Failed(m) => m,
+                }));
+            }
+            Err(e) => {
+                return Err(match trap(&store, e, limits, limits.init_fuel) {
+                    SandboxError::OutOfFuel { limit } => SandboxError::Load(format!(
+                        "loading the model needs more than {limit} fuel units"
+                    )),
+                    other => other,
+                });
+            }
+        };
+        Ok((store, bindings, metadata))
+    }
+}
+
+/// Checks inputs against the model's declared interface.
+fn check_inputs(model: &Model, inputs: &[graph::Tensor]) -> Result<(), SandboxError> {
+    let invalid = SandboxError::InvalidInput;
+    for t in inputs {
+        let spec = model
+            .inputs
+            .iter()
+            .find(|s| s.name == t.name)
+            .ok_or_else(|| {
+                let names: Vec<&str> = model.inputs.iter().map(|s| s.name.as_str()).collect();
+                invalid(format!(
+                    "the model has no input {:?} (inputs: {})",
+                    t.name,
+                    names.join(", ")
+                ))
+            })?;
+        spec.accepts(t.dtype, &t.shape)
+            .map_err(|e| invalid(e.to_string()))?;
+    }
+    for spec in &model.inputs {
+        match inputs.iter().filter(|t| t.name == spec.name).count() {
+            1 => {}
+            0 => return Err(invalid(format!("missing input {:?}", spec.name))),
+            _ => return Err(invalid(format!("input {:?} given twice", spec.name))),
+        }
+    }
+    Ok(())
+}
+
+fn guest_error(e: wit::Error) -> SandboxError {
+    match e {
+        wit::Error::InvalidInput(m) => SandboxError::InvalidInput(m),
+        wit::Error::Failed(m) => SandboxError::Failed(m),
+    }
+}
+
+fn trap(
+    store: &Store<CallState>,
+    e: wasmtime::Error,
+    limits: &CallLimits,
+    fuel: u64,
+) -> SandboxError {
+    if store.data().memory_denied {
+        return SandboxError::OutOfMemory {
+            limit_mib: store.data().memory_limit >> 20,
+        };
+    }
+    match e.downcast_ref::<Trap>() {
+        Some(Trap::OutOfFuel) => SandboxError::OutOfFuel { limit: fuel },
+        Some(Trap::Interrupt) => SandboxError::Timeout {
+            limit: limits.timeout,
+        },
+        Some(t) => SandboxError::Trap(t.to_string()),
+        None => SandboxError::Trap(format!("{e:#}")),
+    }
+}
+
+/// Per-call state inside the store.
+struct CallState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    memory_limit: u64,
+    memory_denied: bool,
+    backend: Option<Arc<dyn Backend>>,
+    graphs: backend::GraphCache,
+    dir: PathBuf,
+    handles: Vec<Arc<dyn LoadedGraph>>,
+    input_limits: graph::Limits,
+    host_work: HostWork,
+}
+
+impl WasiView for CallState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl ResourceLimiter for CallState {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired as u64 > self.memory_limit {
+            self.memory_denied = true;
+            return Err(wasmtime::format_err!(
+                "memory of {desired} bytes is above the call's cap"
+            ));
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 1 << 18)
+    }
+}
+
+impl wit::Host for CallState {}
+
+impl wit_graph::Host for CallState {
+    fn backend(&mut self) -> Option<String> {
+        self.backend.as_ref().map(|b| b.name().to_string())
+    }
+
+    fn load(&mut self, path: String) -> Result<wit_graph::Loaded, String> {
+        let backend = self
+            .backend
+            .clone()
+            .ok_or("this node offers no graph backend")?;
+        let graph = self.graphs.load(&*backend, &self.dir, &path)?;
+        let handle = self.handles.len() as u32;
+        let loaded = wit_graph::Loaded {
+            handle,
+            inputs: graph.inputs().iter().map(spec_to_wit).collect(),
+            outputs: graph.outputs().iter().map(spec_to_wit).collect(),
+        };
+        self.handles.push(graph);
+        Ok(loaded)
+    }
+
+    fn compute(
+        &mut self,
+        graph: u32,
+        inputs: Vec<wit::Tensor>,
+    ) -> Result<Vec<wit::Tensor>, String> {
+        let graph = self
+            .handles
+            .get(graph as usize)
+            .cloned()
+            .ok_or_else(|| format!("no graph with handle {graph}"))?;
+        let inputs: Vec<graph::Tensor> = inputs.into_iter().map(tensor_from_wit).collect();
+        let started = Instant::now();
+        let in_bytes: u64 = inputs.iter().map(|t| t.data.len() as u64).sum();
+        let outputs = graph
+            .run(inputs, &self.input_limits)
+            .map_err(|e| e.to_string())?;
+        let out_bytes: u64 = outputs.iter().map(|t| t.data.len() as u64).sum();
+        self.host_work.calls += 1;
+        self.host_work.bytes += in_bytes + out_bytes;
+        self.host_work.time += started.elapsed();
+        Ok(outputs.into_iter().map(tensor_to_wit).collect())
+    }
+}
+
+/// A clock that always reads zero: guests must not depend on time.
+struct FixedClock;
+
+impl wasmtime_wasi::HostWallClock for FixedClock {
+    fn resolution(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+    fn now(&self) -> Duration {
+        Duration::ZERO
+    }
+}
+
+impl wasmtime_wasi::HostMonotonicClock for FixedClock {
+    fn resolution(&self) -> u64 {
+        1_000_000_000
+    }
+    fn now(&self) -> u64 {
+        0
+    }
+}
+
+fn dtype_to_wit(d: graph::DType) -> wit::Dtype {
+    use graph::DType as D;
+    match d {
+        D::Bool => wit::Dtype::Boolean,
+        D::U8 => wit::Dtype::Uint8,
+        D::U16 => wit::Dtype::Uint16,
+        D::U32 => wit::Dtype::Uint32,
+        D::U64 => wit::Dtype::Uint64,
+        D::I8 => wit::Dtype::Int8,
+        D::I16 => wit::Dtype::Int16,
+        D::I32 => wit::Dtype::Int32,
+        D::I64 => wit::Dtype::Int64,
+        D::F16 => wit::Dtype::Fp16,
+        D::F32 => wit::Dtype::Fp32,
+        D::F64 => wit::Dtype::Fp64,
+        D::Bytes => wit::Dtype::Bytes,
+    }
+}
+
+fn dtype_from_wit(d: wit::Dtype) -> graph::DType {
+    graph::DType::ALL
+        .into_iter()
+        .find(|&g| dtype_to_wit(g) == d)
+        .unwrap_or(graph::DType::Bytes)
+}
+
+fn tensor_to_wit(t: graph::Tensor) -> wit::Tensor {
+    wit::Tensor {
+        name: t.name,
+        dtype: dtype_to_wit(t.dtype),
+        shape: t.shape,
+        data: t.data,
+    }
+}
+
+fn tensor_from_wit(t: wit::Tensor) -> graph::Tensor {
+    graph::Tensor {
+        name: t.name,
+        dtype: dtype_from_wit(t.dtype),
+        shape: t.shape,
+        data: t.data,
+    }
+}
+
+fn spec_to_wit(s: &graph::Spec) -> wit::TensorSpec {
+    wit::TensorSpec {
+        name: s.name.clone(),
+        dtype: dtype_to_wit(s.dtype),
+        shape: s
+            .shape
+            .iter()
+            .map(|d| match d {
+                graph::Dim::Fixed(n) => wit::Dim::Fixed(*n),
+                graph::Dim::Symbolic(n) => wit::Dim::Symbolic(n.clone()),
+            })
+            .collect(),
+    }
+}
+
+fn spec_from_wit(s: wit::TensorSpec) -> graph::Spec {
+    graph::Spec {
+        name: s.name,
+        dtype: dtype_from_wit(s.dtype),
+        shape: s
+            .shape
+            .into_iter()
+            .map(|d| match d {
+                wit::Dim::Fixed(n) => graph::Dim::Fixed(n),
+                wit::Dim::Symbolic(n) => graph::Dim::Symbolic(n),
+            })
+            .collect(),
+    }
+}

@@ -1,0 +1,108 @@
+//! A hostile model guest, for the sandbox's containment tests.
+//!
+//! `init` returns an interface with one `BYTES` input `mode`; `predict` does what the mode says:
+//! `loop` (spins forever), `memory` (allocates without bound), `recurse` (unbounded recursion),
+//! `huge-output` (returns a 1 GiB tensor), `trap` (an unreachable instruction), `echo` (returns
+//! its input: the well-behaved case), `fs` (tries to read outside the package), `env` (reads the
+//! environment), `clock` (returns the wall clock and a random number: these must be fixed).
+
+use moxnet::model::types as wit;
+
+wit_bindgen::generate!({ world: "model", path: "../wit" });
+
+struct Hostile;
+
+fn mode(inputs: &[wit::Tensor]) -> String {
+    inputs
+        .first()
+        .map(|t| String::from_utf8_lossy(t.data.get(4..).unwrap_or(&[])).into_owned())
+        .unwrap_or_default()
+}
+
+fn text(name: &str, s: &str) -> wit::Tensor {
+    let mut data = (s.len() as u32).to_le_bytes().to_vec();
+    data.extend_from_slice(s.as_bytes());
+    wit::Tensor {
+        name: name.into(),
+        dtype: wit::Dtype::Bytes,
+        shape: vec![1],
+        data,
+    }
+}
+
+/// Recurses until `depth` (never reached in practice: the guest's stack runs out first).
+#[inline(never)]
+fn recurse(n: u64, depth: u64) -> u64 {
+    let mut frame = [n; 64];
+    std::hint::black_box(&mut frame);
+    if n >= depth {
+        return frame[0];
+    }
+    recurse(n + 1, depth) + frame[(n % 64) as usize]
+}
+
+impl Guest for Hostile {
+    fn init(_entry: Option<String>) -> Result<wit::Metadata, wit::Error> {
+        let spec = |name: &str| wit::TensorSpec {
+            name: name.into(),
+            dtype: wit::Dtype::Bytes,
+            shape: vec![wit::Dim::Fixed(1)],
+        };
+        Ok(wit::Metadata {
+            inputs: vec![spec("mode")],
+            outputs: vec![spec("out")],
+        })
+    }
+
+    fn predict(inputs: Vec<wit::Tensor>) -> Result<Vec<wit::Tensor>, wit::Error> {
+        match mode(&inputs).as_str() {
+            "loop" => {
+                let mut x = 0u64;
+                loop {
+                    x = std::hint::black_box(x.wrapping_add(1));
+                }
+            }
+            "memory" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![1u8; 16 << 20]);
+                    std::hint::black_box(&hoard);
+                }
+            }
+            "recurse" => {
+                let n = recurse(0, std::hint::black_box(u64::MAX));
+                Ok(vec![text("out", &n.to_string())])
+            }
+            "huge-output" => Ok(vec![wit::Tensor {
+                name: "out".into(),
+                dtype: wit::Dtype::Uint8,
+                shape: vec![1 << 30],
+                data: vec![7u8; 1 << 30],
+            }]),
+            "trap" => std::process::abort(),
+            "fs" => match std::fs::read("/etc/passwd") {
+                Ok(b) => Ok(vec![text("out", &format!("read {} bytes", b.len()))]),
+                Err(e) => Err(wit::Error::Failed(format!("fs: {e}"))),
+            },
+            "env" => Ok(vec![text(
+                "out",
+                &format!("{:?}", std::env::vars().collect::<Vec<_>>()),
+            )]),
+            "clock" => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos())
+                    .unwrap_or(0);
+                let mut random = std::collections::hash_map::RandomState::new();
+                use std::hash::{BuildHasher, Hasher};
+                let mut h = random.build_hasher();
+                h.write_u8(1);
+                let _ = &mut random;
+                Ok(vec![text("out", &format!("{now} {}", h.finish()))])
+            }
+            _ => Ok(inputs),
+        }
+    }
+}
+
+export!(Hostile);
