@@ -478,7 +478,7 @@ fn response(model: &Loaded, request: &Value, outcome: Outcome, wanted: Option<&[
     let outputs: Vec<Value> = outcome
         .outputs
         .iter()
-        .filter(|t| wanted.is_none_or(|w| w.iter().any(|n| *n == t.name)))
+        .filter(|t| wanted.is_none_or(|w| w.contains(&t.name)))
         .map(|t| {
             json!({
                 "name": t.name,

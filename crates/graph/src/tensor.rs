@@ -345,7 +345,7 @@ impl Tensor {
     }
 
     fn fixed<const N: usize, T>(&self, dtype: DType, f: fn([u8; N]) -> T) -> Result<Vec<T>, Error> {
-        if self.dtype != dtype || self.data.len() % N != 0 {
+        if self.dtype != dtype || !self.data.len().is_multiple_of(N) {
             return Err(Error::Invalid(format!(
                 "tensor {:?} is {}, not {dtype}",
                 self.name, self.dtype

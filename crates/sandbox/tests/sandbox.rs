@@ -211,13 +211,17 @@ fn interface_is_inferred_from_the_graph() {
         Tensor::from_i64("nope", vec![1, 1], &[1]),
     ];
     for t in wrong {
-        let err = sandbox.predict(&model, vec![t], &limits()).unwrap_err();
+        let err = sandbox
+            .predict(&model, vec![t], &limits())
+            .expect_err("must fail");
         assert!(matches!(err, SandboxError::InvalidInput(_)), "{err}");
     }
     // A malformed tensor (data length does not match its shape) is refused too.
     let mut bad = Tensor::from_i64("ids", vec![1, 3], &[1, 2, 3]);
     bad.data.pop();
-    let err = sandbox.predict(&model, vec![bad], &limits()).unwrap_err();
+    let err = sandbox
+        .predict(&model, vec![bad], &limits())
+        .expect_err("must fail");
     assert!(matches!(err, SandboxError::InvalidInput(_)), "{err}");
 }
 
@@ -364,7 +368,7 @@ fn a_large_output_is_refused_not_returned() {
     };
     let err = sandbox
         .predict(&hostile, mode("huge-output"), &limits)
-        .unwrap_err();
+        .expect_err("must fail");
     assert!(
         matches!(
             err,
@@ -384,7 +388,7 @@ fn guests_have_no_ambient_authority() {
     // No host files: only the package, read-only, at /model.
     let err = sandbox
         .predict(&hostile, mode("fs"), &limits())
-        .unwrap_err();
+        .expect_err("must fail");
     assert!(
         matches!(err, SandboxError::Failed(ref m) if m.starts_with("fs:")),
         "{err:?}"
@@ -421,14 +425,16 @@ fn malformed_oversized_and_foreign_components_are_refused() {
         // A valid core module, but not a moxnet:model component.
         ("core module", b"\0asm\x01\0\0\0".to_vec()),
     ] {
-        let err = sandbox.load(&wasm, dir.path(), None).unwrap_err();
+        let err = sandbox
+            .load(&wasm, dir.path(), None)
+            .expect_err("must fail");
         assert!(matches!(err, SandboxError::Load(_)), "{what}: {err:?}");
     }
     // The runner given a package without its graph fails to load with the reason.
     let sandbox = self::sandbox(false, 1, 1);
     let err = sandbox
         .load(&guest("moxnet_runner"), dir.path(), Some("missing.onnx"))
-        .unwrap_err();
+        .expect_err("must fail");
     assert!(
         matches!(err, SandboxError::Load(ref m) if m.contains("missing.onnx")),
         "{err:?}"
@@ -462,7 +468,7 @@ fn a_graph_with_absurd_shapes_is_contained() {
             vec![Tensor::from_f32("x", vec![1 << 20], &long)],
             &limits(),
         )
-        .unwrap_err();
+        .expect_err("must fail");
     assert!(
         matches!(
             err,
@@ -506,7 +512,7 @@ fn a_full_queue_answers_busy() {
             Err(e) => panic!("{e:?}"),
         }
     }
-    let err = spinning.join().expect("no panic").unwrap_err();
+    let err = spinning.join().expect("no panic").expect_err("must fail");
     assert!(matches!(err, SandboxError::Timeout { .. }), "{err:?}");
     // The slot is free again.
     sandbox
