@@ -34,6 +34,9 @@
 //! - **Host backend** ([`Backend`]): a guest may hand its heavy graph to the host (the WIT
 //!   `graph` interface, in the style of wasi-nn). The host checks every tensor the guest passes,
 //!   meters its work separately from fuel ([`Outcome::host`]), and loads each graph once per model.
+//!   It is off by default ([`SandboxConfig::host_backend`]): fuel, the deadline and the memory cap
+//!   bind the guest, but a graph run natively allocates in the host, so a graph built to ask for
+//!   absurd shapes could exhaust the node's memory. Enable it for models you trust.
 
 mod backend;
 mod gate;
@@ -134,7 +137,8 @@ pub struct SandboxConfig {
     pub max_concurrent: usize,
     /// Calls waiting for a slot; beyond this, calls are answered [`SandboxError::Busy`].
     pub max_queued: usize,
-    /// Whether guests may use the host's graph backend (native tract).
+    /// Whether guests may use the host's graph backend (native tract). Off by default: a graph
+    /// run natively is outside the guest's memory cap (see the crate docs).
     pub host_backend: bool,
     /// The largest component accepted, in bytes.
     pub max_component_bytes: usize,
@@ -150,7 +154,7 @@ impl Default for SandboxConfig {
             max_memory_mib: 2048,
             max_concurrent: 2,
             max_queued: 16,
-            host_backend: true,
+            host_backend: false,
             max_component_bytes: 64 << 20,
             warm_instances: 4,
         }
