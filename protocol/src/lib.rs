@@ -28,10 +28,12 @@
 //! - [`Manifest`]: a model package (files, interface, runtime, datasets, parent model,
 //!   snapshots). [`Snapshot`]: one training step with metrics and weights, linked by parent.
 //!   [`Collection`]: the listing of a plain folder.
+//! - [`compute`]: compute offers and the signed inference call between peers.
 //!
 //! The byte-level specification, with test vectors, is `docs/protocol.md`.
 
 pub mod cbor;
+pub mod compute;
 mod hash;
 mod manifest;
 mod signed;

@@ -6,6 +6,9 @@
 //! - `/moxnet/catalog/1` (libp2p request-response): a framed [`CatalogRequest`] is answered by a
 //!   framed [`CatalogResponse`] listing signed manifest envelopes.
 //! - gossipsub topic [`ANNOUNCE_TOPIC`]: each message is one signed manifest envelope.
+//! - gossipsub topic [`OFFER_TOPIC`]: each message is one signed compute offer envelope.
+//! - `/moxnet/infer/1` (libp2p request-response): a framed [`crate::compute::InferCall`] is
+//!   answered by a framed [`crate::compute::InferReply`].
 //!
 //! A frame is a 4-byte big-endian length followed by that many bytes of deterministic CBOR.
 
@@ -22,6 +25,11 @@ pub const KAD_PROTOCOL: &str = "/moxnet/kad/1.0.0";
 pub const IDENTIFY_VERSION: &str = "/moxnet/1.0.0";
 /// gossipsub topic of model announcements.
 pub const ANNOUNCE_TOPIC: &str = "/moxnet/announce/1";
+/// gossipsub topic of signed compute offers ([`crate::compute::ComputeOffer`]).
+pub const OFFER_TOPIC: &str = "/moxnet/compute/1";
+/// Request-response protocol for inference calls between peers
+/// ([`crate::compute::InferCall`] → [`crate::compute::InferReply`]).
+pub const INFER_PROTOCOL: &str = "/moxnet/infer/1";
 
 /// Largest [`BlobRequest`] frame.
 pub const MAX_BLOB_REQUEST_BYTES: usize = 64 * 1024;

@@ -1,12 +1,13 @@
-//! Framing for the catalogue request-response protocol: a 4-byte big-endian length, then that
-//! many bytes of deterministic CBOR, each direction with its own size limit.
+//! Framing for the request-response protocols (catalogue sync, inference calls): a 4-byte
+//! big-endian length, then that many bytes of deterministic CBOR, each direction with its own
+//! size limit.
 
 use std::io;
 
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::StreamProtocol;
 use libp2p::request_response::Codec;
-use protocol::wire::{MAX_CATALOG_REQUEST_BYTES, MAX_CATALOG_RESPONSE_BYTES, check_frame_len};
+use protocol::wire::check_frame_len;
 
 /// Reads one frame of at most `max` bytes; a longer announced length is refused before reading.
 pub(crate) async fn read_frame<T: AsyncRead + Unpin>(
@@ -30,11 +31,17 @@ pub(crate) async fn write_frame<T: AsyncWrite + Unpin>(
     io.write_all(&protocol::wire::frame(payload)).await
 }
 
-/// The catalogue protocol's codec; messages are raw CBOR bytes decoded by the event loop.
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct CatalogCodec;
+/// A request-response codec whose messages are raw CBOR bytes (decoded by the event loop or the
+/// node), each direction bounded.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FrameCodec {
+    /// The largest request read.
+    pub(crate) max_request: usize,
+    /// The largest response read.
+    pub(crate) max_response: usize,
+}
 
-impl Codec for CatalogCodec {
+impl Codec for FrameCodec {
     type Protocol = StreamProtocol;
     type Request = Vec<u8>;
     type Response = Vec<u8>;
@@ -43,14 +50,14 @@ impl Codec for CatalogCodec {
     where
         T: AsyncRead + Unpin + Send,
     {
-        read_frame(io, MAX_CATALOG_REQUEST_BYTES).await
+        read_frame(io, self.max_request).await
     }
 
     async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>>
     where
         T: AsyncRead + Unpin + Send,
     {
-        read_frame(io, MAX_CATALOG_RESPONSE_BYTES).await
+        read_frame(io, self.max_response).await
     }
 
     async fn write_request<T>(

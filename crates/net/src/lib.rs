@@ -25,8 +25,10 @@
 //!   [`Client`] method sends a `Command` with a `oneshot` reply; in-flight queries wait in
 //!   `pending_*` maps keyed by query or request id. Channels are bounded.
 //! - Behaviours: identify, ping, Kademlia (`/moxnet/kad/1.0.0`, provider records keyed by blob
-//!   hash, server mode), gossipsub (signed manifests on `/moxnet/announce/1`), mDNS (optional),
-//!   request-response (`/moxnet/catalog/1`, catalogue sync on connect), and a stream protocol
+//!   hash, server mode), gossipsub (signed manifests on `/moxnet/announce/1`, signed compute
+//!   offers on `/moxnet/compute/1`), mDNS (optional), request-response (`/moxnet/catalog/1`,
+//!   catalogue sync on connect; `/moxnet/infer/1`, inference calls, answered by the node through
+//!   an [`InferResponder`]), and a stream protocol
 //!   for blob ranges (`/moxnet/blob/1`, its own streams so bulk data never queues behind
 //!   control traffic). Transports: TCP + noise + yamux, and QUIC.
 //! - [`Provider`]: what this node serves, supplied by `node` (backed by the store).
@@ -43,7 +45,8 @@ use std::sync::Arc;
 
 use libp2p::{Multiaddr, PeerId};
 use protocol::wire::BlobRequest;
-use protocol::{BlobHash, Manifest, Signed};
+use protocol::compute::ComputeOffer;
+use protocol::{BlobHash, Manifest, NodeId, Signed};
 use tokio::sync::{mpsc, oneshot};
 
 pub use blob::{BlobResponse, BlockingReader, ServeLimits};
@@ -82,8 +85,32 @@ pub trait Provider: Send + Sync + 'static {
     fn catalog(&self) -> Vec<Vec<u8>>;
 }
 
+/// The way back for one inbound inference call: send the encoded reply once. Dropping it
+/// unanswered closes the stream (the caller sees a failed call).
+pub struct InferResponder(oneshot::Sender<Vec<u8>>);
+
+impl InferResponder {
+    /// Sends the encoded [`protocol::compute::InferReply`].
+    pub fn send(self, reply: Vec<u8>) {
+        // The caller may have gone (timed out); nothing to do then.
+        let _ = self.0.send(reply);
+    }
+}
+
+impl std::fmt::Debug for InferResponder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("InferResponder")
+    }
+}
+
+/// The libp2p peer id of a node id (both are the same ed25519 key).
+pub fn peer_id_of(node: &NodeId) -> Option<PeerId> {
+    let key = libp2p::identity::ed25519::PublicKey::try_from_bytes(node.as_bytes()).ok()?;
+    Some(libp2p::identity::PublicKey::from(key).to_peer_id())
+}
+
 /// Something the network learnt.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub enum NetEvent {
     /// Listening on a new address.
     Listening(Multiaddr),
@@ -97,6 +124,23 @@ pub enum NetEvent {
         from: PeerId,
         /// The manifest.
         manifest: Box<Signed<Manifest>>,
+    },
+    /// A signed compute offer (signature verified), from gossip.
+    Offer {
+        /// The peer it came from (not necessarily its signer).
+        from: PeerId,
+        /// The offer.
+        offer: Box<Signed<ComputeOffer>>,
+    },
+    /// A peer calls a model here: decode `call` as a [`protocol::compute::InferCall`] (it is
+    /// only bounded in size) and answer through `reply`.
+    InferCall {
+        /// The caller.
+        from: PeerId,
+        /// The encoded call.
+        call: Vec<u8>,
+        /// Where the encoded reply goes.
+        reply: InferResponder,
     },
     /// A peer sent something invalid.
     Rejected {
@@ -260,6 +304,18 @@ impl Client {
     /// Asks `peer` for the signed manifests it knows; invalid ones are dropped.
     pub async fn catalog(&self, peer: PeerId) -> Result<Vec<Signed<Manifest>>, NetError> {
         self.call(|reply| Command::Catalog { peer, reply }).await?
+    }
+
+    /// Publishes a signed compute offer envelope on the offer topic.
+    pub async fn announce_offer(&self, envelope: Vec<u8>) -> Result<(), NetError> {
+        self.call(|reply| Command::Offer { envelope, reply }).await?
+    }
+
+    /// Sends an encoded [`protocol::compute::InferCall`] to `peer` and returns its encoded reply
+    /// (bounded in size, not yet decoded). Bound the wait with your own deadline.
+    pub async fn infer(&self, peer: PeerId, call: Vec<u8>) -> Result<Vec<u8>, NetError> {
+        self.call(|reply| Command::Infer { peer, call, reply })
+            .await?
     }
 
     /// Opens a blob request to `peer`; the response streams the encoded groups.

@@ -15,12 +15,13 @@ use libp2p::{
     Multiaddr, PeerId, StreamProtocol, Swarm, SwarmBuilder, identify, identity, mdns, noise, ping,
     tcp, yamux,
 };
+use protocol::compute::{ComputeOffer, MAX_INFER_CALL_BYTES, MAX_INFER_REPLY_BYTES};
 use protocol::wire::{self, CatalogRequest, CatalogResponse};
 use protocol::{BlobHash, Manifest, Signed};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::codec::CatalogCodec;
-use crate::{NetConfig, NetError, NetEvent, Provider};
+use crate::codec::FrameCodec;
+use crate::{InferResponder, NetConfig, NetError, NetEvent, Provider};
 
 /// Everything the node speaks, composed.
 #[derive(NetworkBehaviour)]
@@ -30,7 +31,8 @@ pub(crate) struct Behaviour {
     kad: kad::Behaviour<MemoryStore>,
     gossipsub: gossipsub::Behaviour,
     mdns: Toggle<mdns::tokio::Behaviour>,
-    catalog: request_response::Behaviour<CatalogCodec>,
+    catalog: request_response::Behaviour<FrameCodec>,
+    infer: request_response::Behaviour<FrameCodec>,
     pub(crate) stream: libp2p_stream::Behaviour,
 }
 
@@ -73,10 +75,27 @@ pub(crate) enum Command {
         peer: PeerId,
         reply: oneshot::Sender<Result<Vec<Signed<Manifest>>, NetError>>,
     },
+    /// Publish a signed compute offer on the offer topic.
+    Offer {
+        envelope: Vec<u8>,
+        reply: oneshot::Sender<Result<(), NetError>>,
+    },
+    /// Send an inference call to a peer.
+    Infer {
+        peer: PeerId,
+        call: Vec<u8>,
+        reply: oneshot::Sender<Result<Vec<u8>, NetError>>,
+    },
 }
+
+/// A response to send from the loop, computed elsewhere.
+type Answer = (request_response::ResponseChannel<Vec<u8>>, Vec<u8>);
 
 /// Where a catalogue answer goes.
 type CatalogReply = oneshot::Sender<Result<Vec<Signed<Manifest>>, NetError>>;
+
+/// Where an inference reply goes.
+type InferReply = oneshot::Sender<Result<Vec<u8>, NetError>>;
 
 /// The task that owns the swarm.
 pub(crate) struct EventLoop {
@@ -85,13 +104,18 @@ pub(crate) struct EventLoop {
     events: mpsc::Sender<NetEvent>,
     provider: Arc<dyn Provider>,
     topic: IdentTopic,
+    offer_topic: IdentTopic,
     /// Catalogue answers computed off the loop, to be sent from it.
-    catalog_answers: mpsc::Receiver<(request_response::ResponseChannel<Vec<u8>>, Vec<u8>)>,
-    catalog_answers_tx: mpsc::Sender<(request_response::ResponseChannel<Vec<u8>>, Vec<u8>)>,
+    catalog_answers: mpsc::Receiver<Answer>,
+    catalog_answers_tx: mpsc::Sender<Answer>,
+    /// Inference replies from the node, to be sent from the loop.
+    infer_answers: mpsc::Receiver<Answer>,
+    infer_answers_tx: mpsc::Sender<Answer>,
     pending_dial: HashMap<PeerId, Vec<oneshot::Sender<Result<(), NetError>>>>,
     pending_provide: HashMap<kad::QueryId, oneshot::Sender<Result<(), NetError>>>,
     pending_providers: HashMap<kad::QueryId, (HashSet<PeerId>, oneshot::Sender<Vec<PeerId>>)>,
     pending_catalog: HashMap<request_response::OutboundRequestId, CatalogReply>,
+    pending_infer: HashMap<request_response::OutboundRequestId, InferReply>,
     synced: HashSet<PeerId>,
 }
 
@@ -117,7 +141,7 @@ pub(crate) fn build_swarm(config: &NetConfig) -> Result<Swarm<Behaviour>, NetErr
                 kad::Behaviour::with_config(peer_id, MemoryStore::new(peer_id), kad_config);
             kad.set_mode(Some(kad::Mode::Server));
             let gossip_config = gossipsub::ConfigBuilder::default()
-                .max_transmit_size(Signed::<Manifest>::MAX_BYTES)
+                .max_transmit_size(Signed::<Manifest>::MAX_BYTES.max(Signed::<ComputeOffer>::MAX_BYTES))
                 .validation_mode(gossipsub::ValidationMode::Strict)
                 .heartbeat_interval(Duration::from_millis(500))
                 .build()
@@ -143,13 +167,30 @@ pub(crate) fn build_swarm(config: &NetConfig) -> Result<Swarm<Behaviour>, NetErr
                 gossipsub,
                 mdns,
                 catalog: request_response::Behaviour::with_codec(
-                    CatalogCodec,
+                    FrameCodec {
+                        max_request: wire::MAX_CATALOG_REQUEST_BYTES,
+                        max_response: wire::MAX_CATALOG_RESPONSE_BYTES,
+                    },
                     [(
                         StreamProtocol::new(wire::CATALOG_PROTOCOL),
                         ProtocolSupport::Full,
                     )],
                     request_response::Config::default()
                         .with_request_timeout(Duration::from_secs(30)),
+                ),
+                // The node bounds each call with its own deadline; this is the backstop.
+                infer: request_response::Behaviour::with_codec(
+                    FrameCodec {
+                        max_request: MAX_INFER_CALL_BYTES,
+                        max_response: MAX_INFER_REPLY_BYTES,
+                    },
+                    [(
+                        StreamProtocol::new(wire::INFER_PROTOCOL),
+                        ProtocolSupport::Full,
+                    )],
+                    request_response::Config::default()
+                        .with_request_timeout(Duration::from_secs(600))
+                        .with_max_concurrent_streams(1024),
                 ),
                 stream: libp2p_stream::Behaviour::new(),
             })
@@ -168,24 +209,32 @@ impl EventLoop {
         provider: Arc<dyn Provider>,
     ) -> Result<Self, NetError> {
         let topic = IdentTopic::new(wire::ANNOUNCE_TOPIC);
-        swarm
-            .behaviour_mut()
-            .gossipsub
-            .subscribe(&topic)
-            .map_err(|e| NetError::Setup(format!("subscribing to announcements: {e}")))?;
+        let offer_topic = IdentTopic::new(wire::OFFER_TOPIC);
+        for t in [&topic, &offer_topic] {
+            swarm
+                .behaviour_mut()
+                .gossipsub
+                .subscribe(t)
+                .map_err(|e| NetError::Setup(format!("subscribing to {t}: {e}")))?;
+        }
         let (catalog_answers_tx, catalog_answers) = mpsc::channel(64);
+        let (infer_answers_tx, infer_answers) = mpsc::channel(256);
         Ok(EventLoop {
             swarm,
             commands,
             events,
             provider,
             topic,
+            offer_topic,
             catalog_answers,
             catalog_answers_tx,
+            infer_answers,
+            infer_answers_tx,
             pending_dial: HashMap::new(),
             pending_provide: HashMap::new(),
             pending_providers: HashMap::new(),
             pending_catalog: HashMap::new(),
+            pending_infer: HashMap::new(),
             synced: HashSet::new(),
         })
     }
@@ -202,6 +251,9 @@ impl EventLoop {
                 Some((channel, bytes)) = self.catalog_answers.recv() => {
                     // The requester may have gone; nothing to do then.
                     let _ = self.swarm.behaviour_mut().catalog.send_response(channel, bytes);
+                }
+                Some((channel, bytes)) = self.infer_answers.recv() => {
+                    let _ = self.swarm.behaviour_mut().infer.send_response(channel, bytes);
                 }
             }
         }
@@ -288,6 +340,24 @@ impl EventLoop {
                     .catalog
                     .send_request(&peer, request);
                 self.pending_catalog.insert(id, reply);
+            }
+            Command::Offer { envelope, reply } => {
+                let result = match self
+                    .swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .publish(self.offer_topic.clone(), envelope)
+                {
+                    Ok(_)
+                    | Err(gossipsub::PublishError::NoPeersSubscribedToTopic)
+                    | Err(gossipsub::PublishError::Duplicate) => Ok(()),
+                    Err(e) => Err(NetError::Gossip(e.to_string())),
+                };
+                let _ = reply.send(result);
+            }
+            Command::Infer { peer, call, reply } => {
+                let id = self.swarm.behaviour_mut().infer.send_request(&peer, call);
+                self.pending_infer.insert(id, reply);
             }
         }
     }
@@ -421,6 +491,28 @@ impl EventLoop {
                 propagation_source,
                 message,
                 ..
+            }) if message.topic == self.offer_topic.hash() => {
+                match Signed::<ComputeOffer>::from_bytes(&message.data) {
+                    Ok(offer) => {
+                        self.emit(NetEvent::Offer {
+                            from: propagation_source,
+                            offer: Box::new(offer),
+                        })
+                        .await;
+                    }
+                    Err(e) => {
+                        self.emit(NetEvent::Rejected {
+                            from: propagation_source,
+                            reason: format!("compute offer: {e}"),
+                        })
+                        .await;
+                    }
+                }
+            }
+            BehaviourEvent::Gossipsub(gossipsub::Event::Message {
+                propagation_source,
+                message,
+                ..
             }) => match Signed::<Manifest>::from_bytes(&message.data) {
                 Ok(manifest) => {
                     self.emit(NetEvent::Manifest {
@@ -486,6 +578,50 @@ impl EventLoop {
                     let _ = reply.send(Err(NetError::Unavailable {
                         peer,
                         reason: format!("catalogue: {error}"),
+                    }));
+                }
+            }
+            BehaviourEvent::Infer(request_response::Event::Message { peer, message, .. }) => {
+                match message {
+                    request_response::Message::Request {
+                        request, channel, ..
+                    } => {
+                        // The node answers through the responder; the loop sends it. A dropped
+                        // responder closes the stream, which the caller sees as a failure.
+                        let (tx, rx) = oneshot::channel();
+                        let answers = self.infer_answers_tx.clone();
+                        tokio::spawn(async move {
+                            if let Ok(bytes) = rx.await {
+                                let _ = answers.send((channel, bytes)).await;
+                            }
+                        });
+                        self.emit(NetEvent::InferCall {
+                            from: peer,
+                            call: request,
+                            reply: InferResponder(tx),
+                        })
+                        .await;
+                    }
+                    request_response::Message::Response {
+                        request_id,
+                        response,
+                    } => {
+                        if let Some(reply) = self.pending_infer.remove(&request_id) {
+                            let _ = reply.send(Ok(response));
+                        }
+                    }
+                }
+            }
+            BehaviourEvent::Infer(request_response::Event::OutboundFailure {
+                request_id,
+                error,
+                peer,
+                ..
+            }) => {
+                if let Some(reply) = self.pending_infer.remove(&request_id) {
+                    let _ = reply.send(Err(NetError::Unavailable {
+                        peer,
+                        reason: format!("inference call: {error}"),
                     }));
                 }
             }

@@ -1,6 +1,7 @@
 //! Real libp2p swarms on loopback TCP, each with a real store on disk: DHT provider records,
 //! gossip announcements, catalogue sync for a late joiner, verified blob transfer, and a
-//! Byzantine provider whose bad bytes never reach the store.
+//! Byzantine provider whose bad bytes never reach the store; compute offers on gossip and
+//! inference calls over request-response.
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
@@ -362,4 +363,61 @@ async fn blobs_move_over_quic_too() {
         .read_to(imported.hash, &mut out)
         .expect("read");
     assert_eq!(out, data);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offers_gossip_and_inference_calls_round_trip() {
+    use protocol::compute::{ComputeOffer, InferReply, InferStatus};
+    use protocol::Object;
+    let mut a = node(21, None).await;
+    let mut b = node(22, None).await;
+    b.client.dial(a.addr.clone()).await.expect("dial");
+    let key = SecretKey::from_seed(&[22; 32]);
+    assert_eq!(net::peer_id_of(&key.node_id()), Some(b.client.peer_id()));
+    let offer = key
+        .sign(ComputeOffer {
+            issued_ms: 1,
+            expires_ms: u64::MAX,
+            cores: 2,
+            backends: vec!["wasm".into()],
+            max_concurrent: 2,
+            price_per_mfuel: 7,
+            ..ComputeOffer::default()
+        })
+        .to_bytes();
+    // Gossip needs a mesh; re-announce until the offer arrives, as providers do.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let heard = loop {
+        b.client.announce_offer(offer.clone()).await.expect("offer");
+        match tokio::time::timeout(Duration::from_millis(500), a.events.recv()).await {
+            Ok(Some(NetEvent::Offer { offer, .. })) => break offer,
+            Ok(Some(_)) | Err(_) => {}
+            Ok(None) => panic!("network stopped"),
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no offer heard");
+    };
+    assert_eq!(heard.body().price_per_mfuel, 7);
+    assert_eq!(net::peer_id_of(&heard.signer()), Some(b.client.peer_id()));
+
+    // b answers calls by echoing their length; a's call sees the reply bytes.
+    tokio::spawn(async move {
+        while let Some(event) = b.events.recv().await {
+            if let NetEvent::InferCall { call, reply, .. } = event {
+                let answer = InferReply::error(InferStatus::Busy, format!("{} bytes", call.len()));
+                reply.send(answer.to_bytes());
+            }
+        }
+    });
+    let b_peer = net::peer_id_of(&key.node_id()).expect("peer id");
+    let reply = a
+        .client
+        .infer(b_peer, vec![0u8; 1000])
+        .await
+        .expect("reply");
+    let reply = InferReply::from_bytes(&reply).expect("decodes");
+    assert_eq!(reply.status, InferStatus::Busy);
+    assert_eq!(reply.message.as_deref(), Some("1000 bytes"));
+    // A call larger than the protocol allows never reaches the provider.
+    let too_big = vec![0u8; protocol::compute::MAX_INFER_CALL_BYTES + 1];
+    assert!(a.client.infer(b_peer, too_big).await.is_err());
 }
