@@ -59,8 +59,8 @@ pub enum Command {
         /// Package folder or .onnx file.
         path: PathBuf,
     },
-    /// Run a model on this node, in the sandbox, and print its outputs. A model not yet here is
-    /// fetched first (needs a running node).
+    /// Run a model and print its outputs: on this node, in the sandbox, when the model is here;
+    /// else on a peer that offers compute; else after fetching it (those need a running node).
     Call {
         /// Model id.
         id: String,
@@ -69,7 +69,15 @@ pub enum Command {
         /// {"<input name>": <nested data>}, e.g. {"text": ["a sentence"]}.
         #[arg(long)]
         input: String,
+        /// Run the call on this peer (a peer id), which must serve calls.
+        #[arg(long, value_name = "PEER")]
+        on: Option<String>,
+        /// Run the call on two providers and compare their signed output hashes.
+        #[arg(long)]
+        verify: bool,
     },
+    /// List the compute offers the running node has heard (providers, prices, measured latency).
+    Offers,
     /// Show a model's manifest (after checking its author's signature).
     Show {
         /// Model id.
@@ -120,6 +128,9 @@ pub struct NodeArgs {
     /// Do not discover peers on the LAN with mDNS.
     #[arg(long)]
     pub no_mdns: bool,
+    /// Serve inference calls for peers and announce a compute offer (`[compute] serve`).
+    #[arg(long)]
+    pub serve: bool,
 }
 
 /// `moxnet snapshot …`

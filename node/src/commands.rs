@@ -49,7 +49,18 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             })?;
             crate::api_client::fetch(&api, &parse_hash(&id)?, json)
         }
-        Command::Call { id, input } => call(&dir, &id, &input, json),
+        Command::Call {
+            id,
+            input,
+            on,
+            verify,
+        } => call(&dir, &id, &input, on.as_deref(), verify, json),
+        Command::Offers => {
+            let api = crate::api_client::Api::find(&dir)?.with_context(|| {
+                "offers are heard by a running node: start `moxnet node` first".to_string()
+            })?;
+            offers(&api, json)
+        }
         mut command => match crate::api_client::Api::find(&dir)? {
             // A node holds the store: let it run the command.
             Some(api) => {
@@ -98,7 +109,11 @@ fn absolutize(command: &mut Command) -> Result<()> {
 /// Runs a store command against an open home (directly, or inside the node for a client).
 pub fn execute(home: &Home, command: Command, json: bool) -> Result<ExitCode> {
     match command {
-        Command::Init | Command::Node(_) | Command::Fetch { .. } | Command::Call { .. } => {
+        Command::Init
+        | Command::Node(_)
+        | Command::Fetch { .. }
+        | Command::Call { .. }
+        | Command::Offers => {
             bail!("this command is not run inside a node")
         }
         Command::Models => models(&home.store, json),
@@ -481,14 +496,82 @@ fn read_input(input: &str) -> Result<Value> {
 
 /// `moxnet call`: on the running node when there is one (fetching the model first if it is
 /// not here), else in this process.
-fn call(dir: &Path, id: &str, input: &str, json: bool) -> Result<ExitCode> {
+/// `moxnet offers`: the compute offers the node knows.
+fn offers(api: &crate::api_client::Api, json: bool) -> Result<ExitCode> {
+    let (status, answer) = api.request("GET", "/api/v1/offers", None)?;
+    if status != 200 {
+        bail!("the node refused (HTTP {status}): {answer}");
+    }
+    emit(json, answer.clone(), || {
+        let list = answer["offers"].as_array().cloned().unwrap_or_default();
+        if list.is_empty() {
+            return "no compute offers heard yet".to_string();
+        }
+        list.iter()
+            .map(|o| {
+                format!(
+                    "{}  {} cores  {} MiB  price {}/Mfuel  models {}  {}  latency {}  failures {}",
+                    o["peer_id"].as_str().unwrap_or("?"),
+                    o["cores"],
+                    o["memory_mib"],
+                    o["price_per_mfuel"],
+                    o["models"].as_array().map_or(0, Vec::len),
+                    o["backends"]
+                        .as_array()
+                        .map(|b| b.iter().filter_map(Value::as_str).collect::<Vec<_>>().join("+"))
+                        .unwrap_or_default(),
+                    o["latency_ms"]
+                        .as_f64()
+                        .map_or_else(|| "unmeasured".to_string(), |l| format!("{l:.1} ms")),
+                    o["failures"]
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    });
+    Ok(ExitCode::SUCCESS)
+}
+
+fn call(
+    dir: &Path,
+    id: &str,
+    input: &str,
+    on: Option<&str>,
+    verify: bool,
+    json: bool,
+) -> Result<ExitCode> {
     let id = ModelId(parse_hash(id)?);
     let request = read_input(input)?;
-    let answer = match crate::api_client::Api::find(dir)? {
+    let forced = on.is_some() || verify;
+    let mut query = Vec::new();
+    if let Some(peer) = on {
+        query.push(format!("on={peer}"));
+    }
+    if verify {
+        query.push("verify=true".to_string());
+    }
+    let query = if query.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", query.join("&"))
+    };
+    let api = crate::api_client::Api::find(dir)?;
+    if forced && api.is_none() {
+        bail!("--on and --verify run the call on peers: start `moxnet node` first");
+    }
+    let answer = match api {
         Some(api) => {
-            let (status, meta) = api.request("GET", &format!("/v2/models/{id}"), None)?;
+            let (status, meta) = if forced {
+                (200, Value::Null)
+            } else {
+                api.request("GET", &format!("/v2/models/{id}"), None)?
+            };
             if status == 404 {
-                crate::api_client::fetch(&api, &id.blob(), json)?;
+                // Not here: a provider runs it if the node knows one, else fetch it first.
+                let (_, offers) = api.request("GET", "/api/v1/offers", None)?;
+                if offers["offers"].as_array().is_none_or(Vec::is_empty) {
+                    crate::api_client::fetch(&api, &id.blob(), json)?;
+                }
             } else if status != 200 {
                 bail!(
                     "{}",
@@ -497,11 +580,18 @@ fn call(dir: &Path, id: &str, input: &str, json: bool) -> Result<ExitCode> {
                         .unwrap_or("the node refused the call")
                 );
             }
-            let (status, answer) =
-                api.request("POST", &format!("/v2/models/{id}/infer"), Some(&request))?;
+            let (status, answer) = api.request(
+                "POST",
+                &format!("/v2/models/{id}/infer{query}"),
+                Some(&request),
+            )?;
             if status != 200 {
+                let details = match answer.get("details") {
+                    Some(d) => format!("\n{}", serde_json::to_string_pretty(d)?),
+                    None => String::new(),
+                };
                 bail!(
-                    "the call failed (HTTP {status}): {}",
+                    "the call failed (HTTP {status}): {}{details}",
                     answer["error"].as_str().unwrap_or("no reason given")
                 );
             }
@@ -558,11 +648,19 @@ fn describe_outputs(answer: &Value) -> String {
         ));
     }
     let p = &answer["parameters"];
+    let place = match p["provider"].as_str() {
+        Some(peer) => format!(" on {peer} ({})", p["backend"].as_str().unwrap_or("?")),
+        None => String::new(),
+    };
     lines.push(format!(
-        "fuel {}, {:.1} ms",
+        "fuel {}, {:.1} ms{place}",
         p["fuel"],
         p["elapsed_ms"].as_f64().unwrap_or(0.0)
     ));
+    if let Some(by) = p["verified_by"].as_array() {
+        let by: Vec<&str> = by.iter().filter_map(Value::as_str).collect();
+        lines.push(format!("verified: {} agree on the outputs", by.join(" and ")));
+    }
     lines.join("\n")
 }
 

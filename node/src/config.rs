@@ -20,6 +20,44 @@ struct ConfigFile {
     api: Option<String>,
     mdns: Option<bool>,
     inference: Option<InferenceSection>,
+    compute: Option<ComputeSection>,
+}
+
+/// `[compute]`: serving calls for peers, and calling peers. Any key left out keeps its default.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComputeSection {
+    /// Serve inference calls for peers and announce a compute offer.
+    pub serve: Option<bool>,
+    /// The price this node charges, credits per million fuel units.
+    pub price_per_mfuel: Option<u64>,
+    /// Seconds between re-announcements of the offer.
+    pub offer_interval_secs: Option<u64>,
+    /// Seconds an offer stays valid.
+    pub offer_ttl_secs: Option<u64>,
+    /// Calls one peer may have running or queued here at once; beyond it, busy.
+    pub per_peer_concurrent: Option<usize>,
+    /// The highest price this node pays when it calls a peer, per million fuel units.
+    pub max_price_per_mfuel: Option<u64>,
+    /// Seconds a remote call may take before it moves to another provider.
+    pub call_timeout_secs: Option<u64>,
+    /// Providers tried for one call before giving up.
+    pub attempts: Option<usize>,
+}
+
+impl ComputeSection {
+    fn or(self, d: ComputeSection) -> ComputeSection {
+        ComputeSection {
+            serve: self.serve.or(d.serve),
+            price_per_mfuel: self.price_per_mfuel.or(d.price_per_mfuel),
+            offer_interval_secs: self.offer_interval_secs.or(d.offer_interval_secs),
+            offer_ttl_secs: self.offer_ttl_secs.or(d.offer_ttl_secs),
+            per_peer_concurrent: self.per_peer_concurrent.or(d.per_peer_concurrent),
+            max_price_per_mfuel: self.max_price_per_mfuel.or(d.max_price_per_mfuel),
+            call_timeout_secs: self.call_timeout_secs.or(d.call_timeout_secs),
+            attempts: self.attempts.or(d.attempts),
+        }
+    }
 }
 
 /// `[inference]`: the sandbox's limits. Any key left out keeps its default.
@@ -86,6 +124,8 @@ pub struct NodeConfig {
     pub mdns: bool,
     /// Sandbox limits.
     pub inference: InferenceSection,
+    /// Compute sharing.
+    pub compute: ComputeSection,
 }
 
 fn parse_file(text: &str, what: &str) -> Result<ConfigFile> {
@@ -149,12 +189,20 @@ pub fn load(dir: &Path, args: &NodeArgs) -> Result<NodeConfig> {
         fuel: f.fuel.or(d.fuel),
         timeout_secs: f.timeout_secs.or(d.timeout_secs),
     };
+    let mut compute = file
+        .compute
+        .unwrap_or_default()
+        .or(defaults.compute.unwrap_or_default());
+    if args.serve {
+        compute.serve = Some(true);
+    }
     Ok(NodeConfig {
         listen,
         bootstrap,
         api,
         mdns,
         inference,
+        compute,
     })
 }
 

@@ -1,6 +1,7 @@
 //! `moxnet node`: the daemon. It holds the home's store, runs the network (`net`), serves blobs
 //! and the catalogue to peers, learns models from announcements and syncs, fetches on request,
-//! and offers the HTTP API on localhost, through which the CLI runs while a node is up.
+//! serves and makes inference calls between peers (`compute`), and offers the HTTP API on
+//! localhost, through which the CLI runs while a node is up.
 
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
@@ -9,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use axum::extract::{Path as UrlPath, State};
+use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -21,6 +22,7 @@ use serde_json::{Value, json};
 
 use crate::api_client::API_FILE;
 use crate::cli::{Command, NodeArgs};
+use crate::compute::{CallOptions, Compute, ComputeConfig};
 use crate::fetcher::{self, Progress};
 use crate::home::Home;
 use crate::inference::{CallError, Inference};
@@ -37,6 +39,8 @@ pub struct Node {
     pub net: net::Client,
     /// Addresses we listen on (with our `/p2p/` suffix).
     listening: Mutex<Vec<Multiaddr>>,
+    /// One lock per model being fetched for a call.
+    fetch_locks: Mutex<HashMap<BlobHash, Arc<tokio::sync::Mutex<()>>>>,
     /// Fetches started through the API, by root hash.
     fetches: Mutex<HashMap<BlobHash, Arc<Mutex<Progress>>>>,
     /// Peers that announced or synced each model to us: likely providers.
@@ -45,11 +49,13 @@ pub struct Node {
     announced: Mutex<HashSet<ModelId>>,
     /// The sandbox and the models loaded in it.
     pub inference: Arc<Inference>,
+    /// Compute sharing: offers heard, calls served for peers.
+    pub compute: Compute,
 }
 
 impl Node {
     /// The addresses this node listens on, as text.
-    fn listen_addrs(&self) -> Vec<String> {
+    pub fn listen_addrs(&self) -> Vec<String> {
         self.listening
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -177,9 +183,11 @@ async fn serve(
         net: client,
         listening: Mutex::new(Vec::new()),
         fetches: Mutex::new(HashMap::new()),
+        fetch_locks: Mutex::new(HashMap::new()),
         announcers: Mutex::new(HashMap::new()),
         announced: Mutex::new(HashSet::new()),
         inference,
+        compute: Compute::new(ComputeConfig::from(&config.compute)),
     });
     // Wait briefly for the listeners so the start-up line can show real addresses.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
@@ -227,6 +235,9 @@ async fn serve(
     });
     let announce_node = node.clone();
     tokio::spawn(async move { announce_local(&announce_node).await });
+    if node.compute.config.serve {
+        tokio::spawn(crate::compute::offer_loop(node.clone()));
+    }
 
     let listener = tokio::net::TcpListener::bind(config.api)
         .await
@@ -255,6 +266,7 @@ async fn serve(
         .route("/api/v1/blobs", get(blobs))
         .route("/api/v1/exec", post(exec))
         .route("/api/v1/fetch/{id}", post(start_fetch).get(fetch_progress))
+        .route("/api/v1/offers", get(offers))
         .route("/v2/health/live", get(live))
         .route("/v2/health/ready", get(ready))
         .route("/v2/models/{id}", get(model_metadata))
@@ -315,8 +327,50 @@ async fn on_event(node: &Arc<Node>, event: NetEvent) {
             })
             .await;
         }
-        NetEvent::PeerConnected(_) | NetEvent::PeerDisconnected(_) | NetEvent::Rejected { .. } => {}
+        NetEvent::Offer { offer, .. } => {
+            if offer.signer() != node.home.key.node_id() {
+                node.compute
+                    .offers()
+                    .insert(*offer, crate::compute::now_ms());
+            }
+        }
+        NetEvent::InferCall { from, call, reply } => {
+            let node = node.clone();
+            tokio::spawn(async move {
+                let answer = crate::compute::handle_call(node, from, call).await;
+                reply.send(protocol::Object::to_bytes(&answer));
+            });
+        }
+        NetEvent::PeerDisconnected(peer) => node.compute.offers().remove_peer(&peer),
+        NetEvent::PeerConnected(_) | NetEvent::Rejected { .. } => {}
     }
+}
+
+/// The models whose manifest and files are all in the store.
+pub async fn complete_models(node: &Arc<Node>) -> Vec<ModelId> {
+    let home = node.home.clone();
+    tokio::task::spawn_blocking(move || {
+        let store = &home.store;
+        store
+            .manifests()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|id| is_complete(store, *id))
+            .collect()
+    })
+    .await
+    .unwrap_or_default()
+}
+
+/// Whether a model's manifest and all its files are in the store.
+fn is_complete(store: &store::Store, id: ModelId) -> bool {
+    crate::commands::load_manifest(store, id).is_ok_and(|signed| {
+        signed
+            .body()
+            .files
+            .iter()
+            .all(|f| store.has(f.hash).unwrap_or(false))
+    })
 }
 
 /// Announces every local manifest not yet announced, and provides it and its files.
@@ -534,10 +588,7 @@ async fn ready(State(node): State<Arc<Node>>) -> Json<Value> {
 }
 
 fn parse_model(id: &str) -> Result<ModelId, CallError> {
-    id.parse::<BlobHash>().map(ModelId).map_err(|e| CallError {
-        status: 400,
-        message: format!("{id:?} is not a model id: {e}"),
-    })
+    id.parse::<BlobHash>().map(ModelId).map_err(|e| CallError::new(400, format!("{id:?} is not a model id: {e}")))
 }
 
 /// Loads a local model into the sandbox (on a blocking thread: compiling a guest takes a while
@@ -552,10 +603,7 @@ async fn load_local(
     let worker = node.clone();
     tokio::task::spawn_blocking(move || worker.inference.load(&worker.home.store, id))
         .await
-        .map_err(|e| CallError {
-            status: 500,
-            message: format!("loading the model: {e}"),
-        })?
+        .map_err(|e| CallError::new(500, format!("loading the model: {e}")))?
 }
 
 /// The local model named in a request path, loaded.
@@ -589,11 +637,30 @@ async fn model_ready(
     }
 }
 
-/// `POST /v2/models/{id}/infer`: fetches the model from peers if it is not here, loads it,
-/// runs the call in the sandbox.
+/// `GET /api/v1/offers`: the compute offers this node knows, with what it measured.
+async fn offers(State(node): State<Arc<Node>>) -> Json<Value> {
+    let now = crate::compute::now_ms();
+    let mut offers = node.compute.offers();
+    offers.prune(now);
+    Json(json!({ "serving": node.compute.config.serve, "offers": offers.to_json(now) }))
+}
+
+/// Query parameters of `POST /v2/models/{id}/infer`.
+#[derive(Debug, Default, Deserialize)]
+struct InferQuery {
+    /// Run on this peer only.
+    on: Option<String>,
+    /// Run on two providers and compare.
+    #[serde(default)]
+    verify: bool,
+}
+
+/// `POST /v2/models/{id}/infer[?on=PEER][&verify=true]`: runs here when the model is here (and
+/// no provider is forced), else on a peer that offers compute, else fetches it and runs here.
 async fn infer(
     State(node): State<Arc<Node>>,
     UrlPath(id): UrlPath<String>,
+    Query(query): Query<InferQuery>,
     body: axum::body::Bytes,
 ) -> (StatusCode, Json<Value>) {
     let id = match parse_model(&id) {
@@ -603,31 +670,31 @@ async fn infer(
     let request: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
         Err(e) => {
-            return oip_error(&CallError {
-                status: 400,
-                message: format!("the request is not JSON: {e}"),
-            });
+            return oip_error(&CallError::new(400, format!("the request is not JSON: {e}")));
         }
     };
-    if !node.home.store.has(id.blob()).unwrap_or(false) {
-        let progress = Arc::new(Mutex::new(Progress::default()));
-        node.fetches
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id.blob(), progress.clone());
-        let fetched = fetcher::fetch(&node, id.blob(), progress.clone()).await;
-        let mut p = progress.lock().unwrap_or_else(|p| p.into_inner());
-        if let Err(e) = fetched {
-            p.state = "failed";
-            p.error = Some(format!("{e:#}"));
-            return oip_error(&CallError {
-                status: 404,
-                message: format!("model {id} is not on this node and fetching it failed: {e:#}"),
-            });
-        }
-        p.state = "complete";
+    let on = match query.on.as_deref().map(str::parse::<PeerId>).transpose() {
+        Ok(p) => p,
+        Err(e) => return oip_error(&CallError::new(400, format!("on: not a peer id: {e}"))),
+    };
+    let options = CallOptions {
+        on,
+        verify: query.verify,
+    };
+    let worker = node.clone();
+    let local = tokio::task::spawn_blocking(move || is_complete(&worker.home.store, id))
+        .await
+        .unwrap_or(false);
+    let remote = options.on.is_some()
+        || options.verify
+        || (!local && crate::compute::has_providers(&node, id));
+    if remote {
+        return match crate::compute::call(&node, id, &request, &options).await {
+            Ok(v) => (StatusCode::OK, Json(v)),
+            Err(e) => oip_error(&e),
+        };
     }
-    let model = match load_local(&node, id).await {
+    let model = match ensure_loaded(&node, id).await {
         Ok(m) => m,
         Err(e) => return oip_error(&e),
     };
@@ -637,9 +704,54 @@ async fn infer(
     match answer {
         Ok(Ok(v)) => (StatusCode::OK, Json(v)),
         Ok(Err(e)) => oip_error(&e),
-        Err(e) => oip_error(&CallError {
-            status: 500,
-            message: format!("the call failed: {e}"),
-        }),
+        Err(e) => oip_error(&CallError::new(500, format!("the call failed: {e}"))),
     }
+}
+
+/// The model loaded in the sandbox, fetched from peers first if it is not here.
+pub async fn ensure_loaded(
+    node: &Arc<Node>,
+    id: ModelId,
+) -> Result<Arc<crate::inference::Loaded>, CallError> {
+    if node.inference.get(id).is_some() {
+        return load_local(node, id).await;
+    }
+    let worker = node.clone();
+    let complete = tokio::task::spawn_blocking(move || is_complete(&worker.home.store, id))
+        .await
+        .unwrap_or(false);
+    if !complete {
+        // One fetch per model: concurrent calls for a missing model wait for the first.
+        let lock = node
+            .fetch_locks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(id.blob())
+            .or_default()
+            .clone();
+        let _one = lock.lock().await;
+        let worker = node.clone();
+        let complete = tokio::task::spawn_blocking(move || is_complete(&worker.home.store, id))
+            .await
+            .unwrap_or(false);
+        if !complete {
+            let progress = Arc::new(Mutex::new(Progress::default()));
+            node.fetches
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(id.blob(), progress.clone());
+            let fetched = fetcher::fetch(node, id.blob(), progress.clone()).await;
+            let mut p = progress.lock().unwrap_or_else(|p| p.into_inner());
+            if let Err(e) = fetched {
+                p.state = "failed";
+                p.error = Some(format!("{e:#}"));
+                return Err(CallError::new(
+                    404,
+                    format!("model {id} is not on this node and fetching it failed: {e:#}"),
+                ));
+            }
+            p.state = "complete";
+        }
+    }
+    load_local(node, id).await
 }

@@ -73,19 +73,26 @@ pub struct CallError {
     pub status: u16,
     /// What went wrong, for the caller.
     pub message: String,
+    /// Evidence, when there is some (e.g. the signed results of two providers that disagree).
+    pub details: Option<Value>,
 }
 
 impl CallError {
-    fn new(status: u16, message: impl Into<String>) -> CallError {
+    /// An error with a status and a message.
+    pub fn new(status: u16, message: impl Into<String>) -> CallError {
         CallError {
             status,
             message: message.into(),
+            details: None,
         }
     }
 
-    /// The OIP error body.
+    /// The OIP error body (`{"error": …}`, plus `details` when there are some).
     pub fn to_json(&self) -> Value {
-        json!({ "error": self.message })
+        match &self.details {
+            Some(d) => json!({ "error": self.message, "details": d }),
+            None => json!({ "error": self.message }),
+        }
     }
 }
 
@@ -219,11 +226,80 @@ impl Inference {
 
     /// Runs an OIP v2 infer request (already loaded model) and returns the OIP response.
     pub fn infer(&self, model: &Loaded, request: &Value) -> Result<Value, CallError> {
-        let inputs = parse_request(request, model.inputs())?;
         let wanted = requested_outputs(request)?;
-        let outcome = self.sandbox.predict(&model.model, inputs, &self.limits)?;
+        let outcome = self.run(model, request, None)?;
         Ok(response(model, request, outcome, wanted.as_deref()))
     }
+
+    /// Runs an OIP v2 infer request with at most `max_fuel` (and this node's own limits) and
+    /// returns every output.
+    pub fn run(
+        &self,
+        model: &Loaded,
+        request: &Value,
+        max_fuel: Option<u64>,
+    ) -> Result<Outcome, CallError> {
+        let inputs = parse_request(request, model.inputs())?;
+        let mut limits = self.limits.clone();
+        if let Some(f) = max_fuel {
+            limits.fuel = limits.fuel.min(f);
+        }
+        Ok(self.sandbox.predict(&model.model, inputs, &limits)?)
+    }
+
+    /// Calls the sandbox runs at once.
+    pub fn max_concurrent(&self) -> usize {
+        self.sandbox.max_concurrent()
+    }
+
+    /// The most fuel a call may use here.
+    pub fn max_fuel(&self) -> u64 {
+        self.limits.fuel
+    }
+
+    /// The engine an outcome's graph ran on: the host backend's name if it was used.
+    pub fn engine(&self, outcome: &Outcome) -> String {
+        match self.sandbox.backend_name() {
+            Some(name) if outcome.host.calls > 0 => name.to_string(),
+            _ => "wasm".to_string(),
+        }
+    }
+}
+
+/// The wire form of tensors (for calls between peers).
+pub fn to_wire(tensors: &[Tensor]) -> protocol::compute::Outputs {
+    protocol::compute::Outputs {
+        tensors: tensors
+            .iter()
+            .map(|t| protocol::compute::WireTensor {
+                name: t.name.clone(),
+                dtype: t.dtype.name().to_string(),
+                shape: t.shape.clone(),
+                data: t.data.clone(),
+            })
+            .collect(),
+    }
+}
+
+/// Tensors from their wire form, checked (dtype known, data the size the shape says).
+pub fn from_wire(outputs: protocol::compute::Outputs) -> Result<Vec<Tensor>, String> {
+    outputs
+        .tensors
+        .into_iter()
+        .map(|w| {
+            let dtype = DType::from_name(&w.dtype)
+                .ok_or_else(|| format!("output {:?}: unknown datatype {:?}", w.name, w.dtype))?;
+            let t = Tensor {
+                name: w.name,
+                dtype,
+                shape: w.shape,
+                data: w.data,
+            };
+            t.check(&graph::Limits::default())
+                .map_err(|e| format!("output {:?}: {e}", t.name))?;
+            Ok(t)
+        })
+        .collect()
 }
 
 /// The manifest of a model in the store, or 404.
@@ -269,7 +345,7 @@ fn guest_bytes(store: &Store, m: &Manifest) -> Result<Vec<u8>> {
 }
 
 /// The names of the outputs a request asks for, if it names any.
-fn requested_outputs(request: &Value) -> Result<Option<Vec<String>>, CallError> {
+pub fn requested_outputs(request: &Value) -> Result<Option<Vec<String>>, CallError> {
     let Some(list) = request.get("outputs") else {
         return Ok(None);
     };
@@ -473,10 +549,33 @@ fn shortest(x: impl std::fmt::Display) -> Value {
         .map_or(Value::Null, |v| json!(v))
 }
 
-/// The OIP v2 response for a call.
+/// The OIP v2 response for a call run here.
 fn response(model: &Loaded, request: &Value, outcome: Outcome, wanted: Option<&[String]>) -> Value {
-    let outputs: Vec<Value> = outcome
-        .outputs
+    oip_response(
+        &model.id.to_string(),
+        &model.version,
+        request,
+        &outcome.outputs,
+        wanted,
+        json!({
+            "fuel": outcome.fuel,
+            "elapsed_ms": outcome.elapsed.as_secs_f64() * 1e3,
+            "host_calls": outcome.host.calls,
+            "host_ms": outcome.host.time.as_secs_f64() * 1e3,
+        }),
+    )
+}
+
+/// An OIP v2 response: the outputs asked for (all if `wanted` is `None`) and `parameters`.
+pub fn oip_response(
+    model_name: &str,
+    version: &str,
+    request: &Value,
+    tensors: &[Tensor],
+    wanted: Option<&[String]>,
+    parameters: Value,
+) -> Value {
+    let outputs: Vec<Value> = tensors
         .iter()
         .filter(|t| wanted.is_none_or(|w| w.contains(&t.name)))
         .map(|t| {
@@ -489,21 +588,13 @@ fn response(model: &Loaded, request: &Value, outcome: Outcome, wanted: Option<&[
         })
         .collect();
     let mut answer = Map::new();
-    answer.insert("model_name".into(), json!(model.id.to_string()));
-    answer.insert("model_version".into(), json!(model.version));
+    answer.insert("model_name".into(), json!(model_name));
+    answer.insert("model_version".into(), json!(version));
     if let Some(id) = request.get("id") {
         answer.insert("id".into(), id.clone());
     }
     answer.insert("outputs".into(), Value::Array(outputs));
-    answer.insert(
-        "parameters".into(),
-        json!({
-            "fuel": outcome.fuel,
-            "elapsed_ms": outcome.elapsed.as_secs_f64() * 1e3,
-            "host_calls": outcome.host.calls,
-            "host_ms": outcome.host.time.as_secs_f64() * 1e3,
-        }),
-    );
+    answer.insert("parameters".into(), parameters);
     Value::Object(answer)
 }
 

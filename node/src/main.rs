@@ -5,6 +5,7 @@
 mod api_client;
 mod cli;
 mod commands;
+mod compute;
 mod config;
 mod daemon;
 mod fetcher;

@@ -109,6 +109,17 @@ pub fn peer_id_of(node: &NodeId) -> Option<PeerId> {
     Some(libp2p::identity::PublicKey::from(key).to_peer_id())
 }
 
+/// The node id of a libp2p peer id, when the peer id embeds an ed25519 key (moxnet's always do).
+pub fn node_id_of(peer: &PeerId) -> Option<NodeId> {
+    let hash: &libp2p::multihash::Multihash<64> = peer.as_ref();
+    if hash.code() != 0 {
+        return None; // not an identity multihash: the key is not in the id
+    }
+    let key = libp2p::identity::PublicKey::try_decode_protobuf(hash.digest()).ok()?;
+    let bytes = key.try_into_ed25519().ok()?.to_bytes();
+    NodeId::from_bytes(bytes).ok()
+}
+
 /// Something the network learnt.
 #[derive(Debug)]
 pub enum NetEvent {

@@ -374,6 +374,8 @@ async fn offers_gossip_and_inference_calls_round_trip() {
     b.client.dial(a.addr.clone()).await.expect("dial");
     let key = SecretKey::from_seed(&[22; 32]);
     assert_eq!(net::peer_id_of(&key.node_id()), Some(b.client.peer_id()));
+    assert_eq!(net::node_id_of(&b.client.peer_id()), Some(key.node_id()));
+    assert_eq!(net::node_id_of(&PeerId::random()), None);
     let offer = key
         .sign(ComputeOffer {
             issued_ms: 1,

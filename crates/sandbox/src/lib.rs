@@ -372,6 +372,11 @@ impl Sandbox {
         })
     }
 
+    /// Calls that run at once (more wait in the queue, then get [`SandboxError::Busy`]).
+    pub fn max_concurrent(&self) -> usize {
+        self.core.config.max_concurrent
+    }
+
     /// The host backend guests may use, if any.
     pub fn backend_name(&self) -> Option<&str> {
         self.core.backend.as_ref().map(|b| b.name())
