@@ -518,7 +518,11 @@ fn offers(api: &crate::api_client::Api, json: bool) -> Result<ExitCode> {
                     o["models"].as_array().map_or(0, Vec::len),
                     o["backends"]
                         .as_array()
-                        .map(|b| b.iter().filter_map(Value::as_str).collect::<Vec<_>>().join("+"))
+                        .map(|b| b
+                            .iter()
+                            .filter_map(Value::as_str)
+                            .collect::<Vec<_>>()
+                            .join("+"))
                         .unwrap_or_default(),
                     o["latency_ms"]
                         .as_f64()
@@ -659,7 +663,10 @@ fn describe_outputs(answer: &Value) -> String {
     ));
     if let Some(by) = p["verified_by"].as_array() {
         let by: Vec<&str> = by.iter().filter_map(Value::as_str).collect();
-        lines.push(format!("verified: {} agree on the outputs", by.join(" and ")));
+        lines.push(format!(
+            "verified: {} agree on the outputs",
+            by.join(" and ")
+        ));
     }
     lines.join("\n")
 }

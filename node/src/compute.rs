@@ -115,8 +115,9 @@ pub struct Candidate {
     pub peer: PeerId,
     /// Addresses from its offer.
     pub addrs: Vec<Multiaddr>,
-    /// Its price per million fuel units (0 when forced without an offer).
-    pub price_per_mfuel: u64,
+    /// Its offered price per million fuel units (`None` when forced without an offer). The
+    /// request caps the price at it, so a provider cannot charge more than it offered.
+    pub price_per_mfuel: Option<u64>,
     /// Lower is better.
     pub score: f64,
 }
@@ -182,7 +183,8 @@ impl Offers {
 
     /// Drops expired offers.
     pub fn prune(&mut self, now_ms: u64) {
-        self.by_node.retain(|_, e| e.offer.body().expires_ms > now_ms);
+        self.by_node
+            .retain(|_, e| e.offer.body().expires_ms > now_ms);
     }
 
     /// Providers for `model` at or below `max_price`, best first. Offers listing the model rank
@@ -201,7 +203,7 @@ impl Offers {
                     node: *node,
                     peer: e.peer,
                     addrs: o.addrs.iter().filter_map(|a| a.parse().ok()).collect(),
-                    price_per_mfuel: o.price_per_mfuel,
+                    price_per_mfuel: Some(o.price_per_mfuel),
                     score: score(o, &e.stats, model, now),
                 }
             })
@@ -251,6 +253,7 @@ impl Offers {
     }
 
     /// Whether `node` was caught misbehaving.
+    #[cfg(test)]
     pub fn is_distrusted(&self, node: &NodeId) -> bool {
         self.distrusted.contains(node)
     }
@@ -346,7 +349,6 @@ impl Nonces {
             }
         }
     }
-
 }
 
 /// Per-caller slots on a provider: one greedy caller cannot take every slot.
@@ -511,10 +513,9 @@ pub async fn handle_call(node: Arc<Node>, from: PeerId, call: Vec<u8>) -> InferR
     };
     let worker = node.clone();
     let max_fuel = r.max_fuel;
-    let ran = tokio::task::spawn_blocking(move || {
-        worker.inference.run(&model, &input, Some(max_fuel))
-    })
-    .await;
+    let ran =
+        tokio::task::spawn_blocking(move || worker.inference.run(&model, &input, Some(max_fuel)))
+            .await;
     let outcome = match ran {
         Ok(Ok(o)) => o,
         Ok(Err(e)) => {
@@ -530,7 +531,7 @@ pub async fn handle_call(node: Arc<Node>, from: PeerId, call: Vec<u8>) -> InferR
     let mut outputs = to_wire(&outcome.outputs);
     let fault = fault();
     if fault.as_deref() == Some("wrong-output")
-        && let Some(byte) = outputs.tensors.first_mut().and_then(|t| t.data.first_mut())
+        && let Some(byte) = outputs.tensors.first_mut().and_then(|t| t.data.last_mut())
     {
         *byte ^= 0x40;
     }
@@ -676,9 +677,13 @@ async fn attempt(
 ) -> Result<Answer, Failure> {
     let mut nonce = [0u8; 16];
     getrandom::fill(&mut nonce).map_err(|e| {
-        Failure::Final(CallError::new(500, format!("no randomness for a nonce: {e}")))
+        Failure::Final(CallError::new(
+            500,
+            format!("no randomness for a nonce: {e}"),
+        ))
     })?;
     let max_fuel = node.inference.max_fuel();
+    let max_price = to.price_per_mfuel.map_or(max_price, |p| p.min(max_price));
     let request = node.home.key.sign(InferRequest {
         model,
         input_hash: BlobHash::of(input),
@@ -805,11 +810,7 @@ pub fn has_providers(node: &Node, model: ModelId) -> bool {
     !node
         .compute
         .offers()
-        .candidates(
-            model,
-            node.compute.config.max_price_per_mfuel,
-            now_ms(),
-        )
+        .candidates(model, node.compute.config.max_price_per_mfuel, now_ms())
         .is_empty()
 }
 
@@ -844,7 +845,7 @@ pub async fn call(
                 node: node_id,
                 peer,
                 addrs: Vec::new(),
-                price_per_mfuel: 0,
+                price_per_mfuel: None,
                 score: 0.0,
             });
         }
@@ -904,7 +905,13 @@ pub async fn call(
     } else {
         first_answer(node, order, model, &input, max_price).await?
     };
-    Ok(respond(model, &version, request, &answer, wanted.as_deref()))
+    Ok(respond(
+        model,
+        &version,
+        request,
+        &answer,
+        wanted.as_deref(),
+    ))
 }
 
 fn respond(
@@ -964,7 +971,7 @@ mod tests {
         assert!(offers.insert(offer(1, 2000, 5, vec![]), 2000), "newer");
         let c = offers.candidates(model(), 100, 2000);
         assert_eq!(c.len(), 1);
-        assert_eq!(c[0].price_per_mfuel, 5);
+        assert_eq!(c[0].price_per_mfuel, Some(5));
         assert!(!offers.insert(offer(2, 0, 1, vec![]), 70_000), "expired");
         offers.prune(62_001);
         assert!(offers.candidates(model(), 100, 2000).is_empty());
@@ -982,18 +989,28 @@ mod tests {
             .map(|c| c.node)
             .collect();
         let id = |s: u8| SecretKey::from_seed(&[s; 32]).node_id();
-        assert_eq!(order, vec![id(2), id(1)], "has the model first; too dear left out");
+        assert_eq!(
+            order,
+            vec![id(2), id(1)],
+            "has the model first; too dear left out"
+        );
         offers.started(&id(2));
         offers.finished(&id(2), Outcome::Unavailable);
         assert_eq!(offers.candidates(model(), 100, 1)[0].node, id(1));
         offers.started(&id(1));
         offers.finished(&id(1), Outcome::Misbehaved);
         assert!(offers.is_distrusted(&id(1)));
-        assert!(!offers.insert(offer(1, 5, 1, vec![]), 5), "a liar's new offers are ignored");
+        assert!(
+            !offers.insert(offer(1, 5, 1, vec![]), 5),
+            "a liar's new offers are ignored"
+        );
         for _ in 0..MAX_FAILURES {
             offers.finished(&id(2), Outcome::Unavailable);
         }
-        assert!(offers.candidates(model(), 100, 1).is_empty(), "unreachable dropped");
+        assert!(
+            offers.candidates(model(), 100, 1).is_empty(),
+            "unreachable dropped"
+        );
     }
 
     #[test]
@@ -1002,9 +1019,19 @@ mod tests {
         let mut n = Nonces::default();
         let now = 10 * REQUEST_WINDOW_MS;
         assert!(n.accept(caller, [1; 16], now, now).is_ok());
-        assert!(n.accept(caller, [1; 16], now, now).unwrap_err().contains("replayed"));
-        assert!(n.accept(caller, [2; 16], now - REQUEST_WINDOW_MS - 1, now).is_err());
-        assert!(n.accept(caller, [3; 16], now + REQUEST_WINDOW_MS + 1, now).is_err());
+        assert!(
+            n.accept(caller, [1; 16], now, now)
+                .unwrap_err()
+                .contains("replayed")
+        );
+        assert!(
+            n.accept(caller, [2; 16], now - REQUEST_WINDOW_MS - 1, now)
+                .is_err()
+        );
+        assert!(
+            n.accept(caller, [3; 16], now + REQUEST_WINDOW_MS + 1, now)
+                .is_err()
+        );
         // Old entries are forgotten once they can only be stale.
         for i in 0..2000u32 {
             let mut nonce = [0; 16];
@@ -1056,7 +1083,7 @@ mod tests {
                 prop_assert!(w[0].score <= w[1].score);
             }
             for c in &list {
-                prop_assert!(c.price_per_mfuel <= max_price);
+                prop_assert!(c.price_per_mfuel.is_some_and(|p| p <= max_price));
                 prop_assert!(!offers.is_distrusted(&c.node));
                 prop_assert!(seen.insert(c.node));
                 let e = &offers.by_node[&c.node];

@@ -588,7 +588,9 @@ async fn ready(State(node): State<Arc<Node>>) -> Json<Value> {
 }
 
 fn parse_model(id: &str) -> Result<ModelId, CallError> {
-    id.parse::<BlobHash>().map(ModelId).map_err(|e| CallError::new(400, format!("{id:?} is not a model id: {e}")))
+    id.parse::<BlobHash>()
+        .map(ModelId)
+        .map_err(|e| CallError::new(400, format!("{id:?} is not a model id: {e}")))
 }
 
 /// Loads a local model into the sandbox (on a blocking thread: compiling a guest takes a while
@@ -670,7 +672,10 @@ async fn infer(
     let request: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
         Err(e) => {
-            return oip_error(&CallError::new(400, format!("the request is not JSON: {e}")));
+            return oip_error(&CallError::new(
+                400,
+                format!("the request is not JSON: {e}"),
+            ));
         }
     };
     let on = match query.on.as_deref().map(str::parse::<PeerId>).transpose() {

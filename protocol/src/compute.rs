@@ -595,7 +595,10 @@ mod tests {
         for i in 0..bytes.len() {
             let mut bad = bytes.clone();
             bad[i] ^= 0x01;
-            assert!(Signed::<InferRequest>::from_bytes(&bad).is_err(), "byte {i}");
+            assert!(
+                Signed::<InferRequest>::from_bytes(&bad).is_err(),
+                "byte {i}"
+            );
             flips += 1;
         }
         assert_eq!(flips, bytes.len());

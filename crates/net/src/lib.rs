@@ -44,8 +44,8 @@ use std::io::Write;
 use std::sync::Arc;
 
 use libp2p::{Multiaddr, PeerId};
-use protocol::wire::BlobRequest;
 use protocol::compute::ComputeOffer;
+use protocol::wire::BlobRequest;
 use protocol::{BlobHash, Manifest, NodeId, Signed};
 use tokio::sync::{mpsc, oneshot};
 
@@ -319,7 +319,8 @@ impl Client {
 
     /// Publishes a signed compute offer envelope on the offer topic.
     pub async fn announce_offer(&self, envelope: Vec<u8>) -> Result<(), NetError> {
-        self.call(|reply| Command::Offer { envelope, reply }).await?
+        self.call(|reply| Command::Offer { envelope, reply })
+            .await?
     }
 
     /// Sends an encoded [`protocol::compute::InferCall`] to `peer` and returns its encoded reply

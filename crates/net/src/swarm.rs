@@ -141,7 +141,9 @@ pub(crate) fn build_swarm(config: &NetConfig) -> Result<Swarm<Behaviour>, NetErr
                 kad::Behaviour::with_config(peer_id, MemoryStore::new(peer_id), kad_config);
             kad.set_mode(Some(kad::Mode::Server));
             let gossip_config = gossipsub::ConfigBuilder::default()
-                .max_transmit_size(Signed::<Manifest>::MAX_BYTES.max(Signed::<ComputeOffer>::MAX_BYTES))
+                .max_transmit_size(
+                    Signed::<Manifest>::MAX_BYTES.max(Signed::<ComputeOffer>::MAX_BYTES),
+                )
                 .validation_mode(gossipsub::ValidationMode::Strict)
                 .heartbeat_interval(Duration::from_millis(500))
                 .build()

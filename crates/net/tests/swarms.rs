@@ -367,8 +367,8 @@ async fn blobs_move_over_quic_too() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offers_gossip_and_inference_calls_round_trip() {
-    use protocol::compute::{ComputeOffer, InferReply, InferStatus};
     use protocol::Object;
+    use protocol::compute::{ComputeOffer, InferReply, InferStatus};
     let mut a = node(21, None).await;
     let mut b = node(22, None).await;
     b.client.dial(a.addr.clone()).await.expect("dial");

@@ -17,7 +17,7 @@ fn fixture(name: &str) -> PathBuf {
 }
 
 /// One HTTP/1.1 request to a node's API: the status and the JSON body.
-fn http(addr: &str, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
+pub(crate) fn http(addr: &str, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
     let mut s = std::net::TcpStream::connect(addr).expect("connect API");
     let body = body.unwrap_or_default();
     write!(
@@ -202,7 +202,7 @@ fn a_published_onnx_model_is_live_over_oip_v2_and_moxnet_call() {
 }
 
 /// A built guest (scripts/test.sh builds them; `MOXNET_GUESTS_DIR` says where).
-fn guest(name: &str) -> PathBuf {
+pub(crate) fn guest(name: &str) -> PathBuf {
     let dir = std::env::var_os("MOXNET_GUESTS_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
@@ -217,23 +217,14 @@ fn guest(name: &str) -> PathBuf {
     path
 }
 
-fn mode(m: &str) -> String {
+pub(crate) fn mode(m: &str) -> String {
     json!({ "inputs": [{ "name": "mode", "datatype": "BYTES", "shape": [1], "data": [m] }] })
         .to_string()
 }
 
-#[test]
-fn a_package_with_its_own_guest_runs_and_a_hostile_one_is_contained() {
-    let net = Testnet::new().expect("testnet");
-    let a = net.home("a");
-    a.ok(&["init"]);
-    // Tight limits so the hostile calls end quickly.
-    std::fs::write(
-        a.home.join("config.toml"),
-        "[inference]\nfuel = 1000000000\ntimeout_secs = 5\nmemory_mib = 64\nmax_concurrent = 4\n",
-    )
-    .expect("config");
-    let pkg = net.path().join("own-guest");
+/// A package whose own guest is the hostile test guest (echo, loop, memory, …), in `dir`.
+pub(crate) fn own_guest_package(dir: &Path) -> PathBuf {
+    let pkg = dir.join("own-guest");
     std::fs::create_dir_all(&pkg).expect("mkdir");
     std::fs::copy(guest("moxnet_hostile"), pkg.join("guest.wasm")).expect("copy guest");
     std::fs::write(
@@ -258,6 +249,21 @@ shape = [1]
 "#,
     )
     .expect("moxnet.toml");
+    pkg
+}
+
+#[test]
+fn a_package_with_its_own_guest_runs_and_a_hostile_one_is_contained() {
+    let net = Testnet::new().expect("testnet");
+    let a = net.home("a");
+    a.ok(&["init"]);
+    // Tight limits so the hostile calls end quickly.
+    std::fs::write(
+        a.home.join("config.toml"),
+        "[inference]\nfuel = 1000000000\ntimeout_secs = 5\nmemory_mib = 64\nmax_concurrent = 4\n",
+    )
+    .expect("config");
+    let pkg = own_guest_package(net.path());
     let id = a.ok(&["publish", pkg.to_str().expect("utf8")]);
     let node = a.start(&[]);
     let api = node.api.clone();

@@ -1,6 +1,7 @@
 //! End-to-end tests: real `moxnet` processes, real stores on disk. Modules are named after the
 //! journey or failure they cover.
 
+mod compute;
 mod crash;
 mod disk_full;
 mod inference;

@@ -1,0 +1,340 @@
+//! Compute sharing between real nodes: a model published on A is served by B and called from C,
+//! which has never fetched it; `--verify` across two honest providers agrees; a provider that
+//! returns a wrong output is caught by `--verify`, one whose outputs do not match its signed hash
+//! is caught on every call; and forged, replayed, stale, misaddressed, underpriced and oversized
+//! requests sent by a raw libp2p peer are refused with clear reasons.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use protocol::compute::{InferCall, InferReply, InferRequest, InferStatus};
+use protocol::{BlobHash, ModelId, Object, SecretKey};
+use serde_json::json;
+use testnet::{Node, Testnet};
+
+use super::inference::{http, mode, own_guest_package};
+
+/// Serving config: offers every second, tight limits for the hostile modes.
+const SERVE: &str = "[inference]\nfuel = 1000000000\ntimeout_secs = 5\nmemory_mib = 64\n\
+                     max_concurrent = 4\n\n[compute]\nserve = true\noffer_interval_secs = 1\n";
+/// Caller config: remote calls time out quickly.
+const CALLER: &str = "[inference]\nfuel = 1000000000\n\n[compute]\ncall_timeout_secs = 20\n";
+
+fn init(net: &Testnet, name: &str, config: &str) -> Node {
+    let n = net.home(name);
+    n.ok(&["init"]);
+    std::fs::write(n.home.join("config.toml"), config).expect("config");
+    n
+}
+
+/// Waits until the node at `api` has heard offers from exactly `peers` (in any order).
+fn wait_for_offers(api: &str, peers: &[&str]) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, v) = http(api, "GET", "/api/v1/offers", None);
+        let mut heard: Vec<String> = v["offers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|o| o["peer_id"].as_str().map(str::to_string))
+            .collect();
+        heard.sort();
+        let mut want: Vec<String> = peers.iter().map(|p| p.to_string()).collect();
+        want.sort();
+        if heard == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "offers heard {heard:?}, want {want:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_model_published_on_a_is_served_by_b_and_called_from_c() {
+    let net = Testnet::new().expect("testnet");
+    let a = init(&net, "a", "");
+    let id = a.ok(&[
+        "publish",
+        own_guest_package(net.path()).to_str().expect("utf8"),
+    ]);
+    let a_node = a.start(&[]);
+    let b = init(&net, "b", SERVE);
+    let b_node = b.start(&[a_node.addr()]);
+    let b2 = init(&net, "b2", SERVE);
+    let b2_node = b2.start(&[a_node.addr()]);
+    let c = init(&net, "c", CALLER);
+    let c_node = c.start(&[a_node.addr()]);
+    wait_for_offers(&c_node.api, &[&b_node.peer_id, &b2_node.peer_id]);
+
+    // C has never fetched the model: the call runs on a provider, which fetches it from A.
+    let infer = format!("/v2/models/{id}/infer");
+    let (status, echo) = http(&c_node.api, "POST", &infer, Some(&mode("echo")));
+    assert_eq!(status, 200, "{echo}");
+    assert_eq!(echo["outputs"][0]["data"], json!(["echo"]));
+    let p = &echo["parameters"];
+    let provider = p["provider"].as_str().expect("provider");
+    assert!(provider == b_node.peer_id || provider == b2_node.peer_id);
+    assert!(p["fuel"].as_u64().is_some_and(|f| f > 0), "{p}");
+    assert_eq!(p["backend"], "wasm");
+    let result = hex::decode(p["result"].as_str().expect("signed result")).expect("hex");
+    let signed =
+        protocol::Signed::<protocol::compute::InferResult>::from_bytes(&result).expect("verifies");
+    assert_eq!(signed.body().model.to_string(), id);
+    assert_eq!(signed.body().fuel, p["fuel"].as_u64().expect("fuel"));
+    assert!(
+        !c.home.join("run").join(&id).exists(),
+        "C ran nothing itself"
+    );
+
+    // The CLI through C: --on forces a provider; --verify runs on both and they agree.
+    let on = c.json(&[
+        "call",
+        &id,
+        "--input",
+        r#"{"mode": ["echo"]}"#,
+        "--on",
+        &b2_node.peer_id,
+    ]);
+    assert_eq!(on["parameters"]["provider"], json!(b2_node.peer_id));
+    let verified = c.json(&["call", &id, "--input", r#"{"mode": ["echo"]}"#, "--verify"]);
+    let by = verified["parameters"]["verified_by"]
+        .as_array()
+        .expect("verified_by");
+    assert_eq!(by.len(), 2);
+    assert_ne!(by[0], by[1]);
+    let text = c.ok(&["call", &id, "--input", r#"{"mode": ["echo"]}"#, "--verify"]);
+    assert!(text.contains("agree on the outputs"), "{text}");
+
+    // A guest failure is deterministic: it comes back as is, not retried elsewhere.
+    let (status, looped) = http(&c_node.api, "POST", &infer, Some(&mode("loop")));
+    assert_eq!(status, 500, "{looped}");
+    assert!(
+        looped["error"].as_str().unwrap_or("").contains("fuel"),
+        "{looped}"
+    );
+
+    // A provider that corrupts its output (and signs it) is caught by --verify.
+    assert_eq!(b2_node.stop().code(), Some(0));
+    let liar = init(&net, "liar", SERVE);
+    let liar_node = liar.start_with(&[a_node.addr()], &[("MOXNET_TEST_FAULT", "wrong-output")]);
+    wait_for_offers(&c_node.api, &[&b_node.peer_id, &liar_node.peer_id]);
+    let (status, caught) = http(
+        &c_node.api,
+        "POST",
+        &format!("{infer}?verify=true"),
+        Some(&mode("echo")),
+    );
+    assert_eq!(status, 502, "{caught}");
+    assert!(
+        caught["error"].as_str().unwrap_or("").contains("disagree"),
+        "{caught}"
+    );
+    let results = caught["details"]["results"].as_array().expect("evidence");
+    assert_eq!(results.len(), 2);
+    for r in results {
+        let bytes = hex::decode(r["result"].as_str().expect("result")).expect("hex");
+        protocol::Signed::<protocol::compute::InferResult>::from_bytes(&bytes).expect("signed");
+    }
+    let refused = c.fails(&["call", &id, "--input", r#"{"mode": ["echo"]}"#, "--verify"]);
+    assert!(refused.contains("disagree"), "{refused}");
+
+    // A provider whose outputs do not match its signed hash is caught on any call.
+    let cheat = init(&net, "cheat", SERVE);
+    let cheat_node = cheat.start_with(&[a_node.addr()], &[("MOXNET_TEST_FAULT", "bad-hash")]);
+    let forced = format!("{infer}?on={}", cheat_node.peer_id);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (status, bad) = loop {
+        let (status, v) = http(&c_node.api, "POST", &forced, Some(&mode("echo")));
+        // Until the cheat has connected to C it may be unreachable; then it must be caught.
+        if v["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("signed output hash")
+            || Instant::now() > deadline
+        {
+            break (status, v);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(status, 502, "{bad}");
+    assert!(
+        bad["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("signed output hash"),
+        "{bad}"
+    );
+
+    // Raw requests from a peer that is not a moxnet node: each refused with its reason.
+    raw_requests_are_checked(&b_node, &id);
+    drop((cheat_node, liar_node, c_node, b_node, a_node));
+}
+
+/// A peer that serves nothing: only used to send hand-made calls.
+struct Nothing;
+
+impl net::Provider for Nothing {
+    fn blob_size(&self, _: BlobHash) -> Option<u64> {
+        None
+    }
+    fn serve(
+        &self,
+        _: BlobHash,
+        _: &[(u64, u64)],
+        _: &mut dyn std::io::Write,
+    ) -> std::io::Result<()> {
+        Err(std::io::Error::other("serves nothing"))
+    }
+    fn catalog(&self) -> Vec<Vec<u8>> {
+        Vec::new()
+    }
+}
+
+fn raw_requests_are_checked(provider: &testnet::Daemon, id: &str) {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let seed = [42u8; 32];
+        let key = SecretKey::from_seed(&seed);
+        let (client, _events) = net::spawn(
+            net::NetConfig {
+                seed,
+                listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("addr")],
+                ..net::NetConfig::default()
+            },
+            Arc::new(Nothing),
+        )
+        .await
+        .expect("raw peer");
+        let addr: net::libp2p::Multiaddr = provider.addr().parse().expect("addr");
+        client.dial(addr).await.expect("dial provider");
+        let peer: net::libp2p::PeerId = provider.peer_id.parse().expect("peer id");
+        let provider_id = net::node_id_of(&peer).expect("node id");
+        let model = ModelId(id.parse().expect("model id"));
+        let input = mode("echo").into_bytes();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_millis() as u64;
+        let request = |nonce: u8| InferRequest {
+            model,
+            input_hash: BlobHash::of(&input),
+            max_fuel: 1_000_000_000,
+            max_price_per_mfuel: 10,
+            nonce: [nonce; 16],
+            issued_ms: now,
+            provider: provider_id,
+        };
+        let send = |signed: Vec<u8>, input: Vec<u8>| {
+            let client = client.clone();
+            async move {
+                let reply = client
+                    .infer(
+                        peer,
+                        InferCall {
+                            request: signed,
+                            input,
+                        }
+                        .to_bytes(),
+                    )
+                    .await
+                    .expect("a reply");
+                InferReply::from_bytes(&reply).expect("a valid reply")
+            }
+        };
+        let check = |reply: InferReply, status: InferStatus, says: &str| {
+            assert_eq!(reply.status, status, "{reply:?}");
+            let message = reply.message.unwrap_or_default();
+            assert!(message.contains(says), "{message:?} should say {says:?}");
+        };
+
+        // An honest request runs, once; the same bytes again are a replay.
+        let honest = key.sign(request(1)).to_bytes();
+        let ok = send(honest.clone(), input.clone()).await;
+        assert_eq!(ok.status, InferStatus::Ok, "{ok:?}");
+        check(
+            send(honest, input.clone()).await,
+            InferStatus::Refused,
+            "replayed",
+        );
+        // Signed by someone else than the sender.
+        let other = SecretKey::from_seed(&[43; 32]).sign(request(2)).to_bytes();
+        check(
+            send(other, input.clone()).await,
+            InferStatus::Refused,
+            "not by the peer",
+        );
+        // A forged signature.
+        let signed = key.sign(request(3));
+        let mut forged = signed.to_bytes();
+        let at = forged
+            .windows(64)
+            .position(|w| w == signed.signature())
+            .expect("signature bytes");
+        forged[at] ^= 1;
+        check(
+            send(forged, input.clone()).await,
+            InferStatus::Refused,
+            "signature",
+        );
+        // Stale.
+        let stale = key
+            .sign(InferRequest {
+                issued_ms: now - 3_600_000,
+                ..request(4)
+            })
+            .to_bytes();
+        check(
+            send(stale, input.clone()).await,
+            InferStatus::Refused,
+            "clock",
+        );
+        // Addressed to another provider.
+        let elsewhere = key
+            .sign(InferRequest {
+                provider: key.node_id(),
+                ..request(5)
+            })
+            .to_bytes();
+        check(
+            send(elsewhere, input.clone()).await,
+            InferStatus::Refused,
+            "another provider",
+        );
+        // Below the provider's price.
+        let cheap = key
+            .sign(InferRequest {
+                max_price_per_mfuel: 0,
+                ..request(6)
+            })
+            .to_bytes();
+        check(
+            send(cheap, input.clone()).await,
+            InferStatus::Refused,
+            "price",
+        );
+        // Inputs that are not the ones signed.
+        let swapped = key.sign(request(7)).to_bytes();
+        check(
+            send(swapped, mode("loop").into_bytes()).await,
+            InferStatus::BadRequest,
+            "input hash",
+        );
+        // Inputs over the protocol's limit are refused; a frame over it is never read.
+        let huge = vec![b' '; protocol::compute::MAX_INFER_INPUT_BYTES + 1];
+        let signed = key
+            .sign(InferRequest {
+                input_hash: BlobHash::of(&huge),
+                ..request(8)
+            })
+            .to_bytes();
+        check(send(signed, huge).await, InferStatus::BadRequest, "limit");
+        let frame = vec![0u8; protocol::compute::MAX_INFER_CALL_BYTES + 1];
+        assert!(
+            client.infer(peer, frame).await.is_err(),
+            "oversized frame refused"
+        );
+    });
+}
