@@ -237,10 +237,8 @@ impl Offers {
                 s.latency_ms = Some(s.latency_ms.map_or(ms, |l| 0.8 * l + 0.2 * ms));
                 s.failures = 0;
             }
-            Outcome::Busy => {
-                s.failures += 1;
-                s.last_failure = Some(Instant::now());
-            }
+            // Load is normal: the in-flight count already weighs on the score.
+            Outcome::Busy => {}
             Outcome::Unavailable => {
                 s.failures += 1;
                 s.last_failure = Some(Instant::now());
@@ -763,46 +761,65 @@ async fn attempt(
     })
 }
 
-/// Runs a call on providers in `order`, at most `attempts` of them, until one answers.
+/// Runs a call on providers in `order`, at most `attempts` of them per round, until one
+/// answers. When some were only busy, waits (exponential backoff with jitter) and tries another
+/// round, until the call timeout: a burst of calls queues here instead of failing.
 async fn first_answer(
     node: &Arc<Node>,
-    order: Vec<Candidate>,
+    mut order: Vec<Candidate>,
     model: ModelId,
     input: &[u8],
     max_price: u64,
 ) -> Result<Answer, CallError> {
     let attempts = node.compute.config.attempts;
-    let mut reasons = Vec::new();
-    let mut all_busy = true;
-    for to in order.into_iter().take(attempts) {
-        node.compute.offers().started(&to.node);
-        let result = attempt(node, &to, model, input, max_price).await;
-        let outcome = match &result {
-            Ok(a) => Outcome::Ok(a.elapsed),
-            Err(Failure::Retry(o, _)) => *o,
-            Err(Failure::Final(_)) => Outcome::Failed,
-        };
-        node.compute.offers().finished(&to.node, outcome);
-        match result {
-            Ok(answer) => return Ok(answer),
-            Err(Failure::Final(e)) => return Err(e),
-            Err(Failure::Retry(outcome, why)) => {
-                all_busy &= outcome == Outcome::Busy;
-                reasons.push(format!("{}: {why}", to.peer));
+    let deadline = Instant::now() + node.compute.config.call_timeout;
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        let mut reasons = Vec::new();
+        let mut any_busy = false;
+        let mut gone = HashSet::new();
+        for to in order.iter().take(attempts) {
+            node.compute.offers().started(&to.node);
+            let result = attempt(node, to, model, input, max_price).await;
+            let outcome = match &result {
+                Ok(a) => Outcome::Ok(a.elapsed),
+                Err(Failure::Retry(o, _)) => *o,
+                Err(Failure::Final(_)) => Outcome::Failed,
+            };
+            node.compute.offers().finished(&to.node, outcome);
+            match result {
+                Ok(answer) => return Ok(answer),
+                Err(Failure::Final(e)) => return Err(e),
+                Err(Failure::Retry(outcome, why)) => {
+                    any_busy |= outcome == Outcome::Busy;
+                    if outcome != Outcome::Busy {
+                        gone.insert(to.node);
+                    }
+                    reasons.push(format!("{}: {why}", to.peer));
+                }
             }
         }
+        let retry = any_busy && Instant::now() + backoff < deadline;
+        if !retry {
+            return Err(if any_busy {
+                CallError::new(
+                    503,
+                    format!("every provider stayed busy ({})", reasons.join("; ")),
+                )
+            } else {
+                CallError::new(
+                    502,
+                    format!("no provider could run the call: {}", reasons.join("; ")),
+                )
+            });
+        }
+        let mut jitter = [0u8; 1];
+        let _ = getrandom::fill(&mut jitter);
+        tokio::time::sleep(backoff + backoff * u32::from(jitter[0]) / 255).await;
+        backoff = (backoff * 2).min(Duration::from_millis(500));
+        // Only the busy ones are worth another try; keep the ranking's order.
+        order.retain(|c| !gone.contains(&c.node));
     }
-    Err(if all_busy {
-        CallError::new(
-            503,
-            format!("every provider tried is busy ({})", reasons.join("; ")),
-        )
-    } else {
-        CallError::new(
-            502,
-            format!("no provider could run the call: {}", reasons.join("; ")),
-        )
-    })
 }
 
 /// Whether this node knows an offer it could send `model` to.

@@ -1,5 +1,6 @@
-//! Launching real `moxnet` processes, each with its own home, for end-to-end tests and (in later
-//! versions) many-node scenarios.
+//! Launching real `moxnet` processes, each with its own home, for end-to-end tests and many-node
+//! scenarios ([`scenario`]); plus the helpers they share: a plain HTTP/1.1 client for the nodes'
+//! APIs ([`http`]) and a package whose own guest is the test guest ([`echo_package`]).
 //!
 //! ```no_run
 //! let net = testnet::Testnet::new().expect("temp dir");
@@ -40,6 +41,88 @@ pub fn moxnet_bin() -> Result<PathBuf> {
         "no moxnet binary near {}; build it with `cargo build -p node` or set MOXNET_BIN",
         exe.display()
     )
+}
+
+/// One HTTP/1.1 request to a node's API (`addr` is `host:port`): the status and the JSON body.
+/// Waits at most `timeout` for the answer.
+pub fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    timeout: std::time::Duration,
+) -> Result<(u16, serde_json::Value)> {
+    use std::io::{Read, Write};
+    let mut s =
+        std::net::TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
+    s.set_read_timeout(Some(timeout))?;
+    let body = body.unwrap_or_default();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)
+        .with_context(|| format!("{method} {path}: no complete answer"))?;
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("{method} {path}: no status line in {text:?}"))?;
+    let json = text.split("\r\n\r\n").nth(1).unwrap_or_default();
+    let value = serde_json::from_str(json).with_context(|| format!("{method} {path}: {json:?}"))?;
+    Ok((status, value))
+}
+
+/// A built test guest: `$MOXNET_GUESTS_DIR/<name>.wasm`, else the source tree's guests build
+/// (`scripts/test.sh` builds them: `(cd guests && cargo build --release)`).
+pub fn guest(name: &str) -> Result<PathBuf> {
+    let dir = std::env::var_os("MOXNET_GUESTS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../guests/target/wasm32-wasip2/release")
+        });
+    let path = dir.join(format!("{name}.wasm"));
+    if !path.is_file() {
+        bail!(
+            "{} is missing: (cd guests && cargo build --release)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// Writes, in `dir/own-guest`, a package whose own guest is the hostile test guest: input
+/// `mode` (BYTES) picks what it does (`echo` answers its input; `loop`, `memory`, `recurse`,
+/// `trap` attack the sandbox).
+pub fn echo_package(dir: &Path) -> Result<PathBuf> {
+    let pkg = dir.join("own-guest");
+    std::fs::create_dir_all(&pkg)?;
+    std::fs::copy(guest("moxnet_hostile")?, pkg.join("guest.wasm"))?;
+    std::fs::write(
+        pkg.join("moxnet.toml"),
+        r#"[package]
+name = "own-guest"
+version = "1"
+
+[runtime]
+kind = "wasm"
+entry = "guest.wasm"
+
+[[interface.inputs]]
+name = "mode"
+dtype = "BYTES"
+shape = [1]
+
+[[interface.outputs]]
+name = "out"
+dtype = "BYTES"
+shape = [1]
+"#,
+    )?;
+    Ok(pkg)
 }
 
 /// A scratch area holding the homes of several nodes; deleted on drop.

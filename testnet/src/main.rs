@@ -4,17 +4,15 @@
 //! ```text
 //! cargo build -p node && cargo run -p testnet -- all [--nodes 6] [--mib 256]
 //! cargo run -p testnet -- fetch-many|byzantine|kill-provider|partition [--nodes N] [--mib M]
+//! cargo run -p testnet -- compute [--calls 200]
 //! ```
 
 use std::process::ExitCode;
 
 use testnet::scenario;
 
-/// A named scenario, ready to run.
-type Run = (
-    &'static str,
-    Box<dyn Fn() -> anyhow::Result<scenario::Report>>,
-);
+/// A named scenario, ready to run; it returns its report line.
+type Run = (&'static str, Box<dyn Fn() -> anyhow::Result<String>>);
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -27,17 +25,28 @@ fn main() -> ExitCode {
     };
     let nodes = flag("--nodes", 6) as usize;
     let mib = flag("--mib", 256);
+    let calls = flag("--calls", 200) as usize;
     let runs: Vec<Run> = vec![
         (
             "fetch-many",
-            Box::new(move || scenario::fetch_many(nodes, mib)),
+            Box::new(move || scenario::fetch_many(nodes, mib).map(|r| r.to_string())),
         ),
-        ("byzantine", Box::new(move || scenario::byzantine(mib))),
+        (
+            "byzantine",
+            Box::new(move || scenario::byzantine(mib).map(|r| r.to_string())),
+        ),
         (
             "kill-provider",
-            Box::new(move || scenario::kill_provider(mib)),
+            Box::new(move || scenario::kill_provider(mib).map(|r| r.to_string())),
         ),
-        ("partition", Box::new(move || scenario::partition(mib))),
+        (
+            "partition",
+            Box::new(move || scenario::partition(mib).map(|r| r.to_string())),
+        ),
+        (
+            "compute",
+            Box::new(move || scenario::compute(calls).map(|r| r.to_string())),
+        ),
     ];
     let selected: Vec<_> = runs
         .iter()
@@ -45,7 +54,7 @@ fn main() -> ExitCode {
         .collect();
     if selected.is_empty() {
         eprintln!(
-            "unknown scenario {which:?}; use all, fetch-many, byzantine, kill-provider or partition"
+            "unknown scenario {which:?}; use all, fetch-many, byzantine, kill-provider, partition or compute"
         );
         return ExitCode::from(2);
     }

@@ -379,3 +379,169 @@ pub fn partition(mib: u64) -> Result<Report> {
         peers_banned: v["peers_banned"].as_u64().unwrap_or(0),
     })
 }
+
+/// What the compute scenario measured.
+#[derive(Debug, Clone)]
+pub struct CallsReport {
+    /// Nodes started.
+    pub nodes: usize,
+    /// Calls made, all at once.
+    pub calls: usize,
+    /// Calls answered with the right output.
+    pub ok: usize,
+    /// Calls that failed with an error message (each was printed).
+    pub failed: usize,
+    /// Calls answered by each provider (by peer id), from the answers' `provider`.
+    pub by_provider: Vec<(String, usize)>,
+    /// Wall time of the call phase.
+    pub elapsed: Duration,
+}
+
+impl fmt::Display for CallsReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let spread: Vec<String> = self
+            .by_provider
+            .iter()
+            .map(|(p, n)| format!("…{} {n}", &p[p.len().saturating_sub(6)..]))
+            .collect();
+        write!(
+            f,
+            "{:<14} nodes {:>2}  calls {}  ok {}  failed {}  {:>7.2} s  {:.0} calls/s  by provider: {}",
+            "compute",
+            self.nodes,
+            self.calls,
+            self.ok,
+            self.failed,
+            self.elapsed.as_secs_f64(),
+            self.calls as f64 / self.elapsed.as_secs_f64().max(1e-9),
+            spread.join(", ")
+        )
+    }
+}
+
+/// Serving config for the compute scenario: offers every second.
+const SERVE: &str = "[inference]\nmax_concurrent = 2\nmax_queued = 32\n\n\
+                     [compute]\nserve = true\noffer_interval_secs = 1\nper_peer_concurrent = 16\n";
+
+/// Five nodes: a publisher, a relay, two providers and a client that has never fetched the model.
+/// The client makes `calls` calls at once through its HTTP API; one provider is killed (SIGKILL)
+/// when half have been answered. Every call must end, with the right output or a clear error,
+/// well before its timeout; none may hang.
+pub fn compute(calls: usize) -> Result<CallsReport> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let net = Testnet::new()?;
+    let homes: Vec<Node> = ["publisher", "relay", "p0", "p1", "client"]
+        .iter()
+        .map(|n| net.home(n))
+        .collect();
+    for h in &homes {
+        h.ok(&["init"]);
+    }
+    for p in &homes[2..4] {
+        std::fs::write(p.home.join("config.toml"), SERVE)?;
+    }
+    std::fs::write(
+        homes[4].home.join("config.toml"),
+        "[compute]\ncall_timeout_secs = 30\n",
+    )?;
+    let pkg = crate::echo_package(net.path())?;
+    let id = homes[0].ok(&["publish", path_str(&pkg)?]);
+    let publisher = homes[0].start(&[]);
+    let relay = homes[1].start(&[publisher.addr()]);
+    let p0 = homes[2].start(&[relay.addr()]);
+    let p1 = homes[3].start(&[relay.addr()]);
+    let client = homes[4].start(&[relay.addr()]);
+    let (p0_id, p1_id) = (p0.peer_id.clone(), p1.peer_id.clone());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, v) = crate::http(
+            &client.api,
+            "GET",
+            "/api/v1/offers",
+            None,
+            Duration::from_secs(10),
+        )?;
+        let heard = v["offers"].as_array().map_or(0, Vec::len);
+        if heard == 2 {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the client heard {heard} offers, not 2"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let body = serde_json::json!({
+        "inputs": [{ "name": "mode", "datatype": "BYTES", "shape": [1], "data": ["echo"] }]
+    })
+    .to_string();
+    let path = format!("/v2/models/{id}/infer");
+    let answered = AtomicUsize::new(0);
+    let start = Instant::now();
+    // A call that takes this long counts as hung (the client gives a provider 30 s).
+    let hang = Duration::from_secs(120);
+    let results: Vec<Result<(u16, serde_json::Value)>> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..calls)
+            .map(|_| {
+                s.spawn(|| {
+                    let r = crate::http(&client.api, "POST", &path, Some(&body), hang);
+                    answered.fetch_add(1, Ordering::SeqCst);
+                    r
+                })
+            })
+            .collect();
+        let mut victim = Some(p0);
+        while answered.load(Ordering::SeqCst) < calls {
+            if answered.load(Ordering::SeqCst) >= calls / 2
+                && let Some(v) = victim.take()
+            {
+                v.kill();
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        workers
+            .into_iter()
+            .map(|w| {
+                w.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("call thread panicked")))
+            })
+            .collect()
+    });
+    let elapsed = start.elapsed();
+    let (mut ok, mut failed) = (0, 0);
+    let mut by: std::collections::BTreeMap<String, usize> = Default::default();
+    for r in results {
+        let (status, v) = r.context("a call hung or lost its answer")?;
+        if status == 200 {
+            ensure!(
+                v["outputs"][0]["data"] == serde_json::json!(["echo"]),
+                "wrong output: {v}"
+            );
+            let provider = v["parameters"]["provider"]
+                .as_str()
+                .unwrap_or("?")
+                .to_string();
+            ensure!(
+                provider == p0_id || provider == p1_id,
+                "answered by {provider}, not a provider"
+            );
+            *by.entry(provider).or_default() += 1;
+            ok += 1;
+        } else {
+            let message = v["error"].as_str().unwrap_or_default();
+            ensure!(!message.is_empty(), "HTTP {status} without a reason: {v}");
+            eprintln!("call failed (HTTP {status}): {message}");
+            failed += 1;
+        }
+    }
+    ensure!(ok > 0, "no call succeeded");
+    drop((client, p1, relay, publisher));
+    Ok(CallsReport {
+        nodes: 5,
+        calls,
+        ok,
+        failed,
+        by_provider: by.into_iter().collect(),
+        elapsed,
+    })
+}

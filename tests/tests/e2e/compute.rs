@@ -12,7 +12,7 @@ use protocol::{BlobHash, ModelId, Object, SecretKey};
 use serde_json::json;
 use testnet::{Node, Testnet};
 
-use super::inference::{http, mode, own_guest_package};
+use super::inference::{http, mode};
 
 /// Serving config: offers every second, tight limits for the hostile modes.
 const SERVE: &str = "[inference]\nfuel = 1000000000\ntimeout_secs = 5\nmemory_mib = 64\n\
@@ -58,7 +58,10 @@ fn a_model_published_on_a_is_served_by_b_and_called_from_c() {
     let a = init(&net, "a", "");
     let id = a.ok(&[
         "publish",
-        own_guest_package(net.path()).to_str().expect("utf8"),
+        testnet::echo_package(net.path())
+            .expect("package")
+            .to_str()
+            .expect("utf8"),
     ]);
     let a_node = a.start(&[]);
     let b = init(&net, "b", SERVE);

@@ -18,25 +18,14 @@ fn fixture(name: &str) -> PathBuf {
 
 /// One HTTP/1.1 request to a node's API: the status and the JSON body.
 pub(crate) fn http(addr: &str, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
-    let mut s = std::net::TcpStream::connect(addr).expect("connect API");
-    let body = body.unwrap_or_default();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
+    testnet::http(
+        addr,
+        method,
+        path,
+        body,
+        std::time::Duration::from_secs(300),
     )
-    .expect("send");
-    let mut text = String::new();
-    s.read_to_string(&mut text).expect("read");
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("status line");
-    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default();
-    let value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body:?}"));
-    (status, value)
+    .unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// onnxruntime's answer for `model` on one f32 input (the fixtures' `ort_run.py`).
@@ -201,55 +190,9 @@ fn a_published_onnx_model_is_live_over_oip_v2_and_moxnet_call() {
     assert!(refused.contains("x"), "{refused}");
 }
 
-/// A built guest (scripts/test.sh builds them; `MOXNET_GUESTS_DIR` says where).
-pub(crate) fn guest(name: &str) -> PathBuf {
-    let dir = std::env::var_os("MOXNET_GUESTS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../guests/target/wasm32-wasip2/release")
-        });
-    let path = dir.join(format!("{name}.wasm"));
-    assert!(
-        path.is_file(),
-        "{} is missing: (cd guests && cargo build --release)",
-        path.display()
-    );
-    path
-}
-
 pub(crate) fn mode(m: &str) -> String {
     json!({ "inputs": [{ "name": "mode", "datatype": "BYTES", "shape": [1], "data": [m] }] })
         .to_string()
-}
-
-/// A package whose own guest is the hostile test guest (echo, loop, memory, …), in `dir`.
-pub(crate) fn own_guest_package(dir: &Path) -> PathBuf {
-    let pkg = dir.join("own-guest");
-    std::fs::create_dir_all(&pkg).expect("mkdir");
-    std::fs::copy(guest("moxnet_hostile"), pkg.join("guest.wasm")).expect("copy guest");
-    std::fs::write(
-        pkg.join("moxnet.toml"),
-        r#"[package]
-name = "own-guest"
-version = "1"
-
-[runtime]
-kind = "wasm"
-entry = "guest.wasm"
-
-[[interface.inputs]]
-name = "mode"
-dtype = "BYTES"
-shape = [1]
-
-[[interface.outputs]]
-name = "out"
-dtype = "BYTES"
-shape = [1]
-"#,
-    )
-    .expect("moxnet.toml");
-    pkg
 }
 
 #[test]
@@ -263,7 +206,7 @@ fn a_package_with_its_own_guest_runs_and_a_hostile_one_is_contained() {
         "[inference]\nfuel = 1000000000\ntimeout_secs = 5\nmemory_mib = 64\nmax_concurrent = 4\n",
     )
     .expect("config");
-    let pkg = own_guest_package(net.path());
+    let pkg = testnet::echo_package(net.path()).expect("package");
     let id = a.ok(&["publish", pkg.to_str().expect("utf8")]);
     let node = a.start(&[]);
     let api = node.api.clone();

@@ -187,4 +187,5 @@ fn testnet_scenarios_pass_at_ci_size() {
     ] {
         eprintln!("{report}");
     }
+    eprintln!("{}", testnet::scenario::compute(200).expect("compute"));
 }
