@@ -1038,7 +1038,7 @@ mod tests {
         assert!(n.accept(caller, [1; 16], now, now).is_ok());
         assert!(
             n.accept(caller, [1; 16], now, now)
-                .unwrap_err()
+                .expect_err("a replay")
                 .contains("replayed")
         );
         assert!(

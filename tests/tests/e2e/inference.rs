@@ -2,7 +2,6 @@
 //! the Open Inference Protocol v2 on its HTTP API (checked against onnxruntime), called with
 //! `moxnet call` through the node and without one, and bad requests get OIP errors.
 
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
