@@ -426,8 +426,8 @@ impl Compute {
 }
 
 /// A test-only fault in a provider: `wrong-output` (a corrupted output, honestly hashed and
-/// signed: only comparing providers catches it) or `bad-hash` (outputs that do not match the
-/// signed hash). Honoured in debug builds or with `--features byzantine`, from
+/// signed: only comparing providers catches it), `bad-hash` (outputs that do not match the
+/// signed hash) or `silent` (never answers). Honoured in debug builds or with `--features byzantine`, from
 /// `MOXNET_TEST_FAULT`.
 fn fault() -> Option<String> {
     if !(cfg!(feature = "byzantine") || cfg!(debug_assertions)) {
@@ -509,6 +509,10 @@ pub async fn handle_call(node: Arc<Node>, from: PeerId, call: Vec<u8>) -> InferR
         Err(e) if e.status == 404 => return refuse(InferStatus::NotFound, e.message),
         Err(e) => return refuse(InferStatus::Internal, e.message),
     };
+    let fault = fault();
+    if fault.as_deref() == Some("silent") {
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+    }
     let worker = node.clone();
     let max_fuel = r.max_fuel;
     let ran =
@@ -527,7 +531,6 @@ pub async fn handle_call(node: Arc<Node>, from: PeerId, call: Vec<u8>) -> InferR
         Err(e) => return refuse(InferStatus::Internal, format!("the call failed: {e}")),
     };
     let mut outputs = to_wire(&outcome.outputs);
-    let fault = fault();
     if fault.as_deref() == Some("wrong-output")
         && let Some(byte) = outputs.tensors.first_mut().and_then(|t| t.data.last_mut())
     {

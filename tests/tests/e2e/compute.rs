@@ -1,8 +1,8 @@
 //! Compute sharing between real nodes: a model published on A is served by B and called from C,
 //! which has never fetched it; `--verify` across two honest providers agrees; a provider that
 //! returns a wrong output is caught by `--verify`, one whose outputs do not match its signed hash
-//! is caught on every call; and forged, replayed, stale, misaddressed, underpriced and oversized
-//! requests sent by a raw libp2p peer are refused with clear reasons.
+//! is caught on every call; a silent one times out; and forged, replayed, stale, misaddressed,
+//! underpriced and oversized requests sent by a raw libp2p peer are refused with clear reasons.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,7 +18,7 @@ use super::inference::{http, mode};
 const SERVE: &str = "[inference]\nfuel = 1000000000\ntimeout_secs = 5\nmemory_mib = 64\n\
                      max_concurrent = 4\n\n[compute]\nserve = true\noffer_interval_secs = 1\n";
 /// Caller config: remote calls time out quickly.
-const CALLER: &str = "[inference]\nfuel = 1000000000\n\n[compute]\ncall_timeout_secs = 20\n";
+const CALLER: &str = "[inference]\nfuel = 1000000000\n\n[compute]\ncall_timeout_secs = 5\n";
 
 fn init(net: &Testnet, name: &str, config: &str) -> Node {
     let n = net.home(name);
@@ -171,9 +171,36 @@ fn a_model_published_on_a_is_served_by_b_and_called_from_c() {
         "{bad}"
     );
 
+    // A silent provider times out; calls keep going to the honest one.
+    drop((cheat_node, liar_node));
+    let mute = init(&net, "mute", SERVE);
+    let mute_node = mute.start_with(&[a_node.addr()], &[("MOXNET_TEST_FAULT", "silent")]);
+    wait_for_offers(&c_node.api, &[&b_node.peer_id, &mute_node.peer_id]);
+    let started = Instant::now();
+    let (status, timed_out) = http(
+        &c_node.api,
+        "POST",
+        &format!("{infer}?on={}", mute_node.peer_id),
+        Some(&mode("echo")),
+    );
+    assert_eq!(status, 502, "{timed_out}");
+    assert!(
+        timed_out["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("no answer within 5 s"),
+        "{timed_out}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(30));
+    for _ in 0..3 {
+        let (status, moved) = http(&c_node.api, "POST", &infer, Some(&mode("echo")));
+        assert_eq!(status, 200, "{moved}");
+        assert_eq!(moved["parameters"]["provider"], json!(b_node.peer_id));
+    }
+
     // Raw requests from a peer that is not a moxnet node: each refused with its reason.
     raw_requests_are_checked(&b_node, &id);
-    drop((cheat_node, liar_node, c_node, b_node, a_node));
+    drop((mute_node, c_node, b_node, a_node));
 }
 
 /// A peer that serves nothing: only used to send hand-made calls.
