@@ -76,6 +76,37 @@ pub fn http(
     Ok((status, value))
 }
 
+/// Waits (up to 60 s) until the node whose API is at `api` has heard compute offers from
+/// exactly `peers` (peer ids, any order).
+pub fn wait_for_offers(api: &str, peers: &[&str]) -> Result<()> {
+    let mut want: Vec<&str> = peers.to_vec();
+    want.sort_unstable();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let (_, v) = http(
+            api,
+            "GET",
+            "/api/v1/offers",
+            None,
+            std::time::Duration::from_secs(10),
+        )?;
+        let mut heard: Vec<&str> = v["offers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|o| o["peer_id"].as_str())
+            .collect();
+        heard.sort_unstable();
+        if heard == want {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            bail!("offers heard from {heard:?}, expected {want:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 /// A built test guest: `$MOXNET_GUESTS_DIR/<name>.wasm`, else the source tree's guests build
 /// (`scripts/test.sh` builds them: `(cd guests && cargo build --release)`).
 pub fn guest(name: &str) -> Result<PathBuf> {

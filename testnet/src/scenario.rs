@@ -452,25 +452,7 @@ pub fn compute(calls: usize) -> Result<CallsReport> {
     let p1 = homes[3].start(&[relay.addr()]);
     let client = homes[4].start(&[relay.addr()]);
     let (p0_id, p1_id) = (p0.peer_id.clone(), p1.peer_id.clone());
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let (_, v) = crate::http(
-            &client.api,
-            "GET",
-            "/api/v1/offers",
-            None,
-            Duration::from_secs(10),
-        )?;
-        let heard = v["offers"].as_array().map_or(0, Vec::len);
-        if heard == 2 {
-            break;
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "the client heard {heard} offers, not 2"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    crate::wait_for_offers(&client.api, &[&p0_id, &p1_id])?;
     let body = serde_json::json!({
         "inputs": [{ "name": "mode", "datatype": "BYTES", "shape": [1], "data": ["echo"] }]
     })

@@ -66,22 +66,7 @@ fn main() {
     let caller = net.home("caller");
     caller.ok(&["init"]);
     let c = caller.start(&[p.addr()]);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let (_, v) = testnet::http(
-            &c.api,
-            "GET",
-            "/api/v1/offers",
-            None,
-            Duration::from_secs(5),
-        )
-        .expect("offers");
-        if v["offers"].as_array().is_some_and(|o| !o.is_empty()) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no offer heard");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    testnet::wait_for_offers(&c.api, &[&p.peer_id]).expect("the offer");
     let path = format!("/v2/models/{id}/infer");
     let body =
         r#"{"inputs": [{"name": "mode", "datatype": "BYTES", "shape": [1], "data": ["echo"]}]}"#;

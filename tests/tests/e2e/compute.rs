@@ -27,29 +27,8 @@ fn init(net: &Testnet, name: &str, config: &str) -> Node {
     n
 }
 
-/// Waits until the node at `api` has heard offers from exactly `peers` (in any order).
 fn wait_for_offers(api: &str, peers: &[&str]) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let (_, v) = http(api, "GET", "/api/v1/offers", None);
-        let mut heard: Vec<String> = v["offers"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|o| o["peer_id"].as_str().map(str::to_string))
-            .collect();
-        heard.sort();
-        let mut want: Vec<String> = peers.iter().map(|p| p.to_string()).collect();
-        want.sort();
-        if heard == want {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "offers heard {heard:?}, want {want:?}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    testnet::wait_for_offers(api, peers).unwrap_or_else(|e| panic!("{e:#}"));
 }
 
 #[test]
