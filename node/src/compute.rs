@@ -879,21 +879,18 @@ pub async fn call(
     let version = crate::inference::local_manifest(&node.home.store, model)
         .map(|m| m.body().version.clone())
         .unwrap_or_default();
-    let answer = if options.verify {
+    if options.verify {
         if order.len() < 2 {
             return Err(CallError::new(
                 503,
                 "--verify needs two providers; this node knows one",
             ));
         }
-        let (first, second) = {
-            let mut it = order.into_iter();
-            let a: Vec<Candidate> = it.by_ref().take(1).collect();
-            (a, it.collect::<Vec<_>>())
-        };
+        // The best provider, and the rest for the second opinion.
+        let others = order.split_off(1);
         let (a, b) = tokio::join!(
-            first_answer(node, first, model, &input, max_price),
-            first_answer(node, second, model, &input, max_price)
+            first_answer(node, order, model, &input, max_price),
+            first_answer(node, others, model, &input, max_price)
         );
         let (a, b) = (a?, b?);
         if a.result.body().output_hash != b.result.body().output_hash {
@@ -922,9 +919,8 @@ pub async fn call(
         let mut v = respond(model, &version, request, &a, wanted.as_deref());
         v["parameters"]["verified_by"] = json!(verified_by);
         return Ok(v);
-    } else {
-        first_answer(node, order, model, &input, max_price).await?
-    };
+    }
+    let answer = first_answer(node, order, model, &input, max_price).await?;
     Ok(respond(
         model,
         &version,

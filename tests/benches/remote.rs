@@ -4,7 +4,7 @@
 //! Both go through the same HTTP path, so the difference is what a remote call adds. Prints
 //! p50/p99 of each, the added latency, and calls per second with 8 callers at once.
 //!
-//! `cargo build -p node && cargo bench -p tests --bench remote` (`BENCH_CALLS` sets the count;
+//! `cargo build --release -p node && cargo bench -p tests --bench remote` (`BENCH_CALLS` sets the count;
 //! `MOXNET_BIN` picks another `moxnet` binary, `MOXNET_GUESTS_DIR` the built guests).
 
 use std::time::{Duration, Instant};
