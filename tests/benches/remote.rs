@@ -17,12 +17,19 @@ fn stats(mut ms: Vec<f64>) -> (f64, f64) {
     (at(0.5), at(0.99))
 }
 
-fn call(api: &str, path: &str, body: &str) -> f64 {
+/// One call: its wall time seen by the client, and the node's own `elapsed_ms` (for a remote
+/// call, the round trip to the provider: sign, send, run there, verify).
+fn timed(api: &str, path: &str, body: &str) -> (f64, f64) {
     let start = Instant::now();
     let (status, v) = testnet::http(api, "POST", path, Some(body), Duration::from_secs(60))
         .unwrap_or_else(|e| panic!("{e:#}"));
     assert_eq!(status, 200, "{v}");
-    start.elapsed().as_secs_f64() * 1e3
+    let inner = v["parameters"]["elapsed_ms"].as_f64().unwrap_or(f64::NAN);
+    (start.elapsed().as_secs_f64() * 1e3, inner)
+}
+
+fn call(api: &str, path: &str, body: &str) -> f64 {
+    timed(api, path, body).0
 }
 
 /// Calls per second with `callers` threads calling for `for_how_long`.
@@ -75,13 +82,20 @@ fn main() {
         call(&c.api, &path, body);
     }
     // Interleaved, so that noise hits both alike.
-    let (mut local, mut remote) = (Vec::new(), Vec::new());
+    let (mut local, mut remote, mut local_run, mut remote_trip) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..calls {
-        local.push(call(&p.api, &path, body));
-        remote.push(call(&c.api, &path, body));
+        let (total, run) = timed(&p.api, &path, body);
+        local.push(total);
+        local_run.push(run);
+        let (total, trip) = timed(&c.api, &path, body);
+        remote.push(total);
+        remote_trip.push(trip);
     }
     let (l50, l99) = stats(local);
     let (r50, r99) = stats(remote);
+    let (run50, _) = stats(local_run);
+    let (trip50, _) = stats(remote_trip);
     println!("trivial model (echo guest), {calls} sequential calls each, over HTTP");
     println!("local call (model on the node)      p50 {l50:>8.3} ms  p99 {l99:>8.3} ms  1.00x");
     println!(
@@ -92,6 +106,9 @@ fn main() {
         "added by the remote call            p50 {:>8.3} ms  p99 {:>8.3} ms",
         r50 - l50,
         r99 - l99
+    );
+    println!(
+        "inside the nodes: sandbox run p50 {run50:.3} ms; caller's round trip to the provider p50 {trip50:.3} ms"
     );
     let window = Duration::from_secs(3);
     let lt = throughput(&p.api, &path, body, 8, window);
