@@ -320,19 +320,8 @@ impl EventLoop {
                 self.pending_providers.insert(id, (HashSet::new(), reply));
             }
             Command::Announce { envelope, reply } => {
-                let result = match self
-                    .swarm
-                    .behaviour_mut()
-                    .gossipsub
-                    .publish(self.topic.clone(), envelope)
-                {
-                    Ok(_) => Ok(()),
-                    // Nobody to tell yet: peers that join later sync the catalogue.
-                    Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => Ok(()),
-                    Err(gossipsub::PublishError::Duplicate) => Ok(()),
-                    Err(e) => Err(NetError::Gossip(e.to_string())),
-                };
-                let _ = reply.send(result);
+                let topic = self.topic.clone();
+                let _ = reply.send(self.publish(topic, envelope));
             }
             Command::Catalog { peer, reply } => {
                 let request = frame_object(&CatalogRequest);
@@ -344,23 +333,24 @@ impl EventLoop {
                 self.pending_catalog.insert(id, reply);
             }
             Command::Offer { envelope, reply } => {
-                let result = match self
-                    .swarm
-                    .behaviour_mut()
-                    .gossipsub
-                    .publish(self.offer_topic.clone(), envelope)
-                {
-                    Ok(_)
-                    | Err(gossipsub::PublishError::NoPeersSubscribedToTopic)
-                    | Err(gossipsub::PublishError::Duplicate) => Ok(()),
-                    Err(e) => Err(NetError::Gossip(e.to_string())),
-                };
-                let _ = reply.send(result);
+                let topic = self.offer_topic.clone();
+                let _ = reply.send(self.publish(topic, envelope));
             }
             Command::Infer { peer, call, reply } => {
                 let id = self.swarm.behaviour_mut().infer.send_request(&peer, call);
                 self.pending_infer.insert(id, reply);
             }
+        }
+    }
+
+    /// Publishes on a gossip topic. Nobody to tell yet is fine: later peers sync the catalogue
+    /// or hear the next re-announcement.
+    fn publish(&mut self, topic: IdentTopic, data: Vec<u8>) -> Result<(), NetError> {
+        match self.swarm.behaviour_mut().gossipsub.publish(topic, data) {
+            Ok(_)
+            | Err(gossipsub::PublishError::NoPeersSubscribedToTopic)
+            | Err(gossipsub::PublishError::Duplicate) => Ok(()),
+            Err(e) => Err(NetError::Gossip(e.to_string())),
         }
     }
 
