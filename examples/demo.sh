@@ -42,7 +42,9 @@ echo "$mini"
 moxnet show "$mini"
 
 echo "== moxnet node (HTTP API and Open Inference Protocol v2 on 127.0.0.1)"
-moxnet node --listen /ip4/127.0.0.1/udp/0/quic-v1 --api 127.0.0.1:0 --no-mdns &
+# The binary itself, not the `moxnet` function: `$!` must be the node's pid (a function in the
+# background runs in a subshell, and killing that subshell would orphan the node).
+"$target/debug/moxnet" node --listen /ip4/127.0.0.1/udp/0/quic-v1 --api 127.0.0.1:0 --no-mdns &
 node_pid=$!
 trap 'kill $node_pid 2>/dev/null || true; wait $node_pid 2>/dev/null || true' EXIT
 for _ in $(seq 300); do
@@ -60,7 +62,7 @@ echo "Published models $id (iris-linear) and $mini (all-MiniLM-L6-v2) in $MOXNET
 echo "Call the embedding model:"
 echo "  MOXNET_HOME=$MOXNET_HOME $target/debug/moxnet call $mini --input '{\"text\": [\"your sentence here\"]}'"
 echo "or over HTTP (Open Inference Protocol v2):"
-echo "  curl -s $api/v2/models/$mini/infer -d '{\"inputs\": [{\"name\": \"text\", \"datatype\": \"BYTES\", \"shape\": [1], \"data\": [\"your sentence here\"]}]}'"
+echo "  curl -s $api/v2/models/$mini/infer -H 'Content-Type: application/json' -d '{\"inputs\": [{\"name\": \"text\", \"datatype\": \"BYTES\", \"shape\": [1], \"data\": [\"your sentence here\"]}]}'"
 if [ -t 1 ] && [ -z "${CI:-}" ]; then
     echo "The node is running; Ctrl-C stops it."
     wait $node_pid

@@ -1,26 +1,32 @@
-//! The CLI's side of the node's HTTP API: finding a running node for a home, sending it store
-//! commands, and following a fetch. A minimal HTTP/1.1 client over a loopback TCP socket.
+//! The CLI's side of the node's HTTP API: finding the node running on a home, and calling its
+//! typed `/api/v1` routes with the owner's token. A minimal HTTP/1.1 client over a loopback
+//! TCP socket (one request per connection).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use protocol::BlobHash;
-use serde_json::{Value, json};
+use api::dto::{FetchProgress, FetchState};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
 
-use crate::cli::Command;
 use crate::output;
 
 /// The file in a home that holds the running node's API address.
 pub const API_FILE: &str = "api";
+/// The file in a home that holds the API token (mode 0600), rewritten at every node start.
+pub const TOKEN_FILE: &str = "api.token";
+/// The largest answer the CLI reads (a listing of a large store).
+const MAX_ANSWER: u64 = 256 << 20;
 
 /// A running node's API.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Api {
     addr: SocketAddr,
+    token: String,
 }
 
 impl Api {
@@ -35,22 +41,73 @@ impl Api {
         if TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_err() {
             return Ok(None);
         }
-        Ok(Some(Api { addr }))
+        let token_file = home.join(TOKEN_FILE);
+        let token = std::fs::read_to_string(&token_file)
+            .with_context(|| {
+                format!(
+                    "a node runs on this home but its token {} cannot be read (run as the node's user)",
+                    token_file.display()
+                )
+            })?
+            .trim()
+            .to_string();
+        Ok(Some(Api { addr, token }))
+    }
+
+    /// `GET path`, decoded as `T`.
+    pub fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        self.bodyless("GET", path)
+    }
+
+    /// `method path` without a body, decoded as `T`.
+    pub fn bodyless<T: DeserializeOwned>(&self, method: &str, path: &str) -> Result<T> {
+        self.call(method, path, None::<&()>)
+    }
+
+    /// `method path` with a JSON body, decoded as `T`.
+    pub fn send<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: &B,
+    ) -> Result<T> {
+        self.call(method, path, Some(body))
+    }
+
+    fn call<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<T> {
+        let body = body.map(serde_json::to_vec).transpose()?;
+        let (status, answer) = self.request(method, path, body.as_deref())?;
+        if !(200..300).contains(&status) {
+            let reason = answer["error"]
+                .as_str()
+                .map_or_else(|| answer.to_string(), str::to_string);
+            bail!("{reason} (HTTP {status} from the node)");
+        }
+        serde_json::from_value(answer)
+            .with_context(|| format!("the node's answer to {method} {path} is not what this CLI expects (is it another version?)"))
     }
 
     /// Sends a request; returns the status and the JSON body.
-    pub fn request(&self, method: &str, path: &str, body: Option<&Value>) -> Result<(u16, Value)> {
+    pub fn request(&self, method: &str, path: &str, body: Option<&[u8]>) -> Result<(u16, Value)> {
         let mut stream = TcpStream::connect_timeout(&self.addr, Duration::from_secs(5))
             .with_context(|| format!("connecting to the node's API at {}", self.addr))?;
-        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        let body = body.unwrap_or_default();
         write!(
             stream,
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
             self.addr,
+            self.token,
             body.len()
         )
+        .and_then(|()| stream.write_all(body))
         .context("sending to the node's API")?;
-        let mut reader = BufReader::new(stream);
+        let mut reader = BufReader::new(stream.take(MAX_ANSWER));
         let mut status_line = String::new();
         reader
             .read_line(&mut status_line)
@@ -99,67 +156,36 @@ impl Api {
     }
 }
 
-/// Has the node run a store command; prints what it printed.
-pub fn exec(api: &Api, command: &Command, json: bool) -> Result<ExitCode> {
-    let (status, answer) = api.request(
-        "POST",
-        "/api/v1/exec",
-        Some(&json!({ "command": command, "json": json })),
-    )?;
-    if status != 200 {
-        bail!("the node refused the command (HTTP {status}): {answer}");
-    }
-    if let Some(text) = answer["stdout"].as_str() {
-        print!("{text}");
-    }
-    if let Some(err) = answer["error"].as_str() {
-        bail!("{err}");
-    }
-    Ok(ExitCode::from(answer["code"].as_u64().unwrap_or(1) as u8))
-}
-
 /// Starts a fetch on the node and follows it to the end, with a progress bar on a terminal.
-pub fn fetch(api: &Api, id: &BlobHash, json: bool) -> Result<ExitCode> {
-    let (status, answer) = api.request("POST", &format!("/api/v1/fetch/{id}"), None)?;
-    if status != 200 && status != 202 {
-        bail!("the node refused to fetch {id} (HTTP {status}): {answer}");
-    }
+pub fn fetch(api: &Api, id: &str, json: bool) -> Result<FetchProgress> {
+    let path = format!("/api/v1/fetch/{id}");
+    api.bodyless::<FetchProgress>("POST", &path)?;
     let mut bar = None;
     loop {
-        let (_, progress) = api.request("GET", &format!("/api/v1/fetch/{id}"), None)?;
-        let total = progress["bytes_total"].as_u64().unwrap_or(0);
-        let done = progress["bytes_done"].as_u64().unwrap_or(0);
-        if bar.is_none() && total > 0 {
-            bar = output::progress(json, total, "fetching");
+        let progress: FetchProgress = api.get(&path)?;
+        if bar.is_none() && progress.bytes_total > 0 {
+            bar = output::progress(json, progress.bytes_total, "fetching");
         }
         if let Some(b) = &bar {
-            b.set_position(done);
+            b.set_position(progress.bytes_done);
         }
-        match progress["state"].as_str() {
-            Some("complete") => {
+        match progress.state {
+            FetchState::Complete => {
                 if let Some(b) = bar {
                     b.finish_and_clear();
                 }
-                output::emit(json, progress.clone(), || {
-                    format!(
-                        "fetched {id} ({} from {} peers, {} peers banned)",
-                        output::bytes(total),
-                        progress["peers_used"].as_u64().unwrap_or(0),
-                        progress["peers_banned"].as_u64().unwrap_or(0)
-                    )
-                });
-                return Ok(ExitCode::SUCCESS);
+                return Ok(progress);
             }
-            Some("failed") => {
+            FetchState::Failed => {
                 if let Some(b) = bar {
                     b.abandon();
                 }
                 bail!(
                     "fetching {id} failed: {}",
-                    progress["error"].as_str().unwrap_or("unknown error")
+                    progress.error.as_deref().unwrap_or("unknown error")
                 );
             }
-            _ => std::thread::sleep(Duration::from_millis(200)),
+            FetchState::Running => std::thread::sleep(Duration::from_millis(200)),
         }
     }
 }

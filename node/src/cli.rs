@@ -3,7 +3,6 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use serde::{Deserialize, Serialize};
 
 /// moxnet: share AI models peer to peer. A model goes live the moment it is published.
 #[derive(Debug, Parser)]
@@ -17,14 +16,28 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub json: bool,
 
+    /// How logs (on stderr) are written: `text` for people, `json` (one object per line) for
+    /// log collectors. `RUST_LOG` chooses what is logged.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "MOXNET_LOG_FORMAT")]
+    pub log_format: LogFormat,
+
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
 }
 
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
 /// The subcommands. While a node runs on the home, store commands are sent to it over its HTTP
-/// API (it holds the store), so they are serialisable.
-#[derive(Debug, Subcommand, Serialize, Deserialize)]
+/// API (it holds the store).
+#[derive(Debug, Subcommand)]
 pub enum Command {
     /// Create a home: an identity key (mode 0600) and an empty store.
     Init,
@@ -114,7 +127,7 @@ pub enum Command {
 }
 
 /// `moxnet node …`
-#[derive(Debug, Clone, Default, Args, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Args)]
 pub struct NodeArgs {
     /// Listen address (repeatable), e.g. /ip4/0.0.0.0/tcp/4001 or /ip4/0.0.0.0/udp/4001/quic-v1.
     #[arg(long = "listen", value_name = "MULTIADDR")]
@@ -134,7 +147,7 @@ pub struct NodeArgs {
 }
 
 /// `moxnet snapshot …`
-#[derive(Debug, Subcommand, Serialize, Deserialize)]
+#[derive(Debug, Subcommand)]
 pub enum SnapshotCommand {
     /// Record a training snapshot of a package: step, metrics, weight files. The next
     /// `publish` of the package links every snapshot recorded so far.

@@ -257,31 +257,29 @@ impl Offers {
     }
 
     /// The offers and stats, for the API.
-    pub fn to_json(&self, now_ms: u64) -> Value {
+    pub fn views(&self, now_ms: u64) -> Vec<api::dto::OfferView> {
         let mut list: Vec<&Entry> = self.by_node.values().collect();
         list.sort_by_key(|e| e.peer.to_string());
-        Value::Array(
-            list.into_iter()
-                .map(|e| {
-                    let o = e.offer.body();
-                    json!({
-                        "node_id": e.offer.signer().to_string(),
-                        "peer_id": e.peer.to_string(),
-                        "cores": o.cores,
-                        "memory_mib": o.memory_mib,
-                        "gpus": o.gpus,
-                        "backends": o.backends,
-                        "models": o.models.iter().map(|m| m.to_string()).collect::<Vec<_>>(),
-                        "max_concurrent": o.max_concurrent,
-                        "price_per_mfuel": o.price_per_mfuel,
-                        "expires_in_s": o.expires_ms.saturating_sub(now_ms) / 1000,
-                        "latency_ms": e.stats.latency_ms,
-                        "in_flight": e.stats.in_flight,
-                        "failures": e.stats.failures,
-                    })
-                })
-                .collect(),
-        )
+        list.into_iter()
+            .map(|e| {
+                let o = e.offer.body();
+                api::dto::OfferView {
+                    node_id: e.offer.signer().to_string(),
+                    peer_id: e.peer.to_string(),
+                    cores: o.cores,
+                    memory_mib: o.memory_mib,
+                    gpus: o.gpus.clone(),
+                    backends: o.backends.clone(),
+                    models: o.models.iter().map(|m| m.to_string()).collect(),
+                    max_concurrent: o.max_concurrent,
+                    price_per_mfuel: o.price_per_mfuel,
+                    expires_in_s: o.expires_ms.saturating_sub(now_ms) / 1000,
+                    latency_ms: e.stats.latency_ms,
+                    in_flight: e.stats.in_flight,
+                    failures: e.stats.failures,
+                }
+            })
+            .collect()
     }
 }
 
@@ -425,17 +423,6 @@ impl Compute {
     }
 }
 
-/// A test-only fault in a provider: `wrong-output` (a corrupted output, honestly hashed and
-/// signed: only comparing providers catches it), `bad-hash` (outputs that do not match the
-/// signed hash) or `silent` (never answers). Honoured in debug builds or with `--features byzantine`, from
-/// `MOXNET_TEST_FAULT`.
-fn fault() -> Option<String> {
-    if !(cfg!(feature = "byzantine") || cfg!(debug_assertions)) {
-        return None;
-    }
-    std::env::var("MOXNET_TEST_FAULT").ok()
-}
-
 /// Answers one inbound call (see the module docs for the checks).
 pub async fn handle_call(node: Arc<Node>, from: PeerId, call: Vec<u8>) -> InferReply {
     let refuse = |status, message: String| InferReply::error(status, message);
@@ -509,10 +496,6 @@ pub async fn handle_call(node: Arc<Node>, from: PeerId, call: Vec<u8>) -> InferR
         Err(e) if e.status == 404 => return refuse(InferStatus::NotFound, e.message),
         Err(e) => return refuse(InferStatus::Internal, e.message),
     };
-    let fault = fault();
-    if fault.as_deref() == Some("silent") {
-        tokio::time::sleep(Duration::from_secs(3600)).await;
-    }
     let worker = node.clone();
     let max_fuel = r.max_fuel;
     let ran =
@@ -530,17 +513,9 @@ pub async fn handle_call(node: Arc<Node>, from: PeerId, call: Vec<u8>) -> InferR
         }
         Err(e) => return refuse(InferStatus::Internal, format!("the call failed: {e}")),
     };
-    let mut outputs = to_wire(&outcome.outputs);
-    if fault.as_deref() == Some("wrong-output")
-        && let Some(byte) = outputs.tensors.first_mut().and_then(|t| t.data.last_mut())
-    {
-        *byte ^= 0x40;
-    }
-    let mut output = outputs.to_bytes();
+    node.metrics.fuel.inc_by(outcome.fuel);
+    let output = to_wire(&outcome.outputs).to_bytes();
     let output_hash = BlobHash::of(&output);
-    if fault.as_deref() == Some("bad-hash") {
-        output.push(0);
-    }
     let result = node.home.key.sign(InferResult {
         request: BlobHash::of(&call.request),
         model: r.model,

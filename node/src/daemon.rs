@@ -10,26 +10,24 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use axum::extract::{Path as UrlPath, Query, State};
-use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use net::libp2p::{Multiaddr, PeerId, multiaddr::Protocol};
 use net::{NetConfig, NetEvent, Provider};
 use protocol::{BlobHash, ModelId};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::json;
 
-use crate::api_client::API_FILE;
-use crate::cli::{Command, NodeArgs};
-use crate::compute::{CallOptions, Compute, ComputeConfig};
+use api::dto::FetchState;
+
+use crate::api_client::{API_FILE, TOKEN_FILE};
+use crate::cli::NodeArgs;
+use crate::compute::{Compute, ComputeConfig};
 use crate::fetcher::{self, Progress};
 use crate::home::Home;
 use crate::inference::{CallError, Inference};
+use crate::metrics::{Metrics, Outcome, Place};
 use crate::output;
 
-/// The largest HTTP request body (an inference request's JSON).
-const MAX_REQUEST_BYTES: usize = 64 << 20;
+/// Manifests learnt from peers being stored at once; more are dropped (and logged).
+const MAX_MANIFEST_IMPORTS: usize = 256;
 
 /// What the node shares between its tasks.
 pub struct Node {
@@ -42,9 +40,13 @@ pub struct Node {
     /// One lock per model being fetched for a call.
     fetch_locks: Mutex<HashMap<BlobHash, Arc<tokio::sync::Mutex<()>>>>,
     /// Fetches started through the API, by root hash.
-    fetches: Mutex<HashMap<BlobHash, Arc<Mutex<Progress>>>>,
+    pub fetches: Mutex<HashMap<BlobHash, Arc<Mutex<Progress>>>>,
     /// Peers that announced or synced each model to us: likely providers.
     pub announcers: Mutex<HashMap<BlobHash, HashSet<PeerId>>>,
+    /// The node's metrics (`GET /metrics`).
+    pub metrics: Metrics,
+    /// Bounds the manifests being stored at once (see [`MAX_MANIFEST_IMPORTS`]).
+    manifest_imports: Arc<tokio::sync::Semaphore>,
     /// Models already announced and provided by this node.
     announced: Mutex<HashSet<ModelId>>,
     /// The sandbox and the models loaded in it.
@@ -68,34 +70,21 @@ impl Node {
 /// Serves blobs and the catalogue from the store (called by `net` on blocking threads).
 struct StoreProvider {
     home: Arc<Home>,
+    /// `moxnet_blob_served_bytes_total`.
+    served: prometheus_client::metrics::counter::Counter,
 }
 
-/// Whether this node corrupts what it serves: test-only, for Byzantine scenarios. Built in with
-/// `--features byzantine`, or in debug builds when `MOXNET_TEST_BYZANTINE=1` is set (release
-/// builds without the feature never misbehave).
-fn byzantine() -> bool {
-    cfg!(feature = "byzantine")
-        || (cfg!(debug_assertions)
-            && std::env::var_os("MOXNET_TEST_BYZANTINE").is_some_and(|v| v == "1"))
-}
-
-/// Test-only Byzantine behaviour: flips one byte in every 64 KiB it serves.
-struct Corrupt<'a> {
+/// Counts the bytes written through it.
+struct Counting<'a> {
     inner: &'a mut dyn Write,
-    written: usize,
+    counter: &'a prometheus_client::metrics::counter::Counter,
 }
 
-impl Write for Corrupt<'_> {
+impl Write for Counting<'_> {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        let mut data = data.to_vec();
-        for (i, b) in data.iter_mut().enumerate() {
-            if (self.written + i) % 65_536 == 1_000 {
-                *b ^= 0xa5;
-            }
-        }
-        self.written += data.len();
-        self.inner.write_all(&data)?;
-        Ok(data.len())
+        let n = self.inner.write(data)?;
+        self.counter.inc_by(n as u64);
+        Ok(n)
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
@@ -115,26 +104,19 @@ impl Provider for StoreProvider {
         out: &mut dyn Write,
     ) -> std::io::Result<()> {
         let ranges = store::chunk_ranges(groups);
-        let result = if byzantine() {
-            self.home.store.read_ranges(
-                hash,
-                &ranges,
-                Corrupt {
-                    inner: out,
-                    written: 0,
-                },
-            )
-        } else {
-            self.home.store.read_ranges(hash, &ranges, out)
+        let out = Counting {
+            inner: out,
+            counter: &self.served,
         };
-        result.map_err(std::io::Error::other)
+        self.home
+            .store
+            .read_ranges(hash, &ranges, out)
+            .map_err(std::io::Error::other)
     }
 
     fn catalog(&self) -> Vec<Vec<u8>> {
         let store = &self.home.store;
-        store
-            .manifests()
-            .unwrap_or_default()
+        crate::ops::known_models(store)
             .into_iter()
             .filter_map(|id| {
                 store
@@ -165,7 +147,11 @@ async fn serve(
     config: crate::config::NodeConfig,
     json: bool,
 ) -> Result<()> {
-    let provider = Arc::new(StoreProvider { home: home.clone() });
+    let mut metrics = Metrics::new();
+    let provider = Arc::new(StoreProvider {
+        home: home.clone(),
+        served: metrics.bytes_served.clone(),
+    });
     let net_config = NetConfig {
         seed: home.key.seed(),
         listen: config.listen.clone(),
@@ -173,9 +159,10 @@ async fn serve(
         mdns: config.mdns,
         ..NetConfig::default()
     };
-    let (client, mut events) = net::spawn(net_config, provider)
-        .await
-        .context("starting the network")?;
+    let (client, mut events) =
+        net::spawn_with_metrics(net_config, provider, metrics.registry_mut())
+            .await
+            .context("starting the network")?;
     let (sandbox_config, limits) = config.inference.sandbox();
     let inference = Arc::new(Inference::new(&dir, sandbox_config, limits)?);
     let node = Arc::new(Node {
@@ -186,6 +173,8 @@ async fn serve(
         fetch_locks: Mutex::new(HashMap::new()),
         announcers: Mutex::new(HashMap::new()),
         announced: Mutex::new(HashSet::new()),
+        manifest_imports: Arc::new(tokio::sync::Semaphore::new(MAX_MANIFEST_IMPORTS)),
+        metrics,
         inference,
         compute: Compute::new(ComputeConfig::from(&config.compute)),
     });
@@ -224,11 +213,16 @@ async fn serve(
                     _ => None,
                 });
                 if peer.is_some_and(|p| !peers.contains(&p)) {
-                    let _ = tokio::time::timeout(
+                    match tokio::time::timeout(
                         Duration::from_secs(5),
                         redial_node.net.dial(addr.clone()),
                     )
-                    .await;
+                    .await
+                    {
+                        Ok(Ok(())) => tracing::debug!(%addr, "redialled a bootstrap peer"),
+                        Ok(Err(e)) => tracing::debug!(%addr, "bootstrap peer unreachable: {e}"),
+                        Err(_) => tracing::debug!(%addr, "bootstrap peer: no answer in 5 s"),
+                    }
                 }
             }
         }
@@ -243,6 +237,8 @@ async fn serve(
         .await
         .with_context(|| format!("binding the HTTP API to {}", config.api))?;
     let api_addr = listener.local_addr().context("reading the API address")?;
+    // The token first, then the address: a CLI that finds the address finds the token too.
+    let token = write_token(&dir)?;
     let api_file = dir.join(API_FILE);
     std::fs::write(&api_file, format!("{api_addr}\n"))
         .with_context(|| format!("writing {}", api_file.display()))?;
@@ -258,28 +254,31 @@ async fn serve(
             )
         },
     );
-    let _ = std::io::stdout().flush();
+    if let Err(e) = std::io::stdout().flush() {
+        tracing::warn!("flushing stdout: {e}");
+    }
+    tracing::info!(peer = %node.net.peer_id(), api = %api_addr, "node started");
 
-    let app = Router::new()
-        .route("/api/v1/node", get(node_info))
-        .route("/api/v1/models", get(models))
-        .route("/api/v1/blobs", get(blobs))
-        .route("/api/v1/exec", post(exec))
-        .route("/api/v1/fetch/{id}", post(start_fetch).get(fetch_progress))
-        .route("/api/v1/offers", get(offers))
-        .route("/v2/health/live", get(live))
-        .route("/v2/health/ready", get(ready))
-        .route("/v2/models/{id}", get(model_metadata))
-        .route("/v2/models/{id}/ready", get(model_ready))
-        .route("/v2/models/{id}/infer", post(infer))
-        .layer(axum::extract::DefaultBodyLimit::max(MAX_REQUEST_BYTES))
-        .with_state(node.clone());
+    let app = api::router(
+        Arc::new(crate::service::Service(node.clone())),
+        api::Access::new(api_addr.port(), token),
+    );
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await;
-    let _ = std::fs::remove_file(&api_file);
+    if let Err(e) = std::fs::remove_file(&api_file) {
+        tracing::warn!("removing {}: {e}", api_file.display());
+    }
     node.home.store.flush().context("flushing the store")?;
     served.context("serving the HTTP API")
+}
+
+/// Writes a fresh random API token to `<home>/api.token`, readable by the owner only (0600),
+/// and returns it. Every node start makes a new one.
+fn write_token(dir: &Path) -> Result<String> {
+    let token = crate::home::random_hex().context("making the API token")?;
+    crate::home::write_secret(&dir.join(TOKEN_FILE), &token)?;
+    Ok(token)
 }
 
 async fn shutdown_signal() {
@@ -287,7 +286,9 @@ async fn shutdown_signal() {
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(s) => s,
         Err(_) => {
-            let _ = ctrl_c.await;
+            if let Err(e) = ctrl_c.await {
+                tracing::warn!("waiting for ctrl-c: {e}");
+            }
             return;
         }
     };
@@ -315,17 +316,30 @@ async fn on_event(node: &Arc<Node>, event: NetEvent) {
                 .entry(id.blob())
                 .or_default()
                 .insert(from);
+            // Learning a model stores its signed manifest (not its files) in the catalogue, on
+            // a blocking thread: the event loop never waits for the disk. A burst beyond
+            // `MAX_MANIFEST_IMPORTS` in flight is shed (the next sync or announcement brings
+            // the manifest again).
+            let Ok(permit) = node.manifest_imports.clone().try_acquire_owned() else {
+                node.metrics.manifests_dropped.inc();
+                tracing::warn!(model = %id, peer = %from, "too many manifests being stored; dropped this one");
+                return;
+            };
             let home = node.home.clone();
             let links = manifest.body().referenced_blobs();
-            // Learning a model stores its signed manifest (not its files) in the catalogue.
-            let _ = tokio::task::spawn_blocking(move || -> Result<()> {
-                if !home.store.has(id.blob())? {
-                    home.store.import_bytes(&bytes, "manifest", links)?;
+            tokio::task::spawn_blocking(move || {
+                let _permit = permit;
+                let stored = (|| -> Result<()> {
+                    if !home.store.has(id.blob())? {
+                        home.store.import_bytes(&bytes, "manifest", links)?;
+                    }
+                    home.store.index_manifest(id)?;
+                    Ok(())
+                })();
+                if let Err(e) = stored {
+                    tracing::warn!(model = %id, "storing a learnt manifest: {e:#}");
                 }
-                home.store.index_manifest(id)?;
-                Ok(())
-            })
-            .await;
+            });
         }
         NetEvent::Offer { offer, .. } => {
             if offer.signer() != node.home.key.node_id() {
@@ -337,7 +351,20 @@ async fn on_event(node: &Arc<Node>, event: NetEvent) {
         NetEvent::InferCall { from, call, reply } => {
             let node = node.clone();
             tokio::spawn(async move {
-                let answer = crate::compute::handle_call(node, from, call).await;
+                let answer = crate::compute::handle_call(node.clone(), from, call).await;
+                use protocol::compute::InferStatus;
+                let outcome = match answer.status {
+                    InferStatus::Ok => Outcome::Ok,
+                    InferStatus::Busy => Outcome::Busy,
+                    InferStatus::BadRequest | InferStatus::NotFound | InferStatus::Refused => {
+                        Outcome::Refused
+                    }
+                    InferStatus::Failed | InferStatus::Internal => Outcome::Failed,
+                };
+                node.metrics.call(Place::Served, outcome);
+                if outcome != Outcome::Ok {
+                    tracing::debug!(peer = %from, status = ?answer.status, "refused or failed a call for a peer: {}", answer.message.as_deref().unwrap_or(""));
+                }
                 reply.send(protocol::Object::to_bytes(&answer));
             });
         }
@@ -351,9 +378,7 @@ pub async fn complete_models(node: &Arc<Node>) -> Vec<ModelId> {
     let home = node.home.clone();
     tokio::task::spawn_blocking(move || {
         let store = &home.store;
-        store
-            .manifests()
-            .unwrap_or_default()
+        crate::ops::known_models(store)
             .into_iter()
             .filter(|id| is_complete(store, *id))
             .collect()
@@ -362,15 +387,10 @@ pub async fn complete_models(node: &Arc<Node>) -> Vec<ModelId> {
     .unwrap_or_default()
 }
 
-/// Whether a model's manifest and all its files are in the store.
-fn is_complete(store: &store::Store, id: ModelId) -> bool {
-    crate::commands::load_manifest(store, id).is_ok_and(|signed| {
-        signed
-            .body()
-            .files
-            .iter()
-            .all(|f| store.has(f.hash).unwrap_or(false))
-    })
+/// Whether a model's manifest, files and guest are all in the store.
+pub fn is_complete(store: &store::Store, id: ModelId) -> bool {
+    crate::ops::load_manifest(store, id)
+        .is_ok_and(|signed| crate::ops::is_local(store, signed.body()))
 }
 
 /// Announces every local manifest not yet announced, and provides it and its files.
@@ -378,23 +398,16 @@ pub async fn announce_local(node: &Arc<Node>) {
     let home = node.home.clone();
     let local = tokio::task::spawn_blocking(move || -> Vec<(ModelId, Vec<u8>, Vec<BlobHash>)> {
         let store = &home.store;
-        store
-            .manifests()
-            .unwrap_or_default()
+        crate::ops::known_models(store)
             .into_iter()
             .filter_map(|id| {
-                let signed = crate::commands::load_manifest(store, id).ok()?;
+                let signed = crate::ops::load_manifest(store, id).ok()?;
                 let blobs: Vec<BlobHash> = std::iter::once(id.blob())
                     .chain(signed.body().referenced_blobs())
                     .filter(|h| store.has(*h).unwrap_or(false))
                     .collect();
-                // Only models whose files are all here are ours to announce.
-                let complete = signed
-                    .body()
-                    .files
-                    .iter()
-                    .all(|f| store.has(f.hash).unwrap_or(false));
-                complete.then(|| (id, signed.to_bytes(), blobs))
+                // Only models whose files and guest are all here are ours to announce.
+                crate::ops::is_local(store, signed.body()).then(|| (id, signed.to_bytes(), blobs))
             })
             .collect()
     })
@@ -409,193 +422,21 @@ pub async fn announce_local(node: &Arc<Node>) {
         {
             continue;
         }
-        let _ = node.net.announce(envelope).await;
+        if let Err(e) = node.net.announce(envelope).await {
+            tracing::warn!(model = %id, "announcing: {e}");
+        }
         for hash in blobs {
-            let _ = node.net.provide(hash).await;
-        }
-    }
-}
-
-async fn node_info(State(node): State<Arc<Node>>) -> Json<Value> {
-    let peers: Vec<String> = node
-        .net
-        .peers()
-        .await
-        .unwrap_or_default()
-        .iter()
-        .map(|p| p.to_string())
-        .collect();
-    let listen = node.listen_addrs();
-    Json(json!({
-        "node_id": node.home.key.node_id().to_string(),
-        "peer_id": node.net.peer_id().to_string(),
-        "listen": listen,
-        "peers": peers,
-    }))
-}
-
-fn run_captured(node: &Arc<Node>, command: Command, json: bool) -> Value {
-    let (result, stdout) = output::capture(|| crate::commands::execute(&node.home, command, json));
-    match result {
-        Ok(code) => {
-            json!({ "code": if code == std::process::ExitCode::SUCCESS { 0 } else { 1 }, "stdout": stdout })
-        }
-        Err(e) => json!({ "code": 1, "stdout": stdout, "error": format!("{e:#}") }),
-    }
-}
-
-async fn models(State(node): State<Arc<Node>>) -> (StatusCode, Json<Value>) {
-    listing(node, Command::Models).await
-}
-
-async fn blobs(State(node): State<Arc<Node>>) -> (StatusCode, Json<Value>) {
-    listing(node, Command::Ls).await
-}
-
-/// Runs a listing command with JSON output and returns its object.
-async fn listing(node: Arc<Node>, command: Command) -> (StatusCode, Json<Value>) {
-    let answer = tokio::task::spawn_blocking(move || run_captured(&node, command, true)).await;
-    match answer {
-        Ok(v) => match serde_json::from_str::<Value>(v["stdout"].as_str().unwrap_or("")) {
-            Ok(list) => (StatusCode::OK, Json(list)),
-            Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, Json(v)),
-        },
-        Err(e) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            Json(json!({ "error": e.to_string() })),
-        ),
-    }
-}
-
-#[derive(Deserialize)]
-struct ExecRequest {
-    command: Command,
-    #[serde(default)]
-    json: bool,
-}
-
-/// Runs a CLI store command inside the node (which holds the store), then announces anything
-/// newly published.
-async fn exec(
-    State(node): State<Arc<Node>>,
-    Json(request): Json<ExecRequest>,
-) -> (StatusCode, Json<Value>) {
-    if matches!(
-        request.command,
-        Command::Init | Command::Node(_) | Command::Fetch { .. }
-    ) {
-        return (
-            StatusCode::BAD_REQUEST,
-            Json(json!({ "error": "not a store command" })),
-        );
-    }
-    let worker = node.clone();
-    let answer =
-        tokio::task::spawn_blocking(move || run_captured(&worker, request.command, request.json))
-            .await;
-    announce_local(&node).await;
-    match answer {
-        Ok(v) => (StatusCode::OK, Json(v)),
-        Err(e) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            Json(json!({ "error": e.to_string() })),
-        ),
-    }
-}
-
-async fn start_fetch(
-    State(node): State<Arc<Node>>,
-    UrlPath(id): UrlPath<String>,
-) -> (StatusCode, Json<Value>) {
-    let hash: BlobHash = match id.parse() {
-        Ok(h) => h,
-        Err(e) => {
-            return (
-                StatusCode::BAD_REQUEST,
-                Json(json!({ "error": format!("{id:?}: {e}") })),
-            );
-        }
-    };
-    let progress = {
-        let mut fetches = node.fetches.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(existing) = fetches.get(&hash) {
-            let running = existing.lock().unwrap_or_else(|p| p.into_inner()).state == "running";
-            if running {
-                return (StatusCode::ACCEPTED, Json(json!({ "state": "running" })));
+            if let Err(e) = node.net.provide(hash).await {
+                tracing::warn!(model = %id, blob = %hash, "providing on the DHT: {e}");
             }
         }
-        let progress = Arc::new(Mutex::new(Progress::default()));
-        fetches.insert(hash, progress.clone());
-        progress
-    };
-    let worker = node.clone();
-    tokio::spawn(async move {
-        let result = fetcher::fetch(&worker, hash, progress.clone()).await;
-        let mut p = progress.lock().unwrap_or_else(|p| p.into_inner());
-        match result {
-            Ok(()) => p.state = "complete",
-            Err(e) => {
-                p.state = "failed";
-                p.error = Some(format!("{e:#}"));
-            }
-        }
-    });
-    (StatusCode::ACCEPTED, Json(json!({ "state": "running" })))
-}
-
-async fn fetch_progress(
-    State(node): State<Arc<Node>>,
-    UrlPath(id): UrlPath<String>,
-) -> (StatusCode, Json<Value>) {
-    let Ok(hash) = id.parse::<BlobHash>() else {
-        return (
-            StatusCode::BAD_REQUEST,
-            Json(json!({ "error": "not a hash" })),
-        );
-    };
-    let progress = node
-        .fetches
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .get(&hash)
-        .cloned();
-    match progress {
-        Some(p) => {
-            let p = p.lock().unwrap_or_else(|p| p.into_inner());
-            (StatusCode::OK, Json(p.to_json(hash)))
-        }
-        None => (
-            StatusCode::NOT_FOUND,
-            Json(json!({ "error": "no such fetch" })),
-        ),
+        tracing::info!(model = %id, "announced");
     }
-}
-
-/// An OIP error answer.
-fn oip_error(e: &CallError) -> (StatusCode, Json<Value>) {
-    (
-        StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-        Json(e.to_json()),
-    )
-}
-
-async fn live() -> Json<Value> {
-    Json(json!({ "live": true }))
-}
-
-async fn ready(State(node): State<Arc<Node>>) -> Json<Value> {
-    Json(json!({ "ready": true, "backend": node.inference.backend() }))
-}
-
-fn parse_model(id: &str) -> Result<ModelId, CallError> {
-    id.parse::<BlobHash>()
-        .map(ModelId)
-        .map_err(|e| CallError::new(400, format!("{id:?} is not a model id: {e}")))
 }
 
 /// Loads a local model into the sandbox (on a blocking thread: compiling a guest takes a while
 /// the first time).
-async fn load_local(
+pub async fn load_local(
     node: &Arc<Node>,
     id: ModelId,
 ) -> Result<Arc<crate::inference::Loaded>, CallError> {
@@ -606,111 +447,6 @@ async fn load_local(
     tokio::task::spawn_blocking(move || worker.inference.load(&worker.home.store, id))
         .await
         .map_err(|e| CallError::new(500, format!("loading the model: {e}")))?
-}
-
-/// The local model named in a request path, loaded.
-async fn load_named(
-    node: &Arc<Node>,
-    id: &str,
-) -> Result<Arc<crate::inference::Loaded>, CallError> {
-    load_local(node, parse_model(id)?).await
-}
-
-async fn model_metadata(
-    State(node): State<Arc<Node>>,
-    UrlPath(id): UrlPath<String>,
-) -> (StatusCode, Json<Value>) {
-    match load_named(&node, &id).await {
-        Ok(l) => (StatusCode::OK, Json(l.metadata())),
-        Err(e) => oip_error(&e),
-    }
-}
-
-async fn model_ready(
-    State(node): State<Arc<Node>>,
-    UrlPath(id): UrlPath<String>,
-) -> (StatusCode, Json<Value>) {
-    match load_named(&node, &id).await {
-        Ok(l) => (
-            StatusCode::OK,
-            Json(json!({ "name": l.id.to_string(), "ready": true })),
-        ),
-        Err(e) => oip_error(&e),
-    }
-}
-
-/// `GET /api/v1/offers`: the compute offers this node knows, with what it measured.
-async fn offers(State(node): State<Arc<Node>>) -> Json<Value> {
-    let now = crate::compute::now_ms();
-    let mut offers = node.compute.offers();
-    offers.prune(now);
-    Json(json!({ "serving": node.compute.config.serve, "offers": offers.to_json(now) }))
-}
-
-/// Query parameters of `POST /v2/models/{id}/infer`.
-#[derive(Debug, Default, Deserialize)]
-struct InferQuery {
-    /// Run on this peer only.
-    on: Option<String>,
-    /// Run on two providers and compare.
-    #[serde(default)]
-    verify: bool,
-}
-
-/// `POST /v2/models/{id}/infer[?on=PEER][&verify=true]`: runs here when the model is here (and
-/// no provider is forced), else on a peer that offers compute, else fetches it and runs here.
-async fn infer(
-    State(node): State<Arc<Node>>,
-    UrlPath(id): UrlPath<String>,
-    Query(query): Query<InferQuery>,
-    body: axum::body::Bytes,
-) -> (StatusCode, Json<Value>) {
-    let id = match parse_model(&id) {
-        Ok(id) => id,
-        Err(e) => return oip_error(&e),
-    };
-    let request: Value = match serde_json::from_slice(&body) {
-        Ok(v) => v,
-        Err(e) => {
-            return oip_error(&CallError::new(
-                400,
-                format!("the request is not JSON: {e}"),
-            ));
-        }
-    };
-    let on = match query.on.as_deref().map(str::parse::<PeerId>).transpose() {
-        Ok(p) => p,
-        Err(e) => return oip_error(&CallError::new(400, format!("on: not a peer id: {e}"))),
-    };
-    let options = CallOptions {
-        on,
-        verify: query.verify,
-    };
-    let worker = node.clone();
-    let local = tokio::task::spawn_blocking(move || is_complete(&worker.home.store, id))
-        .await
-        .unwrap_or(false);
-    let remote = options.on.is_some()
-        || options.verify
-        || (!local && crate::compute::has_providers(&node, id));
-    if remote {
-        return match crate::compute::call(&node, id, &request, &options).await {
-            Ok(v) => (StatusCode::OK, Json(v)),
-            Err(e) => oip_error(&e),
-        };
-    }
-    let model = match ensure_loaded(&node, id).await {
-        Ok(m) => m,
-        Err(e) => return oip_error(&e),
-    };
-    let worker = node.clone();
-    let answer =
-        tokio::task::spawn_blocking(move || worker.inference.infer(&model, &request)).await;
-    match answer {
-        Ok(Ok(v)) => (StatusCode::OK, Json(v)),
-        Ok(Err(e)) => oip_error(&e),
-        Err(e) => oip_error(&CallError::new(500, format!("the call failed: {e}"))),
-    }
 }
 
 /// The model loaded in the sandbox, fetched from peers first if it is not here.
@@ -748,14 +484,14 @@ pub async fn ensure_loaded(
             let fetched = fetcher::fetch(node, id.blob(), progress.clone()).await;
             let mut p = progress.lock().unwrap_or_else(|p| p.into_inner());
             if let Err(e) = fetched {
-                p.state = "failed";
+                p.state = FetchState::Failed;
                 p.error = Some(format!("{e:#}"));
                 return Err(CallError::new(
                     404,
                     format!("model {id} is not on this node and fetching it failed: {e:#}"),
                 ));
             }
-            p.state = "complete";
+            p.state = FetchState::Complete;
         }
     }
     load_local(node, id).await

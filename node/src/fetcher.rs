@@ -8,12 +8,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use api::dto::FetchState;
 use net::NetError;
 use net::fetch::{Action, Event, Failure, Fetch, FetchConfig, RequestId};
 use net::libp2p::PeerId;
 use protocol::wire::BlobRequest;
 use protocol::{BlobHash, Collection, Manifest, ModelId, Object, Signed, Snapshot};
-use serde_json::{Value, json};
 use store::{IngestError, StoreError};
 use tokio::sync::mpsc;
 
@@ -22,8 +22,8 @@ use crate::daemon::Node;
 /// What a fetch has done so far.
 #[derive(Debug, Default)]
 pub struct Progress {
-    /// `running`, `complete` or `failed`.
-    pub state: &'static str,
+    /// Running, complete or failed.
+    pub state: FetchState,
     /// Bytes to fetch, once known.
     pub bytes_total: u64,
     /// Bytes present.
@@ -38,22 +38,6 @@ pub struct Progress {
     pub error: Option<String>,
 }
 
-impl Progress {
-    /// The progress as the API shows it.
-    pub fn to_json(&self, id: BlobHash) -> Value {
-        json!({
-            "id": id.to_string(),
-            "state": if self.state.is_empty() { "running" } else { self.state },
-            "bytes_total": self.bytes_total,
-            "bytes_done": self.bytes_done,
-            "bytes_fetched": self.bytes_fetched,
-            "peers_used": self.peers_used.len(),
-            "peers_banned": self.peers_banned.len(),
-            "error": self.error,
-        })
-    }
-}
-
 type Shared = Arc<Mutex<Progress>>;
 
 fn lock(p: &Shared) -> std::sync::MutexGuard<'_, Progress> {
@@ -62,7 +46,16 @@ fn lock(p: &Shared) -> std::sync::MutexGuard<'_, Progress> {
 
 /// Fetches `id` (a model, a folder, or a plain blob) and pins it.
 pub async fn fetch(node: &Arc<Node>, id: BlobHash, progress: Shared) -> Result<()> {
-    lock(&progress).state = "running";
+    let fetched = fetch_all(node, id, progress).await;
+    node.metrics.fetch(match fetched {
+        Ok(()) => crate::metrics::Outcome::Ok,
+        Err(_) => crate::metrics::Outcome::Failed,
+    });
+    fetched
+}
+
+async fn fetch_all(node: &Arc<Node>, id: BlobHash, progress: Shared) -> Result<()> {
+    lock(&progress).state = FetchState::Running;
     fetch_blob(node, id, None, id, &progress).await?;
     let store = node.home.store.clone();
     let record = store.record(id)?.context("fetched blob vanished")?;
@@ -71,14 +64,18 @@ pub async fn fetch(node: &Arc<Node>, id: BlobHash, progress: Shared) -> Result<(
     } else {
         None
     };
-    let mut children: Vec<(BlobHash, u64)> = Vec::new();
+    // Children to fetch, with their size when the parent states it.
+    let mut children: Vec<(BlobHash, Option<u64>)> = Vec::new();
     let mut snapshots = Vec::new();
     if let Some(manifest) = bytes
         .as_deref()
         .and_then(|b| Signed::<Manifest>::from_bytes(b).ok())
     {
         let m = manifest.body();
-        children.extend(m.files.iter().map(|f| (f.hash, f.size)));
+        children.extend(m.files.iter().map(|f| (f.hash, Some(f.size))));
+        // The guest that runs the model travels with it: without it a fetched model could
+        // neither be called here nor served to peers.
+        children.extend(m.runtime.guest.map(|g| (g, None)));
         snapshots = m.snapshots.clone();
         store.import_bytes(
             bytes.as_deref().unwrap_or_default(),
@@ -91,17 +88,17 @@ pub async fn fetch(node: &Arc<Node>, id: BlobHash, progress: Shared) -> Result<(
         .filter(|_| record.kind == "collection" || record.size > 0)
         .and_then(|b| Collection::from_bytes(b).ok())
     {
-        children.extend(collection.entries.iter().map(|e| (e.hash, e.size)));
+        children.extend(collection.entries.iter().map(|e| (e.hash, Some(e.size))));
         let links = collection.entries.iter().map(|e| e.hash).collect();
         store.import_bytes(bytes.as_deref().unwrap_or_default(), "collection", links)?;
     }
     {
         let mut p = lock(&progress);
-        p.bytes_total = record.size + children.iter().map(|(_, s)| s).sum::<u64>();
+        p.bytes_total = record.size + children.iter().filter_map(|(_, s)| *s).sum::<u64>();
         p.bytes_done = record.size;
     }
     for (hash, size) in children {
-        fetch_blob(node, hash, Some(size), id, &progress).await?;
+        fetch_blob(node, hash, size, id, &progress).await?;
     }
     for snapshot in snapshots {
         fetch_blob(node, snapshot, None, id, &progress).await?;
@@ -183,7 +180,13 @@ async fn fetch_blob(
     // bao encoding then proves it).
     let size = match size {
         Some(s) => s,
-        None => learn_size(node, hash, &peers).await?,
+        None => {
+            let learnt = learn_size(node, hash, &peers).await?;
+            if hash != root {
+                lock(progress).bytes_total += learnt;
+            }
+            learnt
+        }
     };
     let total = store::groups(size);
     let missing = store.missing(hash, size)?;
@@ -266,7 +269,9 @@ async fn fetch_blob(
         tokio::select! {
             Some(done) = rx.recv() => {
                 running.remove(&done.id);
-                lock(progress).bytes_fetched += done.written * protocol::CHUNK_GROUP_BYTES;
+                let received = done.written * protocol::CHUNK_GROUP_BYTES;
+                lock(progress).bytes_fetched += received;
+                node.metrics.bytes_fetched.inc_by(received);
                 let event = match done.outcome {
                     Ok(()) => {
                         lock(progress).peers_used.insert(done.peer);

@@ -12,6 +12,37 @@ use store::Store;
 const KEY_FILE: &str = "identity.key";
 const STORE_DIR: &str = "store";
 
+/// 32 random bytes from the OS, as 64 hex characters.
+pub fn random_hex() -> Result<String> {
+    let mut secret = [0u8; 32];
+    getrandom::fill(&mut secret).map_err(|e| anyhow::anyhow!("no OS randomness: {e}"))?;
+    Ok(hex::encode(secret))
+}
+
+/// Writes `secret` and a newline to `path`, readable and writable by the owner only (0600),
+/// atomically: a temporary file, fsynced, then renamed over `path`.
+pub fn write_secret(path: &Path, secret: &str) -> Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    match fs::remove_file(&tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("removing {}", tmp.display())),
+    }
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("creating {}", tmp.display()))?;
+    f.write_all(secret.as_bytes())
+        .and_then(|()| f.write_all(b"\n"))
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    fs::rename(&tmp, path).with_context(|| format!("creating {}", path.display()))
+}
+
 /// Where the home is when neither `--home` nor `MOXNET_HOME` says.
 pub fn default_dir() -> Result<PathBuf> {
     dirs::data_dir()
@@ -38,22 +69,7 @@ impl Home {
             fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
             fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
                 .with_context(|| format!("restricting {}", dir.display()))?;
-            let mut seed = [0u8; 32];
-            getrandom::fill(&mut seed).map_err(|e| anyhow::anyhow!("no OS randomness: {e}"))?;
-            let tmp = dir.join(format!("{KEY_FILE}.tmp"));
-            let _ = fs::remove_file(&tmp);
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&tmp)
-                .with_context(|| format!("creating {}", tmp.display()))?;
-            f.write_all(hex::encode(seed).as_bytes())
-                .and_then(|()| f.write_all(b"\n"))
-                .and_then(|()| f.sync_all())
-                .with_context(|| format!("writing {}", tmp.display()))?;
-            fs::rename(&tmp, &key_path)
-                .with_context(|| format!("creating {}", key_path.display()))?;
+            write_secret(&key_path, &random_hex()?)?;
         }
         Ok((Home::open(dir)?, new))
     }

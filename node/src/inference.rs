@@ -86,14 +86,6 @@ impl CallError {
             details: None,
         }
     }
-
-    /// The OIP error body (`{"error": …}`, plus `details` when there are some).
-    pub fn to_json(&self) -> Value {
-        match &self.details {
-            Some(d) => json!({ "error": self.message, "details": d }),
-            None => json!({ "error": self.message }),
-        }
-    }
 }
 
 impl std::fmt::Display for CallError {
@@ -197,6 +189,12 @@ impl Inference {
         }
         let signed = local_manifest(store, id)?;
         let m = signed.body();
+        if !crate::ops::is_local(store, m) {
+            return Err(CallError::new(
+                404,
+                format!("model {id} is known here but its files or guest are not (fetch it first)"),
+            ));
+        }
         let wasm = guest_bytes(store, m).map_err(|e| CallError::new(500, format!("{e:#}")))?;
         let dir = self.run_dir.join(id.to_string());
         if !dir.exists() {
@@ -245,6 +243,11 @@ impl Inference {
             limits.fuel = limits.fuel.min(f);
         }
         Ok(self.sandbox.predict(&model.model, inputs, &limits)?)
+    }
+
+    /// Sandbox calls running now and waiting for a slot.
+    pub fn occupancy(&self) -> (usize, usize) {
+        self.sandbox.occupancy()
     }
 
     /// Calls the sandbox runs at once.
@@ -305,8 +308,9 @@ pub fn from_wire(outputs: protocol::compute::Outputs) -> Result<Vec<Tensor>, Str
 /// The manifest of a model in the store, or 404.
 pub fn local_manifest(store: &Store, id: ModelId) -> Result<Signed<Manifest>, CallError> {
     match store.has(id.blob()) {
-        Ok(true) => crate::commands::load_manifest(store, id)
-            .map_err(|e| CallError::new(500, format!("{e:#}"))),
+        Ok(true) => {
+            crate::ops::load_manifest(store, id).map_err(|e| CallError::new(500, format!("{e:#}")))
+        }
         Ok(false) => Err(CallError::new(
             404,
             format!("model {id} is not on this node (fetch it first)"),

@@ -11,8 +11,12 @@ mod daemon;
 mod fetcher;
 mod home;
 mod inference;
+mod metrics;
+mod ops;
 mod output;
 mod package;
+mod render;
+mod service;
 
 use std::process::ExitCode;
 
@@ -21,11 +25,34 @@ use clap::Parser;
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     let json = cli.json;
+    init_logging(&cli);
     match commands::run(cli) {
         Ok(code) => code,
         Err(err) => {
             output::error(json, &err);
             ExitCode::from(1)
         }
+    }
+}
+
+/// Logs go to stderr: text for people, or one JSON object per line with `--log-format json`.
+/// `RUST_LOG` picks what is logged (default: warnings, plus the node's own info lines when it
+/// runs as a daemon).
+fn init_logging(cli: &cli::Cli) {
+    use tracing_subscriber::EnvFilter;
+    let default = match cli.command {
+        cli::Command::Node(_) => "warn,node=info,net=info,sandbox=info",
+        _ => "warn",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let installed = match cli.log_format {
+        cli::LogFormat::Text => builder.try_init(),
+        cli::LogFormat::Json => builder.json().try_init(),
+    };
+    if let Err(e) = installed {
+        eprintln!("warning: logging is off: {e}");
     }
 }

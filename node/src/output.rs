@@ -5,50 +5,33 @@ use std::io::IsTerminal;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Value;
 
-use std::cell::RefCell;
+use crate::render::Render;
 
-thread_local! {
-    /// When set, results are collected here instead of printed (the daemon runs CLI commands
-    /// for clients and sends their output back).
-    static CAPTURE: RefCell<Option<String>> = const { RefCell::new(None) };
-}
-
-/// Runs `f` with results captured; returns `f`'s result and what it would have printed.
-pub fn capture<T>(f: impl FnOnce() -> T) -> (T, String) {
-    CAPTURE.with(|c| *c.borrow_mut() = Some(String::new()));
-    let result = f();
-    let text = CAPTURE.with(|c| c.borrow_mut().take()).unwrap_or_default();
-    (result, text)
-}
-
-fn capturing() -> bool {
-    CAPTURE.with(|c| c.borrow().is_some())
-}
-
-fn print_line(line: &str) {
-    let captured = CAPTURE.with(|c| match c.borrow_mut().as_mut() {
-        Some(buf) => {
-            buf.push_str(line);
-            buf.push('\n');
-            true
-        }
-        None => false,
-    });
-    if !captured {
-        println!("{line}");
-    }
-}
+type Result<T> = std::result::Result<T, serde_json::Error>;
 
 /// Prints a command's result: `json` with `--json`, else the text `human` makes.
 pub fn emit(json: bool, value: Value, human: impl FnOnce() -> String) {
     if json {
-        print_line(&value.to_string());
+        println!("{value}");
     } else {
         let text = human();
         if !text.is_empty() {
-            print_line(&text);
+            println!("{text}");
         }
     }
+}
+
+/// Prints a typed result: serialised with `--json`, else its [`Render`] text.
+pub fn show<T: serde::Serialize + Render>(json: bool, result: &T) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(result)?);
+    } else {
+        let text = result.text();
+        if !text.is_empty() {
+            println!("{text}");
+        }
+    }
+    Ok(())
 }
 
 /// Reports a failure on stderr (and as `{"error": …}` on stdout with `--json`).
@@ -60,8 +43,8 @@ pub fn error(json: bool, err: &anyhow::Error) {
 }
 
 /// A byte progress bar, shown only when stdout is a terminal and output is text.
-pub fn progress(json: bool, total: u64, what: &str) -> Option<ProgressBar> {
-    if json || capturing() || !std::io::stdout().is_terminal() || total < (8 << 20) {
+pub fn progress(quiet: bool, total: u64, what: &str) -> Option<ProgressBar> {
+    if quiet || !std::io::stdout().is_terminal() || total < (8 << 20) {
         return None;
     }
     let bar = ProgressBar::new(total);
@@ -77,12 +60,12 @@ pub fn progress(json: bool, total: u64, what: &str) -> Option<ProgressBar> {
 
 /// Runs `f` with a progress callback (bytes done) behind a bar, shown as [`progress`] decides.
 pub fn with_progress<T>(
-    json: bool,
+    quiet: bool,
     total: u64,
     what: &str,
     f: impl FnOnce(&mut dyn FnMut(u64)) -> T,
 ) -> T {
-    let bar = progress(json, total, what);
+    let bar = progress(quiet, total, what);
     let result = f(&mut |n| {
         if let Some(b) = &bar {
             b.inc(n)

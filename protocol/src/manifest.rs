@@ -448,6 +448,12 @@ impl Manifest {
         out
     }
 
+    /// The blobs a node needs to run the model: its files and its guest module. A model is
+    /// *local* (callable here, servable to peers) when all of them are in the store.
+    pub fn runnable_blobs(&self) -> impl Iterator<Item = BlobHash> + '_ {
+        self.files.iter().map(|f| f.hash).chain(self.runtime.guest)
+    }
+
     /// Total bytes of the package's files.
     pub fn total_size(&self) -> u64 {
         self.files.iter().map(|f| f.size).sum()

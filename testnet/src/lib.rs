@@ -44,11 +44,26 @@ pub fn moxnet_bin() -> Result<PathBuf> {
 }
 
 /// One HTTP/1.1 request to a node's API (`addr` is `host:port`): the status and the JSON body.
-/// Waits at most `timeout` for the answer.
+/// Waits at most `timeout` for the answer. Sends no token: enough for `/v2`; `/api/v1` needs
+/// [`http_with`] and the node's token ([`Daemon::token`]).
 pub fn http(
     addr: &str,
     method: &str,
     path: &str,
+    body: Option<&str>,
+    timeout: std::time::Duration,
+) -> Result<(u16, serde_json::Value)> {
+    let headers = [("Content-Type", "application/json")];
+    http_with(addr, method, path, &headers, body, timeout)
+}
+
+/// Like [`http`], with the given headers (e.g. `("Authorization", "Bearer …")`) and a `Host`
+/// naming `addr`.
+pub fn http_with(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
     body: Option<&str>,
     timeout: std::time::Duration,
 ) -> Result<(u16, serde_json::Value)> {
@@ -57,10 +72,16 @@ pub fn http(
         std::net::TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
     s.set_read_timeout(Some(timeout))?;
     let body = body.unwrap_or_default();
+    let mut head = format!("{method} {path} HTTP/1.1\r\n");
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        head.push_str(&format!("Host: {addr}\r\n"));
+    }
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{head}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )?;
     let mut text = String::new();
@@ -76,20 +97,14 @@ pub fn http(
     Ok((status, value))
 }
 
-/// Waits (up to 60 s) until the node whose API is at `api` has heard compute offers from
+/// Waits (up to 60 s) until `node` has heard compute offers from
 /// exactly `peers` (peer ids, any order).
-pub fn wait_for_offers(api: &str, peers: &[&str]) -> Result<()> {
+pub fn wait_for_offers(node: &Daemon, peers: &[&str]) -> Result<()> {
     let mut want: Vec<&str> = peers.to_vec();
     want.sort_unstable();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
-        let (_, v) = http(
-            api,
-            "GET",
-            "/api/v1/offers",
-            None,
-            std::time::Duration::from_secs(10),
-        )?;
+        let (_, v) = node.api_get("/api/v1/offers")?;
         let mut heard: Vec<&str> = v["offers"]
             .as_array()
             .into_iter()
@@ -320,6 +335,8 @@ pub struct Daemon {
     pub listen: Vec<String>,
     /// Its HTTP API address.
     pub api: String,
+    /// Its API token (from `<home>/api.token`), needed for `/api/v1`.
+    pub token: String,
 }
 
 impl Node {
@@ -354,7 +371,13 @@ impl Node {
             args.push(b.to_string());
         }
         let mut cmd = self.command(&args);
-        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        // The node's logs go to <home>/node.log (a pipe nobody reads would fill and block it).
+        let log_path = self.home.join("node.log");
+        let log = match std::fs::File::create(&log_path) {
+            Ok(f) => f,
+            Err(e) => panic!("cannot create {}: {e}", log_path.display()),
+        };
+        cmd.stdout(Stdio::piped()).stderr(log);
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -376,11 +399,10 @@ impl Node {
             Ok(v) => v,
             Err(_) => {
                 let _ = child.kill();
-                let out = child.wait_with_output().ok();
+                let _ = child.wait();
                 panic!(
                     "moxnet node did not start: {line:?} {}",
-                    out.map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
-                        .unwrap_or_default()
+                    std::fs::read_to_string(&log_path).unwrap_or_default()
                 );
             }
         };
@@ -396,12 +418,42 @@ impl Node {
                 })
                 .unwrap_or_default(),
             api: text("api"),
+            token: std::fs::read_to_string(self.home.join("api.token"))
+                .map(|t| t.trim().to_string())
+                .unwrap_or_default(),
             child,
         }
     }
 }
 
 impl Daemon {
+    /// `GET path` on the node's API with its token: the status and the JSON body.
+    pub fn api_get(&self, path: &str) -> Result<(u16, serde_json::Value)> {
+        self.api_call("GET", path, None)
+    }
+
+    /// `method path` on the node's API with its token and a JSON body.
+    pub fn api_call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> Result<(u16, serde_json::Value)> {
+        let auth = format!("Bearer {}", self.token);
+        let headers = [
+            ("Authorization", auth.as_str()),
+            ("Content-Type", "application/json"),
+        ];
+        http_with(
+            &self.api,
+            method,
+            path,
+            &headers,
+            body,
+            std::time::Duration::from_secs(60),
+        )
+    }
+
     /// The first listen address (for `--bootstrap`).
     pub fn addr(&self) -> &str {
         self.listen.first().map(String::as_str).unwrap_or_default()

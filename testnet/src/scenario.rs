@@ -452,7 +452,7 @@ pub fn compute(calls: usize) -> Result<CallsReport> {
     let p1 = homes[3].start(&[relay.addr()]);
     let client = homes[4].start(&[relay.addr()]);
     let (p0_id, p1_id) = (p0.peer_id.clone(), p1.peer_id.clone());
-    crate::wait_for_offers(&client.api, &[&p0_id, &p1_id])?;
+    crate::wait_for_offers(&client, &[&p0_id, &p1_id])?;
     let body = serde_json::json!({
         "inputs": [{ "name": "mode", "datatype": "BYTES", "shape": [1], "data": ["echo"] }]
     })

@@ -73,7 +73,7 @@ fn main() {
     let caller = net.home("caller");
     caller.ok(&["init"]);
     let c = caller.start(&[p.addr()]);
-    testnet::wait_for_offers(&c.api, &[&p.peer_id]).expect("the offer");
+    testnet::wait_for_offers(&c, &[&p.peer_id]).expect("the offer");
     let path = format!("/v2/models/{id}/infer");
     let body =
         r#"{"inputs": [{"name": "mode", "datatype": "BYTES", "shape": [1], "data": ["echo"]}]}"#;

@@ -52,6 +52,7 @@ use tokio::sync::{mpsc, oneshot};
 pub use blob::{BlobResponse, BlockingReader, ServeLimits};
 pub use libp2p;
 
+pub use libp2p::metrics::Registry;
 use swarm::{Command, EventLoop, build_swarm};
 
 /// How to start the network.
@@ -162,6 +163,21 @@ pub enum NetEvent {
     },
 }
 
+impl NetEvent {
+    /// What kind of event this is, for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            NetEvent::Listening(_) => "listening",
+            NetEvent::PeerConnected(_) => "peer-connected",
+            NetEvent::PeerDisconnected(_) => "peer-disconnected",
+            NetEvent::Manifest { .. } => "manifest",
+            NetEvent::Offer { .. } => "offer",
+            NetEvent::InferCall { .. } => "infer-call",
+            NetEvent::Rejected { .. } => "rejected",
+        }
+    }
+}
+
 /// Network failures, saying what to do.
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
@@ -227,7 +243,18 @@ pub async fn spawn(
     config: NetConfig,
     provider: Arc<dyn Provider>,
 ) -> Result<(Client, mpsc::Receiver<NetEvent>), NetError> {
-    let mut swarm = build_swarm(&config)?;
+    spawn_with_metrics(config, provider, &mut Registry::default()).await
+}
+
+/// Like [`spawn`], registering the network's metrics in `registry`: libp2p's own
+/// (`libp2p_*`: connections, bandwidth per protocol stack, Kademlia, gossipsub, identify, ping)
+/// and moxnet's (`moxnet_net_events_dropped_total`).
+pub async fn spawn_with_metrics(
+    config: NetConfig,
+    provider: Arc<dyn Provider>,
+    registry: &mut Registry,
+) -> Result<(Client, mpsc::Receiver<NetEvent>), NetError> {
+    let mut swarm = build_swarm(&config, registry)?;
     let peer_id = *swarm.local_peer_id();
     let mut control = swarm.behaviour().stream.new_control();
     let incoming = control
@@ -240,7 +267,7 @@ pub async fn spawn(
     }
     let (commands_tx, commands_rx) = mpsc::channel(256);
     let (events_tx, events_rx) = mpsc::channel(1024);
-    let event_loop = EventLoop::new(swarm, commands_rx, events_tx, provider.clone())?;
+    let event_loop = EventLoop::new(swarm, commands_rx, events_tx, provider.clone(), registry)?;
     tokio::spawn(event_loop.run());
     tokio::spawn(blob::serve(incoming, provider, config.serve.clone()));
     let client = Client {

@@ -9,6 +9,7 @@ use futures::StreamExt;
 use libp2p::core::transport::ListenerId;
 use libp2p::gossipsub::{self, IdentTopic, MessageAuthenticity};
 use libp2p::kad::{self, store::MemoryStore};
+use libp2p::metrics::{Metrics, Recorder, Registry};
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent, behaviour::toggle::Toggle};
 use libp2p::{
@@ -117,9 +118,16 @@ pub(crate) struct EventLoop {
     pending_catalog: HashMap<request_response::OutboundRequestId, CatalogReply>,
     pending_infer: HashMap<request_response::OutboundRequestId, InferReply>,
     synced: HashSet<PeerId>,
+    /// libp2p's own metrics (connections, Kademlia, gossipsub, identify, ping).
+    metrics: Metrics,
+    /// Events the node was too slow to take (see [`EventLoop::emit`]).
+    dropped: prometheus_client::metrics::counter::Counter,
 }
 
-pub(crate) fn build_swarm(config: &NetConfig) -> Result<Swarm<Behaviour>, NetError> {
+pub(crate) fn build_swarm(
+    config: &NetConfig,
+    registry: &mut Registry,
+) -> Result<Swarm<Behaviour>, NetError> {
     let mut seed = config.seed;
     let keypair = identity::Keypair::ed25519_from_bytes(&mut seed)
         .map_err(|e| NetError::Setup(format!("identity key: {e}")))?;
@@ -133,6 +141,7 @@ pub(crate) fn build_swarm(config: &NetConfig) -> Result<Swarm<Behaviour>, NetErr
         )
         .map_err(|e| NetError::Setup(format!("tcp transport: {e}")))?
         .with_quic()
+        .with_bandwidth_metrics(registry)
         .with_behaviour(|key| {
             let peer_id = key.public().to_peer_id();
             let mut kad_config = kad::Config::new(StreamProtocol::new(wire::KAD_PROTOCOL));
@@ -209,7 +218,15 @@ impl EventLoop {
         commands: mpsc::Receiver<Command>,
         events: mpsc::Sender<NetEvent>,
         provider: Arc<dyn Provider>,
+        registry: &mut Registry,
     ) -> Result<Self, NetError> {
+        let metrics = Metrics::new(registry);
+        let dropped = prometheus_client::metrics::counter::Counter::default();
+        registry.sub_registry_with_prefix("moxnet_net").register(
+            "events_dropped",
+            "Network events dropped because the node's queue was full",
+            dropped.clone(),
+        );
         let topic = IdentTopic::new(wire::ANNOUNCE_TOPIC);
         let offer_topic = IdentTopic::new(wire::OFFER_TOPIC);
         for t in [&topic, &offer_topic] {
@@ -238,6 +255,8 @@ impl EventLoop {
             pending_catalog: HashMap::new(),
             pending_infer: HashMap::new(),
             synced: HashSet::new(),
+            metrics,
+            dropped,
         })
     }
 
@@ -354,12 +373,37 @@ impl EventLoop {
         }
     }
 
+    /// Hands an event to the node without ever waiting for it: the swarm must keep serving
+    /// every peer even when the node is slow. When the node's queue (1024 events) is full the
+    /// event is dropped and counted (`moxnet_net_events_dropped_total`); an inference call
+    /// dropped this way is answered by request-response's failure path, a manifest comes
+    /// again with the next announcement or catalogue sync.
     async fn emit(&mut self, event: NetEvent) {
-        // The node may be shutting down; events are then dropped.
-        let _ = self.events.send(event).await;
+        match self.events.try_send(event) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(event)) => {
+                self.dropped.inc();
+                tracing::warn!(
+                    "the node is not keeping up; dropped a {} event",
+                    event.kind()
+                );
+            }
+            // The node is shutting down.
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
     }
 
     async fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        self.metrics.record(&event);
+        if let SwarmEvent::Behaviour(behaviour) = &event {
+            match behaviour {
+                BehaviourEvent::Identify(e) => self.metrics.record(e),
+                BehaviourEvent::Ping(e) => self.metrics.record(e),
+                BehaviourEvent::Kad(e) => self.metrics.record(e),
+                BehaviourEvent::Gossipsub(e) => self.metrics.record(e),
+                _ => {}
+            }
+        }
         match event {
             SwarmEvent::NewListenAddr { address, .. } => {
                 self.emit(NetEvent::Listening(address)).await;

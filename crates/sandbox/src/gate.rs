@@ -32,6 +32,12 @@ impl Gate {
         }
     }
 
+    /// Calls running and calls waiting now.
+    pub(crate) fn counts(&self) -> (usize, usize) {
+        let counts = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        (counts.running, counts.queued)
+    }
+
     /// Waits for a slot, or fails at once with [`SandboxError::Busy`] when the queue is full.
     pub(crate) fn enter(&self) -> Result<Slot<'_>, SandboxError> {
         let mut counts = self.state.lock().unwrap_or_else(PoisonError::into_inner);

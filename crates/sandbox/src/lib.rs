@@ -377,6 +377,11 @@ impl Sandbox {
         self.core.config.max_concurrent
     }
 
+    /// Calls running now and calls waiting for a slot.
+    pub fn occupancy(&self) -> (usize, usize) {
+        self.gate.counts()
+    }
+
     /// The host backend guests may use, if any.
     pub fn backend_name(&self) -> Option<&str> {
         self.core.backend.as_ref().map(|b| b.name())

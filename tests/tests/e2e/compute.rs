@@ -27,8 +27,8 @@ fn init(net: &Testnet, name: &str, config: &str) -> Node {
     n
 }
 
-fn wait_for_offers(api: &str, peers: &[&str]) {
-    testnet::wait_for_offers(api, peers).unwrap_or_else(|e| panic!("{e:#}"));
+fn wait_for_offers(node: &testnet::Daemon, peers: &[&str]) {
+    testnet::wait_for_offers(node, peers).unwrap_or_else(|e| panic!("{e:#}"));
 }
 
 #[test]
@@ -49,7 +49,7 @@ fn a_model_published_on_a_is_served_by_b_and_called_from_c() {
     let b2_node = b2.start(&[a_node.addr()]);
     let c = init(&net, "c", CALLER);
     let c_node = c.start(&[a_node.addr()]);
-    wait_for_offers(&c_node.api, &[&b_node.peer_id, &b2_node.peer_id]);
+    wait_for_offers(&c_node, &[&b_node.peer_id, &b2_node.peer_id]);
 
     // C has never fetched the model: the call runs on a provider, which fetches it from A.
     let infer = format!("/v2/models/{id}/infer");
@@ -102,7 +102,7 @@ fn a_model_published_on_a_is_served_by_b_and_called_from_c() {
     assert_eq!(b2_node.stop().code(), Some(0));
     let liar = init(&net, "liar", SERVE);
     let liar_node = liar.start_with(&[a_node.addr()], &[("MOXNET_TEST_FAULT", "wrong-output")]);
-    wait_for_offers(&c_node.api, &[&b_node.peer_id, &liar_node.peer_id]);
+    wait_for_offers(&c_node, &[&b_node.peer_id, &liar_node.peer_id]);
     let (status, caught) = http(
         &c_node.api,
         "POST",
@@ -154,7 +154,7 @@ fn a_model_published_on_a_is_served_by_b_and_called_from_c() {
     drop((cheat_node, liar_node));
     let mute = init(&net, "mute", SERVE);
     let mute_node = mute.start_with(&[a_node.addr()], &[("MOXNET_TEST_FAULT", "silent")]);
-    wait_for_offers(&c_node.api, &[&b_node.peer_id, &mute_node.peer_id]);
+    wait_for_offers(&c_node, &[&b_node.peer_id, &mute_node.peer_id]);
     let started = Instant::now();
     let (status, timed_out) = http(
         &c_node.api,

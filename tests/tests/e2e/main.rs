@@ -1,9 +1,11 @@
 //! End-to-end tests: real `moxnet` processes, real stores on disk. Modules are named after the
 //! journey or failure they cover.
 
+mod access;
 mod compute;
 mod crash;
 mod disk_full;
 mod inference;
 mod journey;
+mod matrix;
 mod network;

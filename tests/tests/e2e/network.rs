@@ -7,19 +7,11 @@ use std::time::{Duration, Instant};
 
 use testnet::{Testnet, write_random_file};
 
-/// GET on a node's HTTP API; the JSON body.
-fn api_get(addr: &str, path: &str) -> serde_json::Value {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).expect("connect API");
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .expect("send");
-    let mut text = String::new();
-    s.read_to_string(&mut text).expect("read");
-    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default();
-    serde_json::from_str(body).expect("JSON body")
+/// GET on a node's HTTP API, with its token; the JSON body.
+fn api_get(node: &testnet::Daemon, path: &str) -> serde_json::Value {
+    let (status, body) = node.api_get(path).expect("API");
+    assert_eq!(status, 200, "{path}: {body}");
+    body
 }
 
 fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
@@ -62,7 +54,7 @@ fn publish_on_a_fetch_on_c_through_b_and_late_joiners_see_it() {
     assert_eq!(fetched["state"], "complete");
     assert_eq!(c.json(&["verify"])["ok"], true);
     // The HTTP API answers with the node and its blobs.
-    let api = |path: &str| api_get(&node_c.api, path);
+    let api = |path: &str| api_get(&node_c, path);
     let info = api("/api/v1/node");
     assert_eq!(info["peer_id"], node_c.peer_id.as_str());
     assert!(!info["peers"].as_array().expect("peers").is_empty());
@@ -111,7 +103,7 @@ fn a_killed_fetch_resumes_without_refetching_verified_groups() {
     let mut fetching = c.spawn(&["fetch", &id]);
     let saved = 32u64 << 20;
     wait_until("32 MiB of the weights to be recorded", || {
-        api_get(&node_c.api, &format!("/api/v1/fetch/{id}"))["bytes_done"]
+        api_get(&node_c, &format!("/api/v1/fetch/{id}"))["bytes_done"]
             .as_u64()
             .is_some_and(|done| done >= saved)
     });

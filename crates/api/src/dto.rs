@@ -1,0 +1,418 @@
+//! The typed bodies of `/api/v1`: what each route takes and answers. The CLI decodes the same
+//! types it renders (`moxnet --json` prints exactly these objects), so the API is the contract
+//! between the node and every client. Hashes, ids and peer ids travel as lowercase hex or
+//! base58 text, exactly as the CLI prints them.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// `GET /api/v1/node`: who and where this node is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// The node's ed25519 public key (hex).
+    pub node_id: String,
+    /// Its libp2p peer id.
+    pub peer_id: String,
+    /// The addresses it listens on, each ending in `/p2p/<peer id>`.
+    pub listen: Vec<String>,
+    /// The peers connected now.
+    pub peers: Vec<String>,
+}
+
+/// `GET /api/v1/models`: the models this node knows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelList {
+    /// One row per model.
+    pub models: Vec<ModelRow>,
+}
+
+/// One known model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelRow {
+    /// The model id.
+    pub model_id: String,
+    /// Package name.
+    pub name: String,
+    /// Package version.
+    pub version: String,
+    /// The author's node id (the manifest's signer).
+    pub author: String,
+    /// Number of files.
+    pub files: usize,
+    /// Total bytes of the files.
+    pub bytes: u64,
+    /// Whether every file and the guest are on this node (it can run the model).
+    pub local: bool,
+}
+
+/// `GET /api/v1/blobs`: the blobs in the store.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BlobList {
+    /// One row per blob.
+    pub blobs: Vec<BlobRow>,
+}
+
+/// One stored blob.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BlobRow {
+    /// Its hash.
+    pub hash: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// What it holds: `file`, `collection`, `manifest`, `snapshot`, …
+    pub kind: String,
+    /// Whether a pin keeps it.
+    pub pinned: bool,
+}
+
+/// `POST /api/v1/blobs`: add a file or folder on this machine to the store, and pin it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AddRequest {
+    /// An absolute path, read by the node with its user's rights.
+    pub path: PathBuf,
+}
+
+/// What an add stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Added {
+    /// The hash of the file, or of the folder's collection.
+    pub hash: String,
+    /// Bytes of the file or collection.
+    pub size: u64,
+    /// Whether the store did not have it before.
+    pub new: bool,
+    /// `file` or `collection`.
+    pub kind: String,
+}
+
+/// `POST /api/v1/export`: write a blob, folder or model package to a path on this machine.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExportRequest {
+    /// Blob hash or model id.
+    pub hash: String,
+    /// An absolute path that must not exist yet.
+    pub output: PathBuf,
+}
+
+/// What an export wrote.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Exported {
+    /// The hash exported.
+    pub hash: String,
+    /// `file`, `folder` or `model`.
+    pub kind: String,
+    /// Where it was written.
+    pub path: PathBuf,
+    /// Bytes written.
+    pub bytes: u64,
+}
+
+/// `POST /api/v1/publish`: pack a package folder or a bare `.onnx` file into a signed model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PublishRequest {
+    /// An absolute path to the folder (with `moxnet.toml`) or `.onnx` file.
+    pub path: PathBuf,
+}
+
+/// A published model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Published {
+    /// Its model id.
+    pub model_id: String,
+    /// Package name.
+    pub name: String,
+    /// Package version.
+    pub version: String,
+    /// Number of files.
+    pub files: usize,
+    /// Total bytes of the files.
+    pub bytes: u64,
+    /// Training snapshots linked.
+    pub snapshots: usize,
+    /// The author's node id.
+    pub author: String,
+}
+
+/// `GET /api/v1/models/{id}`: a model's manifest, after checking its author's signature.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelView {
+    /// The model id.
+    pub model_id: String,
+    /// The author's node id.
+    pub author: String,
+    /// Package name.
+    pub name: String,
+    /// Package version.
+    pub version: String,
+    /// What it is.
+    pub description: String,
+    /// SPDX license expression.
+    pub license: String,
+    /// Tags.
+    pub tags: Vec<String>,
+    /// Human authors.
+    pub authors: Vec<String>,
+    /// Typed inputs and outputs.
+    pub interface: InterfaceView,
+    /// How it runs.
+    pub runtime: RuntimeView,
+    /// The package's files.
+    pub files: Vec<FileView>,
+    /// Datasets it was trained on.
+    pub datasets: Vec<DatasetView>,
+    /// The model it was derived from.
+    pub parent: Option<String>,
+    /// Its training snapshots, oldest first.
+    pub snapshots: Vec<String>,
+}
+
+/// A model's typed interface.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InterfaceView {
+    /// Inputs.
+    pub inputs: Vec<TensorView>,
+    /// Outputs.
+    pub outputs: Vec<TensorView>,
+}
+
+/// One named tensor of an interface.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TensorView {
+    /// Its name.
+    pub name: String,
+    /// OIP datatype (`FP32`, `INT64`, `BYTES`, …).
+    pub datatype: String,
+    /// Its shape: numbers, or names for sizes chosen per call.
+    pub shape: Vec<DimView>,
+}
+
+/// A dimension: fixed or symbolic.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum DimView {
+    /// A fixed size.
+    Fixed(u64),
+    /// A size named in the graph, chosen per call.
+    Symbolic(String),
+}
+
+/// How a model runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RuntimeView {
+    /// `onnx` or `wasm`.
+    pub kind: String,
+    /// The entry file, if any.
+    pub entry: Option<String>,
+    /// The guest module's blob hash.
+    pub guest: Option<String>,
+    /// Memory it asks for, MiB.
+    pub memory_mib: Option<u64>,
+}
+
+/// A file of a package or snapshot.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FileView {
+    /// Relative path.
+    pub path: String,
+    /// Blob hash.
+    pub hash: String,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// A dataset reference.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DatasetView {
+    /// The dataset's hash.
+    pub hash: String,
+    /// What it is.
+    pub description: String,
+}
+
+/// `POST /api/v1/snapshots`: record a training snapshot of the run `model`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotRequest {
+    /// The training run: the package name from its `moxnet.toml`.
+    pub model: String,
+    /// Training step.
+    pub step: u64,
+    /// Metrics by name.
+    pub metrics: BTreeMap<String, f64>,
+    /// Weight files: (path inside the package, absolute path on this machine).
+    pub weights: Vec<(String, PathBuf)>,
+}
+
+/// A recorded snapshot.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotAdded {
+    /// Its hash.
+    pub snapshot: String,
+    /// The training run.
+    pub model: String,
+    /// Training step.
+    pub step: u64,
+    /// The previous snapshot of the run.
+    pub parent: Option<String>,
+}
+
+/// `GET /api/v1/models/{id}/history` or `GET /api/v1/runs/{name}/history`: a training
+/// history, oldest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct History {
+    /// The snapshots, oldest first.
+    pub snapshots: Vec<SnapshotView>,
+}
+
+/// One snapshot of a history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotView {
+    /// Its hash.
+    pub snapshot: String,
+    /// Training step.
+    pub step: u64,
+    /// When it was recorded, ms since the Unix epoch.
+    pub time_ms: u64,
+    /// Metrics by name.
+    pub metrics: BTreeMap<String, f64>,
+    /// Its weight files.
+    pub weights: Vec<FileView>,
+    /// The previous snapshot.
+    pub parent: Option<String>,
+}
+
+/// `PUT /api/v1/pins/{hash}` and `DELETE /api/v1/pins/{hash}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PinChange {
+    /// The blob.
+    pub hash: String,
+    /// Whether it is pinned now.
+    pub pinned: bool,
+    /// Whether it was pinned before.
+    pub was_pinned: bool,
+}
+
+/// `POST /api/v1/gc`: what garbage collection removed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GcReport {
+    /// Blobs deleted.
+    pub blobs_removed: u64,
+    /// Bytes freed.
+    pub bytes_freed: u64,
+}
+
+/// `POST /api/v1/verify`: which blobs to re-hash.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct VerifyRequest {
+    /// Only this blob; every blob when absent.
+    #[serde(default)]
+    pub hash: Option<String>,
+}
+
+/// What a verify found.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VerifyReport {
+    /// Blobs checked.
+    pub checked: u64,
+    /// Bytes re-hashed.
+    pub bytes: u64,
+    /// Whether every blob is intact.
+    pub ok: bool,
+    /// Each corrupt or missing blob.
+    pub problems: Vec<Problem>,
+}
+
+/// One blob that failed verification.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Problem {
+    /// The blob.
+    pub hash: String,
+    /// What is wrong.
+    pub problem: String,
+}
+
+/// The state of a fetch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FetchState {
+    /// Still fetching.
+    #[default]
+    Running,
+    /// Everything is here, verified and pinned.
+    Complete,
+    /// It stopped; `error` says why. Starting it again resumes.
+    Failed,
+}
+
+/// `POST /api/v1/fetch/{id}` and `GET /api/v1/fetch/{id}`: a fetch's progress.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FetchProgress {
+    /// What is fetched.
+    pub id: String,
+    /// Where it is.
+    pub state: FetchState,
+    /// Bytes to fetch, once known.
+    pub bytes_total: u64,
+    /// Bytes present.
+    pub bytes_done: u64,
+    /// Bytes received and verified by this fetch (less than the total when resuming).
+    pub bytes_fetched: u64,
+    /// Peers that delivered verified data.
+    pub peers_used: usize,
+    /// Peers banned for sending bad bytes.
+    pub peers_banned: usize,
+    /// Why it failed.
+    pub error: Option<String>,
+}
+
+/// `GET /api/v1/offers`: the compute offers this node has heard.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OfferList {
+    /// Whether this node serves calls for peers.
+    pub serving: bool,
+    /// One per provider.
+    pub offers: Vec<OfferView>,
+}
+
+/// A provider's offer and what this node measured of it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OfferView {
+    /// The provider's node id.
+    pub node_id: String,
+    /// Its peer id.
+    pub peer_id: String,
+    /// CPU cores.
+    pub cores: u64,
+    /// Memory, MiB.
+    pub memory_mib: u64,
+    /// GPUs.
+    pub gpus: Vec<String>,
+    /// Engines for guests (`wasm`, plus host backends).
+    pub backends: Vec<String>,
+    /// Models it holds.
+    pub models: Vec<String>,
+    /// Calls it runs at once.
+    pub max_concurrent: u64,
+    /// Price per million fuel units.
+    pub price_per_mfuel: u64,
+    /// Seconds until the offer expires.
+    pub expires_in_s: u64,
+    /// Smoothed latency of calls from here, once measured.
+    pub latency_ms: Option<f64>,
+    /// Calls from here running there now.
+    pub in_flight: u32,
+    /// Failures since the last success.
+    pub failures: u32,
+}
+
+/// Query of `POST /v2/models/{id}/infer`: where the call runs.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct InferQuery {
+    /// Run on this peer only (a peer id).
+    #[serde(default)]
+    pub on: Option<String>,
+    /// Run on two providers and compare their signed output hashes.
+    #[serde(default)]
+    pub verify: bool,
+}

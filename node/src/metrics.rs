@@ -1,0 +1,239 @@
+//! The node's metrics, served at `GET /metrics` in the Prometheus/OpenMetrics text format
+//! (`prometheus-client`). Counters are bumped where the work happens; gauges that describe the
+//! node's state (peers, catalogue size, sandbox queue) are read when scraped. Every metric is
+//! documented in `docs/operating.md`, next to libp2p's own (`libp2p_*`, registered by `net`).
+
+use std::fmt::Write;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// Where a call ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Place {
+    /// On this node, for its own user.
+    Local,
+    /// On a provider, for this node's user.
+    Remote,
+    /// On this node, for a peer.
+    Served,
+}
+
+/// How a call or fetch ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// It succeeded.
+    Ok,
+    /// The request was refused or malformed (HTTP 4xx, or a refused peer request).
+    Refused,
+    /// It was turned away because every slot was busy.
+    Busy,
+    /// It failed (the model, a provider or this node).
+    Failed,
+}
+
+impl EncodeLabelValue for Place {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        encoder.write_str(match self {
+            Place::Local => "local",
+            Place::Remote => "remote",
+            Place::Served => "served",
+        })
+    }
+}
+
+impl EncodeLabelValue for Outcome {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        encoder.write_str(match self {
+            Outcome::Ok => "ok",
+            Outcome::Refused => "refused",
+            Outcome::Busy => "busy",
+            Outcome::Failed => "failed",
+        })
+    }
+}
+
+impl Outcome {
+    /// The outcome of an HTTP-like status.
+    pub fn of_status(status: u16) -> Outcome {
+        match status {
+            200..=299 => Outcome::Ok,
+            503 => Outcome::Busy,
+            400..=499 => Outcome::Refused,
+            _ => Outcome::Failed,
+        }
+    }
+}
+
+/// Labels of `moxnet_calls_total`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct CallLabels {
+    /// Where it ran.
+    pub place: Place,
+    /// How it ended.
+    pub outcome: Outcome,
+}
+
+/// Labels of `moxnet_fetches_total`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct FetchLabels {
+    /// How it ended.
+    pub outcome: Outcome,
+}
+
+/// The node's counters and gauges, and the registry that holds them and libp2p's.
+pub struct Metrics {
+    registry: Registry,
+    /// Peers connected now.
+    pub peers: Gauge,
+    /// Models in the catalogue (known here, local or not).
+    pub models: Gauge,
+    /// Models whose files and guest are all here.
+    pub models_local: Gauge,
+    /// Sandbox calls running now.
+    pub sandbox_running: Gauge,
+    /// Sandbox calls waiting for a slot now.
+    pub sandbox_queued: Gauge,
+    /// Blob bytes sent to peers.
+    pub bytes_served: Counter,
+    /// Blob bytes received from peers and verified.
+    pub bytes_fetched: Counter,
+    /// Fetches finished, by outcome.
+    pub fetches: Family<FetchLabels, Counter>,
+    /// Calls finished, by place and outcome.
+    pub calls: Family<CallLabels, Counter>,
+    /// Fuel burnt by calls run on this node (local and served).
+    pub fuel: Counter,
+    /// Manifests learnt from peers and dropped because too many were being stored.
+    pub manifests_dropped: Counter,
+}
+
+impl Metrics {
+    /// The node's metrics, registered in a fresh registry; `net` adds its own to
+    /// [`Metrics::registry_mut`] before the node starts.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("moxnet");
+        let metrics = Metrics {
+            peers: Gauge::default(),
+            models: Gauge::default(),
+            models_local: Gauge::default(),
+            sandbox_running: Gauge::default(),
+            sandbox_queued: Gauge::default(),
+            bytes_served: Counter::default(),
+            bytes_fetched: Counter::default(),
+            fetches: Family::default(),
+            calls: Family::default(),
+            fuel: Counter::default(),
+            manifests_dropped: Counter::default(),
+            registry: Registry::default(),
+        };
+        registry.register("peers", "Peers connected now", metrics.peers.clone());
+        registry.register(
+            "models",
+            "Models this node knows (published here, announced or synced)",
+            metrics.models.clone(),
+        );
+        registry.register(
+            "models_local",
+            "Models whose files and guest are all on this node",
+            metrics.models_local.clone(),
+        );
+        registry.register(
+            "sandbox_running",
+            "Sandbox calls running now",
+            metrics.sandbox_running.clone(),
+        );
+        registry.register(
+            "sandbox_queued",
+            "Sandbox calls waiting for a slot now (queue depth)",
+            metrics.sandbox_queued.clone(),
+        );
+        registry.register(
+            "blob_served_bytes",
+            "Blob bytes sent to peers",
+            metrics.bytes_served.clone(),
+        );
+        registry.register(
+            "blob_fetched_bytes",
+            "Blob bytes received from peers and verified",
+            metrics.bytes_fetched.clone(),
+        );
+        registry.register(
+            "fetches",
+            "Fetches finished, by outcome",
+            metrics.fetches.clone(),
+        );
+        registry.register(
+            "calls",
+            "Inference calls finished, by place (local, remote, served) and outcome",
+            metrics.calls.clone(),
+        );
+        registry.register(
+            "fuel",
+            "Fuel burnt by calls run on this node",
+            metrics.fuel.clone(),
+        );
+        registry.register(
+            "manifests_dropped",
+            "Manifests from peers dropped because too many were being stored at once",
+            metrics.manifests_dropped.clone(),
+        );
+        Metrics {
+            registry,
+            ..metrics
+        }
+    }
+
+    /// The registry, for other components to register their metrics at start-up.
+    pub fn registry_mut(&mut self) -> &mut Registry {
+        &mut self.registry
+    }
+
+    /// Counts one finished call.
+    pub fn call(&self, place: Place, outcome: Outcome) {
+        self.calls
+            .get_or_create(&CallLabels { place, outcome })
+            .inc();
+    }
+
+    /// Counts one finished fetch.
+    pub fn fetch(&self, outcome: Outcome) {
+        self.fetches.get_or_create(&FetchLabels { outcome }).inc();
+    }
+
+    /// Everything, in the OpenMetrics text format.
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)?;
+        Ok(text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_show_up_in_the_text_format() {
+        let m = Metrics::new();
+        m.call(Place::Served, Outcome::Ok);
+        m.call(Place::Served, Outcome::Ok);
+        m.fuel.inc_by(1234);
+        m.peers.set(3);
+        let text = m.encode().expect("encode");
+        assert!(
+            text.contains(r#"moxnet_calls_total{place="served",outcome="ok"} 2"#),
+            "{text}"
+        );
+        assert!(text.contains("moxnet_fuel_total 1234"), "{text}");
+        assert!(text.contains("moxnet_peers 3"), "{text}");
+        assert!(
+            text.contains("# HELP moxnet_peers Peers connected now"),
+            "{text}"
+        );
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+}

@@ -1,0 +1,278 @@
+//! Rendering typed results for people: one [`Render`] impl per answer of `/api/v1` (and the
+//! CLI's own results). With `--json` the CLI prints the same value serialised instead, so text
+//! and JSON come from one typed result, whether the node or the CLI produced it.
+
+use api::dto::{
+    Added, BlobList, DimView, Exported, FetchProgress, GcReport, History, ModelList, ModelView,
+    OfferList, PinChange, Published, SnapshotAdded, VerifyReport,
+};
+
+use crate::output::bytes;
+
+/// A result the CLI prints as text.
+pub trait Render {
+    /// The text shown without `--json` (empty: print nothing).
+    fn text(&self) -> String;
+}
+
+impl Render for Added {
+    fn text(&self) -> String {
+        self.hash.clone()
+    }
+}
+
+impl Render for Exported {
+    fn text(&self) -> String {
+        format!(
+            "wrote {} {} ({})",
+            self.kind,
+            self.path.display(),
+            bytes(self.bytes)
+        )
+    }
+}
+
+impl Render for Published {
+    fn text(&self) -> String {
+        self.model_id.clone()
+    }
+}
+
+impl Render for ModelList {
+    fn text(&self) -> String {
+        if self.models.is_empty() {
+            return "no models known yet".into();
+        }
+        self.models
+            .iter()
+            .map(|r| {
+                format!(
+                    "{}  {} {}  {}{}",
+                    r.model_id,
+                    r.name,
+                    r.version,
+                    bytes(r.bytes),
+                    if r.local { "" } else { "  (not fetched)" },
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+impl Render for BlobList {
+    fn text(&self) -> String {
+        self.blobs
+            .iter()
+            .map(|r| {
+                format!(
+                    "{}  {:>10}  {:<11} {}",
+                    r.hash,
+                    bytes(r.size),
+                    r.kind,
+                    if r.pinned { "pinned" } else { "" },
+                )
+                .trim_end()
+                .to_string()
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+fn dims(shape: &[DimView]) -> String {
+    let parts: Vec<String> = shape
+        .iter()
+        .map(|d| match d {
+            DimView::Fixed(n) => n.to_string(),
+            DimView::Symbolic(s) => s.clone(),
+        })
+        .collect();
+    format!("[{}]", parts.join(", "))
+}
+
+/// The first 16 hex characters (8 bytes) of a hash, as listings show it.
+fn short(hash: &str) -> &str {
+    hash.get(..16).unwrap_or(hash)
+}
+
+impl Render for ModelView {
+    fn text(&self) -> String {
+        let mut out = vec![
+            format!("model    {}", self.model_id),
+            format!("name     {} {}", self.name, self.version),
+            format!("author   {} (signature verified)", self.author),
+        ];
+        if !self.description.is_empty() {
+            out.push(format!("about    {}", self.description));
+        }
+        if !self.license.is_empty() {
+            out.push(format!("license  {}", self.license));
+        }
+        if !self.tags.is_empty() {
+            out.push(format!("tags     {}", self.tags.join(", ")));
+        }
+        if !self.authors.is_empty() {
+            out.push(format!("authors  {}", self.authors.join(", ")));
+        }
+        out.push(format!(
+            "runtime  {}{}",
+            self.runtime.kind,
+            self.runtime
+                .entry
+                .as_ref()
+                .map(|e| format!(" ({e})"))
+                .unwrap_or_default()
+        ));
+        for t in &self.interface.inputs {
+            out.push(format!(
+                "input    {} {} {}",
+                t.name,
+                t.datatype,
+                dims(&t.shape)
+            ));
+        }
+        for t in &self.interface.outputs {
+            out.push(format!(
+                "output   {} {} {}",
+                t.name,
+                t.datatype,
+                dims(&t.shape)
+            ));
+        }
+        if let Some(p) = &self.parent {
+            out.push(format!("parent   {p}"));
+        }
+        for d in &self.datasets {
+            out.push(format!("dataset  {} {}", d.hash, d.description));
+        }
+        let total: u64 = self.files.iter().map(|f| f.size).sum();
+        out.push(format!("files    {} ({})", self.files.len(), bytes(total)));
+        for f in &self.files {
+            out.push(format!(
+                "  {}  {:>10}  {}",
+                short(&f.hash),
+                bytes(f.size),
+                f.path
+            ));
+        }
+        if !self.snapshots.is_empty() {
+            out.push(format!(
+                "snapshots {} (see `moxnet history {}`)",
+                self.snapshots.len(),
+                self.model_id
+            ));
+        }
+        out.join("\n")
+    }
+}
+
+impl Render for SnapshotAdded {
+    fn text(&self) -> String {
+        self.snapshot.clone()
+    }
+}
+
+impl Render for History {
+    fn text(&self) -> String {
+        if self.snapshots.is_empty() {
+            return "no snapshots".into();
+        }
+        self.snapshots
+            .iter()
+            .map(|s| {
+                let metrics: Vec<String> =
+                    s.metrics.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                let weight_bytes: u64 = s.weights.iter().map(|w| w.size).sum();
+                format!(
+                    "step {:>8}  {}  {}  weights {} ({})",
+                    s.step,
+                    short(&s.snapshot),
+                    metrics.join(" "),
+                    s.weights.len(),
+                    bytes(weight_bytes)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+impl Render for PinChange {
+    fn text(&self) -> String {
+        match (self.pinned, self.was_pinned) {
+            (true, _) => format!("pinned {}", self.hash),
+            (false, true) => format!("unpinned {}", self.hash),
+            (false, false) => format!("{} was not pinned", self.hash),
+        }
+    }
+}
+
+impl Render for GcReport {
+    fn text(&self) -> String {
+        format!(
+            "removed {} blobs, freed {}",
+            self.blobs_removed,
+            bytes(self.bytes_freed)
+        )
+    }
+}
+
+impl Render for VerifyReport {
+    fn text(&self) -> String {
+        let mut out: Vec<String> = self
+            .problems
+            .iter()
+            .map(|p| format!("{}  {}", p.hash, p.problem))
+            .collect();
+        out.push(format!(
+            "checked {} blobs ({}): {}",
+            self.checked,
+            bytes(self.bytes),
+            if self.ok {
+                "all intact".to_string()
+            } else {
+                format!("{} with problems", self.problems.len())
+            }
+        ));
+        out.join("\n")
+    }
+}
+
+impl Render for FetchProgress {
+    fn text(&self) -> String {
+        format!(
+            "fetched {} ({} from {} peers, {} peers banned)",
+            self.id,
+            bytes(self.bytes_total),
+            self.peers_used,
+            self.peers_banned
+        )
+    }
+}
+
+impl Render for OfferList {
+    fn text(&self) -> String {
+        if self.offers.is_empty() {
+            return "no compute offers heard yet".to_string();
+        }
+        self.offers
+            .iter()
+            .map(|o| {
+                format!(
+                    "{}  {} cores  {} MiB  price {}/Mfuel  models {}  {}  latency {}  failures {}",
+                    o.peer_id,
+                    o.cores,
+                    o.memory_mib,
+                    o.price_per_mfuel,
+                    o.models.len(),
+                    o.backends.join("+"),
+                    o.latency_ms
+                        .map_or_else(|| "unmeasured".to_string(), |l| format!("{l:.1} ms")),
+                    o.failures
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
