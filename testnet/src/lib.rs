@@ -14,6 +14,7 @@ use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
+pub mod liar;
 pub mod scenario;
 
 use anyhow::{Context, Result, bail};
