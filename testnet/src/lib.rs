@@ -1,6 +1,8 @@
 //! Launching real `moxnet` processes, each with its own home, for end-to-end tests and many-node
-//! scenarios ([`scenario`]); plus the helpers they share: a plain HTTP/1.1 client for the nodes'
-//! APIs ([`http`]) and a package whose own guest is the test guest ([`echo_package`]).
+//! scenarios ([`scenario`]); lying peers that speak the protocol themselves ([`liar`], started
+//! with [`Node::start_corrupting`] and [`Node::start_cheating`]); plus the helpers they share: a
+//! plain HTTP/1.1 client for the nodes' APIs ([`http`]) and a package whose own guest is the test
+//! guest ([`echo_package`]).
 //!
 //! ```no_run
 //! let net = testnet::Testnet::new().expect("temp dir");
@@ -14,9 +16,12 @@ use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
+pub mod liar;
 pub mod scenario;
 
 use anyhow::{Context, Result, bail};
+
+pub use liar::Fault;
 
 /// Finds the `moxnet` binary: `$MOXNET_BIN`, else beside the running test's target directory
 /// (`target/<profile>/moxnet`, built by `cargo test --workspace`/`cargo nextest run --workspace`).
@@ -24,11 +29,39 @@ pub fn moxnet_bin() -> Result<PathBuf> {
     if let Some(bin) = std::env::var_os("MOXNET_BIN") {
         return Ok(PathBuf::from(bin));
     }
+    find_in_target(
+        "moxnet",
+        "build it with `cargo build -p node` or set MOXNET_BIN",
+    )
+}
+
+/// Finds the `liar` binary (this crate's `src/bin/liar.rs`): `$MOXNET_LIAR_BIN`, else beside the
+/// `moxnet` binary, else beside the running test's target directory.
+pub fn liar_bin() -> Result<PathBuf> {
+    if let Some(bin) = std::env::var_os("MOXNET_LIAR_BIN") {
+        return Ok(PathBuf::from(bin));
+    }
+    if let Some(beside) = moxnet_bin()
+        .ok()
+        .and_then(|m| Some(m.parent()?.join("liar")))
+        .filter(|l| l.is_file())
+    {
+        return Ok(beside);
+    }
+    find_in_target(
+        "liar",
+        "build it with `cargo build -p testnet --bin liar` or set MOXNET_LIAR_BIN",
+    )
+}
+
+/// `name` in a folder above the running executable, up to the target directory
+/// (`target/<profile>/deps/<test>-<hash>` → `target/<profile>/<name>`); else an error ending in
+/// `hint`.
+fn find_in_target(name: &str, hint: &str) -> Result<PathBuf> {
     let exe = std::env::current_exe().context("locating the test binary")?;
-    // target/<profile>/deps/<test>-<hash> → target/<profile>/moxnet
     let mut dir = exe.parent();
     while let Some(d) = dir {
-        let candidate = d.join("moxnet");
+        let candidate = d.join(name);
         if candidate.is_file() {
             return Ok(candidate);
         }
@@ -37,10 +70,7 @@ pub fn moxnet_bin() -> Result<PathBuf> {
             break;
         }
     }
-    bail!(
-        "no moxnet binary near {}; build it with `cargo build -p node` or set MOXNET_BIN",
-        exe.display()
-    )
+    bail!("no {name} binary near {}; {hint}", exe.display())
 }
 
 /// One HTTP/1.1 request to a node's API (`addr` is `host:port`): the status and the JSON body.
@@ -224,16 +254,22 @@ impl Node {
 
     /// A `moxnet --home HOME args…` command, ready to run.
     pub fn command<S: AsRef<OsStr>>(&self, args: &[S]) -> Command {
+        let mut cmd = self.command_of(&self.bin);
+        cmd.arg("--home").arg(&self.home).args(args);
+        cmd.env_remove("MOXNET_HOME");
+        cmd
+    }
+
+    /// A command running `bin` (in the node's network namespace, if any), stdin closed.
+    fn command_of(&self, bin: &Path) -> Command {
         let mut cmd = match &self.netns {
             Some(ns) => {
                 let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns]).arg(&self.bin);
+                c.args(["netns", "exec", ns]).arg(bin);
                 c
             }
-            None => Command::new(&self.bin),
+            None => Command::new(bin),
         };
-        cmd.arg("--home").arg(&self.home).args(args);
-        cmd.env_remove("MOXNET_HOME");
         cmd.stdin(Stdio::null());
         cmd
     }
@@ -339,22 +375,26 @@ pub struct Daemon {
     pub token: String,
 }
 
+/// A running `liar` process ([`liar`]): a peer that misbehaves on purpose; killed when dropped.
+pub struct Liar {
+    /// The process.
+    pub child: Child,
+    /// Its peer id.
+    pub peer_id: String,
+    /// Its listen addresses, each ending in `/p2p/<peer id>`.
+    pub listen: Vec<String>,
+}
+
 impl Node {
     /// Starts `moxnet node` on loopback with a free port and the given bootstrap peers, and waits
     /// until it is up.
     pub fn start(&self, bootstrap: &[&str]) -> Daemon {
-        self.start_with(bootstrap, &[])
-    }
-
-    /// Like [`Node::start`], with extra environment variables (e.g. `MOXNET_TEST_BYZANTINE=1`
-    /// for a provider that corrupts what it serves, in debug builds).
-    pub fn start_with(&self, bootstrap: &[&str], env: &[(&str, &str)]) -> Daemon {
-        self.start_on("/ip4/127.0.0.1/tcp/0", bootstrap, env)
+        self.start_on("/ip4/127.0.0.1/tcp/0", bootstrap)
     }
 
     /// Starts `moxnet node` listening on `listen`.
-    pub fn start_on(&self, listen: &str, bootstrap: &[&str], env: &[(&str, &str)]) -> Daemon {
-        let mut args: Vec<String> = [
+    pub fn start_on(&self, listen: &str, bootstrap: &[&str]) -> Daemon {
+        let mut args = vec![
             "--json",
             "node",
             "--listen",
@@ -362,68 +402,127 @@ impl Node {
             "--api",
             "127.0.0.1:0",
             "--no-mdns",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        ];
         for b in bootstrap {
-            args.push("--bootstrap".into());
-            args.push(b.to_string());
+            args.extend(["--bootstrap", *b]);
         }
-        let mut cmd = self.command(&args);
-        // The node's logs go to <home>/node.log (a pipe nobody reads would fill and block it).
-        let log_path = self.home.join("node.log");
-        let log = match std::fs::File::create(&log_path) {
-            Ok(f) => f,
-            Err(e) => panic!("cannot create {}: {e}", log_path.display()),
-        };
-        cmd.stdout(Stdio::piped()).stderr(log);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = match cmd.spawn() {
-            Ok(c) => c,
-            Err(e) => panic!("cannot start {}: {e}", self.bin.display()),
-        };
-        let mut line = String::new();
-        if let Some(out) = child.stdout.take() {
-            let mut reader = std::io::BufReader::new(out);
-            let _ = std::io::BufRead::read_line(&mut reader, &mut line);
-            // Keep draining stdout so the node never blocks on a full pipe.
-            std::thread::spawn(move || {
-                let mut sink = Vec::new();
-                let _ = std::io::Read::read_to_end(&mut reader, &mut sink);
-            });
-        }
-        let info: serde_json::Value = match serde_json::from_str(&line) {
-            Ok(v) => v,
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "moxnet node did not start: {line:?} {}",
-                    std::fs::read_to_string(&log_path).unwrap_or_default()
-                );
-            }
-        };
-        let text = |k: &str| info[k].as_str().unwrap_or_default().to_string();
+        let (child, info) = started(
+            self.command(&args),
+            "moxnet node",
+            &self.home.join("node.log"),
+        );
         Daemon {
-            peer_id: text("peer_id"),
-            listen: info["listen"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|v| v.as_str().map(str::to_string))
-                        .collect()
-                })
-                .unwrap_or_default(),
-            api: text("api"),
+            peer_id: text(&info, "peer_id"),
+            listen: texts(&info, "listen"),
+            api: text(&info, "api"),
             token: std::fs::read_to_string(self.home.join("api.token"))
                 .map(|t| t.trim().to_string())
                 .unwrap_or_default(),
             child,
         }
     }
+
+    /// Starts a [`liar`] on this home (initialised and published to, with no node running on it)
+    /// that serves its blobs with corrupted bytes: one byte flipped in every 64 KiB of every
+    /// range. It announces and provides its models like a node.
+    pub fn start_corrupting(&self, bootstrap: &[&str]) -> Liar {
+        self.start_liar(&["corrupt-blobs"], bootstrap)
+    }
+
+    /// Starts a [`liar`] on this home that offers compute and answers calls with `fault`, copying
+    /// the outputs of the honest provider `honest` (a peer id) before it lies about them.
+    pub fn start_cheating(&self, fault: Fault, honest: &str, bootstrap: &[&str]) -> Liar {
+        self.start_liar(
+            &["compute", "--fault", fault.name(), "--honest", honest],
+            bootstrap,
+        )
+    }
+
+    fn start_liar(&self, mode: &[&str], bootstrap: &[&str]) -> Liar {
+        let bin = match liar_bin() {
+            Ok(b) => b,
+            Err(e) => panic!("{e:#}"),
+        };
+        let mut cmd = self.command_of(&bin);
+        cmd.args(mode)
+            .arg("--home")
+            .arg(&self.home)
+            .args(["--listen", "/ip4/127.0.0.1/tcp/0"]);
+        for b in bootstrap {
+            cmd.args(["--bootstrap", *b]);
+        }
+        let (child, info) = started(cmd, "liar", &self.home.join("liar.log"));
+        Liar {
+            peer_id: text(&info, "peer_id"),
+            listen: texts(&info, "listen"),
+            child,
+        }
+    }
+}
+
+/// Spawns `cmd` and reads the JSON line it prints once it is up; panics with its stderr if it
+/// prints none.
+/// Starts `cmd` (a node or a liar), its stderr going to `log` (a pipe nobody reads would fill
+/// and block it), and reads the JSON line it prints once it is up.
+fn started(mut cmd: Command, what: &str, log: &Path) -> (Child, serde_json::Value) {
+    let log_file = match std::fs::File::create(log) {
+        Ok(f) => f,
+        Err(e) => panic!("cannot create {}: {e}", log.display()),
+    };
+    cmd.stdout(Stdio::piped()).stderr(log_file);
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => panic!("cannot start {what}: {e}"),
+    };
+    let mut line = String::new();
+    if let Some(out) = child.stdout.take() {
+        let mut reader = std::io::BufReader::new(out);
+        let _ = std::io::BufRead::read_line(&mut reader, &mut line);
+        // Keep draining stdout so the process never blocks on a full pipe.
+        std::thread::spawn(move || {
+            let mut sink = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut reader, &mut sink);
+        });
+    }
+    match serde_json::from_str(&line) {
+        Ok(info) => (child, info),
+        Err(_) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{what} did not start: {line:?} {}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+    }
+}
+
+fn text(info: &serde_json::Value, key: &str) -> String {
+    info[key].as_str().unwrap_or_default().to_string()
+}
+
+fn texts(info: &serde_json::Value, key: &str) -> Vec<String> {
+    info[key]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Stops a child: SIGKILL, or SIGTERM when `gently`; then waits for it.
+fn end(child: &mut Child, gently: bool) -> std::io::Result<std::process::ExitStatus> {
+    if gently {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+    } else {
+        let _ = child.kill();
+    }
+    child.wait()
 }
 
 impl Daemon {
@@ -461,17 +560,12 @@ impl Daemon {
 
     /// Kills the process at once (SIGKILL), as a crash would.
     pub fn kill(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = end(&mut self.child, false);
     }
 
     /// Asks the process to stop (SIGTERM) and waits for it.
     pub fn stop(mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
-        match self.child.wait() {
+        match end(&mut self.child, true) {
             Ok(s) => s,
             Err(e) => panic!("waiting for moxnet node: {e}"),
         }
@@ -480,7 +574,24 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = end(&mut self.child, false);
+    }
+}
+
+impl Liar {
+    /// The first listen address (for `--bootstrap`).
+    pub fn addr(&self) -> &str {
+        self.listen.first().map(String::as_str).unwrap_or_default()
+    }
+
+    /// Kills the process at once (SIGKILL).
+    pub fn kill(mut self) {
+        let _ = end(&mut self.child, false);
+    }
+}
+
+impl Drop for Liar {
+    fn drop(&mut self) {
+        let _ = end(&mut self.child, false);
     }
 }

@@ -1,8 +1,9 @@
-//! `testnet`: runs scenarios with many real `moxnet node` processes on loopback and prints a
-//! report per scenario. Exit status 1 if any scenario fails.
+//! `testnet`: runs scenarios with many real `moxnet node` processes on loopback (and the `liar`
+//! where a peer must misbehave) and prints a report per scenario. Exit status 1 if any scenario
+//! fails.
 //!
 //! ```text
-//! cargo build -p node && cargo run -p testnet -- all [--nodes 6] [--mib 256]
+//! cargo build -p node -p testnet && cargo run -p testnet -- all [--nodes 6] [--mib 256]
 //! cargo run -p testnet -- fetch-many|byzantine|kill-provider|partition [--nodes N] [--mib M]
 //! cargo run -p testnet -- compute [--calls 200]
 //! ```

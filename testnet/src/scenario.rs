@@ -1,5 +1,5 @@
-//! Testnet scenarios: many real `moxnet node` processes on loopback, each printing a short
-//! report and failing loudly. Run them with the `testnet` binary (`cargo run -p testnet -- all`)
+//! Testnet scenarios: many real `moxnet node` processes (and, where a peer must misbehave, a
+//! [`liar`](crate::liar)) on loopback, each printing a short report and failing loudly. Run them with the `testnet` binary (`cargo run -p testnet -- all`)
 //! or from tests with small sizes.
 
 use std::fmt;
@@ -145,7 +145,8 @@ pub fn fetch_many(nodes: usize, mib: u64) -> Result<Report> {
     })
 }
 
-/// Three providers, one of which corrupts every range it serves; one fetcher.
+/// Three providers, one of which is a [`liar`](crate::liar) that corrupts every range it
+/// serves; one fetcher.
 pub fn byzantine(mib: u64) -> Result<Report> {
     let net = Testnet::new()?;
     let pkg = net.path().join("pkg");
@@ -156,14 +157,13 @@ pub fn byzantine(mib: u64) -> Result<Report> {
         p.ok(&["init"]);
         id = p.ok(&["publish", path_str(&pkg)?]);
     }
-    let daemons = [
-        providers[0].start_with(&[], &[("MOXNET_TEST_BYZANTINE", "1")]),
-        providers[1].start(&[]),
-        providers[2].start(&[]),
-    ];
+    let liar = providers[0].start_corrupting(&[]);
+    let honest = [providers[1].start(&[]), providers[2].start(&[])];
     let client = net.home("client");
     client.ok(&["init"]);
-    let boot: Vec<&str> = daemons.iter().map(|d| d.addr()).collect();
+    let boot: Vec<&str> = std::iter::once(liar.addr())
+        .chain(honest.iter().map(|d| d.addr()))
+        .collect();
     let _c = client.start(&boot);
     wait_for_model(&client, &id)?;
     let start = Instant::now();
@@ -347,8 +347,8 @@ pub fn partition(mib: u64) -> Result<Report> {
     let before = net.path().join("before");
     package(&before, 1)?;
     let id_before = a.ok(&["publish", path_str(&before)?]);
-    let node_a = a.start_on("/ip4/10.203.0.1/tcp/0", &[], &[]);
-    let _node_b = b.start_on("/ip4/10.203.0.2/tcp/0", &[node_a.addr()], &[]);
+    let node_a = a.start_on("/ip4/10.203.0.1/tcp/0", &[]);
+    let _node_b = b.start_on("/ip4/10.203.0.2/tcp/0", &[node_a.addr()]);
     wait_for_model(&b, &id_before)?;
 
     hosts.partition(true)?;

@@ -405,7 +405,7 @@ pub fn router<N: NodeApi>(node: Arc<N>, access: Access) -> Router {
 /// an [`ApiError`] in JSON like every other error, not axum's plain-text rejection.
 struct Body(Bytes);
 
-impl<S: Send + Sync> axum::extract::FromRequest<S> for Body {
+impl<S: Send + Sync> FromRequest<S> for Body {
     type Rejection = ApiError;
 
     async fn from_request(request: axum::extract::Request, state: &S) -> ApiResult<Body> {

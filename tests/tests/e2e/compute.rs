@@ -1,8 +1,9 @@
 //! Compute sharing between real nodes: a model published on A is served by B and called from C,
-//! which has never fetched it; `--verify` across two honest providers agrees; a provider that
-//! returns a wrong output is caught by `--verify`, one whose outputs do not match its signed hash
-//! is caught on every call; a silent one times out; and forged, replayed, stale, misaddressed,
-//! underpriced and oversized requests sent by a raw libp2p peer are refused with clear reasons.
+//! which has never fetched it; `--verify` across two honest providers agrees; lying providers
+//! (`testnet`'s `liar`, which copies B's answers and lies about them) are caught: one that returns
+//! a wrong output by `--verify`, one whose outputs do not match its signed hash on every call, and
+//! a silent one times out; and forged, replayed, stale, misaddressed, underpriced and oversized
+//! requests sent by a raw libp2p peer are refused with clear reasons.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,7 +11,7 @@ use std::time::{Duration, Instant};
 use protocol::compute::{InferCall, InferReply, InferRequest, InferStatus};
 use protocol::{BlobHash, ModelId, Object, SecretKey};
 use serde_json::json;
-use testnet::{Node, Testnet};
+use testnet::{Fault, Node, Testnet};
 
 use super::inference::{http, mode};
 
@@ -100,8 +101,12 @@ fn a_model_published_on_a_is_served_by_b_and_called_from_c() {
 
     // A provider that corrupts its output (and signs it) is caught by --verify.
     assert_eq!(b2_node.stop().code(), Some(0));
-    let liar = init(&net, "liar", SERVE);
-    let liar_node = liar.start_with(&[a_node.addr()], &[("MOXNET_TEST_FAULT", "wrong-output")]);
+    let liar = init(&net, "liar", "");
+    let liar_node = liar.start_cheating(
+        Fault::WrongOutput,
+        &b_node.peer_id,
+        &[a_node.addr(), b_node.addr()],
+    );
     wait_for_offers(&c_node, &[&b_node.peer_id, &liar_node.peer_id]);
     let (status, caught) = http(
         &c_node.api,
@@ -124,8 +129,12 @@ fn a_model_published_on_a_is_served_by_b_and_called_from_c() {
     assert!(refused.contains("disagree"), "{refused}");
 
     // A provider whose outputs do not match its signed hash is caught on any call.
-    let cheat = init(&net, "cheat", SERVE);
-    let cheat_node = cheat.start_with(&[a_node.addr()], &[("MOXNET_TEST_FAULT", "bad-hash")]);
+    let cheat = init(&net, "cheat", "");
+    let cheat_node = cheat.start_cheating(
+        Fault::BadHash,
+        &b_node.peer_id,
+        &[a_node.addr(), b_node.addr()],
+    );
     let forced = format!("{infer}?on={}", cheat_node.peer_id);
     let deadline = Instant::now() + Duration::from_secs(30);
     let (status, bad) = loop {
@@ -152,8 +161,8 @@ fn a_model_published_on_a_is_served_by_b_and_called_from_c() {
 
     // A silent provider times out; calls keep going to the honest one.
     drop((cheat_node, liar_node));
-    let mute = init(&net, "mute", SERVE);
-    let mute_node = mute.start_with(&[a_node.addr()], &[("MOXNET_TEST_FAULT", "silent")]);
+    let mute = init(&net, "mute", "");
+    let mute_node = mute.start_cheating(Fault::Silent, &b_node.peer_id, &[a_node.addr()]);
     wait_for_offers(&c_node, &[&b_node.peer_id, &mute_node.peer_id]);
     let started = Instant::now();
     let (status, timed_out) = http(

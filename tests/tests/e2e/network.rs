@@ -143,7 +143,8 @@ fn three_providers_one_byzantine_fetch_completes_and_bans_it() {
         p.ok(&["init"]);
         ids.push(p.ok(&["publish", pkg.to_str().expect("utf8")]));
     }
-    let evil = providers[0].start_with(&[], &[("MOXNET_TEST_BYZANTINE", "1")]);
+    // A liar on p0's home: the same store and catalogue, every range it serves corrupted.
+    let evil = providers[0].start_corrupting(&[]);
     let honest1 = providers[1].start(&[]);
     let honest2 = providers[2].start(&[]);
     let client = net.home("client");
