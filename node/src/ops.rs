@@ -40,7 +40,7 @@ pub fn parse_hash(s: &str) -> Result<BlobHash> {
 /// Reads and verifies a model's signed manifest from the store.
 pub fn load_manifest(store: &Store, id: ModelId) -> Result<Signed<Manifest>> {
     if !store.has(id.blob())? {
-        return Err(NotFound(format!("model {id} is not on this node (fetch it first)")).into());
+        return Err(NotFound(format!("model {id} is not in the store (fetch it first)")).into());
     }
     let bytes = store
         .read_bytes(id.blob(), Signed::<Manifest>::MAX_BYTES as u64)

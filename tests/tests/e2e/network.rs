@@ -103,7 +103,9 @@ fn a_killed_fetch_resumes_without_refetching_verified_groups() {
     let mut fetching = c.spawn(&["fetch", &id]);
     let saved = 32u64 << 20;
     wait_until("32 MiB of the weights to be recorded", || {
-        api_get(&node_c, &format!("/api/v1/fetch/{id}"))["bytes_done"]
+        // 404 until the CLI has started the fetch.
+        let (_, progress) = node_c.api_get(&format!("/api/v1/fetch/{id}")).expect("API");
+        progress["bytes_done"]
             .as_u64()
             .is_some_and(|done| done >= saved)
     });
