@@ -67,8 +67,13 @@ pub fn is_local(store: &Store, manifest: &Manifest) -> bool {
 
 /// `moxnet add`: a file or folder into the store, pinned.
 pub fn add(home: &Home, path: &Path, quiet: bool) -> Result<Added> {
-    let meta =
-        std::fs::metadata(path).map_err(|e| BadRequest(format!("{}: {e}", path.display())))?;
+    let meta = std::fs::metadata(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            BadRequest(format!("{} does not exist", path.display()))
+        } else {
+            BadRequest(format!("{}: {e}", path.display()))
+        }
+    })?;
     let store = &home.store;
     let imported = if meta.is_dir() {
         let files = store::walk(path)?;
