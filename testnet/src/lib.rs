@@ -97,6 +97,21 @@ pub fn http_with(
     body: Option<&str>,
     timeout: std::time::Duration,
 ) -> Result<(u16, serde_json::Value)> {
+    let (status, text) = http_text(addr, method, path, headers, body, timeout)?;
+    let value =
+        serde_json::from_str(&text).with_context(|| format!("{method} {path}: {text:?}"))?;
+    Ok((status, value))
+}
+
+/// Like [`http_with`], returning the body as text (e.g. `/metrics`).
+pub fn http_text(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+    timeout: std::time::Duration,
+) -> Result<(u16, String)> {
     use std::io::{Read, Write};
     let mut s =
         std::net::TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
@@ -122,9 +137,8 @@ pub fn http_with(
         .nth(1)
         .and_then(|s| s.parse().ok())
         .with_context(|| format!("{method} {path}: no status line in {text:?}"))?;
-    let json = text.split("\r\n\r\n").nth(1).unwrap_or_default();
-    let value = serde_json::from_str(json).with_context(|| format!("{method} {path}: {json:?}"))?;
-    Ok((status, value))
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    Ok((status, body.to_string()))
 }
 
 /// Waits (up to 60 s) until `node` has heard compute offers from

@@ -459,6 +459,7 @@ pub fn compute(calls: usize) -> Result<CallsReport> {
     .to_string();
     let path = format!("/v2/models/{id}/infer");
     let answered = AtomicUsize::new(0);
+    let mut mid_run = None;
     let start = Instant::now();
     // A call that takes this long counts as hung (the client gives a provider 30 s).
     let hang = Duration::from_secs(120);
@@ -477,6 +478,9 @@ pub fn compute(calls: usize) -> Result<CallsReport> {
             if answered.load(Ordering::SeqCst) >= calls / 2
                 && let Some(v) = victim.take()
             {
+                // While calls are in flight, the client's metrics are scraped as Prometheus
+                // would (no token), then a provider is killed.
+                mid_run = Some(metrics(&client.api));
                 v.kill();
             }
             std::thread::sleep(Duration::from_millis(5));
@@ -517,6 +521,29 @@ pub fn compute(calls: usize) -> Result<CallsReport> {
         }
     }
     ensure!(ok > 0, "no call succeeded");
+    // The metrics agree with what the callers saw: every call is counted on the client, and
+    // the surviving provider counts the calls it served and the fuel they burnt.
+    let mid_run = mid_run.context("no metrics scraped during the calls")??;
+    ensure!(
+        mid_run.contains("moxnet_peers ") && mid_run.contains("libp2p_"),
+        "the client's metrics during the run lack peers or libp2p's: {mid_run}"
+    );
+    let after = metrics(&client.api)?;
+    let remote_ok = counter(&after, r#"moxnet_calls_total{place="remote",outcome="ok"}"#);
+    ensure!(
+        remote_ok == ok as u64,
+        "the client counted {remote_ok} remote calls ok, the callers saw {ok}"
+    );
+    let provider = metrics(&p1.api)?;
+    let served = counter(
+        &provider,
+        r#"moxnet_calls_total{place="served",outcome="ok"}"#,
+    );
+    let p1_answered = by.get(&p1_id).copied().unwrap_or(0) as u64;
+    ensure!(
+        served >= p1_answered && counter(&provider, "moxnet_fuel_total") > 0,
+        "provider p1 counted {served} served calls, the callers saw {p1_answered}"
+    );
     drop((client, p1, relay, publisher));
     Ok(CallsReport {
         nodes: 5,
@@ -526,4 +553,19 @@ pub fn compute(calls: usize) -> Result<CallsReport> {
         by_provider: by.into_iter().collect(),
         elapsed,
     })
+}
+
+/// `GET /metrics` on a node's API, as a scraper sends it (no token).
+fn metrics(api: &str) -> Result<String> {
+    let (status, text) =
+        crate::http_text(api, "GET", "/metrics", &[], None, Duration::from_secs(30))?;
+    ensure!(status == 200, "GET /metrics: HTTP {status}: {text}");
+    Ok(text)
+}
+
+/// The value of one counter or gauge line (`name{labels} value`) in a metrics text; 0 if absent.
+fn counter(text: &str, series: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
 }
