@@ -134,7 +134,7 @@ fn store_command(target: &Target, command: Command, json: bool) -> Result<ExitCo
     match command {
         Command::Models => show(
             json,
-            &target.run(|a| a.get("/api/v1/models"), |h| ops::models(&h.store))?,
+            &target.run(|a| a.get("/api/v1/models"), |h| Ok(ops::models(&h.catalog)))?,
         )?,
         Command::Ls => show(
             json,
@@ -179,7 +179,7 @@ fn store_command(target: &Target, command: Command, json: bool) -> Result<ExitCo
             let id = ModelId(parse_hash(&id)?);
             let view = target.run(
                 |a| a.get(&format!("/api/v1/models/{id}")),
-                |h| ops::show(&h.store, id),
+                |h| ops::show(h, id),
             )?;
             show(json, &view)?
         }
@@ -222,13 +222,13 @@ fn store_command(target: &Target, command: Command, json: bool) -> Result<ExitCo
                 let name = ops::run_name(Path::new(&what))?;
                 target.run(
                     |a| a.get(&format!("/api/v1/runs/{}/history", segment(&name))),
-                    |h| ops::run_history(&h.store, &name),
+                    |h| ops::run_history(h, &name),
                 )?
             } else {
                 let id = ModelId(parse_hash(&what)?);
                 target.run(
                     |a| a.get(&format!("/api/v1/models/{id}/history")),
-                    |h| ops::model_history(&h.store, id),
+                    |h| ops::model_history(&h.catalog, id),
                 )?
             };
             show(json, &history)?
@@ -251,7 +251,7 @@ fn store_command(target: &Target, command: Command, json: bool) -> Result<ExitCo
         }
         Command::Gc => show(
             json,
-            &target.run(|a| a.bodyless("POST", "/api/v1/gc"), |h| ops::gc(&h.store))?,
+            &target.run(|a| a.bodyless("POST", "/api/v1/gc"), ops::gc)?,
         )?,
         Command::Verify { hash } => {
             let only = hash.as_deref().map(parse_hash).transpose()?;
@@ -373,7 +373,7 @@ fn call(
                 },
                 limits,
             )?;
-            let model = engine.load(&home.store, id).map_err(|e| {
+            let model = engine.load(&home, id).map_err(|e| {
                 if e.status == 404 {
                     anyhow::anyhow!(
                         "model {id} is not on this node; start `moxnet node` and call again to fetch it"

@@ -562,7 +562,7 @@ fn memory_mib() -> u64 {
 
 /// This node's current offer, signed.
 pub async fn make_offer(node: &Arc<Node>) -> Signed<ComputeOffer> {
-    let mut models = crate::daemon::complete_models(node).await;
+    let mut models = node.home.catalog.local_models();
     models.truncate(MAX_OFFER_MODELS);
     let mut backends = vec!["wasm".to_string()];
     if let Some(b) = node.inference.backend() {
@@ -851,7 +851,7 @@ pub async fn call(
             format!("no provider offers compute at or below {max_price} per million fuel"),
         ));
     }
-    let version = crate::inference::local_manifest(&node.home.store, model)
+    let version = crate::inference::local_manifest(&node.home.catalog, model)
         .map(|m| m.body().version.clone())
         .unwrap_or_default();
     if options.verify {

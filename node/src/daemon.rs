@@ -115,17 +115,11 @@ impl Provider for StoreProvider {
     }
 
     fn catalog(&self) -> Vec<Vec<u8>> {
-        let store = &self.home.store;
-        crate::ops::known_models(store)
-            .into_iter()
-            .filter_map(|id| {
-                store
-                    .read_bytes(
-                        id.blob(),
-                        protocol::Signed::<protocol::Manifest>::MAX_BYTES as u64,
-                    )
-                    .ok()
-            })
+        self.home
+            .catalog
+            .entries()
+            .iter()
+            .map(|e| e.manifest.to_bytes())
             .collect()
     }
 }
@@ -325,18 +319,14 @@ async fn on_event(node: &Arc<Node>, event: NetEvent) {
                 tracing::warn!(model = %id, peer = %from, "too many manifests being stored; dropped this one");
                 return;
             };
-            let home = node.home.clone();
-            let links = manifest.body().referenced_blobs();
+            if node.home.catalog.get(id).is_some() {
+                return;
+            }
+            let catalog = node.home.catalog.clone();
             tokio::task::spawn_blocking(move || {
                 let _permit = permit;
-                let stored = (|| -> Result<()> {
-                    if !home.store.has(id.blob())? {
-                        home.store.import_bytes(&bytes, "manifest", links)?;
-                    }
-                    home.store.index_manifest(id)?;
-                    Ok(())
-                })();
-                if let Err(e) = stored {
+                // `net` verified the signature: the catalogue keeps it without checking again.
+                if let Err(e) = catalog.insert(*manifest) {
                     tracing::warn!(model = %id, "storing a learnt manifest: {e:#}");
                 }
             });
@@ -373,46 +363,23 @@ async fn on_event(node: &Arc<Node>, event: NetEvent) {
     }
 }
 
-/// The models whose manifest and files are all in the store.
-pub async fn complete_models(node: &Arc<Node>) -> Vec<ModelId> {
-    let home = node.home.clone();
-    tokio::task::spawn_blocking(move || {
-        let store = &home.store;
-        crate::ops::known_models(store)
-            .into_iter()
-            .filter(|id| is_complete(store, *id))
-            .collect()
-    })
-    .await
-    .unwrap_or_default()
-}
-
-/// Whether a model's manifest, files and guest are all in the store.
-pub fn is_complete(store: &store::Store, id: ModelId) -> bool {
-    crate::ops::load_manifest(store, id)
-        .is_ok_and(|signed| crate::ops::is_local(store, signed.body()))
-}
-
 /// Announces every local manifest not yet announced, and provides it and its files.
 pub async fn announce_local(node: &Arc<Node>) {
-    let home = node.home.clone();
-    let local = tokio::task::spawn_blocking(move || -> Vec<(ModelId, Vec<u8>, Vec<BlobHash>)> {
-        let store = &home.store;
-        crate::ops::known_models(store)
-            .into_iter()
-            .filter_map(|id| {
-                let signed = crate::ops::load_manifest(store, id).ok()?;
-                let blobs: Vec<BlobHash> = std::iter::once(id.blob())
-                    .chain(signed.body().referenced_blobs())
-                    .filter(|h| store.has(*h).unwrap_or(false))
-                    .collect();
-                // Only models whose files and guest are all here are ours to announce.
-                crate::ops::is_local(store, signed.body()).then(|| (id, signed.to_bytes(), blobs))
-            })
-            .collect()
-    })
-    .await
-    .unwrap_or_default();
+    let catalog = &node.home.catalog;
+    let local: Vec<(ModelId, Vec<u8>, Vec<BlobHash>)> = catalog
+        .local_models()
+        .into_iter()
+        .filter_map(|id| {
+            let signed = catalog.get(id)?;
+            // Local: the manifest, files and guest are here; snapshots may be too.
+            let store = &node.home.store;
+            let blobs = std::iter::once(id.blob())
+                .chain(signed.body().referenced_blobs())
+                .filter(|h| store.has(*h).unwrap_or(false))
+                .collect();
+            Some((id, signed.to_bytes(), blobs))
+        })
+        .collect();
     for (id, envelope, blobs) in local {
         if !node
             .announced
@@ -444,7 +411,7 @@ pub async fn load_local(
         return Ok(l);
     }
     let worker = node.clone();
-    tokio::task::spawn_blocking(move || worker.inference.load(&worker.home.store, id))
+    tokio::task::spawn_blocking(move || worker.inference.load(&worker.home, id))
         .await
         .map_err(|e| CallError::new(500, format!("loading the model: {e}")))?
 }
@@ -457,11 +424,7 @@ pub async fn ensure_loaded(
     if node.inference.get(id).is_some() {
         return load_local(node, id).await;
     }
-    let worker = node.clone();
-    let complete = tokio::task::spawn_blocking(move || is_complete(&worker.home.store, id))
-        .await
-        .unwrap_or(false);
-    if !complete {
+    if !node.home.catalog.is_local(id) {
         // One fetch per model: concurrent calls for a missing model wait for the first.
         let lock = node
             .fetch_locks
@@ -471,11 +434,7 @@ pub async fn ensure_loaded(
             .or_default()
             .clone();
         let _one = lock.lock().await;
-        let worker = node.clone();
-        let complete = tokio::task::spawn_blocking(move || is_complete(&worker.home.store, id))
-            .await
-            .unwrap_or(false);
-        if !complete {
+        if !node.home.catalog.is_local(id) {
             let progress = Arc::new(Mutex::new(Progress::default()));
             node.fetches
                 .lock()

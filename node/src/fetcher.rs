@@ -67,22 +67,29 @@ async fn fetch_all(node: &Arc<Node>, id: BlobHash, progress: Shared) -> Result<(
     // Children to fetch, with their size when the parent states it.
     let mut children: Vec<(BlobHash, Option<u64>)> = Vec::new();
     let mut snapshots = Vec::new();
-    if let Some(manifest) = bytes
-        .as_deref()
-        .and_then(|b| Signed::<Manifest>::from_bytes(b).ok())
-    {
+    let catalog = &node.home.catalog;
+    // A manifest the catalogue knows was verified when it arrived; a new one is verified here,
+    // once.
+    let manifest = catalog.get(ModelId(id)).or_else(|| {
+        bytes
+            .as_deref()
+            .and_then(|b| Signed::<Manifest>::from_bytes(b).ok())
+            .map(Arc::new)
+    });
+    if let Some(manifest) = manifest {
         let m = manifest.body();
         children.extend(m.files.iter().map(|f| (f.hash, Some(f.size))));
         // The guest that runs the model travels with it: without it a fetched model could
         // neither be called here nor served to peers.
         children.extend(m.runtime.guest.map(|g| (g, None)));
         snapshots = m.snapshots.clone();
+        // Fetched as raw bytes: record what they are and what they link, then catalogue them.
         store.import_bytes(
             bytes.as_deref().unwrap_or_default(),
             "manifest",
             m.referenced_blobs(),
         )?;
-        store.index_manifest(ModelId(id))?;
+        catalog.insert(Signed::clone(&manifest))?;
     } else if let Some(collection) = bytes
         .as_deref()
         .filter(|_| record.kind == "collection" || record.size > 0)
@@ -99,6 +106,7 @@ async fn fetch_all(node: &Arc<Node>, id: BlobHash, progress: Shared) -> Result<(
     }
     for (hash, size) in children {
         fetch_blob(node, hash, size, id, &progress).await?;
+        catalog.blob_added(hash);
     }
     for snapshot in snapshots {
         fetch_blob(node, snapshot, None, id, &progress).await?;

@@ -6,6 +6,7 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use catalog::Catalog;
 use protocol::SecretKey;
 use store::Store;
 
@@ -56,6 +57,8 @@ pub struct Home {
     pub key: SecretKey,
     /// The blob store.
     pub store: std::sync::Arc<Store>,
+    /// Every manifest this home knows, verified once, and which models are local.
+    pub catalog: std::sync::Arc<Catalog>,
     /// The home's folder.
     pub dir: std::path::PathBuf,
 }
@@ -88,9 +91,14 @@ impl Home {
             Store::open(dir.join(STORE_DIR))
                 .with_context(|| format!("opening the store in {}", dir.display()))?,
         );
+        let catalog = std::sync::Arc::new(
+            Catalog::open(store.clone())
+                .with_context(|| format!("opening the catalogue in {}", dir.display()))?,
+        );
         Ok(Home {
             key,
             store,
+            catalog,
             dir: dir.to_path_buf(),
         })
     }

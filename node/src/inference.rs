@@ -11,11 +11,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result, bail};
+use catalog::Catalog;
 use graph::{DType, Dim, Spec, Tensor};
 use protocol::{Manifest, ModelId, Signed};
 use sandbox::{CallLimits, Outcome, Sandbox, SandboxConfig, SandboxError};
 use serde_json::{Map, Value, json};
 use store::Store;
+
+use crate::home::Home;
 
 /// The largest guest component a manifest may name.
 const MAX_GUEST_BYTES: u64 = 64 << 20;
@@ -178,8 +181,9 @@ impl Inference {
             .cloned()
     }
 
-    /// Loads a model whose manifest and files are in `store`.
-    pub fn load(&self, store: &Store, id: ModelId) -> Result<Arc<Loaded>, CallError> {
+    /// Loads a local model of `home` (manifest, files and guest in its store).
+    pub fn load(&self, home: &Home, id: ModelId) -> Result<Arc<Loaded>, CallError> {
+        let store = &home.store;
         if let Some(l) = self.get(id) {
             return Ok(l);
         }
@@ -187,9 +191,9 @@ impl Inference {
         if let Some(l) = self.get(id) {
             return Ok(l);
         }
-        let signed = local_manifest(store, id)?;
+        let signed = local_manifest(&home.catalog, id)?;
         let m = signed.body();
-        if !crate::ops::is_local(store, m) {
+        if !home.catalog.is_local(id) {
             return Err(CallError::new(
                 404,
                 format!("model {id} is known here but its files or guest are not (fetch it first)"),
@@ -305,18 +309,14 @@ pub fn from_wire(outputs: protocol::compute::Outputs) -> Result<Vec<Tensor>, Str
         .collect()
 }
 
-/// The manifest of a model in the store, or 404.
-pub fn local_manifest(store: &Store, id: ModelId) -> Result<Signed<Manifest>, CallError> {
-    match store.has(id.blob()) {
-        Ok(true) => {
-            crate::ops::load_manifest(store, id).map_err(|e| CallError::new(500, format!("{e:#}")))
-        }
-        Ok(false) => Err(CallError::new(
+/// The manifest of a model the catalogue knows (verified when it arrived), or 404.
+pub fn local_manifest(catalog: &Catalog, id: ModelId) -> Result<Arc<Signed<Manifest>>, CallError> {
+    catalog.get(id).ok_or_else(|| {
+        CallError::new(
             404,
-            format!("model {id} is not on this node (fetch it first)"),
-        )),
-        Err(e) => Err(CallError::new(500, e.to_string())),
-    }
+            format!("model {id} is not in the store (fetch it first)"),
+        )
+    })
 }
 
 /// The guest a manifest runs with.

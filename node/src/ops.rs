@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
@@ -13,6 +14,7 @@ use api::dto::{
     InterfaceView, ModelList, ModelRow, ModelView, PinChange, Problem, Published, RuntimeView,
     SnapshotAdded, SnapshotRequest, SnapshotView, TensorView, VerifyReport,
 };
+use catalog::Catalog;
 use protocol::{BlobHash, Collection, Dim, FileEntry, Manifest, ModelId, Object, Signed, Snapshot};
 use store::Store;
 
@@ -37,32 +39,26 @@ pub fn parse_hash(s: &str) -> Result<BlobHash> {
         .map_err(|e| BadRequest(format!("{s:?} is not a hash: {e}")).into())
 }
 
-/// Reads and verifies a model's signed manifest from the store.
-pub fn load_manifest(store: &Store, id: ModelId) -> Result<Signed<Manifest>> {
-    if !store.has(id.blob())? {
-        return Err(NotFound(format!("model {id} is not in the store (fetch it first)")).into());
+/// A model's manifest from the catalogue (verified when it arrived), or 404.
+pub fn manifest(catalog: &Catalog, id: ModelId) -> Result<Arc<Signed<Manifest>>> {
+    catalog
+        .get(id)
+        .ok_or_else(|| NotFound(format!("model {id} is not in the store (fetch it first)")).into())
+}
+
+/// Like [`manifest`], also adopting a manifest that is in the store as a plain blob (e.g.
+/// `moxnet add model.manifest`): its signature is checked once, and it is catalogued.
+fn manifest_or_blob(home: &Home, id: ModelId) -> Result<Arc<Signed<Manifest>>> {
+    if home.catalog.get(id).is_none() && home.store.has(id.blob())? {
+        let bytes = home
+            .store
+            .read_bytes(id.blob(), Signed::<Manifest>::MAX_BYTES as u64)
+            .with_context(|| format!("reading {id}"))?;
+        home.catalog
+            .insert_bytes(&bytes)
+            .with_context(|| format!("{id} is not a valid signed manifest"))?;
     }
-    let bytes = store
-        .read_bytes(id.blob(), Signed::<Manifest>::MAX_BYTES as u64)
-        .with_context(|| format!("reading model {id}"))?;
-    Signed::<Manifest>::from_bytes(&bytes)
-        .with_context(|| format!("{id} is not a valid signed manifest"))
-}
-
-/// The ids of every model in the store's manifest index; a failing index is logged and reads
-/// as empty (callers are background tasks that try again later).
-pub fn known_models(store: &Store) -> Vec<ModelId> {
-    store.manifests().unwrap_or_else(|e| {
-        tracing::error!("reading the manifest index: {e}");
-        Vec::new()
-    })
-}
-
-/// Whether every blob needed to run the model (its files and guest) is in the store.
-pub fn is_local(store: &Store, manifest: &Manifest) -> bool {
-    manifest
-        .runnable_blobs()
-        .all(|h| store.has(h).unwrap_or(false))
+    manifest(&home.catalog, id)
 }
 
 /// `moxnet add`: a file or folder into the store, pinned.
@@ -89,6 +85,8 @@ pub fn add(home: &Home, path: &Path, quiet: bool) -> Result<Added> {
     }
     .with_context(|| format!("adding {}", path.display()))?;
     store.pin(imported.hash)?;
+    // Added files may be what a known model was missing.
+    home.catalog.refresh_all()?;
     Ok(Added {
         hash: imported.hash.to_string(),
         size: imported.size,
@@ -113,7 +111,7 @@ pub fn export(home: &Home, hash: BlobHash, output: &Path) -> Result<Exported> {
             ("folder", store.export_files(&collection.entries, output)?)
         }
         "manifest" => {
-            let manifest = load_manifest(store, ModelId(hash))?;
+            let manifest = manifest(&home.catalog, ModelId(hash))?;
             ("model", store.export_files(&manifest.body().files, output)?)
         }
         _ => ("file", store.export(hash, output)?),
@@ -126,30 +124,25 @@ pub fn export(home: &Home, hash: BlobHash, output: &Path) -> Result<Exported> {
     })
 }
 
-/// `moxnet models`: every model this node knows, readable or not yet fetched.
-pub fn models(store: &Store) -> Result<ModelList> {
-    let mut models = Vec::new();
-    for id in store.manifests()? {
-        let signed = match load_manifest(store, id) {
-            Ok(s) => s,
-            Err(e) => {
-                // Listed but not (or no longer) readable: skip rather than fail the list.
-                tracing::warn!(model = %id, "skipping an unreadable manifest: {e:#}");
-                continue;
+/// `moxnet models`: every model this node knows, local or not yet fetched.
+pub fn models(catalog: &Catalog) -> ModelList {
+    let models = catalog
+        .entries()
+        .into_iter()
+        .map(|e| {
+            let m = e.manifest.body();
+            ModelRow {
+                model_id: e.id.to_string(),
+                name: m.name.clone(),
+                version: m.version.clone(),
+                author: e.manifest.signer().to_string(),
+                files: m.files.len(),
+                bytes: m.total_size(),
+                local: e.local,
             }
-        };
-        let m = signed.body();
-        models.push(ModelRow {
-            model_id: id.to_string(),
-            name: m.name.clone(),
-            version: m.version.clone(),
-            author: signed.signer().to_string(),
-            files: m.files.len(),
-            bytes: m.total_size(),
-            local: is_local(store, m),
-        });
-    }
-    Ok(ModelList { models })
+        })
+        .collect();
+    ModelList { models }
 }
 
 /// `moxnet ls`: the blobs in the store.
@@ -196,32 +189,6 @@ fn import_files(store: &Store, files: &[(String, PathBuf)], quiet: bool) -> Resu
     Ok(entries)
 }
 
-/// The snapshot chain ending at `head`, oldest first.
-fn snapshot_chain(
-    store: &Store,
-    head: Option<BlobHash>,
-) -> Result<Vec<(BlobHash, Signed<Snapshot>)>> {
-    let mut chain = Vec::new();
-    let mut next = head;
-    while let Some(h) = next {
-        if chain.len() >= protocol::MAX_SNAPSHOTS {
-            bail!(
-                "snapshot chain longer than {} (a cycle?)",
-                protocol::MAX_SNAPSHOTS
-            );
-        }
-        let bytes = store
-            .read_bytes(h, Signed::<Snapshot>::MAX_BYTES as u64)
-            .with_context(|| format!("reading snapshot {h}"))?;
-        let snap = Signed::<Snapshot>::from_bytes(&bytes)
-            .with_context(|| format!("snapshot {h} does not verify"))?;
-        next = snap.body().parent;
-        chain.push((h, snap));
-    }
-    chain.reverse();
-    Ok(chain)
-}
-
 /// `moxnet publish`: a package folder or bare `.onnx` file packed into a signed model.
 pub fn publish(home: &Home, path: &Path, quiet: bool) -> Result<Published> {
     let store = &home.store;
@@ -232,24 +199,23 @@ pub fn publish(home: &Home, path: &Path, quiet: bool) -> Result<Published> {
     }
     manifest.files = import_files(store, &package.files, quiet)?;
     protocol::check_files(&manifest.files).map_err(|e| anyhow::anyhow!("{e}"))?;
-    manifest.snapshots = snapshot_chain(store, store.snapshot_head(&manifest.name)?)?
+    manifest.snapshots = home
+        .catalog
+        .snapshot_chain(store.snapshot_head(&manifest.name)?)?
         .into_iter()
         .map(|(h, _)| h)
         .collect();
     let signed = home.key.sign(manifest);
-    let bytes = signed.to_bytes();
-    if bytes.len() > Signed::<Manifest>::MAX_BYTES {
+    let size = signed.to_bytes().len();
+    if size > Signed::<Manifest>::MAX_BYTES {
         bail!(
-            "the manifest is {} bytes, over the {} limit (too many files?)",
-            bytes.len(),
+            "the manifest is {size} bytes, over the {} limit (too many files?)",
             Signed::<Manifest>::MAX_BYTES
         );
     }
-    let id = protocol::model_id(&bytes);
-    let links = signed.body().referenced_blobs();
-    store.import_bytes(&bytes, "manifest", links)?;
-    store.index_manifest(id)?;
+    let id = home.catalog.insert(signed)?;
     store.pin(id.blob())?;
+    let signed = self::manifest(&home.catalog, id)?;
     let m = signed.body();
     Ok(Published {
         model_id: id.to_string(),
@@ -335,9 +301,9 @@ fn file_views(files: &[FileEntry]) -> Vec<FileView> {
         .collect()
 }
 
-/// `moxnet show`: a model's manifest, its signature checked.
-pub fn show(store: &Store, id: ModelId) -> Result<ModelView> {
-    let signed = load_manifest(store, id)?;
+/// `moxnet show`: a model's manifest (its signature was checked when it arrived).
+pub fn show(home: &Home, id: ModelId) -> Result<ModelView> {
+    let signed = manifest_or_blob(home, id)?;
     let m = signed.body();
     let tensors = |list: &[protocol::TensorSpec]| -> Vec<TensorView> {
         list.iter()
@@ -468,7 +434,7 @@ pub fn snapshot(home: &Home, request: &SnapshotRequest, quiet: bool) -> Result<S
     })
 }
 
-fn history_of(chain: &[(BlobHash, Signed<Snapshot>)]) -> History {
+fn history_of(chain: &[(BlobHash, Arc<Signed<Snapshot>>)]) -> History {
     History {
         snapshots: chain
             .iter()
@@ -488,10 +454,10 @@ fn history_of(chain: &[(BlobHash, Signed<Snapshot>)]) -> History {
 }
 
 /// `moxnet history <id>`: the snapshots a published model links.
-pub fn model_history(store: &Store, id: ModelId) -> Result<History> {
-    let manifest = load_manifest(store, id)?;
+pub fn model_history(catalog: &Catalog, id: ModelId) -> Result<History> {
+    let manifest = manifest(catalog, id)?;
     let head = manifest.body().snapshots.last().copied();
-    let chain = snapshot_chain(store, head)?;
+    let chain = catalog.snapshot_chain(head)?;
     let listed: Vec<BlobHash> = chain.iter().map(|(h, _)| *h).collect();
     if listed != manifest.body().snapshots {
         bail!("model {id} lists snapshots that are not one parent-linked chain");
@@ -500,11 +466,9 @@ pub fn model_history(store: &Store, id: ModelId) -> Result<History> {
 }
 
 /// `moxnet history <folder>`: the snapshots recorded so far for a training run.
-pub fn run_history(store: &Store, name: &str) -> Result<History> {
-    Ok(history_of(&snapshot_chain(
-        store,
-        store.snapshot_head(name)?,
-    )?))
+pub fn run_history(home: &Home, name: &str) -> Result<History> {
+    let head = home.store.snapshot_head(name)?;
+    Ok(history_of(&home.catalog.snapshot_chain(head)?))
 }
 
 /// `moxnet pin` / `moxnet unpin`.
@@ -524,8 +488,9 @@ pub fn set_pin(store: &Store, hash: BlobHash, pin: bool) -> Result<PinChange> {
 }
 
 /// `moxnet gc`.
-pub fn gc(store: &Store) -> Result<GcReport> {
-    let report = store.gc()?;
+pub fn gc(home: &Home) -> Result<GcReport> {
+    let report = home.store.gc()?;
+    home.catalog.refresh_all()?;
     Ok(GcReport {
         blobs_removed: report.blobs_removed,
         bytes_freed: report.bytes_freed,

@@ -103,22 +103,22 @@ impl api::NodeApi for Service {
     }
 
     async fn models(&self) -> ApiResult<ModelList> {
-        self.blocking(|n| ops::models(&n.home.store)).await
+        Ok(ops::models(&self.0.home.catalog))
     }
 
     async fn show(&self, id: String) -> ApiResult<ModelView> {
         let id = ModelId(parse(&id)?);
-        self.blocking(move |n| ops::show(&n.home.store, id)).await
+        self.blocking(move |n| ops::show(&n.home, id)).await
     }
 
     async fn model_history(&self, id: String) -> ApiResult<History> {
         let id = ModelId(parse(&id)?);
-        self.blocking(move |n| ops::model_history(&n.home.store, id))
+        self.blocking(move |n| ops::model_history(&n.home.catalog, id))
             .await
     }
 
     async fn run_history(&self, name: String) -> ApiResult<History> {
-        self.blocking(move |n| ops::run_history(&n.home.store, &name))
+        self.blocking(move |n| ops::run_history(&n.home, &name))
             .await
     }
 
@@ -164,7 +164,7 @@ impl api::NodeApi for Service {
     }
 
     async fn gc(&self) -> ApiResult<GcReport> {
-        self.blocking(|n| ops::gc(&n.home.store)).await
+        self.blocking(|n| ops::gc(&n.home)).await
     }
 
     async fn verify(&self, request: VerifyRequest) -> ApiResult<VerifyReport> {
@@ -275,12 +275,7 @@ impl api::NodeApi for Service {
             on,
             verify: query.verify,
         };
-        let local = node.inference.get(id).is_some() || {
-            let worker = node.clone();
-            tokio::task::spawn_blocking(move || crate::daemon::is_complete(&worker.home.store, id))
-                .await
-                .unwrap_or(false)
-        };
+        let local = node.home.catalog.is_local(id);
         let remote = options.on.is_some()
             || options.verify
             || (!local && crate::compute::has_providers(node, id));
@@ -316,17 +311,7 @@ impl api::NodeApi for Service {
         let (running, queued) = node.inference.occupancy();
         m.sandbox_running.set(running as i64);
         m.sandbox_queued.set(queued as i64);
-        let counts = self
-            .blocking(|n| {
-                let store = &n.home.store;
-                let known = ops::known_models(store);
-                let local = known
-                    .iter()
-                    .filter(|id| crate::daemon::is_complete(store, **id))
-                    .count();
-                Ok((known.len(), local))
-            })
-            .await?;
+        let counts = node.home.catalog.counts();
         m.models.set(counts.0 as i64);
         m.models_local.set(counts.1 as i64);
         m.encode()

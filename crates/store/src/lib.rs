@@ -453,6 +453,12 @@ impl Store {
             .collect()
     }
 
+    /// Another index tree in the store's database (e.g. the catalogue's), opened or created.
+    /// Its writes are flushed with [`Store::flush`].
+    pub fn open_tree(&self, name: &str) -> Result<sled::Tree> {
+        Ok(self.db.open_tree(name)?)
+    }
+
     /// Flushes the index to disk (every mutating method already does).
     pub fn flush(&self) -> Result<()> {
         self.db.flush()?;

@@ -1,0 +1,179 @@
+//! The catalogue against a real sled-backed store on disk: manifests verified once and kept
+//! across a restart, local models tracked as blobs arrive and leave, forged bytes refused,
+//! snapshot chains and lineage.
+
+use std::sync::Arc;
+
+use catalog::{Catalog, CatalogError};
+use protocol::{BlobHash, FileEntry, Manifest, ModelId, Runtime, SecretKey, Snapshot};
+use store::Store;
+
+fn key() -> SecretKey {
+    SecretKey::from_seed(&[9; 32])
+}
+
+fn manifest(name: &str, files: &[(&str, &[u8])], guest: Option<BlobHash>) -> Manifest {
+    Manifest {
+        name: name.into(),
+        version: "1".into(),
+        runtime: Runtime {
+            kind: "onnx".into(),
+            entry: None,
+            guest,
+            memory_mib: None,
+        },
+        files: files
+            .iter()
+            .map(|(p, b)| FileEntry {
+                path: (*p).into(),
+                hash: BlobHash::of(b),
+                size: b.len() as u64,
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn a_model_becomes_local_as_its_blobs_arrive_and_survives_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let guest = BlobHash::of(b"guest");
+    let id;
+    {
+        let store = Arc::new(Store::open(dir.path()).expect("store"));
+        let catalog = Catalog::open(store.clone()).expect("catalog");
+        let m = manifest("m", &[("a.bin", b"aaa"), ("b.bin", b"bbb")], Some(guest));
+        id = catalog.insert(key().sign(m)).expect("insert");
+        assert!(!catalog.is_local(id));
+        assert_eq!(catalog.missing(id).len(), 3, "two files and the guest");
+        for (bytes, expect_local) in [(&b"aaa"[..], false), (b"guest", false), (b"bbb", true)] {
+            let h = store
+                .import_bytes(bytes, "raw", Vec::new())
+                .expect("import")
+                .hash;
+            let now = catalog.blob_added(h);
+            assert_eq!(now == vec![id], expect_local, "after {bytes:?}");
+        }
+        assert!(catalog.is_local(id));
+        assert_eq!(catalog.local_models(), vec![id]);
+        assert_eq!(catalog.counts(), (1, 1));
+        // The manifest itself is a blob peers can fetch.
+        assert!(store.has(id.blob()).expect("has"));
+    }
+    // After a restart the entry is decoded from the index (no re-verification needed) and
+    // still local.
+    let store = Arc::new(Store::open(dir.path()).expect("reopen"));
+    let catalog = Catalog::open(store.clone()).expect("catalog again");
+    assert!(catalog.is_local(id));
+    assert_eq!(catalog.get(id).expect("known").body().name, "m");
+    // A gc that removes a file: the model is no longer local once refreshed.
+    store.unpin(id.blob()).expect("unpin");
+    store.gc().expect("gc");
+    catalog.refresh_all().expect("refresh");
+    assert!(catalog.get(id).is_none(), "its manifest was collected too");
+    assert!(catalog.is_empty());
+}
+
+#[test]
+fn forged_and_foreign_bytes_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(Store::open(dir.path()).expect("store"));
+    let catalog = Catalog::open(store).expect("catalog");
+    let signed = key().sign(manifest("m", &[("a", b"a")], None));
+    let mut bytes = signed.to_bytes();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1; // the signature
+    assert!(matches!(
+        catalog.insert_bytes(&bytes),
+        Err(CatalogError::Invalid {
+            what: "manifest",
+            ..
+        })
+    ));
+    assert!(catalog.insert_bytes(b"not cbor").is_err());
+    // A snapshot envelope is not a manifest, even with a valid signature.
+    let snap = key().sign(Snapshot {
+        model: "m".into(),
+        step: 1,
+        time_ms: 0,
+        metrics: Default::default(),
+        weights: vec![],
+        parent: None,
+    });
+    assert!(catalog.insert_bytes(&snap.to_bytes()).is_err());
+    assert!(catalog.is_empty());
+    let id = catalog
+        .insert_bytes(&signed.to_bytes())
+        .expect("the genuine one");
+    assert_eq!(id, protocol::model_id(&signed.to_bytes()));
+}
+
+#[test]
+fn a_store_from_before_the_catalogue_is_adopted_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let signed = key().sign(manifest("old", &[], None));
+    let id = {
+        let store = Store::open(dir.path()).expect("store");
+        let bytes = signed.to_bytes();
+        let id = protocol::model_id(&bytes);
+        store
+            .import_bytes(&bytes, "manifest", Vec::new())
+            .expect("import");
+        store.index_manifest(id).expect("index");
+        id
+    };
+    let store = Arc::new(Store::open(dir.path()).expect("store"));
+    let catalog = Catalog::open(store).expect("catalog");
+    assert!(catalog.is_local(id), "no files: local");
+    assert_eq!(catalog.entries().len(), 1);
+}
+
+#[test]
+fn snapshot_chains_and_lineage() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(Store::open(dir.path()).expect("store"));
+    let catalog = Catalog::open(store.clone()).expect("catalog");
+    let mut parent = None;
+    let mut hashes = Vec::new();
+    for step in 1..=3 {
+        let s = key().sign(Snapshot {
+            model: "run".into(),
+            step,
+            time_ms: step * 10,
+            metrics: Default::default(),
+            weights: vec![],
+            parent,
+        });
+        let h = store
+            .import_bytes(&s.to_bytes(), "snapshot", parent.into_iter().collect())
+            .expect("import")
+            .hash;
+        hashes.push(h);
+        parent = Some(h);
+    }
+    let chain = catalog.snapshot_chain(parent).expect("chain");
+    let steps: Vec<u64> = chain.iter().map(|(_, s)| s.body().step).collect();
+    assert_eq!(steps, vec![1, 2, 3]);
+    assert_eq!(chain.iter().map(|(h, _)| *h).collect::<Vec<_>>(), hashes);
+    assert!(catalog.snapshot_chain(None).expect("empty").is_empty());
+
+    let base = catalog
+        .insert(key().sign(manifest("base", &[], None)))
+        .expect("base");
+    let mut tuned = manifest("tuned", &[], None);
+    tuned.parent = Some(base);
+    let tuned = catalog.insert(key().sign(tuned)).expect("tuned");
+    let mut again = manifest("tuned-again", &[], None);
+    again.parent = Some(tuned);
+    let again = catalog.insert(key().sign(again)).expect("again");
+    assert_eq!(catalog.lineage(again), vec![tuned, base]);
+    assert_eq!(catalog.derived(base), vec![tuned]);
+    // A parent this node has never seen ends the lineage.
+    let mut orphan = manifest("orphan", &[], None);
+    orphan.parent = Some(ModelId(BlobHash::of(b"unknown")));
+    let orphan = catalog.insert(key().sign(orphan)).expect("orphan");
+    assert_eq!(
+        catalog.lineage(orphan),
+        vec![ModelId(BlobHash::of(b"unknown"))]
+    );
+}
