@@ -7,8 +7,6 @@ use api::dto::{
     OfferList, PinChange, Published, SnapshotAdded, VerifyReport,
 };
 
-use crate::output::bytes;
-
 /// A result the CLI prints as text.
 pub trait Render {
     /// The text shown without `--json` (empty: print nothing).
@@ -274,5 +272,21 @@ impl Render for OfferList {
             })
             .collect::<Vec<_>>()
             .join("\n")
+    }
+}
+
+/// Human-readable byte count.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
     }
 }

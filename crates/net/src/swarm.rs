@@ -122,7 +122,12 @@ pub(crate) struct EventLoop {
     metrics: Metrics,
     /// Events the node was too slow to take (see [`EventLoop::emit`]).
     dropped: prometheus_client::metrics::counter::Counter,
+    /// Gossip messages being verified off the loop.
+    verifying: Arc<tokio::sync::Semaphore>,
 }
+
+/// Gossip messages verified at once, off the swarm task; more are dropped.
+const MAX_VERIFYING: usize = 64;
 
 pub(crate) fn build_swarm(
     config: &NetConfig,
@@ -224,7 +229,7 @@ impl EventLoop {
         let dropped = prometheus_client::metrics::counter::Counter::default();
         registry.sub_registry_with_prefix("moxnet_net").register(
             "events_dropped",
-            "Network events dropped because the node's queue was full",
+            "Network events dropped: the node's queue was full, or too many gossip messages were being verified",
             dropped.clone(),
         );
         let topic = IdentTopic::new(wire::ANNOUNCE_TOPIC);
@@ -257,6 +262,7 @@ impl EventLoop {
             synced: HashSet::new(),
             metrics,
             dropped,
+            verifying: Arc::new(tokio::sync::Semaphore::new(MAX_VERIFYING)),
         })
     }
 
@@ -391,6 +397,31 @@ impl EventLoop {
             // The node is shutting down.
             Err(mpsc::error::TrySendError::Closed(_)) => {}
         }
+    }
+
+    /// Verifies a gossiped object on a blocking thread and hands the resulting event to the
+    /// node there, so a burst of messages never stalls the swarm. At most
+    /// [`MAX_VERIFYING`] run at once; beyond that a message is dropped and counted (gossip
+    /// repeats what matters: offers are re-announced, manifests re-synced).
+    fn verify_off_loop(&self, verify: impl FnOnce() -> NetEvent + Send + 'static) {
+        let Ok(permit) = self.verifying.clone().try_acquire_owned() else {
+            self.dropped.inc();
+            tracing::warn!("too many gossip messages being verified; dropped one");
+            return;
+        };
+        let events = self.events.clone();
+        let dropped = self.dropped.clone();
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let event = verify();
+            if let Err(mpsc::error::TrySendError::Full(event)) = events.try_send(event) {
+                dropped.inc();
+                tracing::warn!(
+                    "the node is not keeping up; dropped a {} event",
+                    event.kind()
+                );
+            }
+        });
     }
 
     async fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
@@ -528,43 +559,37 @@ impl EventLoop {
                 message,
                 ..
             }) if message.topic == self.offer_topic.hash() => {
-                match Signed::<ComputeOffer>::from_bytes(&message.data) {
-                    Ok(offer) => {
-                        self.emit(NetEvent::Offer {
+                self.verify_off_loop(move || {
+                    match Signed::<ComputeOffer>::from_bytes(&message.data) {
+                        Ok(offer) => NetEvent::Offer {
                             from: propagation_source,
                             offer: Box::new(offer),
-                        })
-                        .await;
-                    }
-                    Err(e) => {
-                        self.emit(NetEvent::Rejected {
+                        },
+                        Err(e) => NetEvent::Rejected {
                             from: propagation_source,
                             reason: format!("compute offer: {e}"),
-                        })
-                        .await;
+                        },
                     }
-                }
+                });
             }
             BehaviourEvent::Gossipsub(gossipsub::Event::Message {
                 propagation_source,
                 message,
                 ..
-            }) => match Signed::<Manifest>::from_bytes(&message.data) {
-                Ok(manifest) => {
-                    self.emit(NetEvent::Manifest {
-                        from: propagation_source,
-                        manifest: Box::new(manifest),
-                    })
-                    .await;
-                }
-                Err(e) => {
-                    self.emit(NetEvent::Rejected {
-                        from: propagation_source,
-                        reason: format!("announcement: {e}"),
-                    })
-                    .await;
-                }
-            },
+            }) => {
+                self.verify_off_loop(
+                    move || match Signed::<Manifest>::from_bytes(&message.data) {
+                        Ok(manifest) => NetEvent::Manifest {
+                            from: propagation_source,
+                            manifest: Box::new(manifest),
+                        },
+                        Err(e) => NetEvent::Rejected {
+                            from: propagation_source,
+                            reason: format!("announcement: {e}"),
+                        },
+                    },
+                );
+            }
             BehaviourEvent::Catalog(request_response::Event::Message { peer, message, .. }) => {
                 match message {
                     request_response::Message::Request {
@@ -588,18 +613,21 @@ impl EventLoop {
                         response,
                     } => {
                         if let Some(reply) = self.pending_catalog.remove(&request_id) {
-                            let result = decode_frame::<CatalogResponse>(&response)
-                                .map_err(|e| NetError::PeerMisbehaved {
-                                    peer,
-                                    reason: format!("catalogue: {e}"),
-                                })
-                                .map(|r| {
-                                    r.manifests
-                                        .iter()
-                                        .filter_map(|m| Signed::<Manifest>::from_bytes(m).ok())
-                                        .collect()
-                                });
-                            let _ = reply.send(result);
+                            // Verifying a whole catalogue takes a while: off the swarm task.
+                            tokio::task::spawn_blocking(move || {
+                                let result = decode_frame::<CatalogResponse>(&response)
+                                    .map_err(|e| NetError::PeerMisbehaved {
+                                        peer,
+                                        reason: format!("catalogue: {e}"),
+                                    })
+                                    .map(|r| {
+                                        r.manifests
+                                            .iter()
+                                            .filter_map(|m| Signed::<Manifest>::from_bytes(m).ok())
+                                            .collect()
+                                    });
+                                let _ = reply.send(result);
+                            });
                         }
                     }
                 }
