@@ -1,29 +1,35 @@
-//! Compute sharing: a node serves inference calls for peers and calls peers for models it does
-//! not run itself.
+//! Compute sharing, wired: a node serves inference calls for peers and calls peers for models
+//! it does not run itself. The decisions (which provider, what to check, what a reply means)
+//! are the `compute` crate's; this module does the I/O around them: the network, the sandbox,
+//! fetching a model, the clock, randomness, signing.
 //!
 //! - **Provider side** ([`handle_call`]): a call on `/moxnet/infer/1` carries a signed
-//!   [`InferRequest`] and the OIP v2 request JSON. The provider checks the signature (signed by
-//!   the peer that sent it), that it is addressed to this node, fresh, not replayed (nonce), at or
-//!   above its price, the input hash, and the caller's share of the slots ([`PeerSlots`]); it
-//!   fetches the model if it lacks it, runs it in the sandbox with the caller's fuel limit and
-//!   returns the outputs with a signed [`InferResult`].
+//!   [`InferRequest`] and the OIP v2 request JSON. [`compute::check_call`] checks it (signed by
+//!   the peer that sent it, addressed to this node, serving, at or above its price, the input
+//!   hash), then [`Nonces`] (fresh, not replayed) and the caller's share of the slots
+//!   ([`CallerSlots`]); the node fetches the model if it lacks it, runs it in the sandbox with
+//!   the caller's fuel limit and returns the outputs with a signed [`InferResult`].
 //! - **Offers** ([`offer_loop`]): a serving node announces a signed [`ComputeOffer`] on gossip
 //!   and re-announces it before it expires. Callers keep them in an [`Offers`] table, dropped
 //!   when expired, when the peer disconnects, or after repeated failures.
 //! - **Caller side** ([`call`]): picks providers by price, measured latency, load and past
-//!   failures ([`Offers::candidates`]), signs a request for one, verifies the signed result and
-//!   the output hash, and moves to the next provider when one is busy, silent or dishonest.
-//!   `verify` runs the call on two providers and compares their output hashes.
+//!   failures ([`Offers::candidates`]), signs a request for one, has
+//!   [`compute::check_reply`] verify the signed result and the output hash, and moves to the
+//!   next provider when one is busy, silent or dishonest. `verify` runs the call on two
+//!   providers and compares their output hashes.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use compute::{
+    CallerSlots, Candidate, CheckedCall, Nonces, OfferView, Offers, Outcome, ReplyError, ServeTerms,
+};
 use graph::Tensor;
 use net::libp2p::{Multiaddr, PeerId};
 use protocol::compute::{
     ComputeOffer, InferCall, InferReply, InferRequest, InferResult, InferStatus,
-    MAX_INFER_INPUT_BYTES, MAX_OFFER_ADDRS, MAX_OFFER_MODELS, Outputs,
+    MAX_INFER_INPUT_BYTES, MAX_OFFER_ADDRS, MAX_OFFER_MODELS,
 };
 use protocol::{BlobHash, ModelId, NodeId, Object, Signed};
 use serde_json::{Value, json};
@@ -32,14 +38,7 @@ use crate::config::ComputeSection;
 use crate::daemon::Node;
 use crate::inference::{CallError, from_wire, oip_response, requested_outputs, to_wire};
 
-/// How far a request's time may be from the provider's clock.
-const REQUEST_WINDOW_MS: u64 = 5 * 60 * 1000;
-/// Consecutive failures after which a provider's offer is dropped.
-const MAX_FAILURES: u32 = 3;
-/// How long a failure weighs on a provider's score.
-const FAILURE_MEMORY: Duration = Duration::from_secs(60);
-
-/// Milliseconds since the Unix epoch.
+/// Milliseconds since the Unix epoch: the time the `compute` core is given.
 pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -85,317 +84,6 @@ impl From<&ComputeSection> for ComputeConfig {
     }
 }
 
-/// What a caller measured about one provider.
-#[derive(Debug, Clone, Default)]
-struct Stats {
-    /// Smoothed latency of successful calls, ms.
-    latency_ms: Option<f64>,
-    /// Calls from here running there now.
-    in_flight: u32,
-    /// Failures since the last success.
-    failures: u32,
-    /// When the last one happened.
-    last_failure: Option<Instant>,
-}
-
-/// A provider's offer and what this node measured of it.
-#[derive(Debug, Clone)]
-struct Entry {
-    offer: Signed<ComputeOffer>,
-    peer: PeerId,
-    stats: Stats,
-}
-
-/// A provider a call may go to.
-#[derive(Debug, Clone)]
-pub struct Candidate {
-    /// Its node id (the request is addressed to it).
-    pub node: NodeId,
-    /// Its peer id.
-    pub peer: PeerId,
-    /// Addresses from its offer.
-    pub addrs: Vec<Multiaddr>,
-    /// Its offered price per million fuel units (`None` when forced without an offer). The
-    /// request caps the price at it, so a provider cannot charge more than it offered.
-    pub price_per_mfuel: Option<u64>,
-    /// Lower is better.
-    pub score: f64,
-}
-
-/// How a call to a provider ended, for its stats.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// It answered with a verified result.
-    Ok(Duration),
-    /// It was at capacity.
-    Busy,
-    /// It could not be reached, timed out, or failed on its side.
-    Unavailable,
-    /// It broke the protocol or lied: its offers are ignored from now on.
-    Misbehaved,
-    /// It ran the call, which failed deterministically (bad inputs, out of fuel, a trap): not
-    /// the provider's fault.
-    Failed,
-}
-
-/// The compute offers this node knows, with per-provider stats, and the ranking of providers.
-#[derive(Debug, Default)]
-pub struct Offers {
-    by_node: HashMap<NodeId, Entry>,
-    distrusted: HashSet<NodeId>,
-}
-
-impl Offers {
-    /// Records an offer heard from `peer` (its signer's). Returns whether it was new or newer;
-    /// expired offers, older ones and offers of distrusted providers are ignored.
-    pub fn insert(&mut self, offer: Signed<ComputeOffer>, now_ms: u64) -> bool {
-        let node = offer.signer();
-        let Some(peer) = net::peer_id_of(&node) else {
-            return false;
-        };
-        if offer.body().expires_ms <= now_ms || self.distrusted.contains(&node) {
-            return false;
-        }
-        match self.by_node.get_mut(&node) {
-            Some(e) if e.offer.body().issued_ms >= offer.body().issued_ms => false,
-            Some(e) => {
-                e.offer = offer;
-                true
-            }
-            None => {
-                self.by_node.insert(
-                    node,
-                    Entry {
-                        offer,
-                        peer,
-                        stats: Stats::default(),
-                    },
-                );
-                true
-            }
-        }
-    }
-
-    /// Drops the offer of a peer that went away.
-    pub fn remove_peer(&mut self, peer: &PeerId) {
-        self.by_node.retain(|_, e| e.peer != *peer);
-    }
-
-    /// Drops expired offers.
-    pub fn prune(&mut self, now_ms: u64) {
-        self.by_node
-            .retain(|_, e| e.offer.body().expires_ms > now_ms);
-    }
-
-    /// Providers for `model` at or below `max_price`, best first. Offers listing the model rank
-    /// ahead of equal ones that would have to fetch it.
-    pub fn candidates(&self, model: ModelId, max_price: u64, now_ms: u64) -> Vec<Candidate> {
-        let now = Instant::now();
-        let mut list: Vec<Candidate> = self
-            .by_node
-            .iter()
-            .filter(|(_, e)| {
-                e.offer.body().expires_ms > now_ms && e.offer.body().price_per_mfuel <= max_price
-            })
-            .map(|(node, e)| {
-                let o = e.offer.body();
-                Candidate {
-                    node: *node,
-                    peer: e.peer,
-                    addrs: o.addrs.iter().filter_map(|a| a.parse().ok()).collect(),
-                    price_per_mfuel: Some(o.price_per_mfuel),
-                    score: score(o, &e.stats, model, now),
-                }
-            })
-            .collect();
-        list.sort_by(|a, b| a.score.total_cmp(&b.score).then(a.node.cmp(&b.node)));
-        list
-    }
-
-    /// A call to `node` starts.
-    pub fn started(&mut self, node: &NodeId) {
-        if let Some(e) = self.by_node.get_mut(node) {
-            e.stats.in_flight += 1;
-        }
-    }
-
-    /// A call to `node` ended.
-    pub fn finished(&mut self, node: &NodeId, outcome: Outcome) {
-        if outcome == Outcome::Misbehaved {
-            self.distrusted.insert(*node);
-            self.by_node.remove(node);
-            return;
-        }
-        let Some(e) = self.by_node.get_mut(node) else {
-            return;
-        };
-        let s = &mut e.stats;
-        s.in_flight = s.in_flight.saturating_sub(1);
-        match outcome {
-            Outcome::Ok(took) => {
-                let ms = took.as_secs_f64() * 1e3;
-                s.latency_ms = Some(s.latency_ms.map_or(ms, |l| 0.8 * l + 0.2 * ms));
-                s.failures = 0;
-            }
-            // Load is normal: the in-flight count already weighs on the score.
-            Outcome::Busy => {}
-            Outcome::Unavailable => {
-                s.failures += 1;
-                s.last_failure = Some(Instant::now());
-                if s.failures >= MAX_FAILURES {
-                    self.by_node.remove(node);
-                }
-            }
-            Outcome::Failed | Outcome::Misbehaved => {}
-        }
-    }
-
-    /// Whether `node` was caught misbehaving.
-    #[cfg(test)]
-    pub fn is_distrusted(&self, node: &NodeId) -> bool {
-        self.distrusted.contains(node)
-    }
-
-    /// The offers and stats, for the API.
-    pub fn views(&self, now_ms: u64) -> Vec<api::dto::OfferView> {
-        let mut list: Vec<&Entry> = self.by_node.values().collect();
-        list.sort_by_key(|e| e.peer.to_string());
-        list.into_iter()
-            .map(|e| {
-                let o = e.offer.body();
-                api::dto::OfferView {
-                    node_id: e.offer.signer().to_string(),
-                    peer_id: e.peer.to_string(),
-                    cores: o.cores,
-                    memory_mib: o.memory_mib,
-                    gpus: o.gpus.clone(),
-                    backends: o.backends.clone(),
-                    models: o.models.iter().map(|m| m.to_string()).collect(),
-                    max_concurrent: o.max_concurrent,
-                    price_per_mfuel: o.price_per_mfuel,
-                    expires_in_s: o.expires_ms.saturating_sub(now_ms) / 1000,
-                    latency_ms: e.stats.latency_ms,
-                    in_flight: e.stats.in_flight,
-                    failures: e.stats.failures,
-                }
-            })
-            .collect()
-    }
-}
-
-/// A provider's score for a call (lower is better), in milliseconds of expected delay: measured
-/// latency (50 ms until measured), stretched by the load this node puts on it, plus the price
-/// (10 ms per credit per million fuel), a fetch if it lacks the model, and recent failures.
-fn score(offer: &ComputeOffer, stats: &Stats, model: ModelId, now: Instant) -> f64 {
-    let latency = stats.latency_ms.unwrap_or(50.0);
-    let load = 1.0 + f64::from(stats.in_flight) / offer.max_concurrent.max(1) as f64;
-    let price = offer.price_per_mfuel as f64 * 10.0;
-    let fetch = if offer.models.contains(&model) {
-        0.0
-    } else {
-        500.0
-    };
-    let recent = stats
-        .last_failure
-        .is_some_and(|t| now.duration_since(t) < FAILURE_MEMORY);
-    let failures = if recent {
-        f64::from(stats.failures) * 1000.0
-    } else {
-        0.0
-    };
-    latency * load + price + fetch + failures
-}
-
-/// Nonces of requests this provider accepted, remembered for the request window: a request is
-/// run at most once.
-#[derive(Debug, Default)]
-pub struct Nonces {
-    seen: HashMap<(NodeId, [u8; 16]), u64>,
-}
-
-impl Nonces {
-    /// Accepts a request (`issued_ms`, `nonce` from `caller`) once, if it is within the window
-    /// around `now_ms`; explains a refusal.
-    pub fn accept(
-        &mut self,
-        caller: NodeId,
-        nonce: [u8; 16],
-        issued_ms: u64,
-        now_ms: u64,
-    ) -> Result<(), String> {
-        if issued_ms + REQUEST_WINDOW_MS < now_ms || issued_ms > now_ms + REQUEST_WINDOW_MS {
-            return Err(format!(
-                "the request was made {} s from this provider's clock (at most {} s allowed)",
-                (now_ms as i128 - issued_ms as i128).abs() / 1000,
-                REQUEST_WINDOW_MS / 1000
-            ));
-        }
-        // Entries older than the window can no longer be replayed (they would be stale).
-        if self.seen.len() >= 1024 {
-            self.seen
-                .retain(|_, issued| *issued + REQUEST_WINDOW_MS >= now_ms);
-        }
-        match self.seen.entry((caller, nonce)) {
-            std::collections::hash_map::Entry::Occupied(_) => {
-                Err("replayed request: this nonce was used already".into())
-            }
-            std::collections::hash_map::Entry::Vacant(v) => {
-                v.insert(issued_ms);
-                Ok(())
-            }
-        }
-    }
-}
-
-/// Per-caller slots on a provider: one greedy caller cannot take every slot.
-#[derive(Debug)]
-pub struct PeerSlots {
-    limit: usize,
-    used: Mutex<HashMap<NodeId, usize>>,
-}
-
-/// A taken slot; released when dropped.
-pub struct Slot<'a> {
-    slots: &'a PeerSlots,
-    caller: NodeId,
-}
-
-impl PeerSlots {
-    /// `limit` calls per caller.
-    pub fn new(limit: usize) -> PeerSlots {
-        PeerSlots {
-            limit,
-            used: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// Takes a slot for `caller`, or `None` when it has `limit` already.
-    pub fn take(&self, caller: NodeId) -> Option<Slot<'_>> {
-        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
-        let n = used.entry(caller).or_insert(0);
-        if *n >= self.limit {
-            return None;
-        }
-        *n += 1;
-        Some(Slot {
-            slots: self,
-            caller,
-        })
-    }
-}
-
-impl Drop for Slot<'_> {
-    fn drop(&mut self) {
-        let mut used = self.slots.used.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = used.get_mut(&self.caller) {
-            *n -= 1;
-            if *n == 0 {
-                used.remove(&self.caller);
-            }
-        }
-    }
-}
-
 /// The node's compute-sharing state.
 pub struct Compute {
     /// Settings.
@@ -403,14 +91,14 @@ pub struct Compute {
     /// Offers heard.
     pub offers: Mutex<Offers>,
     nonces: Mutex<Nonces>,
-    slots: PeerSlots,
+    slots: CallerSlots,
 }
 
 impl Compute {
     /// Compute sharing with `config`.
     pub fn new(config: ComputeConfig) -> Compute {
         Compute {
-            slots: PeerSlots::new(config.per_peer_concurrent),
+            slots: CallerSlots::new(config.per_peer_concurrent),
             config,
             offers: Mutex::new(Offers::default()),
             nonces: Mutex::new(Nonces::default()),
@@ -421,76 +109,81 @@ impl Compute {
     pub fn offers(&self) -> std::sync::MutexGuard<'_, Offers> {
         self.offers.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// Forgets the offer of a peer that disconnected.
+    pub fn peer_left(&self, peer: &PeerId) {
+        if let Some(node) = net::node_id_of(peer) {
+            self.offers().remove(&node);
+        }
+    }
+
+    /// Checks an inbound call from `from` against this node's terms, then its nonce (in that
+    /// order: a refused request does not spend its nonce).
+    fn check(
+        &self,
+        me: NodeId,
+        from: &PeerId,
+        call: &[u8],
+    ) -> Result<CheckedCall, compute::RequestError> {
+        let terms = ServeTerms {
+            provider: me,
+            serve: self.config.serve,
+            price_per_mfuel: self.config.price_per_mfuel,
+        };
+        let checked = compute::check_call(call, net::node_id_of(from), &terms)?;
+        let r = checked.request.body();
+        self.nonces
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .accept(checked.caller(), r.nonce, r.issued_ms, now_ms())?;
+        Ok(checked)
+    }
+}
+
+/// An offer as the API lists it.
+pub fn offer_view(v: OfferView) -> api::dto::OfferView {
+    api::dto::OfferView {
+        node_id: v.node.to_string(),
+        peer_id: net::peer_id_of(&v.node).map_or_else(String::new, |p| p.to_string()),
+        cores: v.offer.cores,
+        memory_mib: v.offer.memory_mib,
+        gpus: v.offer.gpus,
+        backends: v.offer.backends,
+        models: v.offer.models.iter().map(|m| m.to_string()).collect(),
+        max_concurrent: v.offer.max_concurrent,
+        price_per_mfuel: v.offer.price_per_mfuel,
+        expires_in_s: v.expires_in_s,
+        latency_ms: v.stats.latency_ms,
+        in_flight: v.stats.in_flight,
+        failures: v.stats.failures,
+    }
+}
+
+/// The offers heard and their stats, for the API, ordered by peer id.
+pub fn offer_views(offers: &Offers, now_ms: u64) -> Vec<api::dto::OfferView> {
+    let mut list: Vec<api::dto::OfferView> =
+        offers.views(now_ms).into_iter().map(offer_view).collect();
+    list.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
+    list
 }
 
 /// Answers one inbound call (see the module docs for the checks).
 pub async fn handle_call(node: Arc<Node>, from: PeerId, call: Vec<u8>) -> InferReply {
     let refuse = |status, message: String| InferReply::error(status, message);
-    let call = match InferCall::from_bytes(&call) {
-        Ok(c) => c,
-        Err(e) => return refuse(InferStatus::BadRequest, format!("malformed call: {e}")),
-    };
-    let request = match Signed::<InferRequest>::from_bytes(&call.request) {
-        Ok(r) => r,
-        Err(e) => return refuse(InferStatus::Refused, format!("request: {e}")),
-    };
     let compute = &node.compute;
-    let caller = request.signer();
-    if net::peer_id_of(&caller) != Some(from) {
-        return refuse(
-            InferStatus::Refused,
-            format!("the request is signed by {caller}, not by the peer that sent it"),
-        );
-    }
-    let r = request.body();
-    if r.provider != node.home.key.node_id() {
-        return refuse(
-            InferStatus::Refused,
-            "the request is addressed to another provider".into(),
-        );
-    }
-    if !compute.config.serve {
-        return refuse(
-            InferStatus::Refused,
-            "this node does not serve calls for peers".into(),
-        );
-    }
-    if r.max_price_per_mfuel < compute.config.price_per_mfuel {
-        return refuse(
-            InferStatus::Refused,
-            format!(
-                "price: this provider charges {} per million fuel, the request allows {}",
-                compute.config.price_per_mfuel, r.max_price_per_mfuel
-            ),
-        );
-    }
-    if BlobHash::of(&call.input) != r.input_hash {
-        return refuse(
-            InferStatus::BadRequest,
-            "the inputs do not match the signed input hash".into(),
-        );
-    }
-    let accepted = compute
-        .nonces
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .accept(caller, r.nonce, r.issued_ms, now_ms());
-    if let Err(why) = accepted {
-        return refuse(InferStatus::Refused, why);
-    }
-    let Some(_slot) = compute.slots.take(caller) else {
-        return refuse(
-            InferStatus::Busy,
-            format!(
-                "this caller already has {} calls here",
-                compute.config.per_peer_concurrent
-            ),
-        );
+    let call = match compute.check(node.home.key.node_id(), &from, &call) {
+        Ok(c) => c,
+        Err(e) => return refuse(e.status(), e.to_string()),
+    };
+    let _slot = match compute.slots.take(call.caller()) {
+        Ok(slot) => slot,
+        Err(busy) => return refuse(InferStatus::Busy, busy.to_string()),
     };
     let input: Value = match serde_json::from_slice(&call.input) {
         Ok(v) => v,
         Err(e) => return refuse(InferStatus::BadRequest, format!("inputs are not JSON: {e}")),
     };
+    let r = call.request.body();
     let model = match crate::daemon::ensure_loaded(&node, r.model).await {
         Ok(m) => m,
         Err(e) if e.status == 404 => return refuse(InferStatus::NotFound, e.message),
@@ -515,15 +208,12 @@ pub async fn handle_call(node: Arc<Node>, from: PeerId, call: Vec<u8>) -> InferR
     };
     node.metrics.fuel.inc_by(outcome.fuel);
     let output = to_wire(&outcome.outputs).to_bytes();
-    let output_hash = BlobHash::of(&output);
-    let result = node.home.key.sign(InferResult {
-        request: BlobHash::of(&call.request),
-        model: r.model,
-        output_hash,
-        fuel: outcome.fuel,
-        price_per_mfuel: compute.config.price_per_mfuel,
-        backend: node.inference.engine(&outcome),
-    });
+    let result = node.home.key.sign(call.result(
+        &output,
+        outcome.fuel,
+        compute.config.price_per_mfuel,
+        node.inference.engine(&outcome),
+    ));
     InferReply {
         status: InferStatus::Ok,
         result: Some(result.to_bytes()),
@@ -623,6 +313,34 @@ enum Failure {
     Final(CallError),
 }
 
+/// A provider a call may go to, with its libp2p identity and addresses.
+#[derive(Debug, Clone)]
+struct Target {
+    /// Its node id (the request is addressed to it).
+    node: NodeId,
+    /// Its peer id.
+    peer: PeerId,
+    /// Addresses from its offer.
+    addrs: Vec<Multiaddr>,
+    /// Its offered price per million fuel units (`None` when forced without an offer). The
+    /// request caps the price at it, so a provider cannot charge more than it offered.
+    price_per_mfuel: Option<u64>,
+}
+
+impl Target {
+    /// The ranking's candidate, reachable through libp2p: its peer id derives from its node id
+    /// (which always holds for a `NodeId`, a valid ed25519 key), its addresses are parsed
+    /// (those that do not parse are skipped).
+    fn of(c: Candidate) -> Option<Target> {
+        Some(Target {
+            peer: net::peer_id_of(&c.node)?,
+            addrs: c.addrs.iter().filter_map(|a| a.parse().ok()).collect(),
+            node: c.node,
+            price_per_mfuel: c.price_per_mfuel,
+        })
+    }
+}
+
 /// Whether `peer` is connected; if not, dials the addresses it offered.
 async fn reach(node: &Arc<Node>, peer: PeerId, addrs: &[Multiaddr]) {
     if node
@@ -646,7 +364,7 @@ async fn reach(node: &Arc<Node>, peer: PeerId, addrs: &[Multiaddr]) {
 /// One signed call to one provider, verified.
 async fn attempt(
     node: &Arc<Node>,
-    to: &Candidate,
+    to: &Target,
     model: ModelId,
     input: &[u8],
     max_price: u64,
@@ -669,9 +387,8 @@ async fn attempt(
         issued_ms: now_ms(),
         provider: to.node,
     });
-    let request_bytes = request.to_bytes();
     let call = InferCall {
-        request: request_bytes.clone(),
+        request: request.to_bytes(),
         input: input.to_vec(),
     }
     .to_bytes();
@@ -689,51 +406,16 @@ async fn attempt(
         }
     };
     let elapsed = started.elapsed();
-    let misbehaved = |why: String| Failure::Retry(Outcome::Misbehaved, why);
-    let reply = InferReply::from_bytes(&reply).map_err(|e| misbehaved(format!("reply: {e}")))?;
-    let message = reply.message.clone().unwrap_or_default();
-    match reply.status {
-        InferStatus::Ok => {}
-        InferStatus::Busy => return Err(Failure::Retry(Outcome::Busy, message)),
-        InferStatus::NotFound | InferStatus::Internal | InferStatus::Refused => {
-            return Err(Failure::Retry(Outcome::Unavailable, message));
-        }
-        InferStatus::BadRequest => return Err(Failure::Final(CallError::new(400, message))),
-        InferStatus::Failed => return Err(Failure::Final(CallError::new(500, message))),
-    }
-    let (Some(result), Some(output)) = (reply.result, reply.output) else {
-        return Err(misbehaved("an ok reply without a result".into()));
-    };
-    let result = Signed::<InferResult>::from_bytes(&result)
-        .map_err(|e| misbehaved(format!("signed result: {e}")))?;
-    let r = result.body();
-    if result.signer() != to.node {
-        return Err(misbehaved(format!(
-            "the result is signed by {}, not by the provider",
-            result.signer()
-        )));
-    }
-    if r.request != BlobHash::of(&request_bytes) || r.model != model {
-        return Err(misbehaved(
-            "the signed result answers another request".into(),
-        ));
-    }
-    if r.output_hash != BlobHash::of(&output) {
-        return Err(misbehaved(
-            "the outputs do not match the signed output hash".into(),
-        ));
-    }
-    if r.fuel > max_fuel || r.price_per_mfuel > max_price {
-        return Err(misbehaved(format!(
-            "the result claims fuel {} at price {}, above the request's limits",
-            r.fuel, r.price_per_mfuel
-        )));
-    }
-    let outputs = Outputs::from_bytes(&output).map_err(|e| misbehaved(format!("outputs: {e}")))?;
-    let tensors = from_wire(outputs).map_err(misbehaved)?;
+    let verified = compute::check_reply(&reply, &request).map_err(|e| match e {
+        ReplyError::BadRequest(message) => Failure::Final(CallError::new(400, message)),
+        ReplyError::Failed(message) => Failure::Final(CallError::new(500, message)),
+        e => Failure::Retry(e.outcome(), e.to_string()),
+    })?;
+    let tensors =
+        from_wire(verified.outputs).map_err(|why| Failure::Retry(Outcome::Misbehaved, why))?;
     Ok(Answer {
         peer: to.peer,
-        result,
+        result: verified.result,
         tensors,
         elapsed,
     })
@@ -744,7 +426,7 @@ async fn attempt(
 /// round, until the call timeout: a burst of calls queues here instead of failing.
 async fn first_answer(
     node: &Arc<Node>,
-    mut order: Vec<Candidate>,
+    mut order: Vec<Target>,
     model: ModelId,
     input: &[u8],
     max_price: u64,
@@ -764,7 +446,7 @@ async fn first_answer(
                 Err(Failure::Retry(o, _)) => *o,
                 Err(Failure::Final(_)) => Outcome::Failed,
             };
-            node.compute.offers().finished(&to.node, outcome);
+            node.compute.offers().finished(&to.node, outcome, now_ms());
             match result {
                 Ok(answer) => return Ok(answer),
                 Err(Failure::Final(e)) => return Err(e),
@@ -830,18 +512,18 @@ pub async fn call(
         ));
     }
     let max_price = node.compute.config.max_price_per_mfuel;
-    let mut order = node.compute.offers().candidates(model, max_price, now_ms());
+    let candidates = node.compute.offers().candidates(model, max_price, now_ms());
+    let mut order: Vec<Target> = candidates.into_iter().filter_map(Target::of).collect();
     if let Some(peer) = options.on {
         let node_id = net::node_id_of(&peer)
             .ok_or_else(|| CallError::new(400, format!("{peer} has no ed25519 key in its id")))?;
         order.retain(|c| c.peer == peer);
         if order.is_empty() {
-            order.push(Candidate {
+            order.push(Target {
                 node: node_id,
                 peer,
                 addrs: Vec::new(),
                 price_per_mfuel: None,
-                score: 0.0,
             });
         }
     }
@@ -929,157 +611,4 @@ fn respond(
             "result": hex::encode(a.result.to_bytes()),
         }),
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-    use protocol::SecretKey;
-
-    fn offer(seed: u8, issued: u64, price: u64, models: Vec<ModelId>) -> Signed<ComputeOffer> {
-        SecretKey::from_seed(&[seed; 32]).sign(ComputeOffer {
-            issued_ms: issued,
-            expires_ms: issued + 60_000,
-            cores: 2,
-            max_concurrent: 2,
-            price_per_mfuel: price,
-            models,
-            backends: vec!["wasm".into()],
-            ..ComputeOffer::default()
-        })
-    }
-
-    fn model() -> ModelId {
-        ModelId(BlobHash::of(b"m"))
-    }
-
-    #[test]
-    fn newer_offers_replace_older_and_expired_ones_go() {
-        let mut offers = Offers::default();
-        assert!(offers.insert(offer(1, 1000, 1, vec![]), 1000));
-        assert!(!offers.insert(offer(1, 900, 1, vec![]), 1000), "older");
-        assert!(offers.insert(offer(1, 2000, 5, vec![]), 2000), "newer");
-        let c = offers.candidates(model(), 100, 2000);
-        assert_eq!(c.len(), 1);
-        assert_eq!(c[0].price_per_mfuel, Some(5));
-        assert!(!offers.insert(offer(2, 0, 1, vec![]), 70_000), "expired");
-        offers.prune(62_001);
-        assert!(offers.candidates(model(), 100, 2000).is_empty());
-    }
-
-    #[test]
-    fn ranking_prefers_cheap_local_and_healthy_providers() {
-        let mut offers = Offers::default();
-        offers.insert(offer(1, 1, 1, vec![]), 1);
-        offers.insert(offer(2, 1, 1, vec![model()]), 1);
-        offers.insert(offer(3, 1, 1000, vec![model()]), 1);
-        let order: Vec<NodeId> = offers
-            .candidates(model(), 100, 1)
-            .iter()
-            .map(|c| c.node)
-            .collect();
-        let id = |s: u8| SecretKey::from_seed(&[s; 32]).node_id();
-        assert_eq!(
-            order,
-            vec![id(2), id(1)],
-            "has the model first; too dear left out"
-        );
-        offers.started(&id(2));
-        offers.finished(&id(2), Outcome::Unavailable);
-        assert_eq!(offers.candidates(model(), 100, 1)[0].node, id(1));
-        offers.started(&id(1));
-        offers.finished(&id(1), Outcome::Misbehaved);
-        assert!(offers.is_distrusted(&id(1)));
-        assert!(
-            !offers.insert(offer(1, 5, 1, vec![]), 5),
-            "a liar's new offers are ignored"
-        );
-        for _ in 0..MAX_FAILURES {
-            offers.finished(&id(2), Outcome::Unavailable);
-        }
-        assert!(
-            offers.candidates(model(), 100, 1).is_empty(),
-            "unreachable dropped"
-        );
-    }
-
-    #[test]
-    fn a_nonce_is_accepted_once_and_stale_requests_never() {
-        let caller = SecretKey::from_seed(&[1; 32]).node_id();
-        let mut n = Nonces::default();
-        let now = 10 * REQUEST_WINDOW_MS;
-        assert!(n.accept(caller, [1; 16], now, now).is_ok());
-        assert!(
-            n.accept(caller, [1; 16], now, now)
-                .expect_err("a replay")
-                .contains("replayed")
-        );
-        assert!(
-            n.accept(caller, [2; 16], now - REQUEST_WINDOW_MS - 1, now)
-                .is_err()
-        );
-        assert!(
-            n.accept(caller, [3; 16], now + REQUEST_WINDOW_MS + 1, now)
-                .is_err()
-        );
-        // Old entries are forgotten once they can only be stale.
-        for i in 0..2000u32 {
-            let mut nonce = [0; 16];
-            nonce[..4].copy_from_slice(&i.to_le_bytes());
-            n.accept(caller, nonce, now, now).expect("fresh");
-        }
-        let later = now + 2 * REQUEST_WINDOW_MS;
-        n.accept(caller, [9; 16], later, later).expect("fresh");
-        n.accept(caller, [8; 16], later, later).expect("fresh");
-        assert!(n.seen.len() < 1100, "{}", n.seen.len());
-    }
-
-    #[test]
-    fn each_caller_gets_its_own_slots() {
-        let slots = PeerSlots::new(2);
-        let a = SecretKey::from_seed(&[1; 32]).node_id();
-        let b = SecretKey::from_seed(&[2; 32]).node_id();
-        let a1 = slots.take(a).expect("a1");
-        let _a2 = slots.take(a).expect("a2");
-        assert!(slots.take(a).is_none(), "a is at its limit");
-        assert!(slots.take(b).is_some(), "b is not starved");
-        drop(a1);
-        assert!(slots.take(a).is_some(), "released");
-    }
-
-    proptest! {
-        /// Whatever happened, the ranking never offers an expired, too dear or distrusted
-        /// provider, never lists one twice, and is sorted by score.
-        #[test]
-        fn candidates_respect_price_expiry_and_trust(
-            events in prop::collection::vec((1u8..6, 0u64..5000, 0u64..20, 0u8..5), 1..60),
-            max_price in 0u64..20,
-            now in 0u64..70_000,
-        ) {
-            let mut offers = Offers::default();
-            for (seed, issued, price, what) in events {
-                let node = SecretKey::from_seed(&[seed; 32]).node_id();
-                match what {
-                    0 => { offers.insert(offer(seed, issued, price, vec![]), issued); }
-                    1 => { offers.started(&node); offers.finished(&node, Outcome::Ok(Duration::from_millis(price))); }
-                    2 => { offers.started(&node); offers.finished(&node, Outcome::Unavailable); }
-                    3 => { offers.started(&node); offers.finished(&node, Outcome::Busy); }
-                    _ => { offers.started(&node); offers.finished(&node, Outcome::Misbehaved); }
-                }
-            }
-            let list = offers.candidates(model(), max_price, now);
-            let mut seen = HashSet::new();
-            for w in list.windows(2) {
-                prop_assert!(w[0].score <= w[1].score);
-            }
-            for c in &list {
-                prop_assert!(c.price_per_mfuel.is_some_and(|p| p <= max_price));
-                prop_assert!(!offers.is_distrusted(&c.node));
-                prop_assert!(seen.insert(c.node));
-                let e = &offers.by_node[&c.node];
-                prop_assert!(e.offer.body().expires_ms > now);
-            }
-        }
-    }
 }

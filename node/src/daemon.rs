@@ -358,7 +358,7 @@ async fn on_event(node: &Arc<Node>, event: NetEvent) {
                 reply.send(protocol::Object::to_bytes(&answer));
             });
         }
-        NetEvent::PeerDisconnected(peer) => node.compute.offers().remove_peer(&peer),
+        NetEvent::PeerDisconnected(peer) => node.compute.peer_left(&peer),
         NetEvent::PeerConnected(_) | NetEvent::Rejected { .. } => {}
     }
 }

@@ -233,7 +233,7 @@ impl api::NodeApi for Service {
         offers.prune(now);
         Ok(OfferList {
             serving: node.compute.config.serve,
-            offers: offers.views(now),
+            offers: crate::compute::offer_views(&offers, now),
         })
     }
 

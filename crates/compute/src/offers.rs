@@ -1,0 +1,397 @@
+//! The caller's side of provider choice: the compute offers this node heard, what it measured
+//! of each provider ([`Stats`]), and the ranking of providers for a call ([`Offers::candidates`],
+//! scored by [`score`]).
+//!
+//! Providers are keyed by [`NodeId`], the key that signed their offer. Every method that needs
+//! the time takes it (`now_ms`, milliseconds since the Unix epoch), so the table is
+//! deterministic under test.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use protocol::compute::ComputeOffer;
+use protocol::{ModelId, NodeId, Signed};
+
+/// Consecutive failures after which a provider's offer is dropped.
+pub const MAX_FAILURES: u32 = 3;
+/// How long a failure weighs on a provider's score, ms.
+pub const FAILURE_MEMORY_MS: u64 = 60_000;
+
+/// What a caller measured about one provider.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Stats {
+    /// Smoothed latency of successful calls, ms.
+    pub latency_ms: Option<f64>,
+    /// Calls from here running there now.
+    pub in_flight: u32,
+    /// Failures since the last success.
+    pub failures: u32,
+    /// When the last one happened, ms since the Unix epoch.
+    pub last_failure_ms: Option<u64>,
+}
+
+/// A provider's offer and what this node measured of it.
+#[derive(Debug, Clone)]
+struct Entry {
+    offer: Signed<ComputeOffer>,
+    stats: Stats,
+}
+
+/// A provider a call may go to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Candidate {
+    /// Its node id (the request is addressed to it; its peer id derives from it).
+    pub node: NodeId,
+    /// Addresses from its offer, as offered (multiaddresses ending in `/p2p/<peer id>`); the
+    /// caller parses them.
+    pub addrs: Vec<String>,
+    /// Its offered price per million fuel units (`None` when forced without an offer). The
+    /// request caps the price at it, so a provider cannot charge more than it offered.
+    pub price_per_mfuel: Option<u64>,
+    /// Lower is better.
+    pub score: f64,
+}
+
+/// How a call to a provider ended, for its stats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// It answered with a verified result, after this long.
+    Ok(Duration),
+    /// It was at capacity.
+    Busy,
+    /// It could not be reached, timed out, or failed on its side.
+    Unavailable,
+    /// It broke the protocol or lied: its offers are ignored from now on.
+    Misbehaved,
+    /// It ran the call, which failed deterministically (bad inputs, out of fuel, a trap): not
+    /// the provider's fault.
+    Failed,
+}
+
+/// One provider's offer and stats, as a listing shows them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OfferView {
+    /// The provider (the offer's signer).
+    pub node: NodeId,
+    /// Its offer.
+    pub offer: ComputeOffer,
+    /// Seconds until the offer expires.
+    pub expires_in_s: u64,
+    /// What this node measured of it.
+    pub stats: Stats,
+}
+
+/// The compute offers this node knows, with per-provider stats, and the ranking of providers.
+#[derive(Debug, Default)]
+pub struct Offers {
+    by_node: HashMap<NodeId, Entry>,
+    distrusted: HashSet<NodeId>,
+}
+
+impl Offers {
+    /// Records an offer heard (from its signer). Returns whether it was new or newer; expired
+    /// offers, older ones and offers of distrusted providers are ignored.
+    pub fn insert(&mut self, offer: Signed<ComputeOffer>, now_ms: u64) -> bool {
+        let node = offer.signer();
+        if offer.body().expires_ms <= now_ms || self.distrusted.contains(&node) {
+            return false;
+        }
+        match self.by_node.get_mut(&node) {
+            Some(e) if e.offer.body().issued_ms >= offer.body().issued_ms => false,
+            Some(e) => {
+                e.offer = offer;
+                true
+            }
+            None => {
+                self.by_node.insert(
+                    node,
+                    Entry {
+                        offer,
+                        stats: Stats::default(),
+                    },
+                );
+                true
+            }
+        }
+    }
+
+    /// Drops the offer of a provider that went away (it disconnected).
+    pub fn remove(&mut self, node: &NodeId) {
+        self.by_node.remove(node);
+    }
+
+    /// Drops expired offers.
+    pub fn prune(&mut self, now_ms: u64) {
+        self.by_node
+            .retain(|_, e| e.offer.body().expires_ms > now_ms);
+    }
+
+    /// Providers for `model` at or below `max_price`, best first (ties by node id). Offers
+    /// listing the model rank ahead of equal ones that would have to fetch it.
+    pub fn candidates(&self, model: ModelId, max_price: u64, now_ms: u64) -> Vec<Candidate> {
+        let mut list: Vec<Candidate> = self
+            .by_node
+            .iter()
+            .filter(|(_, e)| {
+                e.offer.body().expires_ms > now_ms && e.offer.body().price_per_mfuel <= max_price
+            })
+            .map(|(node, e)| {
+                let o = e.offer.body();
+                Candidate {
+                    node: *node,
+                    addrs: o.addrs.clone(),
+                    price_per_mfuel: Some(o.price_per_mfuel),
+                    score: score(o, &e.stats, model, now_ms),
+                }
+            })
+            .collect();
+        list.sort_by(|a, b| a.score.total_cmp(&b.score).then(a.node.cmp(&b.node)));
+        list
+    }
+
+    /// A call to `node` starts.
+    pub fn started(&mut self, node: &NodeId) {
+        if let Some(e) = self.by_node.get_mut(node) {
+            e.stats.in_flight += 1;
+        }
+    }
+
+    /// A call to `node` ended at `now_ms` with `outcome`. A provider that misbehaved is
+    /// distrusted for good; one unavailable [`MAX_FAILURES`] times in a row is dropped until it
+    /// offers again.
+    pub fn finished(&mut self, node: &NodeId, outcome: Outcome, now_ms: u64) {
+        if outcome == Outcome::Misbehaved {
+            self.distrusted.insert(*node);
+            self.by_node.remove(node);
+            return;
+        }
+        let Some(e) = self.by_node.get_mut(node) else {
+            return;
+        };
+        let s = &mut e.stats;
+        s.in_flight = s.in_flight.saturating_sub(1);
+        match outcome {
+            Outcome::Ok(took) => {
+                let ms = took.as_secs_f64() * 1e3;
+                s.latency_ms = Some(s.latency_ms.map_or(ms, |l| 0.8 * l + 0.2 * ms));
+                s.failures = 0;
+            }
+            // Load is normal: the in-flight count already weighs on the score.
+            Outcome::Busy => {}
+            Outcome::Unavailable => {
+                s.failures += 1;
+                s.last_failure_ms = Some(now_ms);
+                if s.failures >= MAX_FAILURES {
+                    self.by_node.remove(node);
+                }
+            }
+            Outcome::Failed | Outcome::Misbehaved => {}
+        }
+    }
+
+    /// Whether `node` was caught misbehaving.
+    pub fn is_distrusted(&self, node: &NodeId) -> bool {
+        self.distrusted.contains(node)
+    }
+
+    /// The offers and stats, ordered by node id, for a listing.
+    pub fn views(&self, now_ms: u64) -> Vec<OfferView> {
+        let mut list: Vec<OfferView> = self
+            .by_node
+            .iter()
+            .map(|(node, e)| OfferView {
+                node: *node,
+                offer: e.offer.body().clone(),
+                expires_in_s: e.offer.body().expires_ms.saturating_sub(now_ms) / 1000,
+                stats: e.stats.clone(),
+            })
+            .collect();
+        list.sort_by_key(|v| v.node);
+        list
+    }
+}
+
+/// A provider's score for a call at `now_ms` (lower is better), in milliseconds of expected
+/// delay: measured latency (50 ms until measured), stretched by the load this node puts on it,
+/// plus the price (10 ms per credit per million fuel), a fetch if it lacks the model, and
+/// failures in the last [`FAILURE_MEMORY_MS`].
+pub fn score(offer: &ComputeOffer, stats: &Stats, model: ModelId, now_ms: u64) -> f64 {
+    let latency = stats.latency_ms.unwrap_or(50.0);
+    let load = 1.0 + f64::from(stats.in_flight) / offer.max_concurrent.max(1) as f64;
+    let price = offer.price_per_mfuel as f64 * 10.0;
+    let fetch = if offer.models.contains(&model) {
+        0.0
+    } else {
+        500.0
+    };
+    let recent = stats
+        .last_failure_ms
+        .is_some_and(|t| now_ms.saturating_sub(t) < FAILURE_MEMORY_MS);
+    let failures = if recent {
+        f64::from(stats.failures) * 1000.0
+    } else {
+        0.0
+    };
+    latency * load + price + fetch + failures
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use protocol::{BlobHash, SecretKey};
+
+    fn offer(seed: u8, issued: u64, price: u64, models: Vec<ModelId>) -> Signed<ComputeOffer> {
+        SecretKey::from_seed(&[seed; 32]).sign(ComputeOffer {
+            issued_ms: issued,
+            expires_ms: issued + 60_000,
+            cores: 2,
+            max_concurrent: 2,
+            price_per_mfuel: price,
+            models,
+            backends: vec!["wasm".into()],
+            ..ComputeOffer::default()
+        })
+    }
+
+    fn model() -> ModelId {
+        ModelId(BlobHash::of(b"m"))
+    }
+
+    fn id(seed: u8) -> NodeId {
+        SecretKey::from_seed(&[seed; 32]).node_id()
+    }
+
+    #[test]
+    fn newer_offers_replace_older_and_expired_ones_go() {
+        let mut offers = Offers::default();
+        assert!(offers.insert(offer(1, 1000, 1, vec![]), 1000));
+        assert!(!offers.insert(offer(1, 900, 1, vec![]), 1000), "older");
+        assert!(offers.insert(offer(1, 2000, 5, vec![]), 2000), "newer");
+        let c = offers.candidates(model(), 100, 2000);
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].price_per_mfuel, Some(5));
+        assert!(!offers.insert(offer(2, 0, 1, vec![]), 70_000), "expired");
+        offers.prune(62_001);
+        assert!(offers.candidates(model(), 100, 2000).is_empty());
+    }
+
+    #[test]
+    fn ranking_prefers_cheap_local_and_healthy_providers() {
+        let mut offers = Offers::default();
+        offers.insert(offer(1, 1, 1, vec![]), 1);
+        offers.insert(offer(2, 1, 1, vec![model()]), 1);
+        offers.insert(offer(3, 1, 1000, vec![model()]), 1);
+        let order: Vec<NodeId> = offers
+            .candidates(model(), 100, 1)
+            .iter()
+            .map(|c| c.node)
+            .collect();
+        assert_eq!(
+            order,
+            vec![id(2), id(1)],
+            "has the model first; too dear left out"
+        );
+        offers.started(&id(2));
+        offers.finished(&id(2), Outcome::Unavailable, 1);
+        assert_eq!(offers.candidates(model(), 100, 1)[0].node, id(1));
+        offers.started(&id(1));
+        offers.finished(&id(1), Outcome::Misbehaved, 1);
+        assert!(offers.is_distrusted(&id(1)));
+        assert!(
+            !offers.insert(offer(1, 5, 1, vec![]), 5),
+            "a liar's new offers are ignored"
+        );
+        for _ in 0..MAX_FAILURES {
+            offers.finished(&id(2), Outcome::Unavailable, 1);
+        }
+        assert!(
+            offers.candidates(model(), 100, 1).is_empty(),
+            "unreachable dropped"
+        );
+    }
+
+    #[test]
+    fn a_failure_weighs_on_the_score_for_a_minute() {
+        let offer = offer(1, 0, 1, vec![model()]);
+        let healthy = score(offer.body(), &Stats::default(), model(), 0);
+        assert_eq!(healthy, 60.0, "50 ms unmeasured latency + 10 ms per credit");
+        let failed = Stats {
+            failures: 1,
+            last_failure_ms: Some(1000),
+            ..Stats::default()
+        };
+        let at = |now| score(offer.body(), &failed, model(), now);
+        assert_eq!(at(1000), healthy + 1000.0, "one recent failure");
+        assert_eq!(at(1000 + FAILURE_MEMORY_MS - 1), healthy + 1000.0);
+        assert_eq!(at(1000 + FAILURE_MEMORY_MS), healthy, "forgotten");
+        // A clock that went back keeps the failure recent rather than forgetting it.
+        assert_eq!(at(500), healthy + 1000.0);
+        // Through the table: the failure is stamped with the time passed in.
+        let mut offers = Offers::default();
+        offers.insert(offer.clone(), 0);
+        offers.started(&id(1));
+        offers.finished(&id(1), Outcome::Unavailable, 1000);
+        assert_eq!(
+            offers.candidates(model(), 100, 1000)[0].score,
+            healthy + 1000.0
+        );
+        assert_eq!(offers.views(0)[0].stats, failed);
+    }
+
+    #[test]
+    fn a_provider_that_went_away_is_removed_and_views_list_the_rest() {
+        let mut offers = Offers::default();
+        offers.insert(offer(1, 0, 1, vec![model()]), 0);
+        offers.insert(offer(2, 0, 3, vec![]), 0);
+        offers.started(&id(2));
+        offers.finished(&id(2), Outcome::Ok(Duration::from_millis(20)), 10);
+        let views = offers.views(10_000);
+        assert_eq!(views.len(), 2);
+        assert!(views.windows(2).all(|w| w[0].node < w[1].node), "ordered");
+        let two = views.iter().find(|v| v.node == id(2)).expect("listed");
+        assert_eq!(two.expires_in_s, 50);
+        assert_eq!(two.offer.price_per_mfuel, 3);
+        assert_eq!(two.stats.latency_ms, Some(20.0));
+        assert_eq!(two.stats.in_flight, 0);
+        offers.remove(&id(2));
+        let left: Vec<NodeId> = offers.views(0).iter().map(|v| v.node).collect();
+        assert_eq!(left, vec![id(1)]);
+        assert!(!offers.is_distrusted(&id(2)), "leaving is not lying");
+    }
+
+    proptest! {
+        /// Whatever happened, the ranking never offers an expired, too dear or distrusted
+        /// provider, never lists one twice, and is sorted by score.
+        #[test]
+        fn candidates_respect_price_expiry_and_trust(
+            events in prop::collection::vec((1u8..6, 0u64..5000, 0u64..20, 0u8..5), 1..60),
+            max_price in 0u64..20,
+            now in 0u64..70_000,
+        ) {
+            let mut offers = Offers::default();
+            for (seed, issued, price, what) in events {
+                let node = SecretKey::from_seed(&[seed; 32]).node_id();
+                match what {
+                    0 => { offers.insert(offer(seed, issued, price, vec![]), issued); }
+                    1 => { offers.started(&node); offers.finished(&node, Outcome::Ok(Duration::from_millis(price)), issued); }
+                    2 => { offers.started(&node); offers.finished(&node, Outcome::Unavailable, issued); }
+                    3 => { offers.started(&node); offers.finished(&node, Outcome::Busy, issued); }
+                    _ => { offers.started(&node); offers.finished(&node, Outcome::Misbehaved, issued); }
+                }
+            }
+            let list = offers.candidates(model(), max_price, now);
+            let mut seen = HashSet::new();
+            for w in list.windows(2) {
+                prop_assert!(w[0].score <= w[1].score);
+            }
+            for c in &list {
+                prop_assert!(c.price_per_mfuel.is_some_and(|p| p <= max_price));
+                prop_assert!(!offers.is_distrusted(&c.node));
+                prop_assert!(seen.insert(c.node));
+                let e = &offers.by_node[&c.node];
+                prop_assert!(e.offer.body().expires_ms > now);
+            }
+        }
+    }
+}
