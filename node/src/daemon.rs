@@ -10,62 +10,20 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use net::libp2p::{Multiaddr, PeerId, multiaddr::Protocol};
+use net::libp2p::multiaddr::Protocol;
 use net::{NetConfig, NetEvent, Provider};
-use protocol::{BlobHash, ModelId};
+use protocol::BlobHash;
 use serde_json::json;
-
-use api::dto::FetchState;
 
 use crate::api_client::{API_FILE, TOKEN_FILE};
 use crate::cli::NodeArgs;
 use crate::compute::{Compute, ComputeConfig};
-use crate::fetcher::{self, Progress};
 use crate::home::Home;
-use crate::inference::{CallError, Inference};
+use crate::inference::Inference;
 use crate::metrics::{Metrics, Outcome, Place};
+use crate::models::announce_local;
+use crate::node::{MAX_MANIFEST_IMPORTS, Node};
 use crate::output;
-
-/// Manifests learnt from peers being stored at once; more are dropped (and logged).
-const MAX_MANIFEST_IMPORTS: usize = 256;
-
-/// What the node shares between its tasks.
-pub struct Node {
-    /// The home: identity and store.
-    pub home: Arc<Home>,
-    /// The network.
-    pub net: net::Client,
-    /// Addresses we listen on (with our `/p2p/` suffix).
-    listening: Mutex<Vec<Multiaddr>>,
-    /// One lock per model being fetched for a call.
-    fetch_locks: Mutex<HashMap<BlobHash, Arc<tokio::sync::Mutex<()>>>>,
-    /// Fetches started through the API, by root hash.
-    pub fetches: Mutex<HashMap<BlobHash, Arc<Mutex<Progress>>>>,
-    /// Peers that announced or synced each model to us: likely providers.
-    pub announcers: Mutex<HashMap<BlobHash, HashSet<PeerId>>>,
-    /// The node's metrics (`GET /metrics`).
-    pub metrics: Metrics,
-    /// Bounds the manifests being stored at once (see [`MAX_MANIFEST_IMPORTS`]).
-    manifest_imports: Arc<tokio::sync::Semaphore>,
-    /// Models already announced and provided by this node.
-    announced: Mutex<HashSet<ModelId>>,
-    /// The sandbox and the models loaded in it.
-    pub inference: Arc<Inference>,
-    /// Compute sharing: offers heard, calls served for peers.
-    pub compute: Compute,
-}
-
-impl Node {
-    /// The addresses this node listens on, as text.
-    pub fn listen_addrs(&self) -> Vec<String> {
-        self.listening
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .map(|a| a.to_string())
-            .collect()
-    }
-}
 
 /// Serves blobs and the catalogue from the store (called by `net` on blocking threads).
 struct StoreProvider {
@@ -224,7 +182,7 @@ async fn serve(
     let announce_node = node.clone();
     tokio::spawn(async move { announce_local(&announce_node).await });
     if node.compute.config.serve {
-        tokio::spawn(crate::compute::offer_loop(node.clone()));
+        tokio::spawn(crate::remote::offer_loop(node.clone()));
     }
 
     let listener = tokio::net::TcpListener::bind(config.api)
@@ -341,7 +299,7 @@ async fn on_event(node: &Arc<Node>, event: NetEvent) {
         NetEvent::InferCall { from, call, reply } => {
             let node = node.clone();
             tokio::spawn(async move {
-                let answer = crate::compute::handle_call(node.clone(), from, call).await;
+                let answer = crate::remote::handle_call(node.clone(), from, call).await;
                 use protocol::compute::InferStatus;
                 let outcome = match answer.status {
                     InferStatus::Ok => Outcome::Ok,
@@ -361,97 +319,4 @@ async fn on_event(node: &Arc<Node>, event: NetEvent) {
         NetEvent::PeerDisconnected(peer) => node.compute.peer_left(&peer),
         NetEvent::PeerConnected(_) | NetEvent::Rejected { .. } => {}
     }
-}
-
-/// Announces every local manifest not yet announced, and provides it and its files.
-pub async fn announce_local(node: &Arc<Node>) {
-    let catalog = &node.home.catalog;
-    let local: Vec<(ModelId, Vec<u8>, Vec<BlobHash>)> = catalog
-        .local_models()
-        .into_iter()
-        .filter_map(|id| {
-            let signed = catalog.get(id)?;
-            // Local: the manifest, files and guest are here; snapshots may be too.
-            let store = &node.home.store;
-            let blobs = std::iter::once(id.blob())
-                .chain(signed.body().referenced_blobs())
-                .filter(|h| store.has(*h).unwrap_or(false))
-                .collect();
-            Some((id, signed.to_bytes(), blobs))
-        })
-        .collect();
-    for (id, envelope, blobs) in local {
-        if !node
-            .announced
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id)
-        {
-            continue;
-        }
-        if let Err(e) = node.net.announce(envelope).await {
-            tracing::warn!(model = %id, "announcing: {e}");
-        }
-        for hash in blobs {
-            if let Err(e) = node.net.provide(hash).await {
-                tracing::warn!(model = %id, blob = %hash, "providing on the DHT: {e}");
-            }
-        }
-        tracing::info!(model = %id, "announced");
-    }
-}
-
-/// Loads a local model into the sandbox (on a blocking thread: compiling a guest takes a while
-/// the first time).
-pub async fn load_local(
-    node: &Arc<Node>,
-    id: ModelId,
-) -> Result<Arc<crate::inference::Loaded>, CallError> {
-    if let Some(l) = node.inference.get(id) {
-        return Ok(l);
-    }
-    let worker = node.clone();
-    tokio::task::spawn_blocking(move || worker.inference.load(&worker.home, id))
-        .await
-        .map_err(|e| CallError::new(500, format!("loading the model: {e}")))?
-}
-
-/// The model loaded in the sandbox, fetched from peers first if it is not here.
-pub async fn ensure_loaded(
-    node: &Arc<Node>,
-    id: ModelId,
-) -> Result<Arc<crate::inference::Loaded>, CallError> {
-    if node.inference.get(id).is_some() {
-        return load_local(node, id).await;
-    }
-    if !node.home.catalog.is_local(id) {
-        // One fetch per model: concurrent calls for a missing model wait for the first.
-        let lock = node
-            .fetch_locks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(id.blob())
-            .or_default()
-            .clone();
-        let _one = lock.lock().await;
-        if !node.home.catalog.is_local(id) {
-            let progress = Arc::new(Mutex::new(Progress::default()));
-            node.fetches
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(id.blob(), progress.clone());
-            let fetched = fetcher::fetch(node, id.blob(), progress.clone()).await;
-            let mut p = progress.lock().unwrap_or_else(|p| p.into_inner());
-            if let Err(e) = fetched {
-                p.state = FetchState::Failed;
-                p.error = Some(format!("{e:#}"));
-                return Err(CallError::new(
-                    404,
-                    format!("model {id} is not on this node and fetching it failed: {e:#}"),
-                ));
-            }
-            p.state = FetchState::Complete;
-        }
-    }
-    load_local(node, id).await
 }

@@ -17,26 +17,7 @@ use protocol::{BlobHash, Collection, Manifest, ModelId, Object, Signed, Snapshot
 use store::{IngestError, StoreError};
 use tokio::sync::mpsc;
 
-use crate::daemon::Node;
-
-/// What a fetch has done so far.
-#[derive(Debug, Default)]
-pub struct Progress {
-    /// Running, complete or failed.
-    pub state: FetchState,
-    /// Bytes to fetch, once known.
-    pub bytes_total: u64,
-    /// Bytes present.
-    pub bytes_done: u64,
-    /// Bytes received and verified by this fetch (less than the total when resuming).
-    pub bytes_fetched: u64,
-    /// Peers that delivered verified data.
-    pub peers_used: HashSet<PeerId>,
-    /// Peers banned for sending bad bytes.
-    pub peers_banned: HashSet<PeerId>,
-    /// Why it failed.
-    pub error: Option<String>,
-}
+use crate::node::{Node, Progress};
 
 type Shared = Arc<Mutex<Progress>>;
 

@@ -12,9 +12,12 @@ mod fetcher;
 mod home;
 mod inference;
 mod metrics;
+mod models;
+mod node;
 mod ops;
 mod output;
 mod package;
+mod remote;
 mod render;
 mod service;
 

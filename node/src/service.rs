@@ -16,12 +16,13 @@ use net::libp2p::PeerId;
 use protocol::{BlobHash, ModelId};
 use serde_json::{Value, json};
 
-use crate::compute::CallOptions;
-use crate::daemon::{Node, announce_local, ensure_loaded, load_local};
-use crate::fetcher::{self, Progress};
+use crate::fetcher;
 use crate::inference::CallError;
 use crate::metrics::{Outcome, Place};
+use crate::models::{announce_local, ensure_loaded, load_local};
+use crate::node::{Node, Progress};
 use crate::ops::{self, BadRequest, NotFound};
+use crate::remote::CallOptions;
 
 /// The API's handle on the node.
 pub struct Service(pub Arc<Node>);
@@ -278,9 +279,9 @@ impl api::NodeApi for Service {
         let local = node.home.catalog.is_local(id);
         let remote = options.on.is_some()
             || options.verify
-            || (!local && crate::compute::has_providers(node, id));
+            || (!local && crate::remote::has_providers(node, id));
         let answer = if remote {
-            crate::compute::call(node, id, &request, &options).await
+            crate::remote::call(node, id, &request, &options).await
         } else {
             self.run_here(id, request).await
         };

@@ -1,0 +1,484 @@
+//! Calls between peers, wired: a node serves inference calls for peers and calls peers for models
+//! it does not run itself. The decisions (which provider, what to check, what a reply means)
+//! are the `compute` crate's and the state is `compute.rs`'s; this module does the I/O around
+//! them: the network, the sandbox, fetching a model, the clock, randomness, signing.
+//!
+//! - **Provider side** ([`handle_call`]): a call on `/moxnet/infer/1` carries a signed
+//!   [`InferRequest`] and the OIP v2 request JSON. [`compute::check_call`] checks it (signed by
+//!   the peer that sent it, addressed to this node, serving, at or above its price, the input
+//!   hash), then [`Nonces`] (fresh, not replayed) and the caller's share of the slots
+//!   ([`CallerSlots`]); the node fetches the model if it lacks it, runs it in the sandbox with
+//!   the caller's fuel limit and returns the outputs with a signed [`InferResult`].
+//! - **Offers** ([`offer_loop`]): a serving node announces a signed [`ComputeOffer`] on gossip
+//!   and re-announces it before it expires. Callers keep them in an [`Offers`] table, dropped
+//!   when expired, when the peer disconnects, or after repeated failures.
+//! - **Caller side** ([`call`]): picks providers by price, measured latency, load and past
+//!   failures ([`Offers::candidates`]), signs a request for one, has
+//!   [`compute::check_reply`] verify the signed result and the output hash, and moves to the
+//!   next provider when one is busy, silent or dishonest. `verify` runs the call on two
+//!   providers and compares their output hashes.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use compute::{Candidate, Outcome, ReplyError};
+use graph::Tensor;
+use net::libp2p::{Multiaddr, PeerId};
+use protocol::compute::{
+    ComputeOffer, InferCall, InferReply, InferRequest, InferResult, InferStatus,
+    MAX_INFER_INPUT_BYTES, MAX_OFFER_ADDRS, MAX_OFFER_MODELS,
+};
+use protocol::{BlobHash, ModelId, NodeId, Object, Signed};
+use serde_json::{Value, json};
+
+use crate::compute::now_ms;
+use crate::inference::{CallError, from_wire, oip_response, requested_outputs, to_wire};
+use crate::models::ensure_loaded;
+use crate::node::Node;
+
+/// Answers one inbound call (see the module docs for the checks).
+pub async fn handle_call(node: Arc<Node>, from: PeerId, call: Vec<u8>) -> InferReply {
+    let refuse = |status, message: String| InferReply::error(status, message);
+    let compute = &node.compute;
+    let call = match compute.check(node.home.key.node_id(), &from, &call) {
+        Ok(c) => c,
+        Err(e) => return refuse(e.status(), e.to_string()),
+    };
+    let _slot = match compute.slots.take(call.caller()) {
+        Ok(slot) => slot,
+        Err(busy) => return refuse(InferStatus::Busy, busy.to_string()),
+    };
+    let input: Value = match serde_json::from_slice(&call.input) {
+        Ok(v) => v,
+        Err(e) => return refuse(InferStatus::BadRequest, format!("inputs are not JSON: {e}")),
+    };
+    let r = call.request.body();
+    let model = match ensure_loaded(&node, r.model).await {
+        Ok(m) => m,
+        Err(e) if e.status == 404 => return refuse(InferStatus::NotFound, e.message),
+        Err(e) => return refuse(InferStatus::Internal, e.message),
+    };
+    let worker = node.clone();
+    let max_fuel = r.max_fuel;
+    let ran =
+        tokio::task::spawn_blocking(move || worker.inference.run(&model, &input, Some(max_fuel)))
+            .await;
+    let outcome = match ran {
+        Ok(Ok(o)) => o,
+        Ok(Err(e)) => {
+            let status = match e.status {
+                400 => InferStatus::BadRequest,
+                503 => InferStatus::Busy,
+                _ => InferStatus::Failed,
+            };
+            return refuse(status, e.message);
+        }
+        Err(e) => return refuse(InferStatus::Internal, format!("the call failed: {e}")),
+    };
+    node.metrics.fuel.inc_by(outcome.fuel);
+    let output = to_wire(&outcome.outputs).to_bytes();
+    let result = node.home.key.sign(call.result(
+        &output,
+        outcome.fuel,
+        compute.config.price_per_mfuel,
+        node.inference.engine(&outcome),
+    ));
+    InferReply {
+        status: InferStatus::Ok,
+        result: Some(result.to_bytes()),
+        output: Some(output),
+        message: None,
+    }
+}
+
+/// This machine's GPUs, from the NVIDIA driver's `/proc` entries (empty without one).
+fn gpus() -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir("/proc/driver/nvidia/gpus") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok())
+        .filter_map(|e| std::fs::read_to_string(e.path().join("information")).ok())
+        .map(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("Model:"))
+                .map_or_else(|| "NVIDIA GPU".to_string(), |m| m.trim().to_string())
+        })
+        .take(16)
+        .collect()
+}
+
+/// Total memory, MiB, from `/proc/meminfo` (0 if unknown).
+fn memory_mib() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kib| kib / 1024)
+}
+
+/// This node's current offer, signed.
+pub async fn make_offer(node: &Arc<Node>) -> Signed<ComputeOffer> {
+    let mut models = node.home.catalog.local_models();
+    models.truncate(MAX_OFFER_MODELS);
+    let mut backends = vec!["wasm".to_string()];
+    if let Some(b) = node.inference.backend() {
+        backends.push(b.to_string());
+    }
+    let issued_ms = now_ms();
+    let mut addrs = node.listen_addrs();
+    addrs.truncate(MAX_OFFER_ADDRS);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
+    node.home.key.sign(ComputeOffer {
+        issued_ms,
+        expires_ms: issued_ms + node.compute.config.offer_ttl.as_millis() as u64,
+        cores,
+        memory_mib: memory_mib(),
+        gpus: gpus(),
+        backends,
+        models,
+        max_concurrent: node.inference.max_concurrent() as u64,
+        price_per_mfuel: node.compute.config.price_per_mfuel,
+        addrs,
+    })
+}
+
+/// Announces this node's offer now and every `offer_interval` (a serving node only).
+pub async fn offer_loop(node: Arc<Node>) {
+    let mut tick = tokio::time::interval(node.compute.config.offer_interval);
+    loop {
+        tick.tick().await;
+        let offer = make_offer(&node).await;
+        // No peers yet is fine: the next round reaches them.
+        let _ = node.net.announce_offer(offer.to_bytes()).await;
+        node.compute.offers().prune(now_ms());
+    }
+}
+
+/// How a caller wants a call run.
+#[derive(Debug, Clone, Default)]
+pub struct CallOptions {
+    /// Only this provider.
+    pub on: Option<PeerId>,
+    /// Run on two providers and compare their output hashes.
+    pub verify: bool,
+}
+
+/// A verified answer from one provider.
+struct Answer {
+    peer: PeerId,
+    result: Signed<InferResult>,
+    tensors: Vec<Tensor>,
+    elapsed: Duration,
+}
+
+/// Why one attempt failed.
+enum Failure {
+    /// Try another provider.
+    Retry(Outcome, String),
+    /// The same call fails everywhere: stop.
+    Final(CallError),
+}
+
+/// A provider a call may go to, with its libp2p identity and addresses.
+#[derive(Debug, Clone)]
+struct Target {
+    /// Its node id (the request is addressed to it).
+    node: NodeId,
+    /// Its peer id.
+    peer: PeerId,
+    /// Addresses from its offer.
+    addrs: Vec<Multiaddr>,
+    /// Its offered price per million fuel units (`None` when forced without an offer). The
+    /// request caps the price at it, so a provider cannot charge more than it offered.
+    price_per_mfuel: Option<u64>,
+}
+
+impl Target {
+    /// The ranking's candidate, reachable through libp2p: its peer id derives from its node id
+    /// (which always holds for a `NodeId`, a valid ed25519 key), its addresses are parsed
+    /// (those that do not parse are skipped).
+    fn of(c: Candidate) -> Option<Target> {
+        Some(Target {
+            peer: net::peer_id_of(&c.node)?,
+            addrs: c.addrs.iter().filter_map(|a| a.parse().ok()).collect(),
+            node: c.node,
+            price_per_mfuel: c.price_per_mfuel,
+        })
+    }
+}
+
+/// Whether `peer` is connected; if not, dials the addresses it offered.
+async fn reach(node: &Arc<Node>, peer: PeerId, addrs: &[Multiaddr]) {
+    if node
+        .net
+        .peers()
+        .await
+        .is_ok_and(|peers| peers.contains(&peer))
+    {
+        return;
+    }
+    for addr in addrs {
+        if matches!(
+            tokio::time::timeout(Duration::from_secs(5), node.net.dial(addr.clone())).await,
+            Ok(Ok(()))
+        ) {
+            return;
+        }
+    }
+}
+
+/// One signed call to one provider, verified.
+async fn attempt(
+    node: &Arc<Node>,
+    to: &Target,
+    model: ModelId,
+    input: &[u8],
+    max_price: u64,
+) -> Result<Answer, Failure> {
+    let mut nonce = [0u8; 16];
+    getrandom::fill(&mut nonce).map_err(|e| {
+        Failure::Final(CallError::new(
+            500,
+            format!("no randomness for a nonce: {e}"),
+        ))
+    })?;
+    let max_fuel = node.inference.max_fuel();
+    let max_price = to.price_per_mfuel.map_or(max_price, |p| p.min(max_price));
+    let request = node.home.key.sign(InferRequest {
+        model,
+        input_hash: BlobHash::of(input),
+        max_fuel,
+        max_price_per_mfuel: max_price,
+        nonce,
+        issued_ms: now_ms(),
+        provider: to.node,
+    });
+    let call = InferCall {
+        request: request.to_bytes(),
+        input: input.to_vec(),
+    }
+    .to_bytes();
+    let started = Instant::now();
+    reach(node, to.peer, &to.addrs).await;
+    let timeout = node.compute.config.call_timeout;
+    let reply = match tokio::time::timeout(timeout, node.net.infer(to.peer, call)).await {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(e)) => return Err(Failure::Retry(Outcome::Unavailable, e.to_string())),
+        Err(_) => {
+            return Err(Failure::Retry(
+                Outcome::Unavailable,
+                format!("no answer within {} s", timeout.as_secs()),
+            ));
+        }
+    };
+    let elapsed = started.elapsed();
+    let verified = compute::check_reply(&reply, &request).map_err(|e| match e {
+        ReplyError::BadRequest(message) => Failure::Final(CallError::new(400, message)),
+        ReplyError::Failed(message) => Failure::Final(CallError::new(500, message)),
+        e => Failure::Retry(e.outcome(), e.to_string()),
+    })?;
+    let tensors =
+        from_wire(verified.outputs).map_err(|why| Failure::Retry(Outcome::Misbehaved, why))?;
+    Ok(Answer {
+        peer: to.peer,
+        result: verified.result,
+        tensors,
+        elapsed,
+    })
+}
+
+/// Runs a call on providers in `order`, at most `attempts` of them per round, until one
+/// answers. When some were only busy, waits (exponential backoff with jitter) and tries another
+/// round, until the call timeout: a burst of calls queues here instead of failing.
+async fn first_answer(
+    node: &Arc<Node>,
+    mut order: Vec<Target>,
+    model: ModelId,
+    input: &[u8],
+    max_price: u64,
+) -> Result<Answer, CallError> {
+    let attempts = node.compute.config.attempts;
+    let deadline = Instant::now() + node.compute.config.call_timeout;
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        let mut reasons = Vec::new();
+        let mut any_busy = false;
+        let mut gone = HashSet::new();
+        for to in order.iter().take(attempts) {
+            node.compute.offers().started(&to.node);
+            let result = attempt(node, to, model, input, max_price).await;
+            let outcome = match &result {
+                Ok(a) => Outcome::Ok(a.elapsed),
+                Err(Failure::Retry(o, _)) => *o,
+                Err(Failure::Final(_)) => Outcome::Failed,
+            };
+            node.compute.offers().finished(&to.node, outcome, now_ms());
+            match result {
+                Ok(answer) => return Ok(answer),
+                Err(Failure::Final(e)) => return Err(e),
+                Err(Failure::Retry(outcome, why)) => {
+                    any_busy |= outcome == Outcome::Busy;
+                    if outcome != Outcome::Busy {
+                        gone.insert(to.node);
+                    }
+                    reasons.push(format!("{}: {why}", to.peer));
+                }
+            }
+        }
+        let retry = any_busy && Instant::now() + backoff < deadline;
+        if !retry {
+            return Err(if any_busy {
+                CallError::new(
+                    503,
+                    format!("every provider stayed busy ({})", reasons.join("; ")),
+                )
+            } else {
+                CallError::new(
+                    502,
+                    format!("no provider could run the call: {}", reasons.join("; ")),
+                )
+            });
+        }
+        let mut jitter = [0u8; 1];
+        let _ = getrandom::fill(&mut jitter);
+        tokio::time::sleep(backoff + backoff * u32::from(jitter[0]) / 255).await;
+        backoff = (backoff * 2).min(Duration::from_millis(500));
+        // Only the busy ones are worth another try; keep the ranking's order.
+        order.retain(|c| !gone.contains(&c.node));
+    }
+}
+
+/// Whether this node knows an offer it could send `model` to.
+pub fn has_providers(node: &Node, model: ModelId) -> bool {
+    !node
+        .compute
+        .offers()
+        .candidates(model, node.compute.config.max_price_per_mfuel, now_ms())
+        .is_empty()
+}
+
+/// Runs an OIP v2 request for `model` on peers and returns the OIP response, with the
+/// provider, its signed result and the fuel in `parameters`.
+pub async fn call(
+    node: &Arc<Node>,
+    model: ModelId,
+    request: &Value,
+    options: &CallOptions,
+) -> Result<Value, CallError> {
+    let wanted = requested_outputs(request)?;
+    let input = serde_json::to_vec(request)
+        .map_err(|e| CallError::new(400, format!("the request cannot be encoded: {e}")))?;
+    if input.len() > MAX_INFER_INPUT_BYTES {
+        return Err(CallError::new(
+            413,
+            format!(
+                "the inputs are {} bytes; a remote call takes at most {MAX_INFER_INPUT_BYTES}",
+                input.len()
+            ),
+        ));
+    }
+    let max_price = node.compute.config.max_price_per_mfuel;
+    let candidates = node.compute.offers().candidates(model, max_price, now_ms());
+    let mut order: Vec<Target> = candidates.into_iter().filter_map(Target::of).collect();
+    if let Some(peer) = options.on {
+        let node_id = net::node_id_of(&peer)
+            .ok_or_else(|| CallError::new(400, format!("{peer} has no ed25519 key in its id")))?;
+        order.retain(|c| c.peer == peer);
+        if order.is_empty() {
+            order.push(Target {
+                node: node_id,
+                peer,
+                addrs: Vec::new(),
+                price_per_mfuel: None,
+            });
+        }
+    }
+    if order.is_empty() {
+        return Err(CallError::new(
+            503,
+            format!("no provider offers compute at or below {max_price} per million fuel"),
+        ));
+    }
+    let version = crate::inference::local_manifest(&node.home.catalog, model)
+        .map(|m| m.body().version.clone())
+        .unwrap_or_default();
+    if options.verify {
+        if order.len() < 2 {
+            return Err(CallError::new(
+                503,
+                "--verify needs two providers; this node knows one",
+            ));
+        }
+        // The best provider, and the rest for the second opinion.
+        let others = order.split_off(1);
+        let (a, b) = tokio::join!(
+            first_answer(node, order, model, &input, max_price),
+            first_answer(node, others, model, &input, max_price)
+        );
+        let (a, b) = (a?, b?);
+        if a.result.body().output_hash != b.result.body().output_hash {
+            let evidence = |x: &Answer| {
+                json!({
+                    "provider": x.peer.to_string(),
+                    "output_hash": x.result.body().output_hash.to_string(),
+                    "fuel": x.result.body().fuel,
+                    "result": hex::encode(x.result.to_bytes()),
+                })
+            };
+            let mut e = CallError::new(
+                502,
+                format!(
+                    "providers disagree: {} returned outputs {}, {} returned {}",
+                    a.peer,
+                    a.result.body().output_hash,
+                    b.peer,
+                    b.result.body().output_hash
+                ),
+            );
+            e.details = Some(json!({ "results": [evidence(&a), evidence(&b)] }));
+            return Err(e);
+        }
+        let verified_by = [a.peer.to_string(), b.peer.to_string()];
+        let mut v = respond(model, &version, request, &a, wanted.as_deref());
+        v["parameters"]["verified_by"] = json!(verified_by);
+        return Ok(v);
+    }
+    let answer = first_answer(node, order, model, &input, max_price).await?;
+    Ok(respond(
+        model,
+        &version,
+        request,
+        &answer,
+        wanted.as_deref(),
+    ))
+}
+
+fn respond(
+    model: ModelId,
+    version: &str,
+    request: &Value,
+    a: &Answer,
+    wanted: Option<&[String]>,
+) -> Value {
+    let r = a.result.body();
+    oip_response(
+        &model.to_string(),
+        version,
+        request,
+        &a.tensors,
+        wanted,
+        json!({
+            "fuel": r.fuel,
+            "elapsed_ms": a.elapsed.as_secs_f64() * 1e3,
+            "provider": a.peer.to_string(),
+            "backend": r.backend,
+            "price_per_mfuel": r.price_per_mfuel,
+            "output_hash": r.output_hash.to_string(),
+            "result": hex::encode(a.result.to_bytes()),
+        }),
+    )
+}
