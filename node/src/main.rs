@@ -44,7 +44,8 @@ fn main() -> ExitCode {
 fn init_logging(cli: &cli::Cli) {
     use tracing_subscriber::EnvFilter;
     let default = match cli.command {
-        cli::Command::Node(_) => "warn,node=info,net=info,sandbox=info",
+        // A node alone (no peers yet) is normal: the DHT's bootstrap warning is noise then.
+        cli::Command::Node(_) => "warn,libp2p_kad=error,node=info,net=info,sandbox=info",
         _ => "warn",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));

@@ -124,7 +124,13 @@ pub(crate) struct EventLoop {
     dropped: prometheus_client::metrics::counter::Counter,
     /// Gossip messages being verified off the loop.
     verifying: Arc<tokio::sync::Semaphore>,
+    /// Verdicts on gossip messages, from the verifying threads: forward, or drop and penalise.
+    validations: mpsc::Receiver<Validation>,
+    validations_tx: mpsc::Sender<Validation>,
 }
+
+/// A gossip message's id, the peer it came from, and whether it verified.
+type Validation = (gossipsub::MessageId, PeerId, gossipsub::MessageAcceptance);
 
 /// Gossip messages verified at once, off the swarm task; more are dropped.
 const MAX_VERIFYING: usize = 64;
@@ -159,6 +165,8 @@ pub(crate) fn build_swarm(
                     Signed::<Manifest>::MAX_BYTES.max(Signed::<ComputeOffer>::MAX_BYTES),
                 )
                 .validation_mode(gossipsub::ValidationMode::Strict)
+                // Forward a message only after this node verified it (see `verify_off_loop`).
+                .validate_messages()
                 .heartbeat_interval(Duration::from_millis(500))
                 .build()
                 .map_err(|e| format!("gossipsub config: {e}"))?;
@@ -243,6 +251,7 @@ impl EventLoop {
         }
         let (catalog_answers_tx, catalog_answers) = mpsc::channel(64);
         let (infer_answers_tx, infer_answers) = mpsc::channel(256);
+        let (validations_tx, validations) = mpsc::channel(MAX_VERIFYING);
         Ok(EventLoop {
             swarm,
             commands,
@@ -263,6 +272,8 @@ impl EventLoop {
             metrics,
             dropped,
             verifying: Arc::new(tokio::sync::Semaphore::new(MAX_VERIFYING)),
+            validations,
+            validations_tx,
         })
     }
 
@@ -281,6 +292,13 @@ impl EventLoop {
                 }
                 Some((channel, bytes)) = self.infer_answers.recv() => {
                     let _ = self.swarm.behaviour_mut().infer.send_response(channel, bytes);
+                }
+                Some((id, source, acceptance)) = self.validations.recv() => {
+                    // `false`: the message left gossipsub's cache meanwhile; nothing to forward.
+                    self.swarm
+                        .behaviour_mut()
+                        .gossipsub
+                        .report_message_validation_result(&id, &source, acceptance);
                 }
             }
         }
@@ -400,20 +418,49 @@ impl EventLoop {
     }
 
     /// Verifies a gossiped object on a blocking thread and hands the resulting event to the
-    /// node there, so a burst of messages never stalls the swarm. At most
-    /// [`MAX_VERIFYING`] run at once; beyond that a message is dropped and counted (gossip
-    /// repeats what matters: offers are re-announced, manifests re-synced).
-    fn verify_off_loop(&self, verify: impl FnOnce() -> NetEvent + Send + 'static) {
+    /// node there, so a burst of messages never stalls the swarm. Gossipsub forwards the
+    /// message to other peers only once it verified (`validate_messages`); a forgery is
+    /// rejected, which penalises the peer that sent it. At most [`MAX_VERIFYING`] run at once;
+    /// beyond that a message is ignored (neither forwarded nor penalised), dropped and counted
+    /// (gossip repeats what matters: offers are re-announced, manifests re-synced).
+    fn verify_off_loop(
+        &mut self,
+        id: gossipsub::MessageId,
+        source: PeerId,
+        verify: impl FnOnce() -> NetEvent + Send + 'static,
+    ) {
         let Ok(permit) = self.verifying.clone().try_acquire_owned() else {
             self.dropped.inc();
             tracing::warn!("too many gossip messages being verified; dropped one");
+            self.swarm
+                .behaviour_mut()
+                .gossipsub
+                .report_message_validation_result(
+                    &id,
+                    &source,
+                    gossipsub::MessageAcceptance::Ignore,
+                );
             return;
         };
         let events = self.events.clone();
         let dropped = self.dropped.clone();
+        let validations = self.validations_tx.clone();
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
             let event = verify();
+            let acceptance = match event {
+                NetEvent::Rejected { .. } => gossipsub::MessageAcceptance::Reject,
+                _ => gossipsub::MessageAcceptance::Accept,
+            };
+            // Verdicts in flight are about as many as permits, which the channel holds; if the
+            // loop still falls behind, the message is never forwarded and expires from the
+            // cache (as if ignored). A closed channel means the swarm stopped.
+            if let Err(mpsc::error::TrySendError::Full(_)) =
+                validations.try_send((id, source, acceptance))
+            {
+                dropped.inc();
+                tracing::warn!("the swarm is not keeping up; a gossip message was not forwarded");
+            }
             if let Err(mpsc::error::TrySendError::Full(event)) = events.try_send(event) {
                 dropped.inc();
                 tracing::warn!(
@@ -555,40 +602,39 @@ impl EventLoop {
                 }
             }
             BehaviourEvent::Gossipsub(gossipsub::Event::Message {
-                propagation_source,
+                propagation_source: from,
                 message,
-                ..
-            }) if message.topic == self.offer_topic.hash() => {
-                self.verify_off_loop(move || {
-                    match Signed::<ComputeOffer>::from_bytes(&message.data) {
-                        Ok(offer) => NetEvent::Offer {
-                            from: propagation_source,
-                            offer: Box::new(offer),
-                        },
-                        Err(e) => NetEvent::Rejected {
-                            from: propagation_source,
-                            reason: format!("compute offer: {e}"),
-                        },
-                    }
-                });
-            }
-            BehaviourEvent::Gossipsub(gossipsub::Event::Message {
-                propagation_source,
-                message,
-                ..
+                message_id,
             }) => {
-                self.verify_off_loop(
-                    move || match Signed::<Manifest>::from_bytes(&message.data) {
-                        Ok(manifest) => NetEvent::Manifest {
-                            from: propagation_source,
-                            manifest: Box::new(manifest),
-                        },
-                        Err(e) => NetEvent::Rejected {
-                            from: propagation_source,
-                            reason: format!("announcement: {e}"),
-                        },
-                    },
-                );
+                let offers = message.topic == self.offer_topic.hash();
+                self.verify_off_loop(message_id, from, move || {
+                    let verified = if offers {
+                        Signed::<ComputeOffer>::from_bytes(&message.data).map(|offer| {
+                            NetEvent::Offer {
+                                from,
+                                offer: Box::new(offer),
+                            }
+                        })
+                    } else {
+                        Signed::<Manifest>::from_bytes(&message.data).map(|manifest| {
+                            NetEvent::Manifest {
+                                from,
+                                manifest: Box::new(manifest),
+                            }
+                        })
+                    };
+                    verified.unwrap_or_else(|e| NetEvent::Rejected {
+                        from,
+                        reason: format!(
+                            "{}: {e}",
+                            if offers {
+                                "compute offer"
+                            } else {
+                                "announcement"
+                            }
+                        ),
+                    })
+                });
             }
             BehaviourEvent::Catalog(request_response::Event::Message { peer, message, .. }) => {
                 match message {

@@ -423,3 +423,77 @@ async fn offers_gossip_and_inference_calls_round_trip() {
     let too_big = vec![0u8; protocol::compute::MAX_INFER_CALL_BYTES + 1];
     assert!(a.client.infer(b_peer, too_big).await.is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gossip_is_forwarded_only_after_it_verifies() {
+    // A line: A - B - C; A publishes a forgery and a genuine manifest, over and over.
+    let a = node(11, None).await;
+    let mut b = node(12, None).await;
+    let mut c = node(13, None).await;
+    b.client.dial(a.addr.clone()).await.expect("b dials a");
+    c.client.dial(b.addr.clone()).await.expect("c dials b");
+    let key = SecretKey::from_seed(&[5; 32]);
+    let manifest = |name: &str| {
+        key.sign(Manifest {
+            name: name.into(),
+            version: "1".into(),
+            ..Manifest::default()
+        })
+        .to_bytes()
+    };
+    let genuine = manifest("genuine");
+    let mut forged = manifest("forged");
+    let last = forged.len() - 1;
+    forged[last] ^= 1; // the signature's last byte
+    let announcer = a.client.clone();
+    let republish = tokio::spawn(async move {
+        for _ in 0..20 {
+            let _ = announcer.announce(forged.clone()).await;
+            let _ = announcer.announce(genuine.clone()).await;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    });
+    // B verifies both: the forgery is rejected (and not forwarded), the genuine one arrives.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let (mut rejected, mut heard) = (false, false);
+    while !(rejected && heard) {
+        match tokio::time::timeout_at(deadline, b.events.recv()).await {
+            Ok(Some(NetEvent::Rejected { from, reason })) => {
+                assert_eq!(from, a.client.peer_id());
+                assert!(reason.contains("signature"), "{reason}");
+                rejected = true;
+            }
+            Ok(Some(NetEvent::Manifest { manifest, .. })) => {
+                assert_eq!(manifest.body().name, "genuine");
+                heard = true;
+            }
+            Ok(Some(_)) => {}
+            other => panic!("B: rejected {rejected}, heard {heard}: {other:?}"),
+        }
+    }
+    // C may connect to A too (the DHT introduces them), and then hears A itself. But B, having
+    // rejected the forgery, never forwards it: nothing forged reaches C from B.
+    let b_id = b.client.peer_id();
+    let check = |event: &NetEvent| {
+        if let NetEvent::Rejected { from, reason } = event {
+            assert_ne!(*from, b_id, "B forwarded a forgery to C: {reason}");
+        }
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match tokio::time::timeout_at(deadline, c.events.recv()).await {
+            Ok(Some(NetEvent::Manifest { manifest, .. })) => {
+                assert_eq!(manifest.body().name, "genuine");
+                break;
+            }
+            Ok(Some(event)) => check(&event),
+            other => panic!("C never heard the genuine manifest: {other:?}"),
+        }
+    }
+    // A few more rounds of republishing give a forwarded forgery every chance to show up.
+    let more = tokio::time::Instant::now() + Duration::from_secs(3);
+    while let Ok(Some(event)) = tokio::time::timeout_at(more, c.events.recv()).await {
+        check(&event);
+    }
+    republish.abort();
+}
