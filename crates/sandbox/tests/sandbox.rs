@@ -494,23 +494,23 @@ fn a_full_queue_answers_busy() {
             sandbox.predict(&hostile, mode("loop"), &limits)
         })
     };
-    // Wait until the spinning call holds the only slot, then knock.
+    // Wait until the spinning call holds the only slot (nobody else calls meanwhile, so the
+    // running call is the spinner), then knock: busy at once.
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        match sandbox.predict(&hostile, mode("echo"), &limits()) {
-            Err(SandboxError::Busy { running, queued }) => {
-                assert_eq!((running, queued), (1, 0));
-                break;
-            }
-            Ok(_) if spinning.is_finished() => {
-                panic!("the spinning call ended first: {:?}", spinning.join())
-            }
-            Ok(_) => {
-                assert!(std::time::Instant::now() < deadline, "never busy");
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            Err(e) => panic!("{e:?}"),
-        }
+    while sandbox.occupancy() != (1, 0) {
+        assert!(
+            !spinning.is_finished(),
+            "the spinning call ended before it ran"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the spinning call never ran"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    match sandbox.predict(&hostile, mode("echo"), &limits()) {
+        Err(SandboxError::Busy { running, queued }) => assert_eq!((running, queued), (1, 0)),
+        other => panic!("expected busy while the slot is held: {other:?}"),
     }
     let err = spinning.join().expect("no panic").expect_err("must fail");
     assert!(matches!(err, SandboxError::Timeout { .. }), "{err:?}");
