@@ -9,6 +9,7 @@ use anyhow::{Context, Result, bail};
 use api::dto::{
     AddRequest, ExportRequest, OfferList, PublishRequest, SnapshotRequest, VerifyRequest,
 };
+use api::oip::{InferRequest, InferResponse};
 use protocol::ModelId;
 use serde_json::{Value, json};
 
@@ -277,7 +278,7 @@ fn store_command(target: &Target, command: Command, json: bool) -> Result<ExitCo
 }
 
 /// Reads `--input`: JSON text, or `@FILE` (`@-`: stdin).
-fn read_input(input: &str) -> Result<Value> {
+fn read_input(input: &str) -> Result<InferRequest> {
     let text = match input.strip_prefix('@') {
         Some("-") => {
             let mut s = String::new();
@@ -289,7 +290,7 @@ fn read_input(input: &str) -> Result<Value> {
         None => input.to_string(),
     };
     let value: Value = serde_json::from_str(&text).context("the input is not valid JSON")?;
-    crate::inference::expand_input(value)
+    InferRequest::from_user_json(value).map_err(|e| anyhow::anyhow!("the input: {e}"))
 }
 
 /// `moxnet call`: on the running node when there is one (fetching the model first if it is
@@ -342,7 +343,7 @@ fn call(
                         .unwrap_or("the node refused the call")
                 );
             }
-            let body = serde_json::to_vec(&request)?;
+            let body = serde_json::to_vec(&request.to_json())?;
             let (status, answer) = api.request(
                 "POST",
                 &format!("/v2/models/{id}/infer{query}"),
@@ -358,7 +359,8 @@ fn call(
                     answer["error"].as_str().unwrap_or("no reason given")
                 );
             }
-            answer
+            serde_json::from_value::<InferResponse>(answer)
+                .context("the node's answer is not an OIP response")?
         }
         None => {
             let home = Home::open(dir)?;
@@ -373,7 +375,7 @@ fn call(
                 },
                 limits,
             )?;
-            let model = engine.load(&home, id).map_err(|e| {
+            let model = engine.load(&home.store, &home.catalog, id).map_err(|e| {
                 if e.status == 404 {
                     anyhow::anyhow!(
                         "model {id} is not on this node; start `moxnet node` and call again to fetch it"
@@ -387,45 +389,6 @@ fn call(
                 .map_err(|e| anyhow::anyhow!("{e}"))?
         }
     };
-    emit(json, answer.clone(), || describe_outputs(&answer));
+    show(json, &answer)?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// A short human rendering of an OIP response: each output's type, shape and first values.
-fn describe_outputs(answer: &Value) -> String {
-    let mut lines = Vec::new();
-    for o in answer["outputs"].as_array().into_iter().flatten() {
-        let data = o["data"].as_array().cloned().unwrap_or_default();
-        let shown: Vec<String> = data.iter().take(8).map(|v| v.to_string()).collect();
-        let more = if data.len() > 8 {
-            format!(", … ({} values)", data.len())
-        } else {
-            String::new()
-        };
-        lines.push(format!(
-            "{} {} {}: [{}{more}]",
-            o["name"].as_str().unwrap_or("?"),
-            o["datatype"].as_str().unwrap_or("?"),
-            o["shape"],
-            shown.join(", ")
-        ));
-    }
-    let p = &answer["parameters"];
-    let place = match p["provider"].as_str() {
-        Some(peer) => format!(" on {peer} ({})", p["backend"].as_str().unwrap_or("?")),
-        None => String::new(),
-    };
-    lines.push(format!(
-        "fuel {}, {:.1} ms{place}",
-        p["fuel"],
-        p["elapsed_ms"].as_f64().unwrap_or(0.0)
-    ));
-    if let Some(by) = p["verified_by"].as_array() {
-        let by: Vec<&str> = by.iter().filter_map(Value::as_str).collect();
-        lines.push(format!(
-            "verified: {} agree on the outputs",
-            by.join(" and ")
-        ));
-    }
-    lines.join("\n")
 }

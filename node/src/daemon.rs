@@ -3,10 +3,9 @@
 //! serves and makes inference calls between peers (`compute`), and offers the HTTP API on
 //! localhost, through which the CLI runs while a node is up.
 
-use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -18,12 +17,14 @@ use serde_json::json;
 use crate::api_client::{API_FILE, TOKEN_FILE};
 use crate::cli::NodeArgs;
 use crate::compute::{Compute, ComputeConfig};
+use crate::fetcher::Fetcher;
 use crate::home::Home;
 use crate::inference::Inference;
-use crate::metrics::{Metrics, Outcome, Place};
-use crate::models::announce_local;
-use crate::node::{MAX_MANIFEST_IMPORTS, Node};
+use crate::metrics::Metrics;
+use crate::models::{Models, Runtime};
 use crate::output;
+use crate::remote::Remote;
+use crate::service::Service;
 
 /// Serves blobs and the catalogue from the store (called by `net` on blocking threads).
 struct StoreProvider {
@@ -116,49 +117,76 @@ async fn serve(
             .await
             .context("starting the network")?;
     let (sandbox_config, limits) = config.inference.sandbox();
-    let inference = Arc::new(Inference::new(&dir, sandbox_config, limits)?);
-    let node = Arc::new(Node {
-        home,
-        net: client,
-        listening: Mutex::new(Vec::new()),
-        fetches: Mutex::new(HashMap::new()),
-        fetch_locks: Mutex::new(HashMap::new()),
-        announcers: Mutex::new(HashMap::new()),
-        announced: Mutex::new(HashSet::new()),
-        manifest_imports: Arc::new(tokio::sync::Semaphore::new(MAX_MANIFEST_IMPORTS)),
+    let engine = Inference::new(&dir, sandbox_config, limits)?;
+    // The services, each with the handles it needs and nothing else.
+    let metrics = Arc::new(metrics);
+    let (store, catalog) = (home.store.clone(), home.catalog.clone());
+    let fetcher = Arc::new(Fetcher::new(
+        client.clone(),
+        store.clone(),
+        catalog.clone(),
+        metrics.clone(),
+    ));
+    let models = Arc::new(Models::new(
+        client.clone(),
+        store.clone(),
+        catalog.clone(),
+        metrics.clone(),
+    ));
+    let runtime = Arc::new(Runtime::new(
+        engine,
+        store,
+        catalog.clone(),
+        fetcher.clone(),
+    ));
+    let remote = Arc::new(Remote::new(
+        home.key.clone(),
+        client.clone(),
+        Compute::new(ComputeConfig::from(&config.compute)),
+        runtime.clone(),
+        catalog,
+        metrics.clone(),
+    ));
+    let service = Arc::new(Service {
+        home: home.clone(),
+        net: client.clone(),
+        fetcher: fetcher.clone(),
+        models: models.clone(),
+        runtime,
+        remote: remote.clone(),
         metrics,
-        inference,
-        compute: Compute::new(ComputeConfig::from(&config.compute)),
     });
+    let events_to = Events {
+        fetcher,
+        models: models.clone(),
+        remote: remote.clone(),
+    };
     // Wait briefly for the listeners so the start-up line can show real addresses.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-    while node
-        .listening
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .len()
-        < config.listen.len()
-    {
+    let mut listening = 0;
+    while listening < config.listen.len() {
         match tokio::time::timeout_at(deadline, events.recv()).await {
-            Ok(Some(event)) => on_event(&node, event).await,
+            Ok(Some(event)) => {
+                listening += usize::from(matches!(event, NetEvent::Listening(_)));
+                events_to.on(event);
+            }
             _ => break,
         }
     }
-    let event_node = node.clone();
     tokio::spawn(async move {
         while let Some(event) = events.recv().await {
-            on_event(&event_node, event).await;
+            events_to.on(event);
         }
     });
     // Stay connected to the bootstrap peers: redial after a restart or a partition heals (the
     // catalogue is synced again on every new connection).
-    let redial_node = node.clone();
+    let redial_net = client.clone();
     let bootstrap = config.bootstrap.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(5));
         loop {
             tick.tick().await;
-            let peers = redial_node.net.peers().await.unwrap_or_default();
+            let peers = redial_net.peers().await.unwrap_or_default();
             for addr in &bootstrap {
                 let peer = addr.iter().find_map(|p| match p {
                     Protocol::P2p(id) => Some(id),
@@ -167,7 +195,7 @@ async fn serve(
                 if peer.is_some_and(|p| !peers.contains(&p)) {
                     match tokio::time::timeout(
                         Duration::from_secs(5),
-                        redial_node.net.dial(addr.clone()),
+                        redial_net.dial(addr.clone()),
                     )
                     .await
                     {
@@ -179,10 +207,9 @@ async fn serve(
             }
         }
     });
-    let announce_node = node.clone();
-    tokio::spawn(async move { announce_local(&announce_node).await });
-    if node.compute.config.serve {
-        tokio::spawn(crate::remote::offer_loop(node.clone()));
+    tokio::spawn(async move { models.announce_local().await });
+    if remote.serving() {
+        tokio::spawn(remote.offer_loop());
     }
 
     let listener = tokio::net::TcpListener::bind(config.api)
@@ -194,14 +221,20 @@ async fn serve(
     let api_file = dir.join(API_FILE);
     std::fs::write(&api_file, format!("{api_addr}\n"))
         .with_context(|| format!("writing {}", api_file.display()))?;
-    let listen = node.listen_addrs();
+    let listen: Vec<String> = client
+        .dial_addrs()
+        .await
+        .context("asking the network for its addresses")?
+        .iter()
+        .map(ToString::to_string)
+        .collect();
     output::emit(
         json,
-        json!({ "peer_id": node.net.peer_id().to_string(), "node_id": node.home.key.node_id().to_string(), "listen": listen, "api": api_addr.to_string() }),
+        json!({ "peer_id": client.peer_id().to_string(), "node_id": home.key.node_id().to_string(), "listen": listen, "api": api_addr.to_string() }),
         || {
             format!(
                 "moxnet node {}\nlistening on {}\nHTTP API on http://{api_addr}",
-                node.net.peer_id(),
+                client.peer_id(),
                 listen.join(", ")
             )
         },
@@ -209,19 +242,16 @@ async fn serve(
     if let Err(e) = std::io::stdout().flush() {
         tracing::warn!("flushing stdout: {e}");
     }
-    tracing::info!(peer = %node.net.peer_id(), api = %api_addr, "node started");
+    tracing::info!(peer = %client.peer_id(), api = %api_addr, "node started");
 
-    let app = api::router(
-        Arc::new(crate::service::Service(node.clone())),
-        api::Access::new(api_addr.port(), token),
-    );
+    let app = api::router(service, api::Access::new(api_addr.port(), token));
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await;
     if let Err(e) = std::fs::remove_file(&api_file) {
         tracing::warn!("removing {}: {e}", api_file.display());
     }
-    node.home.store.flush().context("flushing the store")?;
+    home.store.flush().context("flushing the store")?;
     served.context("serving the HTTP API")
 }
 
@@ -250,73 +280,30 @@ async fn shutdown_signal() {
     }
 }
 
-async fn on_event(node: &Arc<Node>, event: NetEvent) {
-    match event {
-        NetEvent::Listening(addr) => {
-            let addr = addr.with(Protocol::P2p(node.net.peer_id()));
-            node.listening
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(addr);
-        }
-        NetEvent::Manifest { from, manifest } => {
-            let bytes = manifest.to_bytes();
-            let id = protocol::model_id(&bytes);
-            node.announcers
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .entry(id.blob())
-                .or_default()
-                .insert(from);
-            // Learning a model stores its signed manifest (not its files) in the catalogue, on
-            // a blocking thread: the event loop never waits for the disk. A burst beyond
-            // `MAX_MANIFEST_IMPORTS` in flight is shed (the next sync or announcement brings
-            // the manifest again).
-            let Ok(permit) = node.manifest_imports.clone().try_acquire_owned() else {
-                node.metrics.manifests_dropped.inc();
-                tracing::warn!(model = %id, peer = %from, "too many manifests being stored; dropped this one");
-                return;
-            };
-            if node.home.catalog.get(id).is_some() {
-                return;
+/// Where the network's events go: each to the service that owns what it is about. Nothing
+/// here waits: the services hand slow work (the disk, calls) to their own tasks.
+struct Events {
+    fetcher: Arc<Fetcher>,
+    models: Arc<Models>,
+    remote: Arc<Remote>,
+}
+
+impl Events {
+    fn on(&self, event: NetEvent) {
+        match event {
+            NetEvent::Manifest { from, manifest } => {
+                let id = protocol::model_id(&manifest.to_bytes());
+                self.fetcher.heard_from(id, from);
+                self.models.learnt(id, from, *manifest);
             }
-            let catalog = node.home.catalog.clone();
-            tokio::task::spawn_blocking(move || {
-                let _permit = permit;
-                // `net` verified the signature: the catalogue keeps it without checking again.
-                if let Err(e) = catalog.insert(*manifest) {
-                    tracing::warn!(model = %id, "storing a learnt manifest: {e:#}");
-                }
-            });
-        }
-        NetEvent::Offer { offer, .. } => {
-            if offer.signer() != node.home.key.node_id() {
-                node.compute
-                    .offers()
-                    .insert(*offer, crate::compute::now_ms());
+            NetEvent::Offer { offer, .. } => self.remote.offer_heard(*offer),
+            NetEvent::InferCall { from, call, reply } => {
+                let remote = self.remote.clone();
+                tokio::spawn(async move { reply.send(remote.serve(from, call).await) });
             }
+            NetEvent::PeerDisconnected(peer) => self.remote.peer_left(&peer),
+            NetEvent::Listening(addr) => tracing::debug!(%addr, "listening"),
+            NetEvent::PeerConnected(_) | NetEvent::Rejected { .. } => {}
         }
-        NetEvent::InferCall { from, call, reply } => {
-            let node = node.clone();
-            tokio::spawn(async move {
-                let answer = crate::remote::handle_call(node.clone(), from, call).await;
-                use protocol::compute::InferStatus;
-                let outcome = match answer.status {
-                    InferStatus::Ok => Outcome::Ok,
-                    InferStatus::Busy => Outcome::Busy,
-                    InferStatus::BadRequest | InferStatus::NotFound | InferStatus::Refused => {
-                        Outcome::Refused
-                    }
-                    InferStatus::Failed | InferStatus::Internal => Outcome::Failed,
-                };
-                node.metrics.call(Place::Served, outcome);
-                if outcome != Outcome::Ok {
-                    tracing::debug!(peer = %from, status = ?answer.status, "refused or failed a call for a peer: {}", answer.message.as_deref().unwrap_or(""));
-                }
-                reply.send(protocol::Object::to_bytes(&answer));
-            });
-        }
-        NetEvent::PeerDisconnected(peer) => node.compute.peer_left(&peer),
-        NetEvent::PeerConnected(_) | NetEvent::Rejected { .. } => {}
     }
 }

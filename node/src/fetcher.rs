@@ -2,137 +2,67 @@
 //! requests, ingesting every response into the store, which verifies each 16 KiB group before
 //! writing it. Fetching a model fetches its signed manifest, checks the author's signature, then
 //! every file and training snapshot it references.
+//!
+//! [`Fetcher`] is the service: it owns the fetches' progress, one lock per model fetched for a
+//! call, and the peers that announced each model (likely providers). It reaches the network,
+//! the store and the catalogue, and nothing else.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use api::dto::FetchState;
+use api::dto::{FetchProgress, FetchState};
+use catalog::Catalog;
 use net::NetError;
 use net::fetch::{Action, Event, Failure, Fetch, FetchConfig, RequestId};
 use net::libp2p::PeerId;
 use protocol::wire::BlobRequest;
 use protocol::{BlobHash, Collection, Manifest, ModelId, Object, Signed, Snapshot};
-use store::{IngestError, StoreError};
+use store::{IngestError, Store, StoreError};
 use tokio::sync::mpsc;
 
-use crate::node::{Node, Progress};
+use crate::metrics::{Metrics, Outcome};
+
+/// What a fetch has done so far.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Running, complete or failed.
+    pub state: FetchState,
+    /// Bytes to fetch, once known.
+    pub bytes_total: u64,
+    /// Bytes present.
+    pub bytes_done: u64,
+    /// Bytes received and verified by this fetch (less than the total when resuming).
+    pub bytes_fetched: u64,
+    /// Peers that delivered verified data.
+    pub peers_used: HashSet<PeerId>,
+    /// Peers banned for sending bad bytes.
+    pub peers_banned: HashSet<PeerId>,
+    /// Why it failed.
+    pub error: Option<String>,
+}
+
+impl Progress {
+    /// The progress of the fetch of `id` as the API shows it.
+    pub fn view(&self, id: BlobHash) -> FetchProgress {
+        FetchProgress {
+            id: id.to_string(),
+            state: self.state,
+            bytes_total: self.bytes_total,
+            bytes_done: self.bytes_done,
+            bytes_fetched: self.bytes_fetched,
+            peers_used: self.peers_used.len(),
+            peers_banned: self.peers_banned.len(),
+            error: self.error.clone(),
+        }
+    }
+}
 
 type Shared = Arc<Mutex<Progress>>;
 
-fn lock(p: &Shared) -> std::sync::MutexGuard<'_, Progress> {
-    p.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Fetches `id` (a model, a folder, or a plain blob) and pins it.
-pub async fn fetch(node: &Arc<Node>, id: BlobHash, progress: Shared) -> Result<()> {
-    let fetched = fetch_all(node, id, progress).await;
-    node.metrics.fetch(match fetched {
-        Ok(()) => crate::metrics::Outcome::Ok,
-        Err(_) => crate::metrics::Outcome::Failed,
-    });
-    fetched
-}
-
-async fn fetch_all(node: &Arc<Node>, id: BlobHash, progress: Shared) -> Result<()> {
-    lock(&progress).state = FetchState::Running;
-    fetch_blob(node, id, None, id, &progress).await?;
-    let store = node.home.store.clone();
-    let record = store.record(id)?.context("fetched blob vanished")?;
-    let bytes = if record.size <= Signed::<Manifest>::MAX_BYTES as u64 {
-        Some(store.read_bytes(id, record.size)?)
-    } else {
-        None
-    };
-    // Children to fetch, with their size when the parent states it.
-    let mut children: Vec<(BlobHash, Option<u64>)> = Vec::new();
-    let mut snapshots = Vec::new();
-    let catalog = &node.home.catalog;
-    // A manifest the catalogue knows was verified when it arrived; a new one is verified here,
-    // once.
-    let manifest = catalog.get(ModelId(id)).or_else(|| {
-        bytes
-            .as_deref()
-            .and_then(|b| Signed::<Manifest>::from_bytes(b).ok())
-            .map(Arc::new)
-    });
-    if let Some(manifest) = manifest {
-        let m = manifest.body();
-        children.extend(m.files.iter().map(|f| (f.hash, Some(f.size))));
-        // The guest that runs the model travels with it: without it a fetched model could
-        // neither be called here nor served to peers.
-        children.extend(m.runtime.guest.map(|g| (g, None)));
-        snapshots = m.snapshots.clone();
-        // Fetched as raw bytes: record what they are and what they link, then catalogue them.
-        store.import_bytes(
-            bytes.as_deref().unwrap_or_default(),
-            "manifest",
-            m.referenced_blobs(),
-        )?;
-        catalog.insert(Signed::clone(&manifest))?;
-    } else if let Some(collection) = bytes
-        .as_deref()
-        .filter(|_| record.kind == "collection" || record.size > 0)
-        .and_then(|b| Collection::from_bytes(b).ok())
-    {
-        children.extend(collection.entries.iter().map(|e| (e.hash, Some(e.size))));
-        let links = collection.entries.iter().map(|e| e.hash).collect();
-        store.import_bytes(bytes.as_deref().unwrap_or_default(), "collection", links)?;
-    }
-    {
-        let mut p = lock(&progress);
-        p.bytes_total = record.size + children.iter().filter_map(|(_, s)| *s).sum::<u64>();
-        p.bytes_done = record.size;
-    }
-    for (hash, size) in children {
-        fetch_blob(node, hash, size, id, &progress).await?;
-        catalog.blob_added(hash);
-    }
-    for snapshot in snapshots {
-        fetch_blob(node, snapshot, None, id, &progress).await?;
-        let bytes = store.read_bytes(snapshot, Signed::<Snapshot>::MAX_BYTES as u64)?;
-        let signed = Signed::<Snapshot>::from_bytes(&bytes)
-            .with_context(|| format!("snapshot {snapshot} of {id} does not verify"))?;
-        let links = signed
-            .body()
-            .weights
-            .iter()
-            .map(|w| w.hash)
-            .chain(signed.body().parent)
-            .collect();
-        store.import_bytes(&bytes, "snapshot", links)?;
-        for w in &signed.body().weights {
-            fetch_blob(node, w.hash, Some(w.size), id, &progress).await?;
-        }
-    }
-    store.pin(id)?;
-    Ok(())
-}
-
-/// Everyone who might have `hash`: DHT providers, peers that announced the model, and
-/// connected peers (a peer without it just answers NotFound).
-async fn candidates(node: &Arc<Node>, hash: BlobHash, root: BlobHash) -> Vec<PeerId> {
-    let mut peers: HashSet<PeerId> = node
-        .net
-        .find_providers(hash)
-        .await
-        .unwrap_or_default()
-        .into_iter()
-        .collect();
-    if let Some(announcers) = node
-        .announcers
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .get(&root)
-    {
-        peers.extend(announcers.iter().copied());
-    }
-    peers.extend(node.net.peers().await.unwrap_or_default());
-    peers.remove(&node.net.peer_id());
-    let mut peers: Vec<PeerId> = peers.into_iter().collect();
-    peers.sort();
-    peers
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// One request's outcome, reported back to the scheduler loop.
@@ -144,139 +74,349 @@ struct Done {
     outcome: Result<(), (Failure, String)>,
 }
 
-async fn fetch_blob(
-    node: &Arc<Node>,
-    hash: BlobHash,
-    size: Option<u64>,
-    root: BlobHash,
-    progress: &Shared,
-) -> Result<()> {
-    let store = node.home.store.clone();
-    if store.has(hash)? {
-        lock(progress).bytes_done += size.unwrap_or(0);
-        return Ok(());
-    }
-    let started = Instant::now();
-    let mut peers = candidates(node, hash, root).await;
-    while peers.is_empty() && started.elapsed() < Duration::from_secs(10) {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        peers = candidates(node, hash, root).await;
-    }
-    if peers.is_empty() {
-        bail!("no peer provides {hash}");
-    }
-    // The size: known from the manifest, or learnt from the first peer that has the blob (the
-    // bao encoding then proves it).
-    let size = match size {
-        Some(s) => s,
-        None => {
-            let learnt = learn_size(node, hash, &peers).await?;
-            if hash != root {
-                lock(progress).bytes_total += learnt;
-            }
-            learnt
+/// Fetches from peers into this node's store.
+pub struct Fetcher {
+    net: net::Client,
+    store: Arc<Store>,
+    catalog: Arc<Catalog>,
+    metrics: Arc<Metrics>,
+    /// Peers that announced or synced each model to us: likely providers.
+    announcers: Mutex<HashMap<BlobHash, HashSet<PeerId>>>,
+    /// Fetches started (through the API or for a call), by root hash.
+    fetches: Mutex<HashMap<BlobHash, Shared>>,
+    /// One lock per model being fetched for a call.
+    model_locks: Mutex<HashMap<BlobHash, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Fetcher {
+    /// A fetcher over `net`, into `store`, cataloguing what it brings in `catalog`.
+    pub fn new(
+        net: net::Client,
+        store: Arc<Store>,
+        catalog: Arc<Catalog>,
+        metrics: Arc<Metrics>,
+    ) -> Fetcher {
+        Fetcher {
+            net,
+            store,
+            catalog,
+            metrics,
+            announcers: Mutex::default(),
+            fetches: Mutex::default(),
+            model_locks: Mutex::default(),
         }
-    };
-    let total = store::groups(size);
-    let missing = store.missing(hash, size)?;
-    let ranges: Vec<std::ops::Range<u64>> = store::group_ranges(&missing, size)
-        .into_iter()
-        .map(|(s, e)| s..e)
-        .collect();
-    let seed = u64::from_le_bytes(hash.as_bytes()[..8].try_into().unwrap_or([0; 8]));
-    let mut fetch: Fetch<PeerId> = Fetch::new(total, ranges, FetchConfig::default(), seed);
-    let clock = Instant::now();
-    let now = || clock.elapsed().as_millis() as u64;
-    let (tx, mut rx) = mpsc::channel::<Done>(64);
-    let mut running: HashMap<RequestId, tokio::task::JoinHandle<()>> = HashMap::new();
-    let mut actions = Vec::new();
-    for p in &peers {
-        actions.extend(fetch.handle(now(), Event::PeerAdded(*p)));
     }
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
-    let mut stuck_since: Option<Instant> = None;
-    let base_done = lock(progress).bytes_done;
-    loop {
-        for action in actions.drain(..) {
-            match action {
-                Action::Request { id, peer, groups } => {
-                    let node = node.clone();
-                    let tx = tx.clone();
-                    running.insert(
-                        id,
-                        tokio::spawn(async move {
-                            let (written, outcome) = request(&node, peer, hash, size, groups).await;
-                            let _ = tx
-                                .send(Done {
-                                    id,
-                                    peer,
-                                    written,
-                                    outcome,
-                                })
-                                .await;
-                        }),
+
+    /// Notes that `peer` announced or synced `model`: it is asked first when fetching it.
+    pub fn heard_from(&self, model: ModelId, peer: PeerId) {
+        lock(&self.announcers)
+            .entry(model.blob())
+            .or_default()
+            .insert(peer);
+    }
+
+    /// Starts fetching `id` in the background (or joins the fetch of it that is running) and
+    /// returns its progress so far.
+    pub fn start(self: &Arc<Self>, id: BlobHash) -> FetchProgress {
+        let progress = {
+            let mut fetches = lock(&self.fetches);
+            if let Some(existing) = fetches.get(&id) {
+                let p = lock(existing);
+                if p.state == FetchState::Running {
+                    return p.view(id);
+                }
+            }
+            let progress = Shared::default();
+            fetches.insert(id, progress.clone());
+            progress
+        };
+        let view = lock(&progress).view(id);
+        let fetcher = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = fetcher.fetch(id, progress).await {
+                tracing::warn!(%id, "fetch failed: {e:#}");
+            }
+        });
+        view
+    }
+
+    /// The progress of the last fetch of `id` started on this node.
+    pub fn progress(&self, id: BlobHash) -> Option<FetchProgress> {
+        let shared = lock(&self.fetches).get(&id).cloned()?;
+        let view = lock(&shared).view(id);
+        Some(view)
+    }
+
+    /// Fetches model `id` unless it is local already, one fetch per model at a time:
+    /// concurrent calls for a missing model wait for the first.
+    pub async fn fetch_model(&self, id: ModelId) -> Result<()> {
+        if self.catalog.is_local(id) {
+            return Ok(());
+        }
+        let one = lock(&self.model_locks)
+            .entry(id.blob())
+            .or_default()
+            .clone();
+        let _one = one.lock().await;
+        if self.catalog.is_local(id) {
+            return Ok(());
+        }
+        let progress = Shared::default();
+        lock(&self.fetches).insert(id.blob(), progress.clone());
+        self.fetch(id.blob(), progress).await
+    }
+
+    /// Fetches `id` (a model, a folder, or a plain blob) and pins it, recording the outcome in
+    /// `progress` and the metrics.
+    async fn fetch(&self, id: BlobHash, progress: Shared) -> Result<()> {
+        let fetched = self.fetch_all(id, &progress).await;
+        self.metrics.fetch(match fetched {
+            Ok(()) => Outcome::Ok,
+            Err(_) => Outcome::Failed,
+        });
+        let mut p = lock(&progress);
+        match &fetched {
+            Ok(()) => p.state = FetchState::Complete,
+            Err(e) => {
+                p.state = FetchState::Failed;
+                p.error = Some(format!("{e:#}"));
+            }
+        }
+        fetched
+    }
+
+    async fn fetch_all(&self, id: BlobHash, progress: &Shared) -> Result<()> {
+        lock(progress).state = FetchState::Running;
+        self.fetch_blob(id, None, id, progress).await?;
+        let store = self.store.clone();
+        let record = store.record(id)?.context("fetched blob vanished")?;
+        let bytes = if record.size <= Signed::<Manifest>::MAX_BYTES as u64 {
+            Some(store.read_bytes(id, record.size)?)
+        } else {
+            None
+        };
+        // Children to fetch, with their size when the parent states it.
+        let mut children: Vec<(BlobHash, Option<u64>)> = Vec::new();
+        let mut snapshots = Vec::new();
+        let catalog = &self.catalog;
+        // A manifest the catalogue knows was verified when it arrived; a new one is verified here,
+        // once.
+        let manifest = catalog.get(ModelId(id)).or_else(|| {
+            bytes
+                .as_deref()
+                .and_then(|b| Signed::<Manifest>::from_bytes(b).ok())
+                .map(Arc::new)
+        });
+        if let Some(manifest) = manifest {
+            let m = manifest.body();
+            children.extend(m.files.iter().map(|f| (f.hash, Some(f.size))));
+            // The guest that runs the model travels with it: without it a fetched model could
+            // neither be called here nor served to peers.
+            children.extend(m.runtime.guest.map(|g| (g, None)));
+            snapshots = m.snapshots.clone();
+            // Fetched as raw bytes: record what they are and what they link, then catalogue them.
+            store.import_bytes(
+                bytes.as_deref().unwrap_or_default(),
+                "manifest",
+                m.referenced_blobs(),
+            )?;
+            catalog.insert(Signed::clone(&manifest))?;
+        } else if let Some(collection) = bytes
+            .as_deref()
+            .filter(|_| record.kind == "collection" || record.size > 0)
+            .and_then(|b| Collection::from_bytes(b).ok())
+        {
+            children.extend(collection.entries.iter().map(|e| (e.hash, Some(e.size))));
+            let links = collection.entries.iter().map(|e| e.hash).collect();
+            store.import_bytes(bytes.as_deref().unwrap_or_default(), "collection", links)?;
+        }
+        {
+            let mut p = lock(progress);
+            p.bytes_total = record.size + children.iter().filter_map(|(_, s)| *s).sum::<u64>();
+            p.bytes_done = record.size;
+        }
+        for (hash, size) in children {
+            self.fetch_blob(hash, size, id, progress).await?;
+            catalog.blob_added(hash);
+        }
+        for snapshot in snapshots {
+            self.fetch_blob(snapshot, None, id, progress).await?;
+            let bytes = store.read_bytes(snapshot, Signed::<Snapshot>::MAX_BYTES as u64)?;
+            let signed = Signed::<Snapshot>::from_bytes(&bytes)
+                .with_context(|| format!("snapshot {snapshot} of {id} does not verify"))?;
+            let links = signed
+                .body()
+                .weights
+                .iter()
+                .map(|w| w.hash)
+                .chain(signed.body().parent)
+                .collect();
+            store.import_bytes(&bytes, "snapshot", links)?;
+            for w in &signed.body().weights {
+                self.fetch_blob(w.hash, Some(w.size), id, progress).await?;
+            }
+        }
+        store.pin(id)?;
+        Ok(())
+    }
+
+    /// Everyone who might have `hash`: DHT providers, peers that announced the model, and
+    /// connected peers (a peer without it just answers NotFound).
+    async fn candidates(&self, hash: BlobHash, root: BlobHash) -> Vec<PeerId> {
+        let mut peers: HashSet<PeerId> = self
+            .net
+            .find_providers(hash)
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        if let Some(announcers) = lock(&self.announcers).get(&root) {
+            peers.extend(announcers.iter().copied());
+        }
+        peers.extend(self.net.peers().await.unwrap_or_default());
+        peers.remove(&self.net.peer_id());
+        let mut peers: Vec<PeerId> = peers.into_iter().collect();
+        peers.sort();
+        peers
+    }
+
+    async fn fetch_blob(
+        &self,
+        hash: BlobHash,
+        size: Option<u64>,
+        root: BlobHash,
+        progress: &Shared,
+    ) -> Result<()> {
+        let store = self.store.clone();
+        if store.has(hash)? {
+            lock(progress).bytes_done += size.unwrap_or(0);
+            return Ok(());
+        }
+        let started = Instant::now();
+        let mut peers = self.candidates(hash, root).await;
+        while peers.is_empty() && started.elapsed() < Duration::from_secs(10) {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            peers = self.candidates(hash, root).await;
+        }
+        if peers.is_empty() {
+            bail!("no peer provides {hash}");
+        }
+        // The size: known from the manifest, or learnt from the first peer that has the blob (the
+        // bao encoding then proves it).
+        let size = match size {
+            Some(s) => s,
+            None => {
+                let learnt = learn_size(&self.net, hash, &peers).await?;
+                if hash != root {
+                    lock(progress).bytes_total += learnt;
+                }
+                learnt
+            }
+        };
+        let total = store::groups(size);
+        let missing = store.missing(hash, size)?;
+        let ranges: Vec<std::ops::Range<u64>> = store::group_ranges(&missing, size)
+            .into_iter()
+            .map(|(s, e)| s..e)
+            .collect();
+        let seed = u64::from_le_bytes(hash.as_bytes()[..8].try_into().unwrap_or([0; 8]));
+        let mut fetch: Fetch<PeerId> = Fetch::new(total, ranges, FetchConfig::default(), seed);
+        let clock = Instant::now();
+        let now = || clock.elapsed().as_millis() as u64;
+        let (tx, mut rx) = mpsc::channel::<Done>(64);
+        let mut running: HashMap<RequestId, tokio::task::JoinHandle<()>> = HashMap::new();
+        let mut actions = Vec::new();
+        for p in &peers {
+            actions.extend(fetch.handle(now(), Event::PeerAdded(*p)));
+        }
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        let mut stuck_since: Option<Instant> = None;
+        let base_done = lock(progress).bytes_done;
+        loop {
+            for action in actions.drain(..) {
+                match action {
+                    Action::Request { id, peer, groups } => {
+                        let (net, store) = (self.net.clone(), self.store.clone());
+                        let tx = tx.clone();
+                        running.insert(
+                            id,
+                            tokio::spawn(async move {
+                                let (written, outcome) =
+                                    request(&net, store, peer, hash, size, groups).await;
+                                let _ = tx
+                                    .send(Done {
+                                        id,
+                                        peer,
+                                        written,
+                                        outcome,
+                                    })
+                                    .await;
+                            }),
+                        );
+                    }
+                    Action::Cancel { id, .. } => {
+                        if let Some(task) = running.remove(&id) {
+                            task.abort();
+                        }
+                    }
+                    Action::Ban { peer } => {
+                        lock(progress).peers_banned.insert(peer);
+                    }
+                    Action::Complete => {
+                        for (_, task) in running.drain() {
+                            task.abort();
+                        }
+                        lock(progress).bytes_done = base_done + size;
+                        if let Err(e) = self.net.provide(hash).await {
+                            tracing::debug!(blob = %hash, "providing on the DHT: {e}");
+                        }
+                        return Ok(());
+                    }
+                    Action::NeedProviders => {
+                        stuck_since.get_or_insert_with(Instant::now);
+                    }
+                }
+            }
+            if let Some(since) = stuck_since {
+                if since.elapsed() > Duration::from_secs(15) {
+                    bail!(
+                        "no honest provider of {hash} is left ({} groups missing)",
+                        fetch.missing_groups()
                     );
                 }
-                Action::Cancel { id, .. } => {
-                    if let Some(task) = running.remove(&id) {
-                        task.abort();
+                let fresh = self.candidates(hash, root).await;
+                for p in fresh {
+                    if !fetch.is_banned(&p) {
+                        actions.extend(fetch.handle(now(), Event::PeerAdded(p)));
                     }
                 }
-                Action::Ban { peer } => {
-                    lock(progress).peers_banned.insert(peer);
+                if fetch.in_flight().count() > 0 {
+                    stuck_since = None;
                 }
-                Action::Complete => {
-                    for (_, task) in running.drain() {
-                        task.abort();
+            }
+            tokio::select! {
+                Some(done) = rx.recv() => {
+                    running.remove(&done.id);
+                    let received = done.written * protocol::CHUNK_GROUP_BYTES;
+                    lock(progress).bytes_fetched += received;
+                    self.metrics.bytes_fetched.inc_by(received);
+                    let event = match done.outcome {
+                        Ok(()) => {
+                            lock(progress).peers_used.insert(done.peer);
+                            Event::Completed { id: done.id }
+                        }
+                        Err((failure, _reason)) => {
+                            let verified = verified_ranges(&store, hash, size, &fetch, done.id);
+                            Event::Failed { id: done.id, failure, verified }
+                        }
+                    };
+                    actions.extend(fetch.handle(now(), event));
+                    if let Ok(Some(partial)) = store.partial(hash) {
+                        lock(progress).bytes_done = base_done + (partial.count() * protocol::CHUNK_GROUP_BYTES).min(size);
                     }
-                    lock(progress).bytes_done = base_done + size;
-                    let _ = node.net.provide(hash).await;
-                    return Ok(());
                 }
-                Action::NeedProviders => {
-                    stuck_since.get_or_insert_with(Instant::now);
-                }
+                _ = tick.tick() => actions.extend(fetch.handle(now(), Event::Tick)),
             }
-        }
-        if let Some(since) = stuck_since {
-            if since.elapsed() > Duration::from_secs(15) {
-                bail!(
-                    "no honest provider of {hash} is left ({} groups missing)",
-                    fetch.missing_groups()
-                );
-            }
-            let fresh = candidates(node, hash, root).await;
-            for p in fresh {
-                if !fetch.is_banned(&p) {
-                    actions.extend(fetch.handle(now(), Event::PeerAdded(p)));
-                }
-            }
-            if fetch.in_flight().count() > 0 {
-                stuck_since = None;
-            }
-        }
-        tokio::select! {
-            Some(done) = rx.recv() => {
-                running.remove(&done.id);
-                let received = done.written * protocol::CHUNK_GROUP_BYTES;
-                lock(progress).bytes_fetched += received;
-                node.metrics.bytes_fetched.inc_by(received);
-                let event = match done.outcome {
-                    Ok(()) => {
-                        lock(progress).peers_used.insert(done.peer);
-                        Event::Completed { id: done.id }
-                    }
-                    Err((failure, _reason)) => {
-                        let verified = verified_ranges(&store, hash, size, &fetch, done.id);
-                        Event::Failed { id: done.id, failure, verified }
-                    }
-                };
-                actions.extend(fetch.handle(now(), event));
-                if let Ok(Some(partial)) = store.partial(hash) {
-                    lock(progress).bytes_done = base_done + (partial.count() * protocol::CHUNK_GROUP_BYTES).min(size);
-                }
-            }
-            _ = tick.tick() => actions.extend(fetch.handle(now(), Event::Tick)),
         }
     }
 }
@@ -315,11 +455,10 @@ fn verified_ranges(
     out
 }
 
-async fn learn_size(node: &Arc<Node>, hash: BlobHash, peers: &[PeerId]) -> Result<u64> {
+async fn learn_size(net: &net::Client, hash: BlobHash, peers: &[PeerId]) -> Result<u64> {
     let mut last_error = None;
     for peer in peers {
-        match node
-            .net
+        match net
             .request_blob(
                 *peer,
                 &BlobRequest {
@@ -342,7 +481,8 @@ async fn learn_size(node: &Arc<Node>, hash: BlobHash, peers: &[PeerId]) -> Resul
 /// Requests `groups` of `hash` from `peer` and ingests the answer; returns the groups written
 /// and the outcome.
 async fn request(
-    node: &Arc<Node>,
+    net: &net::Client,
+    store: Arc<Store>,
     peer: PeerId,
     hash: BlobHash,
     size: u64,
@@ -352,7 +492,7 @@ async fn request(
         hash,
         groups: vec![(groups.start, groups.end)],
     };
-    let response = match node.net.request_blob(peer, &request).await {
+    let response = match net.request_blob(peer, &request).await {
         Ok(r) => r,
         Err(e @ NetError::PeerMisbehaved { .. }) => {
             return (0, Err((Failure::Misbehaved, e.to_string())));
@@ -369,7 +509,6 @@ async fn request(
         );
     }
     let reader = response.into_blocking_reader(tokio::runtime::Handle::current());
-    let store = node.home.store.clone();
     let ranges = store::chunk_ranges(&[(groups.start, groups.end)]);
     let result = match tokio::task::spawn_blocking(move || {
         store.ingest(hash, size, &ranges, reader)

@@ -54,7 +54,7 @@ pub fn default_dir() -> Result<PathBuf> {
 /// An open home.
 pub struct Home {
     /// The identity that signs what this home publishes.
-    pub key: SecretKey,
+    pub key: std::sync::Arc<SecretKey>,
     /// The blob store.
     pub store: std::sync::Arc<Store>,
     /// Every manifest this home knows, verified once, and which models are local.
@@ -96,7 +96,7 @@ impl Home {
                 .with_context(|| format!("opening the catalogue in {}", dir.display()))?,
         );
         Ok(Home {
-            key,
+            key: std::sync::Arc::new(key),
             store,
             catalog,
             dir: dir.to_path_buf(),

@@ -1,5 +1,6 @@
-//! Inference on this node: models run in the wasmtime sandbox, requests and answers in the
-//! JSON of the Open Inference Protocol v2 (KServe / Triton).
+//! Inference on this node: models run in the wasmtime sandbox. Requests and answers are the
+//! typed Open Inference Protocol v2 of `api::oip`; this module maps their raw tensors onto the
+//! sandbox's (filling in a datatype the request left out from the model's interface).
 //!
 //! A model runs from its package, materialised once into `<home>/run/<model id>/` from the
 //! store (verified bytes, written atomically), with its runtime's guest: the blob the manifest
@@ -11,14 +12,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result, bail};
+use api::oip::{InferRequest, InferResponse, ModelMetadata, RawTensor, TensorMetadata};
 use catalog::Catalog;
 use graph::{DType, Dim, Spec, Tensor};
 use protocol::{Manifest, ModelId, Signed};
 use sandbox::{CallLimits, Outcome, Sandbox, SandboxConfig, SandboxError};
 use serde_json::{Map, Value, json};
 use store::Store;
-
-use crate::home::Home;
 
 /// The largest guest component a manifest may name.
 const MAX_GUEST_BYTES: u64 = 64 << 20;
@@ -128,15 +128,15 @@ impl Loaded {
     }
 
     /// OIP model metadata.
-    pub fn metadata(&self) -> Value {
-        json!({
-            "name": self.id.to_string(),
-            "versions": [self.version],
-            "platform": format!("moxnet_{}", self.kind),
-            "inputs": self.model.inputs().iter().map(spec_json).collect::<Vec<_>>(),
-            "outputs": self.model.outputs().iter().map(spec_json).collect::<Vec<_>>(),
-            "parameters": { "package": self.name },
-        })
+    pub fn metadata(&self) -> ModelMetadata {
+        ModelMetadata {
+            name: self.id.to_string(),
+            versions: vec![self.version.clone()],
+            platform: format!("moxnet_{}", self.kind),
+            inputs: self.model.inputs().iter().map(spec_metadata).collect(),
+            outputs: self.model.outputs().iter().map(spec_metadata).collect(),
+            parameters: parameters([("package", json!(self.name))]),
+        }
     }
 }
 
@@ -181,9 +181,13 @@ impl Inference {
             .cloned()
     }
 
-    /// Loads a local model of `home` (manifest, files and guest in its store).
-    pub fn load(&self, home: &Home, id: ModelId) -> Result<Arc<Loaded>, CallError> {
-        let store = &home.store;
+    /// Loads a local model (its manifest in `catalog`, its files and guest in `store`).
+    pub fn load(
+        &self,
+        store: &Store,
+        catalog: &Catalog,
+        id: ModelId,
+    ) -> Result<Arc<Loaded>, CallError> {
         if let Some(l) = self.get(id) {
             return Ok(l);
         }
@@ -191,9 +195,9 @@ impl Inference {
         if let Some(l) = self.get(id) {
             return Ok(l);
         }
-        let signed = local_manifest(&home.catalog, id)?;
+        let signed = local_manifest(catalog, id)?;
         let m = signed.body();
-        if !home.catalog.is_local(id) {
+        if !catalog.is_local(id) {
             return Err(CallError::new(
                 404,
                 format!("model {id} is known here but its files or guest are not (fetch it first)"),
@@ -227,10 +231,24 @@ impl Inference {
     }
 
     /// Runs an OIP v2 infer request (already loaded model) and returns the OIP response.
-    pub fn infer(&self, model: &Loaded, request: &Value) -> Result<Value, CallError> {
-        let wanted = requested_outputs(request)?;
+    pub fn infer(
+        &self,
+        model: &Loaded,
+        request: &InferRequest,
+    ) -> Result<InferResponse, CallError> {
         let outcome = self.run(model, request, None)?;
-        Ok(response(model, request, outcome, wanted.as_deref()))
+        Ok(response(
+            model.id.to_string(),
+            model.version.clone(),
+            request,
+            &outcome.outputs,
+            parameters([
+                ("fuel", json!(outcome.fuel)),
+                ("elapsed_ms", json!(outcome.elapsed.as_secs_f64() * 1e3)),
+                ("host_calls", json!(outcome.host.calls)),
+                ("host_ms", json!(outcome.host.time.as_secs_f64() * 1e3)),
+            ]),
+        ))
     }
 
     /// Runs an OIP v2 infer request with at most `max_fuel` (and this node's own limits) and
@@ -238,10 +256,10 @@ impl Inference {
     pub fn run(
         &self,
         model: &Loaded,
-        request: &Value,
+        request: &InferRequest,
         max_fuel: Option<u64>,
     ) -> Result<Outcome, CallError> {
-        let inputs = parse_request(request, model.inputs())?;
+        let inputs = input_tensors(request, model.inputs())?;
         let mut limits = self.limits.clone();
         if let Some(f) = max_fuel {
             limits.fuel = limits.fuel.min(f);
@@ -348,74 +366,85 @@ fn guest_bytes(store: &Store, m: &Manifest) -> Result<Vec<u8>> {
     }
 }
 
-/// The names of the outputs a request asks for, if it names any.
-pub fn requested_outputs(request: &Value) -> Result<Option<Vec<String>>, CallError> {
-    let Some(list) = request.get("outputs") else {
-        return Ok(None);
-    };
-    let list = list
-        .as_array()
-        .ok_or_else(|| CallError::new(400, "\"outputs\" must be a list"))?;
-    list.iter()
-        .map(|o| {
-            o.get("name")
-                .and_then(Value::as_str)
-                .map(str::to_string)
-                .ok_or_else(|| CallError::new(400, "each requested output needs a \"name\""))
-        })
-        .collect::<Result<Vec<_>, _>>()
-        .map(Some)
+/// The OIP datatype of a sandbox tensor type.
+fn oip_dtype(d: DType) -> protocol::DType {
+    use protocol::DType as P;
+    match d {
+        DType::Bool => P::Bool,
+        DType::U8 => P::U8,
+        DType::U16 => P::U16,
+        DType::U32 => P::U32,
+        DType::U64 => P::U64,
+        DType::I8 => P::I8,
+        DType::I16 => P::I16,
+        DType::I32 => P::I32,
+        DType::I64 => P::I64,
+        DType::F16 => P::F16,
+        DType::F32 => P::F32,
+        DType::F64 => P::F64,
+        DType::Bytes => P::Bytes,
+    }
 }
 
-fn spec_json(s: &Spec) -> Value {
-    json!({
-        "name": s.name,
-        "datatype": s.dtype.name(),
-        "shape": s.shape.iter().map(Dim::oip).collect::<Vec<_>>(),
+/// The sandbox's tensor type for an OIP datatype, if the sandbox has it (not `BF16`).
+fn sandbox_dtype(d: protocol::DType) -> Option<DType> {
+    use protocol::DType as P;
+    Some(match d {
+        P::Bool => DType::Bool,
+        P::U8 => DType::U8,
+        P::U16 => DType::U16,
+        P::U32 => DType::U32,
+        P::U64 => DType::U64,
+        P::I8 => DType::I8,
+        P::I16 => DType::I16,
+        P::I32 => DType::I32,
+        P::I64 => DType::I64,
+        P::F16 => DType::F16,
+        P::F32 => DType::F32,
+        P::F64 => DType::F64,
+        P::Bytes => DType::Bytes,
+        P::Bf16 => return None,
     })
 }
 
-/// Parses the `inputs` of an OIP v2 request into tensors; `specs` give the dtype of inputs
-/// that omit one (the CLI's shorthand) and are otherwise checked by the sandbox.
-pub fn parse_request(request: &Value, specs: &[Spec]) -> Result<Vec<Tensor>, CallError> {
+fn spec_metadata(s: &Spec) -> TensorMetadata {
+    TensorMetadata {
+        name: s.name.clone(),
+        datatype: s.dtype.name().to_string(),
+        shape: s.shape.iter().map(Dim::oip).collect(),
+    }
+}
+
+/// The tensors of a request's inputs; `specs` give the datatype of inputs that omit one (the
+/// CLI's shorthand) and are otherwise checked by the sandbox.
+pub fn input_tensors(request: &InferRequest, specs: &[Spec]) -> Result<Vec<Tensor>, CallError> {
     let bad = |m: String| CallError::new(400, m);
-    let inputs = request
-        .get("inputs")
-        .and_then(Value::as_array)
-        .ok_or_else(|| bad("the request needs \"inputs\": a list of tensors".into()))?;
-    inputs
+    request
+        .inputs
         .iter()
         .map(|input| {
-            let name = input
-                .get("name")
-                .and_then(Value::as_str)
-                .ok_or_else(|| bad("each input needs a \"name\"".into()))?;
-            let dtype = match input.get("datatype").and_then(Value::as_str) {
-                Some(d) => DType::from_name(d)
-                    .ok_or_else(|| bad(format!("input {name:?}: unknown datatype {d:?}")))?,
+            let name = &input.name;
+            let datatype = match input.datatype {
+                Some(d) => d,
                 None => specs
                     .iter()
-                    .find(|s| s.name == name)
-                    .map(|s| s.dtype)
+                    .find(|s| &s.name == name)
+                    .map(|s| oip_dtype(s.dtype))
                     .ok_or_else(|| bad(format!("input {name:?}: no \"datatype\"")))?,
             };
-            let data = input
-                .get("data")
-                .ok_or_else(|| bad(format!("input {name:?}: no \"data\"")))?;
-            let mut flat = Vec::new();
-            let nested_shape =
-                flatten(data, &mut flat, 0).map_err(|m| bad(format!("input {name:?}: {m}")))?;
-            let shape = match input.get("shape") {
-                Some(s) => s
-                    .as_array()
-                    .and_then(|a| a.iter().map(Value::as_u64).collect::<Option<Vec<u64>>>())
-                    .ok_or_else(|| {
-                        bad(format!("input {name:?}: \"shape\" must be a list of sizes"))
-                    })?,
-                None => nested_shape,
+            let dtype = sandbox_dtype(datatype).ok_or_else(|| {
+                bad(format!(
+                    "input {name:?}: {} is not supported by this node's sandbox",
+                    datatype.name()
+                ))
+            })?;
+            let raw = input.encode(datatype).map_err(bad)?;
+            let tensor = Tensor {
+                name: raw.name,
+                dtype,
+                shape: raw.shape,
+                data: raw.data,
             };
-            let tensor = encode(name, dtype, shape, &flat)
-                .map_err(|m| bad(format!("input {name:?}: {m}")))?;
             tensor
                 .check(&graph::Limits::default())
                 .map_err(|e| bad(e.to_string()))?;
@@ -424,201 +453,30 @@ pub fn parse_request(request: &Value, specs: &[Spec]) -> Result<Vec<Tensor>, Cal
         .collect()
 }
 
-/// Flattens nested JSON arrays (row-major) and returns the nesting's shape.
-fn flatten<'a>(v: &'a Value, out: &mut Vec<&'a Value>, depth: usize) -> Result<Vec<u64>, String> {
-    if depth > 8 {
-        return Err("data is nested too deeply".into());
-    }
-    match v {
-        Value::Array(items) => {
-            let mut inner: Option<Vec<u64>> = None;
-            for item in items {
-                let shape = flatten(item, out, depth + 1)?;
-                match &inner {
-                    None => inner = Some(shape),
-                    Some(s) if *s == shape => {}
-                    Some(_) => return Err("nested data is ragged".into()),
-                }
-            }
-            let mut shape = vec![items.len() as u64];
-            shape.extend(inner.unwrap_or_default());
-            Ok(shape)
-        }
-        scalar => {
-            out.push(scalar);
-            Ok(if depth == 0 { vec![1] } else { Vec::new() })
-        }
-    }
-}
-
-/// Encodes JSON scalars as a tensor of `dtype`.
-fn encode(name: &str, dtype: DType, shape: Vec<u64>, values: &[&Value]) -> Result<Tensor, String> {
-    let expected = shape.iter().try_fold(1u64, |n, &d| n.checked_mul(d));
-    if expected != Some(values.len() as u64) {
-        return Err(format!(
-            "shape {shape:?} needs {} values, the data has {}",
-            expected.map_or("too many".to_string(), |n| n.to_string()),
-            values.len()
-        ));
-    }
-    let mut data = Vec::new();
-    let wrong = |v: &Value| format!("{v} is not a {dtype} value");
-    for v in values {
-        match dtype {
-            DType::Bytes => {
-                let s = v.as_str().ok_or_else(|| wrong(v))?;
-                data.extend_from_slice(&(s.len() as u32).to_le_bytes());
-                data.extend_from_slice(s.as_bytes());
-            }
-            DType::Bool => data.push(u8::from(v.as_bool().ok_or_else(|| wrong(v))?)),
-            DType::F16 => {
-                let x = v.as_f64().ok_or_else(|| wrong(v))?;
-                data.extend_from_slice(&half::f16::from_f64(x).to_le_bytes());
-            }
-            DType::F32 => {
-                let x = v.as_f64().ok_or_else(|| wrong(v))?;
-                data.extend_from_slice(&(x as f32).to_le_bytes());
-            }
-            DType::F64 => {
-                data.extend_from_slice(&v.as_f64().ok_or_else(|| wrong(v))?.to_le_bytes())
-            }
-            DType::U8 | DType::U16 | DType::U32 | DType::U64 => {
-                let x = v.as_u64().ok_or_else(|| wrong(v))?;
-                let size = dtype.size().unwrap_or(8);
-                if size < 8 && x >> (size * 8) != 0 {
-                    return Err(format!("{x} does not fit in {dtype}"));
-                }
-                data.extend_from_slice(&x.to_le_bytes()[..size]);
-            }
-            DType::I8 | DType::I16 | DType::I32 | DType::I64 => {
-                let x = v.as_i64().ok_or_else(|| wrong(v))?;
-                let size = dtype.size().unwrap_or(8);
-                let bits = size as u32 * 8;
-                if bits < 64 && (x < -(1i64 << (bits - 1)) || x >= 1i64 << (bits - 1)) {
-                    return Err(format!("{x} does not fit in {dtype}"));
-                }
-                data.extend_from_slice(&x.to_le_bytes()[..size]);
-            }
-        }
-    }
-    Ok(Tensor {
-        name: name.to_string(),
-        dtype,
-        shape,
-        data,
-    })
-}
-
-/// Decodes a tensor's elements as JSON values (BYTES as UTF-8 text, lossily).
-fn decode(t: &Tensor) -> Vec<Value> {
-    let Some(size) = t.dtype.size() else {
-        return t
-            .byte_elements()
-            .unwrap_or_default()
-            .into_iter()
-            .map(|b| Value::String(String::from_utf8_lossy(b).into_owned()))
-            .collect();
-    };
-    t.data
-        .chunks_exact(size)
-        .map(|c| {
-            let mut b = [0u8; 8];
-            b[..size].copy_from_slice(c);
-            let sign_extend = |bits: u32| {
-                let raw = u64::from_le_bytes(b);
-                ((raw << (64 - bits)) as i64) >> (64 - bits)
-            };
-            match t.dtype {
-                DType::Bool => Value::Bool(c[0] != 0),
-                DType::U8 | DType::U16 | DType::U32 | DType::U64 => json!(u64::from_le_bytes(b)),
-                DType::I8 | DType::I16 | DType::I32 | DType::I64 => {
-                    json!(sign_extend(size as u32 * 8))
-                }
-                // The shortest decimal that reads back as the same f16/f32, not its f64 expansion.
-                DType::F16 => shortest(half::f16::from_le_bytes([c[0], c[1]])),
-                DType::F32 => shortest(f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
-                DType::F64 => json!(f64::from_le_bytes(b)),
-                DType::Bytes => Value::Null,
-            }
-        })
-        .collect()
-}
-
-/// A float as the JSON number with the fewest digits that parses back to it (`null` if not finite).
-fn shortest(x: impl std::fmt::Display) -> Value {
-    x.to_string()
-        .parse::<f64>()
-        .ok()
-        .filter(|v| v.is_finite())
-        .map_or(Value::Null, |v| json!(v))
-}
-
-/// The OIP v2 response for a call run here.
-fn response(model: &Loaded, request: &Value, outcome: Outcome, wanted: Option<&[String]>) -> Value {
-    oip_response(
-        &model.id.to_string(),
-        &model.version,
-        request,
-        &outcome.outputs,
-        wanted,
-        json!({
-            "fuel": outcome.fuel,
-            "elapsed_ms": outcome.elapsed.as_secs_f64() * 1e3,
-            "host_calls": outcome.host.calls,
-            "host_ms": outcome.host.time.as_secs_f64() * 1e3,
-        }),
-    )
-}
-
-/// An OIP v2 response: the outputs asked for (all if `wanted` is `None`) and `parameters`.
-pub fn oip_response(
-    model_name: &str,
-    version: &str,
-    request: &Value,
+/// The OIP response to `request` from the tensors a model returned.
+pub fn response(
+    model_name: String,
+    version: String,
+    request: &InferRequest,
     tensors: &[Tensor],
-    wanted: Option<&[String]>,
-    parameters: Value,
-) -> Value {
-    let outputs: Vec<Value> = tensors
+    parameters: Map<String, Value>,
+) -> InferResponse {
+    let raw: Vec<RawTensor> = tensors
         .iter()
-        .filter(|t| wanted.is_none_or(|w| w.contains(&t.name)))
-        .map(|t| {
-            json!({
-                "name": t.name,
-                "datatype": t.dtype.name(),
-                "shape": t.shape,
-                "data": decode(t),
-            })
+        .filter(|t| request.wants(&t.name))
+        .map(|t| RawTensor {
+            name: t.name.clone(),
+            datatype: oip_dtype(t.dtype),
+            shape: t.shape.clone(),
+            data: t.data.clone(),
         })
         .collect();
-    let mut answer = Map::new();
-    answer.insert("model_name".into(), json!(model_name));
-    answer.insert("model_version".into(), json!(version));
-    if let Some(id) = request.get("id") {
-        answer.insert("id".into(), id.clone());
-    }
-    answer.insert("outputs".into(), Value::Array(outputs));
-    answer.insert("parameters".into(), parameters);
-    Value::Object(answer)
+    InferResponse::new(model_name, version, request, &raw, parameters)
 }
 
-/// Turns the CLI's input into an OIP request: a full request (`{"inputs": [...]}`) as is, or
-/// the shorthand `{"text": ["hello"]}` (input name → nested data; shape from the nesting).
-pub fn expand_input(input: Value) -> Result<Value> {
-    match input {
-        Value::Object(map) if map.get("inputs").is_some_and(Value::is_array) => {
-            Ok(Value::Object(map))
-        }
-        Value::Object(map) => Ok(json!({
-            "inputs": map
-                .into_iter()
-                .map(|(name, data)| json!({ "name": name, "data": data }))
-                .collect::<Vec<_>>()
-        })),
-        _ => bail!(
-            "the input must be a JSON object: {{\"inputs\": [...]}} (OIP v2) or {{\"<input name>\": <data>}}"
-        ),
-    }
+/// `parameters` from `(key, value)` pairs.
+pub fn parameters<const N: usize>(pairs: [(&str, Value); N]) -> Map<String, Value> {
+    pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
 }
 
 #[cfg(test)]
@@ -626,78 +484,55 @@ mod tests {
     use super::*;
 
     #[test]
-    fn nested_json_becomes_tensors_and_back() {
+    fn inputs_without_a_datatype_take_the_models() {
         let specs = [Spec {
             name: "x".into(),
-            dtype: DType::F32,
+            dtype: DType::I8,
             shape: vec![Dim::Symbolic("batch".into()), Dim::Fixed(2)],
         }];
-        let request = expand_input(json!({ "x": [[1.0, 2.5], [3.0, -4.0]] })).expect("expand");
-        let t = &parse_request(&request, &specs).expect("parse")[0];
-        assert_eq!((t.dtype, t.shape.clone()), (DType::F32, vec![2, 2]));
-        assert_eq!(
-            decode(t),
-            vec![json!(1.0), json!(2.5), json!(3.0), json!(-4.0)]
+        let request =
+            InferRequest::from_user_json(json!({ "x": [[1, 2], [3, -4]] })).expect("shorthand");
+        let t = &input_tensors(&request, &specs).expect("tensors")[0];
+        assert_eq!((t.dtype, t.shape.clone()), (DType::I8, vec![2, 2]));
+        assert_eq!(t.data, vec![1, 2, 3, 0xfc]);
+        let answer = response(
+            "m".into(),
+            "1".into(),
+            &request,
+            std::slice::from_ref(t),
+            Map::new(),
         );
-
-        let text = json!({ "inputs": [{ "name": "t", "datatype": "BYTES", "shape": [2], "data": ["héllo", ""] }] });
-        let t = &parse_request(&text, &[]).expect("bytes")[0];
-        assert_eq!(decode(t), vec![json!("héllo"), json!("")]);
-
-        // Floats print as the shortest decimal of their own precision.
-        let floats =
-            json!({ "inputs": [{ "name": "f", "datatype": "FP32", "data": [0.1, 1e-7] }] });
-        let t = &parse_request(&floats, &[]).expect("f32")[0];
         assert_eq!(
-            serde_json::to_string(&decode(t)).expect("json"),
-            "[0.1,1e-7]"
+            answer.outputs[0].data,
+            vec![json!(1), json!(2), json!(3), json!(-4)]
         );
-        let halves =
-            json!({ "inputs": [{ "name": "h", "datatype": "FP16", "data": [0.5, 65504.0] }] });
-        let t = &parse_request(&halves, &[]).expect("f16")[0];
-        assert_eq!(decode(t), vec![json!(0.5), json!(65504.0)]);
-
-        let ints = json!({ "inputs": [{ "name": "i", "datatype": "INT8", "data": [-128, 127] }] });
-        let t = &parse_request(&ints, &[]).expect("i8")[0];
-        assert_eq!(decode(t), vec![json!(-128), json!(127)]);
+        assert_eq!(answer.outputs[0].datatype, "INT8");
     }
 
     #[test]
-    fn bad_requests_are_400_with_a_reason() {
+    fn bad_inputs_are_400_with_a_reason() {
         for (request, needle) in [
-            (json!({}), "inputs"),
             (
-                json!({ "inputs": [{ "name": "x", "datatype": "FP32", "data": [[1.0], [1.0, 2.0]] }] }),
-                "ragged",
+                json!({ "inputs": [{ "name": "y", "data": [1] }] }),
+                "datatype",
             ),
             (
-                json!({ "inputs": [{ "name": "x", "datatype": "FP32", "shape": [3], "data": [1.0] }] }),
-                "needs 3",
+                json!({ "inputs": [{ "name": "x", "datatype": "BF16", "data": [1] }] }),
+                "not supported",
             ),
             (
                 json!({ "inputs": [{ "name": "x", "datatype": "INT8", "data": [300] }] }),
                 "fit",
             ),
             (
-                json!({ "inputs": [{ "name": "x", "datatype": "FP7", "data": [1] }] }),
-                "unknown datatype",
-            ),
-            (
-                json!({ "inputs": [{ "name": "x", "datatype": "BYTES", "data": [1] }] }),
+                json!({ "inputs": [{ "name": "x", "datatype": "BYTES", "shape": [0], "data": [] }, { "name": "x", "datatype": "BYTES", "data": [1] }] }),
                 "not a BYTES",
             ),
-            (
-                json!({ "inputs": [{ "name": "x", "data": [1] }] }),
-                "datatype",
-            ),
-            (
-                json!({ "inputs": [{ "name": "x", "datatype": "FP32", "shape": [4_294_967_296_u64, 4_294_967_296_u64], "data": [] }] }),
-                "needs",
-            ),
         ] {
-            let err = parse_request(&request, &[]).expect_err(&request.to_string());
+            let r = InferRequest::from_json(&request).expect("well-formed");
+            let err = input_tensors(&r, &[]).expect_err(&request.to_string());
             assert_eq!(err.status, 400);
-            assert!(err.message.contains(needle), "{}: {}", request, err.message);
+            assert!(err.message.contains(needle), "{request}: {}", err.message);
         }
     }
 }

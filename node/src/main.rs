@@ -13,7 +13,6 @@ mod home;
 mod inference;
 mod metrics;
 mod models;
-mod node;
 mod ops;
 mod output;
 mod package;

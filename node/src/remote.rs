@@ -3,16 +3,16 @@
 //! are the `compute` crate's and the state is `compute.rs`'s; this module does the I/O around
 //! them: the network, the sandbox, fetching a model, the clock, randomness, signing.
 //!
-//! - **Provider side** ([`handle_call`]): a call on `/moxnet/infer/1` carries a signed
+//! - **Provider side** ([`Remote::serve`]): a call on `/moxnet/infer/1` carries a signed
 //!   [`InferRequest`] and the OIP v2 request JSON. [`compute::check_call`] checks it (signed by
 //!   the peer that sent it, addressed to this node, serving, at or above its price, the input
 //!   hash), then [`Nonces`] (fresh, not replayed) and the caller's share of the slots
 //!   ([`CallerSlots`]); the node fetches the model if it lacks it, runs it in the sandbox with
 //!   the caller's fuel limit and returns the outputs with a signed [`InferResult`].
-//! - **Offers** ([`offer_loop`]): a serving node announces a signed [`ComputeOffer`] on gossip
+//! - **Offers** ([`Remote::offer_loop`]): a serving node announces a signed [`ComputeOffer`] on gossip
 //!   and re-announces it before it expires. Callers keep them in an [`Offers`] table, dropped
 //!   when expired, when the peer disconnects, or after repeated failures.
-//! - **Caller side** ([`call`]): picks providers by price, measured latency, load and past
+//! - **Caller side** ([`Remote::call`]): picks providers by price, measured latency, load and past
 //!   failures ([`Offers::candidates`]), signs a request for one, has
 //!   [`compute::check_reply`] verify the signed result and the output hash, and moves to the
 //!   next provider when one is busy, silent or dishonest. `verify` runs the call on two
@@ -22,6 +22,9 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use api::dto::OfferList;
+use api::oip::{InferRequest as OipRequest, InferResponse};
+use catalog::Catalog;
 use compute::{Candidate, Outcome, ReplyError};
 use graph::Tensor;
 use net::libp2p::{Multiaddr, PeerId};
@@ -29,66 +32,140 @@ use protocol::compute::{
     ComputeOffer, InferCall, InferReply, InferRequest, InferResult, InferStatus,
     MAX_INFER_INPUT_BYTES, MAX_OFFER_ADDRS, MAX_OFFER_MODELS,
 };
-use protocol::{BlobHash, ModelId, NodeId, Object, Signed};
+use protocol::{BlobHash, ModelId, NodeId, Object, SecretKey, Signed};
 use serde_json::{Value, json};
 
-use crate::compute::now_ms;
-use crate::inference::{CallError, from_wire, oip_response, requested_outputs, to_wire};
-use crate::models::ensure_loaded;
-use crate::node::Node;
+use crate::compute::{Compute, now_ms};
+use crate::inference::{CallError, from_wire, parameters, response, to_wire};
+use crate::metrics::{self, Metrics, Place};
+use crate::models::Runtime;
 
-/// Answers one inbound call (see the module docs for the checks).
-pub async fn handle_call(node: Arc<Node>, from: PeerId, call: Vec<u8>) -> InferReply {
-    let refuse = |status, message: String| InferReply::error(status, message);
-    let compute = &node.compute;
-    let call = match compute.check(node.home.key.node_id(), &from, &call) {
-        Ok(c) => c,
-        Err(e) => return refuse(e.status(), e.to_string()),
-    };
-    let _slot = match compute.slots.take(call.caller()) {
-        Ok(slot) => slot,
-        Err(busy) => return refuse(InferStatus::Busy, busy.to_string()),
-    };
-    let input: Value = match serde_json::from_slice(&call.input) {
-        Ok(v) => v,
-        Err(e) => return refuse(InferStatus::BadRequest, format!("inputs are not JSON: {e}")),
-    };
-    let r = call.request.body();
-    let model = match ensure_loaded(&node, r.model).await {
-        Ok(m) => m,
-        Err(e) if e.status == 404 => return refuse(InferStatus::NotFound, e.message),
-        Err(e) => return refuse(InferStatus::Internal, e.message),
-    };
-    let worker = node.clone();
-    let max_fuel = r.max_fuel;
-    let ran =
-        tokio::task::spawn_blocking(move || worker.inference.run(&model, &input, Some(max_fuel)))
-            .await;
-    let outcome = match ran {
-        Ok(Ok(o)) => o,
-        Ok(Err(e)) => {
-            let status = match e.status {
-                400 => InferStatus::BadRequest,
-                503 => InferStatus::Busy,
-                _ => InferStatus::Failed,
-            };
-            return refuse(status, e.message);
+/// Compute sharing between peers: serves calls, announces offers, calls providers.
+pub struct Remote {
+    key: Arc<SecretKey>,
+    net: net::Client,
+    compute: Compute,
+    runtime: Arc<Runtime>,
+    catalog: Arc<Catalog>,
+    metrics: Arc<Metrics>,
+}
+
+impl Remote {
+    /// The service: `key` signs requests, results and offers; `runtime` runs served calls.
+    pub fn new(
+        key: Arc<SecretKey>,
+        net: net::Client,
+        compute: Compute,
+        runtime: Arc<Runtime>,
+        catalog: Arc<Catalog>,
+        metrics: Arc<Metrics>,
+    ) -> Remote {
+        Remote {
+            key,
+            net,
+            compute,
+            runtime,
+            catalog,
+            metrics,
         }
-        Err(e) => return refuse(InferStatus::Internal, format!("the call failed: {e}")),
-    };
-    node.metrics.fuel.inc_by(outcome.fuel);
-    let output = to_wire(&outcome.outputs).to_bytes();
-    let result = node.home.key.sign(call.result(
-        &output,
-        outcome.fuel,
-        compute.config.price_per_mfuel,
-        node.inference.engine(&outcome),
-    ));
-    InferReply {
-        status: InferStatus::Ok,
-        result: Some(result.to_bytes()),
-        output: Some(output),
-        message: None,
+    }
+
+    /// Whether this node serves calls for peers.
+    pub fn serving(&self) -> bool {
+        self.compute.config.serve
+    }
+
+    /// Keeps a peer's offer (not this node's own).
+    pub fn offer_heard(&self, offer: Signed<ComputeOffer>) {
+        if offer.signer() != self.key.node_id() {
+            self.compute.offers().insert(offer, now_ms());
+        }
+    }
+
+    /// Forgets the offer of a peer that disconnected.
+    pub fn peer_left(&self, peer: &PeerId) {
+        self.compute.peer_left(peer);
+    }
+
+    /// The offers heard, for the API.
+    pub fn offers(&self) -> OfferList {
+        let now = now_ms();
+        let mut offers = self.compute.offers();
+        offers.prune(now);
+        OfferList {
+            serving: self.serving(),
+            offers: crate::compute::offer_views(&offers, now),
+        }
+    }
+
+    /// Answers one inbound call and counts it; returns the encoded reply.
+    pub async fn serve(&self, from: PeerId, call: Vec<u8>) -> Vec<u8> {
+        let answer = self.handle_call(from, call).await;
+        let outcome = match answer.status {
+            InferStatus::Ok => metrics::Outcome::Ok,
+            InferStatus::Busy => metrics::Outcome::Busy,
+            InferStatus::BadRequest | InferStatus::NotFound | InferStatus::Refused => {
+                metrics::Outcome::Refused
+            }
+            InferStatus::Failed | InferStatus::Internal => metrics::Outcome::Failed,
+        };
+        self.metrics.call(Place::Served, outcome);
+        if outcome != metrics::Outcome::Ok {
+            tracing::debug!(peer = %from, status = ?answer.status, "refused or failed a call for a peer: {}", answer.message.as_deref().unwrap_or(""));
+        }
+        answer.to_bytes()
+    }
+
+    /// Answers one inbound call (see the module docs for the checks).
+    async fn handle_call(&self, from: PeerId, call: Vec<u8>) -> InferReply {
+        let refuse = |status, message: String| InferReply::error(status, message);
+        let compute = &self.compute;
+        let call = match compute.check(self.key.node_id(), &from, &call) {
+            Ok(c) => c,
+            Err(e) => return refuse(e.status(), e.to_string()),
+        };
+        let _slot = match compute.slots.take(call.caller()) {
+            Ok(slot) => slot,
+            Err(busy) => return refuse(InferStatus::Busy, busy.to_string()),
+        };
+        let input = match serde_json::from_slice::<Value>(&call.input)
+            .map_err(|e| format!("inputs are not JSON: {e}"))
+            .and_then(|v| OipRequest::from_json(&v))
+        {
+            Ok(r) => r,
+            Err(e) => return refuse(InferStatus::BadRequest, e),
+        };
+        let r = call.request.body();
+        let model = match self.runtime.ensure_loaded(r.model).await {
+            Ok(m) => m,
+            Err(e) if e.status == 404 => return refuse(InferStatus::NotFound, e.message),
+            Err(e) => return refuse(InferStatus::Internal, e.message),
+        };
+        let outcome = match self.runtime.run(model, input, r.max_fuel).await {
+            Ok(o) => o,
+            Err(e) => {
+                let status = match e.status {
+                    400 => InferStatus::BadRequest,
+                    503 => InferStatus::Busy,
+                    _ => InferStatus::Failed,
+                };
+                return refuse(status, e.message);
+            }
+        };
+        self.metrics.fuel.inc_by(outcome.fuel);
+        let output = to_wire(&outcome.outputs).to_bytes();
+        let result = self.key.sign(call.result(
+            &output,
+            outcome.fuel,
+            compute.config.price_per_mfuel,
+            self.runtime.engine().engine(&outcome),
+        ));
+        InferReply {
+            status: InferStatus::Ok,
+            result: Some(result.to_bytes()),
+            output: Some(output),
+            message: None,
+        }
     }
 }
 
@@ -120,41 +197,52 @@ fn memory_mib() -> u64 {
         .map_or(0, |kib| kib / 1024)
 }
 
-/// This node's current offer, signed.
-pub async fn make_offer(node: &Arc<Node>) -> Signed<ComputeOffer> {
-    let mut models = node.home.catalog.local_models();
-    models.truncate(MAX_OFFER_MODELS);
-    let mut backends = vec!["wasm".to_string()];
-    if let Some(b) = node.inference.backend() {
-        backends.push(b.to_string());
+impl Remote {
+    /// This node's current offer, signed.
+    async fn make_offer(&self) -> Signed<ComputeOffer> {
+        let mut models = self.catalog.local_models();
+        models.truncate(MAX_OFFER_MODELS);
+        let engine = self.runtime.engine();
+        let mut backends = vec!["wasm".to_string()];
+        if let Some(b) = engine.backend() {
+            backends.push(b.to_string());
+        }
+        let issued_ms = now_ms();
+        let mut addrs: Vec<String> = match self.net.dial_addrs().await {
+            Ok(a) => a.iter().map(|a| a.to_string()).collect(),
+            Err(e) => {
+                tracing::warn!("offer: asking the network for its addresses: {e}");
+                Vec::new()
+            }
+        };
+        addrs.truncate(MAX_OFFER_ADDRS);
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
+        self.key.sign(ComputeOffer {
+            issued_ms,
+            expires_ms: issued_ms + self.compute.config.offer_ttl.as_millis() as u64,
+            cores,
+            memory_mib: memory_mib(),
+            gpus: gpus(),
+            backends,
+            models,
+            max_concurrent: engine.max_concurrent() as u64,
+            price_per_mfuel: self.compute.config.price_per_mfuel,
+            addrs,
+        })
     }
-    let issued_ms = now_ms();
-    let mut addrs = node.listen_addrs();
-    addrs.truncate(MAX_OFFER_ADDRS);
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
-    node.home.key.sign(ComputeOffer {
-        issued_ms,
-        expires_ms: issued_ms + node.compute.config.offer_ttl.as_millis() as u64,
-        cores,
-        memory_mib: memory_mib(),
-        gpus: gpus(),
-        backends,
-        models,
-        max_concurrent: node.inference.max_concurrent() as u64,
-        price_per_mfuel: node.compute.config.price_per_mfuel,
-        addrs,
-    })
-}
 
-/// Announces this node's offer now and every `offer_interval` (a serving node only).
-pub async fn offer_loop(node: Arc<Node>) {
-    let mut tick = tokio::time::interval(node.compute.config.offer_interval);
-    loop {
-        tick.tick().await;
-        let offer = make_offer(&node).await;
-        // No peers yet is fine: the next round reaches them.
-        let _ = node.net.announce_offer(offer.to_bytes()).await;
-        node.compute.offers().prune(now_ms());
+    /// Announces this node's offer now and every `offer_interval` (a serving node only).
+    pub async fn offer_loop(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(self.compute.config.offer_interval);
+        loop {
+            tick.tick().await;
+            let offer = self.make_offer().await;
+            // No peers yet is fine: the next round reaches them.
+            if let Err(e) = self.net.announce_offer(offer.to_bytes()).await {
+                tracing::debug!("announcing the offer: {e}");
+            }
+            self.compute.offers().prune(now_ms());
+        }
     }
 }
 
@@ -211,274 +299,265 @@ impl Target {
     }
 }
 
-/// Whether `peer` is connected; if not, dials the addresses it offered.
-async fn reach(node: &Arc<Node>, peer: PeerId, addrs: &[Multiaddr]) {
-    if node
-        .net
-        .peers()
-        .await
-        .is_ok_and(|peers| peers.contains(&peer))
-    {
-        return;
-    }
-    for addr in addrs {
-        if matches!(
-            tokio::time::timeout(Duration::from_secs(5), node.net.dial(addr.clone())).await,
-            Ok(Ok(()))
-        ) {
+impl Remote {
+    /// Whether `peer` is connected; if not, dials the addresses it offered.
+    async fn reach(&self, peer: PeerId, addrs: &[Multiaddr]) {
+        if self
+            .net
+            .peers()
+            .await
+            .is_ok_and(|peers| peers.contains(&peer))
+        {
             return;
         }
-    }
-}
-
-/// One signed call to one provider, verified.
-async fn attempt(
-    node: &Arc<Node>,
-    to: &Target,
-    model: ModelId,
-    input: &[u8],
-    max_price: u64,
-) -> Result<Answer, Failure> {
-    let mut nonce = [0u8; 16];
-    getrandom::fill(&mut nonce).map_err(|e| {
-        Failure::Final(CallError::new(
-            500,
-            format!("no randomness for a nonce: {e}"),
-        ))
-    })?;
-    let max_fuel = node.inference.max_fuel();
-    let max_price = to.price_per_mfuel.map_or(max_price, |p| p.min(max_price));
-    let request = node.home.key.sign(InferRequest {
-        model,
-        input_hash: BlobHash::of(input),
-        max_fuel,
-        max_price_per_mfuel: max_price,
-        nonce,
-        issued_ms: now_ms(),
-        provider: to.node,
-    });
-    let call = InferCall {
-        request: request.to_bytes(),
-        input: input.to_vec(),
-    }
-    .to_bytes();
-    let started = Instant::now();
-    reach(node, to.peer, &to.addrs).await;
-    let timeout = node.compute.config.call_timeout;
-    let reply = match tokio::time::timeout(timeout, node.net.infer(to.peer, call)).await {
-        Ok(Ok(bytes)) => bytes,
-        Ok(Err(e)) => return Err(Failure::Retry(Outcome::Unavailable, e.to_string())),
-        Err(_) => {
-            return Err(Failure::Retry(
-                Outcome::Unavailable,
-                format!("no answer within {} s", timeout.as_secs()),
-            ));
-        }
-    };
-    let elapsed = started.elapsed();
-    let verified = compute::check_reply(&reply, &request).map_err(|e| match e {
-        ReplyError::BadRequest(message) => Failure::Final(CallError::new(400, message)),
-        ReplyError::Failed(message) => Failure::Final(CallError::new(500, message)),
-        e => Failure::Retry(e.outcome(), e.to_string()),
-    })?;
-    let tensors =
-        from_wire(verified.outputs).map_err(|why| Failure::Retry(Outcome::Misbehaved, why))?;
-    Ok(Answer {
-        peer: to.peer,
-        result: verified.result,
-        tensors,
-        elapsed,
-    })
-}
-
-/// Runs a call on providers in `order`, at most `attempts` of them per round, until one
-/// answers. When some were only busy, waits (exponential backoff with jitter) and tries another
-/// round, until the call timeout: a burst of calls queues here instead of failing.
-async fn first_answer(
-    node: &Arc<Node>,
-    mut order: Vec<Target>,
-    model: ModelId,
-    input: &[u8],
-    max_price: u64,
-) -> Result<Answer, CallError> {
-    let attempts = node.compute.config.attempts;
-    let deadline = Instant::now() + node.compute.config.call_timeout;
-    let mut backoff = Duration::from_millis(10);
-    loop {
-        let mut reasons = Vec::new();
-        let mut any_busy = false;
-        let mut gone = HashSet::new();
-        for to in order.iter().take(attempts) {
-            node.compute.offers().started(&to.node);
-            let result = attempt(node, to, model, input, max_price).await;
-            let outcome = match &result {
-                Ok(a) => Outcome::Ok(a.elapsed),
-                Err(Failure::Retry(o, _)) => *o,
-                Err(Failure::Final(_)) => Outcome::Failed,
-            };
-            node.compute.offers().finished(&to.node, outcome, now_ms());
-            match result {
-                Ok(answer) => return Ok(answer),
-                Err(Failure::Final(e)) => return Err(e),
-                Err(Failure::Retry(outcome, why)) => {
-                    any_busy |= outcome == Outcome::Busy;
-                    if outcome != Outcome::Busy {
-                        gone.insert(to.node);
-                    }
-                    reasons.push(format!("{}: {why}", to.peer));
-                }
+        for addr in addrs {
+            if matches!(
+                tokio::time::timeout(Duration::from_secs(5), self.net.dial(addr.clone())).await,
+                Ok(Ok(()))
+            ) {
+                return;
             }
         }
-        let retry = any_busy && Instant::now() + backoff < deadline;
-        if !retry {
-            return Err(if any_busy {
-                CallError::new(
-                    503,
-                    format!("every provider stayed busy ({})", reasons.join("; ")),
-                )
-            } else {
-                CallError::new(
-                    502,
-                    format!("no provider could run the call: {}", reasons.join("; ")),
-                )
-            });
-        }
-        let mut jitter = [0u8; 1];
-        let _ = getrandom::fill(&mut jitter);
-        tokio::time::sleep(backoff + backoff * u32::from(jitter[0]) / 255).await;
-        backoff = (backoff * 2).min(Duration::from_millis(500));
-        // Only the busy ones are worth another try; keep the ranking's order.
-        order.retain(|c| !gone.contains(&c.node));
     }
-}
 
-/// Whether this node knows an offer it could send `model` to.
-pub fn has_providers(node: &Node, model: ModelId) -> bool {
-    !node
-        .compute
-        .offers()
-        .candidates(model, node.compute.config.max_price_per_mfuel, now_ms())
-        .is_empty()
-}
-
-/// Runs an OIP v2 request for `model` on peers and returns the OIP response, with the
-/// provider, its signed result and the fuel in `parameters`.
-pub async fn call(
-    node: &Arc<Node>,
-    model: ModelId,
-    request: &Value,
-    options: &CallOptions,
-) -> Result<Value, CallError> {
-    let wanted = requested_outputs(request)?;
-    let input = serde_json::to_vec(request)
-        .map_err(|e| CallError::new(400, format!("the request cannot be encoded: {e}")))?;
-    if input.len() > MAX_INFER_INPUT_BYTES {
-        return Err(CallError::new(
-            413,
-            format!(
-                "the inputs are {} bytes; a remote call takes at most {MAX_INFER_INPUT_BYTES}",
-                input.len()
-            ),
-        ));
+    /// One signed call to one provider, verified.
+    async fn attempt(
+        &self,
+        to: &Target,
+        model: ModelId,
+        input: &[u8],
+        max_price: u64,
+    ) -> Result<Answer, Failure> {
+        let mut nonce = [0u8; 16];
+        getrandom::fill(&mut nonce).map_err(|e| {
+            Failure::Final(CallError::new(
+                500,
+                format!("no randomness for a nonce: {e}"),
+            ))
+        })?;
+        let max_fuel = self.runtime.engine().max_fuel();
+        let max_price = to.price_per_mfuel.map_or(max_price, |p| p.min(max_price));
+        let request = self.key.sign(InferRequest {
+            model,
+            input_hash: BlobHash::of(input),
+            max_fuel,
+            max_price_per_mfuel: max_price,
+            nonce,
+            issued_ms: now_ms(),
+            provider: to.node,
+        });
+        let call = InferCall {
+            request: request.to_bytes(),
+            input: input.to_vec(),
+        }
+        .to_bytes();
+        let started = Instant::now();
+        self.reach(to.peer, &to.addrs).await;
+        let timeout = self.compute.config.call_timeout;
+        let reply = match tokio::time::timeout(timeout, self.net.infer(to.peer, call)).await {
+            Ok(Ok(bytes)) => bytes,
+            Ok(Err(e)) => return Err(Failure::Retry(Outcome::Unavailable, e.to_string())),
+            Err(_) => {
+                return Err(Failure::Retry(
+                    Outcome::Unavailable,
+                    format!("no answer within {} s", timeout.as_secs()),
+                ));
+            }
+        };
+        let elapsed = started.elapsed();
+        let verified = compute::check_reply(&reply, &request).map_err(|e| match e {
+            ReplyError::BadRequest(message) => Failure::Final(CallError::new(400, message)),
+            ReplyError::Failed(message) => Failure::Final(CallError::new(500, message)),
+            e => Failure::Retry(e.outcome(), e.to_string()),
+        })?;
+        let tensors =
+            from_wire(verified.outputs).map_err(|why| Failure::Retry(Outcome::Misbehaved, why))?;
+        Ok(Answer {
+            peer: to.peer,
+            result: verified.result,
+            tensors,
+            elapsed,
+        })
     }
-    let max_price = node.compute.config.max_price_per_mfuel;
-    let candidates = node.compute.offers().candidates(model, max_price, now_ms());
-    let mut order: Vec<Target> = candidates.into_iter().filter_map(Target::of).collect();
-    if let Some(peer) = options.on {
-        let node_id = net::node_id_of(&peer)
-            .ok_or_else(|| CallError::new(400, format!("{peer} has no ed25519 key in its id")))?;
-        order.retain(|c| c.peer == peer);
-        if order.is_empty() {
-            order.push(Target {
-                node: node_id,
-                peer,
-                addrs: Vec::new(),
-                price_per_mfuel: None,
-            });
+
+    /// Runs a call on providers in `order`, at most `attempts` of them per round, until one
+    /// answers. When some were only busy, waits (exponential backoff with jitter) and tries another
+    /// round, until the call timeout: a burst of calls queues here instead of failing.
+    async fn first_answer(
+        &self,
+        mut order: Vec<Target>,
+        model: ModelId,
+        input: &[u8],
+        max_price: u64,
+    ) -> Result<Answer, CallError> {
+        let attempts = self.compute.config.attempts;
+        let deadline = Instant::now() + self.compute.config.call_timeout;
+        let mut backoff = Duration::from_millis(10);
+        loop {
+            let mut reasons = Vec::new();
+            let mut any_busy = false;
+            let mut gone = HashSet::new();
+            for to in order.iter().take(attempts) {
+                self.compute.offers().started(&to.node);
+                let result = self.attempt(to, model, input, max_price).await;
+                let outcome = match &result {
+                    Ok(a) => Outcome::Ok(a.elapsed),
+                    Err(Failure::Retry(o, _)) => *o,
+                    Err(Failure::Final(_)) => Outcome::Failed,
+                };
+                self.compute.offers().finished(&to.node, outcome, now_ms());
+                match result {
+                    Ok(answer) => return Ok(answer),
+                    Err(Failure::Final(e)) => return Err(e),
+                    Err(Failure::Retry(outcome, why)) => {
+                        any_busy |= outcome == Outcome::Busy;
+                        if outcome != Outcome::Busy {
+                            gone.insert(to.node);
+                        }
+                        reasons.push(format!("{}: {why}", to.peer));
+                    }
+                }
+            }
+            let retry = any_busy && Instant::now() + backoff < deadline;
+            if !retry {
+                return Err(if any_busy {
+                    CallError::new(
+                        503,
+                        format!("every provider stayed busy ({})", reasons.join("; ")),
+                    )
+                } else {
+                    CallError::new(
+                        502,
+                        format!("no provider could run the call: {}", reasons.join("; ")),
+                    )
+                });
+            }
+            let mut jitter = [0u8; 1];
+            // Without randomness the backoff has no jitter; it still backs off.
+            getrandom::fill(&mut jitter).unwrap_or_default();
+            tokio::time::sleep(backoff + backoff * u32::from(jitter[0]) / 255).await;
+            backoff = (backoff * 2).min(Duration::from_millis(500));
+            // Only the busy ones are worth another try; keep the ranking's order.
+            order.retain(|c| !gone.contains(&c.node));
         }
     }
-    if order.is_empty() {
-        return Err(CallError::new(
-            503,
-            format!("no provider offers compute at or below {max_price} per million fuel"),
-        ));
+
+    /// Whether this node knows an offer it could send `model` to.
+    pub fn has_providers(&self, model: ModelId) -> bool {
+        !self
+            .compute
+            .offers()
+            .candidates(model, self.compute.config.max_price_per_mfuel, now_ms())
+            .is_empty()
     }
-    let version = crate::inference::local_manifest(&node.home.catalog, model)
-        .map(|m| m.body().version.clone())
-        .unwrap_or_default();
-    if options.verify {
-        if order.len() < 2 {
+
+    /// Runs an OIP v2 request for `model` on peers and returns the OIP response, with the
+    /// provider, its signed result and the fuel in `parameters`.
+    pub async fn call(
+        &self,
+        model: ModelId,
+        request: &OipRequest,
+        options: &CallOptions,
+    ) -> Result<InferResponse, CallError> {
+        let input = serde_json::to_vec(&request.to_json())
+            .map_err(|e| CallError::new(400, format!("the request cannot be encoded: {e}")))?;
+        if input.len() > MAX_INFER_INPUT_BYTES {
             return Err(CallError::new(
-                503,
-                "--verify needs two providers; this node knows one",
+                413,
+                format!(
+                    "the inputs are {} bytes; a remote call takes at most {MAX_INFER_INPUT_BYTES}",
+                    input.len()
+                ),
             ));
         }
-        // The best provider, and the rest for the second opinion.
-        let others = order.split_off(1);
-        let (a, b) = tokio::join!(
-            first_answer(node, order, model, &input, max_price),
-            first_answer(node, others, model, &input, max_price)
-        );
-        let (a, b) = (a?, b?);
-        if a.result.body().output_hash != b.result.body().output_hash {
-            let evidence = |x: &Answer| {
-                json!({
-                    "provider": x.peer.to_string(),
-                    "output_hash": x.result.body().output_hash.to_string(),
-                    "fuel": x.result.body().fuel,
-                    "result": hex::encode(x.result.to_bytes()),
-                })
-            };
-            let mut e = CallError::new(
-                502,
-                format!(
-                    "providers disagree: {} returned outputs {}, {} returned {}",
-                    a.peer,
-                    a.result.body().output_hash,
-                    b.peer,
-                    b.result.body().output_hash
-                ),
-            );
-            e.details = Some(json!({ "results": [evidence(&a), evidence(&b)] }));
-            return Err(e);
+        let max_price = self.compute.config.max_price_per_mfuel;
+        let candidates = self.compute.offers().candidates(model, max_price, now_ms());
+        let mut order: Vec<Target> = candidates.into_iter().filter_map(Target::of).collect();
+        if let Some(peer) = options.on {
+            let node_id = net::node_id_of(&peer).ok_or_else(|| {
+                CallError::new(400, format!("{peer} has no ed25519 key in its id"))
+            })?;
+            order.retain(|c| c.peer == peer);
+            if order.is_empty() {
+                order.push(Target {
+                    node: node_id,
+                    peer,
+                    addrs: Vec::new(),
+                    price_per_mfuel: None,
+                });
+            }
         }
-        let verified_by = [a.peer.to_string(), b.peer.to_string()];
-        let mut v = respond(model, &version, request, &a, wanted.as_deref());
-        v["parameters"]["verified_by"] = json!(verified_by);
-        return Ok(v);
+        if order.is_empty() {
+            return Err(CallError::new(
+                503,
+                format!("no provider offers compute at or below {max_price} per million fuel"),
+            ));
+        }
+        let version = crate::inference::local_manifest(&self.catalog, model)
+            .map(|m| m.body().version.clone())
+            .unwrap_or_default();
+        if options.verify {
+            if order.len() < 2 {
+                return Err(CallError::new(
+                    503,
+                    "--verify needs two providers; this node knows one",
+                ));
+            }
+            // The best provider, and the rest for the second opinion.
+            let others = order.split_off(1);
+            let (a, b) = tokio::join!(
+                self.first_answer(order, model, &input, max_price),
+                self.first_answer(others, model, &input, max_price)
+            );
+            let (a, b) = (a?, b?);
+            if a.result.body().output_hash != b.result.body().output_hash {
+                let evidence = |x: &Answer| {
+                    json!({
+                        "provider": x.peer.to_string(),
+                        "output_hash": x.result.body().output_hash.to_string(),
+                        "fuel": x.result.body().fuel,
+                        "result": hex::encode(x.result.to_bytes()),
+                    })
+                };
+                let mut e = CallError::new(
+                    502,
+                    format!(
+                        "providers disagree: {} returned outputs {}, {} returned {}",
+                        a.peer,
+                        a.result.body().output_hash,
+                        b.peer,
+                        b.result.body().output_hash
+                    ),
+                );
+                e.details = Some(json!({ "results": [evidence(&a), evidence(&b)] }));
+                return Err(e);
+            }
+            let verified_by = [a.peer.to_string(), b.peer.to_string()];
+            let mut v = respond(model, version, request, &a);
+            v.parameters
+                .insert("verified_by".into(), json!(verified_by));
+            return Ok(v);
+        }
+        let answer = self.first_answer(order, model, &input, max_price).await?;
+        Ok(respond(model, version, request, &answer))
     }
-    let answer = first_answer(node, order, model, &input, max_price).await?;
-    Ok(respond(
-        model,
-        &version,
-        request,
-        &answer,
-        wanted.as_deref(),
-    ))
 }
 
-fn respond(
-    model: ModelId,
-    version: &str,
-    request: &Value,
-    a: &Answer,
-    wanted: Option<&[String]>,
-) -> Value {
+fn respond(model: ModelId, version: String, request: &OipRequest, a: &Answer) -> InferResponse {
     let r = a.result.body();
-    oip_response(
-        &model.to_string(),
+    response(
+        model.to_string(),
         version,
         request,
         &a.tensors,
-        wanted,
-        json!({
-            "fuel": r.fuel,
-            "elapsed_ms": a.elapsed.as_secs_f64() * 1e3,
-            "provider": a.peer.to_string(),
-            "backend": r.backend,
-            "price_per_mfuel": r.price_per_mfuel,
-            "output_hash": r.output_hash.to_string(),
-            "result": hex::encode(a.result.to_bytes()),
-        }),
+        parameters([
+            ("fuel", json!(r.fuel)),
+            ("elapsed_ms", json!(a.elapsed.as_secs_f64() * 1e3)),
+            ("provider", json!(a.peer.to_string())),
+            ("backend", json!(r.backend)),
+            ("price_per_mfuel", json!(r.price_per_mfuel)),
+            ("output_hash", json!(r.output_hash.to_string())),
+            ("result", json!(hex::encode(a.result.to_bytes()))),
+        ]),
     )
 }

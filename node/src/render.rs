@@ -6,6 +6,8 @@ use api::dto::{
     Added, BlobList, DimView, Exported, FetchProgress, GcReport, History, ModelList, ModelView,
     OfferList, PinChange, Published, SnapshotAdded, VerifyReport,
 };
+use api::oip::InferResponse;
+use serde_json::Value;
 
 /// A result the CLI prints as text.
 pub trait Render {
@@ -272,6 +274,48 @@ impl Render for OfferList {
             })
             .collect::<Vec<_>>()
             .join("\n")
+    }
+}
+
+/// An OIP response, shortly: each output's type, shape and first values, then the fuel, the
+/// time and, for a remote call, the provider (and who agreed, for `--verify`).
+impl Render for InferResponse {
+    fn text(&self) -> String {
+        let mut lines = Vec::new();
+        for o in &self.outputs {
+            let shown: Vec<String> = o.data.iter().take(8).map(Value::to_string).collect();
+            let more = if o.data.len() > 8 {
+                format!(", … ({} values)", o.data.len())
+            } else {
+                String::new()
+            };
+            lines.push(format!(
+                "{} {} {}: [{}{more}]",
+                o.name,
+                o.datatype,
+                serde_json::json!(o.shape),
+                shown.join(", ")
+            ));
+        }
+        let p = &self.parameters;
+        let text = |k: &str| p.get(k).and_then(Value::as_str);
+        let place = match text("provider") {
+            Some(peer) => format!(" on {peer} ({})", text("backend").unwrap_or("?")),
+            None => String::new(),
+        };
+        lines.push(format!(
+            "fuel {}, {:.1} ms{place}",
+            p.get("fuel").and_then(Value::as_u64).unwrap_or(0),
+            p.get("elapsed_ms").and_then(Value::as_f64).unwrap_or(0.0)
+        ));
+        if let Some(by) = p.get("verified_by").and_then(Value::as_array) {
+            let by: Vec<&str> = by.iter().filter_map(Value::as_str).collect();
+            lines.push(format!(
+                "verified: {} agree on the outputs",
+                by.join(" and ")
+            ));
+        }
+        lines.join("\n")
     }
 }
 

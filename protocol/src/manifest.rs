@@ -76,6 +76,23 @@ impl DType {
             .unwrap_or("BYTES")
     }
 
+    /// Parses an OIP v2 name exactly as the protocol spells it (`FP32`, not `f32`).
+    pub fn from_name(name: &str) -> Option<DType> {
+        Self::ALL.iter().find(|(_, n)| *n == name).map(|(d, _)| *d)
+    }
+
+    /// Bytes per element in the raw little-endian layout, or `None` for `BYTES` (each element
+    /// there is a `u32` length and the bytes).
+    pub fn size(self) -> Option<usize> {
+        Some(match self {
+            DType::Bool | DType::U8 | DType::I8 => 1,
+            DType::U16 | DType::I16 | DType::F16 | DType::Bf16 => 2,
+            DType::U32 | DType::I32 | DType::F32 => 4,
+            DType::U64 | DType::I64 | DType::F64 => 8,
+            DType::Bytes => return None,
+        })
+    }
+
     /// Parses an OIP v2 name; also accepts common lowercase aliases (`f32`, `float32`, `int64`).
     pub fn parse(s: &str) -> Option<DType> {
         let upper = s.to_ascii_uppercase();

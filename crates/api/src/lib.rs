@@ -15,9 +15,9 @@
 //!   per operation, each with typed request and answer bodies ([`dto`]); documented in
 //!   `docs/http-api.md`. Only the node's owner may use it: see [`guard`](Access) for the token,
 //!   `Host` and `Origin` checks.
-//! - **`/v2`** is the Open Inference Protocol v2 (Triton/KServe clients work unchanged). Its
-//!   JSON bodies are passed through as [`serde_json::Value`]: the node's inference engine owns
-//!   the OIP codec.
+//! - **`/v2`** is the Open Inference Protocol v2 (Triton/KServe clients work unchanged). The
+//!   router decodes and checks its JSON bodies into typed requests ([`oip`]), which turn into
+//!   raw tensors without this crate knowing the sandbox.
 //! - The router talks to the node only through the [`NodeApi`] trait, so this crate never
 //!   depends on the network, the sandbox or the store, and its tests run without a swarm.
 //! - Errors are `{"error": "<what happened and what to do>"}` with an HTTP status, plus
@@ -28,6 +28,7 @@
 
 pub mod dto;
 mod guard;
+pub mod oip;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -207,24 +208,27 @@ pub trait NodeApi: Send + Sync + 'static {
         unsupported()
     }
     /// `GET /v2/health/ready`: the OIP server-ready body.
-    fn oip_ready(&self) -> impl Future<Output = ApiResult<Value>> + Send {
+    fn oip_ready(&self) -> impl Future<Output = ApiResult<oip::ServerReady>> + Send {
         unsupported()
     }
     /// `GET /v2/models/{id}`: OIP model metadata.
-    fn model_metadata(&self, _id: String) -> impl Future<Output = ApiResult<Value>> + Send {
+    fn model_metadata(
+        &self,
+        _id: String,
+    ) -> impl Future<Output = ApiResult<oip::ModelMetadata>> + Send {
         unsupported()
     }
     /// `GET /v2/models/{id}/ready`.
-    fn model_ready(&self, _id: String) -> impl Future<Output = ApiResult<Value>> + Send {
+    fn model_ready(&self, _id: String) -> impl Future<Output = ApiResult<oip::ModelReady>> + Send {
         unsupported()
     }
-    /// `POST /v2/models/{id}/infer`: `body` is the OIP request as sent (JSON).
+    /// `POST /v2/models/{id}/infer`: the request, decoded and checked for form.
     fn infer(
         &self,
         _id: String,
         _query: InferQuery,
-        _body: Bytes,
-    ) -> impl Future<Output = ApiResult<Value>> + Send {
+        _request: oip::InferRequest,
+    ) -> impl Future<Output = ApiResult<oip::InferResponse>> + Send {
         unsupported()
     }
 }
@@ -369,7 +373,10 @@ pub fn router<N: NodeApi>(node: Arc<N>, access: Access) -> Router {
                      query: Result<Query<InferQuery>, QueryRejection>,
                      Body(body): Body| async move {
                         match query {
-                            Ok(Query(q)) => ok(s.infer(id, q, body).await),
+                            Ok(Query(q)) => match infer_request(&body) {
+                                Ok(r) => ok(s.infer(id, q, r).await),
+                                Err(e) => e.into_response(),
+                            },
                             Err(e) => ApiError::bad_request(format!("query: {e}")).into_response(),
                         }
                     },
@@ -422,6 +429,13 @@ fn ok<T: serde::Serialize>(answer: ApiResult<T>) -> Response {
         Ok(v) => axum::Json(v).into_response(),
         Err(e) => e.into_response(),
     }
+}
+
+/// Decodes and checks an OIP inference request, answering 400 with what is wrong.
+fn infer_request(body: &Bytes) -> ApiResult<oip::InferRequest> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("the request is not JSON: {e}")))?;
+    oip::InferRequest::from_json(&value).map_err(ApiError::bad_request)
 }
 
 /// Decodes a JSON request body, answering 400 with serde's reason when it does not fit.

@@ -5,8 +5,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use api::dto::*;
+use api::oip::{InferRequest, InferResponse};
 use api::{Access, ApiError, ApiResult, NodeApi};
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
@@ -59,9 +60,23 @@ impl NodeApi for Counting {
         })
     }
 
-    async fn infer(&self, id: String, query: InferQuery, body: Bytes) -> ApiResult<Value> {
+    async fn infer(
+        &self,
+        id: String,
+        query: InferQuery,
+        request: InferRequest,
+    ) -> ApiResult<InferResponse> {
         self.fetches.fetch_add(1, Ordering::SeqCst);
-        Ok(json!({ "model_name": id, "verify": query.verify, "bytes": body.len() }))
+        let mut parameters = serde_json::Map::new();
+        parameters.insert("verify".into(), json!(query.verify));
+        parameters.insert("inputs".into(), json!(request.inputs.len()));
+        Ok(InferResponse::new(
+            id,
+            "1".into(),
+            &request,
+            &[],
+            parameters,
+        ))
     }
 }
 
@@ -196,11 +211,28 @@ async fn strangers_pages_and_rebound_names_are_refused() {
         "POST",
         &format!("{infer}?verify=true"),
         &[HOST],
-        b"{}".to_vec(),
+        b"{\"inputs\":[]}".to_vec(),
     )
     .await;
     assert_eq!(status, StatusCode::OK, "{v}");
-    assert_eq!(v["verify"], true);
+    assert_eq!(v["parameters"]["verify"], true);
+    // A malformed request is 400 with the reason, before the node sees it.
+    let (status, v) = send(
+        &node,
+        "POST",
+        &infer,
+        &[HOST],
+        b"{\"inputs\":[{\"data\":[1]}]}".to_vec(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(v["error"].as_str().unwrap_or("").contains("name"), "{v}");
+    let (status, v) = send(&node, "POST", &infer, &[HOST], b"{".to_vec()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        v["error"].as_str().unwrap_or("").contains("not JSON"),
+        "{v}"
+    );
     let (status, _) = send(
         &node,
         "GET",
@@ -222,7 +254,9 @@ async fn bodies_over_the_route_limit_are_refused() {
     assert!(v["error"].as_str().unwrap_or("").contains("limit"), "{v}");
     assert!(node.added.lock().expect("lock").is_empty());
     // The same size is fine for an inference request.
-    let big = vec![b' '; api::MAX_V1_BODY + 1];
+    let ones = vec!["1"; api::MAX_V1_BODY / 2 + 1].join(",");
+    let big = format!("{{\"inputs\":[{{\"name\":\"x\",\"data\":[{ones}]}}]}}").into_bytes();
+    assert!(big.len() > api::MAX_V1_BODY);
     let (status, v) = send(
         &node,
         "POST",

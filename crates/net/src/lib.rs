@@ -312,6 +312,18 @@ impl Client {
         self.call(|reply| Command::ListenAddrs { reply }).await
     }
 
+    /// The addresses this node listens on, each with its `/p2p/<peer id>` suffix: what a peer
+    /// dials to reach it.
+    pub async fn dial_addrs(&self) -> Result<Vec<Multiaddr>, NetError> {
+        let me = self.peer_id();
+        Ok(self
+            .listen_addrs()
+            .await?
+            .into_iter()
+            .map(|a| a.with(libp2p::multiaddr::Protocol::P2p(me)))
+            .collect())
+    }
+
     /// Connects to a peer; with `/p2p/<peer id>` in the address, waits until connected.
     pub async fn dial(&self, addr: Multiaddr) -> Result<(), NetError> {
         self.call(|reply| Command::Dial { addr, reply }).await?

@@ -1,0 +1,587 @@
+//! The Open Inference Protocol v2 codec (KServe / Triton JSON): typed requests, responses and
+//! metadata, and the conversion between JSON data and raw tensors.
+//!
+//! ```
+//! use api::oip::InferRequest;
+//! use protocol::DType;
+//! let request = InferRequest::from_json(&serde_json::json!({
+//!     "inputs": [{ "name": "x", "datatype": "FP32", "data": [[1.0, 2.5]] }]
+//! })).unwrap();
+//! let input = &request.inputs[0];
+//! assert_eq!(input.shape, vec![1, 2]);
+//! let tensor = input.encode(DType::F32).unwrap();
+//! assert_eq!(tensor.data.len(), 8);
+//! ```
+//!
+//! # Concepts
+//! - A request's `data` may be flat (with `shape`) or nested (the nesting is the shape); it is
+//!   kept flattened, row-major, with its shape ([`RequestInput`]).
+//! - `datatype` may be left out (the CLI's shorthand): whoever runs the model fills it in from
+//!   the model's interface before [`RequestInput::encode`].
+//! - A [`RawTensor`] is the layout every moxnet part shares: little-endian elements, `BOOL` one
+//!   byte each, `BYTES` a `u32` length and the bytes per element.
+//! - Every malformed request is an `Err(String)` that names the input and says what is wrong;
+//!   the router answers it with 400. Nothing here panics on a client's bytes.
+//!
+//! **Limits:** data nested at most [`MAX_NESTING`] deep; an input's element count must equal
+//! the product of its shape (checked without overflow). The body limit is the router's.
+
+use protocol::DType;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+/// How deeply `data` may nest.
+pub const MAX_NESTING: usize = 8;
+
+/// An OIP v2 inference request (`POST /v2/models/{id}/infer`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct InferRequest {
+    /// The caller's request id, echoed in the response.
+    pub id: Option<Value>,
+    /// The inputs.
+    pub inputs: Vec<RequestInput>,
+    /// The outputs asked for by name (`None`: all).
+    pub outputs: Option<Vec<String>>,
+}
+
+/// One input of a request, its data flattened.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RequestInput {
+    /// The input's name.
+    pub name: String,
+    /// Its datatype, when the request states one.
+    pub datatype: Option<DType>,
+    /// Its shape: the request's `shape`, else the nesting of `data`.
+    pub shape: Vec<u64>,
+    /// Its elements, row-major.
+    pub data: Vec<Value>,
+}
+
+/// A tensor in the raw layout (see the module docs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawTensor {
+    /// Its name.
+    pub name: String,
+    /// Its element type.
+    pub datatype: DType,
+    /// Its shape.
+    pub shape: Vec<u64>,
+    /// Its encoded elements.
+    pub data: Vec<u8>,
+}
+
+/// An OIP v2 inference response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InferResponse {
+    /// The model's id.
+    pub model_name: String,
+    /// The model's version.
+    pub model_version: String,
+    /// The request's id, if it had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<Value>,
+    /// The outputs asked for.
+    pub outputs: Vec<ResponseOutput>,
+    /// What the node adds: fuel, time, and for a remote call the provider and its signed
+    /// result (see `docs/http-api.md`).
+    #[serde(default)]
+    pub parameters: Map<String, Value>,
+}
+
+/// One output of a response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResponseOutput {
+    /// Its name.
+    pub name: String,
+    /// Its OIP datatype name.
+    pub datatype: String,
+    /// Its shape.
+    pub shape: Vec<u64>,
+    /// Its elements, row-major (BYTES as text).
+    pub data: Vec<Value>,
+}
+
+/// OIP v2 model metadata (`GET /v2/models/{id}`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelMetadata {
+    /// The model's id.
+    pub name: String,
+    /// Its version.
+    pub versions: Vec<String>,
+    /// `moxnet_<runtime kind>`, e.g. `moxnet_onnx`.
+    pub platform: String,
+    /// What it takes.
+    pub inputs: Vec<TensorMetadata>,
+    /// What it gives.
+    pub outputs: Vec<TensorMetadata>,
+    /// The package name, under `package`.
+    pub parameters: Map<String, Value>,
+}
+
+/// An input or output in model metadata.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TensorMetadata {
+    /// Its name.
+    pub name: String,
+    /// Its OIP datatype name.
+    pub datatype: String,
+    /// Its shape; -1 for a size the caller chooses.
+    pub shape: Vec<i64>,
+}
+
+/// `GET /v2/models/{id}/ready`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelReady {
+    /// The model's id.
+    pub name: String,
+    /// Whether it is loaded and can be called.
+    pub ready: bool,
+}
+
+/// `GET /v2/health/ready`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServerReady {
+    /// Whether the node takes calls.
+    pub ready: bool,
+    /// The sandbox's host backend, if any (e.g. `tract`).
+    pub backend: Option<String>,
+}
+
+impl InferRequest {
+    /// Reads an OIP v2 request, checking its form: every input has a name, a known datatype if
+    /// any, data that is not ragged, and as many elements as its shape says.
+    pub fn from_json(request: &Value) -> Result<InferRequest, String> {
+        let inputs = request
+            .get("inputs")
+            .and_then(Value::as_array)
+            .ok_or("the request needs \"inputs\": a list of tensors")?
+            .iter()
+            .map(RequestInput::from_json)
+            .collect::<Result<Vec<_>, _>>()?;
+        let outputs = match request.get("outputs") {
+            None => None,
+            Some(list) => Some(
+                list.as_array()
+                    .ok_or("\"outputs\" must be a list")?
+                    .iter()
+                    .map(|o| {
+                        o.get("name")
+                            .and_then(Value::as_str)
+                            .map(str::to_string)
+                            .ok_or("each requested output needs a \"name\"")
+                    })
+                    .collect::<Result<Vec<_>, _>>()?,
+            ),
+        };
+        Ok(InferRequest {
+            id: request.get("id").cloned(),
+            inputs,
+            outputs,
+        })
+    }
+
+    /// Reads what a user types: a full request (`{"inputs": [...]}`), or the shorthand
+    /// `{"<input name>": <nested data>, ...}` (shape from the nesting, datatype from the model).
+    pub fn from_user_json(input: Value) -> Result<InferRequest, String> {
+        match input {
+            Value::Object(map) if map.get("inputs").is_some_and(Value::is_array) => {
+                InferRequest::from_json(&Value::Object(map))
+            }
+            Value::Object(map) => InferRequest::from_json(&json!({
+                "inputs": map
+                    .into_iter()
+                    .map(|(name, data)| json!({ "name": name, "data": data }))
+                    .collect::<Vec<_>>()
+            })),
+            _ => Err(
+                "the input must be a JSON object: {\"inputs\": [...]} (OIP v2) or \
+                 {\"<input name>\": <data>}"
+                    .into(),
+            ),
+        }
+    }
+
+    /// The request as OIP v2 JSON, each input with its shape and flat data (what
+    /// [`InferRequest::from_json`] reads back to the same request).
+    pub fn to_json(&self) -> Value {
+        let mut out = Map::new();
+        if let Some(id) = &self.id {
+            out.insert("id".into(), id.clone());
+        }
+        let inputs = self
+            .inputs
+            .iter()
+            .map(|i| {
+                let mut input = Map::new();
+                input.insert("name".into(), json!(i.name));
+                if let Some(d) = i.datatype {
+                    input.insert("datatype".into(), json!(d.name()));
+                }
+                input.insert("shape".into(), json!(i.shape));
+                input.insert("data".into(), Value::Array(i.data.clone()));
+                Value::Object(input)
+            })
+            .collect();
+        out.insert("inputs".into(), Value::Array(inputs));
+        if let Some(outputs) = &self.outputs {
+            let list = outputs.iter().map(|n| json!({ "name": n })).collect();
+            out.insert("outputs".into(), Value::Array(list));
+        }
+        Value::Object(out)
+    }
+
+    /// Whether the request asks for the output `name`.
+    pub fn wants(&self, name: &str) -> bool {
+        self.outputs
+            .as_ref()
+            .is_none_or(|w| w.iter().any(|n| n == name))
+    }
+}
+
+impl RequestInput {
+    fn from_json(input: &Value) -> Result<RequestInput, String> {
+        let name = input
+            .get("name")
+            .and_then(Value::as_str)
+            .ok_or("each input needs a \"name\"")?;
+        let datatype = match input.get("datatype").and_then(Value::as_str) {
+            Some(d) => Some(
+                DType::from_name(d)
+                    .ok_or_else(|| format!("input {name:?}: unknown datatype {d:?}"))?,
+            ),
+            None => None,
+        };
+        let data = input
+            .get("data")
+            .ok_or_else(|| format!("input {name:?}: no \"data\""))?;
+        let mut flat = Vec::new();
+        let nested_shape =
+            flatten(data, &mut flat, 0).map_err(|m| format!("input {name:?}: {m}"))?;
+        let shape = match input.get("shape") {
+            Some(s) => s
+                .as_array()
+                .and_then(|a| a.iter().map(Value::as_u64).collect::<Option<Vec<u64>>>())
+                .ok_or_else(|| format!("input {name:?}: \"shape\" must be a list of sizes"))?,
+            None => nested_shape,
+        };
+        let expected = shape.iter().try_fold(1u64, |n, &d| n.checked_mul(d));
+        if expected != Some(flat.len() as u64) {
+            return Err(format!(
+                "input {name:?}: shape {shape:?} needs {} values, the data has {}",
+                expected.map_or("too many".to_string(), |n| n.to_string()),
+                flat.len()
+            ));
+        }
+        Ok(RequestInput {
+            name: name.to_string(),
+            datatype,
+            shape,
+            data: flat.into_iter().cloned().collect(),
+        })
+    }
+
+    /// Encodes the data as a raw tensor of `datatype` (the request's, or the model's when the
+    /// request gave none): every value must be of that type and fit in it.
+    pub fn encode(&self, datatype: DType) -> Result<RawTensor, String> {
+        let name = &self.name;
+        let dt = datatype.name();
+        let wrong = |v: &Value| format!("input {name:?}: {v} is not a {dt} value");
+        let mut data = Vec::with_capacity(self.data.len() * datatype.size().unwrap_or(8));
+        for v in &self.data {
+            match datatype {
+                DType::Bytes => {
+                    let s = v.as_str().ok_or_else(|| wrong(v))?;
+                    let len = u32::try_from(s.len())
+                        .map_err(|_| format!("input {name:?}: an element is over 4 GiB"))?;
+                    data.extend_from_slice(&len.to_le_bytes());
+                    data.extend_from_slice(s.as_bytes());
+                }
+                DType::Bool => data.push(u8::from(v.as_bool().ok_or_else(|| wrong(v))?)),
+                DType::F16 => {
+                    let x = v.as_f64().ok_or_else(|| wrong(v))?;
+                    data.extend_from_slice(&half::f16::from_f64(x).to_le_bytes());
+                }
+                DType::Bf16 => {
+                    let x = v.as_f64().ok_or_else(|| wrong(v))?;
+                    data.extend_from_slice(&half::bf16::from_f64(x).to_le_bytes());
+                }
+                DType::F32 => {
+                    let x = v.as_f64().ok_or_else(|| wrong(v))?;
+                    data.extend_from_slice(&(x as f32).to_le_bytes());
+                }
+                DType::F64 => {
+                    data.extend_from_slice(&v.as_f64().ok_or_else(|| wrong(v))?.to_le_bytes())
+                }
+                DType::U8 | DType::U16 | DType::U32 | DType::U64 => {
+                    let x = v.as_u64().ok_or_else(|| wrong(v))?;
+                    let size = datatype.size().unwrap_or(8);
+                    if size < 8 && x >> (size * 8) != 0 {
+                        return Err(format!("input {name:?}: {x} does not fit in {dt}"));
+                    }
+                    data.extend_from_slice(&x.to_le_bytes()[..size]);
+                }
+                DType::I8 | DType::I16 | DType::I32 | DType::I64 => {
+                    let x = v.as_i64().ok_or_else(|| wrong(v))?;
+                    let size = datatype.size().unwrap_or(8);
+                    let bits = size as u32 * 8;
+                    if bits < 64 && (x < -(1i64 << (bits - 1)) || x >= 1i64 << (bits - 1)) {
+                        return Err(format!("input {name:?}: {x} does not fit in {dt}"));
+                    }
+                    data.extend_from_slice(&x.to_le_bytes()[..size]);
+                }
+            }
+        }
+        Ok(RawTensor {
+            name: name.clone(),
+            datatype,
+            shape: self.shape.clone(),
+            data,
+        })
+    }
+}
+
+/// Flattens nested JSON arrays (row-major) and returns the nesting's shape.
+fn flatten<'a>(v: &'a Value, out: &mut Vec<&'a Value>, depth: usize) -> Result<Vec<u64>, String> {
+    if depth > MAX_NESTING {
+        return Err("data is nested too deeply".into());
+    }
+    match v {
+        Value::Array(items) => {
+            let mut inner: Option<Vec<u64>> = None;
+            for item in items {
+                let shape = flatten(item, out, depth + 1)?;
+                match &inner {
+                    None => inner = Some(shape),
+                    Some(s) if *s == shape => {}
+                    Some(_) => return Err("nested data is ragged".into()),
+                }
+            }
+            let mut shape = vec![items.len() as u64];
+            shape.extend(inner.unwrap_or_default());
+            Ok(shape)
+        }
+        scalar => {
+            out.push(scalar);
+            Ok(if depth == 0 { vec![1] } else { Vec::new() })
+        }
+    }
+}
+
+impl RawTensor {
+    /// The elements as JSON values: numbers as the shortest decimal that reads back to the same
+    /// value of their own precision, BYTES as UTF-8 text (lossily). Elements the data cannot
+    /// hold (a truncated BYTES element) are left out.
+    pub fn json_data(&self) -> Vec<Value> {
+        let Some(size) = self.datatype.size() else {
+            let mut out = Vec::new();
+            let mut rest = &self.data[..];
+            while let Some((len, tail)) = rest.split_first_chunk::<4>() {
+                let Some((value, tail)) = tail.split_at_checked(u32::from_le_bytes(*len) as usize)
+                else {
+                    break;
+                };
+                out.push(Value::String(String::from_utf8_lossy(value).into_owned()));
+                rest = tail;
+            }
+            return out;
+        };
+        self.data
+            .chunks_exact(size)
+            .map(|c| {
+                let mut b = [0u8; 8];
+                b[..size].copy_from_slice(c);
+                let sign_extend = |bits: u32| {
+                    let raw = u64::from_le_bytes(b);
+                    ((raw << (64 - bits)) as i64) >> (64 - bits)
+                };
+                match self.datatype {
+                    DType::Bool => Value::Bool(c[0] != 0),
+                    DType::U8 | DType::U16 | DType::U32 | DType::U64 => {
+                        json!(u64::from_le_bytes(b))
+                    }
+                    DType::I8 | DType::I16 | DType::I32 | DType::I64 => {
+                        json!(sign_extend(size as u32 * 8))
+                    }
+                    DType::F16 => shortest(half::f16::from_le_bytes([b[0], b[1]])),
+                    DType::Bf16 => shortest(half::bf16::from_le_bytes([b[0], b[1]])),
+                    DType::F32 => shortest(f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+                    DType::F64 => json!(f64::from_le_bytes(b)),
+                    DType::Bytes => Value::Null,
+                }
+            })
+            .collect()
+    }
+}
+
+/// A float as the JSON number with the fewest digits that parses back to it (`null` if not finite).
+fn shortest(x: impl std::fmt::Display) -> Value {
+    x.to_string()
+        .parse::<f64>()
+        .ok()
+        .filter(|v| v.is_finite())
+        .map_or(Value::Null, |v| json!(v))
+}
+
+impl InferResponse {
+    /// The response to `request`: the outputs it asked for (all when it named none), in the
+    /// model's order, and `parameters`.
+    pub fn new(
+        model_name: String,
+        model_version: String,
+        request: &InferRequest,
+        tensors: &[RawTensor],
+        parameters: Map<String, Value>,
+    ) -> InferResponse {
+        InferResponse {
+            model_name,
+            model_version,
+            id: request.id.clone(),
+            outputs: tensors
+                .iter()
+                .filter(|t| request.wants(&t.name))
+                .map(|t| ResponseOutput {
+                    name: t.name.clone(),
+                    datatype: t.datatype.name().to_string(),
+                    shape: t.shape.clone(),
+                    data: t.json_data(),
+                })
+                .collect(),
+            parameters,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn roundtrip(request: Value, datatype: DType) -> Vec<Value> {
+        let r = InferRequest::from_json(&request).expect("parse");
+        r.inputs[0].encode(datatype).expect("encode").json_data()
+    }
+
+    #[test]
+    fn nested_json_becomes_raw_tensors_and_back() {
+        let request =
+            InferRequest::from_user_json(json!({ "x": [[1.0, 2.5], [3.0, -4.0]] })).expect("x");
+        let input = &request.inputs[0];
+        assert_eq!((input.datatype, input.shape.clone()), (None, vec![2, 2]));
+        let t = input.encode(DType::F32).expect("encode");
+        assert_eq!(t.data.len(), 16);
+        assert_eq!(
+            t.json_data(),
+            vec![json!(1.0), json!(2.5), json!(3.0), json!(-4.0)]
+        );
+        // The canonical form reads back to the same request.
+        assert_eq!(InferRequest::from_json(&request.to_json()), Ok(request));
+
+        let text = json!({ "inputs": [{ "name": "t", "datatype": "BYTES", "shape": [2], "data": ["héllo", ""] }] });
+        assert_eq!(
+            roundtrip(text, DType::Bytes),
+            vec![json!("héllo"), json!("")]
+        );
+        // Floats print as the shortest decimal of their own precision.
+        let floats = json!({ "inputs": [{ "name": "f", "data": [0.1, 1e-7] }] });
+        assert_eq!(
+            serde_json::to_string(&roundtrip(floats, DType::F32)).expect("json"),
+            "[0.1,1e-7]"
+        );
+        let halves = json!({ "inputs": [{ "name": "h", "data": [0.5, 65504.0] }] });
+        assert_eq!(
+            roundtrip(halves.clone(), DType::F16),
+            vec![json!(0.5), json!(65504.0)]
+        );
+        assert_eq!(roundtrip(halves, DType::Bf16)[0], json!(0.5));
+        let ints = json!({ "inputs": [{ "name": "i", "data": [-128, 127] }] });
+        assert_eq!(roundtrip(ints, DType::I8), vec![json!(-128), json!(127)]);
+        let big = json!({ "inputs": [{ "name": "u", "data": [u64::MAX] }] });
+        assert_eq!(roundtrip(big, DType::U64), vec![json!(u64::MAX)]);
+    }
+
+    #[test]
+    fn bad_requests_say_what_is_wrong() {
+        for (request, needle) in [
+            (json!({}), "inputs"),
+            (
+                json!({ "inputs": [{ "datatype": "FP32", "data": [1] }] }),
+                "name",
+            ),
+            (json!({ "inputs": [{ "name": "x" }] }), "no \"data\""),
+            (
+                json!({ "inputs": [{ "name": "x", "datatype": "FP32", "data": [[1.0], [1.0, 2.0]] }] }),
+                "ragged",
+            ),
+            (
+                json!({ "inputs": [{ "name": "x", "datatype": "FP32", "shape": [3], "data": [1.0] }] }),
+                "needs 3",
+            ),
+            (
+                json!({ "inputs": [{ "name": "x", "datatype": "FP7", "data": [1] }] }),
+                "unknown datatype",
+            ),
+            (
+                json!({ "inputs": [{ "name": "x", "shape": "2", "data": [1, 2] }] }),
+                "list of sizes",
+            ),
+            (
+                json!({ "inputs": [{ "name": "x", "datatype": "FP32", "shape": [4_294_967_296_u64, 4_294_967_296_u64], "data": [] }] }),
+                "needs too many",
+            ),
+            (
+                json!({ "inputs": [{ "name": "x", "data": [[[[[[[[[[1]]]]]]]]]] }] }),
+                "too deeply",
+            ),
+            (
+                json!({ "inputs": [], "outputs": [{ "label": "y" }] }),
+                "output needs",
+            ),
+        ] {
+            let err = InferRequest::from_json(&request).expect_err(&request.to_string());
+            assert!(err.contains(needle), "{request}: {err}");
+        }
+        for (data, datatype, needle) in [
+            (json!([300]), DType::I8, "fit"),
+            (json!([-1]), DType::U32, "not a UINT32"),
+            (json!([1]), DType::Bytes, "not a BYTES"),
+            (json!(["1"]), DType::F32, "not a FP32"),
+        ] {
+            let r = InferRequest::from_json(&json!({ "inputs": [{ "name": "x", "data": data }] }))
+                .expect("form is fine");
+            let err = r.inputs[0].encode(datatype).expect_err("value is not");
+            assert!(err.contains(needle), "{err}");
+        }
+        assert!(InferRequest::from_user_json(json!([1])).is_err());
+    }
+
+    #[test]
+    fn a_response_has_the_outputs_asked_for() {
+        let request = InferRequest::from_json(
+            &json!({ "id": "r1", "inputs": [], "outputs": [{ "name": "b" }] }),
+        )
+        .expect("parse");
+        let t = |name: &str| RawTensor {
+            name: name.into(),
+            datatype: DType::Bool,
+            shape: vec![1],
+            data: vec![1],
+        };
+        let r = InferResponse::new(
+            "m".into(),
+            "1".into(),
+            &request,
+            &[t("a"), t("b")],
+            Map::new(),
+        );
+        assert_eq!(r.id, Some(json!("r1")));
+        assert_eq!(r.outputs.len(), 1);
+        assert_eq!(r.outputs[0].data, vec![json!(true)]);
+        // A truncated BYTES element is left out, never read past the end.
+        let cut = RawTensor {
+            name: "s".into(),
+            datatype: DType::Bytes,
+            shape: vec![1],
+            data: vec![9, 0, 0, 0, b'a'],
+        };
+        assert!(cut.json_data().is_empty());
+    }
+}
