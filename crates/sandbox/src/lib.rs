@@ -447,8 +447,7 @@ impl Sandbox {
         limits: &CallLimits,
     ) -> Result<Outcome, SandboxError> {
         for t in &inputs {
-            t.check(&limits.input)
-                .map_err(|e| SandboxError::InvalidInput(e.to_string()))?;
+            t.check(&limits.input).map_err(invalid_input)?;
         }
         check_inputs(model, &inputs)?;
         let _slot = self.gate.enter()?;
@@ -637,6 +636,15 @@ impl Core {
     }
 }
 
+/// A graph error about an input, without `graph`'s own "invalid input: " prefix (the
+/// sandbox error adds it).
+fn invalid_input(e: graph::Error) -> SandboxError {
+    match e {
+        graph::Error::Invalid(m) => SandboxError::InvalidInput(m),
+        other => SandboxError::InvalidInput(other.to_string()),
+    }
+}
+
 /// Checks inputs against the model's declared interface.
 fn check_inputs(model: &Model, inputs: &[graph::Tensor]) -> Result<(), SandboxError> {
     let invalid = SandboxError::InvalidInput;
@@ -653,8 +661,7 @@ fn check_inputs(model: &Model, inputs: &[graph::Tensor]) -> Result<(), SandboxEr
                     names.join(", ")
                 ))
             })?;
-        spec.accepts(t.dtype, &t.shape)
-            .map_err(|e| invalid(e.to_string()))?;
+        spec.accepts(t.dtype, &t.shape).map_err(invalid_input)?;
     }
     for spec in &model.inputs {
         match inputs.iter().filter(|t| t.name == spec.name).count() {
