@@ -74,6 +74,23 @@ struct Done {
     outcome: Result<(), (Failure, String)>,
 }
 
+/// How long a fetch with no known peer waits for the DHT's first provider.
+const FIRST_PROVIDER: Duration = Duration::from_secs(10);
+/// How long a fetch goes on without any provider that can serve it before it fails.
+const NO_PROVIDER_GIVE_UP: Duration = Duration::from_secs(15);
+/// How soon a peer that could not serve (not found, unreachable) is asked again.
+const RETRY_UNAVAILABLE: Duration = Duration::from_millis(500);
+
+/// What one peer's answer proved about a blob's size.
+enum Proof {
+    /// The size, proven by the last group.
+    Proven(u64),
+    /// The peer's claim did not verify.
+    Lied(String),
+    /// The peer could not answer (no copy, busy, unreachable).
+    Unavailable(String),
+}
+
 /// Fetches from peers into this node's store.
 pub struct Fetcher {
     net: net::Client,
@@ -230,9 +247,27 @@ impl Fetcher {
             let links = collection.entries.iter().map(|e| e.hash).collect();
             store.import_bytes(bytes.as_deref().unwrap_or_default(), "collection", links)?;
         }
+        // Sizes are capped at decode (`protocol::MAX_BLOB_BYTES` each), so these sums cannot
+        // overflow; what is missing must fit on the disk before any of it is fetched.
+        let stated: u64 = children.iter().filter_map(|(_, s)| *s).sum();
+        let mut needed = 0u64;
+        for (hash, size) in &children {
+            if !store.has(*hash)? {
+                needed += size.unwrap_or(0);
+            }
+        }
+        let available = store.available_bytes()?;
+        if needed > available {
+            bail!(
+                "{id} needs {} more on disk and only {} is free in {}",
+                crate::render::bytes(needed),
+                crate::render::bytes(available),
+                store.root().display()
+            );
+        }
         {
             let mut p = lock(progress);
-            p.bytes_total = record.size + children.iter().filter_map(|(_, s)| *s).sum::<u64>();
+            p.bytes_total = record.size + stated;
             p.bytes_done = record.size;
         }
         for (hash, size) in children {
@@ -260,16 +295,132 @@ impl Fetcher {
         Ok(())
     }
 
-    /// Everyone who might have `hash`: DHT providers, peers that announced the model, and
-    /// connected peers (a peer without it just answers NotFound).
-    async fn candidates(&self, hash: BlobHash, root: BlobHash) -> Vec<PeerId> {
-        let mut peers: HashSet<PeerId> = self
-            .net
-            .find_providers(hash)
-            .await
-            .unwrap_or_default()
-            .into_iter()
-            .collect();
+    /// Proves the size of `hash` with the first peer whose last group verifies (see
+    /// [`Fetcher::try_proof`]), trying `peers`, then providers as the DHT finds them and
+    /// connected peers again (one that answered NotFound may have the blob a moment later),
+    /// for up to [`NO_PROVIDER_GIVE_UP`]. Returns the proven size and the peers whose claims
+    /// did not verify (never asked again).
+    async fn prove_size(
+        &self,
+        hash: BlobHash,
+        stated: Option<u64>,
+        root: BlobHash,
+        peers: Vec<PeerId>,
+        dht: &mut Option<mpsc::Receiver<PeerId>>,
+    ) -> Result<(u64, Vec<PeerId>)> {
+        let deadline = Instant::now() + NO_PROVIDER_GIVE_UP;
+        let mut liars = Vec::new();
+        let mut reasons: HashMap<PeerId, String> = HashMap::new();
+        let mut asked: HashMap<PeerId, Instant> = HashMap::new();
+        let mut queue: std::collections::VecDeque<PeerId> = peers.into();
+        loop {
+            while let Some(peer) = queue.pop_front() {
+                if liars.contains(&peer)
+                    || asked
+                        .get(&peer)
+                        .is_some_and(|t| t.elapsed() < RETRY_UNAVAILABLE)
+                {
+                    continue;
+                }
+                asked.insert(peer, Instant::now());
+                match self.try_proof(peer, hash, stated).await? {
+                    Proof::Proven(size) => return Ok((size, liars)),
+                    Proof::Lied(why) => {
+                        tracing::info!(%peer, blob = %hash, "size refuted: {why}");
+                        liars.push(peer);
+                        reasons.insert(peer, why);
+                    }
+                    Proof::Unavailable(why) => {
+                        reasons.insert(peer, why);
+                    }
+                }
+            }
+            if Instant::now() >= deadline {
+                let mut reasons: Vec<String> =
+                    reasons.iter().map(|(p, r)| format!("{p}: {r}")).collect();
+                reasons.sort();
+                bail!(
+                    "no peer proved the size of {hash} within {} s ({})",
+                    NO_PROVIDER_GIVE_UP.as_secs(),
+                    if reasons.is_empty() {
+                        "no provider found".to_string()
+                    } else {
+                        reasons.join("; ")
+                    }
+                );
+            }
+            // Wait for a provider from the DHT, or a moment before asking the known ones again.
+            let found = tokio::time::timeout(RETRY_UNAVAILABLE, async {
+                match dht.as_mut() {
+                    Some(found) => found.recv().await,
+                    None => std::future::pending().await,
+                }
+            })
+            .await;
+            match found {
+                Ok(Some(peer)) => queue.push_back(peer),
+                Ok(None) => *dht = None,
+                Err(_) => {
+                    queue.extend(self.known_candidates(root).await);
+                    queue.extend(asked.keys().copied());
+                    if dht.is_none() {
+                        *dht = self.dht_providers(hash).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Asks `peer` for the last group of `hash`, for the size the parent `stated` (or, without
+    /// one, the size the peer claims), and has the store verify it: BLAKE3's tree commits to
+    /// the length, so the group verifies only under the true size. Nothing is allocated for a
+    /// size before it is proven, and a peer is never blamed for disagreeing with an unproven
+    /// figure, only for a claim of its own that does not verify.
+    async fn try_proof(&self, peer: PeerId, hash: BlobHash, stated: Option<u64>) -> Result<Proof> {
+        let mut guess = stated;
+        // At most two asks: the stated size's last group, then the peer's own claim's.
+        for _ in 0..2 {
+            let last = guess.map_or(0, |s| store::groups(s) - 1);
+            let request = BlobRequest {
+                hash,
+                groups: vec![(last, last + 1)],
+            };
+            let response = match self.net.request_blob(peer, &request).await {
+                Ok(r) => r,
+                Err(e @ NetError::PeerMisbehaved { .. }) => return Ok(Proof::Lied(e.to_string())),
+                Err(e) => return Ok(Proof::Unavailable(e.to_string())),
+            };
+            let claim = response.size;
+            if store::groups(claim) - 1 != last {
+                // Not the last group of what this peer claims: ask for that one.
+                guess = Some(claim);
+                continue;
+            }
+            let reader = response.into_blocking_reader(tokio::runtime::Handle::current());
+            let store = self.store.clone();
+            let ranges = store::chunk_ranges(&[(last, last + 1)]);
+            let ingested =
+                tokio::task::spawn_blocking(move || store.ingest(hash, claim, &ranges, reader))
+                    .await
+                    .context("the store's thread failed")?;
+            return Ok(match ingested {
+                Ok(_) => Proof::Proven(claim),
+                Err(IngestError::PeerMisbehaved { reason, .. }) => {
+                    Proof::Lied(format!("claimed {claim} bytes, refuted: {reason}"))
+                }
+                Err(IngestError::Store(e)) => return Err(e.into()),
+                Err(e) => Proof::Unavailable(e.to_string()),
+            });
+        }
+        Ok(Proof::Lied(
+            "changed its claimed size between two requests".into(),
+        ))
+    }
+
+    /// The peers likely to have `hash` that are known without asking the DHT: those that
+    /// announced the model, and connected peers (a peer without it just answers NotFound).
+    async fn known_candidates(&self, root: BlobHash) -> Vec<PeerId> {
+        let mut peers: HashSet<PeerId> = HashSet::new();
         if let Some(announcers) = lock(&self.announcers).get(&root) {
             peers.extend(announcers.iter().copied());
         }
@@ -280,39 +431,70 @@ impl Fetcher {
         peers
     }
 
+    /// Asks the DHT for providers of `hash`; they arrive on the channel as they are found (the
+    /// query's end waits on every peer it asks, including those that left).
+    async fn dht_providers(&self, hash: BlobHash) -> Option<mpsc::Receiver<PeerId>> {
+        match self.net.providers(hash).await {
+            Ok(found) => Some(found),
+            Err(e) => {
+                tracing::debug!(blob = %hash, "asking the DHT for providers: {e}");
+                None
+            }
+        }
+    }
+
     async fn fetch_blob(
         &self,
         hash: BlobHash,
-        size: Option<u64>,
+        stated: Option<u64>,
         root: BlobHash,
         progress: &Shared,
     ) -> Result<()> {
         let store = self.store.clone();
         if store.has(hash)? {
-            lock(progress).bytes_done += size.unwrap_or(0);
+            lock(progress).bytes_done += stated.unwrap_or(0);
             return Ok(());
         }
-        let started = Instant::now();
-        let mut peers = self.candidates(hash, root).await;
-        while peers.is_empty() && started.elapsed() < Duration::from_secs(10) {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            peers = self.candidates(hash, root).await;
+        // Start on the peers known now; DHT providers join as the query finds them, so the
+        // fetch never waits for a query that is still asking peers that left.
+        let mut dht = self.dht_providers(hash).await;
+        let mut peers = self.known_candidates(root).await;
+        if peers.is_empty()
+            && let Some(found) = dht.as_mut()
+            && let Ok(Some(first)) = tokio::time::timeout(FIRST_PROVIDER, found.recv()).await
+        {
+            peers.push(first);
         }
         if peers.is_empty() {
             bail!("no peer provides {hash}");
         }
-        // The size: known from the manifest, or learnt from the first peer that has the blob (the
-        // bao encoding then proves it).
-        let size = match size {
-            Some(s) => s,
+        // The size, proven before anything is allocated or anyone banned on its account: by a
+        // receipt begun earlier (the store proved it then), else by one peer's last group.
+        let size = match store.partial(hash)? {
+            Some(record) => record.size,
             None => {
-                let learnt = learn_size(&self.net, hash, &peers).await?;
-                if hash != root {
-                    lock(progress).bytes_total += learnt;
+                let (proven, liars) = self
+                    .prove_size(hash, stated, root, peers.clone(), &mut dht)
+                    .await?;
+                if !liars.is_empty() {
+                    peers.retain(|p| !liars.contains(p));
+                    lock(progress).peers_banned.extend(liars);
                 }
-                learnt
+                proven
             }
         };
+        match stated {
+            Some(s) if s != size => bail!(
+                "blob {hash} is {size} bytes (proven by its last group), not the {s} bytes {root} states"
+            ),
+            None if hash != root => lock(progress).bytes_total += size,
+            _ => {}
+        }
+        if store.has(hash)? {
+            // The proof was the whole blob.
+            lock(progress).bytes_done += size;
+            return Ok(());
+        }
         let total = store::groups(size);
         let missing = store.missing(hash, size)?;
         let ranges: Vec<std::ops::Range<u64>> = store::group_ranges(&missing, size)
@@ -367,9 +549,14 @@ impl Fetcher {
                             task.abort();
                         }
                         lock(progress).bytes_done = base_done + size;
-                        if let Err(e) = self.net.provide(hash).await {
-                            tracing::debug!(blob = %hash, "providing on the DHT: {e}");
-                        }
+                        // Announcing a provider record waits on DHT peers (some may have
+                        // left): not on the fetch's time.
+                        let net = self.net.clone();
+                        tokio::spawn(async move {
+                            if let Err(e) = net.provide(hash).await {
+                                tracing::debug!(blob = %hash, "providing on the DHT: {e}");
+                            }
+                        });
                         return Ok(());
                     }
                     Action::NeedProviders => {
@@ -378,22 +565,27 @@ impl Fetcher {
                 }
             }
             if let Some(since) = stuck_since {
-                if since.elapsed() > Duration::from_secs(15) {
+                if since.elapsed() > NO_PROVIDER_GIVE_UP {
                     bail!(
                         "no honest provider of {hash} is left ({} groups missing)",
                         fetch.missing_groups()
                     );
                 }
-                let fresh = self.candidates(hash, root).await;
-                for p in fresh {
+                // Connected peers and announcers again, and a new DHT query once the last one
+                // ended; both feed the fetch without holding it up.
+                for p in self.known_candidates(root).await {
                     if !fetch.is_banned(&p) {
                         actions.extend(fetch.handle(now(), Event::PeerAdded(p)));
                     }
+                }
+                if dht.is_none() {
+                    dht = self.dht_providers(hash).await;
                 }
                 if fetch.in_flight().count() > 0 {
                     stuck_since = None;
                 }
             }
+
             tokio::select! {
                 Some(done) = rx.recv() => {
                     running.remove(&done.id);
@@ -415,6 +607,18 @@ impl Fetcher {
                         lock(progress).bytes_done = base_done + (partial.count() * protocol::CHUNK_GROUP_BYTES).min(size);
                     }
                 }
+                found = async {
+                    match dht.as_mut() {
+                        Some(found) => found.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => match found {
+                    Some(p) if !fetch.is_banned(&p) => {
+                        actions.extend(fetch.handle(now(), Event::PeerAdded(p)));
+                    }
+                    Some(_) => {}
+                    None => dht = None,
+                },
                 _ = tick.tick() => actions.extend(fetch.handle(now(), Event::Tick)),
             }
         }
@@ -453,29 +657,6 @@ fn verified_ranges(
         }
     }
     out
-}
-
-async fn learn_size(net: &net::Client, hash: BlobHash, peers: &[PeerId]) -> Result<u64> {
-    let mut last_error = None;
-    for peer in peers {
-        match net
-            .request_blob(
-                *peer,
-                &BlobRequest {
-                    hash,
-                    groups: vec![(0, 1)],
-                },
-            )
-            .await
-        {
-            Ok(response) => return Ok(response.size),
-            Err(e) => last_error = Some(e),
-        }
-    }
-    match last_error {
-        Some(e) => Err(e).with_context(|| format!("no peer serves {hash}")),
-        None => bail!("no peer serves {hash}"),
-    }
 }
 
 /// Requests `groups` of `hash` from `peer` and ingests the answer; returns the groups written

@@ -8,15 +8,22 @@
 //!   NaN is always `0xf97e00`.
 //!
 //! The decoder is *strict*: it accepts only bytes the encoder could have produced, so
-//! `encode(decode(b)) == b` for every accepted `b`. It never panics, never allocates more than
-//! the input could justify (a length is checked against the bytes that remain before anything is
-//! reserved), refuses nesting deeper than [`MAX_DEPTH`], and rejects tags, `undefined`, and other
-//! simple values moxnet does not use.
+//! `encode(decode(b)) == b` for every accepted `b`. It never panics and bounds what it builds:
+//! a length is checked against the bytes that remain, at most [`MAX_PREALLOC`] items are reserved
+//! ahead of the items themselves (a count is the sender's claim), a decode builds at most
+//! [`MAX_VALUES`] items in all (a `Value` is 32 bytes or more, so a 16 MiB frame of one-byte
+//! items would otherwise become half a GiB), nesting deeper than [`MAX_DEPTH`] is refused, and
+//! tags, `undefined` and other simple values moxnet does not use are rejected.
 
 use crate::DecodeError;
 
 /// Deepest nesting of arrays and maps the decoder accepts.
 pub const MAX_DEPTH: usize = 16;
+/// Most items (of any kind, at any depth) one decode builds: enough for a manifest listing
+/// [`crate::MAX_FILES`] files (7 items each), about 64 MiB of decoded values at most.
+pub const MAX_VALUES: usize = 1 << 20;
+/// Most array or map entries reserved before they are read.
+pub const MAX_PREALLOC: usize = 1024;
 
 /// A CBOR data item, restricted to the kinds moxnet uses.
 #[derive(Debug, Clone, PartialEq)]
@@ -103,7 +110,11 @@ impl Value {
                 actual: bytes.len(),
             });
         }
-        let mut dec = Decoder { bytes, pos: 0 };
+        let mut dec = Decoder {
+            bytes,
+            pos: 0,
+            values: 0,
+        };
         let value = dec.value(0)?;
         if dec.pos != bytes.len() {
             return Err(DecodeError::TrailingBytes {
@@ -157,6 +168,8 @@ fn encode_float(out: &mut Vec<u8>, x: f64) {
 struct Decoder<'a> {
     bytes: &'a [u8],
     pos: usize,
+    /// Items built so far (see [`MAX_VALUES`]).
+    values: usize,
 }
 
 impl Decoder<'_> {
@@ -206,6 +219,10 @@ impl Decoder<'_> {
         if depth > MAX_DEPTH {
             return Err(DecodeError::TooDeep { limit: MAX_DEPTH });
         }
+        self.values += 1;
+        if self.values > MAX_VALUES {
+            return Err(DecodeError::TooManyItems { limit: MAX_VALUES });
+        }
         let initial = self.take(1)?[0];
         let (major, ai) = (initial >> 5, initial & 0x1f);
         match major {
@@ -223,7 +240,7 @@ impl Decoder<'_> {
             }
             4 => {
                 let n = self.length(ai)?;
-                let mut items = Vec::with_capacity(n);
+                let mut items = Vec::with_capacity(n.min(MAX_PREALLOC));
                 for _ in 0..n {
                     items.push(self.value(depth + 1)?);
                 }
@@ -231,7 +248,7 @@ impl Decoder<'_> {
             }
             5 => {
                 let n = self.length(ai)?;
-                let mut entries = Vec::with_capacity(n);
+                let mut entries = Vec::with_capacity(n.min(MAX_PREALLOC));
                 let mut previous_key: Option<&[u8]> = None;
                 let bytes = self.bytes;
                 for _ in 0..n {

@@ -43,9 +43,9 @@ pub mod wire;
 pub use hash::{BlobHash, ModelId, NodeId};
 pub use manifest::{
     COLLECTION_VERSION, Collection, DType, DatasetRef, Dim, FileEntry, Interface, MANIFEST_VERSION,
-    MAX_COLLECTION_BYTES, MAX_DESCRIPTION, MAX_FILES, MAX_LIST, MAX_MANIFEST_BYTES, MAX_PATH_BYTES,
-    MAX_SHORT_TEXT, MAX_SNAPSHOTS, Manifest, Runtime, TensorSpec, check_files, validate_name,
-    validate_path,
+    MAX_BLOB_BYTES, MAX_COLLECTION_BYTES, MAX_DESCRIPTION, MAX_FILES, MAX_LIST, MAX_MANIFEST_BYTES,
+    MAX_PATH_BYTES, MAX_SHORT_TEXT, MAX_SNAPSHOTS, Manifest, Runtime, TensorSpec, check_files,
+    validate_name, validate_path,
 };
 pub use signed::{ENVELOPE_OVERHEAD, ENVELOPE_VERSION, SecretKey, Signable, Signed};
 pub use snapshot::{MAX_SNAPSHOT_BYTES, MAX_SNAPSHOT_WEIGHTS, SNAPSHOT_VERSION, Snapshot};
@@ -122,6 +122,12 @@ pub enum DecodeError {
     /// Nesting deeper than the limit.
     #[error("nesting deeper than {limit}")]
     TooDeep {
+        /// The limit.
+        limit: usize,
+    },
+    /// More items than one decode builds.
+    #[error("more than {limit} items")]
+    TooManyItems {
         /// The limit.
         limit: usize,
     },

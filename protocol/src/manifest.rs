@@ -22,6 +22,10 @@ pub const MAX_DESCRIPTION: usize = 16 * 1024;
 pub const MAX_LIST: usize = 256;
 /// Most snapshots a manifest links.
 pub const MAX_SNAPSHOTS: usize = 10_000;
+/// Largest blob this protocol handles: 1 TiB. A file, weight or folder entry stating more, or a
+/// provider claiming more, is refused before anything is allocated for it. With at most
+/// [`MAX_FILES`] entries, sums of sizes cannot overflow a `u64`.
+pub const MAX_BLOB_BYTES: u64 = 1 << 40;
 
 /// Manifest body version this code reads and writes.
 pub const MANIFEST_VERSION: u64 = 1;
@@ -277,6 +281,12 @@ impl FileEntry {
         validate_path(&path).map_err(|e| DecodeError::invalid("file path", e))?;
         let hash = BlobHash::from_cbor("file hash", m.required("hash")?)?;
         let size = as_u64("file size", m.required("size")?)?;
+        if size > MAX_BLOB_BYTES {
+            return Err(DecodeError::invalid(
+                "file size",
+                format!("{size} bytes is over the {MAX_BLOB_BYTES}-byte limit"),
+            ));
+        }
         m.finish()?;
         Ok(FileEntry { path, hash, size })
     }
@@ -473,7 +483,9 @@ impl Manifest {
 
     /// Total bytes of the package's files.
     pub fn total_size(&self) -> u64 {
-        self.files.iter().map(|f| f.size).sum()
+        self.files
+            .iter()
+            .fold(0u64, |sum, f| sum.saturating_add(f.size))
     }
 }
 

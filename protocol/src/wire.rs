@@ -191,6 +191,15 @@ impl Object for BlobResponseHeader {
             .map(|v| as_u64("blob size", v))
             .transpose()?;
         m.finish()?;
+        if let Some(size) = size.filter(|s| *s > crate::MAX_BLOB_BYTES) {
+            return Err(DecodeError::invalid(
+                "blob size",
+                format!(
+                    "{size} bytes is over the {}-byte limit",
+                    crate::MAX_BLOB_BYTES
+                ),
+            ));
+        }
         if (status == Status::Ok) != size.is_some() {
             return Err(DecodeError::invalid(
                 "blob response",

@@ -242,3 +242,39 @@ fn blob_requests_must_be_sorted_disjoint_and_bounded() {
         );
     }
 }
+
+#[test]
+fn sizes_over_the_blob_limit_are_refused_at_decode() {
+    use protocol::MAX_BLOB_BYTES;
+    use protocol::wire::{BlobResponseHeader, Status};
+    let key = SecretKey::from_seed(&[3; 32]);
+    // A file of 2^62 bytes: the signature is genuine, the claim is not acceptable.
+    let mut m = sample_manifest();
+    m.files[0].size = 1 << 62;
+    let bytes = key.sign(m.clone()).to_bytes();
+    let err = Signed::<Manifest>::from_bytes(&bytes).expect_err("a 2^62-byte file");
+    assert!(err.to_string().contains("limit"), "{err}");
+    // At the limit is fine, and the total of many such files does not overflow.
+    m.files[0].size = MAX_BLOB_BYTES;
+    m.files[1].size = MAX_BLOB_BYTES;
+    let signed = Signed::<Manifest>::from_bytes(&key.sign(m).to_bytes()).expect("at the limit");
+    assert_eq!(signed.body().total_size(), 2 * MAX_BLOB_BYTES);
+    // Snapshot weights and folder entries use the same entry.
+    let mut s = sample_snapshot();
+    s.weights[0].size = MAX_BLOB_BYTES + 1;
+    assert!(Signed::<Snapshot>::from_bytes(&key.sign(s).to_bytes()).is_err());
+    let c = Collection {
+        entries: vec![FileEntry {
+            path: "big".into(),
+            hash: BlobHash::of(b"big"),
+            size: u64::MAX,
+        }],
+    };
+    assert!(Collection::from_bytes(&c.to_bytes()).is_err());
+    // A provider claiming such a size is refused before its data is read.
+    let header = BlobResponseHeader {
+        status: Status::Ok,
+        size: Some(MAX_BLOB_BYTES + 1),
+    };
+    assert!(BlobResponseHeader::from_bytes(&header.to_bytes()).is_err());
+}

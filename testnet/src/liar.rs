@@ -7,6 +7,9 @@
 //!   catalogue, its models announced on gossip and provided in the DHT) but flips one byte in
 //!   every 64 KiB of every blob range it serves ([`Corrupt`]). A fetcher must ban it and finish
 //!   from honest peers.
+//! - [`Lie::WrongSizes`]: serves the home's blobs with their true bytes but states every blob's
+//!   size as [`SIZE_LIE`] bytes more than it is. A fetcher must not trust the figure before the
+//!   blob's last group proves it, and must not blame honest peers for disagreeing with it.
 //! - [`Lie::Compute`]: announces a signed compute offer (re-announced every second) and answers
 //!   calls on `/moxnet/infer/1`. It runs nothing: it calls the honest provider it was given
 //!   (with its own signed request and the caller's input bytes) and lies about the answer
@@ -46,6 +49,9 @@ const PRICE_PER_MFUEL: u64 = 1;
 const MAX_PRICE_PER_MFUEL: u64 = 100;
 /// How long it waits for the honest provider's answer.
 const HONEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How many bytes [`Lie::WrongSizes`] adds to every blob's size.
+pub const SIZE_LIE: u64 = 100;
 
 /// How a compute liar answers a call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,6 +95,8 @@ impl FromStr for Fault {
 pub enum Lie {
     /// Serves the home's blobs with corrupted bytes.
     CorruptBlobs,
+    /// Serves the home's blobs with their true bytes and a false size.
+    WrongSizes,
     /// Offers compute and answers calls with `fault`, copying the answers of `honest`.
     Compute {
         /// How it lies.
@@ -183,15 +191,18 @@ pub fn falsify(fault: Fault, honest: &[u8]) -> Result<(Vec<u8>, BlobHash), Decod
     }
 }
 
-/// Serves a store's blobs and catalogue the way a node does, corrupting the bytes when asked.
+/// Serves a store's blobs and catalogue the way a node does, corrupting the bytes or lying
+/// about the sizes when asked.
 struct StoreProvider {
     store: Arc<Store>,
     corrupt: bool,
+    size_lie: u64,
 }
 
 impl Provider for StoreProvider {
     fn blob_size(&self, hash: BlobHash) -> Option<u64> {
-        self.store.record(hash).ok().flatten().map(|r| r.size)
+        let size = self.store.record(hash).ok().flatten()?.size;
+        Some(size + self.size_lie)
     }
 
     fn serve(
@@ -284,6 +295,11 @@ pub async fn run(config: Config) -> Result<()> {
     let provider = Arc::new(StoreProvider {
         store: store.clone(),
         corrupt: config.lie == Lie::CorruptBlobs,
+        size_lie: if config.lie == Lie::WrongSizes {
+            SIZE_LIE
+        } else {
+            0
+        },
     });
     let net_config = NetConfig {
         seed: key.seed(),
@@ -421,7 +437,7 @@ impl Peer {
     /// Answers one inbound call.
     async fn answer(&self, from: PeerId, call: Vec<u8>, reply: InferResponder) {
         let (fault, honest) = match self.lie {
-            Lie::CorruptBlobs => {
+            Lie::CorruptBlobs | Lie::WrongSizes => {
                 let no = InferReply::error(
                     InferStatus::Refused,
                     "this node does not serve calls for peers",

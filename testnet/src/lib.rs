@@ -408,15 +408,16 @@ impl Node {
 
     /// Starts `moxnet node` listening on `listen`.
     pub fn start_on(&self, listen: &str, bootstrap: &[&str]) -> Daemon {
-        let mut args = vec![
-            "--json",
-            "node",
-            "--listen",
-            listen,
-            "--api",
-            "127.0.0.1:0",
-            "--no-mdns",
-        ];
+        self.start_listening(&[listen], bootstrap)
+    }
+
+    /// Starts `moxnet node` listening on every address of `listen` (e.g. TCP and QUIC, as the
+    /// default configuration does).
+    pub fn start_listening(&self, listen: &[&str], bootstrap: &[&str]) -> Daemon {
+        let mut args = vec!["--json", "node", "--api", "127.0.0.1:0", "--no-mdns"];
+        for l in listen {
+            args.extend(["--listen", *l]);
+        }
         for b in bootstrap {
             args.extend(["--bootstrap", *b]);
         }
@@ -441,6 +442,12 @@ impl Node {
     /// range. It announces and provides its models like a node.
     pub fn start_corrupting(&self, bootstrap: &[&str]) -> Liar {
         self.start_liar(&["corrupt-blobs"], bootstrap)
+    }
+
+    /// Starts a [`liar`] on this home that serves its blobs with true bytes and false sizes
+    /// ([`liar::Lie::WrongSizes`]).
+    pub fn start_lying_about_sizes(&self, bootstrap: &[&str]) -> Liar {
+        self.start_liar(&["wrong-sizes"], bootstrap)
     }
 
     /// Starts a [`liar`] on this home that offers compute and answers calls with `fault`, copying

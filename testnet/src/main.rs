@@ -6,6 +6,7 @@
 //! cargo build -p node -p testnet && cargo run -p testnet -- all [--nodes 6] [--mib 256]
 //! cargo run -p testnet -- fetch-many|byzantine|kill-provider|partition [--nodes N] [--mib M]
 //! cargo run -p testnet -- compute [--calls 200]
+//! cargo run -p testnet -- churn [--mib M] [--departed 2]
 //! ```
 
 use std::process::ExitCode;
@@ -27,6 +28,7 @@ fn main() -> ExitCode {
     let nodes = flag("--nodes", 6) as usize;
     let mib = flag("--mib", 256);
     let calls = flag("--calls", 200) as usize;
+    let departed = flag("--departed", 2) as usize;
     let runs: Vec<Run> = vec![
         (
             "fetch-many",
@@ -48,6 +50,18 @@ fn main() -> ExitCode {
             "compute",
             Box::new(move || scenario::compute(calls).map(|r| r.to_string())),
         ),
+        (
+            "churn",
+            Box::new(move || {
+                let report = scenario::churn(mib, departed)?;
+                anyhow::ensure!(
+                    report.ratio() <= 1.5,
+                    "departed providers slow the fetch {:.2}x (goal: at most 1.5x): {report}",
+                    report.ratio()
+                );
+                Ok(report.to_string())
+            }),
+        ),
     ];
     let selected: Vec<_> = runs
         .iter()
@@ -55,7 +69,7 @@ fn main() -> ExitCode {
         .collect();
     if selected.is_empty() {
         eprintln!(
-            "unknown scenario {which:?}; use all, fetch-many, byzantine, kill-provider, partition or compute"
+            "unknown scenario {which:?}; use all, fetch-many, byzantine, kill-provider, partition, compute or churn"
         );
         return ExitCode::from(2);
     }

@@ -249,6 +249,97 @@ pub fn kill_provider(mib: u64) -> Result<Report> {
     })
 }
 
+/// What the churn scenario measured: the same fetch from one live provider, without and with
+/// providers that left (still named by DHT records and announcements).
+#[derive(Debug, Clone)]
+pub struct ChurnReport {
+    /// Bytes fetched.
+    pub bytes: u64,
+    /// The fetch when no provider has left.
+    pub baseline: Duration,
+    /// The fetch after `departed` providers fetched the model and stopped.
+    pub churned: Duration,
+    /// Providers that left.
+    pub departed: usize,
+}
+
+impl ChurnReport {
+    /// `churned / baseline`: the goal is at most 1.5.
+    pub fn ratio(&self) -> f64 {
+        self.churned.as_secs_f64() / self.baseline.as_secs_f64().max(1e-9)
+    }
+}
+
+impl fmt::Display for ChurnReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{:<14} {} MiB  baseline {:.2} s  with {} departed providers {:.2} s  ratio {:.2}",
+            "churn",
+            self.bytes >> 20,
+            self.baseline.as_secs_f64(),
+            self.departed,
+            self.churned.as_secs_f64(),
+            self.ratio()
+        )
+    }
+}
+
+/// What the default configuration listens on, on loopback: TCP and QUIC. A QUIC address of a
+/// node that left is not refused like a closed TCP port: a dial waits for its handshake timeout.
+const LISTEN_TCP_AND_QUIC: &[&str] = &["/ip4/127.0.0.1/tcp/0", "/ip4/127.0.0.1/udp/0/quic-v1"];
+
+/// Fetches a fresh node's copy of a model from `provider`, and how long it took.
+fn timed_fetch(
+    net: &Testnet,
+    name: &str,
+    provider: &Daemon,
+    id: &str,
+) -> Result<(Duration, Daemon)> {
+    let node = net.home(name);
+    node.ok(&["init"]);
+    let daemon = node.start_listening(LISTEN_TCP_AND_QUIC, &[provider.addr()]);
+    wait_for_model(&node, id)?;
+    let start = Instant::now();
+    fetch(&node, id)?;
+    let elapsed = start.elapsed();
+    ensure!(
+        node.json(&["verify"])["ok"] == true,
+        "{} does not verify",
+        node.home.display()
+    );
+    Ok((elapsed, daemon))
+}
+
+/// Churn: one provider holds a model of `mib` MiB. Baseline: a fresh node fetches it (in a
+/// network of its own). Then, in a second network, `departed` nodes fetch it (becoming
+/// providers in the DHT and announcing it) and stop, and a fresh node fetches it again: the
+/// providers that left must not cost it much (goal: at most 1.5x the baseline).
+pub fn churn(mib: u64, departed: usize) -> Result<ChurnReport> {
+    let mut times = Vec::new();
+    for leavers in [0, departed] {
+        let net = Testnet::new()?;
+        let pkg = net.path().join("pkg");
+        package(&pkg, mib)?;
+        let a = net.home("a");
+        a.ok(&["init"]);
+        let id = a.ok(&["publish", path_str(&pkg)?]);
+        let provider = a.start_listening(LISTEN_TCP_AND_QUIC, &[]);
+        for i in 0..leavers {
+            let (_, daemon) = timed_fetch(&net, &format!("b{i}"), &provider, &id)?;
+            daemon.kill();
+        }
+        let (elapsed, _daemon) = timed_fetch(&net, "fresh", &provider, &id)?;
+        times.push(elapsed);
+    }
+    Ok(ChurnReport {
+        bytes: mib << 20,
+        baseline: times[0],
+        churned: times[1],
+        departed,
+    })
+}
+
 /// Runs `ip` with `args`, failing with its stderr.
 fn ip(args: &[&str]) -> Result<()> {
     let out = std::process::Command::new("ip")

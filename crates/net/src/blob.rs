@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::{PeerId, Stream, StreamProtocol};
@@ -16,25 +16,35 @@ use protocol::Object;
 use protocol::wire::{
     self, BlobRequest, BlobResponseHeader, MAX_BLOB_HEADER_BYTES, MAX_BLOB_REQUEST_BYTES, Status,
 };
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 
 use crate::codec::{read_frame, write_frame};
 use crate::{NetError, Provider};
 
 /// How long a peer may take to send its request, or a provider its header.
 pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long opening a stream to a peer (dialling it if needed) may take.
+pub(crate) const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a transfer may go without a byte before it counts as stalled.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(20);
 /// Chunk size between the blocking reader of the store and the stream.
 const PIPE_CHUNK: usize = 256 * 1024;
 
 /// Limits on inbound blob requests.
+///
+/// A stream holds its slot while it makes progress. When every slot is taken, a new request
+/// takes the slot of the stream that has gone longest without progress (no request read yet,
+/// or nothing written for [`ServeLimits::evict_after`]), so peers that open streams and never
+/// read cannot keep honest requesters out; a stream that writes nothing for
+/// [`IDLE_TIMEOUT`] ends anyway.
 #[derive(Debug, Clone)]
 pub struct ServeLimits {
     /// Streams served at once for one peer; more get [`Status::Busy`].
     pub per_peer: usize,
     /// Streams served at once in total.
     pub total: usize,
+    /// How long a stream may go without progress before a new request may take its slot.
+    pub evict_after: Duration,
 }
 
 impl Default for ServeLimits {
@@ -42,6 +52,7 @@ impl Default for ServeLimits {
         ServeLimits {
             per_peer: 8,
             total: 64,
+            evict_after: Duration::from_secs(2),
         }
     }
 }
@@ -50,52 +61,152 @@ pub(crate) fn protocol_id() -> StreamProtocol {
     StreamProtocol::new(wire::BLOB_PROTOCOL)
 }
 
+/// What an operator sees of the serving limits.
+#[derive(Clone, Default)]
+pub(crate) struct ServeMetrics {
+    /// Requests answered Busy.
+    busy: prometheus_client::metrics::counter::Counter,
+    /// Stalled streams ended to serve a new request.
+    evicted: prometheus_client::metrics::counter::Counter,
+}
+
+impl ServeMetrics {
+    pub(crate) fn register(registry: &mut crate::Registry) -> ServeMetrics {
+        let m = ServeMetrics::default();
+        let sub = registry.sub_registry_with_prefix("moxnet_net");
+        sub.register(
+            "blob_streams_busy",
+            "Blob requests answered Busy: the peer's share or every serving slot was taken by streams making progress",
+            m.busy.clone(),
+        );
+        sub.register(
+            "blob_streams_evicted",
+            "Blob streams ended because they made no progress while another request waited for a slot",
+            m.evicted.clone(),
+        );
+        m
+    }
+}
+
+/// One stream being served: who, when it last made progress, and how to end it.
+struct Slot {
+    peer: PeerId,
+    progress: Arc<Mutex<Instant>>,
+    task: tokio::task::AbortHandle,
+}
+
+/// The streams being served, by a serial number.
+#[derive(Default)]
+struct Slots {
+    next: u64,
+    serving: HashMap<u64, Slot>,
+}
+
+impl Slots {
+    fn of_peer(&self, peer: &PeerId) -> usize {
+        self.serving.values().filter(|s| &s.peer == peer).count()
+    }
+
+    /// Ends the stream that has gone longest without progress, if that is longer than
+    /// `after`, and frees its slot.
+    fn evict_stalest(&mut self, after: Duration) -> Option<PeerId> {
+        let now = Instant::now();
+        let (&id, _) = self
+            .serving
+            .iter()
+            .map(|(id, s)| (id, *s.progress.lock().unwrap_or_else(|p| p.into_inner())))
+            .filter(|(_, last)| now.duration_since(*last) >= after)
+            .min_by_key(|(_, last)| *last)?;
+        let slot = self.serving.remove(&id)?;
+        slot.task.abort();
+        Some(slot.peer)
+    }
+}
+
 /// Accepts inbound blob streams until the swarm goes away.
 pub(crate) async fn serve(
     mut incoming: libp2p_stream::IncomingStreams,
     provider: Arc<dyn Provider>,
     limits: ServeLimits,
+    metrics: ServeMetrics,
 ) {
-    let global = Arc::new(Semaphore::new(limits.total));
-    let per_peer: Arc<Mutex<HashMap<PeerId, usize>>> = Arc::default();
+    let slots: Arc<Mutex<Slots>> = Arc::default();
     while let Some((peer, mut stream)) = incoming.next().await {
         let admitted = {
-            let mut counts = per_peer.lock().unwrap_or_else(|p| p.into_inner());
-            let n = counts.entry(peer).or_insert(0);
-            if *n >= limits.per_peer {
+            let mut all = slots.lock().unwrap_or_else(|p| p.into_inner());
+            if all.of_peer(&peer) >= limits.per_peer {
                 false
-            } else {
-                *n += 1;
+            } else if all.serving.len() < limits.total {
                 true
+            } else if let Some(evicted) = all.evict_stalest(limits.evict_after) {
+                metrics.evicted.inc();
+                tracing::debug!(%evicted, for_peer = %peer, "ended a stalled blob stream to serve another");
+                true
+            } else {
+                false
             }
         };
-        let permit = if admitted {
-            global.clone().try_acquire_owned().ok()
-        } else {
-            None
-        };
-        let per_peer = per_peer.clone();
+        if !admitted {
+            metrics.busy.inc();
+            tracing::debug!(%peer, "blob request refused: busy");
+            tokio::spawn(async move {
+                let busy = async {
+                    answer(&mut stream, Status::Busy, None).await?;
+                    stream.close().await
+                };
+                if let Ok(Err(e)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, busy).await {
+                    tracing::debug!(%peer, "answering busy: {e}");
+                }
+            });
+            continue;
+        }
+        let progress = Arc::new(Mutex::new(Instant::now()));
         let provider = provider.clone();
-        tokio::spawn(async move {
-            match permit {
-                None => {
-                    let _ = answer(&mut stream, Status::Busy, None).await;
+        let (start, started) = tokio::sync::oneshot::channel::<u64>();
+        let task = {
+            let progress = progress.clone();
+            let slots = slots.clone();
+            tokio::spawn(async move {
+                // The slot is registered before the work starts, and freed when it ends.
+                let Ok(id) = started.await else { return };
+                let _free = FreeSlot { slots, id };
+                if let Err(e) = serve_one(&mut stream, provider, &progress).await {
+                    tracing::debug!(%peer, "serving a blob stream: {e}");
                 }
-                Some(_permit) => {
-                    let _ = serve_one(&mut stream, provider).await;
-                }
-            }
-            let _ = stream.close().await;
-            if admitted {
-                let mut counts = per_peer.lock().unwrap_or_else(|p| p.into_inner());
-                if let Some(n) = counts.get_mut(&peer) {
-                    *n -= 1;
-                    if *n == 0 {
-                        counts.remove(&peer);
-                    }
-                }
-            }
-        });
+                let _ = stream.close().await;
+            })
+        };
+        let id = {
+            let mut all = slots.lock().unwrap_or_else(|p| p.into_inner());
+            let id = all.next;
+            all.next += 1;
+            all.serving.insert(
+                id,
+                Slot {
+                    peer,
+                    progress,
+                    task: task.abort_handle(),
+                },
+            );
+            id
+        };
+        let _ = start.send(id);
+    }
+}
+
+/// Frees a stream's slot when its task ends (or is aborted).
+struct FreeSlot {
+    slots: Arc<Mutex<Slots>>,
+    id: u64,
+}
+
+impl Drop for FreeSlot {
+    fn drop(&mut self) {
+        self.slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .serving
+            .remove(&self.id);
     }
 }
 
@@ -103,13 +214,19 @@ async fn answer(stream: &mut Stream, status: Status, size: Option<u64>) -> io::R
     write_frame(stream, &BlobResponseHeader { status, size }.to_bytes()).await
 }
 
-async fn serve_one(stream: &mut Stream, provider: Arc<dyn Provider>) -> io::Result<()> {
+async fn serve_one(
+    stream: &mut Stream,
+    provider: Arc<dyn Provider>,
+    progress: &Mutex<Instant>,
+) -> io::Result<()> {
+    let touch = || *progress.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
     let frame = tokio::time::timeout(
         HANDSHAKE_TIMEOUT,
         read_frame(stream, MAX_BLOB_REQUEST_BYTES),
     )
     .await
     .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no request"))??;
+    touch();
     let Ok(request) = BlobRequest::from_bytes(&frame) else {
         return answer(stream, Status::BadRequest, None).await;
     };
@@ -139,7 +256,12 @@ async fn serve_one(stream: &mut Stream, provider: Arc<dyn Provider>) -> io::Resu
         pipe.flush()
     });
     while let Some(chunk) = rx.recv().await {
-        stream.write_all(&chunk).await?;
+        // A requester that stops reading stalls the write; it ends after IDLE_TIMEOUT (or
+        // sooner, when its slot is taken by a new request).
+        tokio::time::timeout(IDLE_TIMEOUT, stream.write_all(&chunk))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "requester stopped reading"))??;
+        touch();
     }
     // A failure while reading the local copy (it may be corrupt) ends the stream early; the
     // requester sees a short response and retries elsewhere.
@@ -229,9 +351,10 @@ pub(crate) async fn request(
     request: &BlobRequest,
 ) -> Result<BlobResponse, NetError> {
     let unavailable = |reason: String| NetError::Unavailable { peer, reason };
-    let mut stream = control
-        .open_stream(peer, protocol_id())
+    // A peer that left may still be named by DHT records: give up on it quickly.
+    let mut stream = tokio::time::timeout(DIAL_TIMEOUT, control.open_stream(peer, protocol_id()))
         .await
+        .map_err(|_| unavailable(format!("not reachable within {} s", DIAL_TIMEOUT.as_secs())))?
         .map_err(|e| unavailable(e.to_string()))?;
     write_frame(&mut stream, &request.to_bytes())
         .await

@@ -248,7 +248,8 @@ pub async fn spawn(
 
 /// Like [`spawn`], registering the network's metrics in `registry`: libp2p's own
 /// (`libp2p_*`: connections, bandwidth per protocol stack, Kademlia, gossipsub, identify, ping)
-/// and moxnet's (`moxnet_net_events_dropped_total`).
+/// and moxnet's (`moxnet_net_events_dropped_total`, `moxnet_net_blob_streams_busy_total`,
+/// `moxnet_net_blob_streams_evicted_total`).
 pub async fn spawn_with_metrics(
     config: NetConfig,
     provider: Arc<dyn Provider>,
@@ -269,7 +270,13 @@ pub async fn spawn_with_metrics(
     let (events_tx, events_rx) = mpsc::channel(1024);
     let event_loop = EventLoop::new(swarm, commands_rx, events_tx, provider.clone(), registry)?;
     tokio::spawn(event_loop.run());
-    tokio::spawn(blob::serve(incoming, provider, config.serve.clone()));
+    let blob_metrics = blob::ServeMetrics::register(registry);
+    tokio::spawn(blob::serve(
+        incoming,
+        provider,
+        config.serve.clone(),
+        blob_metrics,
+    ));
     let client = Client {
         peer_id,
         commands: commands_tx,
@@ -339,10 +346,27 @@ impl Client {
         self.call(|reply| Command::Provide { hash, reply }).await?
     }
 
-    /// Peers that the DHT says provide `hash`.
-    pub async fn find_providers(&self, hash: BlobHash) -> Result<Vec<PeerId>, NetError> {
-        self.call(|reply| Command::FindProviders { hash, reply })
+    /// Peers that the DHT says provide `hash`, as they are found: each comes once, the channel
+    /// closes when the query ends, and dropping the receiver ends the query. At most 64 wait
+    /// unread; more are dropped.
+    pub async fn providers(&self, hash: BlobHash) -> Result<mpsc::Receiver<PeerId>, NetError> {
+        let (found, rx) = mpsc::channel(64);
+        self.commands
+            .send(Command::FindProviders { hash, found })
             .await
+            .map_err(|_| NetError::Shutdown)?;
+        Ok(rx)
+    }
+
+    /// Peers that the DHT says provide `hash`, once the whole query has ended (which waits on
+    /// every peer it asks; see [`Client::providers`] to start on the first one found).
+    pub async fn find_providers(&self, hash: BlobHash) -> Result<Vec<PeerId>, NetError> {
+        let mut found = self.providers(hash).await?;
+        let mut all = Vec::new();
+        while let Some(peer) = found.recv().await {
+            all.push(peer);
+        }
+        Ok(all)
     }
 
     /// Publishes a signed manifest envelope on the announcement topic.

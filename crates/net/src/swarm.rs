@@ -61,10 +61,11 @@ pub(crate) enum Command {
         hash: BlobHash,
         reply: oneshot::Sender<Result<(), NetError>>,
     },
-    /// Find providers of a blob in the DHT.
+    /// Find providers of a blob in the DHT; each is sent as soon as it is found, and the
+    /// channel closes when the query ends.
     FindProviders {
         hash: BlobHash,
-        reply: oneshot::Sender<Vec<PeerId>>,
+        found: mpsc::Sender<PeerId>,
     },
     /// Publish a signed manifest on the announcement topic.
     Announce {
@@ -114,7 +115,7 @@ pub(crate) struct EventLoop {
     infer_answers_tx: mpsc::Sender<Answer>,
     pending_dial: HashMap<PeerId, Vec<oneshot::Sender<Result<(), NetError>>>>,
     pending_provide: HashMap<kad::QueryId, oneshot::Sender<Result<(), NetError>>>,
-    pending_providers: HashMap<kad::QueryId, (HashSet<PeerId>, oneshot::Sender<Vec<PeerId>>)>,
+    pending_providers: HashMap<kad::QueryId, (HashSet<PeerId>, mpsc::Sender<PeerId>)>,
     pending_catalog: HashMap<request_response::OutboundRequestId, CatalogReply>,
     pending_infer: HashMap<request_response::OutboundRequestId, InferReply>,
     synced: HashSet<PeerId>,
@@ -157,6 +158,10 @@ pub(crate) fn build_swarm(
             let peer_id = key.public().to_peer_id();
             let mut kad_config = kad::Config::new(StreamProtocol::new(wire::KAD_PROTOCOL));
             kad_config.set_query_timeout(Duration::from_secs(30));
+            // Records of a provider that left expire in 2 h instead of libp2p's 48 h; a live
+            // provider republishes hourly.
+            kad_config.set_provider_record_ttl(Some(Duration::from_secs(2 * 3600)));
+            kad_config.set_provider_publication_interval(Some(Duration::from_secs(3600)));
             let mut kad =
                 kad::Behaviour::with_config(peer_id, MemoryStore::new(peer_id), kad_config);
             kad.set_mode(Some(kad::Mode::Server));
@@ -357,10 +362,10 @@ impl EventLoop {
                     }
                 }
             }
-            Command::FindProviders { hash, reply } => {
+            Command::FindProviders { hash, found } => {
                 let key = kad::RecordKey::new(hash.as_bytes());
                 let id = self.swarm.behaviour_mut().kad.get_providers(key);
-                self.pending_providers.insert(id, (HashSet::new(), reply));
+                self.pending_providers.insert(id, (HashSet::new(), found));
             }
             Command::Announce { envelope, reply } => {
                 let topic = self.topic.clone();
@@ -585,17 +590,29 @@ impl EventLoop {
                         }
                     }
                     kad::QueryResult::GetProviders(result) => {
-                        if let Some((found, _)) = self.pending_providers.get_mut(&id)
+                        let local = *self.swarm.local_peer_id();
+                        let mut gone = false;
+                        if let Some((seen, found)) = self.pending_providers.get_mut(&id)
                             && let Ok(kad::GetProvidersOk::FoundProviders { providers, .. }) =
                                 &result
                         {
-                            found.extend(providers.iter().copied());
+                            // Each provider goes out as soon as it is known: a fetch starts on
+                            // the first live one instead of waiting for the whole query (whose
+                            // end waits on peers that left).
+                            for p in providers {
+                                if *p != local && seen.insert(*p) && found.try_send(*p).is_err() {
+                                    gone = found.is_closed();
+                                }
+                            }
                         }
-                        if step.last
-                            && let Some((found, reply)) = self.pending_providers.remove(&id)
-                        {
-                            let local = *self.swarm.local_peer_id();
-                            let _ = reply.send(found.into_iter().filter(|p| *p != local).collect());
+                        if step.last {
+                            self.pending_providers.remove(&id);
+                        } else if gone {
+                            // Nobody listens any more: end the query.
+                            self.pending_providers.remove(&id);
+                            if let Some(mut query) = self.swarm.behaviour_mut().kad.query_mut(&id) {
+                                query.finish();
+                            }
                         }
                     }
                     _ => {}

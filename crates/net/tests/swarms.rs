@@ -86,7 +86,20 @@ async fn node(seed: u8, corrupt_at: Option<usize>) -> TestNode {
     node_on(seed, corrupt_at, "/ip4/127.0.0.1/tcp/0").await
 }
 
+async fn node_with(seed: u8, serve: net::ServeLimits) -> TestNode {
+    node_config(seed, None, "/ip4/127.0.0.1/tcp/0", serve).await
+}
+
 async fn node_on(seed: u8, corrupt_at: Option<usize>, listen: &str) -> TestNode {
+    node_config(seed, corrupt_at, listen, net::ServeLimits::default()).await
+}
+
+async fn node_config(
+    seed: u8,
+    corrupt_at: Option<usize>,
+    listen: &str,
+    serve: net::ServeLimits,
+) -> TestNode {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Arc::new(Store::open(dir.path()).expect("store"));
     let provider = Arc::new(StoreProvider {
@@ -97,6 +110,7 @@ async fn node_on(seed: u8, corrupt_at: Option<usize>, listen: &str) -> TestNode 
     let config = NetConfig {
         seed: [seed; 32],
         listen: vec![listen.parse().expect("addr")],
+        serve,
         ..NetConfig::default()
     };
     let (client, mut events) = net::spawn(config, provider.clone()).await.expect("spawn");
@@ -143,7 +157,17 @@ async fn fetch(
     hash: BlobHash,
     size: u64,
 ) -> Result<(), IngestError> {
-    let groups = vec![(0, store::groups(size))];
+    fetch_groups(into, peer, hash, size, vec![(0, store::groups(size))]).await
+}
+
+/// Fetches `groups` of `hash` from `peer` into `into`'s store.
+async fn fetch_groups(
+    into: &TestNode,
+    peer: PeerId,
+    hash: BlobHash,
+    size: u64,
+    groups: Vec<(u64, u64)>,
+) -> Result<(), IngestError> {
     let response = into
         .client
         .request_blob(
@@ -265,7 +289,19 @@ async fn bad_bytes_from_a_byzantine_provider_never_reach_the_store() {
         .await
         .expect("dial honest");
 
-    let err = fetch(&victim, evil.client.peer_id(), hash, data.len() as u64)
+    // The size first, proven by one peer's last group (as the node's fetcher does).
+    let size = data.len() as u64;
+    let last = store::groups(size) - 1;
+    fetch_groups(
+        &victim,
+        honest.client.peer_id(),
+        hash,
+        size,
+        vec![(last, last + 1)],
+    )
+    .await
+    .expect("the last group proves the size");
+    let err = fetch(&victim, evil.client.peer_id(), hash, size)
         .await
         .expect_err("corrupt data must be rejected");
     let IngestError::PeerMisbehaved { outcome, .. } = err else {
@@ -294,7 +330,6 @@ async fn bad_bytes_from_a_byzantine_provider_never_reach_the_store() {
         .expect("request");
     let reader = response.into_blocking_reader(tokio::runtime::Handle::current());
     let st = victim.provider.store.clone();
-    let size = data.len() as u64;
     let outcome = tokio::task::spawn_blocking(move || {
         st.ingest(hash, size, &store::chunk_ranges(&groups), reader)
     })
@@ -496,4 +531,71 @@ async fn gossip_is_forwarded_only_after_it_verifies() {
         check(&event);
     }
     republish.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_that_never_read_cannot_keep_an_honest_requester_out() {
+    let limits = net::ServeLimits {
+        evict_after: Duration::from_millis(300),
+        ..net::ServeLimits::default()
+    };
+    let a = node_with(60, limits.clone()).await;
+    let data = blob(4 << 20, 5);
+    let hash = a
+        .provider
+        .store
+        .import_bytes(&data, "raw", vec![])
+        .expect("import")
+        .hash;
+    let size = data.len() as u64;
+    let whole = BlobRequest {
+        hash,
+        groups: vec![(0, store::groups(size))],
+    };
+    // Fresh peer ids, each opening as many streams as a peer may and never reading them: every
+    // one of the provider's slots is held.
+    let mut attackers = Vec::new();
+    let mut held = Vec::new();
+    for i in 0..limits.total / limits.per_peer {
+        let attacker = node_with(61 + i as u8, limits.clone()).await;
+        attacker.client.dial(a.addr.clone()).await.expect("dial");
+        for _ in 0..limits.per_peer {
+            match attacker
+                .client
+                .request_blob(a.client.peer_id(), &whole)
+                .await
+            {
+                Ok(response) => held.push(response),
+                Err(e) => panic!("the provider refused an attacker with free slots: {e}"),
+            }
+        }
+        attackers.push(attacker);
+    }
+    assert_eq!(held.len(), limits.total);
+
+    // An honest peer asks, as a fetcher would: Busy means try again shortly.
+    let honest = node_with(90, limits).await;
+    honest.client.dial(a.addr.clone()).await.expect("dial");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let mut busy = 0;
+    let response = loop {
+        match honest.client.request_blob(a.client.peer_id(), &whole).await {
+            Ok(r) => break r,
+            Err(net::NetError::Busy { .. }) if tokio::time::Instant::now() < deadline => {
+                busy += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("honest request never served ({busy} busy answers): {e}"),
+        }
+    };
+    let reader = response.into_blocking_reader(tokio::runtime::Handle::current());
+    let st = honest.provider.store.clone();
+    let outcome = tokio::task::spawn_blocking(move || {
+        st.ingest(hash, size, &store::chunk_ranges(&whole.groups), reader)
+    })
+    .await
+    .expect("join")
+    .expect("honest ingest");
+    assert!(outcome.complete);
+    drop(held);
 }

@@ -259,6 +259,12 @@ impl Store {
         &self.root
     }
 
+    /// Bytes this user may still write on the store's filesystem.
+    pub fn available_bytes(&self) -> Result<u64> {
+        fs2::available_space(&self.root)
+            .ctx(|| format!("reading the free space of {}", self.root.display()))
+    }
+
     pub(crate) fn commit_lock(&self) -> std::sync::MutexGuard<'_, ()> {
         self.commit
             .lock()

@@ -51,6 +51,16 @@ pub enum IngestError {
         /// What was kept.
         outcome: IngestOutcome,
     },
+    /// The blob's size is not proven yet, so nothing was received: the first ingest of a blob
+    /// must include its last group, whose proof commits to the size (BLAKE3's tree shape and
+    /// the last chunk's length).
+    #[error(
+        "the size of blob {hash} is not proven yet: the first range received must include its last group"
+    )]
+    SizeUnproven {
+        /// The blob.
+        hash: BlobHash,
+    },
     /// A local failure (disk, index).
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -109,6 +119,13 @@ impl Store {
     /// untrusted source. Each 16 KiB group is verified against `hash` before it is written;
     /// verified groups are fsynced and recorded, so a restart resumes without re-downloading
     /// them. When the last group arrives the blob becomes complete and visible.
+    ///
+    /// `size` is the source's claim, and it is proven before anything is recorded: the first
+    /// ingest of a blob must include the last group ([`IngestError::SizeUnproven`] otherwise),
+    /// and nothing is recorded unless that group verifies. Once a blob is being received its
+    /// size is proven, so a later source that claims another size is
+    /// [`IngestError::PeerMisbehaved`]. A size over [`protocol::MAX_BLOB_BYTES`] is refused
+    /// before anything is allocated.
     pub fn ingest(
         &self,
         hash: BlobHash,
@@ -125,16 +142,37 @@ impl Store {
                 complete: true,
             });
         }
-        let mut record = match self.partial(hash)? {
-            Some(r) if r.size == size => r,
+        let misbehaved = |reason: String, groups_present| IngestError::PeerMisbehaved {
+            hash,
+            reason,
+            outcome: IngestOutcome {
+                groups_written: 0,
+                groups_present,
+                groups_total: total,
+                complete: false,
+            },
+        };
+        if size > protocol::MAX_BLOB_BYTES {
+            return Err(misbehaved(
+                format!(
+                    "claims {size} bytes, over the {}-byte limit",
+                    protocol::MAX_BLOB_BYTES
+                ),
+                0,
+            ));
+        }
+        let last = ChunkNum((total - 1) * (CHUNK_GROUP_BYTES / 1024));
+        let (mut record, proven) = match self.partial(hash)? {
+            Some(r) if r.size == size => (r, true),
             Some(r) => {
-                return Err(StoreError::Invalid(format!(
-                    "blob {hash} is being received as {} bytes, not {size}",
-                    r.size
-                ))
-                .into());
+                let present = r.count();
+                return Err(misbehaved(
+                    format!("claims {size} bytes; its proven size is {}", r.size),
+                    present,
+                ));
             }
-            None => PartialRecord::new(size),
+            None if !ranges.contains(&last) => return Err(IngestError::SizeUnproven { hash }),
+            None => (PartialRecord::new(size), false),
         };
         let (data_path, ob_path) = self.partial_paths(&hash);
         let open = |p: &std::path::Path| {
@@ -189,6 +227,7 @@ impl Store {
         // Concurrent ingests of one blob (several peers at once) merge their groups into the
         // record under a lock; whoever adds the last group completes the blob.
         let _guard = self.partial_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let size_proven = proven || newly.contains(&(total - 1));
         let complete = if self.has(hash)? {
             record = PartialRecord::new(size);
             for g in 0..total {
@@ -198,7 +237,15 @@ impl Store {
         } else {
             let mut current = match self.partial(hash)? {
                 Some(r) if r.size == size => r,
-                _ => PartialRecord::new(size),
+                // Another ingest proved a different size meanwhile: this source lied.
+                Some(r) => {
+                    let present = r.count();
+                    return Err(misbehaved(
+                        format!("claims {size} bytes; its proven size is {}", r.size),
+                        present,
+                    ));
+                }
+                None => PartialRecord::new(size),
             };
             for g in &newly {
                 current.set(*g);
@@ -207,6 +254,13 @@ impl Store {
             if record.is_complete() {
                 self.complete_partial(hash, &record, data, outboard.data)?;
                 true
+            } else if !size_proven {
+                // The last group did not verify: the claimed size is unproven, so nothing is
+                // recorded (the next source starts again from its last group).
+                newly.clear();
+                record = PartialRecord::new(size);
+                written = 0;
+                false
             } else {
                 self.partial
                     .insert(hash.as_bytes(), record.encode())

@@ -116,6 +116,11 @@ fn corrupted_group_from_untrusted_source_is_rejected_and_not_written() {
 
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Store::open(dir.path()).expect("open");
+    // The last group first: it proves the size.
+    let last = ChunkRanges::from(ChunkNum(20 * 16)..);
+    store
+        .ingest(hash, data.len() as u64, &last, &encode(&data, &last)[..])
+        .expect("the last group proves the size");
     let err = store
         .ingest(hash, data.len() as u64, &ChunkRanges::all(), &encoded[..])
         .expect_err("corrupt group must be rejected");
@@ -123,8 +128,9 @@ fn corrupted_group_from_untrusted_source_is_rejected_and_not_written() {
         panic!("expected PeerMisbehaved, got {err:?}");
     };
     assert_eq!(
-        outcome.groups_present, bad_group,
-        "groups before the bad one are kept"
+        outcome.groups_present,
+        bad_group + 1,
+        "groups before the bad one are kept (and the last one)"
     );
     assert!(!store.has(hash).expect("has"));
     let partial = store.partial(hash).expect("partial").expect("record");
@@ -144,7 +150,7 @@ fn corrupted_group_from_untrusted_source_is_rejected_and_not_written() {
     let missing = store.missing(hash, data.len() as u64).expect("missing");
     assert_eq!(
         missing,
-        ChunkRanges::from(ChunkNum(bad_group * 16)..),
+        ChunkRanges::from(ChunkNum(bad_group * 16)..ChunkNum(20 * 16)),
         "resume asks only for what is missing"
     );
     let honest = encode(&data, &missing);
@@ -152,11 +158,72 @@ fn corrupted_group_from_untrusted_source_is_rejected_and_not_written() {
         .ingest(hash, data.len() as u64, &missing, &honest[..])
         .expect("honest ingest");
     assert!(outcome.complete);
-    assert_eq!(outcome.groups_written, 21 - bad_group);
+    assert_eq!(outcome.groups_written, 20 - bad_group);
     let mut out = Vec::new();
     store.read_to(hash, &mut out).expect("read");
     assert_eq!(out, data);
     assert!(store.verify(None).expect("verify").is_ok());
+}
+
+#[test]
+fn a_claimed_size_is_proven_before_anything_is_recorded() {
+    // 300,000 and 299,000 bytes give BLAKE3 trees of the same shape: a proof of the first
+    // groups verifies under either size. Only the last group tells them apart.
+    let data = pseudo_random(300_000, 9);
+    let size = data.len() as u64;
+    let lie = 299_000u64;
+    assert_eq!(store::groups(size), store::groups(lie));
+    let hash = BlobHash::of(&data);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path()).expect("open");
+
+    // The first groups alone prove nothing: refused before anything is written.
+    let first = ChunkRanges::from(..ChunkNum(16));
+    let err = store
+        .ingest(hash, lie, &first, &encode(&data, &first)[..])
+        .expect_err("unproven size");
+    assert!(matches!(err, IngestError::SizeUnproven { .. }), "{err:?}");
+    assert!(store.partial(hash).expect("partial").is_none());
+
+    // The whole blob under the wrong size: every group but the last verifies, the last does
+    // not, and nothing is recorded, so the blob is not stuck at the wrong size.
+    let err = store
+        .ingest(
+            hash,
+            lie,
+            &ChunkRanges::all(),
+            &encode(&data, &ChunkRanges::all())[..],
+        )
+        .expect_err("the last group refutes the size");
+    assert!(matches!(err, IngestError::PeerMisbehaved { .. }), "{err:?}");
+    assert!(store.partial(hash).expect("partial").is_none());
+
+    // An absurd size is refused before a bitmap for it is allocated.
+    let err = store
+        .ingest(hash, 1 << 62, &ChunkRanges::all(), &[][..])
+        .expect_err("absurd size");
+    assert!(err.to_string().contains("limit"), "{err}");
+
+    // The true size, proven by the last group; after that, any other claim is a lie.
+    let last = ChunkRanges::from(ChunkNum((store::groups(size) - 1) * 16)..);
+    store
+        .ingest(hash, size, &last, &encode(&data, &last)[..])
+        .expect("honest last group");
+    let err = store
+        .ingest(hash, lie, &first, &encode(&data, &first)[..])
+        .expect_err("a different size after the proof");
+    assert!(
+        matches!(&err, IngestError::PeerMisbehaved { reason, .. } if reason.contains("proven size")),
+        "{err:?}"
+    );
+    let rest = store.missing(hash, size).expect("missing");
+    let outcome = store
+        .ingest(hash, size, &rest, &encode(&data, &rest)[..])
+        .expect("honest rest");
+    assert!(outcome.complete);
+    let mut out = Vec::new();
+    store.read_to(hash, &mut out).expect("read");
+    assert_eq!(out, data);
 }
 
 #[test]

@@ -5,6 +5,7 @@
 //!
 //! ```text
 //! liar corrupt-blobs --home DIR [--listen MULTIADDR] [--bootstrap MULTIADDR]...
+//! liar wrong-sizes --home DIR [--listen MULTIADDR] [--bootstrap MULTIADDR]...
 //! liar compute --home DIR --fault wrong-output|bad-hash|silent --honest PEER_ID \
 //!     [--listen MULTIADDR] [--bootstrap MULTIADDR]...
 //! ```
@@ -27,6 +28,11 @@ struct Cli {
 enum Mode {
     /// Serve the home's blobs, flipping one byte in every 64 KiB of every range served.
     CorruptBlobs {
+        #[command(flatten)]
+        peer: PeerArgs,
+    },
+    /// Serve the home's blobs with their true bytes but every size stated 100 bytes too large.
+    WrongSizes {
         #[command(flatten)]
         peer: PeerArgs,
     },
@@ -60,6 +66,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let (peer, lie) = match cli.mode {
         Mode::CorruptBlobs { peer } => (peer, Lie::CorruptBlobs),
+        Mode::WrongSizes { peer } => (peer, Lie::WrongSizes),
         Mode::Compute {
             peer,
             fault,
