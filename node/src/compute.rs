@@ -74,7 +74,8 @@ impl Compute {
             slots: CallerSlots::new(config.per_peer_concurrent),
             config,
             offers: Mutex::new(Offers::default()),
-            nonces: Mutex::new(Nonces::default()),
+            // Requests from before this start are refused: the nonces of the last run are gone.
+            nonces: Mutex::new(Nonces::since(now_ms())),
         }
     }
 

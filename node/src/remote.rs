@@ -510,7 +510,11 @@ impl Remote {
                 self.first_answer(others, model, &input, max_price)
             );
             let (a, b) = (a?, b?);
-            if a.result.body().output_hash != b.result.body().output_hash {
+            let (ra, rb) = (a.result.body(), b.result.body());
+            // Fuel is deterministic for one engine: two honest providers that ran the graph the
+            // same way report the same fuel, so a difference means one inflates it.
+            let fuel_differs = ra.backend == rb.backend && ra.fuel != rb.fuel;
+            if ra.output_hash != rb.output_hash || fuel_differs {
                 let evidence = |x: &Answer| {
                     json!({
                         "provider": x.peer.to_string(),
@@ -519,16 +523,18 @@ impl Remote {
                         "result": hex::encode(x.result.to_bytes()),
                     })
                 };
-                let mut e = CallError::new(
-                    502,
+                let message = if ra.output_hash != rb.output_hash {
                     format!(
                         "providers disagree: {} returned outputs {}, {} returned {}",
-                        a.peer,
-                        a.result.body().output_hash,
-                        b.peer,
-                        b.result.body().output_hash
-                    ),
-                );
+                        a.peer, ra.output_hash, b.peer, rb.output_hash
+                    )
+                } else {
+                    format!(
+                        "providers disagree on the fuel of the same outputs: {} reported {}, {} reported {} (fuel is deterministic: one of them inflates it)",
+                        a.peer, ra.fuel, b.peer, rb.fuel
+                    )
+                };
+                let mut e = CallError::new(502, message);
                 e.details = Some(json!({ "results": [evidence(&a), evidence(&b)] }));
                 return Err(e);
             }

@@ -63,11 +63,19 @@ pub enum Fault {
     BadHash,
     /// Never answers (holds the call open): the caller times out.
     Silent,
+    /// Sends the true outputs but signs twice the fuel they took: only comparing two providers
+    /// (`--verify`) catches it, since fuel is deterministic.
+    InflatedFuel,
 }
 
 impl Fault {
     /// Every fault, in the order of its name in [`Fault::name`].
-    pub const ALL: [Fault; 3] = [Fault::WrongOutput, Fault::BadHash, Fault::Silent];
+    pub const ALL: [Fault; 4] = [
+        Fault::WrongOutput,
+        Fault::BadHash,
+        Fault::Silent,
+        Fault::InflatedFuel,
+    ];
 
     /// Its name on the command line.
     pub fn name(self) -> &'static str {
@@ -75,6 +83,7 @@ impl Fault {
             Fault::WrongOutput => "wrong-output",
             Fault::BadHash => "bad-hash",
             Fault::Silent => "silent",
+            Fault::InflatedFuel => "inflated-fuel",
         }
     }
 }
@@ -187,7 +196,7 @@ pub fn falsify(fault: Fault, honest: &[u8]) -> Result<(Vec<u8>, BlobHash), Decod
             bytes.push(0);
             Ok((bytes, hash))
         }
-        Fault::Silent => Ok((honest.to_vec(), BlobHash::of(honest))),
+        Fault::Silent | Fault::InflatedFuel => Ok((honest.to_vec(), BlobHash::of(honest))),
     }
 }
 
@@ -534,7 +543,11 @@ impl Peer {
             request: BlobHash::of(&call.request),
             model: r.model,
             output_hash,
-            fuel: result.body().fuel,
+            fuel: if fault == Fault::InflatedFuel {
+                result.body().fuel.saturating_mul(2).max(1)
+            } else {
+                result.body().fuel
+            },
             price_per_mfuel: PRICE_PER_MFUEL,
             backend: result.body().backend.clone(),
         });

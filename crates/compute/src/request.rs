@@ -68,6 +68,13 @@ pub enum RequestError {
     /// The request's nonce was used already: refuse (a provider runs a request at most once).
     #[error("replayed request: this nonce was used already")]
     Replayed,
+    /// The request was made before this provider (re)started, so its nonce may have been used
+    /// in the previous run: refuse (a caller makes a fresh request).
+    #[error("the request was made {early_ms} ms before this provider started; make a new one")]
+    BeforeStart {
+        /// How long before the start, ms.
+        early_ms: u64,
+    },
 }
 
 impl RequestError {
@@ -81,7 +88,8 @@ impl RequestError {
             | RequestError::NotServing
             | RequestError::Underpriced { .. }
             | RequestError::Stale { .. }
-            | RequestError::Replayed => InferStatus::Refused,
+            | RequestError::Replayed
+            | RequestError::BeforeStart { .. } => InferStatus::Refused,
         }
     }
 }

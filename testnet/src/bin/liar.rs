@@ -6,7 +6,7 @@
 //! ```text
 //! liar corrupt-blobs --home DIR [--listen MULTIADDR] [--bootstrap MULTIADDR]...
 //! liar wrong-sizes --home DIR [--listen MULTIADDR] [--bootstrap MULTIADDR]...
-//! liar compute --home DIR --fault wrong-output|bad-hash|silent --honest PEER_ID \
+//! liar compute --home DIR --fault wrong-output|bad-hash|silent|inflated-fuel --honest PEER_ID \
 //!     [--listen MULTIADDR] [--bootstrap MULTIADDR]...
 //! ```
 
@@ -40,7 +40,7 @@ enum Mode {
     Compute {
         #[command(flatten)]
         peer: PeerArgs,
-        /// How to lie: wrong-output, bad-hash or silent.
+        /// How to lie: wrong-output, bad-hash, silent or inflated-fuel.
         #[arg(long)]
         fault: Fault,
         /// The honest provider (peer id) whose answers are copied.

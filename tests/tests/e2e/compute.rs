@@ -128,6 +128,40 @@ fn a_model_published_on_a_is_served_by_b_and_called_from_c() {
     let refused = c.fails(&["call", &id, "--input", r#"{"mode": ["echo"]}"#, "--verify"]);
     assert!(refused.contains("disagree"), "{refused}");
 
+    // A provider that sends true outputs but charges for twice the fuel is caught by --verify
+    // too: fuel is deterministic, so two honest providers report the same.
+    drop(liar_node);
+    let greedy = init(&net, "greedy", "");
+    let greedy_node = greedy.start_cheating(
+        Fault::InflatedFuel,
+        &b_node.peer_id,
+        &[a_node.addr(), b_node.addr()],
+    );
+    wait_for_offers(&c_node, &[&b_node.peer_id, &greedy_node.peer_id]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (status, inflated) = loop {
+        let (status, v) = http(
+            &c_node.api,
+            "POST",
+            &format!("{infer}?verify=true"),
+            Some(&mode("echo")),
+        );
+        // Until the liar that left is forgotten, the second opinion may still go to it.
+        if v["error"].as_str().unwrap_or("").contains("fuel") || Instant::now() > deadline {
+            break (status, v);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(status, 502, "{inflated}");
+    assert!(
+        inflated["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("inflates"),
+        "{inflated}"
+    );
+    drop(greedy_node);
+
     // A provider whose outputs do not match its signed hash is caught on any call.
     let cheat = init(&net, "cheat", "");
     let cheat_node = cheat.start_cheating(
@@ -160,7 +194,7 @@ fn a_model_published_on_a_is_served_by_b_and_called_from_c() {
     );
 
     // A silent provider times out; calls keep going to the honest one.
-    drop((cheat_node, liar_node));
+    drop(cheat_node);
     let mute = init(&net, "mute", "");
     let mute_node = mute.start_cheating(Fault::Silent, &b_node.peer_id, &[a_node.addr()]);
     wait_for_offers(&c_node, &[&b_node.peer_id, &mute_node.peer_id]);
