@@ -117,8 +117,11 @@ pub enum Command {
         /// Blob hash.
         hash: String,
     },
-    /// Delete every blob that no pin reaches.
+    /// Delete every blob that no pin reaches, and partial blobs abandoned for a day.
     Gc,
+    /// Adopt blob files the store's index does not name (after the index was lost): those
+    /// whose bytes match their name are indexed again and pinned, the others removed.
+    Reindex,
     /// Re-hash stored blobs and report any corrupt or missing one (exit status 1 if any).
     Verify {
         /// Only this blob.

@@ -254,6 +254,10 @@ fn store_command(target: &Target, command: Command, json: bool) -> Result<ExitCo
             json,
             &target.run(|a| a.bodyless("POST", "/api/v1/gc"), ops::gc)?,
         )?,
+        Command::Reindex => show(
+            json,
+            &target.run(|a| a.bodyless("POST", "/api/v1/reindex"), ops::reindex)?,
+        )?,
         Command::Verify { hash } => {
             let only = hash.as_deref().map(parse_hash).transpose()?;
             let request = VerifyRequest {

@@ -204,8 +204,19 @@ impl Fetcher {
 
     async fn fetch_all(&self, id: BlobHash, progress: &Shared) -> Result<()> {
         lock(progress).state = FetchState::Running;
-        self.fetch_blob(id, None, id, progress).await?;
         let store = self.store.clone();
+        // The root is pinned as soon as it is here, before any child arrives: a gc while the
+        // fetch runs must take neither it nor the children it links (its links are recorded
+        // below, before the children are fetched). A fetch that fails leaves what it brought
+        // pinned. A gc may still take the root between its arrival and the pin: fetch it again.
+        for attempt in 0.. {
+            self.fetch_blob(id, None, id, progress).await?;
+            match store.pin(id) {
+                Ok(()) => break,
+                Err(StoreError::NotFound { .. }) if attempt < 2 => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
         let record = store.record(id)?.context("fetched blob vanished")?;
         let bytes = if record.size <= Signed::<Manifest>::MAX_BYTES as u64 {
             Some(store.read_bytes(id, record.size)?)
@@ -291,7 +302,6 @@ impl Fetcher {
                 self.fetch_blob(w.hash, Some(w.size), id, progress).await?;
             }
         }
-        store.pin(id)?;
         Ok(())
     }
 

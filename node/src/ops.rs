@@ -11,8 +11,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result, bail};
 use api::dto::{
     Added, BlobList, BlobRow, DatasetView, DimView, Exported, FileView, GcReport, History,
-    InterfaceView, ModelList, ModelRow, ModelView, PinChange, Problem, Published, RuntimeView,
-    SnapshotAdded, SnapshotRequest, SnapshotView, TensorView, VerifyReport,
+    InterfaceView, ModelList, ModelRow, ModelView, PinChange, Problem, Published, ReindexReport,
+    RuntimeView, SnapshotAdded, SnapshotRequest, SnapshotView, TensorView, VerifyReport,
 };
 use catalog::Catalog;
 use protocol::{BlobHash, Collection, Dim, FileEntry, Manifest, ModelId, Object, Signed, Snapshot};
@@ -494,6 +494,30 @@ pub fn gc(home: &Home) -> Result<GcReport> {
     Ok(GcReport {
         blobs_removed: report.blobs_removed,
         bytes_freed: report.bytes_freed,
+        orphans: report.orphans,
+        partials_removed: report.partials_removed,
+    })
+}
+
+/// `moxnet reindex`: adopts blob files the index lost (pinned), and the models among them.
+pub fn reindex(home: &Home) -> Result<ReindexReport> {
+    let report = home.store.reindex()?;
+    let mut models = 0;
+    for id in home.store.manifests()? {
+        if home.catalog.get(id).is_none() {
+            let bytes = home
+                .store
+                .read_bytes(id.blob(), Signed::<Manifest>::MAX_BYTES as u64)?;
+            home.catalog.insert_bytes(&bytes)?;
+            models += 1;
+        }
+    }
+    home.catalog.refresh_all()?;
+    Ok(ReindexReport {
+        adopted: report.adopted,
+        adopted_bytes: report.adopted_bytes,
+        removed: report.removed,
+        models,
     })
 }
 

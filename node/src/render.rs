@@ -4,7 +4,7 @@
 
 use api::dto::{
     Added, BlobList, DimView, Exported, FetchProgress, GcReport, History, ModelList, ModelView,
-    OfferList, PinChange, Published, SnapshotAdded, VerifyReport,
+    OfferList, PinChange, Published, ReindexReport, SnapshotAdded, VerifyReport,
 };
 use api::oip::InferResponse;
 use serde_json::Value;
@@ -210,10 +210,35 @@ impl Render for PinChange {
 
 impl Render for GcReport {
     fn text(&self) -> String {
-        format!(
+        let mut text = format!(
             "removed {} blobs, freed {}",
             self.blobs_removed,
             bytes(self.bytes_freed)
+        );
+        if self.partials_removed > 0 {
+            text += &format!(
+                "; removed {} abandoned partial blobs",
+                self.partials_removed
+            );
+        }
+        if self.orphans > 0 {
+            text += &format!(
+                "\n{} blob files are not in the index (kept); `moxnet reindex` adopts them",
+                self.orphans
+            );
+        }
+        text
+    }
+}
+
+impl Render for ReindexReport {
+    fn text(&self) -> String {
+        format!(
+            "adopted {} blobs ({}, pinned; {} models), removed {} files whose bytes did not match their name",
+            self.adopted,
+            bytes(self.adopted_bytes),
+            self.models,
+            self.removed
         )
     }
 }

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use api::dto::{
     AddRequest, Added, BlobList, ExportRequest, Exported, FetchProgress, GcReport, History,
-    ModelList, ModelView, NodeInfo, OfferList, PinChange, PublishRequest, Published, SnapshotAdded,
-    SnapshotRequest, VerifyReport, VerifyRequest,
+    ModelList, ModelView, NodeInfo, OfferList, PinChange, PublishRequest, Published, ReindexReport,
+    SnapshotAdded, SnapshotRequest, VerifyReport, VerifyRequest,
 };
 use api::oip::{InferRequest, InferResponse, ModelMetadata, ModelReady, ServerReady};
 use api::{ApiError, ApiResult};
@@ -159,6 +159,10 @@ impl api::NodeApi for Service {
         let hash = parse(&hash)?;
         self.blocking(move |h| ops::set_pin(&h.store, hash, pin))
             .await
+    }
+
+    async fn reindex(&self) -> ApiResult<ReindexReport> {
+        self.blocking(ops::reindex).await
     }
 
     async fn gc(&self) -> ApiResult<GcReport> {

@@ -300,6 +300,25 @@ pub struct GcReport {
     pub blobs_removed: u64,
     /// Bytes freed.
     pub bytes_freed: u64,
+    /// Blob files the index does not name, left in place (`moxnet reindex` adopts them).
+    #[serde(default)]
+    pub orphans: u64,
+    /// Partial blobs no fetch wrote to for a day, removed.
+    #[serde(default)]
+    pub partials_removed: u64,
+}
+
+/// `POST /api/v1/reindex`: what re-indexing the store's unindexed blob files did.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ReindexReport {
+    /// Files whose bytes matched their name: indexed again and pinned.
+    pub adopted: u64,
+    /// Their bytes.
+    pub adopted_bytes: u64,
+    /// Files whose bytes did not: removed.
+    pub removed: u64,
+    /// Models whose manifests were among them, back in the catalogue.
+    pub models: u64,
 }
 
 /// `POST /api/v1/verify`: which blobs to re-hash.

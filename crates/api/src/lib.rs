@@ -184,6 +184,10 @@ pub trait NodeApi: Send + Sync + 'static {
     fn gc(&self) -> impl Future<Output = ApiResult<GcReport>> + Send {
         unsupported()
     }
+    /// `POST /api/v1/reindex`.
+    fn reindex(&self) -> impl Future<Output = ApiResult<ReindexReport>> + Send {
+        unsupported()
+    }
     /// `POST /api/v1/verify`.
     fn verify(
         &self,
@@ -311,6 +315,10 @@ pub fn router<N: NodeApi>(node: Arc<N>, access: Access) -> Router {
             .route(
                 "/api/v1/gc",
                 post(|s: State<Arc<N>>| async move { ok(s.gc().await) }),
+            )
+            .route(
+                "/api/v1/reindex",
+                post(|s: State<Arc<N>>| async move { ok(s.reindex().await) }),
             )
             .route(
                 "/api/v1/verify",

@@ -200,10 +200,14 @@ pub struct Store {
     partial: sled::Tree,
     manifests: sled::Tree,
     heads: sled::Tree,
+    /// Blobs `gc` took out of the index whose files may still be on disk (a crash between the
+    /// two): the next `gc` deletes their files. No other unindexed file is ever deleted.
+    doomed: sled::Tree,
     /// Serialises making blobs visible (rename + index) against [`Store::gc`].
     commit: std::sync::Mutex<()>,
     /// Serialises updates of partial-blob records between concurrent ingests.
     partial_lock: std::sync::Mutex<()>,
+    // Lock order: `partial_lock`, then `commit` (an ingest completes a blob holding both).
 }
 
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -240,6 +244,7 @@ impl Store {
             partial: db.open_tree("partial")?,
             manifests: db.open_tree("manifests")?,
             heads: db.open_tree("heads")?,
+            doomed: db.open_tree("doomed")?,
             commit: std::sync::Mutex::new(()),
             partial_lock: std::sync::Mutex::new(()),
             db,
@@ -350,6 +355,8 @@ impl Store {
 
     /// Pins a blob so that [`Store::gc`] keeps it and everything it links.
     pub fn pin(&self, hash: BlobHash) -> Result<()> {
+        // Under the commit lock: a gc cannot delete the blob between the check and the pin.
+        let _guard = self.commit_lock();
         self.require(hash)?;
         self.pins.insert(hash.as_bytes(), &[])?;
         self.db.flush()?;
@@ -373,8 +380,24 @@ impl Store {
         self.pins.iter().keys().map(|k| key_hash(&k?)).collect()
     }
 
-    /// Deletes every blob not reachable from a pin, and leftover files no record names.
+    /// Deletes every blob not reachable from a pin, and partial blobs no fetch touched for
+    /// [`PARTIAL_MAX_IDLE`].
+    ///
+    /// Blob files the index does not name are **not** deleted: after the index (`meta/`) is
+    /// lost, every file is unindexed, and after a crash between a file's rename and its record
+    /// the file is a whole, valid blob. They are counted in [`GcReport::orphans`];
+    /// [`Store::reindex`] adopts those whose bytes match their name.
     pub fn gc(&self) -> Result<GcReport> {
+        let mut report = self.collect_blobs()?;
+        // Outside the commit lock: an ingest takes the partial lock, then the commit lock.
+        report.orphans = self.orphans()?.len() as u64;
+        report.partials_removed = self.collect_partials(PARTIAL_MAX_IDLE)?;
+        Ok(report)
+    }
+
+    /// Deletes every blob not reachable from a pin, and the files of blobs an earlier gc took
+    /// out of the index.
+    fn collect_blobs(&self) -> Result<GcReport> {
         let _guard = self.commit_lock();
         let mut live = std::collections::BTreeSet::new();
         let mut stack = self.pins()?;
@@ -397,35 +420,154 @@ impl Store {
                 }
             }
         }
-        // Index first, files after: a crash in between leaves unindexed files, removed below
-        // by the next gc; never a record pointing at a deleted file.
+        // Journal first, then the index, then the files: a crash at any point leaves either
+        // indexed blobs or doomed files that the next gc deletes, never a record pointing at a
+        // deleted file, and never an unindexed file that gc may not delete.
+        let mut doomed = sled::Batch::default();
         let mut batch = sled::Batch::default();
         let mut manifests = sled::Batch::default();
         for h in &dead {
+            doomed.insert(h.as_bytes(), &[]);
             batch.remove(h.as_bytes());
             manifests.remove(h.as_bytes());
         }
+        self.doomed.apply_batch(doomed)?;
+        self.db.flush()?;
         self.blobs.apply_batch(batch)?;
         self.manifests.apply_batch(manifests)?;
         self.db.flush()?;
+        for key in self.doomed.iter().keys() {
+            let key = key?;
+            let hash = key_hash(&key)?;
+            if !self.blobs.contains_key(hash.as_bytes())? {
+                for path in [self.data_path(&hash), self.outboard_path(&hash)] {
+                    match fs::remove_file(&path) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(io_error(format!("removing {}", path.display()), e)),
+                    }
+                }
+            }
+            self.doomed.remove(&key)?;
+        }
+        self.db.flush()?;
+        Ok(report)
+    }
+
+    /// Blob files (`blobs/<hash>.data`) that the index does not name.
+    fn orphans(&self) -> Result<Vec<BlobHash>> {
         let dir = self.root.join("blobs");
+        let mut out = Vec::new();
         for entry in fs::read_dir(&dir).ctx(|| format!("listing {}", dir.display()))? {
             let entry = entry.ctx(|| format!("listing {}", dir.display()))?;
             let name = entry.file_name();
-            let name = name.to_string_lossy();
-            let indexed = name
-                .split('.')
-                .next()
-                .and_then(|stem| stem.parse::<BlobHash>().ok())
-                .map(|h| self.blobs.contains_key(h.as_bytes()))
-                .transpose()?
-                .unwrap_or(false);
-            if !indexed {
-                fs::remove_file(entry.path())
-                    .ctx(|| format!("removing {}", entry.path().display()))?;
+            let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".data")) else {
+                continue;
+            };
+            if let Ok(hash) = stem.parse::<BlobHash>()
+                && !self.blobs.contains_key(hash.as_bytes())?
+            {
+                out.push(hash);
             }
         }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Removes partial blobs whose data no ingest wrote for `idle` (abandoned fetches); returns
+    /// how many. One being fetched is written every few seconds and is kept. Takes the partial
+    /// lock only (never while holding the commit lock: an ingest takes them in that order).
+    fn collect_partials(&self, idle: std::time::Duration) -> Result<u64> {
+        let _guard = self.partial_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut removed = 0;
+        for key in self.partial.iter().keys() {
+            let key = key?;
+            let hash = key_hash(&key)?;
+            let (data, outboard) = self.partial_paths(&hash);
+            let touched = fs::metadata(&data)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok());
+            if touched.is_some_and(|age| age < idle) {
+                continue;
+            }
+            self.partial.remove(&key)?;
+            for path in [data, outboard] {
+                match fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(io_error(format!("removing {}", path.display()), e)),
+                }
+            }
+            removed += 1;
+        }
+        self.db.flush()?;
+        Ok(removed)
+    }
+
+    /// Adopts the blob files the index does not name (see [`Store::gc`]): each is hashed, and
+    /// when its bytes match its name it is imported again (a fresh outboard) and **pinned**, so
+    /// nothing the user had is lost to the next gc (unpin what is not wanted); a file whose
+    /// bytes do not match is removed. Run it after the index was lost or restored from an
+    /// older backup.
+    pub fn reindex(&self) -> Result<ReindexReport> {
+        let mut report = ReindexReport::default();
+        for hash in self.orphans()? {
+            let data = self.data_path(&hash);
+            let mut hasher = blake3::Hasher::new();
+            let file = fs::File::open(&data).ctx(|| format!("opening {}", data.display()))?;
+            hasher
+                .update_reader(file)
+                .ctx(|| format!("reading {}", data.display()))?;
+            if BlobHash::from(hasher.finalize()) != hash {
+                fs::remove_file(&data).ctx(|| format!("removing {}", data.display()))?;
+                let _ = fs::remove_file(self.outboard_path(&hash));
+                report.removed += 1;
+                continue;
+            }
+            // The import copies the file, writes a fresh outboard and renames its copy over the
+            // orphan's name: the orphan stays in place until its replacement is whole.
+            let imported = self.import_file(&data, &mut |_| {})?;
+            if imported.hash != hash {
+                return Err(StoreError::Invalid(format!(
+                    "{} hashed to {hash} and then to {}: is it being written?",
+                    data.display(),
+                    imported.hash
+                )));
+            }
+            self.relink(hash, imported.size)?;
+            self.pin(hash)?;
+            report.adopted += 1;
+            report.adopted_bytes += imported.size;
+        }
         Ok(report)
+    }
+
+    /// Restores what a lost index said of an adopted blob that is a signed manifest, a
+    /// snapshot or a folder listing: its kind and the blobs it links (so that pinning it keeps
+    /// them), and the manifest index.
+    fn relink(&self, hash: BlobHash, size: u64) -> Result<()> {
+        use protocol::{Collection, Manifest, Object, Signed, Snapshot};
+        if size > protocol::MAX_COLLECTION_BYTES as u64 {
+            return Ok(());
+        }
+        let bytes = self.read_bytes(hash, size)?;
+        if let Ok(m) = Signed::<Manifest>::from_bytes(&bytes) {
+            self.import_bytes(&bytes, "manifest", m.body().referenced_blobs())?;
+            self.index_manifest(protocol::ModelId(hash))?;
+        } else if let Ok(s) = Signed::<Snapshot>::from_bytes(&bytes) {
+            let links = s
+                .body()
+                .weights
+                .iter()
+                .map(|w| w.hash)
+                .chain(s.body().parent);
+            self.import_bytes(&bytes, "snapshot", links.collect())?;
+        } else if let Ok(c) = Collection::from_bytes(&bytes) {
+            let links = c.entries.iter().map(|e| e.hash).collect();
+            self.import_bytes(&bytes, "collection", links)?;
+        }
+        Ok(())
     }
 
     /// Records `snapshot` as the newest of the training run `name`.
@@ -518,7 +660,25 @@ pub struct GcReport {
     pub blobs_removed: u64,
     /// Bytes of data files deleted.
     pub bytes_freed: u64,
+    /// Blob files the index does not name, left in place ([`Store::reindex`] adopts them).
+    pub orphans: u64,
+    /// Abandoned partial blobs removed.
+    pub partials_removed: u64,
 }
+
+/// What [`Store::reindex`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReindexReport {
+    /// Unindexed blob files whose bytes matched their name: indexed again and pinned.
+    pub adopted: u64,
+    /// Their bytes.
+    pub adopted_bytes: u64,
+    /// Unindexed blob files whose bytes did not match their name: removed.
+    pub removed: u64,
+}
+
+/// How long a partial blob may go without a write before `gc` removes it as abandoned.
+pub const PARTIAL_MAX_IDLE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 fn key_hash(k: &[u8]) -> Result<BlobHash> {
     let arr: [u8; 32] = k.try_into().map_err(|_| DecodeError::Invalid {

@@ -67,7 +67,10 @@ pub enum IngestError {
 }
 
 impl Store {
-    fn partial_paths(&self, hash: &BlobHash) -> (std::path::PathBuf, std::path::PathBuf) {
+    pub(crate) fn partial_paths(
+        &self,
+        hash: &BlobHash,
+    ) -> (std::path::PathBuf, std::path::PathBuf) {
         let dir = self.root.join("partial");
         (
             dir.join(format!("{hash}.data")),

@@ -458,3 +458,80 @@ fn a_damaged_index_or_layout_is_a_clear_error_not_a_panic() {
     eprintln!("damaged index: {opened:?}");
     assert!(opened.is_ok(), "opening a damaged index panicked");
 }
+
+#[test]
+fn a_lost_index_costs_nothing_gc_keeps_the_files_and_reindex_adopts_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = pseudo_random(200_000, 21);
+    let (kept, other) = {
+        let store = Store::open(dir.path()).expect("open");
+        let kept = store
+            .import_bytes(&data, "raw", vec![])
+            .expect("import")
+            .hash;
+        let other = store
+            .import_bytes(b"small", "raw", vec![])
+            .expect("import")
+            .hash;
+        store.pin(kept).expect("pin");
+        (kept, other)
+    };
+    // The index is lost (a bad disk, a restore of blobs/ without meta/).
+    fs::remove_dir_all(dir.path().join("meta")).expect("rm meta");
+    // A file whose bytes do not match its name sits there too.
+    let liar = BlobHash::of(b"not these bytes");
+    fs::write(
+        dir.path().join("blobs").join(format!("{liar}.data")),
+        b"other bytes",
+    )
+    .expect("write");
+    let store = Store::open(dir.path()).expect("reopen");
+    assert!(!store.has(kept).expect("has"));
+    let report = store.gc().expect("gc");
+    assert_eq!(report.blobs_removed, 0);
+    assert_eq!(report.orphans, 3, "{report:?}");
+    assert!(
+        dir.path()
+            .join("blobs")
+            .join(format!("{kept}.data"))
+            .exists(),
+        "gc deleted a file it could not account for"
+    );
+    let adopted = store.reindex().expect("reindex");
+    assert_eq!((adopted.adopted, adopted.removed), (2, 1), "{adopted:?}");
+    assert!(store.is_pinned(kept).expect("pinned") && store.is_pinned(other).expect("pinned"));
+    assert_eq!(store.gc().expect("gc").orphans, 0);
+    let mut out = Vec::new();
+    store.read_to(kept, &mut out).expect("read");
+    assert_eq!(out, data);
+    assert!(store.verify(None).expect("verify").is_ok());
+}
+
+#[test]
+fn gc_collects_abandoned_partial_blobs_and_keeps_fresh_ones() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path()).expect("open");
+    let data = pseudo_random(100_000, 4);
+    let hash = BlobHash::of(&data);
+    let size = data.len() as u64;
+    let last = ChunkRanges::from(ChunkNum((store::groups(size) - 1) * 16)..);
+    store
+        .ingest(hash, size, &last, &encode(&data, &last)[..])
+        .expect("a fetch begins");
+    // Being fetched: kept.
+    assert_eq!(store.gc().expect("gc").partials_removed, 0);
+    assert!(store.partial(hash).expect("partial").is_some());
+    // Abandoned for longer than the limit: removed with its files.
+    let data_file = dir.path().join("partial").join(format!("{hash}.data"));
+    let old =
+        std::time::SystemTime::now() - store::PARTIAL_MAX_IDLE - std::time::Duration::from_secs(60);
+    fs::File::options()
+        .write(true)
+        .open(&data_file)
+        .expect("open")
+        .set_modified(old)
+        .expect("age it");
+    assert_eq!(store.gc().expect("gc").partials_removed, 1);
+    assert!(store.partial(hash).expect("partial").is_none());
+    assert!(!data_file.exists());
+}

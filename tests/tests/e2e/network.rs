@@ -225,3 +225,67 @@ fn a_size_lie_is_refuted_and_does_not_stop_a_later_honest_fetch() {
     client.ok(&["get", &hash, "-o", out.to_str().expect("utf8")]);
     assert_eq!(fs::read(&out).expect("read"), fs::read(file).expect("read"));
 }
+
+#[test]
+fn gc_during_a_fetch_keeps_its_files_and_a_lost_index_is_rebuilt() {
+    let net = Testnet::new().expect("testnet");
+    let pkg = net.path().join("pkg");
+    fs::create_dir_all(&pkg).expect("mkdir");
+    fs::write(
+        pkg.join("moxnet.toml"),
+        "[package]\nname = \"many\"\nversion = \"1\"\n",
+    )
+    .expect("write");
+    for i in 0..8 {
+        write_random_file(&pkg.join(format!("w{i}.bin")), 3 << 20, i).expect("write");
+    }
+    let a = net.home("a");
+    a.ok(&["init"]);
+    let id = a.ok(&["publish", pkg.to_str().expect("utf8")]);
+    let a_node = a.start(&[]);
+    let c = net.home("c");
+    c.ok(&["init"]);
+    let c_node = c.start(&[a_node.addr()]);
+    wait_until("C to list the model", || c.ok(&["models"]).contains(&id));
+
+    // The files arrive one after another; gc runs again and again meanwhile.
+    let mut fetching = c.spawn(&["--json", "fetch", &id]);
+    let mut gcs = 0;
+    while fetching.try_wait().expect("wait").is_none() {
+        c.ok(&["gc"]);
+        gcs += 1;
+    }
+    let out = fetching.wait_with_output().expect("fetch");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("{gcs} gc runs during the fetch");
+    let check = |what: &str| {
+        let dest = net.path().join(what);
+        c.ok(&["get", &id, "-o", dest.to_str().expect("utf8")]);
+        for i in 0..8 {
+            let name = format!("w{i}.bin");
+            assert_eq!(
+                fs::read(dest.join(&name)).expect("read"),
+                fs::read(pkg.join(&name)).expect("read"),
+                "{what}: {name}"
+            );
+        }
+    };
+    check("after-gc");
+
+    // The index is lost; gc deletes nothing it cannot account for, and reindex brings the
+    // blobs and the model back.
+    drop(c_node);
+    fs::remove_dir_all(c.home.join("store/meta")).expect("rm meta");
+    let gc = c.ok(&["gc"]);
+    assert!(gc.contains("reindex"), "{gc}");
+    let reindexed = c.json(&["reindex"]);
+    assert_eq!(reindexed["models"], 1, "{reindexed}");
+    assert_eq!(reindexed["removed"], 0, "{reindexed}");
+    assert!(c.ok(&["models"]).contains(&id));
+    assert_eq!(c.json(&["verify"])["ok"], true);
+    check("after-reindex");
+}
