@@ -6,7 +6,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use protocol::compute::{ComputeOffer, InferCall, InferReply, InferRequest, InferResult, Outputs};
-use protocol::{BlobHash, ModelId, Object, SecretKey, Signed};
+use protocol::{BlobHash, ModelId, Object, SecretKey, Signable, Signed};
 
 fn round_trip<T: Object>(data: &[u8]) {
     if let Ok(v) = T::from_bytes(data) {
@@ -14,13 +14,19 @@ fn round_trip<T: Object>(data: &[u8]) {
     }
 }
 
+fn signed_round_trip<T: Signable>(data: &[u8]) {
+    if let Ok(v) = Signed::<T>::from_bytes(data) {
+        assert_eq!(v.to_bytes(), data, "a signed {} is not canonical", T::WHAT);
+    }
+}
+
 fuzz_target!(|data: &[u8]| {
     round_trip::<InferCall>(data);
     round_trip::<InferReply>(data);
     round_trip::<Outputs>(data);
-    round_trip::<Signed<InferRequest>>(data);
-    round_trip::<Signed<InferResult>>(data);
-    round_trip::<Signed<ComputeOffer>>(data);
+    signed_round_trip::<InferRequest>(data);
+    signed_round_trip::<InferResult>(data);
+    signed_round_trip::<ComputeOffer>(data);
 
     let provider = SecretKey::from_seed(&[1; 32]);
     let caller = SecretKey::from_seed(&[2; 32]);

@@ -17,6 +17,8 @@ fuzz_target!(|data: &[u8]| {
     let _ = store.ingest(hash, size, &ChunkRanges::all(), stream);
     if store.has(hash).expect("has") {
         let mut out = Vec::new();
-        store.read_to(hash, &mut out).expect("complete blobs verify");
+        store
+            .read_to(hash, &mut out)
+            .expect("complete blobs verify");
     }
 });

@@ -42,13 +42,19 @@ pub struct ComputeConfig {
 
 impl From<&ComputeSection> for ComputeConfig {
     fn from(c: &ComputeSection) -> Self {
-        let interval = c.offer_interval_secs.unwrap_or(30).max(1);
+        // Peers keep an offer at most `compute::MAX_OFFER_TTL_MS` (10 min) without renewal.
+        let interval = c.offer_interval_secs.unwrap_or(30).clamp(1, 300);
         ComputeConfig {
             serve: c.serve.unwrap_or(false),
             price_per_mfuel: c.price_per_mfuel.unwrap_or(1),
             offer_interval: Duration::from_secs(interval),
             // An offer outlives at least two re-announcements.
-            offer_ttl: Duration::from_secs(c.offer_ttl_secs.unwrap_or(120).max(2 * interval)),
+            offer_ttl: Duration::from_secs(
+                c.offer_ttl_secs
+                    .unwrap_or(120)
+                    .max(2 * interval)
+                    .min(compute::MAX_OFFER_TTL_MS / 1000),
+            ),
             per_peer_concurrent: c.per_peer_concurrent.unwrap_or(4).max(1),
             max_price_per_mfuel: c.max_price_per_mfuel.unwrap_or(100),
             call_timeout: Duration::from_secs(c.call_timeout_secs.unwrap_or(120).max(1)),

@@ -14,6 +14,15 @@ use protocol::{ModelId, NodeId, Signed};
 
 /// Consecutive failures after which a provider's offer is dropped.
 pub const MAX_FAILURES: u32 = 3;
+/// Most offers kept. Node ids cost nothing, so a flood of offers from fresh ids is bounded
+/// here: when the table is full, a new offer takes the place of the longest-held offer of a
+/// provider that never answered a call from here; providers that did are never pushed out.
+pub const MAX_OFFERS: usize = 1024;
+/// The longest an offer is kept without being renewed, ms, whatever it says.
+pub const MAX_OFFER_TTL_MS: u64 = 10 * 60_000;
+/// How far in the future an offer may say it was made, ms (clock skew); later ones are
+/// ignored, since a far-future offer would block the provider's real ones.
+pub const MAX_OFFER_SKEW_MS: u64 = 5 * 60_000;
 /// How long a failure weighs on a provider's score, ms.
 pub const FAILURE_MEMORY_MS: u64 = 60_000;
 
@@ -35,6 +44,10 @@ pub struct Stats {
 struct Entry {
     offer: Signed<ComputeOffer>,
     stats: Stats,
+    /// When it stops counting here: its expiry, at most [`MAX_OFFER_TTL_MS`] after it arrived.
+    expires_ms: u64,
+    /// When this provider's first offer arrived.
+    since_ms: u64,
 }
 
 /// A provider a call may go to.
@@ -91,28 +104,71 @@ pub struct Offers {
 impl Offers {
     /// Records an offer heard (from its signer). Returns whether it was new or newer; expired
     /// offers, older ones and offers of distrusted providers are ignored.
+    ///
+    /// Bounds: offers made more than [`MAX_OFFER_SKEW_MS`] in the future are ignored, none is
+    /// kept more than [`MAX_OFFER_TTL_MS`] without renewal, and at most [`MAX_OFFERS`] are kept
+    /// (see there for which one gives way).
     pub fn insert(&mut self, offer: Signed<ComputeOffer>, now_ms: u64) -> bool {
         let node = offer.signer();
-        if offer.body().expires_ms <= now_ms || self.distrusted.contains(&node) {
+        let body = offer.body();
+        if body.expires_ms <= now_ms
+            || body.issued_ms > now_ms.saturating_add(MAX_OFFER_SKEW_MS)
+            || self.distrusted.contains(&node)
+        {
             return false;
         }
+        let expires_ms = body.expires_ms.min(now_ms.saturating_add(MAX_OFFER_TTL_MS));
         match self.by_node.get_mut(&node) {
-            Some(e) if e.offer.body().issued_ms >= offer.body().issued_ms => false,
+            Some(e) if e.offer.body().issued_ms >= body.issued_ms => false,
             Some(e) => {
                 e.offer = offer;
+                e.expires_ms = expires_ms;
                 true
             }
             None => {
+                if self.by_node.len() >= MAX_OFFERS && !self.make_room() {
+                    return false;
+                }
                 self.by_node.insert(
                     node,
                     Entry {
                         offer,
                         stats: Stats::default(),
+                        expires_ms,
+                        since_ms: now_ms,
                     },
                 );
                 true
             }
         }
+    }
+
+    /// Drops the longest-held offer of a provider that never answered a call from here;
+    /// false when every provider kept has.
+    fn make_room(&mut self) -> bool {
+        let unproven = self
+            .by_node
+            .iter()
+            .filter(|(_, e)| e.stats.latency_ms.is_none())
+            .min_by_key(|(node, e)| (e.since_ms, **node))
+            .map(|(node, _)| *node);
+        match unproven {
+            Some(node) => {
+                self.by_node.remove(&node);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// How many offers are kept.
+    pub fn len(&self) -> usize {
+        self.by_node.len()
+    }
+
+    /// Whether none is.
+    pub fn is_empty(&self) -> bool {
+        self.by_node.is_empty()
     }
 
     /// Drops the offer of a provider that went away (it disconnected).
@@ -122,8 +178,7 @@ impl Offers {
 
     /// Drops expired offers.
     pub fn prune(&mut self, now_ms: u64) {
-        self.by_node
-            .retain(|_, e| e.offer.body().expires_ms > now_ms);
+        self.by_node.retain(|_, e| e.expires_ms > now_ms);
     }
 
     /// Providers for `model` at or below `max_price`, best first (ties by node id). Offers
@@ -132,9 +187,7 @@ impl Offers {
         let mut list: Vec<Candidate> = self
             .by_node
             .iter()
-            .filter(|(_, e)| {
-                e.offer.body().expires_ms > now_ms && e.offer.body().price_per_mfuel <= max_price
-            })
+            .filter(|(_, e)| e.expires_ms > now_ms && e.offer.body().price_per_mfuel <= max_price)
             .map(|(node, e)| {
                 let o = e.offer.body();
                 Candidate {
@@ -202,7 +255,7 @@ impl Offers {
             .map(|(node, e)| OfferView {
                 node: *node,
                 offer: e.offer.body().clone(),
-                expires_in_s: e.offer.body().expires_ms.saturating_sub(now_ms) / 1000,
+                expires_in_s: e.expires_ms.saturating_sub(now_ms) / 1000,
                 stats: e.stats.clone(),
             })
             .collect();
@@ -360,6 +413,65 @@ mod tests {
         assert!(!offers.is_distrusted(&id(2)), "leaving is not lying");
     }
 
+    #[test]
+    fn offers_from_the_future_or_that_never_expire_are_bounded() {
+        let mut offers = Offers::default();
+        let now = 1_000_000;
+        let late = offer(1, now + MAX_OFFER_SKEW_MS + 1, 1, vec![]);
+        assert!(!offers.insert(late, now), "made too far in the future");
+        let forever = SecretKey::from_seed(&[2; 32]).sign(ComputeOffer {
+            issued_ms: now,
+            expires_ms: u64::MAX,
+            max_concurrent: 1,
+            ..ComputeOffer::default()
+        });
+        assert!(offers.insert(forever, now));
+        assert_eq!(
+            offers
+                .candidates(model(), 100, now + MAX_OFFER_TTL_MS - 1)
+                .len(),
+            1
+        );
+        assert!(
+            offers
+                .candidates(model(), 100, now + MAX_OFFER_TTL_MS)
+                .is_empty(),
+            "kept at most MAX_OFFER_TTL_MS without renewal"
+        );
+    }
+
+    #[test]
+    fn a_flood_of_fresh_ids_never_pushes_out_a_provider_that_worked() {
+        let mut offers = Offers::default();
+        let honest = SecretKey::from_seed(&[1; 32]);
+        let offer_of = |key: &SecretKey, price| {
+            key.sign(ComputeOffer {
+                issued_ms: 1,
+                expires_ms: 100_000,
+                max_concurrent: 1,
+                price_per_mfuel: price,
+                ..ComputeOffer::default()
+            })
+        };
+        assert!(offers.insert(offer_of(&honest, 5), 1));
+        offers.started(&honest.node_id());
+        offers.finished(&honest.node_id(), Outcome::Ok(Duration::from_millis(30)), 2);
+        // Three tables' worth of free offers from fresh ids.
+        for i in 0..(3 * MAX_OFFERS) as u32 {
+            let mut seed = [0xee; 32];
+            seed[..4].copy_from_slice(&i.to_le_bytes());
+            offers.insert(offer_of(&SecretKey::from_seed(&seed), 0), 3 + u64::from(i));
+        }
+        assert_eq!(offers.len(), MAX_OFFERS);
+        assert!(
+            offers
+                .candidates(model(), 100, 10)
+                .iter()
+                .any(|c| c.node == honest.node_id()),
+            "the provider that answered is still there"
+        );
+    }
+
     proptest! {
         /// Whatever happened, the ranking never offers an expired, too dear or distrusted
         /// provider, never lists one twice, and is sorted by score.
@@ -390,7 +502,7 @@ mod tests {
                 prop_assert!(!offers.is_distrusted(&c.node));
                 prop_assert!(seen.insert(c.node));
                 let e = &offers.by_node[&c.node];
-                prop_assert!(e.offer.body().expires_ms > now);
+                prop_assert!(e.expires_ms > now && e.expires_ms <= e.offer.body().expires_ms);
             }
         }
     }
