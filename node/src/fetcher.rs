@@ -74,6 +74,8 @@ struct Done {
     outcome: Result<(), (Failure, String)>,
 }
 
+/// Fetches whose progress is remembered (`GET /api/v1/fetch/{id}`); running ones always are.
+const MAX_TRACKED_FETCHES: usize = 256;
 /// How long a fetch with no known peer waits for the DHT's first provider.
 const FIRST_PROVIDER: Duration = Duration::from_secs(10);
 /// How long a fetch goes on without any provider that can serve it before it fails.
@@ -99,8 +101,10 @@ pub struct Fetcher {
     metrics: Arc<Metrics>,
     /// Peers that announced or synced each model to us: likely providers.
     announcers: Mutex<HashMap<BlobHash, HashSet<PeerId>>>,
-    /// Fetches started (through the API or for a call), by root hash.
-    fetches: Mutex<HashMap<BlobHash, Shared>>,
+    /// Fetches started (through the API or for a call), by root hash, with a serial number:
+    /// at most [`MAX_TRACKED_FETCHES`] are remembered, the oldest finished ones forgotten.
+    fetches: Mutex<HashMap<BlobHash, (u64, Shared)>>,
+    started: std::sync::atomic::AtomicU64,
     /// One lock per model being fetched for a call.
     model_locks: Mutex<HashMap<BlobHash, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -120,6 +124,7 @@ impl Fetcher {
             metrics,
             announcers: Mutex::default(),
             fetches: Mutex::default(),
+            started: std::sync::atomic::AtomicU64::new(0),
             model_locks: Mutex::default(),
         }
     }
@@ -135,18 +140,13 @@ impl Fetcher {
     /// Starts fetching `id` in the background (or joins the fetch of it that is running) and
     /// returns its progress so far.
     pub fn start(self: &Arc<Self>, id: BlobHash) -> FetchProgress {
-        let progress = {
-            let mut fetches = lock(&self.fetches);
-            if let Some(existing) = fetches.get(&id) {
-                let p = lock(existing);
-                if p.state == FetchState::Running {
-                    return p.view(id);
-                }
+        if let Some(existing) = lock(&self.fetches).get(&id) {
+            let p = lock(&existing.1);
+            if p.state == FetchState::Running {
+                return p.view(id);
             }
-            let progress = Shared::default();
-            fetches.insert(id, progress.clone());
-            progress
-        };
+        }
+        let progress = self.track(id);
         let view = lock(&progress).view(id);
         let fetcher = self.clone();
         tokio::spawn(async move {
@@ -159,7 +159,7 @@ impl Fetcher {
 
     /// The progress of the last fetch of `id` started on this node.
     pub fn progress(&self, id: BlobHash) -> Option<FetchProgress> {
-        let shared = lock(&self.fetches).get(&id).cloned()?;
+        let shared = lock(&self.fetches).get(&id).map(|(_, p)| p.clone())?;
         let view = lock(&shared).view(id);
         Some(view)
     }
@@ -178,9 +178,40 @@ impl Fetcher {
         if self.catalog.is_local(id) {
             return Ok(());
         }
+        let progress = self.track(id.blob());
+        let fetched = self.fetch(id.blob(), progress).await;
+        // Forget the lock unless another call waits on it.
+        let mut locks = lock(&self.model_locks);
+        if locks
+            .get(&id.blob())
+            .is_some_and(|l| Arc::strong_count(l) <= 2)
+        {
+            locks.remove(&id.blob());
+        }
+        fetched
+    }
+
+    /// Remembers a new fetch of `id` and returns its progress; forgets the oldest finished
+    /// ones beyond [`MAX_TRACKED_FETCHES`].
+    fn track(&self, id: BlobHash) -> Shared {
         let progress = Shared::default();
-        lock(&self.fetches).insert(id.blob(), progress.clone());
-        self.fetch(id.blob(), progress).await
+        let serial = self
+            .started
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut fetches = lock(&self.fetches);
+        fetches.insert(id, (serial, progress.clone()));
+        while fetches.len() > MAX_TRACKED_FETCHES {
+            let oldest = fetches
+                .iter()
+                .filter(|(_, (_, p))| lock(p).state != FetchState::Running)
+                .min_by_key(|(_, (serial, _))| *serial)
+                .map(|(h, _)| *h);
+            match oldest {
+                Some(h) => fetches.remove(&h),
+                None => break,
+            };
+        }
+        progress
     }
 
     /// Fetches `id` (a model, a folder, or a plain blob) and pins it, recording the outcome in

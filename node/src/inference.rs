@@ -140,12 +140,20 @@ impl Loaded {
     }
 }
 
+/// Models kept loaded (compiled, with a spare instance each); when a new one is loaded beyond
+/// this, the least recently called gives way (calls running on it keep it until they end). A
+/// provider loads whatever model a caller names, so this bounds the memory callers can make it
+/// spend on loaded models.
+pub const MAX_LOADED: usize = 32;
+
 /// The node's inference engine: one sandbox and the models loaded in it.
 pub struct Inference {
     sandbox: Sandbox,
     run_dir: PathBuf,
     limits: CallLimits,
-    loaded: Mutex<HashMap<ModelId, Arc<Loaded>>>,
+    /// Loaded models, with when each was last used (a counter; see [`MAX_LOADED`]).
+    loaded: Mutex<HashMap<ModelId, (Arc<Loaded>, u64)>>,
+    uses: std::sync::atomic::AtomicU64,
     /// Serialises loads so that two calls do not materialise the same package at once.
     loading: Mutex<()>,
 }
@@ -163,6 +171,7 @@ impl Inference {
             run_dir: home_dir.join("run"),
             limits,
             loaded: Mutex::new(HashMap::new()),
+            uses: std::sync::atomic::AtomicU64::new(0),
             loading: Mutex::new(()),
         })
     }
@@ -172,13 +181,17 @@ impl Inference {
         self.sandbox.backend_name()
     }
 
-    /// The model if it is loaded already.
+    /// The model if it is loaded already (which counts as a use of it).
     pub fn get(&self, id: ModelId) -> Option<Arc<Loaded>> {
-        self.loaded
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&id)
-            .cloned()
+        let mut loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
+        let (model, last) = loaded.get_mut(&id)?;
+        *last = self.uses.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Some(model.clone())
+    }
+
+    /// Models loaded now.
+    pub fn loaded_count(&self) -> usize {
+        self.loaded.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
     /// Loads a local model (its manifest in `catalog`, its files and guest in `store`).
@@ -223,10 +236,20 @@ impl Inference {
             kind: m.runtime.kind.clone(),
             model,
         });
-        self.loaded
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id, loaded.clone());
+        let mut all = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
+        while all.len() >= MAX_LOADED {
+            let Some(stalest) = all
+                .iter()
+                .min_by_key(|(_, (_, last))| *last)
+                .map(|(k, _)| *k)
+            else {
+                break;
+            };
+            all.remove(&stalest);
+            tracing::debug!(model = %stalest, "unloaded the least recently called model");
+        }
+        let now = self.uses.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        all.insert(id, (loaded.clone(), now));
         Ok(loaded)
     }
 

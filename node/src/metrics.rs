@@ -93,6 +93,8 @@ pub struct Metrics {
     pub models: Gauge,
     /// Models whose files and guest are all here.
     pub models_local: Gauge,
+    /// Models loaded in the sandbox (at most `inference::MAX_LOADED`).
+    pub models_loaded: Gauge,
     /// Sandbox calls running now.
     pub sandbox_running: Gauge,
     /// Sandbox calls waiting for a slot now.
@@ -120,6 +122,7 @@ impl Metrics {
             peers: Gauge::default(),
             models: Gauge::default(),
             models_local: Gauge::default(),
+            models_loaded: Gauge::default(),
             sandbox_running: Gauge::default(),
             sandbox_queued: Gauge::default(),
             bytes_served: Counter::default(),
@@ -140,6 +143,11 @@ impl Metrics {
             "models_local",
             "Models whose files and guest are all on this node",
             metrics.models_local.clone(),
+        );
+        registry.register(
+            "models_loaded",
+            "Models loaded in the sandbox now (the least recently called gives way beyond 32)",
+            metrics.models_loaded.clone(),
         );
         registry.register(
             "sandbox_running",

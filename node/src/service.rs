@@ -267,6 +267,8 @@ impl api::NodeApi for Service {
         let counts = self.home.catalog.counts();
         m.models.set(counts.0 as i64);
         m.models_local.set(counts.1 as i64);
+        m.models_loaded
+            .set(self.runtime.engine().loaded_count() as i64);
         m.encode()
             .map_err(|e| ApiError::internal(format!("encoding the metrics: {e}")))
     }
