@@ -339,8 +339,8 @@ impl Fetcher {
     /// Proves the size of `hash` with the first peer whose last group verifies (see
     /// [`Fetcher::try_proof`]), trying `peers`, then providers as the DHT finds them and
     /// connected peers again (one that answered NotFound may have the blob a moment later),
-    /// for up to [`NO_PROVIDER_GIVE_UP`]. Returns the proven size and the peers whose claims
-    /// did not verify (never asked again).
+    /// for up to [`NO_PROVIDER_GIVE_UP`]. Returns the proven size, the peer that proved it, and
+    /// the peers whose claims did not verify (never asked again).
     async fn prove_size(
         &self,
         hash: BlobHash,
@@ -348,7 +348,7 @@ impl Fetcher {
         root: BlobHash,
         peers: Vec<PeerId>,
         dht: &mut Option<mpsc::Receiver<PeerId>>,
-    ) -> Result<(u64, Vec<PeerId>)> {
+    ) -> Result<(u64, PeerId, Vec<PeerId>)> {
         let deadline = Instant::now() + NO_PROVIDER_GIVE_UP;
         let mut liars = Vec::new();
         let mut reasons: HashMap<PeerId, String> = HashMap::new();
@@ -365,7 +365,7 @@ impl Fetcher {
                 }
                 asked.insert(peer, Instant::now());
                 match self.try_proof(peer, hash, stated).await? {
-                    Proof::Proven(size) => return Ok((size, liars)),
+                    Proof::Proven(size) => return Ok((size, peer, liars)),
                     Proof::Lied(why) => {
                         tracing::info!(%peer, blob = %hash, "size refuted: {why}");
                         liars.push(peer);
@@ -514,9 +514,13 @@ impl Fetcher {
         let size = match store.partial(hash)? {
             Some(record) => record.size,
             None => {
-                let (proven, liars) = self
+                let (proven, prover, liars) = self
                     .prove_size(hash, stated, root, peers.clone(), &mut dht)
                     .await?;
+                // The peer that proved it has the blob, whether or not it was known at first.
+                if !peers.contains(&prover) {
+                    peers.push(prover);
+                }
                 if !liars.is_empty() {
                     peers.retain(|p| !liars.contains(p));
                     lock(progress).peers_banned.extend(liars);
