@@ -7,21 +7,23 @@
 #
 #   scripts/fuzz.sh 300            # 5 minutes per target
 #   JOBS=2 scripts/fuzz.sh 300     # two targets at once
+#   scripts/fuzz.sh 60 ingest      # only these targets
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds="${1:-60}"
+shift || true
 jobs="${JOBS:-1}"
 
 rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
 cargo +nightly fuzz --version >/dev/null 2>&1 || cargo +nightly install --locked cargo-fuzz
 
 cd fuzz
-targets=$(cargo +nightly fuzz list)
+targets="${*:-$(cargo +nightly fuzz list)}"
 cargo +nightly fuzz build --release >/dev/null
 
 run() {
     local t=$1 log="fuzz/logs/$1.log"
-    mkdir -p "corpus-new/$t" logs
+    mkdir -p "corpus-new/$t" "corpus/$t" logs
     # Seeds are read from corpus/<t>; what libFuzzer adds goes to corpus-new/<t> (first dir).
     if cargo +nightly fuzz run --release "$t" "corpus-new/$t" "corpus/$t" -- \
         -max_total_time="$seconds" -print_final_stats=1 >"logs/$t.log" 2>&1; then
@@ -37,7 +39,7 @@ run() {
 export -f run
 export seconds
 status=0
-printf '%s\n' $targets | xargs -P "$jobs" -I{} bash -c 'run {}' | tee logs.summary || true
-grep -q CRASH logs.summary && status=1
-rm -f logs.summary
+mkdir -p logs
+printf '%s\n' $targets | xargs -P "$jobs" -I{} bash -c 'run {}' | tee logs/summary || true
+grep -q CRASH logs/summary && status=1
 exit $status

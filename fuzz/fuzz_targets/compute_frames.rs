@@ -6,7 +6,9 @@
 
 use libfuzzer_sys::fuzz_target;
 use protocol::compute::{ComputeOffer, InferCall, InferReply, InferRequest, InferResult, Outputs};
-use protocol::{BlobHash, ModelId, Object, SecretKey, Signable, Signed};
+use std::sync::OnceLock;
+
+use protocol::{BlobHash, ModelId, NodeId, Object, SecretKey, Signable, Signed};
 
 fn round_trip<T: Object>(data: &[u8]) {
     if let Ok(v) = T::from_bytes(data) {
@@ -20,6 +22,31 @@ fn signed_round_trip<T: Signable>(data: &[u8]) {
     }
 }
 
+/// The provider's terms, the caller's node id and a request from it (signed once: signing per
+/// input would be most of the target's time).
+fn keys() -> &'static (compute::ServeTerms, NodeId, Signed<InferRequest>) {
+    static KEYS: OnceLock<(compute::ServeTerms, NodeId, Signed<InferRequest>)> = OnceLock::new();
+    KEYS.get_or_init(|| {
+        let provider = SecretKey::from_seed(&[1; 32]);
+        let caller = SecretKey::from_seed(&[2; 32]);
+        let terms = compute::ServeTerms {
+            provider: provider.node_id(),
+            serve: true,
+            price_per_mfuel: 1,
+        };
+        let request = caller.sign(InferRequest {
+            model: ModelId(BlobHash::of(b"model")),
+            input_hash: BlobHash::of(b"{}"),
+            max_fuel: 1_000_000,
+            max_price_per_mfuel: 10,
+            nonce: [7; 16],
+            issued_ms: 1,
+            provider: provider.node_id(),
+        });
+        (terms, caller.node_id(), request)
+    })
+}
+
 fuzz_target!(|data: &[u8]| {
     round_trip::<InferCall>(data);
     round_trip::<InferReply>(data);
@@ -28,22 +55,7 @@ fuzz_target!(|data: &[u8]| {
     signed_round_trip::<InferResult>(data);
     signed_round_trip::<ComputeOffer>(data);
 
-    let provider = SecretKey::from_seed(&[1; 32]);
-    let caller = SecretKey::from_seed(&[2; 32]);
-    let terms = compute::ServeTerms {
-        provider: provider.node_id(),
-        serve: true,
-        price_per_mfuel: 1,
-    };
-    let _ = compute::check_call(data, Some(caller.node_id()), &terms);
-    let request = caller.sign(InferRequest {
-        model: ModelId(BlobHash::of(b"model")),
-        input_hash: BlobHash::of(b"{}"),
-        max_fuel: 1_000_000,
-        max_price_per_mfuel: 10,
-        nonce: [7; 16],
-        issued_ms: 1,
-        provider: provider.node_id(),
-    });
-    let _ = compute::check_reply(data, &request);
+    let (terms, caller, request) = keys();
+    let _ = compute::check_call(data, Some(*caller), terms);
+    let _ = compute::check_reply(data, request);
 });
