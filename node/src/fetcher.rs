@@ -80,6 +80,8 @@ const MAX_TRACKED_FETCHES: usize = 256;
 const FIRST_PROVIDER: Duration = Duration::from_secs(10);
 /// How long a fetch goes on without any provider that can serve it before it fails.
 const NO_PROVIDER_GIVE_UP: Duration = Duration::from_secs(15);
+/// Peers asked at once to prove a blob's size.
+const PROVE_AT_ONCE: usize = 3;
 /// How soon a peer that could not serve (not found, unreachable) is asked again.
 const RETRY_UNAVAILABLE: Duration = Duration::from_millis(500);
 
@@ -354,8 +356,12 @@ impl Fetcher {
         let mut reasons: HashMap<PeerId, String> = HashMap::new();
         let mut asked: HashMap<PeerId, Instant> = HashMap::new();
         let mut queue: std::collections::VecDeque<PeerId> = peers.into();
+        // A few peers are asked at once: one that left (still named by an announcement or a
+        // DHT record) costs a dial timeout, which must not hold up the live ones.
+        let mut running = futures::stream::FuturesUnordered::new();
         loop {
-            while let Some(peer) = queue.pop_front() {
+            while running.len() < PROVE_AT_ONCE {
+                let Some(peer) = queue.pop_front() else { break };
                 if liars.contains(&peer)
                     || asked
                         .get(&peer)
@@ -364,19 +370,9 @@ impl Fetcher {
                     continue;
                 }
                 asked.insert(peer, Instant::now());
-                match self.try_proof(peer, hash, stated).await? {
-                    Proof::Proven(size) => return Ok((size, peer, liars)),
-                    Proof::Lied(why) => {
-                        tracing::info!(%peer, blob = %hash, "size refuted: {why}");
-                        liars.push(peer);
-                        reasons.insert(peer, why);
-                    }
-                    Proof::Unavailable(why) => {
-                        reasons.insert(peer, why);
-                    }
-                }
+                running.push(async move { (peer, self.try_proof(peer, hash, stated).await) });
             }
-            if Instant::now() >= deadline {
+            if running.is_empty() && Instant::now() >= deadline {
                 let mut reasons: Vec<String> =
                     reasons.iter().map(|(p, r)| format!("{p}: {r}")).collect();
                 reasons.sort();
@@ -390,20 +386,37 @@ impl Fetcher {
                     }
                 );
             }
-            // Wait for a provider from the DHT, or a moment before asking the known ones again.
-            let found = tokio::time::timeout(RETRY_UNAVAILABLE, async {
-                match dht.as_mut() {
-                    Some(found) => found.recv().await,
-                    None => std::future::pending().await,
-                }
-            })
-            .await;
-            match found {
-                Ok(Some(peer)) => queue.push_back(peer),
-                Ok(None) => *dht = None,
-                Err(_) => {
+            let room = running.len() < PROVE_AT_ONCE;
+            tokio::select! {
+                Some((peer, proof)) = async {
+                    match running.is_empty() {
+                        true => std::future::pending().await,
+                        false => futures::StreamExt::next(&mut running).await,
+                    }
+                } => match proof? {
+                    Proof::Proven(size) => return Ok((size, peer, liars)),
+                    Proof::Lied(why) => {
+                        tracing::info!(%peer, blob = %hash, "size refuted: {why}");
+                        liars.push(peer);
+                        reasons.insert(peer, why);
+                    }
+                    Proof::Unavailable(why) => {
+                        reasons.insert(peer, why);
+                    }
+                },
+                found = async {
+                    match dht.as_mut() {
+                        Some(found) => found.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => match found {
+                    Some(peer) => queue.push_back(peer),
+                    None => *dht = None,
+                },
+                // A moment later, ask the known peers again (one that answered NotFound may
+                // have the blob now) and start a new DHT query if the last one ended.
+                _ = tokio::time::sleep(RETRY_UNAVAILABLE), if room => {
                     queue.extend(self.known_candidates(root).await);
-                    queue.extend(asked.keys().copied());
                     if dht.is_none() {
                         *dht = self.dht_providers(hash).await;
                     }
@@ -460,16 +473,26 @@ impl Fetcher {
 
     /// The peers likely to have `hash` that are known without asking the DHT: those that
     /// announced the model, and connected peers (a peer without it just answers NotFound).
+    /// Connected peers come first: an announcer that is not connected may have left.
     async fn known_candidates(&self, root: BlobHash) -> Vec<PeerId> {
-        let mut peers: HashSet<PeerId> = HashSet::new();
-        if let Some(announcers) = lock(&self.announcers).get(&root) {
-            peers.extend(announcers.iter().copied());
-        }
-        peers.extend(self.net.peers().await.unwrap_or_default());
-        peers.remove(&self.net.peer_id());
-        let mut peers: Vec<PeerId> = peers.into_iter().collect();
-        peers.sort();
-        peers
+        let mut connected = self.net.peers().await.unwrap_or_default();
+        connected.sort();
+        let mut others: Vec<PeerId> = lock(&self.announcers)
+            .get(&root)
+            .map(|a| {
+                a.iter()
+                    .filter(|p| !connected.contains(p))
+                    .copied()
+                    .collect()
+            })
+            .unwrap_or_default();
+        others.sort();
+        let me = self.net.peer_id();
+        connected
+            .into_iter()
+            .chain(others)
+            .filter(|p| *p != me)
+            .collect()
     }
 
     /// Asks the DHT for providers of `hash`; they arrive on the channel as they are found (the
