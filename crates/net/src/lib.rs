@@ -68,6 +68,31 @@ pub struct NetConfig {
     pub mdns: bool,
     /// Limits on serving blob streams.
     pub serve: ServeLimits,
+    /// Limits on connections.
+    pub connections: ConnectionLimits,
+}
+
+/// Limits on connections: peer ids cost nothing, so a flood of them is bounded here. Inbound
+/// connections beyond a limit are refused at once (`moxnet_net_connections_denied_total`);
+/// the node's own dials are not limited.
+#[derive(Debug, Clone)]
+pub struct ConnectionLimits {
+    /// Connections other peers opened to this node, at most.
+    pub max_incoming: u32,
+    /// Inbound connections still in their handshake, at most.
+    pub max_pending_incoming: u32,
+    /// Connections with one peer, at most.
+    pub max_per_peer: u32,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits {
+            max_incoming: 256,
+            max_pending_incoming: 64,
+            max_per_peer: 2,
+        }
+    }
 }
 
 /// What this node offers to peers. Implemented by `node` on top of the store; methods are

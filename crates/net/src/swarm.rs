@@ -35,6 +35,7 @@ pub(crate) struct Behaviour {
     catalog: request_response::Behaviour<FrameCodec>,
     infer: request_response::Behaviour<FrameCodec>,
     pub(crate) stream: libp2p_stream::Behaviour,
+    limits: libp2p::connection_limits::Behaviour,
 }
 
 /// A request to the event loop; each carries its reply channel.
@@ -123,6 +124,8 @@ pub(crate) struct EventLoop {
     metrics: Metrics,
     /// Events the node was too slow to take (see [`EventLoop::emit`]).
     dropped: prometheus_client::metrics::counter::Counter,
+    /// `moxnet_net_connections_denied_total`.
+    denied: prometheus_client::metrics::counter::Counter,
     /// Gossip messages being verified off the loop.
     verifying: Arc<tokio::sync::Semaphore>,
     /// Verdicts on gossip messages, from the verifying threads: forward, or drop and penalise.
@@ -186,7 +189,15 @@ pub(crate) fn build_swarm(
             } else {
                 Toggle::from(None)
             };
+            let c = &config.connections;
+            let limits = libp2p::connection_limits::Behaviour::new(
+                libp2p::connection_limits::ConnectionLimits::default()
+                    .with_max_established_incoming(Some(c.max_incoming))
+                    .with_max_pending_incoming(Some(c.max_pending_incoming))
+                    .with_max_established_per_peer(Some(c.max_per_peer)),
+            );
             Ok(Behaviour {
+                limits,
                 identify: identify::Behaviour::new(identify::Config::new(
                     wire::IDENTIFY_VERSION.into(),
                     key.public(),
@@ -245,6 +256,12 @@ impl EventLoop {
             "Network events dropped: the node's queue was full, or too many gossip messages were being verified",
             dropped.clone(),
         );
+        let denied = prometheus_client::metrics::counter::Counter::default();
+        registry.sub_registry_with_prefix("moxnet_net").register(
+            "connections_denied",
+            "Inbound connections refused by the connection limits",
+            denied.clone(),
+        );
         let topic = IdentTopic::new(wire::ANNOUNCE_TOPIC);
         let offer_topic = IdentTopic::new(wire::OFFER_TOPIC);
         for t in [&topic, &offer_topic] {
@@ -276,6 +293,7 @@ impl EventLoop {
             synced: HashSet::new(),
             metrics,
             dropped,
+            denied,
             verifying: Arc::new(tokio::sync::Semaphore::new(MAX_VERIFYING)),
             validations,
             validations_tx,
@@ -548,6 +566,14 @@ impl EventLoop {
                         let _ = reply.send(Err(NetError::Dial(format!("{peer}: {error}"))));
                     }
                 }
+            }
+            SwarmEvent::IncomingConnectionError {
+                error: libp2p::swarm::ListenError::Denied { cause },
+                send_back_addr,
+                ..
+            } => {
+                self.denied.inc();
+                tracing::debug!(from = %send_back_addr, "refused a connection: {cause}");
             }
             SwarmEvent::Behaviour(event) => self.on_behaviour_event(event).await,
             _ => {}

@@ -87,18 +87,18 @@ async fn node(seed: u8, corrupt_at: Option<usize>) -> TestNode {
 }
 
 async fn node_with(seed: u8, serve: net::ServeLimits) -> TestNode {
-    node_config(seed, None, "/ip4/127.0.0.1/tcp/0", serve).await
+    node_config(seed, None, "/ip4/127.0.0.1/tcp/0", |c| c.serve = serve).await
 }
 
 async fn node_on(seed: u8, corrupt_at: Option<usize>, listen: &str) -> TestNode {
-    node_config(seed, corrupt_at, listen, net::ServeLimits::default()).await
+    node_config(seed, corrupt_at, listen, |_| {}).await
 }
 
 async fn node_config(
     seed: u8,
     corrupt_at: Option<usize>,
     listen: &str,
-    serve: net::ServeLimits,
+    tweak: impl FnOnce(&mut NetConfig),
 ) -> TestNode {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Arc::new(Store::open(dir.path()).expect("store"));
@@ -107,12 +107,12 @@ async fn node_config(
         manifests: Mutex::new(Vec::new()),
         corrupt_at,
     });
-    let config = NetConfig {
+    let mut config = NetConfig {
         seed: [seed; 32],
         listen: vec![listen.parse().expect("addr")],
-        serve,
         ..NetConfig::default()
     };
+    tweak(&mut config);
     let (client, mut events) = net::spawn(config, provider.clone()).await.expect("spawn");
     let addr = loop {
         match tokio::time::timeout(Duration::from_secs(5), events.recv()).await {
@@ -598,4 +598,35 @@ async fn peers_that_never_read_cannot_keep_an_honest_requester_out() {
     .expect("honest ingest");
     assert!(outcome.complete);
     drop(held);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inbound_connections_beyond_the_limit_are_refused() {
+    let limits = net::ConnectionLimits {
+        max_incoming: 3,
+        ..net::ConnectionLimits::default()
+    };
+    let a = node_config(100, None, "/ip4/127.0.0.1/tcp/0", |c| {
+        c.connections = limits
+    })
+    .await;
+    // Fresh peer ids, one after another: the first three get in, the rest are refused (a
+    // refused dialer may see its handshake finish before the provider closes the connection,
+    // so the count is the provider's).
+    let mut peers = Vec::new();
+    for i in 0..5 {
+        let peer = node(101 + i, None).await;
+        let _ =
+            tokio::time::timeout(Duration::from_secs(5), peer.client.dial(a.addr.clone())).await;
+        let connected = a.client.peers().await.expect("peers").len();
+        assert!(connected <= 3, "{connected} inbound connections, limit 3");
+        peers.push(peer);
+    }
+    assert_eq!(a.client.peers().await.expect("peers").len(), 3);
+    // The node's own dials are not limited.
+    let other = node(110, None).await;
+    a.client
+        .dial(other.addr.clone())
+        .await
+        .expect("an outbound dial");
 }
