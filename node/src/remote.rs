@@ -300,26 +300,6 @@ impl Target {
 }
 
 impl Remote {
-    /// Whether `peer` is connected; if not, dials the addresses it offered.
-    async fn reach(&self, peer: PeerId, addrs: &[Multiaddr]) {
-        if self
-            .net
-            .peers()
-            .await
-            .is_ok_and(|peers| peers.contains(&peer))
-        {
-            return;
-        }
-        for addr in addrs {
-            if matches!(
-                tokio::time::timeout(Duration::from_secs(5), self.net.dial(addr.clone())).await,
-                Ok(Ok(()))
-            ) {
-                return;
-            }
-        }
-    }
-
     /// One signed call to one provider, verified.
     async fn attempt(
         &self,
@@ -352,7 +332,8 @@ impl Remote {
         }
         .to_bytes();
         let started = Instant::now();
-        self.reach(to.peer, &to.addrs).await;
+        // Not reaching it is not final: the call below says why.
+        self.net.reach(to.peer, &to.addrs).await;
         let timeout = self.compute.config.call_timeout;
         let reply = match tokio::time::timeout(timeout, self.net.infer(to.peer, call)).await {
             Ok(Ok(bytes)) => bytes,

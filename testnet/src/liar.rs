@@ -561,14 +561,6 @@ impl Peer {
 
     /// Connects to `peer` if it is not connected, through the addresses of its offer.
     async fn reach(&self, peer: PeerId) {
-        if self
-            .net
-            .peers()
-            .await
-            .is_ok_and(|peers| peers.contains(&peer))
-        {
-            return;
-        }
         let addrs = self
             .offered
             .lock()
@@ -576,14 +568,7 @@ impl Peer {
             .get(&peer)
             .cloned()
             .unwrap_or_default();
-        for addr in addrs {
-            if matches!(
-                tokio::time::timeout(Duration::from_secs(5), self.net.dial(addr)).await,
-                Ok(Ok(()))
-            ) {
-                return;
-            }
-        }
+        self.net.reach(peer, &addrs).await;
     }
 }
 

@@ -4,13 +4,16 @@
 //! ```
 //! use api::oip::InferRequest;
 //! use protocol::DType;
+//! # fn main() -> Result<(), String> {
 //! let request = InferRequest::from_json(&serde_json::json!({
 //!     "inputs": [{ "name": "x", "datatype": "FP32", "data": [[1.0, 2.5]] }]
-//! })).unwrap();
+//! }))?;
 //! let input = &request.inputs[0];
 //! assert_eq!(input.shape, vec![1, 2]);
-//! let tensor = input.encode(DType::F32).unwrap();
+//! let tensor = input.encode(DType::F32)?;
 //! assert_eq!(tensor.data.len(), 8);
+//! # Ok(())
+//! # }
 //! ```
 //!
 //! # Concepts

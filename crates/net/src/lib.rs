@@ -361,6 +361,25 @@ impl Client {
         self.call(|reply| Command::Dial { addr, reply }).await?
     }
 
+    /// Makes sure `peer` is connected: returns at once if it is, else dials `addrs` in turn
+    /// (each for at most 5 s) until one connects. Whether it connected is returned; a caller
+    /// that needs the peer then learns more from its request.
+    pub async fn reach(&self, peer: PeerId, addrs: &[Multiaddr]) -> bool {
+        if self.peers().await.is_ok_and(|peers| peers.contains(&peer)) {
+            return true;
+        }
+        for addr in addrs {
+            if matches!(
+                tokio::time::timeout(std::time::Duration::from_secs(5), self.dial(addr.clone()))
+                    .await,
+                Ok(Ok(()))
+            ) {
+                return true;
+            }
+        }
+        false
+    }
+
     /// The peers connected now.
     pub async fn peers(&self) -> Result<Vec<PeerId>, NetError> {
         self.call(|reply| Command::Peers { reply }).await
