@@ -21,6 +21,29 @@ struct ConfigFile {
     mdns: Option<bool>,
     inference: Option<InferenceSection>,
     compute: Option<ComputeSection>,
+    catalog: Option<CatalogSection>,
+}
+
+/// `[catalog]`: how many manifests from peers the node keeps. Any key left out keeps its
+/// default.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogSection {
+    /// Models in the catalogue, in all.
+    pub max_models: Option<usize>,
+    /// Models signed by one author.
+    pub max_per_author: Option<usize>,
+}
+
+impl CatalogSection {
+    /// The catalogue's quota.
+    pub fn quota(&self) -> catalog::Quota {
+        let d = catalog::Quota::default();
+        catalog::Quota {
+            max_models: self.max_models.unwrap_or(d.max_models),
+            max_per_author: self.max_per_author.unwrap_or(d.max_per_author),
+        }
+    }
 }
 
 /// `[compute]`: serving calls for peers, and calling peers. Any key left out keeps its default.
@@ -126,6 +149,8 @@ pub struct NodeConfig {
     pub inference: InferenceSection,
     /// Compute sharing.
     pub compute: ComputeSection,
+    /// The catalogue's quota for manifests from peers.
+    pub catalog: catalog::Quota,
 }
 
 fn parse_file(text: &str, what: &str) -> Result<ConfigFile> {
@@ -196,6 +221,15 @@ pub fn load(dir: &Path, args: &NodeArgs) -> Result<NodeConfig> {
     if args.serve {
         compute.serve = Some(true);
     }
+    let (fc, dc) = (
+        file.catalog.unwrap_or_default(),
+        defaults.catalog.unwrap_or_default(),
+    );
+    let catalog = CatalogSection {
+        max_models: fc.max_models.or(dc.max_models),
+        max_per_author: fc.max_per_author.or(dc.max_per_author),
+    }
+    .quota();
     Ok(NodeConfig {
         listen,
         bootstrap,
@@ -203,6 +237,7 @@ pub fn load(dir: &Path, args: &NodeArgs) -> Result<NodeConfig> {
         mdns,
         inference,
         compute,
+        catalog,
     })
 }
 

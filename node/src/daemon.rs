@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use net::libp2p::multiaddr::Protocol;
 use net::{NetConfig, NetEvent, Provider};
-use protocol::BlobHash;
+use protocol::{BlobHash, ModelId};
 use serde_json::json;
 
 use crate::api_client::{API_FILE, TOKEN_FILE};
@@ -73,13 +73,12 @@ impl Provider for StoreProvider {
             .map_err(std::io::Error::other)
     }
 
-    fn catalog(&self) -> Vec<Vec<u8>> {
-        self.home
-            .catalog
-            .entries()
-            .iter()
-            .map(|e| e.manifest.to_bytes())
-            .collect()
+    fn catalog_page(&self, after: Option<ModelId>) -> protocol::wire::CatalogResponse {
+        self.home.catalog.page(
+            after,
+            protocol::wire::MAX_CATALOG_PAGE,
+            protocol::wire::CATALOG_PAGE_BYTES,
+        )
     }
 }
 
@@ -132,6 +131,7 @@ async fn serve(
         store.clone(),
         catalog.clone(),
         metrics.clone(),
+        config.catalog,
     ));
     let runtime = Arc::new(Runtime::new(
         engine,

@@ -77,6 +77,13 @@ pub struct CallLabels {
     pub outcome: Outcome,
 }
 
+/// Labels of `moxnet_manifests_dropped_total`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct DropLabels {
+    /// Why: `busy`, `catalogue_full` or `author_quota`.
+    pub reason: &'static str,
+}
+
 /// Labels of `moxnet_fetches_total`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct FetchLabels {
@@ -109,8 +116,8 @@ pub struct Metrics {
     pub calls: Family<CallLabels, Counter>,
     /// Fuel burnt by calls run on this node (local and served).
     pub fuel: Counter,
-    /// Manifests learnt from peers and dropped because too many were being stored.
-    pub manifests_dropped: Counter,
+    /// Manifests learnt from peers and dropped, by reason.
+    pub manifests_dropped: Family<DropLabels, Counter>,
 }
 
 impl Metrics {
@@ -130,7 +137,7 @@ impl Metrics {
             fetches: Family::default(),
             calls: Family::default(),
             fuel: Counter::default(),
-            manifests_dropped: Counter::default(),
+            manifests_dropped: Family::default(),
             registry: Registry::default(),
         };
         registry.register("peers", "Peers connected now", metrics.peers.clone());
@@ -186,7 +193,7 @@ impl Metrics {
         );
         registry.register(
             "manifests_dropped",
-            "Manifests from peers dropped because too many were being stored at once",
+            "Manifests from peers dropped: busy (256 being stored at once), catalogue_full or author_quota",
             metrics.manifests_dropped.clone(),
         );
         Metrics {

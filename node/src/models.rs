@@ -17,7 +17,7 @@ use store::Store;
 
 use crate::fetcher::Fetcher;
 use crate::inference::{CallError, Inference, Loaded};
-use crate::metrics::Metrics;
+use crate::metrics::{DropLabels, Metrics};
 
 /// Manifests learnt from peers being stored at once; more are dropped (and counted in
 /// `moxnet_manifests_dropped_total`).
@@ -33,6 +33,8 @@ pub struct Models {
     imports: Arc<tokio::sync::Semaphore>,
     /// Models already announced and provided by this node.
     announced: Mutex<HashSet<ModelId>>,
+    /// How many manifests from peers the catalogue takes.
+    quota: catalog::Quota,
 }
 
 impl Models {
@@ -42,8 +44,10 @@ impl Models {
         store: Arc<Store>,
         catalog: Arc<Catalog>,
         metrics: Arc<Metrics>,
+        quota: catalog::Quota,
     ) -> Models {
         Models {
+            quota,
             net,
             store,
             catalog,
@@ -61,16 +65,39 @@ impl Models {
         if self.catalog.get(id).is_some() {
             return;
         }
+        let drop = |reason: &'static str| {
+            self.metrics
+                .manifests_dropped
+                .get_or_create(&DropLabels { reason })
+                .inc();
+        };
+        // Checked here first so that a flood over quota costs no blocking thread.
+        if let Err(refused) = self.catalog.admits(manifest.signer(), self.quota) {
+            drop(refused.label());
+            tracing::warn!(model = %id, peer = %from, author = %manifest.signer(), "manifest from a peer dropped: {refused}");
+            return;
+        }
         let Ok(permit) = self.imports.clone().try_acquire_owned() else {
-            self.metrics.manifests_dropped.inc();
+            drop("busy");
             tracing::warn!(model = %id, peer = %from, "too many manifests being stored; dropped this one");
             return;
         };
         let catalog = self.catalog.clone();
+        let (quota, metrics) = (self.quota, self.metrics.clone());
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            if let Err(e) = catalog.insert(manifest) {
-                tracing::warn!(model = %id, "storing a learnt manifest: {e:#}");
+            match catalog.insert_learnt(manifest, quota) {
+                Ok(Ok(_)) => {}
+                Ok(Err(refused)) => {
+                    metrics
+                        .manifests_dropped
+                        .get_or_create(&DropLabels {
+                            reason: refused.label(),
+                        })
+                        .inc();
+                    tracing::warn!(model = %id, "manifest from a peer dropped: {refused}");
+                }
+                Err(e) => tracing::warn!(model = %id, "storing a learnt manifest: {e:#}"),
             }
         });
     }

@@ -113,10 +113,15 @@ fn main() -> std::io::Result<()> {
         &dir,
         "catalog_frames",
         "request",
-        &CatalogRequest.to_bytes(),
+        &CatalogRequest::default().to_bytes(),
     )?;
+    let after = CatalogRequest {
+        after: Some(ModelId(BlobHash::of(b"after"))),
+    };
+    write(&dir, "catalog_frames", "request-after", &after.to_bytes())?;
     let catalog = CatalogResponse {
         manifests: vec![signed_manifest.clone(), signed_manifest],
+        next: Some(ModelId(BlobHash::of(b"next"))),
     };
     write(&dir, "catalog_frames", "response", &catalog.to_bytes())?;
 

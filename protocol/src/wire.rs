@@ -12,8 +12,8 @@
 //!
 //! A frame is a 4-byte big-endian length followed by that many bytes of deterministic CBOR.
 
-use crate::cbor::{MapReader, Value, as_list, as_u64};
-use crate::{BlobHash, DecodeError, Object};
+use crate::cbor::{MapReader, Value, as_array, as_list, as_u64};
+use crate::{BlobHash, DecodeError, ModelId, Object};
 
 /// Stream protocol for verified blob ranges.
 pub const BLOB_PROTOCOL: &str = "/moxnet/blob/1";
@@ -41,8 +41,15 @@ pub const MAX_REQUEST_RANGES: usize = 1024;
 pub const MAX_REQUEST_GROUPS: u64 = 4096;
 /// Largest [`CatalogRequest`] frame.
 pub const MAX_CATALOG_REQUEST_BYTES: usize = 1024;
-/// Largest [`CatalogResponse`] frame.
-pub const MAX_CATALOG_RESPONSE_BYTES: usize = 16 << 20;
+/// The most manifest bytes a provider puts in one [`CatalogResponse`] page (a page always holds
+/// at least one manifest: one is at most [`crate::MAX_MANIFEST_BYTES`]).
+pub const CATALOG_PAGE_BYTES: usize = 4 << 20;
+/// The most manifests in one [`CatalogResponse`] page: bounds the signatures a receiver verifies
+/// per answer.
+pub const MAX_CATALOG_PAGE: usize = 1024;
+/// Largest [`CatalogResponse`] frame: a full page plus the CBOR around it.
+pub const MAX_CATALOG_RESPONSE_BYTES: usize =
+    CATALOG_PAGE_BYTES + crate::MAX_MANIFEST_BYTES + 64 * 1024;
 /// Wire messages version.
 pub const WIRE_VERSION: u64 = 1;
 
@@ -210,31 +217,52 @@ impl Object for BlobResponseHeader {
     }
 }
 
-/// Asks a peer for the signed manifests it knows (catalogue sync on join).
+/// Asks a peer for one page of the signed manifests it knows (catalogue sync on join). Pages
+/// run in model id order (the 32 id bytes compared as unsigned bytes): the first page has no
+/// `after`; each next one names the last id of the page before ([`CatalogResponse::next`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct CatalogRequest;
+pub struct CatalogRequest {
+    /// Only manifests whose id is greater than this one.
+    pub after: Option<ModelId>,
+}
 
 impl Object for CatalogRequest {
     const WHAT: &'static str = "catalog request";
     const MAX_BYTES: usize = MAX_CATALOG_REQUEST_BYTES;
 
     fn to_cbor(&self) -> Value {
-        Value::Map(vec![(Value::text("v"), Value::Uint(WIRE_VERSION))])
+        let mut map = vec![(Value::text("v"), Value::Uint(WIRE_VERSION))];
+        if let Some(after) = self.after {
+            map.push((
+                Value::text("after"),
+                Value::Bytes(after.blob().as_bytes().to_vec()),
+            ));
+        }
+        Value::Map(map)
     }
 
     fn from_cbor(v: Value) -> Result<Self, DecodeError> {
         let mut m = MapReader::new("catalog request", v)?;
         m.version(WIRE_VERSION)?;
+        let after = m
+            .optional("after")
+            .map(|v| as_array::<32>("catalog request after", v))
+            .transpose()?
+            .map(|b| ModelId(BlobHash::from_bytes(b)));
         m.finish()?;
-        Ok(CatalogRequest)
+        Ok(CatalogRequest { after })
     }
 }
 
-/// Signed manifest envelopes (each verified by the receiver before use).
+/// One page of signed manifest envelopes (each verified by the receiver before use), in model
+/// id order, at most [`MAX_CATALOG_PAGE`] of them.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct CatalogResponse {
     /// Envelope bytes, each a `Signed<Manifest>`.
     pub manifests: Vec<Vec<u8>>,
+    /// Present when more manifests follow: ask again with this as `after` (the id of the last
+    /// manifest on this page).
+    pub next: Option<ModelId>,
 }
 
 impl Object for CatalogResponse {
@@ -242,7 +270,7 @@ impl Object for CatalogResponse {
     const MAX_BYTES: usize = MAX_CATALOG_RESPONSE_BYTES;
 
     fn to_cbor(&self) -> Value {
-        Value::Map(vec![
+        let mut map = vec![
             (Value::text("v"), Value::Uint(WIRE_VERSION)),
             (
                 Value::text("manifests"),
@@ -253,7 +281,14 @@ impl Object for CatalogResponse {
                         .collect(),
                 ),
             ),
-        ])
+        ];
+        if let Some(next) = self.next {
+            map.push((
+                Value::text("next"),
+                Value::Bytes(next.blob().as_bytes().to_vec()),
+            ));
+        }
+        Value::Map(map)
     }
 
     fn from_cbor(v: Value) -> Result<Self, DecodeError> {
@@ -262,7 +297,7 @@ impl Object for CatalogResponse {
         let manifests = as_list(
             "catalog manifests",
             m.required("manifests")?,
-            100_000,
+            MAX_CATALOG_PAGE,
             |v| match v {
                 Value::Bytes(b) => Ok(b),
                 _ => Err(DecodeError::invalid(
@@ -271,8 +306,40 @@ impl Object for CatalogResponse {
                 )),
             },
         )?;
+        let next = m
+            .optional("next")
+            .map(|v| as_array::<32>("catalog response next", v))
+            .transpose()?
+            .map(|b| ModelId(BlobHash::from_bytes(b)));
         m.finish()?;
-        Ok(CatalogResponse { manifests })
+        Ok(CatalogResponse { manifests, next })
+    }
+}
+
+impl CatalogResponse {
+    /// Builds one page from `entries`: (id, envelope) pairs in increasing id order, starting
+    /// after the requested id. Takes at most `max_items` and `max_bytes` of envelopes (but at
+    /// least one if any), and sets `next` when entries remain. Reads one entry past the page.
+    pub fn page(
+        entries: impl IntoIterator<Item = (ModelId, Vec<u8>)>,
+        max_items: usize,
+        max_bytes: usize,
+    ) -> CatalogResponse {
+        let mut page = CatalogResponse::default();
+        let mut bytes = 0;
+        let mut last = None;
+        for (id, envelope) in entries {
+            if !page.manifests.is_empty()
+                && (page.manifests.len() >= max_items || bytes + envelope.len() > max_bytes)
+            {
+                page.next = last;
+                return page;
+            }
+            bytes += envelope.len();
+            page.manifests.push(envelope);
+            last = Some(id);
+        }
+        page
     }
 }
 

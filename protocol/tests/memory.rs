@@ -48,7 +48,7 @@ fn counts_claimed_by_a_frame_are_not_reserved() {
 
 #[test]
 fn a_frame_of_tiny_items_is_refused_before_it_becomes_huge() {
-    // 16 Mi one-byte integers in one array: as decoded values, at least 512 MiB.
+    // About 5 Mi one-byte integers in one array: as decoded values, at least 160 MiB.
     let len = protocol::wire::MAX_CATALOG_RESPONSE_BYTES;
     let mut frame = array_head((len - 5) as u32);
     frame.resize(len, 0);

@@ -32,7 +32,7 @@ use protocol::compute::{
     ComputeOffer, InferCall, InferReply, InferRequest, InferResult, InferStatus, MAX_OFFER_ADDRS,
     Outputs,
 };
-use protocol::{BlobHash, DecodeError, Manifest, Object, SecretKey, Signed};
+use protocol::{BlobHash, DecodeError, Manifest, ModelId, Object, SecretKey, Signed};
 use store::Store;
 
 /// The identity key file in a home: the ed25519 seed as 64 hex characters (`node/src/home.rs`).
@@ -229,17 +229,24 @@ impl Provider for StoreProvider {
         served.map_err(std::io::Error::other)
     }
 
-    fn catalog(&self) -> Vec<Vec<u8>> {
-        self.store
-            .manifests()
-            .unwrap_or_default()
+    fn catalog_page(&self, after: Option<ModelId>) -> protocol::wire::CatalogResponse {
+        let mut ids = self.store.manifests().unwrap_or_default();
+        ids.sort();
+        let entries = ids
             .into_iter()
+            .filter(|id| after.is_none_or(|a| *id > a))
             .filter_map(|id| {
-                self.store
+                let bytes = self
+                    .store
                     .read_bytes(id.blob(), Signed::<Manifest>::MAX_BYTES as u64)
-                    .ok()
-            })
-            .collect()
+                    .ok()?;
+                Some((id, bytes))
+            });
+        protocol::wire::CatalogResponse::page(
+            entries,
+            protocol::wire::MAX_CATALOG_PAGE,
+            protocol::wire::CATALOG_PAGE_BYTES,
+        )
     }
 }
 

@@ -39,8 +39,11 @@
 //! **Invariant:** every manifest the catalogue returns verified against its signer when it
 //! first arrived at this node.
 //!
-//! **Bound:** the catalogue holds every manifest the node accepted (each at most
-//! `Signed::<Manifest>::MAX_BYTES`); the node bounds how many it accepts at once.
+//! **Bound:** manifests learnt from peers enter through [`Catalog::insert_learnt`], which holds
+//! the catalogue to a [`Quota`]: at most [`Quota::max_models`] models in all (each at most
+//! `Signed::<Manifest>::MAX_BYTES`) and [`Quota::max_per_author`] per signer, so that fresh
+//! keys cannot fill the disk and one author cannot crowd out the rest. The node's own
+//! publishes ([`Catalog::insert`]) are not counted against it.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, RwLock};
@@ -79,6 +82,47 @@ pub enum CatalogError {
     },
 }
 
+/// How many manifests from peers the catalogue takes (see [`Catalog::insert_learnt`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    /// Models in the catalogue, in all.
+    pub max_models: usize,
+    /// Models signed by one author.
+    pub max_per_author: usize,
+}
+
+impl Default for Quota {
+    /// 100,000 models (at most 100 GiB of manifests at 1 MiB each, typically a few hundred
+    /// MiB) and 1,000 per author.
+    fn default() -> Quota {
+        Quota {
+            max_models: 100_000,
+            max_per_author: 1_000,
+        }
+    }
+}
+
+/// Why a manifest from a peer was not taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    /// The catalogue holds [`Quota::max_models`] models.
+    #[error("the catalogue is full ({0} models)")]
+    Full(usize),
+    /// Its author signed [`Quota::max_per_author`] models already.
+    #[error("its author has {0} models here already")]
+    AuthorQuota(usize),
+}
+
+impl Refused {
+    /// A short label for metrics: `catalogue_full` or `author_quota`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Refused::Full(_) => "catalogue_full",
+            Refused::AuthorQuota(_) => "author_quota",
+        }
+    }
+}
+
 /// A result of the catalogue.
 pub type Result<T> = std::result::Result<T, CatalogError>;
 
@@ -102,9 +146,28 @@ struct State {
     waiting: HashMap<BlobHash, HashSet<ModelId>>,
     /// Snapshots verified so far.
     snapshots: HashMap<BlobHash, Arc<Signed<Snapshot>>>,
+    /// Models per signer.
+    by_author: HashMap<protocol::NodeId, usize>,
 }
 
 impl State {
+    fn add(&mut self, id: ModelId, manifest: Arc<Signed<Manifest>>) {
+        *self.by_author.entry(manifest.signer()).or_default() += 1;
+        self.models.insert(id, manifest);
+    }
+
+    fn remove(&mut self, id: ModelId) {
+        self.untrack(id);
+        if let Some(m) = self.models.remove(&id)
+            && let Some(n) = self.by_author.get_mut(&m.signer())
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.by_author.remove(&m.signer());
+            }
+        }
+    }
+
     /// Records what `id` still misses, given what the store has.
     fn track(&mut self, store: &Store, id: ModelId, manifest: &Manifest) -> Result<()> {
         self.untrack(id);
@@ -172,9 +235,7 @@ impl Catalog {
             };
             let id = ModelId(BlobHash::from_bytes(key));
             match Signed::<Manifest>::from_trusted_bytes(&v) {
-                Ok(m) => {
-                    state.models.insert(id, Arc::new(m));
-                }
+                Ok(m) => state.add(id, Arc::new(m)),
                 Err(e) => {
                     tracing::warn!(model = %id, "catalogue: dropping an undecodable entry: {e}")
                 }
@@ -189,7 +250,7 @@ impl Catalog {
             match catalog.read_manifest(id) {
                 Ok(m) => {
                     catalog.tree.insert(id.blob().as_bytes(), m.to_bytes())?;
-                    state.models.insert(id, Arc::new(m));
+                    state.add(id, Arc::new(m));
                 }
                 Err(e) => tracing::warn!(model = %id, "catalogue: skipping a manifest: {e}"),
             }
@@ -241,8 +302,42 @@ impl Catalog {
         self.tree.flush()?;
         let mut state = self.write();
         state.track(&self.store, id, manifest.body())?;
-        state.models.insert(id, Arc::new(manifest));
+        state.add(id, Arc::new(manifest));
         Ok(id)
+    }
+
+    /// Whether a manifest from a peer signed by `author` would be taken under `quota` now.
+    pub fn admits(
+        &self,
+        author: protocol::NodeId,
+        quota: Quota,
+    ) -> std::result::Result<(), Refused> {
+        let state = self.read();
+        if state.models.len() >= quota.max_models {
+            return Err(Refused::Full(state.models.len()));
+        }
+        let mine = state.by_author.get(&author).copied().unwrap_or(0);
+        if mine >= quota.max_per_author {
+            return Err(Refused::AuthorQuota(mine));
+        }
+        Ok(())
+    }
+
+    /// Adds a manifest learnt from a peer if `quota` admits it (see [`Catalog::admits`]); one
+    /// already here is fine. `Ok(Err(_))` says why it was refused.
+    pub fn insert_learnt(
+        &self,
+        manifest: Signed<Manifest>,
+        quota: Quota,
+    ) -> Result<std::result::Result<ModelId, Refused>> {
+        let id = protocol::model_id(&manifest.to_bytes());
+        if self.read().models.contains_key(&id) {
+            return Ok(Ok(id));
+        }
+        if let Err(refused) = self.admits(manifest.signer(), quota) {
+            return Ok(Err(refused));
+        }
+        self.insert(manifest).map(Ok)
     }
 
     /// Verifies an envelope (from a peer or a fetch) and adds it.
@@ -254,6 +349,32 @@ impl Catalog {
                 source,
             })?;
         self.insert(manifest)
+    }
+
+    /// One page of the catalogue for a peer: the envelopes of the models whose id is greater
+    /// than `after`, in id order (see [`protocol::wire::CatalogResponse::page`]).
+    pub fn page(
+        &self,
+        after: Option<ModelId>,
+        max_items: usize,
+        max_bytes: usize,
+    ) -> protocol::wire::CatalogResponse {
+        use std::ops::Bound;
+        let chosen: Vec<(ModelId, Arc<Signed<Manifest>>)> = {
+            let state = self.read();
+            let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+            state
+                .models
+                .range((start, Bound::Unbounded))
+                .take(max_items.max(1).saturating_add(1))
+                .map(|(id, m)| (*id, m.clone()))
+                .collect()
+        };
+        protocol::wire::CatalogResponse::page(
+            chosen.into_iter().map(|(id, m)| (id, m.to_bytes())),
+            max_items,
+            max_bytes,
+        )
     }
 
     /// A model's manifest, if the catalogue knows it.
@@ -348,8 +469,7 @@ impl Catalog {
         let ids: Vec<ModelId> = state.models.keys().copied().collect();
         for id in ids {
             if !self.store.has(id.blob())? {
-                state.untrack(id);
-                state.models.remove(&id);
+                state.remove(id);
                 self.tree.remove(id.blob().as_bytes())?;
                 continue;
             }

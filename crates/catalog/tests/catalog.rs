@@ -177,3 +177,74 @@ fn snapshot_chains_and_lineage() {
         vec![ModelId(BlobHash::of(b"unknown"))]
     );
 }
+
+/// Manifests from peers are held to a quota: per author, and in all (counted again after a
+/// restart); the node's own publishes are not. Pages walk the catalogue in id order.
+#[test]
+fn learnt_manifests_are_held_to_a_quota_and_pages_cover_the_catalogue() {
+    use catalog::{Quota, Refused};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let quota = Quota {
+        max_models: 5,
+        max_per_author: 2,
+    };
+    let spammer = SecretKey::from_seed(&[1; 32]);
+    let store = Arc::new(Store::open(dir.path()).expect("store"));
+    let catalog = Catalog::open(store.clone()).expect("catalog");
+    for i in 0..2 {
+        let m = spammer.sign(manifest(&format!("spam-{i}"), &[], None));
+        catalog
+            .insert_learnt(m, quota)
+            .expect("store")
+            .expect("under quota");
+    }
+    let third = spammer.sign(manifest("spam-2", &[], None));
+    assert_eq!(
+        catalog.insert_learnt(third, quota).expect("store"),
+        Err(Refused::AuthorQuota(2))
+    );
+    // Another author still gets in, until the catalogue is full.
+    for seed in 2..5u8 {
+        let m = SecretKey::from_seed(&[seed; 32]).sign(manifest("other", &[], None));
+        catalog
+            .insert_learnt(m, quota)
+            .expect("store")
+            .expect("room left");
+    }
+    let late = SecretKey::from_seed(&[6; 32]).sign(manifest("late", &[], None));
+    assert_eq!(
+        catalog.insert_learnt(late.clone(), quota).expect("store"),
+        Err(Refused::Full(5))
+    );
+    // The node's own publish is not refused.
+    catalog
+        .insert(key().sign(manifest("mine", &[], None)))
+        .expect("own");
+    drop(catalog);
+    let catalog = Catalog::open(store).expect("reopen");
+    assert_eq!(catalog.len(), 6);
+    assert_eq!(
+        catalog.insert_learnt(late, quota).expect("store"),
+        Err(Refused::Full(6)),
+        "the quota counts what was kept across a restart"
+    );
+    // Pages of two walk all six, in id order, each ending where the next begins.
+    let mut after = None;
+    let mut seen = Vec::new();
+    loop {
+        let page = catalog.page(after, 2, usize::MAX);
+        assert!(page.manifests.len() <= 2);
+        seen.extend(page.manifests.iter().map(|m| protocol::model_id(m)));
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    let mut sorted = seen.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(seen, sorted, "in id order, none twice");
+    assert_eq!(seen.len(), 6);
+    // A byte budget smaller than one manifest still returns one per page.
+    assert_eq!(catalog.page(None, 10, 1).manifests.len(), 1);
+}

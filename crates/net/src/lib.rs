@@ -46,7 +46,7 @@ use std::sync::Arc;
 use libp2p::{Multiaddr, PeerId};
 use protocol::compute::ComputeOffer;
 use protocol::wire::BlobRequest;
-use protocol::{BlobHash, Manifest, NodeId, Signed};
+use protocol::{BlobHash, Manifest, ModelId, NodeId, Signed};
 use tokio::sync::{mpsc, oneshot};
 
 pub use blob::{BlobResponse, BlockingReader, ServeLimits};
@@ -54,6 +54,7 @@ pub use libp2p;
 
 pub use libp2p::metrics::Registry;
 use swarm::{Command, EventLoop, build_swarm};
+pub use swarm::{MAX_CATALOG_ANSWERS, MAX_SYNC_PAGES};
 
 /// How to start the network.
 #[derive(Debug, Clone, Default)]
@@ -107,8 +108,11 @@ pub trait Provider: Send + Sync + 'static {
         groups: &[(u64, u64)],
         out: &mut dyn Write,
     ) -> std::io::Result<()>;
-    /// The signed manifest envelopes this node knows, for catalogue sync.
-    fn catalog(&self) -> Vec<Vec<u8>>;
+    /// One page of the signed manifest envelopes this node knows, for catalogue sync: those
+    /// whose id is greater than `after`, in id order, at most [`protocol::wire::MAX_CATALOG_PAGE`]
+    /// of them and [`protocol::wire::CATALOG_PAGE_BYTES`] bytes (at least one if any remain),
+    /// with `next` set when more remain.
+    fn catalog_page(&self, after: Option<ModelId>) -> protocol::wire::CatalogResponse;
 }
 
 /// The way back for one inbound inference call: send the encoded reply once. Dropping it
@@ -293,7 +297,14 @@ pub async fn spawn_with_metrics(
     }
     let (commands_tx, commands_rx) = mpsc::channel(256);
     let (events_tx, events_rx) = mpsc::channel(1024);
-    let event_loop = EventLoop::new(swarm, commands_rx, events_tx, provider.clone(), registry)?;
+    let event_loop = EventLoop::new(
+        swarm,
+        commands_rx,
+        commands_tx.downgrade(),
+        events_tx,
+        provider.clone(),
+        registry,
+    )?;
     tokio::spawn(event_loop.run());
     let blob_metrics = blob::ServeMetrics::register(registry);
     tokio::spawn(blob::serve(
@@ -419,9 +430,15 @@ impl Client {
             .await?
     }
 
-    /// Asks `peer` for the signed manifests it knows; invalid ones are dropped.
+    /// Asks `peer` for the signed manifests it knows, page by page (at most
+    /// [`swarm::MAX_SYNC_PAGES`] pages); invalid ones are dropped.
     pub async fn catalog(&self, peer: PeerId) -> Result<Vec<Signed<Manifest>>, NetError> {
-        self.call(|reply| Command::Catalog { peer, reply }).await?
+        let mut pager = swarm::CatalogPager::new(self.commands.clone(), peer);
+        let mut all = Vec::new();
+        while let Some(page) = pager.next_page().await? {
+            all.extend(page);
+        }
+        Ok(all)
     }
 
     /// Publishes a signed compute offer envelope on the offer topic.

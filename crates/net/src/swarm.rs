@@ -18,7 +18,7 @@ use libp2p::{
 };
 use protocol::compute::{ComputeOffer, MAX_INFER_CALL_BYTES, MAX_INFER_REPLY_BYTES};
 use protocol::wire::{self, CatalogRequest, CatalogResponse};
-use protocol::{BlobHash, Manifest, Signed};
+use protocol::{BlobHash, Manifest, ModelId, Signed};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::codec::FrameCodec;
@@ -73,10 +73,11 @@ pub(crate) enum Command {
         envelope: Vec<u8>,
         reply: oneshot::Sender<Result<(), NetError>>,
     },
-    /// Ask a peer for its catalogue.
+    /// Ask a peer for one page of its catalogue.
     Catalog {
         peer: PeerId,
-        reply: oneshot::Sender<Result<Vec<Signed<Manifest>>, NetError>>,
+        after: Option<ModelId>,
+        reply: CatalogReply,
     },
     /// Publish a signed compute offer on the offer topic.
     Offer {
@@ -94,8 +95,79 @@ pub(crate) enum Command {
 /// A response to send from the loop, computed elsewhere.
 type Answer = (request_response::ResponseChannel<Vec<u8>>, Vec<u8>);
 
-/// Where a catalogue answer goes.
-type CatalogReply = oneshot::Sender<Result<Vec<Signed<Manifest>>, NetError>>;
+/// Where a catalogue page goes.
+type CatalogReply = oneshot::Sender<Result<CatalogPage, NetError>>;
+
+/// One page of a peer's catalogue, verified.
+#[derive(Debug)]
+pub(crate) struct CatalogPage {
+    /// The manifests whose signatures verified (the others were dropped).
+    pub(crate) manifests: Vec<Signed<Manifest>>,
+    /// Where the next page starts, if there is one.
+    pub(crate) next: Option<ModelId>,
+}
+
+/// Catalogue pages this node asks one peer for, per sync: with [`wire::MAX_CATALOG_PAGE`]
+/// manifests a page, 128 pages hold 131,072 manifests, more than a node keeps
+/// (`catalog::MAX_MODELS`).
+pub const MAX_SYNC_PAGES: usize = 128;
+
+/// Catalogue pages being built for peers at once; a request beyond it is refused (its stream
+/// closes and the peer may ask again).
+pub const MAX_CATALOG_ANSWERS: usize = 8;
+
+/// Walks `peer`'s catalogue a page at a time through the event loop's command queue, for at
+/// most [`MAX_SYNC_PAGES`] pages.
+pub(crate) struct CatalogPager {
+    commands: mpsc::Sender<Command>,
+    peer: PeerId,
+    after: Option<ModelId>,
+    pages: usize,
+    done: bool,
+}
+
+impl CatalogPager {
+    pub(crate) fn new(commands: mpsc::Sender<Command>, peer: PeerId) -> CatalogPager {
+        CatalogPager {
+            commands,
+            peer,
+            after: None,
+            pages: 0,
+            done: false,
+        }
+    }
+
+    /// The next page's verified manifests, or `None` at the end. A peer whose pages do not
+    /// advance misbehaves.
+    pub(crate) async fn next_page(&mut self) -> Result<Option<Vec<Signed<Manifest>>>, NetError> {
+        if self.done {
+            return Ok(None);
+        }
+        let (reply, rx) = oneshot::channel();
+        let (peer, after) = (self.peer, self.after);
+        self.commands
+            .send(Command::Catalog { peer, after, reply })
+            .await
+            .map_err(|_| NetError::Shutdown)?;
+        let page = rx.await.map_err(|_| NetError::Shutdown)??;
+        self.pages += 1;
+        match page.next {
+            Some(next) if after.is_some_and(|a| next <= a) => {
+                return Err(NetError::PeerMisbehaved {
+                    peer,
+                    reason: "catalogue pages do not advance".into(),
+                });
+            }
+            Some(_) if self.pages >= MAX_SYNC_PAGES => {
+                tracing::warn!(%peer, "catalogue sync stopped after {MAX_SYNC_PAGES} pages");
+                self.done = true;
+            }
+            Some(next) => self.after = Some(next),
+            None => self.done = true,
+        }
+        Ok(Some(page.manifests))
+    }
+}
 
 /// Where an inference reply goes.
 type InferReply = oneshot::Sender<Result<Vec<u8>, NetError>>;
@@ -104,6 +176,11 @@ type InferReply = oneshot::Sender<Result<Vec<u8>, NetError>>;
 pub(crate) struct EventLoop {
     swarm: Swarm<Behaviour>,
     commands: mpsc::Receiver<Command>,
+    /// Its own command queue (weak: the loop still ends when every client is gone), for the
+    /// catalogue sync tasks it starts.
+    own_commands: mpsc::WeakSender<Command>,
+    /// Catalogue pages being built for peers (see [`MAX_CATALOG_ANSWERS`]).
+    answering: Arc<tokio::sync::Semaphore>,
     events: mpsc::Sender<NetEvent>,
     provider: Arc<dyn Provider>,
     topic: IdentTopic,
@@ -245,6 +322,7 @@ impl EventLoop {
     pub(crate) fn new(
         mut swarm: Swarm<Behaviour>,
         commands: mpsc::Receiver<Command>,
+        own_commands: mpsc::WeakSender<Command>,
         events: mpsc::Sender<NetEvent>,
         provider: Arc<dyn Provider>,
         registry: &mut Registry,
@@ -277,6 +355,8 @@ impl EventLoop {
         Ok(EventLoop {
             swarm,
             commands,
+            own_commands,
+            answering: Arc::new(tokio::sync::Semaphore::new(MAX_CATALOG_ANSWERS)),
             events,
             provider,
             topic,
@@ -389,8 +469,8 @@ impl EventLoop {
                 let topic = self.topic.clone();
                 let _ = reply.send(self.publish(topic, envelope));
             }
-            Command::Catalog { peer, reply } => {
-                let request = frame_object(&CatalogRequest);
+            Command::Catalog { peer, after, reply } => {
+                let request = frame_object(&CatalogRequest { after });
                 let id = self
                     .swarm
                     .behaviour_mut()
@@ -524,25 +604,32 @@ impl EventLoop {
                         .add_address(&peer_id, endpoint.get_remote_address().clone());
                 }
                 self.emit(NetEvent::PeerConnected(peer_id)).await;
-                if self.synced.insert(peer_id) {
-                    // Catalogue sync on join: learn what was announced before we were here.
-                    let id = self
-                        .swarm
-                        .behaviour_mut()
-                        .catalog
-                        .send_request(&peer_id, frame_object(&CatalogRequest));
-                    let (tx, rx) = oneshot::channel();
-                    self.pending_catalog.insert(id, tx);
+                if self.synced.insert(peer_id)
+                    && let Some(commands) = self.own_commands.upgrade()
+                {
+                    // Catalogue sync on join: learn what was announced before we were here,
+                    // a page at a time (each verified off the loop).
                     let events = self.events.clone();
                     tokio::spawn(async move {
-                        if let Ok(Ok(manifests)) = rx.await {
-                            for manifest in manifests {
-                                let _ = events
-                                    .send(NetEvent::Manifest {
-                                        from: peer_id,
-                                        manifest: Box::new(manifest),
-                                    })
-                                    .await;
+                        let mut pager = CatalogPager::new(commands, peer_id);
+                        loop {
+                            match pager.next_page().await {
+                                Ok(Some(manifests)) => {
+                                    for manifest in manifests {
+                                        let event = NetEvent::Manifest {
+                                            from: peer_id,
+                                            manifest: Box::new(manifest),
+                                        };
+                                        if events.send(event).await.is_err() {
+                                            return;
+                                        }
+                                    }
+                                }
+                                Ok(None) => return,
+                                Err(e) => {
+                                    tracing::debug!(peer = %peer_id, "catalogue sync: {e}");
+                                    return;
+                                }
                             }
                         }
                     });
@@ -684,16 +771,23 @@ impl EventLoop {
                     request_response::Message::Request {
                         request, channel, ..
                     } => {
-                        if decode_frame::<CatalogRequest>(&request).is_err() {
+                        let Ok(CatalogRequest { after }) = decode_frame::<CatalogRequest>(&request)
+                        else {
                             return; // dropping the channel closes the stream: bad request
-                        }
+                        };
+                        let Ok(permit) = self.answering.clone().try_acquire_owned() else {
+                            tracing::debug!(%peer, "too many catalogue pages being built; refused one");
+                            return;
+                        };
                         let provider = self.provider.clone();
                         let answers = self.catalog_answers_tx.clone();
                         tokio::spawn(async move {
-                            let manifests = tokio::task::spawn_blocking(move || provider.catalog())
-                                .await
-                                .unwrap_or_default();
-                            let response = frame_object(&CatalogResponse { manifests });
+                            let page =
+                                tokio::task::spawn_blocking(move || provider.catalog_page(after))
+                                    .await
+                                    .unwrap_or_default();
+                            drop(permit);
+                            let response = frame_object(&page);
                             let _ = answers.send((channel, response)).await;
                         });
                     }
@@ -709,11 +803,13 @@ impl EventLoop {
                                         peer,
                                         reason: format!("catalogue: {e}"),
                                     })
-                                    .map(|r| {
-                                        r.manifests
+                                    .map(|r| CatalogPage {
+                                        manifests: r
+                                            .manifests
                                             .iter()
                                             .filter_map(|m| Signed::<Manifest>::from_bytes(m).ok())
-                                            .collect()
+                                            .collect(),
+                                        next: r.next,
                                     });
                                 let _ = reply.send(result);
                             });

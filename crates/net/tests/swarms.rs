@@ -3,21 +3,23 @@
 //! Byzantine provider whose bad bytes never reach the store; compute offers on gossip and
 //! inference calls over request-response.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
+use std::ops::Bound;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use net::libp2p::{Multiaddr, PeerId};
 use net::{Client, NetConfig, NetEvent, Provider};
-use protocol::wire::BlobRequest;
-use protocol::{BlobHash, Manifest, SecretKey};
+use protocol::wire::{BlobRequest, CATALOG_PAGE_BYTES, CatalogResponse, MAX_CATALOG_PAGE};
+use protocol::{BlobHash, FileEntry, Manifest, ModelId, SecretKey};
 use store::{IngestError, Store};
 use tokio::sync::mpsc;
 
 /// Serves a store; optionally corrupts what it sends (a Byzantine peer).
 struct StoreProvider {
     store: Arc<Store>,
-    manifests: Mutex<Vec<Vec<u8>>>,
+    manifests: Mutex<BTreeMap<ModelId, Vec<u8>>>,
     corrupt_at: Option<usize>,
 }
 
@@ -69,8 +71,16 @@ impl Provider for StoreProvider {
         result.map_err(std::io::Error::other)
     }
 
-    fn catalog(&self) -> Vec<Vec<u8>> {
-        self.manifests.lock().expect("lock").clone()
+    fn catalog_page(&self, after: Option<ModelId>) -> CatalogResponse {
+        let manifests = self.manifests.lock().expect("lock");
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+        CatalogResponse::page(
+            manifests
+                .range((start, Bound::Unbounded))
+                .map(|(id, m)| (*id, m.clone())),
+            MAX_CATALOG_PAGE,
+            CATALOG_PAGE_BYTES,
+        )
     }
 }
 
@@ -104,7 +114,7 @@ async fn node_config(
     let store = Arc::new(Store::open(dir.path()).expect("store"));
     let provider = Arc::new(StoreProvider {
         store,
-        manifests: Mutex::new(Vec::new()),
+        manifests: Mutex::default(),
         corrupt_at,
     });
     let mut config = NetConfig {
@@ -242,7 +252,7 @@ async fn three_nodes_find_fetch_and_hear_announcements() {
         .manifests
         .lock()
         .expect("lock")
-        .push(envelope.clone());
+        .insert(protocol::model_id(&envelope), envelope.clone());
     // Gossipsub needs a heartbeat or two to build its mesh; republishing is idempotent.
     let announcer = a.client.clone();
     let republish = tokio::spawn(async move {
@@ -263,6 +273,82 @@ async fn three_nodes_find_fetch_and_hear_announcements() {
     // The catalogue can also be asked for explicitly.
     let listed = d.client.catalog(a.client.peer_id()).await.expect("catalog");
     assert_eq!(listed.len(), 1);
+}
+
+/// A catalogue bigger than one response (18 manifests of nearly 1 MiB, which overflowed the old
+/// single 16 MiB answer, and more manifests than one page holds) reaches a late joiner whole,
+/// a page at a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_catalogue_bigger_than_one_answer_syncs_in_pages() {
+    let a = node(8, None).await;
+    let key = SecretKey::from_seed(&[2; 32]);
+    let mut expected = BTreeSet::new();
+    let mut add = |manifest: Manifest| {
+        let envelope = key.sign(manifest).to_bytes();
+        let id = protocol::model_id(&envelope);
+        expected.insert(id);
+        a.provider
+            .manifests
+            .lock()
+            .expect("lock")
+            .insert(id, envelope);
+    };
+    for big in 0..18u64 {
+        let files = (0..900u64)
+            .map(|i| FileEntry {
+                path: format!("{big:02}/{i:04}/{}", "x".repeat(990)),
+                hash: BlobHash::of(&i.to_le_bytes()),
+                size: i,
+            })
+            .collect();
+        add(Manifest {
+            name: format!("big-{big}"),
+            version: "1".into(),
+            files,
+            ..Manifest::default()
+        });
+    }
+    for small in 0..(MAX_CATALOG_PAGE + 300) {
+        add(Manifest {
+            name: format!("small-{small}"),
+            version: "1".into(),
+            ..Manifest::default()
+        });
+    }
+    let big = a
+        .provider
+        .manifests
+        .lock()
+        .expect("lock")
+        .values()
+        .map(Vec::len)
+        .sum::<usize>();
+    assert!(
+        big > 16 << 20,
+        "the catalogue must not fit one old answer: {big} bytes"
+    );
+
+    let mut d = node(9, None).await;
+    d.client.dial(a.addr.clone()).await.expect("d dials a");
+    let mut heard = BTreeSet::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while heard.len() < expected.len() {
+        match tokio::time::timeout_at(deadline, d.events.recv()).await {
+            Ok(Some(NetEvent::Manifest { from, manifest })) => {
+                assert_eq!(from, a.client.peer_id());
+                heard.insert(protocol::model_id(&manifest.to_bytes()));
+            }
+            Ok(Some(_)) => continue,
+            other => panic!(
+                "sync stopped at {} of {} manifests: {other:?}",
+                heard.len(),
+                expected.len()
+            ),
+        }
+    }
+    assert_eq!(heard, expected);
+    let listed = d.client.catalog(a.client.peer_id()).await.expect("catalog");
+    assert_eq!(listed.len(), expected.len());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
