@@ -90,6 +90,13 @@ impl Compute {
         self.offers.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// A peer connected: its offers are vouched for (they rank ahead of strangers').
+    pub fn peer_joined(&self, peer: &PeerId) {
+        if let Some(node) = net::node_id_of(peer) {
+            self.offers().peer_joined(node);
+        }
+    }
+
     /// Forgets the offer of a peer that disconnected.
     pub fn peer_left(&self, peer: &PeerId) {
         if let Some(node) = net::node_id_of(peer) {

@@ -303,7 +303,8 @@ impl Events {
             }
             NetEvent::PeerDisconnected(peer) => self.remote.peer_left(&peer),
             NetEvent::Listening(addr) => tracing::debug!(%addr, "listening"),
-            NetEvent::PeerConnected(_) | NetEvent::Rejected { .. } => {}
+            NetEvent::PeerConnected(peer) => self.remote.peer_joined(&peer),
+            NetEvent::Rejected { .. } => {}
         }
     }
 }

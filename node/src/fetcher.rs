@@ -95,6 +95,11 @@ enum Proof {
     Unavailable(String),
 }
 
+/// Models whose announcers are remembered (see [`Fetcher::heard_from`]).
+pub const MAX_ANNOUNCED_MODELS: usize = 65_536;
+/// Announcers remembered per model.
+pub const MAX_ANNOUNCERS: usize = 16;
+
 /// Fetches from peers into this node's store.
 pub struct Fetcher {
     net: net::Client,
@@ -132,11 +137,20 @@ impl Fetcher {
     }
 
     /// Notes that `peer` announced or synced `model`: it is asked first when fetching it.
+    /// Bounded: at most [`MAX_ANNOUNCED_MODELS`] models (when full, those the catalogue did not
+    /// take are forgotten first) and [`MAX_ANNOUNCERS`] peers each.
     pub fn heard_from(&self, model: ModelId, peer: PeerId) {
-        lock(&self.announcers)
-            .entry(model.blob())
-            .or_default()
-            .insert(peer);
+        let mut announcers = lock(&self.announcers);
+        if announcers.len() >= MAX_ANNOUNCED_MODELS && !announcers.contains_key(&model.blob()) {
+            announcers.retain(|root, _| self.catalog.get(ModelId(*root)).is_some());
+            if announcers.len() >= MAX_ANNOUNCED_MODELS {
+                return;
+            }
+        }
+        let peers = announcers.entry(model.blob()).or_default();
+        if peers.len() < MAX_ANNOUNCERS {
+            peers.insert(peer);
+        }
     }
 
     /// Starts fetching `id` in the background (or joins the fetch of it that is running) and
@@ -410,7 +424,8 @@ impl Fetcher {
                         None => std::future::pending().await,
                     }
                 } => match found {
-                    Some(peer) => queue.push_back(peer),
+                    // A provider record is better evidence than a connection: asked next.
+                    Some(peer) => queue.push_front(peer),
                     None => *dht = None,
                 },
                 // A moment later, ask the known peers again (one that answered NotFound may
@@ -471,26 +486,26 @@ impl Fetcher {
         ))
     }
 
-    /// The peers likely to have `hash` that are known without asking the DHT: those that
-    /// announced the model, and connected peers (a peer without it just answers NotFound).
-    /// Connected peers come first: an announcer that is not connected may have left.
+    /// The peers likely to have `hash` that are known without asking the DHT, best first:
+    /// connected peers that announced the model, then other connected peers (one without the
+    /// blob just answers NotFound), then announcers that are not connected (they may have left,
+    /// and a dial to them can take its whole timeout). Anyone can connect, so plain connected
+    /// peers never come before the announcers.
     async fn known_candidates(&self, root: BlobHash) -> Vec<PeerId> {
         let mut connected = self.net.peers().await.unwrap_or_default();
         connected.sort();
-        let mut others: Vec<PeerId> = lock(&self.announcers)
+        let mut announcers: Vec<PeerId> = lock(&self.announcers)
             .get(&root)
-            .map(|a| {
-                a.iter()
-                    .filter(|p| !connected.contains(p))
-                    .copied()
-                    .collect()
-            })
+            .map(|a| a.iter().copied().collect())
             .unwrap_or_default();
-        others.sort();
+        announcers.sort();
+        let (live, gone): (Vec<PeerId>, Vec<PeerId>) =
+            announcers.into_iter().partition(|p| connected.contains(p));
         let me = self.net.peer_id();
-        connected
-            .into_iter()
-            .chain(others)
+        live.iter()
+            .copied()
+            .chain(connected.into_iter().filter(|p| !live.contains(p)))
+            .chain(gone)
             .filter(|p| *p != me)
             .collect()
     }
@@ -541,9 +556,14 @@ impl Fetcher {
                     .prove_size(hash, stated, root, peers.clone(), &mut dht)
                     .await?;
                 // The peer that proved it has the blob, whether or not it was known at first.
-                if !peers.contains(&prover) {
-                    peers.push(prover);
-                }
+                // The fetch starts on it and the model's announcers: any peer can connect, so
+                // plain connected peers (and DHT providers, as found) join only as needed.
+                let announced: Vec<PeerId> = lock(&self.announcers)
+                    .get(&root)
+                    .map(|a| a.iter().copied().collect())
+                    .unwrap_or_default();
+                peers.retain(|p| *p != prover && announced.contains(p));
+                peers.insert(0, prover);
                 if !liars.is_empty() {
                     peers.retain(|p| !liars.contains(p));
                     lock(progress).peers_banned.extend(liars);

@@ -154,9 +154,46 @@ pub struct Inference {
     /// Loaded models, with when each was last used (a counter; see [`MAX_LOADED`]).
     loaded: Mutex<HashMap<ModelId, (Arc<Loaded>, u64)>>,
     uses: std::sync::atomic::AtomicU64,
-    /// Serialises loads so that two calls do not materialise the same package at once.
-    loading: Mutex<()>,
+    /// One lock per model being loaded, so that two calls do not materialise the same
+    /// package at once, while other models load beside it.
+    loading: Mutex<HashMap<ModelId, Arc<Mutex<()>>>>,
+    /// Loads (compiles) running now, at most [`MAX_LOADING`].
+    loads: (Mutex<usize>, std::sync::Condvar),
 }
+
+/// A lock that survives a panic of its holder (the data is still consistent: every critical
+/// section here is a map update).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// One of the [`MAX_LOADING`] load slots, given back on drop.
+struct LoadSlot<'a>(&'a (Mutex<usize>, std::sync::Condvar));
+
+impl<'a> LoadSlot<'a> {
+    fn take(slots: &'a (Mutex<usize>, std::sync::Condvar)) -> LoadSlot<'a> {
+        let (count, freed) = slots;
+        let mut n = lock(count);
+        while *n >= MAX_LOADING {
+            n = freed.wait(n).unwrap_or_else(|p| p.into_inner());
+        }
+        *n += 1;
+        LoadSlot(slots)
+    }
+}
+
+impl Drop for LoadSlot<'_> {
+    fn drop(&mut self) {
+        let (count, freed) = self.0;
+        *lock(count) -= 1;
+        freed.notify_one();
+    }
+}
+
+/// Models loaded (compiled) at once. A guest is compiled before anything can be known about
+/// it, and a hostile one may be built to compile slowly (bounded by the sandbox's largest
+/// component, 64 MiB): it takes one of these, never all the node's loads.
+pub const MAX_LOADING: usize = 2;
 
 impl Inference {
     /// An engine for the home at `home_dir` (compile cache in `<home>/cache/wasm`).
@@ -172,7 +209,8 @@ impl Inference {
             limits,
             loaded: Mutex::new(HashMap::new()),
             uses: std::sync::atomic::AtomicU64::new(0),
-            loading: Mutex::new(()),
+            loading: Mutex::new(HashMap::new()),
+            loads: (Mutex::new(0), std::sync::Condvar::new()),
         })
     }
 
@@ -204,10 +242,30 @@ impl Inference {
         if let Some(l) = self.get(id) {
             return Ok(l);
         }
-        let _one = self.loading.lock().unwrap_or_else(|p| p.into_inner());
+        let this_model = lock(&self.loading).entry(id).or_default().clone();
+        let loaded = {
+            let _one = lock(&this_model);
+            self.load_one(store, catalog, id)
+        };
+        // Forget the lock once nobody else waits on it.
+        let mut loading = lock(&self.loading);
+        if Arc::strong_count(&this_model) == 2 {
+            loading.remove(&id);
+        }
+        loaded
+    }
+
+    /// [`Inference::load`] under `id`'s lock: waits for one of the [`MAX_LOADING`] slots.
+    fn load_one(
+        &self,
+        store: &Store,
+        catalog: &Catalog,
+        id: ModelId,
+    ) -> Result<Arc<Loaded>, CallError> {
         if let Some(l) = self.get(id) {
             return Ok(l);
         }
+        let _slot = LoadSlot::take(&self.loads);
         let signed = local_manifest(catalog, id)?;
         let m = signed.body();
         if !catalog.is_local(id) {

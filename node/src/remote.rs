@@ -82,6 +82,11 @@ impl Remote {
         }
     }
 
+    /// A peer connected: its offers rank among the vouched.
+    pub fn peer_joined(&self, peer: &PeerId) {
+        self.compute.peer_joined(peer);
+    }
+
     /// Forgets the offer of a peer that disconnected.
     pub fn peer_left(&self, peer: &PeerId) {
         self.compute.peer_left(peer);

@@ -7,6 +7,7 @@
 //! cargo run -p testnet -- fetch-many|byzantine|kill-provider|partition [--nodes N] [--mib M]
 //! cargo run -p testnet -- compute [--calls 200]
 //! cargo run -p testnet -- churn [--mib M] [--departed 2]
+//! cargo run -p testnet -- attack [--mib 16] [--fetches 4] [--call-secs 15] [--call-rate 100] [--only NAME]…
 //! ```
 
 use std::process::ExitCode;
@@ -15,6 +16,43 @@ use testnet::scenario;
 
 /// A named scenario, ready to run; it returns its report line.
 type Run = (&'static str, Box<dyn Fn() -> anyhow::Result<String>>);
+
+/// `testnet attack`: the baseline, then each attack's report; fails if any attack does.
+fn attack(args: &[String], flag: impl Fn(&str, u64) -> u64) -> ExitCode {
+    let full = testnet::attack::Sizes::full();
+    let sizes = testnet::attack::Sizes {
+        mib: flag("--mib", full.mib),
+        fetches: flag("--fetches", full.fetches as u64) as usize,
+        call_secs: flag("--call-secs", full.call_secs),
+        call_rate: flag("--call-rate", full.call_rate),
+        ..full
+    };
+    let only: Vec<String> = args
+        .windows(2)
+        .filter(|w| w[0] == "--only")
+        .map(|w| w[1].clone())
+        .collect();
+    match testnet::attack::run(sizes, &only) {
+        Ok((baseline, reports)) => {
+            println!("      {baseline}");
+            let mut failed = 0;
+            for r in &reports {
+                let verdict = if r.passed() { "ok  " } else { "FAIL" };
+                failed += usize::from(!r.passed());
+                println!("{verdict}  {r}");
+            }
+            if failed == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => {
+            println!("FAIL  attack: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -25,6 +63,9 @@ fn main() -> ExitCode {
             .and_then(|w| w[1].parse().ok())
             .unwrap_or(default)
     };
+    if which == "attack" {
+        return attack(&args, flag);
+    }
     let nodes = flag("--nodes", 6) as usize;
     let mib = flag("--mib", 256);
     let calls = flag("--calls", 200) as usize;
@@ -69,7 +110,7 @@ fn main() -> ExitCode {
         .collect();
     if selected.is_empty() {
         eprintln!(
-            "unknown scenario {which:?}; use all, fetch-many, byzantine, kill-provider, partition, compute or churn"
+            "unknown scenario {which:?}; use all, fetch-many, byzantine, kill-provider, partition, compute, churn or attack"
         );
         return ExitCode::from(2);
     }

@@ -330,14 +330,78 @@ impl Catalog {
         manifest: Signed<Manifest>,
         quota: Quota,
     ) -> Result<std::result::Result<ModelId, Refused>> {
-        let id = protocol::model_id(&manifest.to_bytes());
-        if self.read().models.contains_key(&id) {
-            return Ok(Ok(id));
+        let mut results = self.insert_learnt_many(vec![manifest], quota)?;
+        Ok(results.pop().unwrap_or(Err(Refused::Full(0))))
+    }
+
+    /// [`Catalog::insert_learnt`] for many manifests at once, with one store commit and one
+    /// index flush for all (learnt manifests come in floods: a sync, or spam). The quota counts
+    /// the batch's own manifests as they are admitted. One result per manifest, in order.
+    pub fn insert_learnt_many(
+        &self,
+        manifests: Vec<Signed<Manifest>>,
+        quota: Quota,
+    ) -> Result<Vec<std::result::Result<ModelId, Refused>>> {
+        let mut results = Vec::with_capacity(manifests.len());
+        let mut admitted: Vec<(ModelId, Vec<u8>, Signed<Manifest>)> = Vec::new();
+        {
+            let state = self.read();
+            let mut total = state.models.len();
+            let mut extra: HashMap<protocol::NodeId, usize> = HashMap::new();
+            for manifest in manifests {
+                let bytes = manifest.to_bytes();
+                let id = protocol::model_id(&bytes);
+                if state.models.contains_key(&id) || admitted.iter().any(|(a, ..)| *a == id) {
+                    results.push(Ok(id));
+                    continue;
+                }
+                let author = manifest.signer();
+                let mine = state.by_author.get(&author).copied().unwrap_or(0)
+                    + extra.get(&author).copied().unwrap_or(0);
+                if total >= quota.max_models {
+                    results.push(Err(Refused::Full(total)));
+                } else if mine >= quota.max_per_author {
+                    results.push(Err(Refused::AuthorQuota(mine)));
+                } else {
+                    total += 1;
+                    *extra.entry(author).or_default() += 1;
+                    results.push(Ok(id));
+                    admitted.push((id, bytes, manifest));
+                }
+            }
         }
-        if let Err(refused) = self.admits(manifest.signer(), quota) {
-            return Ok(Err(refused));
+        if admitted.is_empty() {
+            return Ok(results);
         }
-        self.insert(manifest).map(Ok)
+        let mut to_import = Vec::new();
+        for (id, bytes, manifest) in &admitted {
+            if !self.store.has(id.blob())? {
+                to_import.push((
+                    bytes.as_slice(),
+                    "manifest",
+                    manifest.body().referenced_blobs(),
+                ));
+            }
+        }
+        self.store.import_many_bytes(&to_import)?;
+        let ids: Vec<ModelId> = admitted.iter().map(|(id, ..)| *id).collect();
+        self.store.index_manifests(&ids)?;
+        let mut batch = sled::Batch::default();
+        for (id, bytes, _) in &admitted {
+            batch.insert(id.blob().as_bytes(), bytes.as_slice());
+        }
+        // No flush: sled flushes within half a second, and a manifest lost to a crash comes
+        // back with the next sync.
+        self.tree.apply_batch(batch)?;
+        let mut state = self.write();
+        for (id, _, manifest) in admitted {
+            if state.models.contains_key(&id) {
+                continue;
+            }
+            state.track(&self.store, id, manifest.body())?;
+            state.add(id, Arc::new(manifest));
+        }
+        Ok(results)
     }
 
     /// Verifies an envelope (from a peer or a fetch) and adds it.

@@ -2,6 +2,13 @@
 //! of each provider ([`Stats`]), and the ranking of providers for a call ([`Offers::candidates`],
 //! scored by [`score`]).
 //!
+//! **Vouched first.** A signed offer proves only that someone holds a key, and keys cost
+//! nothing: an attacker can sign thousands of free offers naming addresses where nothing
+//! listens. So the ranking puts *vouched* providers first, those this node is connected to now
+//! ([`Offers::peer_joined`]) or that answered a call from here, and only then the strangers,
+//! each by score. A flood of offers from strangers costs honest calls nothing while a vouched
+//! provider can take them.
+//!
 //! Providers are keyed by [`NodeId`], the key that signed their offer. Every method that needs
 //! the time takes it (`now_ms`, milliseconds since the Unix epoch), so the table is
 //! deterministic under test.
@@ -61,6 +68,8 @@ pub struct Candidate {
     /// Its offered price per million fuel units (`None` when forced without an offer). The
     /// request caps the price at it, so a provider cannot charge more than it offered.
     pub price_per_mfuel: Option<u64>,
+    /// Connected now, or answered a call from here: ranked ahead of every stranger.
+    pub vouched: bool,
     /// Lower is better.
     pub score: f64,
 }
@@ -99,6 +108,8 @@ pub struct OfferView {
 pub struct Offers {
     by_node: HashMap<NodeId, Entry>,
     distrusted: HashSet<NodeId>,
+    /// Providers connected to this node now (bounded by the node's connection limits).
+    connected: HashSet<NodeId>,
 }
 
 impl Offers {
@@ -174,6 +185,13 @@ impl Offers {
     /// Drops the offer of a provider that went away (it disconnected).
     pub fn remove(&mut self, node: &NodeId) {
         self.by_node.remove(node);
+        self.connected.remove(node);
+    }
+
+    /// `node` is connected to this node now: its offers are vouched for until it leaves
+    /// ([`Offers::remove`]).
+    pub fn peer_joined(&mut self, node: NodeId) {
+        self.connected.insert(node);
     }
 
     /// Drops expired offers.
@@ -181,8 +199,9 @@ impl Offers {
         self.by_node.retain(|_, e| e.expires_ms > now_ms);
     }
 
-    /// Providers for `model` at or below `max_price`, best first (ties by node id). Offers
-    /// listing the model rank ahead of equal ones that would have to fetch it.
+    /// Providers for `model` at or below `max_price`, best first: vouched ones (see the module
+    /// doc) ahead of strangers, then by score, ties by node id. Offers listing the model rank
+    /// ahead of equal ones that would have to fetch it.
     pub fn candidates(&self, model: ModelId, max_price: u64, now_ms: u64) -> Vec<Candidate> {
         let mut list: Vec<Candidate> = self
             .by_node
@@ -194,11 +213,17 @@ impl Offers {
                     node: *node,
                     addrs: o.addrs.clone(),
                     price_per_mfuel: Some(o.price_per_mfuel),
+                    vouched: self.connected.contains(node) || e.stats.latency_ms.is_some(),
                     score: score(o, &e.stats, model, now_ms),
                 }
             })
             .collect();
-        list.sort_by(|a, b| a.score.total_cmp(&b.score).then(a.node.cmp(&b.node)));
+        list.sort_by(|a, b| {
+            b.vouched
+                .cmp(&a.vouched)
+                .then(a.score.total_cmp(&b.score))
+                .then(a.node.cmp(&b.node))
+        });
         list
     }
 
@@ -438,6 +463,35 @@ mod tests {
                 .is_empty(),
             "kept at most MAX_OFFER_TTL_MS without renewal"
         );
+    }
+
+    #[test]
+    fn free_offers_from_strangers_never_rank_ahead_of_a_vouched_provider() {
+        let mut offers = Offers::default();
+        let now = 1_000;
+        // The honest provider charges 5; a hundred strangers offer it free, listing the model.
+        let honest = offer(1, now, 5, vec![model()]);
+        let honest_id = honest.signer();
+        offers.insert(honest, now);
+        for seed in 10..110 {
+            offers.insert(offer(seed, now, 0, vec![model()]), now);
+        }
+        let first = |o: &Offers| o.candidates(model(), 100, now)[0].node;
+        assert_ne!(
+            first(&offers),
+            honest_id,
+            "unvouched, the honest one is a stranger too"
+        );
+        offers.peer_joined(honest_id);
+        assert_eq!(first(&offers), honest_id, "connected: first");
+        offers.remove(&honest_id);
+        offers.insert(offer(1, now + 1, 5, vec![model()]), now + 1);
+        assert_ne!(first(&offers), honest_id, "it left: a stranger again");
+        offers.started(&honest_id);
+        offers.finished(&honest_id, Outcome::Ok(Duration::from_millis(80)), now + 2);
+        assert_eq!(first(&offers), honest_id, "it answered a call: first");
+        let list = offers.candidates(model(), 100, now);
+        assert!(list[0].vouched && list[1..].iter().all(|c| !c.vouched));
     }
 
     #[test]

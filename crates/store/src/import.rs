@@ -319,6 +319,25 @@ impl Store {
         Ok(out)
     }
 
+    /// Imports several small byte strings held in memory in one commit: one index flush and one
+    /// directory sync for all of them (each file is still synced). For many manifests at once.
+    pub fn import_many_bytes(
+        &self,
+        items: &[(&[u8], &str, Vec<BlobHash>)],
+    ) -> Result<Vec<Imported>> {
+        let mut pending = Vec::with_capacity(items.len());
+        for (bytes, kind, links) in items {
+            pending.push(self.stage(
+                *bytes,
+                bytes.len() as u64,
+                kind,
+                links.clone(),
+                &mut |_| {},
+            )?);
+        }
+        self.commit(pending)
+    }
+
     /// Imports bytes held in memory (manifests, snapshots, listings).
     pub fn import_bytes(&self, bytes: &[u8], kind: &str, links: Vec<BlobHash>) -> Result<Imported> {
         let pending = self.stage(bytes, bytes.len() as u64, kind, links, &mut |_| {})?;

@@ -587,7 +587,14 @@ impl Store {
 
     /// Remembers that blob `id` holds a signed manifest.
     pub fn index_manifest(&self, id: protocol::ModelId) -> Result<()> {
-        self.manifests.insert(id.blob().as_bytes(), &[])?;
+        self.index_manifests(&[id])
+    }
+
+    /// [`Store::index_manifest`] for several, with one flush.
+    pub fn index_manifests(&self, ids: &[protocol::ModelId]) -> Result<()> {
+        for id in ids {
+            self.manifests.insert(id.blob().as_bytes(), &[])?;
+        }
         self.db.flush()?;
         Ok(())
     }

@@ -240,8 +240,8 @@ impl net::Provider for Nothing {
     ) -> std::io::Result<()> {
         Err(std::io::Error::other("serves nothing"))
     }
-    fn catalog(&self) -> Vec<Vec<u8>> {
-        Vec::new()
+    fn catalog_page(&self, _: Option<protocol::ModelId>) -> protocol::wire::CatalogResponse {
+        protocol::wire::CatalogResponse::default()
     }
 }
 
