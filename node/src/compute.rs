@@ -38,6 +38,8 @@ pub struct ComputeConfig {
     pub call_timeout: Duration,
     /// Providers tried per call.
     pub attempts: usize,
+    /// The most bytes of files fetched to serve one peer's call.
+    pub max_fetch_bytes: u64,
 }
 
 impl From<&ComputeSection> for ComputeConfig {
@@ -59,6 +61,7 @@ impl From<&ComputeSection> for ComputeConfig {
             max_price_per_mfuel: c.max_price_per_mfuel.unwrap_or(100),
             call_timeout: Duration::from_secs(c.call_timeout_secs.unwrap_or(120).max(1)),
             attempts: c.attempts.unwrap_or(3).max(1),
+            max_fetch_bytes: c.max_fetch_mib.unwrap_or(16 << 10).saturating_mul(1 << 20),
         }
     }
 }

@@ -66,6 +66,8 @@ pub struct ComputeSection {
     pub call_timeout_secs: Option<u64>,
     /// Providers tried for one call before giving up.
     pub attempts: Option<usize>,
+    /// The largest model (MiB of files) this node fetches to serve a peer's call.
+    pub max_fetch_mib: Option<u64>,
 }
 
 impl ComputeSection {
@@ -79,6 +81,7 @@ impl ComputeSection {
             max_price_per_mfuel: self.max_price_per_mfuel.or(d.max_price_per_mfuel),
             call_timeout_secs: self.call_timeout_secs.or(d.call_timeout_secs),
             attempts: self.attempts.or(d.attempts),
+            max_fetch_mib: self.max_fetch_mib.or(d.max_fetch_mib),
         }
     }
 }

@@ -353,6 +353,11 @@ impl Inference {
         self.sandbox.occupancy()
     }
 
+    /// Whether a call now would be answered busy.
+    pub fn is_full(&self) -> bool {
+        self.sandbox.is_full()
+    }
+
     /// Calls the sandbox runs at once.
     pub fn max_concurrent(&self) -> usize {
         self.sandbox.max_concurrent()

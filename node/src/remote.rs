@@ -141,6 +141,9 @@ impl Remote {
             Err(e) => return refuse(InferStatus::BadRequest, e),
         };
         let r = call.request.body();
+        if let Err((status, why)) = self.may_fetch_for(r.model) {
+            return refuse(status, why);
+        }
         let model = match self.runtime.ensure_loaded(r.model).await {
             Ok(m) => m,
             Err(e) if e.status == 404 => return refuse(InferStatus::NotFound, e.message),
@@ -171,6 +174,48 @@ impl Remote {
             output: Some(output),
             message: None,
         }
+    }
+}
+
+impl Remote {
+    /// Whether a peer's call for `model` may make this node fetch it: only when the sandbox
+    /// could run the call now, the model was announced to this node (its manifest is in the
+    /// catalogue), and its files total at most `max_fetch_bytes`. A model already here passes.
+    fn may_fetch_for(&self, model: ModelId) -> Result<(), (InferStatus, String)> {
+        if self.catalog.is_local(model) {
+            return Ok(());
+        }
+        if self.runtime.engine().is_full() {
+            return Err((
+                InferStatus::Busy,
+                format!("every sandbox slot is taken; {model} is not fetched for a call now"),
+            ));
+        }
+        let Some(manifest) = self.catalog.get(model) else {
+            return Err((
+                InferStatus::NotFound,
+                format!(
+                    "model {model} was never announced to this provider; it fetches for a call only models it knows"
+                ),
+            ));
+        };
+        let bytes = manifest
+            .body()
+            .files
+            .iter()
+            .fold(0u64, |sum, f| sum.saturating_add(f.size));
+        let limit = self.compute.config.max_fetch_bytes;
+        if bytes > limit {
+            return Err((
+                InferStatus::Refused,
+                format!(
+                    "model {model} has {} MiB of files; this provider fetches at most {} MiB for a call",
+                    bytes >> 20,
+                    limit >> 20
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 

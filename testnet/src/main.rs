@@ -32,14 +32,38 @@ fn attack(args: &[String], flag: impl Fn(&str, u64) -> u64) -> ExitCode {
         .filter(|w| w[0] == "--only")
         .map(|w| w[1].clone())
         .collect();
-    match testnet::attack::run(sizes, &only) {
+    // No --only: every attack, then churn. Otherwise the attacks named (and churn if named).
+    let churn_too = only.is_empty() || only.iter().any(|o| o == "churn");
+    let named: Vec<String> = only.iter().filter(|o| *o != "churn").cloned().collect();
+    let attacks = if !only.is_empty() && named.is_empty() {
+        Ok((None, Vec::new()))
+    } else {
+        testnet::attack::run(sizes.clone(), &named).map(|(b, r)| (Some(b), r))
+    };
+    match attacks {
         Ok((baseline, reports)) => {
-            println!("      {baseline}");
+            if let Some(baseline) = baseline {
+                println!("      {baseline}");
+            }
             let mut failed = 0;
             for r in &reports {
                 let verdict = if r.passed() { "ok  " } else { "FAIL" };
                 failed += usize::from(!r.passed());
                 println!("{verdict}  {r}");
+            }
+            if churn_too {
+                // Providers that left: the fetch must take at most 1.5x its time without them.
+                match testnet::scenario::churn(sizes.mib.max(64), 2) {
+                    Ok(c) if c.ratio() <= 1.5 => println!("ok    {c}"),
+                    Ok(c) => {
+                        failed += 1;
+                        println!("FAIL  {c} (goal: ratio at most 1.5)");
+                    }
+                    Err(e) => {
+                        failed += 1;
+                        println!("FAIL  churn: {e:#}");
+                    }
+                }
             }
             if failed == 0 {
                 ExitCode::SUCCESS

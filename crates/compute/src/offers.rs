@@ -528,7 +528,7 @@ mod tests {
 
     proptest! {
         /// Whatever happened, the ranking never offers an expired, too dear or distrusted
-        /// provider, never lists one twice, and is sorted by score.
+        /// provider, never lists one twice, and is sorted vouched first, then by score.
         #[test]
         fn candidates_respect_price_expiry_and_trust(
             events in prop::collection::vec((1u8..6, 0u64..5000, 0u64..20, 0u8..5), 1..60),
@@ -549,7 +549,11 @@ mod tests {
             let list = offers.candidates(model(), max_price, now);
             let mut seen = HashSet::new();
             for w in list.windows(2) {
-                prop_assert!(w[0].score <= w[1].score);
+                // Vouched first, then by score.
+                prop_assert!(w[0].vouched >= w[1].vouched);
+                if w[0].vouched == w[1].vouched {
+                    prop_assert!(w[0].score <= w[1].score);
+                }
             }
             for c in &list {
                 prop_assert!(c.price_per_mfuel.is_some_and(|p| p <= max_price));

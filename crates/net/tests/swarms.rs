@@ -545,6 +545,68 @@ async fn offers_gossip_and_inference_calls_round_trip() {
     assert!(a.client.infer(b_peer, too_big).await.is_err());
 }
 
+/// A peer that keeps sending gossip that fails verification is scored down and then ignored:
+/// what it sends next is dropped before it is verified, even a genuine manifest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_sending_invalid_gossip_is_graylisted() {
+    let a = node(14, None).await;
+    let mut b = node(15, None).await;
+    b.client.dial(a.addr.clone()).await.expect("b dials a");
+    let key = SecretKey::from_seed(&[6; 32]);
+    let manifest = |name: &str| {
+        key.sign(Manifest {
+            name: name.into(),
+            version: "1".into(),
+            ..Manifest::default()
+        })
+        .to_bytes()
+    };
+    // Wait for the mesh: a genuine manifest from A arrives.
+    let first = manifest("first");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let _ = a.client.announce(first.clone()).await;
+        match tokio::time::timeout(Duration::from_millis(500), b.events.recv()).await {
+            Ok(Some(NetEvent::Manifest { manifest, .. })) if manifest.body().name == "first" => {
+                break;
+            }
+            _ => assert!(tokio::time::Instant::now() < deadline, "no mesh"),
+        }
+    }
+    // Ten forgeries, each a distinct message.
+    let mut rejected = 0;
+    for i in 0..10 {
+        let mut forged = manifest(&format!("forged-{i}"));
+        let last = forged.len() - 1;
+        forged[last] ^= 1;
+        a.client.announce(forged).await.expect("publish");
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while let Ok(Some(event)) = tokio::time::timeout_at(deadline, b.events.recv()).await {
+        if matches!(event, NetEvent::Rejected { .. }) {
+            rejected += 1;
+        }
+    }
+    assert!(
+        (1..10).contains(&rejected),
+        "B verified {rejected} of 10 forgeries: it should stop verifying a peer that keeps lying"
+    );
+    // Now A's genuine manifests are ignored too.
+    let later = manifest("later");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        let _ = a.client.announce(later.clone()).await;
+        match tokio::time::timeout_at(deadline, b.events.recv()).await {
+            Ok(Some(NetEvent::Manifest { manifest, .. })) => {
+                panic!("B took {} from a graylisted peer", manifest.body().name)
+            }
+            Ok(Some(_)) => {}
+            _ => break,
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gossip_is_forwarded_only_after_it_verifies() {
     // A line: A - B - C; A publishes a forgery and a genuine manifest, over and over.

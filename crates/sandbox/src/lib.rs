@@ -382,6 +382,12 @@ impl Sandbox {
         self.gate.counts()
     }
 
+    /// Whether a call now would be answered busy: every slot running and the queue full.
+    pub fn is_full(&self) -> bool {
+        let (running, queued) = self.occupancy();
+        running >= self.core.config.max_concurrent && queued >= self.core.config.max_queued
+    }
+
     /// The host backend guests may use, if any.
     pub fn backend_name(&self) -> Option<&str> {
         self.core.backend.as_ref().map(|b| b.name())

@@ -137,14 +137,6 @@ impl Store {
         encoded: impl Read,
     ) -> std::result::Result<IngestOutcome, IngestError> {
         let total = groups(size);
-        if self.has(hash)? {
-            return Ok(IngestOutcome {
-                groups_written: 0,
-                groups_present: total,
-                groups_total: total,
-                complete: true,
-            });
-        }
         let misbehaved = |reason: String, groups_present| IngestError::PeerMisbehaved {
             hash,
             reason,
@@ -155,6 +147,22 @@ impl Store {
                 complete: false,
             },
         };
+        if let Some(here) = self.record(hash)? {
+            // Complete already (another peer's answer may have finished it meanwhile): its size
+            // is known, and a peer claiming another one lies.
+            if here.size != size {
+                return Err(misbehaved(
+                    format!("claims {size} bytes; the blob here has {}", here.size),
+                    groups(here.size),
+                ));
+            }
+            return Ok(IngestOutcome {
+                groups_written: 0,
+                groups_present: total,
+                groups_total: total,
+                complete: true,
+            });
+        }
         if size > protocol::MAX_BLOB_BYTES {
             return Err(misbehaved(
                 format!(

@@ -224,6 +224,20 @@ fn a_claimed_size_is_proven_before_anything_is_recorded() {
     let mut out = Vec::new();
     store.read_to(hash, &mut out).expect("read");
     assert_eq!(out, data);
+    // Complete now: a late answer claiming another size is a lie too, not a proof (two peers
+    // asked at once; the honest one finished the blob first). Found by the attack suite with a
+    // blob of one group.
+    let err = store
+        .ingest(hash, lie, &last, &encode(&data, &last)[..])
+        .expect_err("a different size once complete");
+    assert!(
+        matches!(&err, IngestError::PeerMisbehaved { reason, .. } if reason.contains("the blob here has")),
+        "{err:?}"
+    );
+    let again = store
+        .ingest(hash, size, &last, &encode(&data, &last)[..])
+        .expect("the true size once complete");
+    assert!(again.complete);
 }
 
 #[test]

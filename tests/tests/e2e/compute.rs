@@ -367,6 +367,19 @@ fn raw_requests_are_checked(provider: &testnet::Daemon, id: &str) {
             InferStatus::Refused,
             "price",
         );
+        // A model nobody announced to the provider: it fetches nothing for it (a caller may not
+        // make a provider fetch whatever it names).
+        let unknown = key
+            .sign(InferRequest {
+                model: protocol::ModelId(protocol::BlobHash::of(b"never announced")),
+                ..request(8)
+            })
+            .to_bytes();
+        check(
+            send(unknown, input.clone()).await,
+            InferStatus::NotFound,
+            "never announced",
+        );
         // Inputs that are not the ones signed.
         let swapped = key.sign(request(7)).to_bytes();
         check(

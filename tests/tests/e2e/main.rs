@@ -2,6 +2,7 @@
 //! journey or failure they cover.
 
 mod access;
+mod attack;
 mod compute;
 mod crash;
 mod disk_full;
