@@ -96,11 +96,12 @@ impl Models {
         }
     }
 
-    /// Announces every local manifest not yet announced, and provides it and its files.
+    /// Announces every model this node holds (local and pinned: see [`Catalog::held_models`])
+    /// not yet announced, and provides it and its files.
     pub async fn announce_local(&self) {
         let catalog = &self.catalog;
         let local: Vec<(ModelId, Vec<u8>, Vec<BlobHash>)> = catalog
-            .local_models()
+            .held_models()
             .into_iter()
             .filter_map(|id| {
                 let signed = catalog.get(id)?;

@@ -250,7 +250,7 @@ fn memory_mib() -> u64 {
 impl Remote {
     /// This node's current offer, signed.
     async fn make_offer(&self) -> Signed<ComputeOffer> {
-        let mut models = self.catalog.local_models();
+        let mut models = self.catalog.held_models();
         models.truncate(MAX_OFFER_MODELS);
         let engine = self.runtime.engine();
         let mut backends = vec!["wasm".to_string()];

@@ -485,6 +485,40 @@ impl Honest {
         Ok(round)
     }
 
+    /// Waits (at most 2 minutes) until the honest nodes have settled after an attack: their
+    /// catalogues stopped growing (manifests an attacker sent are stored in the background, at a
+    /// bounded pace), so that the next attack is measured on its own.
+    pub fn settle(&self) {
+        let models = |d: &Option<Daemon>| -> u64 {
+            d.as_ref()
+                .and_then(|d| {
+                    crate::http_text(
+                        &d.api,
+                        "GET",
+                        "/metrics",
+                        &[],
+                        None,
+                        Duration::from_secs(10),
+                    )
+                    .ok()
+                })
+                .and_then(|(_, text)| {
+                    text.lines()
+                        .find_map(|l| l.strip_prefix("moxnet_models ")?.trim().parse::<f64>().ok())
+                })
+                .map_or(0, |v| v as u64)
+        };
+        let count = || [models(&self.p), models(&self.s), models(&self.c)];
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let (mut last, mut steady) = (count(), 0);
+        while steady < 3 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_secs(1));
+            let now = count();
+            steady = if now == last { steady + 1 } else { 0 };
+            last = now;
+        }
+    }
+
     /// Honest nodes that exited or do not answer `/v2/health/live`.
     pub fn down(&mut self) -> Vec<String> {
         let mut down = Vec::new();
@@ -694,7 +728,9 @@ impl Provider for Spammer {
     }
 }
 
-/// A full moxnet peer with a fresh identity (or `seed`), connected to `targets`.
+/// A moxnet peer with a fresh identity (or `seed`), connected to `targets`. A light node: it
+/// does not sync the catalogues of the peers it connects to (an attacker would not spend its
+/// CPU verifying them; the catalogue spammer's victims sync *its* catalogue all the same).
 async fn peer(
     seed: Option<[u8; 32]>,
     catalogue: BTreeMap<ModelId, Vec<u8>>,
@@ -703,6 +739,7 @@ async fn peer(
     let config = NetConfig {
         seed: seed.unwrap_or_else(random_seed),
         listen: vec!["/ip4/127.0.0.1/tcp/0".parse()?],
+        light: true,
         ..NetConfig::default()
     };
     let (client, mut events) = net::spawn(config, Arc::new(Spammer { catalogue }))
@@ -1319,6 +1356,7 @@ fn attack(name: &str, honest: &mut Honest, baseline: &Round) -> Result<AttackRep
     let attacker = running.stop();
     let round = round?;
     let down = honest.down();
+    honest.settle();
     problems.extend(checks_after(name, honest));
     let ratio = |a: f64, b: f64| a / b.max(1e-9);
     Ok(AttackReport {

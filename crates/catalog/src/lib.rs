@@ -489,6 +489,17 @@ impl Catalog {
             .collect()
     }
 
+    /// The local models this node *holds*: their manifest is pinned in the store (published
+    /// here, or fetched on purpose). Only these are announced, provided in the DHT and listed in
+    /// a compute offer: a manifest learnt from a peer that happens to need no blobs is local, but
+    /// a peer must not be able to make this node advertise whatever it sends.
+    pub fn held_models(&self) -> Vec<ModelId> {
+        self.local_models()
+            .into_iter()
+            .filter(|id| self.store.is_pinned(id.blob()).unwrap_or(false))
+            .collect()
+    }
+
     /// How many models are known, and how many of them are local.
     pub fn counts(&self) -> (usize, usize) {
         let state = self.read();

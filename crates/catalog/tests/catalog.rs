@@ -248,3 +248,27 @@ fn learnt_manifests_are_held_to_a_quota_and_pages_cover_the_catalogue() {
     // A byte budget smaller than one manifest still returns one per page.
     assert_eq!(catalog.page(None, 10, 1).manifests.len(), 1);
 }
+
+/// A manifest learnt from a peer that needs no blobs is local (callable), but the node does not
+/// hold it: only pinned models are announced and offered.
+#[test]
+fn only_pinned_models_are_held() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(Store::open(dir.path()).expect("store"));
+    let catalog = Catalog::open(store.clone()).expect("catalog");
+    let stranger = SecretKey::from_seed(&[3; 32]);
+    let learnt = catalog
+        .insert_learnt(
+            stranger.sign(manifest("empty", &[], None)),
+            Default::default(),
+        )
+        .expect("store")
+        .expect("admitted");
+    assert!(catalog.is_local(learnt), "nothing to fetch: local");
+    assert!(catalog.held_models().is_empty(), "but not held");
+    let mine = catalog
+        .insert(key().sign(manifest("mine", &[], None)))
+        .expect("insert");
+    store.pin(mine.blob()).expect("pin");
+    assert_eq!(catalog.held_models(), vec![mine]);
+}

@@ -53,8 +53,8 @@ pub use blob::{BlobResponse, BlockingReader, ServeLimits};
 pub use libp2p;
 
 pub use libp2p::metrics::Registry;
+pub use swarm::{CATALOG_PAGES_PER_SEC, MAX_CATALOG_ANSWERS, MAX_SYNC_PAGES};
 use swarm::{Command, EventLoop, build_swarm};
-pub use swarm::{MAX_CATALOG_ANSWERS, MAX_SYNC_PAGES};
 
 /// How to start the network.
 #[derive(Debug, Clone, Default)]
@@ -71,6 +71,9 @@ pub struct NetConfig {
     pub serve: ServeLimits,
     /// Limits on connections.
     pub connections: ConnectionLimits,
+    /// A light node: it does not ask the peers it connects to for their catalogues (it only
+    /// fetches and calls models by id, and hears announcements). It still answers theirs.
+    pub light: bool,
 }
 
 /// Limits on connections: peer ids cost nothing, so a flood of them is bounded here. Inbound
@@ -300,7 +303,7 @@ pub async fn spawn_with_metrics(
     let event_loop = EventLoop::new(
         swarm,
         commands_rx,
-        commands_tx.downgrade(),
+        (!config.light).then(|| commands_tx.downgrade()),
         events_tx,
         provider.clone(),
         registry,

@@ -112,9 +112,14 @@ pub(crate) struct CatalogPage {
 /// (`catalog::MAX_MODELS`).
 pub const MAX_SYNC_PAGES: usize = 128;
 
-/// Catalogue pages being built for peers at once; a request beyond it is refused (its stream
-/// closes and the peer may ask again).
+/// Catalogue pages being built for peers (or waiting for their turn) at once; a request beyond
+/// it is refused (its stream closes and the peer may ask again).
 pub const MAX_CATALOG_ANSWERS: usize = 8;
+
+/// Catalogue pages this node sends a second, to all peers together (a page is at most 4 MiB):
+/// a late joiner syncs 100,000 manifests in about 6 s, and a crowd of fresh peers cannot make
+/// this node re-encode and upload its whole catalogue for each of them at once.
+pub const CATALOG_PAGES_PER_SEC: u32 = 16;
 
 /// Walks `peer`'s catalogue a page at a time through the event loop's command queue, for at
 /// most [`MAX_SYNC_PAGES`] pages.
@@ -177,8 +182,10 @@ pub(crate) struct EventLoop {
     swarm: Swarm<Behaviour>,
     commands: mpsc::Receiver<Command>,
     /// Its own command queue (weak: the loop still ends when every client is gone), for the
-    /// catalogue sync tasks it starts.
-    own_commands: mpsc::WeakSender<Command>,
+    /// catalogue sync tasks it starts; `None` on a light node, which syncs no catalogues.
+    own_commands: Option<mpsc::WeakSender<Command>>,
+    /// When the next catalogue page may go out (see [`CATALOG_PAGES_PER_SEC`]).
+    next_page: Arc<std::sync::Mutex<tokio::time::Instant>>,
     /// Catalogue pages being built for peers (see [`MAX_CATALOG_ANSWERS`]).
     answering: Arc<tokio::sync::Semaphore>,
     events: mpsc::Sender<NetEvent>,
@@ -370,7 +377,7 @@ impl EventLoop {
     pub(crate) fn new(
         mut swarm: Swarm<Behaviour>,
         commands: mpsc::Receiver<Command>,
-        own_commands: mpsc::WeakSender<Command>,
+        own_commands: Option<mpsc::WeakSender<Command>>,
         events: mpsc::Sender<NetEvent>,
         provider: Arc<dyn Provider>,
         registry: &mut Registry,
@@ -404,6 +411,7 @@ impl EventLoop {
             swarm,
             commands,
             own_commands,
+            next_page: Arc::new(std::sync::Mutex::new(tokio::time::Instant::now())),
             answering: Arc::new(tokio::sync::Semaphore::new(MAX_CATALOG_ANSWERS)),
             events,
             provider,
@@ -653,7 +661,7 @@ impl EventLoop {
                 }
                 self.emit(NetEvent::PeerConnected(peer_id)).await;
                 if self.synced.insert(peer_id)
-                    && let Some(commands) = self.own_commands.upgrade()
+                    && let Some(commands) = self.own_commands.as_ref().and_then(|c| c.upgrade())
                 {
                     // Catalogue sync on join: learn what was announced before we were here,
                     // a page at a time (each verified off the loop).
@@ -829,7 +837,16 @@ impl EventLoop {
                         };
                         let provider = self.provider.clone();
                         let answers = self.catalog_answers_tx.clone();
+                        // Pages leave at a steady pace, whoever asks: a crowd of new peers
+                        // (each syncing on connect) costs this node a bounded upload.
+                        let slot = {
+                            let mut next = self.next_page.lock().unwrap_or_else(|p| p.into_inner());
+                            let slot = (*next).max(tokio::time::Instant::now());
+                            *next = slot + Duration::from_secs(1) / CATALOG_PAGES_PER_SEC;
+                            slot
+                        };
                         tokio::spawn(async move {
+                            tokio::time::sleep_until(slot).await;
                             let page =
                                 tokio::task::spawn_blocking(move || provider.catalog_page(after))
                                     .await
