@@ -756,6 +756,16 @@ async fn peer(
     Ok(client)
 }
 
+/// The attacker is set up: says so, then lets `tasks` run until it is told to stop, and waits
+/// for them to end.
+async fn hold(stop: &Flags, tasks: Vec<tokio::task::JoinHandle<()>>) {
+    stop.set_ready();
+    until(stop).await;
+    for t in tasks {
+        let _ = t.await;
+    }
+}
+
 async fn until(stop: &Flags) {
     while !stop.stopped() {
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -792,11 +802,7 @@ async fn idle_streams(
             }
         }));
     }
-    stop.set_ready();
-    until(&stop).await;
-    for t in tasks {
-        let _ = t.await;
-    }
+    hold(&stop, tasks).await;
     Ok(format!(
         "{peers} peers held {} idle blob streams",
         opened.load(Ordering::Relaxed)
@@ -844,11 +850,7 @@ async fn connection_flood(stop: Arc<Flags>, targets: Vec<Target>, ids: usize) ->
             }
         }));
     }
-    stop.set_ready();
-    until(&stop).await;
-    for t in tasks {
-        let _ = t.await;
-    }
+    hold(&stop, tasks).await;
     Ok(format!(
         "{ids} identities: {} connections made, {} refused or closed",
         connected.load(Ordering::Relaxed),
@@ -1070,11 +1072,7 @@ async fn call_flood(
             }));
         }
     }
-    stop.set_ready();
-    until(&stop).await;
-    for t in tasks {
-        let _ = t.await;
-    }
+    hold(&stop, tasks).await;
     Ok(format!(
         "{ids} identities: {} calls run, {} answered busy, {} refused or failed",
         ok.load(Ordering::Relaxed),
