@@ -637,19 +637,15 @@ impl Running {
         }
     }
 
+    /// An attack that is a process (a `liar`), ready once started.
     fn process(liar: crate::Liar, summary: impl Into<String>) -> Running {
         Running {
-            stop: Arc::new(Flags {
-                stop: AtomicBool::new(false),
-                ready: AtomicBool::new(true),
-            }),
-            thread: None,
-            waiting: None,
             liar: Some(liar),
-            summary: summary.into(),
+            ..Running::none(summary)
         }
     }
 
+    /// An attack with nothing left running (done at its start), ready at once.
     fn none(summary: impl Into<String>) -> Running {
         Running {
             stop: Arc::new(Flags {
