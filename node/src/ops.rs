@@ -490,7 +490,10 @@ pub fn set_pin(store: &Store, hash: BlobHash, pin: bool) -> Result<PinChange> {
 /// `moxnet gc`.
 pub fn gc(home: &Home) -> Result<GcReport> {
     let report = home.store.gc()?;
-    home.catalog.refresh_all()?;
+    if report.blobs_removed > 0 {
+        // Models whose files went are no longer local (their manifests stay: see `Store::gc`).
+        home.catalog.refresh_all()?;
+    }
     Ok(GcReport {
         blobs_removed: report.blobs_removed,
         bytes_freed: report.bytes_freed,

@@ -146,16 +146,22 @@ pub struct AttackReport {
     pub p99_ratio: f64,
     /// Checks specific to the attack that failed.
     pub problems: Vec<String>,
+    /// The first measurement, when it was only slow and so was taken again (see [`run`]).
+    pub first_try: Option<(f64, f64)>,
 }
 
 impl AttackReport {
     /// The goal: no honest node down, all honest work done, throughput at least half.
     pub fn passed(&self) -> bool {
-        self.down.is_empty()
-            && self.round.failures.is_empty()
-            && self.problems.is_empty()
-            && self.fetch_ratio >= 0.5
-            && self.call_ratio >= 0.5
+        self.only_slow() == Some(false)
+    }
+
+    /// `None` when something broke (a node down, an honest failure, a failed check);
+    /// otherwise whether throughput fell under half of the baseline.
+    fn only_slow(&self) -> Option<bool> {
+        let broke =
+            !self.down.is_empty() || !self.round.failures.is_empty() || !self.problems.is_empty();
+        (!broke).then_some(self.fetch_ratio < 0.5 || self.call_ratio < 0.5)
     }
 }
 
@@ -173,6 +179,12 @@ impl fmt::Display for AttackReport {
             self.down.len(),
             self.attacker
         )?;
+        if let Some((fetch, calls)) = self.first_try {
+            write!(
+                f,
+                "\n      measured again: the first try gave fetch x{fetch:.2}  calls x{calls:.2}"
+            )?;
+        }
         for d in &self.down {
             write!(f, "\n      down: {d}")?;
         }
@@ -1295,7 +1307,7 @@ pub fn run(sizes: Sizes, only: &[String]) -> Result<(Round, Vec<AttackReport>)> 
         "no attack named {only:?}; attacks: {}",
         ATTACKS.join(", ")
     );
-    let mut honest = Honest::start(sizes, names.len() + 2)?;
+    let mut honest = Honest::start(sizes, names.len() + 2 + SPARE_ROUNDS)?;
     // A first round warms the nodes (connections, loaded models, caches); the second is the
     // baseline.
     let _ = honest.round(None)?;
@@ -1306,20 +1318,39 @@ pub fn run(sizes: Sizes, only: &[String]) -> Result<(Round, Vec<AttackReport>)> 
         baseline.failures
     );
     let mut reports = Vec::new();
+    let mut spare = SPARE_ROUNDS;
     for name in names {
-        let report = attack(name, &mut honest, &baseline).unwrap_or_else(|e| AttackReport {
-            name: ATTACKS.iter().copied().find(|a| *a == name).unwrap_or("?"),
-            attacker: String::new(),
-            down: honest.down(),
-            round: Round::default(),
-            fetch_ratio: 0.0,
-            call_ratio: 0.0,
-            p99_ratio: 0.0,
-            problems: vec![format!("{e:#}")],
-        });
+        let mut report = attack_or_report(name, &mut honest, &baseline);
+        // A round that was only slow is measured once more while spare rounds last: on a
+        // shared machine one round's throughput is noisy, while harm an attack does shows
+        // twice. Anything that broke is never measured again.
+        if report.only_slow() == Some(true) && spare > 0 {
+            spare -= 1;
+            let first = (report.fetch_ratio, report.call_ratio);
+            report = attack_or_report(name, &mut honest, &baseline);
+            report.first_try = Some(first);
+        }
         reports.push(report);
     }
     Ok((baseline, reports))
+}
+
+/// Rounds published beyond one per attack, for measuring a slow round again (see [`run`]).
+const SPARE_ROUNDS: usize = 2;
+
+/// [`attack`], with an error that stopped it reported as a failed check.
+fn attack_or_report(name: &str, honest: &mut Honest, baseline: &Round) -> AttackReport {
+    attack(name, honest, baseline).unwrap_or_else(|e| AttackReport {
+        name: ATTACKS.iter().copied().find(|a| *a == name).unwrap_or("?"),
+        attacker: String::new(),
+        down: honest.down(),
+        round: Round::default(),
+        fetch_ratio: 0.0,
+        call_ratio: 0.0,
+        p99_ratio: 0.0,
+        problems: vec![format!("{e:#}")],
+        first_try: None,
+    })
 }
 
 /// Runs attack `name` during one honest round and reports it against `baseline`.
@@ -1362,6 +1393,7 @@ fn attack(name: &str, honest: &mut Honest, baseline: &Round) -> Result<AttackRep
         p99_ratio: round.p99().as_secs_f64() / baseline.p99().as_secs_f64().max(1e-9),
         round,
         problems,
+        first_try: None,
     })
 }
 

@@ -293,11 +293,8 @@ impl Catalog {
         if self.read().models.contains_key(&id) {
             return Ok(id);
         }
-        if !self.store.has(id.blob())? {
-            self.store
-                .import_bytes(&bytes, "manifest", manifest.body().referenced_blobs())?;
-        }
-        self.store.index_manifest(id)?;
+        self.store
+            .import_manifests(&[(&bytes, manifest.body().referenced_blobs())])?;
         self.tree.insert(id.blob().as_bytes(), bytes)?;
         self.tree.flush()?;
         let mut state = self.write();
@@ -373,19 +370,11 @@ impl Catalog {
         if admitted.is_empty() {
             return Ok(results);
         }
-        let mut to_import = Vec::new();
-        for (id, bytes, manifest) in &admitted {
-            if !self.store.has(id.blob())? {
-                to_import.push((
-                    bytes.as_slice(),
-                    "manifest",
-                    manifest.body().referenced_blobs(),
-                ));
-            }
-        }
-        self.store.import_many_bytes(&to_import)?;
-        let ids: Vec<ModelId> = admitted.iter().map(|(id, ..)| *id).collect();
-        self.store.index_manifests(&ids)?;
+        let to_import: Vec<(&[u8], Vec<BlobHash>)> = admitted
+            .iter()
+            .map(|(_, bytes, manifest)| (bytes.as_slice(), manifest.body().referenced_blobs()))
+            .collect();
+        self.store.import_manifests(&to_import)?;
         let mut batch = sled::Batch::default();
         for (id, bytes, _) in &admitted {
             batch.insert(id.blob().as_bytes(), bytes.as_slice());

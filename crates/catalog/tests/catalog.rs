@@ -66,12 +66,53 @@ fn a_model_becomes_local_as_its_blobs_arrive_and_survives_a_restart() {
     let catalog = Catalog::open(store.clone()).expect("catalog again");
     assert!(catalog.is_local(id));
     assert_eq!(catalog.get(id).expect("known").body().name, "m");
-    // A gc that removes a file: the model is no longer local once refreshed.
+    // A gc that removes its files: the model is no longer local once refreshed, and still
+    // known (gc keeps manifests: it must not make the node forget the network).
     store.unpin(id.blob()).expect("unpin");
-    store.gc().expect("gc");
+    let report = store.gc().expect("gc");
+    assert!(report.blobs_removed >= 1, "{report:?}");
     catalog.refresh_all().expect("refresh");
-    assert!(catalog.get(id).is_none(), "its manifest was collected too");
-    assert!(catalog.is_empty());
+    assert!(!catalog.is_local(id), "its files were collected");
+    assert_eq!(catalog.get(id).expect("still known").body().name, "m");
+    assert!(store.has(id.blob()).expect("has"), "the manifest is kept");
+    assert_eq!(catalog.counts(), (1, 0));
+    // Known after a restart too.
+    drop(catalog);
+    let catalog = Catalog::open(store).expect("catalog after gc");
+    assert!(catalog.get(id).is_some());
+}
+
+#[test]
+fn gc_keeps_learnt_manifests_but_not_the_files_they_link() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(Store::open(dir.path()).expect("store"));
+    let catalog = Catalog::open(store.clone()).expect("catalog");
+    let learnt: Vec<_> = (0..20)
+        .map(|i| key().sign(manifest(&format!("learnt-{i}"), &[("w", b"weights")], None)))
+        .collect();
+    let results = catalog
+        .insert_learnt_many(learnt, catalog::Quota::default())
+        .expect("learn");
+    let ids: Vec<ModelId> = results.into_iter().map(|r| r.expect("admitted")).collect();
+    // An unpinned blob nothing references, and the (unpinned) file the manifests link: gc
+    // takes both; a manifest is kept, what it links is not.
+    let stray = store
+        .import_bytes(b"stray", "raw", Vec::new())
+        .expect("stray");
+    let weights = store
+        .import_bytes(b"weights", "raw", Vec::new())
+        .expect("weights");
+    let report = store.gc().expect("gc");
+    assert_eq!(report.blobs_removed, 2, "{report:?}");
+    assert!(!store.has(stray.hash).expect("has"));
+    assert!(!store.has(weights.hash).expect("has"));
+    catalog.refresh_all().expect("refresh");
+    for id in &ids {
+        assert!(store.has(id.blob()).expect("has"), "manifest {id} kept");
+        assert!(catalog.get(*id).is_some(), "model {id} still known");
+    }
+    // A gc with nothing to collect changes nothing.
+    assert_eq!(store.gc().expect("gc"), store::GcReport::default());
 }
 
 #[test]
@@ -117,9 +158,8 @@ fn a_store_from_before_the_catalogue_is_adopted_once() {
         let bytes = signed.to_bytes();
         let id = protocol::model_id(&bytes);
         store
-            .import_bytes(&bytes, "manifest", Vec::new())
+            .import_manifests(&[(&bytes, Vec::new())])
             .expect("import");
-        store.index_manifest(id).expect("index");
         id
     };
     let store = Arc::new(Store::open(dir.path()).expect("store"));

@@ -265,6 +265,13 @@ impl Store {
     /// Blobs already present are dropped without fsync; their links are merged into the
     /// existing record.
     pub(crate) fn commit(&self, pending: Vec<Pending>) -> Result<Vec<Imported>> {
+        self.commit_indexed(pending, false)
+    }
+
+    /// [`Store::commit`]; with `manifests`, every committed blob is also indexed as a model
+    /// manifest in the same critical section, so no gc can run between the two (an unpinned
+    /// blob that is not yet a manifest would be collected).
+    fn commit_indexed(&self, pending: Vec<Pending>, manifests: bool) -> Result<Vec<Imported>> {
         let _guard = self.commit_lock();
         let mut batch = sled::Batch::default();
         let mut out = Vec::with_capacity(pending.len());
@@ -315,27 +322,32 @@ impl Store {
             sync_dir(&self.root.join("blobs"))?;
         }
         self.blobs.apply_batch(batch)?;
+        if manifests {
+            let mut index = sled::Batch::default();
+            for imported in &out {
+                index.insert(imported.hash.as_bytes(), &[]);
+            }
+            self.manifests.apply_batch(index)?;
+        }
         self.db.flush()?;
         Ok(out)
     }
 
-    /// Imports several small byte strings held in memory in one commit: one index flush and one
-    /// directory sync for all of them (each file is still synced). For many manifests at once.
-    pub fn import_many_bytes(
-        &self,
-        items: &[(&[u8], &str, Vec<BlobHash>)],
-    ) -> Result<Vec<Imported>> {
+    /// Imports signed model manifests (their bytes and the blobs each references) in one
+    /// commit and indexes them as manifests ([`Store::manifests`]), which [`Store::gc`] keeps.
+    /// Ones already present get their links merged and are indexed too.
+    pub fn import_manifests(&self, items: &[(&[u8], Vec<BlobHash>)]) -> Result<Vec<Imported>> {
         let mut pending = Vec::with_capacity(items.len());
-        for (bytes, kind, links) in items {
+        for (bytes, links) in items {
             pending.push(self.stage(
                 *bytes,
                 bytes.len() as u64,
-                kind,
+                "manifest",
                 links.clone(),
                 &mut |_| {},
             )?);
         }
-        self.commit(pending)
+        self.commit_indexed(pending, true)
     }
 
     /// Imports bytes held in memory (manifests, snapshots, listings).

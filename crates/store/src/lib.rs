@@ -383,6 +383,11 @@ impl Store {
     /// Deletes every blob not reachable from a pin, and partial blobs no fetch touched for
     /// [`PARTIAL_MAX_IDLE`].
     ///
+    /// Model manifests the store indexes ([`Store::import_manifests`]) are kept, pinned or not:
+    /// they are the catalogue of models this node knows (bounded by the catalogue's quota), and
+    /// a gc that frees disk must not make the node forget the network. Only the manifest itself
+    /// is kept, not what it links: an unpinned model's files go.
+    ///
     /// Blob files the index does not name are **not** deleted: after the index (`meta/`) is
     /// lost, every file is unindexed, and after a crash between a file's rename and its record
     /// the file is a whole, valid blob. They are counted in [`GcReport::orphans`];
@@ -409,6 +414,11 @@ impl Store {
                 stack.extend(record.children());
             }
         }
+        // Manifests are kept but not followed (see `gc`): marked after the pins, so a pinned
+        // manifest's links were followed above.
+        for key in self.manifests.iter().keys() {
+            live.insert(key_hash(&key?)?);
+        }
         let mut report = GcReport::default();
         let mut dead = Vec::new();
         for (hash, record) in self.list()? {
@@ -423,6 +433,10 @@ impl Store {
         // Journal first, then the index, then the files: a crash at any point leaves either
         // indexed blobs or doomed files that the next gc deletes, never a record pointing at a
         // deleted file, and never an unindexed file that gc may not delete.
+        if dead.is_empty() && self.doomed.is_empty() {
+            // Nothing to delete: no write, no flush (a gc loop costs ingests nothing).
+            return Ok(report);
+        }
         let mut doomed = sled::Batch::default();
         let mut batch = sled::Batch::default();
         let mut manifests = sled::Batch::default();
@@ -501,7 +515,9 @@ impl Store {
             }
             removed += 1;
         }
-        self.db.flush()?;
+        if removed > 0 {
+            self.db.flush()?;
+        }
         Ok(removed)
     }
 
@@ -553,8 +569,7 @@ impl Store {
         }
         let bytes = self.read_bytes(hash, size)?;
         if let Ok(m) = Signed::<Manifest>::from_bytes(&bytes) {
-            self.import_bytes(&bytes, "manifest", m.body().referenced_blobs())?;
-            self.index_manifest(protocol::ModelId(hash))?;
+            self.import_manifests(&[(&bytes, m.body().referenced_blobs())])?;
         } else if let Ok(s) = Signed::<Snapshot>::from_bytes(&bytes) {
             let links = s
                 .body()
@@ -583,20 +598,6 @@ impl Store {
             .get(name.as_bytes())?
             .map(|v| key_hash(&v))
             .transpose()
-    }
-
-    /// Remembers that blob `id` holds a signed manifest.
-    pub fn index_manifest(&self, id: protocol::ModelId) -> Result<()> {
-        self.index_manifests(&[id])
-    }
-
-    /// [`Store::index_manifest`] for several, with one flush.
-    pub fn index_manifests(&self, ids: &[protocol::ModelId]) -> Result<()> {
-        for id in ids {
-            self.manifests.insert(id.blob().as_bytes(), &[])?;
-        }
-        self.db.flush()?;
-        Ok(())
     }
 
     /// Every model whose manifest is in the store.
