@@ -40,6 +40,8 @@ pub struct ComputeConfig {
     pub attempts: usize,
     /// The most bytes of files fetched to serve one peer's call.
     pub max_fetch_bytes: u64,
+    /// Bytes of files of models fetched for peers' calls kept (`crate::cache`).
+    pub cache_bytes: u64,
 }
 
 impl From<&ComputeSection> for ComputeConfig {
@@ -62,6 +64,7 @@ impl From<&ComputeSection> for ComputeConfig {
             call_timeout: Duration::from_secs(c.call_timeout_secs.unwrap_or(120).max(1)),
             attempts: c.attempts.unwrap_or(3).max(1),
             max_fetch_bytes: c.max_fetch_mib.unwrap_or(16 << 10).saturating_mul(1 << 20),
+            cache_bytes: c.cache_mib.unwrap_or(32 << 10).saturating_mul(1 << 20),
         }
     }
 }

@@ -68,6 +68,8 @@ pub struct ComputeSection {
     pub attempts: Option<usize>,
     /// The largest model (MiB of files) this node fetches to serve a peer's call.
     pub max_fetch_mib: Option<u64>,
+    /// MiB of files of models fetched for peers' calls kept (the least recently called go).
+    pub cache_mib: Option<u64>,
 }
 
 impl ComputeSection {
@@ -82,6 +84,7 @@ impl ComputeSection {
             call_timeout_secs: self.call_timeout_secs.or(d.call_timeout_secs),
             attempts: self.attempts.or(d.attempts),
             max_fetch_mib: self.max_fetch_mib.or(d.max_fetch_mib),
+            cache_mib: self.cache_mib.or(d.cache_mib),
         }
     }
 }

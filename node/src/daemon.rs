@@ -15,6 +15,7 @@ use protocol::{BlobHash, ModelId};
 use serde_json::json;
 
 use crate::api_client::{API_FILE, TOKEN_FILE};
+use crate::cache::CallCache;
 use crate::cli::NodeArgs;
 use crate::compute::{Compute, ComputeConfig};
 use crate::fetcher::Fetcher;
@@ -139,12 +140,18 @@ async fn serve(
         catalog.clone(),
         fetcher.clone(),
     ));
+    let compute = ComputeConfig::from(&config.compute);
+    let cache = Arc::new(
+        CallCache::open(home.store.clone(), catalog.clone(), compute.cache_bytes)
+            .context("opening the call cache")?,
+    );
     let remote = Arc::new(Remote::new(
         home.key.clone(),
         client.clone(),
-        Compute::new(ComputeConfig::from(&config.compute)),
+        Compute::new(compute),
         runtime.clone(),
         catalog,
+        cache,
         metrics.clone(),
     ));
     let service = Arc::new(Service {

@@ -19,7 +19,7 @@ use net::fetch::{Action, Event, Failure, Fetch, FetchConfig, RequestId};
 use net::libp2p::PeerId;
 use protocol::wire::BlobRequest;
 use protocol::{BlobHash, Collection, Manifest, ModelId, Object, Signed, Snapshot};
-use store::{IngestError, Store, StoreError};
+use store::{Holder, IngestError, Store, StoreError};
 use tokio::sync::mpsc;
 
 use crate::metrics::{Metrics, Outcome};
@@ -166,7 +166,7 @@ impl Fetcher {
         let view = lock(&progress).view(id);
         let fetcher = self.clone();
         tokio::spawn(async move {
-            if let Err(e) = fetcher.fetch(id, progress).await {
+            if let Err(e) = fetcher.fetch(id, progress, Holder::User).await {
                 tracing::warn!(%id, "fetch failed: {e:#}");
             }
         });
@@ -181,8 +181,9 @@ impl Fetcher {
     }
 
     /// Fetches model `id` unless it is local already, one fetch per model at a time:
-    /// concurrent calls for a missing model wait for the first.
-    pub async fn fetch_model(&self, id: ModelId) -> Result<()> {
+    /// concurrent calls for a missing model wait for the first. What it brings is pinned for
+    /// `holder`.
+    pub async fn fetch_model(&self, id: ModelId, holder: Holder) -> Result<()> {
         if self.catalog.is_local(id) {
             return Ok(());
         }
@@ -195,7 +196,7 @@ impl Fetcher {
             return Ok(());
         }
         let progress = self.track(id.blob());
-        let fetched = self.fetch(id.blob(), progress).await;
+        let fetched = self.fetch(id.blob(), progress, holder).await;
         // Forget the lock unless another call waits on it.
         let mut locks = lock(&self.model_locks);
         if locks
@@ -232,8 +233,8 @@ impl Fetcher {
 
     /// Fetches `id` (a model, a folder, or a plain blob) and pins it, recording the outcome in
     /// `progress` and the metrics.
-    async fn fetch(&self, id: BlobHash, progress: Shared) -> Result<()> {
-        let fetched = self.fetch_all(id, &progress).await;
+    async fn fetch(&self, id: BlobHash, progress: Shared, holder: Holder) -> Result<()> {
+        let fetched = self.fetch_all(id, &progress, holder).await;
         self.metrics.fetch(match fetched {
             Ok(()) => Outcome::Ok,
             Err(_) => Outcome::Failed,
@@ -249,7 +250,7 @@ impl Fetcher {
         fetched
     }
 
-    async fn fetch_all(&self, id: BlobHash, progress: &Shared) -> Result<()> {
+    async fn fetch_all(&self, id: BlobHash, progress: &Shared, holder: Holder) -> Result<()> {
         lock(progress).state = FetchState::Running;
         let store = self.store.clone();
         // The root is pinned as soon as it is here, before any child arrives: a gc while the
@@ -258,7 +259,7 @@ impl Fetcher {
         // pinned. A gc may still take the root between its arrival and the pin: fetch it again.
         for attempt in 0.. {
             self.fetch_blob(id, None, id, progress).await?;
-            match store.pin(id) {
+            match store.pin_for(id, holder) {
                 Ok(()) => break,
                 Err(StoreError::NotFound { .. }) if attempt < 2 => continue,
                 Err(e) => return Err(e.into()),

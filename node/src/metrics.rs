@@ -118,6 +118,10 @@ pub struct Metrics {
     pub fuel: Counter,
     /// Manifests learnt from peers and dropped, by reason.
     pub manifests_dropped: Family<DropLabels, Counter>,
+    /// Bytes of files the call cache holds.
+    pub call_cache_bytes: Gauge,
+    /// Models the call cache let go.
+    pub call_cache_evicted: Counter,
 }
 
 impl Metrics {
@@ -138,6 +142,8 @@ impl Metrics {
             calls: Family::default(),
             fuel: Counter::default(),
             manifests_dropped: Family::default(),
+            call_cache_bytes: Gauge::default(),
+            call_cache_evicted: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("peers", "Peers connected now", metrics.peers.clone());
@@ -195,6 +201,16 @@ impl Metrics {
             "manifests_dropped",
             "Manifests from peers dropped: busy (256 being stored at once), catalogue_full or author_quota",
             metrics.manifests_dropped.clone(),
+        );
+        registry.register(
+            "call_cache_bytes",
+            "Bytes of files of models fetched for peers' calls kept now ([compute] cache_mib)",
+            metrics.call_cache_bytes.clone(),
+        );
+        registry.register(
+            "call_cache_evicted",
+            "Models fetched for peers' calls let go (least recently called) to fit [compute] cache_mib",
+            metrics.call_cache_evicted.clone(),
         );
         Metrics {
             registry,

@@ -14,7 +14,7 @@ use catalog::Catalog;
 use net::libp2p::PeerId;
 use protocol::{BlobHash, Manifest, ModelId, Signed};
 use sandbox::Outcome;
-use store::Store;
+use store::{Holder, Store};
 
 use crate::fetcher::Fetcher;
 use crate::inference::{CallError, Inference, Loaded};
@@ -229,11 +229,25 @@ impl Runtime {
         .map_err(|e| CallError::new(500, format!("loading the model: {e}")))?
     }
 
-    /// The model loaded in the sandbox, fetched from peers first if it is not here.
-    pub async fn ensure_loaded(self: &Arc<Self>, id: ModelId) -> Result<Arc<Loaded>, CallError> {
-        if self.engine.get(id).is_none()
-            && let Err(e) = self.fetcher.fetch_model(id).await
-        {
+    /// The model loaded in the sandbox, fetched from peers first if it is not here (and then
+    /// pinned for `holder`).
+    ///
+    /// A model still loaded whose files went (a gc after an unpin, or the call cache letting
+    /// it go) is fetched again too, so that what runs is also what the node holds; when that
+    /// fetch fails, the loaded model still answers.
+    pub async fn ensure_loaded(
+        self: &Arc<Self>,
+        id: ModelId,
+        holder: Holder,
+    ) -> Result<Arc<Loaded>, CallError> {
+        let fetched = self.fetcher.fetch_model(id, holder).await;
+        if let Some(loaded) = self.engine.get(id) {
+            if let Err(e) = fetched {
+                tracing::warn!(%id, "a loaded model's files are gone and fetching them again failed: {e:#}");
+            }
+            return Ok(loaded);
+        }
+        if let Err(e) = fetched {
             return Err(CallError::new(
                 404,
                 format!("model {id} is not on this node and fetching it failed: {e:#}"),
@@ -248,7 +262,7 @@ impl Runtime {
         id: ModelId,
         request: InferRequest,
     ) -> Result<InferResponse, CallError> {
-        let model = self.ensure_loaded(id).await?;
+        let model = self.ensure_loaded(id, Holder::User).await?;
         let runtime = self.clone();
         tokio::task::spawn_blocking(move || runtime.engine.infer(&model, &request))
             .await

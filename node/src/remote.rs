@@ -8,7 +8,8 @@
 //!   the peer that sent it, addressed to this node, serving, at or above its price, the input
 //!   hash), then [`Nonces`] (fresh, not replayed) and the caller's share of the slots
 //!   ([`CallerSlots`]); the node fetches the model if it lacks it, runs it in the sandbox with
-//!   the caller's fuel limit and returns the outputs with a signed [`InferResult`].
+//!   the caller's fuel limit and returns the outputs with a signed [`InferResult`]. A model
+//!   fetched for a peer's call is held by the call cache (`crate::cache`), not pinned for good.
 //! - **Offers** ([`Remote::offer_loop`]): a serving node announces a signed [`ComputeOffer`] on gossip
 //!   and re-announces it before it expires. Callers keep them in an [`Offers`] table, dropped
 //!   when expired, when the peer disconnects, or after repeated failures.
@@ -34,7 +35,9 @@ use protocol::compute::{
 };
 use protocol::{BlobHash, ModelId, NodeId, Object, SecretKey, Signed};
 use serde_json::{Value, json};
+use store::Holder;
 
+use crate::cache::{CallCache, Evicted};
 use crate::compute::{Compute, now_ms};
 use crate::inference::{CallError, from_wire, parameters, response, to_wire};
 use crate::metrics::{self, Metrics, Place};
@@ -47,6 +50,7 @@ pub struct Remote {
     compute: Compute,
     runtime: Arc<Runtime>,
     catalog: Arc<Catalog>,
+    cache: Arc<CallCache>,
     metrics: Arc<Metrics>,
 }
 
@@ -58,14 +62,17 @@ impl Remote {
         compute: Compute,
         runtime: Arc<Runtime>,
         catalog: Arc<Catalog>,
+        cache: Arc<CallCache>,
         metrics: Arc<Metrics>,
     ) -> Remote {
+        metrics.call_cache_bytes.set(cache.bytes() as i64);
         Remote {
             key,
             net,
             compute,
             runtime,
             catalog,
+            cache,
             metrics,
         }
     }
@@ -144,11 +151,12 @@ impl Remote {
         if let Err((status, why)) = self.may_fetch_for(r.model) {
             return refuse(status, why);
         }
-        let model = match self.runtime.ensure_loaded(r.model).await {
+        let model = match self.runtime.ensure_loaded(r.model, Holder::CallCache).await {
             Ok(m) => m,
             Err(e) if e.status == 404 => return refuse(InferStatus::NotFound, e.message),
             Err(e) => return refuse(InferStatus::Internal, e.message),
         };
+        self.cache_used(r.model);
         let outcome = match self.runtime.run(model, input, r.max_fuel).await {
             Ok(o) => o,
             Err(e) => {
@@ -178,6 +186,40 @@ impl Remote {
 }
 
 impl Remote {
+    /// Notes that a peer called `model`: the call cache takes it (unless the user pinned it)
+    /// and, when over its budget, lets the least recently called go. In the background: the
+    /// call does not wait for a pin or a gc.
+    fn cache_used(&self, model: ModelId) {
+        if self.cache.touch(model) && self.cache.bytes() <= self.compute.config.cache_bytes {
+            return;
+        }
+        let (cache, metrics) = (self.cache.clone(), self.metrics.clone());
+        tokio::task::spawn_blocking(move || {
+            let evicted = cache.admit(model).and_then(|over| {
+                Ok(if over {
+                    cache.evict(model)?
+                } else {
+                    Evicted::default()
+                })
+            });
+            match evicted {
+                Ok(evicted) if !evicted.models.is_empty() => {
+                    metrics
+                        .call_cache_evicted
+                        .inc_by(evicted.models.len() as u64);
+                    tracing::info!(
+                        models = evicted.models.len(),
+                        freed_mib = evicted.bytes_freed >> 20,
+                        "the call cache let the least recently called models go"
+                    );
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(%model, "the call cache: {e:#}"),
+            }
+            metrics.call_cache_bytes.set(cache.bytes() as i64);
+        });
+    }
+
     /// Whether a peer's call for `model` may make this node fetch it: only when the sandbox
     /// could run the call now, the model was announced to this node (its manifest is in the
     /// catalogue), and its files total at most `max_fetch_bytes`. A model already here passes.

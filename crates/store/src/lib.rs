@@ -353,26 +353,75 @@ impl Store {
         }
     }
 
-    /// Pins a blob so that [`Store::gc`] keeps it and everything it links.
+    /// Pins a blob for the user so that [`Store::gc`] keeps it and everything it links.
     pub fn pin(&self, hash: BlobHash) -> Result<()> {
+        self.pin_for(hash, Holder::User)
+    }
+
+    /// Pins a blob for `holder` (a blob stays pinned while any holder keeps it).
+    pub fn pin_for(&self, hash: BlobHash, holder: Holder) -> Result<()> {
         // Under the commit lock: a gc cannot delete the blob between the check and the pin.
         let _guard = self.commit_lock();
         self.require(hash)?;
-        self.pins.insert(hash.as_bytes(), &[])?;
-        self.db.flush()?;
+        let held = self.holders(hash)?;
+        if held & holder.bit() == 0 {
+            self.pins.insert(hash.as_bytes(), &[held | holder.bit()])?;
+            self.db.flush()?;
+        }
         Ok(())
     }
 
-    /// Unpins a blob; returns whether it was pinned.
+    /// Takes the user's pin off a blob; returns whether the user had pinned it. Another
+    /// holder's pin (see [`Holder`]) still keeps it.
     pub fn unpin(&self, hash: BlobHash) -> Result<bool> {
-        let was = self.pins.remove(hash.as_bytes())?.is_some();
-        self.db.flush()?;
-        Ok(was)
+        self.unpin_for(hash, Holder::User)
     }
 
-    /// Whether a blob is pinned.
+    /// Takes `holder`'s pin off a blob; returns whether `holder` had pinned it.
+    pub fn unpin_for(&self, hash: BlobHash, holder: Holder) -> Result<bool> {
+        let _guard = self.commit_lock();
+        let held = self.holders(hash)?;
+        if held & holder.bit() == 0 {
+            return Ok(false);
+        }
+        let left = held & !holder.bit();
+        if left == 0 {
+            self.pins.remove(hash.as_bytes())?;
+        } else {
+            self.pins.insert(hash.as_bytes(), &[left])?;
+        }
+        self.db.flush()?;
+        Ok(true)
+    }
+
+    /// Whether a blob is pinned (by anyone).
     pub fn is_pinned(&self, hash: BlobHash) -> Result<bool> {
         Ok(self.pins.contains_key(hash.as_bytes())?)
+    }
+
+    /// Whether `holder` pinned a blob.
+    pub fn is_pinned_by(&self, hash: BlobHash, holder: Holder) -> Result<bool> {
+        Ok(self.holders(hash)? & holder.bit() != 0)
+    }
+
+    /// Blobs `holder` pinned.
+    pub fn pinned_by(&self, holder: Holder) -> Result<Vec<BlobHash>> {
+        let mut out = Vec::new();
+        for kv in self.pins.iter() {
+            let (k, v) = kv?;
+            if Holder::decode(&v) & holder.bit() != 0 {
+                out.push(key_hash(&k)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The holders' bits of a blob's pin (0: not pinned).
+    fn holders(&self, hash: BlobHash) -> Result<u8> {
+        Ok(self
+            .pins
+            .get(hash.as_bytes())?
+            .map_or(0, |v| Holder::decode(&v)))
     }
 
     /// All pins.
@@ -672,6 +721,36 @@ pub struct GcReport {
     pub orphans: u64,
     /// Abandoned partial blobs removed.
     pub partials_removed: u64,
+}
+
+/// Who keeps a pin. A blob stays pinned while any holder keeps it, and each takes only its
+/// own pin off: a user's `unpin` does not drop what the node caches for peers' calls, and the
+/// cache evicting a model does not drop the user's pin.
+///
+/// Stored as one byte of bits per pinned blob in the `pins` tree (an empty value, from stores
+/// written before holders, is the user's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Holder {
+    /// The user: `add`, `publish`, `pin`, a fetch the user asked for.
+    User,
+    /// The node's cache of models fetched to answer peers' calls (evicted least recently used).
+    CallCache,
+}
+
+impl Holder {
+    fn bit(self) -> u8 {
+        match self {
+            Holder::User => 1,
+            Holder::CallCache => 2,
+        }
+    }
+
+    fn decode(value: &[u8]) -> u8 {
+        match value.first() {
+            None => Holder::User.bit(),
+            Some(bits) => *bits,
+        }
+    }
 }
 
 /// What [`Store::reindex`] did.

@@ -1,11 +1,12 @@
-//! The sled-backed store against a `BTreeMap` model: random sequences of add, get, pin, unpin,
-//! gc and restart (drop and reopen) must agree at every step.
+//! The sled-backed store against a `BTreeMap` model: random sequences of add, get, pin, unpin
+//! (by the user and by the call cache), gc and restart (drop and reopen) must agree at every
+//! step.
 
 use std::collections::BTreeMap;
 
 use proptest::prelude::*;
 use protocol::BlobHash;
-use store::{Store, StoreError};
+use store::{Holder, Store, StoreError};
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -19,9 +20,11 @@ enum Op {
     },
     Pin {
         n: u8,
+        cache: bool,
     },
     Unpin {
         n: u8,
+        cache: bool,
     },
     Gc,
     Restart,
@@ -44,17 +47,25 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         4 => (n.clone(), any::<bool>()).prop_map(|(n, pin)| Op::Add { n, pin }),
         3 => n.clone().prop_map(|n| Op::Get { n }),
-        2 => n.clone().prop_map(|n| Op::Pin { n }),
-        2 => n.prop_map(|n| Op::Unpin { n }),
+        2 => (n.clone(), any::<bool>()).prop_map(|(n, cache)| Op::Pin { n, cache }),
+        2 => (n, any::<bool>()).prop_map(|(n, cache)| Op::Unpin { n, cache }),
         1 => Just(Op::Gc),
         1 => Just(Op::Restart),
     ]
 }
 
-/// The model: what is stored, and whether it is pinned.
+/// The model: what is stored, and who pinned it (bit 0: the user, bit 1: the call cache).
 #[derive(Default)]
 struct Model {
-    blobs: BTreeMap<BlobHash, (Vec<u8>, bool)>,
+    blobs: BTreeMap<BlobHash, (Vec<u8>, u8)>,
+}
+
+fn holder(cache: bool) -> (Holder, u8) {
+    if cache {
+        (Holder::CallCache, 2)
+    } else {
+        (Holder::User, 1)
+    }
 }
 
 proptest! {
@@ -72,10 +83,10 @@ proptest! {
                     let imported = store.import_bytes(&bytes, "raw", Vec::new()).expect("import");
                     prop_assert_eq!(imported.hash, BlobHash::of(&bytes));
                     prop_assert_eq!(imported.new, !model.blobs.contains_key(&imported.hash));
-                    let entry = model.blobs.entry(imported.hash).or_insert((bytes, false));
+                    let entry = model.blobs.entry(imported.hash).or_insert((bytes, 0));
                     if pin {
                         store.pin(imported.hash).expect("pin");
-                        entry.1 = true;
+                        entry.1 |= 1;
                     }
                 }
                 Op::Get { n } => {
@@ -87,27 +98,29 @@ proptest! {
                         (got, want) => prop_assert!(false, "get {}: store {:?}, model has it: {}", n, got, want.is_some()),
                     }
                 }
-                Op::Pin { n } => {
+                Op::Pin { n, cache } => {
                     let hash = BlobHash::of(&content(n));
-                    match (store.pin(hash), model.blobs.get_mut(&hash)) {
-                        (Ok(()), Some(entry)) => entry.1 = true,
+                    let (who, bit) = holder(cache);
+                    match (store.pin_for(hash, who), model.blobs.get_mut(&hash)) {
+                        (Ok(()), Some(entry)) => entry.1 |= bit,
                         (Err(StoreError::NotFound { .. }), None) => {}
                         (got, _) => prop_assert!(false, "pin {}: {:?}", n, got),
                     }
                 }
-                Op::Unpin { n } => {
+                Op::Unpin { n, cache } => {
                     let hash = BlobHash::of(&content(n));
-                    let was = store.unpin(hash).expect("unpin");
-                    let model_was = model.blobs.get(&hash).is_some_and(|e| e.1);
+                    let (who, bit) = holder(cache);
+                    let was = store.unpin_for(hash, who).expect("unpin");
+                    let model_was = model.blobs.get(&hash).is_some_and(|e| e.1 & bit != 0);
                     prop_assert_eq!(was, model_was);
                     if let Some(entry) = model.blobs.get_mut(&hash) {
-                        entry.1 = false;
+                        entry.1 &= !bit;
                     }
                 }
                 Op::Gc => {
                     let report = store.gc().expect("gc");
                     let before = model.blobs.len();
-                    model.blobs.retain(|_, (_, pinned)| *pinned);
+                    model.blobs.retain(|_, (_, holders)| *holders != 0);
                     prop_assert_eq!(report.blobs_removed as usize, before - model.blobs.len());
                 }
                 Op::Restart => {
@@ -119,8 +132,14 @@ proptest! {
             let expected: Vec<BlobHash> = model.blobs.keys().copied().collect();
             prop_assert_eq!(listed, expected);
             let pins = store.pins().expect("pins");
-            let expected_pins: Vec<BlobHash> = model.blobs.iter().filter(|(_, e)| e.1).map(|(h, _)| *h).collect();
+            let expected_pins: Vec<BlobHash> = model.blobs.iter().filter(|(_, e)| e.1 != 0).map(|(h, _)| *h).collect();
             prop_assert_eq!(pins, expected_pins);
+            let cached = store.pinned_by(Holder::CallCache).expect("pinned by");
+            let expected_cached: Vec<BlobHash> = model.blobs.iter().filter(|(_, e)| e.1 & 2 != 0).map(|(h, _)| *h).collect();
+            prop_assert_eq!(cached, expected_cached);
+            for (h, e) in &model.blobs {
+                prop_assert_eq!(store.is_pinned_by(*h, Holder::User).expect("held"), e.1 & 1 != 0);
+            }
         }
         prop_assert!(store.verify(None).expect("verify").is_ok());
     }

@@ -403,3 +403,88 @@ fn raw_requests_are_checked(provider: &testnet::Daemon, id: &str) {
         );
     });
 }
+
+/// A provider keeps the models it fetched for peers' calls within `[compute] cache_mib`: the
+/// least recently called one is let go (its files freed, its manifest still known), and a later
+/// call of it fetches it again. A model its user pinned is never the cache's.
+#[test]
+fn a_provider_keeps_models_fetched_for_calls_within_its_cache() {
+    let net = Testnet::new().expect("testnet");
+    let a = init(&net, "a", "");
+    // Three models of about 1.1 MiB of files each (1 MiB of their own, the shared guest).
+    let echo = testnet::echo_package(net.path()).expect("package");
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let pkg = net.path().join(format!("cached-{i}"));
+        std::fs::create_dir_all(&pkg).expect("mkdir");
+        std::fs::copy(echo.join("guest.wasm"), pkg.join("guest.wasm")).expect("guest");
+        let toml = std::fs::read_to_string(echo.join("moxnet.toml")).expect("toml");
+        std::fs::write(
+            pkg.join("moxnet.toml"),
+            toml.replace("name = \"own-guest\"", &format!("name = \"cached-{i}\"")),
+        )
+        .expect("toml");
+        testnet::write_random_file(&pkg.join("pad.bin"), 1 << 20, 77 + i).expect("pad");
+        ids.push(a.ok(&["publish", pkg.to_str().expect("utf8")]));
+    }
+    let a_node = a.start(&[]);
+    let b = init(&net, "b", &format!("{SERVE}cache_mib = 2\n"));
+    // B's user pins model 2 on purpose: the cache must never let it go.
+    let b_node = b.start(&[a_node.addr()]);
+    b.ok(&["fetch", &ids[2]]);
+    let c = init(&net, "c", CALLER);
+    let c_node = c.start(&[a_node.addr()]);
+    wait_for_offers(&c_node, &[&b_node.peer_id]);
+    let local = |id: &str| {
+        let models = b.json(&["models"]);
+        models["models"]
+            .as_array()
+            .expect("models")
+            .iter()
+            .find(|m| m["model_id"] == id)
+            .map(|m| m["local"] == true)
+    };
+    let call = |id: &str| {
+        let (status, out) = http(
+            &c_node.api,
+            "POST",
+            &format!("/v2/models/{id}/infer"),
+            Some(&mode("echo")),
+        );
+        assert_eq!(status, 200, "{out}");
+        assert_eq!(out["parameters"]["provider"], json!(b_node.peer_id));
+    };
+    let wait_until = |what: &str, done: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !done() {
+            assert!(Instant::now() < deadline, "never: {what}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    // Model 0, then model 1: together over 2 MiB, so model 0 goes.
+    call(&ids[0]);
+    assert_eq!(local(&ids[0]), Some(true), "B fetched model 0 for the call");
+    call(&ids[2]);
+    call(&ids[1]);
+    wait_until("model 0 let go", &|| local(&ids[0]) == Some(false));
+    assert_eq!(local(&ids[1]), Some(true));
+    assert_eq!(local(&ids[2]), Some(true), "the user's model stays");
+    // Model 0 is called again: fetched again, and now model 1 goes.
+    call(&ids[0]);
+    wait_until("model 1 let go", &|| local(&ids[1]) == Some(false));
+    assert_eq!(local(&ids[0]), Some(true));
+    assert_eq!(local(&ids[2]), Some(true));
+    let (_, metrics) = testnet::http_text(
+        &b_node.api,
+        "GET",
+        "/metrics",
+        &[],
+        None,
+        Duration::from_secs(10),
+    )
+    .expect("metrics");
+    assert!(
+        metrics.contains("moxnet_call_cache_evicted_total 2"),
+        "{metrics}"
+    );
+}
