@@ -215,8 +215,15 @@ impl Fetcher {
         let serial = self
             .started
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        lock(&self.fetches).insert(id, (serial, progress.clone()));
+        self.forget_finished();
+        progress
+    }
+
+    /// Forgets the oldest finished fetches beyond [`MAX_TRACKED_FETCHES`] (running ones are
+    /// kept: when more run at once, the map shrinks back as they finish).
+    fn forget_finished(&self) {
         let mut fetches = lock(&self.fetches);
-        fetches.insert(id, (serial, progress.clone()));
         while fetches.len() > MAX_TRACKED_FETCHES {
             let oldest = fetches
                 .iter()
@@ -228,7 +235,6 @@ impl Fetcher {
                 None => break,
             };
         }
-        progress
     }
 
     /// Fetches `id` (a model, a folder, or a plain blob) and pins it, recording the outcome in
@@ -239,14 +245,17 @@ impl Fetcher {
             Ok(()) => Outcome::Ok,
             Err(_) => Outcome::Failed,
         });
-        let mut p = lock(&progress);
-        match &fetched {
-            Ok(()) => p.state = FetchState::Complete,
-            Err(e) => {
-                p.state = FetchState::Failed;
-                p.error = Some(format!("{e:#}"));
+        {
+            let mut p = lock(&progress);
+            match &fetched {
+                Ok(()) => p.state = FetchState::Complete,
+                Err(e) => {
+                    p.state = FetchState::Failed;
+                    p.error = Some(format!("{e:#}"));
+                }
             }
         }
+        self.forget_finished();
         fetched
     }
 

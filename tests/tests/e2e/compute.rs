@@ -406,15 +406,17 @@ fn raw_requests_are_checked(provider: &testnet::Daemon, id: &str) {
 
 /// A provider keeps the models it fetched for peers' calls within `[compute] cache_mib`: the
 /// least recently called one is let go (its files freed, its manifest still known), and a later
-/// call of it fetches it again. A model its user pinned is never the cache's.
+/// call of it fetches it again. A model its user pinned is never the cache's. A model larger
+/// than `max_fetch_mib` is refused before anything is fetched.
 #[test]
 fn a_provider_keeps_models_fetched_for_calls_within_its_cache() {
     let net = Testnet::new().expect("testnet");
     let a = init(&net, "a", "");
-    // Three models of about 1.1 MiB of files each (1 MiB of their own, the shared guest).
+    // Three models of about 1.1 MiB of files each (1 MiB of their own, the shared guest), and
+    // a fourth of 3.1 MiB.
     let echo = testnet::echo_package(net.path()).expect("package");
     let mut ids = Vec::new();
-    for i in 0..3 {
+    for i in 0..4 {
         let pkg = net.path().join(format!("cached-{i}"));
         std::fs::create_dir_all(&pkg).expect("mkdir");
         std::fs::copy(echo.join("guest.wasm"), pkg.join("guest.wasm")).expect("guest");
@@ -424,11 +426,16 @@ fn a_provider_keeps_models_fetched_for_calls_within_its_cache() {
             toml.replace("name = \"own-guest\"", &format!("name = \"cached-{i}\"")),
         )
         .expect("toml");
-        testnet::write_random_file(&pkg.join("pad.bin"), 1 << 20, 77 + i).expect("pad");
+        let pad = if i == 3 { 3 << 20 } else { 1 << 20 };
+        testnet::write_random_file(&pkg.join("pad.bin"), pad, 77 + i).expect("pad");
         ids.push(a.ok(&["publish", pkg.to_str().expect("utf8")]));
     }
     let a_node = a.start(&[]);
-    let b = init(&net, "b", &format!("{SERVE}cache_mib = 2\n"));
+    let b = init(
+        &net,
+        "b",
+        &format!("{SERVE}cache_mib = 2\nmax_fetch_mib = 2\n"),
+    );
     // B's user pins model 2 on purpose: the cache must never let it go.
     let b_node = b.start(&[a_node.addr()]);
     b.ok(&["fetch", &ids[2]]);
@@ -486,5 +493,30 @@ fn a_provider_keeps_models_fetched_for_calls_within_its_cache() {
     assert!(
         metrics.contains("moxnet_call_cache_evicted_total 2"),
         "{metrics}"
+    );
+    // Over max_fetch_mib: refused, with the reason, and nothing fetched.
+    let (status, refused) = http(
+        &c_node.api,
+        "POST",
+        &format!("/v2/models/{}/infer", ids[3]),
+        Some(&mode("echo")),
+    );
+    assert_eq!(status, 502, "{refused}");
+    assert!(
+        refused["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("fetches at most 2 MiB for a call"),
+        "{refused}"
+    );
+    assert_eq!(local(&ids[3]), Some(false));
+    let listed = b.json(&["ls"]);
+    assert!(
+        !listed["blobs"]
+            .as_array()
+            .expect("blobs")
+            .iter()
+            .any(|blob| blob["size"] == json!(3u64 << 20)),
+        "B fetched nothing of the large model (its manifest it knew already): {listed}"
     );
 }

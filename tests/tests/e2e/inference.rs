@@ -246,3 +246,61 @@ fn a_package_with_its_own_guest_runs_and_a_hostile_one_is_contained() {
     assert_eq!((status, &ready["ready"]), (200, &json!(true)));
     assert_eq!(node.stop().code(), Some(0));
 }
+
+/// A node keeps at most `MAX_LOADED` (32) models loaded in its sandbox: calling 34 models
+/// leaves 32 loaded, and one that gave way loads again on its next call.
+#[test]
+fn loaded_models_are_bounded_and_the_least_recently_called_gives_way() {
+    let net = Testnet::new().expect("testnet");
+    let a = net.home("a");
+    a.ok(&["init"]);
+    let echo = testnet::echo_package(net.path()).expect("package");
+    let toml = std::fs::read_to_string(echo.join("moxnet.toml")).expect("toml");
+    let ids: Vec<String> = (0..34)
+        .map(|i| {
+            let pkg = net.path().join(format!("echo-{i}"));
+            std::fs::create_dir_all(&pkg).expect("mkdir");
+            std::fs::copy(echo.join("guest.wasm"), pkg.join("guest.wasm")).expect("guest");
+            std::fs::write(
+                pkg.join("moxnet.toml"),
+                toml.replace("name = \"own-guest\"", &format!("name = \"echo-{i}\"")),
+            )
+            .expect("toml");
+            a.ok(&["publish", pkg.to_str().expect("utf8")])
+        })
+        .collect();
+    let node = a.start(&[]);
+    let call = |id: &str| {
+        let (status, out) = http(
+            &node.api,
+            "POST",
+            &format!("/v2/models/{id}/infer"),
+            Some(&mode("echo")),
+        );
+        assert_eq!(status, 200, "{out}");
+        assert_eq!(out["outputs"][0]["data"], json!(["echo"]));
+    };
+    let loaded = || {
+        let (_, text) = testnet::http_text(
+            &node.api,
+            "GET",
+            "/metrics",
+            &[],
+            None,
+            std::time::Duration::from_secs(10),
+        )
+        .expect("metrics");
+        text.lines()
+            .find_map(|l| l.strip_prefix("moxnet_models_loaded "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no moxnet_models_loaded in {text}"))
+    };
+    for (i, id) in ids.iter().enumerate() {
+        call(id);
+        assert_eq!(loaded(), (i as u64 + 1).min(32), "after {} calls", i + 1);
+    }
+    // The first two gave way; the first loads again (and the third, now the least recently
+    // called, gives way to it).
+    call(&ids[0]);
+    assert_eq!(loaded(), 32);
+}

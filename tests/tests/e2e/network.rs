@@ -289,3 +289,73 @@ fn gc_during_a_fetch_keeps_its_files_and_a_lost_index_is_rebuilt() {
     assert_eq!(c.json(&["verify"])["ok"], true);
     check("after-reindex");
 }
+
+/// A node remembers the progress of at most 256 fetches: after 300 fetches, started at once
+/// through the API, every blob is here and the oldest finished fetches were forgotten (`404`).
+#[test]
+fn fetch_progress_is_remembered_for_at_most_256_fetches() {
+    let net = Testnet::new().expect("testnet");
+    let a = net.home("a");
+    a.ok(&["init"]);
+    let dir = net.path().join("many");
+    fs::create_dir_all(&dir).expect("mkdir");
+    let hashes: Vec<String> = (0..300)
+        .map(|i| {
+            let bytes = format!("blob number {i}");
+            fs::write(dir.join(format!("{i}.txt")), &bytes).expect("write");
+            blake3::hash(bytes.as_bytes()).to_hex().to_string()
+        })
+        .collect();
+    a.ok(&["add", dir.to_str().expect("utf8")]);
+    let a_node = a.start(&[]);
+    let b = net.home("b");
+    b.ok(&["init"]);
+    let b_node = b.start(&[a_node.addr()]);
+    wait_until("B connected to A", || {
+        api_get(&b_node, "/api/v1/node")["peers"]
+            .as_array()
+            .is_some_and(|p| !p.is_empty())
+    });
+    for h in &hashes {
+        let (status, body) = b_node
+            .api_call("POST", &format!("/api/v1/fetch/{h}"), None)
+            .expect("API");
+        assert_eq!(status, 202, "{body}");
+    }
+    // Once every fetch ended, each is either remembered (complete) or forgotten (404).
+    let states = || -> Vec<String> {
+        hashes
+            .iter()
+            .map(|h| {
+                let (status, body) = b_node.api_get(&format!("/api/v1/fetch/{h}")).expect("API");
+                match status {
+                    404 => "forgotten".to_string(),
+                    200 => body["state"].as_str().unwrap_or("?").to_string(),
+                    _ => panic!("{status} {body}"),
+                }
+            })
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let states = loop {
+        let now = states();
+        if !now.iter().any(|s| s == "running") {
+            break now;
+        }
+        assert!(Instant::now() < deadline, "fetches never ended: {now:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(!states.iter().any(|s| s == "failed"), "{states:?}");
+    let remembered = states.iter().filter(|s| *s == "complete").count();
+    assert_eq!(remembered, 256, "fetches remembered");
+    let listed = b.json(&["ls"]);
+    let here: std::collections::HashSet<&str> = listed["blobs"]
+        .as_array()
+        .expect("blobs")
+        .iter()
+        .filter_map(|b| b["hash"].as_str())
+        .collect();
+    for h in &hashes {
+        assert!(here.contains(h.as_str()), "{h} was fetched");
+    }
+}
