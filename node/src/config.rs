@@ -19,6 +19,7 @@ struct ConfigFile {
     bootstrap: Option<Vec<String>>,
     api: Option<String>,
     mdns: Option<bool>,
+    max_incoming: Option<u32>,
     inference: Option<InferenceSection>,
     compute: Option<ComputeSection>,
     catalog: Option<CatalogSection>,
@@ -151,6 +152,8 @@ pub struct NodeConfig {
     pub api: SocketAddr,
     /// mDNS discovery.
     pub mdns: bool,
+    /// Inbound connections kept open (beyond, the least valuable give way; see `net::inbound`).
+    pub max_incoming: u32,
     /// Sandbox limits.
     pub inference: InferenceSection,
     /// Compute sharing.
@@ -209,6 +212,11 @@ pub fn load(dir: &Path, args: &NodeArgs) -> Result<NodeConfig> {
         bail!("api: {api} is not a loopback address; the HTTP API only listens on localhost");
     }
     let mdns = !args.no_mdns && file.mdns.or(defaults.mdns).unwrap_or(true);
+    let max_incoming = file
+        .max_incoming
+        .or(defaults.max_incoming)
+        .unwrap_or(256)
+        .max(1);
     let d = defaults.inference.unwrap_or_default();
     let f = file.inference.unwrap_or_default();
     let inference = InferenceSection {
@@ -241,6 +249,7 @@ pub fn load(dir: &Path, args: &NodeArgs) -> Result<NodeConfig> {
         bootstrap,
         api,
         mdns,
+        max_incoming,
         inference,
         compute,
         catalog,

@@ -110,6 +110,10 @@ async fn serve(
         listen: config.listen.clone(),
         bootstrap: config.bootstrap.clone(),
         mdns: config.mdns,
+        connections: net::ConnectionLimits {
+            max_incoming: config.max_incoming,
+            ..net::ConnectionLimits::default()
+        },
         ..NetConfig::default()
     };
     let (client, mut events) =

@@ -125,10 +125,12 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// The node's metrics, registered in a fresh registry; `net` adds its own to
-    /// [`Metrics::registry_mut`] before the node starts.
+    /// The node's metrics, registered in a fresh registry under `moxnet_`; `net` adds its own
+    /// (`moxnet_net_*`, and libp2p's `libp2p_*`) to [`Metrics::registry_mut`], the registry's
+    /// root, before the node starts.
     pub fn new() -> Metrics {
-        let mut registry = Registry::with_prefix("moxnet");
+        let mut root = Registry::default();
+        let registry = root.sub_registry_with_prefix("moxnet");
         let metrics = Metrics {
             peers: Gauge::default(),
             models: Gauge::default(),
@@ -213,7 +215,7 @@ impl Metrics {
             metrics.call_cache_evicted.clone(),
         );
         Metrics {
-            registry,
+            registry: root,
             ..metrics
         }
     }
@@ -266,5 +268,18 @@ mod tests {
             "{text}"
         );
         assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    #[test]
+    fn other_components_register_at_the_root() {
+        let mut m = Metrics::new();
+        let sub = m.registry_mut().sub_registry_with_prefix("moxnet_net");
+        sub.register("connections_evicted", "help", Counter::<u64>::default());
+        let text = m.encode().expect("encode");
+        assert!(
+            text.contains("\nmoxnet_net_connections_evicted_total 0\n"),
+            "{text}"
+        );
+        assert!(text.contains("\nmoxnet_peers 0\n"), "{text}");
     }
 }

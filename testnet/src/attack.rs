@@ -56,6 +56,9 @@ pub struct Sizes {
     pub spam_manifests: usize,
     /// Functions in the slow-to-compile guest (2,000 additions each).
     pub compile_functions: u32,
+    /// The honest nodes' `max_incoming` (`None`: the default, 256); under `identities`, the
+    /// connection flood fills it and newcomers get in only if idle connections give way.
+    pub max_incoming: Option<u32>,
 }
 
 impl Sizes {
@@ -70,6 +73,7 @@ impl Sizes {
             identities: 300,
             spam_manifests: 5_000,
             compile_functions: 2_000,
+            max_incoming: None,
         }
     }
 
@@ -84,6 +88,7 @@ impl Sizes {
             identities: 80,
             spam_manifests: 1_500,
             compile_functions: 500,
+            max_incoming: Some(48),
         }
     }
 }
@@ -285,14 +290,21 @@ impl Honest {
         for n in [&publisher, &server, &client] {
             n.ok(&["init"]);
         }
-        std::fs::write(publisher.home.join("config.toml"), CATALOG)?;
+        // Top-level keys first: TOML puts every key after a section header in that section.
+        let top = sizes
+            .max_incoming
+            .map_or_else(String::new, |n| format!("max_incoming = {n}\n"));
+        std::fs::write(
+            publisher.home.join("config.toml"),
+            format!("{top}{CATALOG}"),
+        )?;
         std::fs::write(
             server.home.join("config.toml"),
-            format!("{SERVER}\n{CATALOG}"),
+            format!("{top}{SERVER}\n{CATALOG}"),
         )?;
         std::fs::write(
             client.home.join("config.toml"),
-            format!("{CLIENT}\n{CATALOG}"),
+            format!("{top}{CLIENT}\n{CATALOG}"),
         )?;
         let mut models = Vec::new();
         for i in 0..sizes.fetches * rounds {
@@ -571,6 +583,49 @@ impl Honest {
     }
 
     /// The weights blob of a model not fetched yet (the idle-stream attacker asks for it).
+    /// A node that was never part of the network joins through the publisher and fetches a
+    /// model (under a connection flood: the publisher's inbound slots are all taken, which its
+    /// count of connections closed to make room shows).
+    fn newcomer_fetches(&self) -> Result<()> {
+        let evicted = || -> Result<u64> {
+            let (_, text) = crate::http_text(
+                &Self::daemon(&self.p)?.api,
+                "GET",
+                "/metrics",
+                &[],
+                None,
+                Duration::from_secs(10),
+            )?;
+            text.lines()
+                .find_map(|l| {
+                    l.strip_prefix("moxnet_net_connections_evicted_total ")?
+                        .trim()
+                        .parse::<f64>()
+                        .ok()
+                })
+                .map(|v| v as u64)
+                .context("no moxnet_net_connections_evicted_total in the publisher's metrics")
+        };
+        ensure!(
+            evicted()? > 0,
+            "the flood never filled the publisher's inbound slots: nothing was tested"
+        );
+        let newcomer = self.net.home(&format!("newcomer-{}", now_ms()));
+        newcomer.ok(&["init"]);
+        std::fs::write(newcomer.home.join("config.toml"), CATALOG)?;
+        let daemon = newcomer.start(&[Self::daemon(&self.p)?.addr()]);
+        let (_, model) = self.models.first().context("no models")?;
+        let fetched = newcomer.run(&["fetch", model]);
+        let status = daemon.stop();
+        ensure!(
+            fetched.status.success(),
+            "its fetch failed: {}",
+            String::from_utf8_lossy(&fetched.stderr).trim()
+        );
+        ensure!(status.success(), "it did not stop cleanly: {status}");
+        Ok(())
+    }
+
     fn some_blob(&self) -> Result<(BlobHash, u64)> {
         let (dir, _) = self.models.last().context("no models")?;
         let bytes = std::fs::read(dir.join("weights.bin"))?;
@@ -834,13 +889,22 @@ async fn connection_flood(stop: Arc<Flags>, targets: Vec<Target>, ids: usize) ->
             .with_behaviour(|_| ping::Behaviour::default())?
             .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(3600)))
             .build();
-        for t in &targets {
-            let _ = swarm.dial(t.addr.clone());
-        }
         let (stop, connected, refused) = (stop.clone(), connected.clone(), refused.clone());
+        let targets = targets.clone();
         tasks.push(tokio::spawn(async move {
             use net::libp2p::swarm::SwarmEvent;
+            // Every identity keeps trying to hold a connection to each target: one refused
+            // or closed dials again a second later.
+            let mut next_dial = Instant::now();
             while !stop.stopped() {
+                if Instant::now() >= next_dial {
+                    for t in &targets {
+                        if !swarm.is_connected(&t.peer) {
+                            let _ = swarm.dial(t.addr.clone());
+                        }
+                    }
+                    next_dial = Instant::now() + Duration::from_secs(1);
+                }
                 match tokio::time::timeout(Duration::from_millis(200), swarm.select_next_some())
                     .await
                 {
@@ -1359,6 +1423,11 @@ fn attack(name: &str, honest: &mut Honest, baseline: &Round) -> Result<AttackRep
     running.wait_ready();
     // Give the attack a moment to take hold before honest work starts.
     std::thread::sleep(Duration::from_secs(2));
+    if name == "connection-flood"
+        && let Err(e) = honest.newcomer_fetches()
+    {
+        problems.push(format!("a newcomer during the flood: {e:#}"));
+    }
     let (bin, client_home) = (honest.client.bin.clone(), honest.client.home.clone());
     let gc_loop = move |done: &AtomicBool| {
         while !done.load(Ordering::SeqCst) {

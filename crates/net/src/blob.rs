@@ -129,6 +129,7 @@ pub(crate) async fn serve(
     provider: Arc<dyn Provider>,
     limits: ServeLimits,
     metrics: ServeMetrics,
+    served: tokio::sync::mpsc::Sender<libp2p::PeerId>,
 ) {
     let slots: Arc<Mutex<Slots>> = Arc::default();
     while let Some((peer, mut stream)) = incoming.next().await {
@@ -166,12 +167,18 @@ pub(crate) async fn serve(
         let task = {
             let progress = progress.clone();
             let slots = slots.clone();
+            let served = served.clone();
             tokio::spawn(async move {
                 // The slot is registered before the work starts, and freed when it ends.
                 let Ok(id) = started.await else { return };
                 let _free = FreeSlot { slots, id };
-                if let Err(e) = serve_one(&mut stream, provider, &progress).await {
-                    tracing::debug!(%peer, "serving a blob stream: {e}");
+                match serve_one(&mut stream, provider, &progress).await {
+                    // The swarm ranks connections by what their peers did (a stream read to
+                    // its end counts, one held open does not); a full queue loses a hint only.
+                    Ok(()) => {
+                        let _ = served.try_send(peer);
+                    }
+                    Err(e) => tracing::debug!(%peer, "serving a blob stream: {e}"),
                 }
                 let _ = stream.close().await;
             })

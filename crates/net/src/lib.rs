@@ -38,6 +38,7 @@
 pub mod blob;
 mod codec;
 pub mod fetch;
+pub mod inbound;
 mod swarm;
 
 use std::io::Write;
@@ -76,9 +77,12 @@ pub struct NetConfig {
     pub light: bool,
 }
 
-/// Limits on connections: peer ids cost nothing, so a flood of them is bounded here. Inbound
-/// connections beyond a limit are refused at once (`moxnet_net_connections_denied_total`);
-/// the node's own dials are not limited.
+/// Limits on connections: peer ids cost nothing, so a flood of them is bounded here. Beyond
+/// `max_incoming` inbound connections the least valuable give way to newcomers (see
+/// [`inbound`]; `moxnet_net_connections_evicted_total`), and beyond a hard limit of
+/// `max_incoming` + `max_incoming / 4` (or while `max_pending_incoming` are in their handshake,
+/// or a peer has `max_per_peer`) a connection is refused at once
+/// (`moxnet_net_connections_denied_total`). The node's own dials are not limited.
 #[derive(Debug, Clone)]
 pub struct ConnectionLimits {
     /// Connections other peers opened to this node, at most.
@@ -300,12 +304,15 @@ pub async fn spawn_with_metrics(
     }
     let (commands_tx, commands_rx) = mpsc::channel(256);
     let (events_tx, events_rx) = mpsc::channel(1024);
+    // Peers whose blob requests were served: worth their connections (see `inbound`).
+    let (served_tx, served_rx) = mpsc::channel(256);
     let event_loop = EventLoop::new(
         swarm,
         commands_rx,
         (!config.light).then(|| commands_tx.downgrade()),
         events_tx,
         provider.clone(),
+        (config.connections.max_incoming as usize, served_rx),
         registry,
     )?;
     tokio::spawn(event_loop.run());
@@ -315,6 +322,7 @@ pub async fn spawn_with_metrics(
         provider,
         config.serve.clone(),
         blob_metrics,
+        served_tx,
     ));
     let client = Client {
         peer_id,

@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use libp2p::core::transport::ListenerId;
@@ -22,6 +22,7 @@ use protocol::{BlobHash, Manifest, ModelId, Signed};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::codec::FrameCodec;
+use crate::inbound::Inbound;
 use crate::{InferResponder, NetConfig, NetError, NetEvent, Provider};
 
 /// Everything the node speaks, composed.
@@ -210,6 +211,12 @@ pub(crate) struct EventLoop {
     dropped: prometheus_client::metrics::counter::Counter,
     /// `moxnet_net_connections_denied_total`.
     denied: prometheus_client::metrics::counter::Counter,
+    /// Inbound connections, ranked by what their peers did (see [`Inbound`]).
+    inbound: Inbound,
+    /// Peers whose blob requests were served (from `blob::serve`).
+    served: mpsc::Receiver<PeerId>,
+    /// `moxnet_net_connections_evicted_total`.
+    evicted: prometheus_client::metrics::counter::Counter,
     /// Gossip messages being verified off the loop.
     verifying: Arc<tokio::sync::Semaphore>,
     /// Verdicts on gossip messages, from the verifying threads: forward, or drop and penalise.
@@ -324,7 +331,11 @@ pub(crate) fn build_swarm(
             let c = &config.connections;
             let limits = libp2p::connection_limits::Behaviour::new(
                 libp2p::connection_limits::ConnectionLimits::default()
-                    .with_max_established_incoming(Some(c.max_incoming))
+                    // The hard limit; beyond `max_incoming` the least valuable give way (see
+                    // `inbound`).
+                    .with_max_established_incoming(Some(
+                        c.max_incoming.saturating_add(c.max_incoming / 4),
+                    ))
                     .with_max_pending_incoming(Some(c.max_pending_incoming))
                     .with_max_established_per_peer(Some(c.max_per_peer)),
             );
@@ -380,6 +391,7 @@ impl EventLoop {
         own_commands: Option<mpsc::WeakSender<Command>>,
         events: mpsc::Sender<NetEvent>,
         provider: Arc<dyn Provider>,
+        (max_incoming, served): (usize, mpsc::Receiver<PeerId>),
         registry: &mut Registry,
     ) -> Result<Self, NetError> {
         let metrics = Metrics::new(registry);
@@ -394,6 +406,12 @@ impl EventLoop {
             "connections_denied",
             "Inbound connections refused by the connection limits",
             denied.clone(),
+        );
+        let evicted = prometheus_client::metrics::counter::Counter::default();
+        registry.sub_registry_with_prefix("moxnet_net").register(
+            "connections_evicted",
+            "Inbound connections closed beyond max_incoming to make room: those whose peers did least",
+            evicted.clone(),
         );
         let topic = IdentTopic::new(wire::ANNOUNCE_TOPIC);
         let offer_topic = IdentTopic::new(wire::OFFER_TOPIC);
@@ -430,6 +448,9 @@ impl EventLoop {
             metrics,
             dropped,
             denied,
+            inbound: Inbound::new(max_incoming),
+            served,
+            evicted,
             verifying: Arc::new(tokio::sync::Semaphore::new(MAX_VERIFYING)),
             validations,
             validations_tx,
@@ -452,7 +473,13 @@ impl EventLoop {
                 Some((channel, bytes)) = self.infer_answers.recv() => {
                     let _ = self.swarm.behaviour_mut().infer.send_response(channel, bytes);
                 }
+                Some(peer) = self.served.recv() => {
+                    self.inbound.useful(peer, Instant::now());
+                }
                 Some((id, source, acceptance)) = self.validations.recv() => {
+                    if matches!(acceptance, gossipsub::MessageAcceptance::Accept) {
+                        self.inbound.useful(source, Instant::now());
+                    }
                     // `false`: the message left gossipsub's cache meanwhile; nothing to forward.
                     self.swarm
                         .behaviour_mut()
@@ -646,8 +673,20 @@ impl EventLoop {
                 self.emit(NetEvent::Listening(address)).await;
             }
             SwarmEvent::ConnectionEstablished {
-                peer_id, endpoint, ..
+                peer_id,
+                endpoint,
+                connection_id,
+                ..
             } => {
+                if endpoint.is_listener() {
+                    let now = Instant::now();
+                    self.inbound.opened(connection_id, peer_id, now);
+                    for (victim, peer) in self.inbound.to_close(now) {
+                        self.evicted.inc();
+                        tracing::debug!(%peer, for_peer = %peer_id, "closed an idle inbound connection to make room");
+                        self.swarm.close_connection(victim);
+                    }
+                }
                 if let Some(waiting) = self.pending_dial.remove(&peer_id) {
                     for reply in waiting {
                         let _ = reply.send(Ok(()));
@@ -693,11 +732,15 @@ impl EventLoop {
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
-                num_established: 0,
+                connection_id,
+                num_established,
                 ..
             } => {
-                self.synced.remove(&peer_id);
-                self.emit(NetEvent::PeerDisconnected(peer_id)).await;
+                self.inbound.closed(connection_id);
+                if num_established == 0 {
+                    self.synced.remove(&peer_id);
+                    self.emit(NetEvent::PeerDisconnected(peer_id)).await;
+                }
             }
             SwarmEvent::OutgoingConnectionError {
                 peer_id: Some(peer),
@@ -831,6 +874,7 @@ impl EventLoop {
                         else {
                             return; // dropping the channel closes the stream: bad request
                         };
+                        self.inbound.useful(peer, Instant::now());
                         let Ok(permit) = self.answering.clone().try_acquire_owned() else {
                             tracing::debug!(%peer, "too many catalogue pages being built; refused one");
                             return;
@@ -900,6 +944,7 @@ impl EventLoop {
                     request_response::Message::Request {
                         request, channel, ..
                     } => {
+                        self.inbound.useful(peer, Instant::now());
                         // The node answers through the responder; the loop sends it. A dropped
                         // responder closes the stream, which the caller sees as a failure.
                         let (tx, rx) = oneshot::channel();

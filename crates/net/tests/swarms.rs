@@ -751,30 +751,86 @@ async fn peers_that_never_read_cannot_keep_an_honest_requester_out() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn inbound_connections_beyond_the_limit_are_refused() {
+async fn idle_inbound_connections_give_way_to_a_newcomer_and_useful_peers_stay() {
     let limits = net::ConnectionLimits {
-        max_incoming: 3,
+        max_incoming: 4,
         ..net::ConnectionLimits::default()
     };
     let a = node_config(100, None, "/ip4/127.0.0.1/tcp/0", |c| {
         c.connections = limits
     })
     .await;
-    // Fresh peer ids, one after another: the first three get in, the rest are refused (a
-    // refused dialer may see its handshake finish before the provider closes the connection,
-    // so the count is the provider's).
-    let mut peers = Vec::new();
-    for i in 0..5 {
-        let peer = node(101 + i, None).await;
+    let data = blob(64 << 10, 3);
+    let hash = a
+        .provider
+        .store
+        .import_bytes(&data, "raw", vec![])
+        .expect("import")
+        .hash;
+    // Idle strangers (light nodes: they do not even sync the catalogue) fill every inbound slot.
+    let idle = |seed| node_config(seed, None, "/ip4/127.0.0.1/tcp/0", |c| c.light = true);
+    let mut strangers = Vec::new();
+    for i in 0..4 {
+        let peer = idle(101 + i).await;
+        peer.client.dial(a.addr.clone()).await.expect("dial");
+        strangers.push(peer);
+    }
+    let connected = || async { a.client.peers().await.expect("peers") };
+    // The dialer may see its connection before the listener does.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while connected().await.len() < 4 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the strangers never all got in"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // An honest newcomer still gets in (an idle stranger gives way) and fetches.
+    let honest = node(90, None).await;
+    honest.client.dial(a.addr.clone()).await.expect("dial");
+    fetch(&honest, a.client.peer_id(), hash, data.len() as u64)
+        .await
+        .expect("the newcomer fetches");
+    let settled = || async {
+        // Closing takes a moment: the hard limit (4 + 4/4) holds at once, the soft one soon.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let now = connected().await;
+            assert!(
+                now.len() <= 5,
+                "{} inbound connections, hard limit 5",
+                now.len()
+            );
+            if now.len() <= 4 {
+                return now;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "never back at 4: {now:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let now = settled().await;
+    assert!(now.contains(&honest.client.peer_id()));
+    assert!(
+        !now.contains(&strangers[0].client.peer_id()),
+        "the longest connected idle stranger gave way"
+    );
+    // More strangers come: each takes an idle one's place, never the peer that did something.
+    for i in 0..6 {
+        let peer = idle(110 + i).await;
         let _ =
             tokio::time::timeout(Duration::from_secs(5), peer.client.dial(a.addr.clone())).await;
-        let connected = a.client.peers().await.expect("peers").len();
-        assert!(connected <= 3, "{connected} inbound connections, limit 3");
-        peers.push(peer);
+        settled().await;
+        strangers.push(peer);
     }
-    assert_eq!(a.client.peers().await.expect("peers").len(), 3);
+    assert!(connected().await.contains(&honest.client.peer_id()));
+    fetch(&honest, a.client.peer_id(), hash, data.len() as u64)
+        .await
+        .expect("the honest peer still fetches");
     // The node's own dials are not limited.
-    let other = node(110, None).await;
+    let other = node(120, None).await;
     a.client
         .dial(other.addr.clone())
         .await

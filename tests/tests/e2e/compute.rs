@@ -491,9 +491,17 @@ fn a_provider_keeps_models_fetched_for_calls_within_its_cache() {
     )
     .expect("metrics");
     assert!(
-        metrics.contains("moxnet_call_cache_evicted_total 2"),
+        metrics.contains("\nmoxnet_call_cache_evicted_total 2\n"),
         "{metrics}"
     );
+    // The network's metrics carry the names docs/operating.md gives them.
+    for name in [
+        "\nmoxnet_net_connections_evicted_total ",
+        "\nmoxnet_net_blob_streams_busy_total ",
+        "\nlibp2p_swarm_connections_established_total",
+    ] {
+        assert!(metrics.contains(name), "{name:?} in {metrics}");
+    }
     // Over max_fetch_mib: refused, with the reason, and nothing fetched.
     let (status, refused) = http(
         &c_node.api,
