@@ -184,10 +184,14 @@ async fn serve(
             _ => break,
         }
     }
+    // The network's event stream ends only if its task died (a panic in libp2p or in `net`):
+    // the node then stops with an error instead of living on deaf (a supervisor restarts it).
+    let (network_lost, lost) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
         while let Some(event) = events.recv().await {
             events_to.on(event);
         }
+        let _ = network_lost.send(());
     });
     // Stay connected to the bootstrap peers: redial after a restart or a partition heals (the
     // catalogue is synced again on every new connection).
@@ -256,14 +260,33 @@ async fn serve(
     tracing::info!(peer = %client.peer_id(), api = %api_addr, "node started");
 
     let app = api::router(service, api::Access::new(api_addr.port(), token));
+    let network_died = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = {
+        let network_died = network_died.clone();
+        async move {
+            tokio::select! {
+                _ = shutdown_signal() => {}
+                Ok(()) = lost => {
+                    tracing::error!("the network task stopped; the node stops");
+                    network_died.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+            }
+        }
+    };
     let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(stop)
         .await;
     if let Err(e) = std::fs::remove_file(&api_file) {
         tracing::warn!("removing {}: {e}", api_file.display());
     }
     home.store.flush().context("flushing the store")?;
-    served.context("serving the HTTP API")
+    served.context("serving the HTTP API")?;
+    if network_died.load(std::sync::atomic::Ordering::SeqCst) {
+        anyhow::bail!(
+            "the network task stopped unexpectedly (see the log above); restart the node"
+        );
+    }
+    Ok(())
 }
 
 /// Writes a fresh random API token to `<home>/api.token`, readable by the owner only (0600),

@@ -7,7 +7,8 @@
 //! cargo run -p testnet -- fetch-many|byzantine|kill-provider|partition [--nodes N] [--mib M]
 //! cargo run -p testnet -- compute [--calls 200]
 //! cargo run -p testnet -- churn [--mib M] [--departed 2]
-//! cargo run -p testnet -- attack [--mib 16] [--fetches 4] [--call-secs 15] [--call-rate 100] [--only NAME]…
+//! cargo run -p testnet -- attack [--mib 16] [--fetches 4] [--call-secs 15] [--call-rate 100]
+//!     [--identities 300] [--max-incoming N] [--only NAME]…
 //! ```
 
 use std::process::ExitCode;
@@ -25,6 +26,11 @@ fn attack(args: &[String], flag: impl Fn(&str, u64) -> u64) -> ExitCode {
         fetches: flag("--fetches", full.fetches as u64) as usize,
         call_secs: flag("--call-secs", full.call_secs),
         call_rate: flag("--call-rate", full.call_rate),
+        identities: flag("--identities", full.identities as u64) as usize,
+        max_incoming: args
+            .iter()
+            .any(|a| a == "--max-incoming")
+            .then(|| flag("--max-incoming", 256) as u32),
         ..full
     };
     let only: Vec<String> = args

@@ -26,8 +26,15 @@ use crate::inbound::Inbound;
 use crate::{InferResponder, NetConfig, NetError, NetEvent, Provider};
 
 /// Everything the node speaks, composed.
+///
+/// `limits` comes **first**: the derive asks each field in order whether to accept an
+/// established connection, and request-response records a connection as soon as it is asked.
+/// A refusal by a field after it left a phantom connection there (it panicked in debug builds
+/// when the peer's last real connection closed, and in release sent requests to a connection
+/// that does not exist); the connection flood of the attack suite found it.
 #[derive(NetworkBehaviour)]
 pub(crate) struct Behaviour {
+    limits: libp2p::connection_limits::Behaviour,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
     kad: kad::Behaviour<MemoryStore>,
@@ -36,7 +43,6 @@ pub(crate) struct Behaviour {
     catalog: request_response::Behaviour<FrameCodec>,
     infer: request_response::Behaviour<FrameCodec>,
     pub(crate) stream: libp2p_stream::Behaviour,
-    limits: libp2p::connection_limits::Behaviour,
 }
 
 /// A request to the event loop; each carries its reply channel.
