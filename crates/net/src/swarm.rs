@@ -688,8 +688,11 @@ impl EventLoop {
                     let now = Instant::now();
                     self.inbound.opened(connection_id, peer_id, now);
                     for (victim, peer) in self.inbound.to_close(now) {
-                        self.evicted.inc();
-                        tracing::debug!(%peer, for_peer = %peer_id, "closed an idle inbound connection to make room");
+                        let n = self.evicted.inc() + 1;
+                        // The 1st, 2nd, 4th, 8th…: a flood shows without flooding the log.
+                        if n.is_power_of_two() {
+                            tracing::warn!(%peer, total = n, "inbound connections are at max_incoming: closed the one whose peer did least to make room (a sustained rise: a connection flood)");
+                        }
                         self.swarm.close_connection(victim);
                     }
                 }
@@ -764,8 +767,12 @@ impl EventLoop {
                 send_back_addr,
                 ..
             } => {
-                self.denied.inc();
-                tracing::debug!(from = %send_back_addr, "refused a connection: {cause}");
+                let n = self.denied.inc() + 1;
+                if n.is_power_of_two() {
+                    tracing::warn!(from = %send_back_addr, total = n, "refused a connection: {cause}");
+                } else {
+                    tracing::debug!(from = %send_back_addr, "refused a connection: {cause}");
+                }
             }
             SwarmEvent::Behaviour(event) => self.on_behaviour_event(event).await,
             _ => {}
