@@ -189,13 +189,19 @@ pub fn guest(name: &str) -> Result<PathBuf> {
 /// `mode` (BYTES) picks what it does (`echo` answers its input; `loop`, `memory`, `recurse`,
 /// `trap` attack the sandbox).
 pub fn echo_package(dir: &Path) -> Result<PathBuf> {
-    let pkg = dir.join("own-guest");
+    echo_package_named(dir, "own-guest")
+}
+
+/// [`echo_package`] named `name`, in `dir/<name>`: distinct models that share the guest.
+pub fn echo_package_named(dir: &Path, name: &str) -> Result<PathBuf> {
+    let pkg = dir.join(name);
     std::fs::create_dir_all(&pkg)?;
     std::fs::copy(guest("moxnet_hostile")?, pkg.join("guest.wasm"))?;
     std::fs::write(
         pkg.join("moxnet.toml"),
-        r#"[package]
-name = "own-guest"
+        format!(
+            r#"[package]
+name = "{name}"
 version = "1"
 
 [runtime]
@@ -211,7 +217,8 @@ shape = [1]
 name = "out"
 dtype = "BYTES"
 shape = [1]
-"#,
+"#
+        ),
     )?;
     Ok(pkg)
 }

@@ -414,18 +414,9 @@ fn a_provider_keeps_models_fetched_for_calls_within_its_cache() {
     let a = init(&net, "a", "");
     // Three models of about 1.1 MiB of files each (1 MiB of their own, the shared guest), and
     // a fourth of 3.1 MiB.
-    let echo = testnet::echo_package(net.path()).expect("package");
     let mut ids = Vec::new();
     for i in 0..4 {
-        let pkg = net.path().join(format!("cached-{i}"));
-        std::fs::create_dir_all(&pkg).expect("mkdir");
-        std::fs::copy(echo.join("guest.wasm"), pkg.join("guest.wasm")).expect("guest");
-        let toml = std::fs::read_to_string(echo.join("moxnet.toml")).expect("toml");
-        std::fs::write(
-            pkg.join("moxnet.toml"),
-            toml.replace("name = \"own-guest\"", &format!("name = \"cached-{i}\"")),
-        )
-        .expect("toml");
+        let pkg = testnet::echo_package_named(net.path(), &format!("cached-{i}")).expect("pkg");
         let pad = if i == 3 { 3 << 20 } else { 1 << 20 };
         testnet::write_random_file(&pkg.join("pad.bin"), pad, 77 + i).expect("pad");
         ids.push(a.ok(&["publish", pkg.to_str().expect("utf8")]));

@@ -254,18 +254,9 @@ fn loaded_models_are_bounded_and_the_least_recently_called_gives_way() {
     let net = Testnet::new().expect("testnet");
     let a = net.home("a");
     a.ok(&["init"]);
-    let echo = testnet::echo_package(net.path()).expect("package");
-    let toml = std::fs::read_to_string(echo.join("moxnet.toml")).expect("toml");
     let ids: Vec<String> = (0..34)
         .map(|i| {
-            let pkg = net.path().join(format!("echo-{i}"));
-            std::fs::create_dir_all(&pkg).expect("mkdir");
-            std::fs::copy(echo.join("guest.wasm"), pkg.join("guest.wasm")).expect("guest");
-            std::fs::write(
-                pkg.join("moxnet.toml"),
-                toml.replace("name = \"own-guest\"", &format!("name = \"echo-{i}\"")),
-            )
-            .expect("toml");
+            let pkg = testnet::echo_package_named(net.path(), &format!("echo-{i}")).expect("pkg");
             a.ok(&["publish", pkg.to_str().expect("utf8")])
         })
         .collect();
