@@ -45,7 +45,7 @@ fn init_logging(cli: &cli::Cli) {
     use tracing_subscriber::EnvFilter;
     let default = match cli.command {
         // A node alone (no peers yet) is normal: the DHT's bootstrap warning is noise then.
-        cli::Command::Node(_) => "warn,libp2p_kad=error,node=info,net=info,sandbox=info",
+        cli::Command::Node(_) => "warn,libp2p_kad=error,moxnet=info,net=info,sandbox=info",
         _ => "warn",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
