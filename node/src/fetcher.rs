@@ -611,6 +611,8 @@ impl Fetcher {
         }
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         let mut stuck_since: Option<Instant> = None;
+        // DHT providers not connected when found (see below), kept for when the fetch is stuck.
+        let mut spare: Vec<PeerId> = Vec::new();
         let base_done = lock(progress).bytes_done;
         loop {
             for action in actions.drain(..) {
@@ -669,9 +671,10 @@ impl Fetcher {
                         fetch.missing_groups()
                     );
                 }
-                // Connected peers and announcers again, and a new DHT query once the last one
-                // ended; both feed the fetch without holding it up.
-                for p in self.known_candidates(root).await {
+                // Connected peers and announcers again, the DHT's providers that were not
+                // connected, and a new DHT query once the last one ended; all feed the fetch
+                // without holding it up.
+                for p in spare.drain(..).chain(self.known_candidates(root).await) {
                     if !fetch.is_banned(&p) {
                         actions.extend(fetch.handle(now(), Event::PeerAdded(p)));
                     }
@@ -711,8 +714,15 @@ impl Fetcher {
                         None => std::future::pending().await,
                     }
                 } => match found {
+                    // A provider record may name a peer that left (records outlive their
+                    // providers): one connected now joins at once; the others wait until the
+                    // fetch needs more peers, so ranges never sit on a dial to a departed peer.
                     Some(p) if !fetch.is_banned(&p) => {
-                        actions.extend(fetch.handle(now(), Event::PeerAdded(p)));
+                        if self.net.peers().await.is_ok_and(|c| c.contains(&p)) {
+                            actions.extend(fetch.handle(now(), Event::PeerAdded(p)));
+                        } else if !spare.contains(&p) {
+                            spare.push(p);
+                        }
                     }
                     Some(_) => {}
                     None => dht = None,
