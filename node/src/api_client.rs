@@ -161,6 +161,8 @@ pub fn fetch(api: &Api, id: &str, json: bool) -> Result<FetchProgress> {
     let path = format!("/api/v1/fetch/{id}");
     api.bodyless::<FetchProgress>("POST", &path)?;
     let mut bar = None;
+    // Polled often at first (a small fetch ends in milliseconds), then every 200 ms.
+    let mut pause = Duration::from_millis(10);
     loop {
         let progress: FetchProgress = api.get(&path)?;
         if bar.is_none() && progress.bytes_total > 0 {
@@ -185,7 +187,10 @@ pub fn fetch(api: &Api, id: &str, json: bool) -> Result<FetchProgress> {
                     progress.error.as_deref().unwrap_or("unknown error")
                 );
             }
-            FetchState::Running => std::thread::sleep(Duration::from_millis(200)),
+            FetchState::Running => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(200));
+            }
         }
     }
 }

@@ -41,6 +41,10 @@ pub struct Progress {
     pub peers_banned: HashSet<PeerId>,
     /// Why it failed.
     pub error: Option<String>,
+    /// When it started (none until it does).
+    pub started: Option<Instant>,
+    /// How long it took, once it ended.
+    pub took: Option<Duration>,
 }
 
 impl Progress {
@@ -54,6 +58,10 @@ impl Progress {
             bytes_fetched: self.bytes_fetched,
             peers_used: self.peers_used.len(),
             peers_banned: self.peers_banned.len(),
+            elapsed_ms: self
+                .took
+                .or_else(|| self.started.map(|s| s.elapsed()))
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
             error: self.error.clone(),
         }
     }
@@ -211,7 +219,10 @@ impl Fetcher {
     /// Remembers a new fetch of `id` and returns its progress; forgets the oldest finished
     /// ones beyond [`MAX_TRACKED_FETCHES`].
     fn track(&self, id: BlobHash) -> Shared {
-        let progress = Shared::default();
+        let progress = Shared::new(Mutex::new(Progress {
+            started: Some(Instant::now()),
+            ..Progress::default()
+        }));
         let serial = self
             .started
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -247,6 +258,7 @@ impl Fetcher {
         });
         {
             let mut p = lock(&progress);
+            p.took = p.started.map(|s| s.elapsed());
             match &fetched {
                 Ok(()) => p.state = FetchState::Complete,
                 Err(e) => {

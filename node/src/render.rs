@@ -267,10 +267,11 @@ impl Render for VerifyReport {
 impl Render for FetchProgress {
     fn text(&self) -> String {
         format!(
-            "fetched {} ({} from {} peers, {} peers banned)",
+            "fetched {} ({} from {} peers in {:.2} s, {} peers banned)",
             self.id,
             bytes(self.bytes_total),
             self.peers_used,
+            self.elapsed_ms as f64 / 1000.0,
             self.peers_banned
         )
     }

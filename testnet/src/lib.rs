@@ -223,7 +223,8 @@ shape = [1]
     Ok(pkg)
 }
 
-/// A scratch area holding the homes of several nodes; deleted on drop.
+/// A scratch area holding the homes of several nodes (and their `node.log`); deleted on drop
+/// unless `TESTNET_KEEP` is set, for looking at what happened.
 pub struct Testnet {
     dir: tempfile::TempDir,
     bin: PathBuf,
@@ -232,8 +233,13 @@ pub struct Testnet {
 impl Testnet {
     /// A new scratch area.
     pub fn new() -> Result<Self> {
+        let mut dir = tempfile::tempdir().context("creating a temp dir")?;
+        if std::env::var_os("TESTNET_KEEP").is_some() {
+            dir.disable_cleanup(true);
+            eprintln!("testnet: keeping {}", dir.path().display());
+        }
         Ok(Testnet {
-            dir: tempfile::tempdir().context("creating a temp dir")?,
+            dir,
             bin: moxnet_bin()?,
         })
     }

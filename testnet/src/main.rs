@@ -59,7 +59,7 @@ fn attack(args: &[String], flag: impl Fn(&str, u64) -> u64) -> ExitCode {
             }
             if churn_too {
                 // Providers that left: the fetch must take at most 1.5x its time without them.
-                match testnet::scenario::churn(sizes.mib.max(64), 2) {
+                match testnet::scenario::churn(sizes.mib.max(256), 2) {
                     Ok(c) if c.ratio() <= 1.5 => println!("ok    {c}"),
                     Ok(c) => {
                         failed += 1;

@@ -381,6 +381,8 @@ pub struct FetchProgress {
     pub peers_used: usize,
     /// Peers banned for sending bad bytes.
     pub peers_banned: usize,
+    /// Milliseconds since the fetch started, as the node measured it; frozen when it ends.
+    pub elapsed_ms: u64,
     /// Why it failed.
     pub error: Option<String>,
 }

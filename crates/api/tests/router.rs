@@ -56,6 +56,7 @@ impl NodeApi for Counting {
             bytes_fetched: 0,
             peers_used: 0,
             peers_banned: 0,
+            elapsed_ms: 0,
             error: None,
         })
     }
