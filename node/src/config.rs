@@ -108,6 +108,8 @@ pub struct InferenceSection {
     pub fuel: Option<u64>,
     /// Wall-clock deadline per call, seconds.
     pub timeout_secs: Option<u64>,
+    /// Threads one compile runs on (default: a quarter of the cores, at least one).
+    pub compile_threads: Option<usize>,
 }
 
 impl InferenceSection {
@@ -123,6 +125,9 @@ impl InferenceSection {
         }
         if let Some(n) = self.warm_instances {
             config.warm_instances = n;
+        }
+        if let Some(n) = self.compile_threads {
+            config.compile_threads = n.max(1);
         }
         if let Some(b) = self.host_backend {
             config.host_backend = b;
@@ -227,6 +232,7 @@ pub fn load(dir: &Path, args: &NodeArgs) -> Result<NodeConfig> {
         memory_mib: f.memory_mib.or(d.memory_mib),
         fuel: f.fuel.or(d.fuel),
         timeout_secs: f.timeout_secs.or(d.timeout_secs),
+        compile_threads: f.compile_threads.or(d.compile_threads),
     };
     let mut compute = file
         .compute

@@ -28,6 +28,10 @@
 //!   interruption, and a cap on output bytes. [`SandboxConfig::max_concurrent`] and
 //!   [`SandboxConfig::max_queued`] bound the work in flight: beyond them a call gets
 //!   [`SandboxError::Busy`] at once.
+//! - **Bounded compiling.** Each compile runs on its own [`SandboxConfig::compile_threads`]
+//!   threads: a guest built to compile slowly takes those cores, never every core of the
+//!   machine, and holds up no other compile; and at a low CPU priority ([`COMPILE_NICE`]), so
+//!   that compiling yields to the node's network, its running calls and the rest of the machine.
 //! - **Compiled-module cache.** Compilation goes through wasmtime's cache, keyed by the wasm
 //!   bytes and the engine configuration, in a directory of this node's own: only code this node
 //!   compiled itself is ever loaded from disk.
@@ -145,6 +149,23 @@ pub struct SandboxConfig {
     /// Spare instances kept ready (each has run `init`), across all models: a call takes its
     /// model's spare instead of paying for `init`, and a new spare is prepared behind it.
     pub warm_instances: usize,
+    /// Threads one compile runs on (wasmtime compiles a guest's functions in parallel on
+    /// them; each compile has its own, so compiles running at once share nothing and none
+    /// waits for another). Default: a quarter of the cores, at least one, so that a guest built
+    /// to compile slowly leaves the node, its running calls and the rest of the machine room.
+    pub compile_threads: usize,
+}
+
+/// The CPU priority (nice value) compile threads run at. Compiling is the one thing a peer can
+/// make this node do that no fuel or deadline bounds (wasmtime cannot interrupt a compile), and
+/// it can always wait: at nice 10 it takes the cores the node's network, its running calls and
+/// the operator's other programs leave idle, and yields to them when they need them.
+pub const COMPILE_NICE: i32 = 10;
+
+/// The default [`SandboxConfig::compile_threads`]: a quarter of the cores, at least one (a
+/// node compiling two guests at once then takes at most half the machine).
+pub fn default_compile_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| (n.get() / 4).max(1))
 }
 
 impl Default for SandboxConfig {
@@ -157,6 +178,7 @@ impl Default for SandboxConfig {
             host_backend: false,
             max_component_bytes: 64 << 20,
             warm_instances: 4,
+            compile_threads: default_compile_threads(),
         }
     }
 }
@@ -407,7 +429,11 @@ impl Sandbox {
                 wasm.len()
             )));
         }
-        Component::new(&self.core.engine, wasm).map_err(|e| SandboxError::Load(format!("{e:#}")))
+        // wasmtime's parallel compilation runs on the rayon pool it is called from: this
+        // compile's own, of `compile_threads` threads.
+        compile_pool(self.core.config.compile_threads)?
+            .install(|| Component::new(&self.core.engine, wasm))
+            .map_err(|e| SandboxError::Load(format!("{e:#}")))
     }
 
     /// Compiles a guest (or takes it from the cache) and loads its package: instantiates it
@@ -523,6 +549,26 @@ impl Sandbox {
         drop((store, bindings));
         self.core.refill(&model.inner);
         outcome
+    }
+}
+
+/// The threads one compile runs on: `threads` of them (at least one), at [`COMPILE_NICE`].
+fn compile_pool(threads: usize) -> Result<rayon::ThreadPool, SandboxError> {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads.max(1))
+        .thread_name(|i| format!("sandbox-compile-{i}"))
+        .start_handler(|_| lower_priority())
+        .build()
+        .map_err(|e| SandboxError::Host(format!("compile threads: {e}")))
+}
+
+/// Lowers the calling thread's CPU priority to [`COMPILE_NICE`] (Linux; elsewhere a no-op).
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    if let Err(e) =
+        rustix::process::setpriority_process(Some(rustix::thread::gettid()), COMPILE_NICE)
+    {
+        tracing::warn!(error = %e, "a compile thread keeps its CPU priority");
     }
 }
 
@@ -895,5 +941,29 @@ fn spec_from_wit(s: wit::TensorSpec) -> graph::Spec {
                 wit::Dim::Symbolic(n) => graph::Dim::Symbolic(n),
             })
             .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A compile's threads are as many as configured, and run at [`COMPILE_NICE`] while this
+    /// thread keeps its own priority.
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn compile_threads_are_bounded_and_run_at_low_priority() {
+        let nice = |tid| rustix::process::getpriority_process(Some(tid)).expect("getpriority");
+        let own = nice(rustix::thread::gettid());
+        let pool = compile_pool(3).expect("pool");
+        assert_eq!(pool.current_num_threads(), 3);
+        let (inside, name) = pool.install(|| {
+            let name = std::thread::current().name().map(str::to_owned);
+            (nice(rustix::thread::gettid()), name)
+        });
+        assert_eq!(inside, COMPILE_NICE.max(own));
+        assert!(name.is_some_and(|n| n.starts_with("sandbox-compile-")));
+        assert_eq!(nice(rustix::thread::gettid()), own);
+        assert_eq!(compile_pool(0).expect("pool").current_num_threads(), 1);
     }
 }
