@@ -7,6 +7,7 @@
 //! cargo run -p testnet -- fetch-many|byzantine|kill-provider|partition [--nodes N] [--mib M]
 //! cargo run -p testnet -- compute [--calls 200]
 //! cargo run -p testnet -- churn [--mib M] [--departed 2]
+//! cargo run -p testnet -- scale [--nodes 20] [--idle-secs 60]
 //! cargo run -p testnet -- attack [--mib 16] [--fetches 4] [--call-secs 15] [--call-rate 100]
 //!     [--identities 300] [--max-incoming N] [--only NAME]…
 //! ```
@@ -96,6 +97,24 @@ fn main() -> ExitCode {
     if which == "attack" {
         return attack(&args, flag);
     }
+    if which == "scale" {
+        let nodes = flag("--nodes", 20) as usize;
+        let idle = std::time::Duration::from_secs(flag("--idle-secs", 60));
+        return match scenario::scale(nodes, idle) {
+            Ok(r) if r.seen == r.nodes => {
+                println!("ok    {r}");
+                ExitCode::SUCCESS
+            }
+            Ok(r) => {
+                println!("FAIL  {r}");
+                ExitCode::from(1)
+            }
+            Err(e) => {
+                println!("FAIL  scale: {e:#}");
+                ExitCode::from(1)
+            }
+        };
+    }
     let nodes = flag("--nodes", 6) as usize;
     let mib = flag("--mib", 256);
     let calls = flag("--calls", 200) as usize;
@@ -140,7 +159,7 @@ fn main() -> ExitCode {
         .collect();
     if selected.is_empty() {
         eprintln!(
-            "unknown scenario {which:?}; use all, fetch-many, byzantine, kill-provider, partition, compute, churn or attack"
+            "unknown scenario {which:?}; use all, fetch-many, byzantine, kill-provider, partition, compute, churn, scale or attack"
         );
         return ExitCode::from(2);
     }

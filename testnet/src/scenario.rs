@@ -663,3 +663,235 @@ fn counter(text: &str, series: &str) -> u64 {
         .find_map(|l| l.strip_prefix(series)?.trim().parse::<f64>().ok())
         .map_or(0, |v| v as u64)
 }
+
+/// What [`scale`] measured: N real nodes, idle and then propagating one new model.
+#[derive(Debug, Clone)]
+pub struct ScaleReport {
+    /// Nodes started.
+    pub nodes: usize,
+    /// Nodes that listed the new model before the deadline (the publisher included).
+    pub seen: usize,
+    /// Time from the start of `moxnet publish` on the last node until each other node listed
+    /// the model (polled about every 50 ms), sorted.
+    pub propagation: Vec<Duration>,
+    /// Peers connected per node (`moxnet_peers`), sorted, after the nodes settled.
+    pub connections: Vec<u64>,
+    /// CPU seconds per minute each node used while idle (no model published, no fetch), sorted.
+    pub idle_cpu: Vec<f64>,
+    /// Resident memory per node after the idle window, MiB, sorted.
+    pub rss_mib: Vec<f64>,
+    /// The machine's 1-minute load average at the end of the idle window.
+    pub load: f64,
+    /// Length of the idle window.
+    pub idle: Duration,
+}
+
+impl ScaleReport {
+    /// The `q` quantile (0..=1) of the propagation times of the nodes that saw the model.
+    pub fn propagation_quantile(&self, q: f64) -> Option<Duration> {
+        quantile(&self.propagation, q).copied()
+    }
+}
+
+/// The `q` quantile of a sorted slice (nearest rank).
+fn quantile<T>(sorted: &[T], q: f64) -> Option<&T> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted.get(rank - 1)
+}
+
+impl fmt::Display for ScaleReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = |q: f64| {
+            self.propagation_quantile(q)
+                .map_or("-".to_string(), |d| format!("{} ms", d.as_millis()))
+        };
+        let mid = |v: &[f64]| quantile(v, 0.5).copied().unwrap_or(0.0);
+        let top = |v: &[f64]| v.last().copied().unwrap_or(0.0);
+        write!(
+            f,
+            "scale          {} nodes  saw the model {}/{}  p50 {}  p99 {}  max {}  connections per node {}..{} (median {})  idle CPU {:.2} s/min per node (max {:.2}) over {} s  load {:.2}  memory {:.0} MiB per node (max {:.0})",
+            self.nodes,
+            self.seen,
+            self.nodes,
+            ms(0.5),
+            ms(0.99),
+            ms(1.0),
+            self.connections.first().copied().unwrap_or(0),
+            self.connections.last().copied().unwrap_or(0),
+            quantile(&self.connections, 0.5).copied().unwrap_or(0),
+            mid(&self.idle_cpu),
+            top(&self.idle_cpu),
+            self.idle.as_secs(),
+            self.load,
+            mid(&self.rss_mib),
+            top(&self.rss_mib),
+        )
+    }
+}
+
+/// A small deterministic generator (xorshift64*), so that a scale run's topology repeats.
+struct Seeded(u64);
+
+impl Seeded {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        (self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n.max(1) as u64) as usize
+    }
+}
+
+/// CPU time (user + system) a process has used, from `/proc/<pid>/stat`, in clock ticks.
+fn cpu_ticks(pid: u32) -> Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    // The command name (field 2) may hold spaces; the fields after it are plain numbers.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .context("malformed /proc/<pid>/stat")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after the name.
+    let field = |i: usize| -> Result<u64> {
+        fields
+            .get(i)
+            .and_then(|f| f.parse().ok())
+            .context("malformed /proc/<pid>/stat")
+    };
+    Ok(field(11)? + field(12)?)
+}
+
+/// Resident memory of a process, MiB, from `/proc/<pid>/status`.
+fn rss_mib(pid: u32) -> Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmRSS in /proc/<pid>/status")?;
+    Ok(kib / 1024.0)
+}
+
+/// `moxnet_peers` from a node's `/metrics`.
+fn peers(api: &str) -> Result<u64> {
+    let text = metrics(api)?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("moxnet_peers "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
+        .context("no moxnet_peers in /metrics")
+}
+
+/// The clock ticks a second `/proc` counts CPU time in (`CLK_TCK`, 100 on Linux).
+const TICKS_PER_SEC: f64 = 100.0;
+
+/// `nodes` real nodes on loopback (`--no-mdns`), each bootstrapped to a random earlier one
+/// (seeded); once they have settled, `idle` seconds with nothing happening measure each node's
+/// CPU use, memory and connections; then a model published on the last node is polled for on
+/// every node (about every 50 ms, a few threads taking turns) until all list it or 60 s pass.
+pub fn scale(nodes: usize, idle: Duration) -> Result<ScaleReport> {
+    ensure!(nodes >= 2, "scale needs at least 2 nodes");
+    let net = Testnet::new()?;
+    let homes: Vec<Node> = (0..nodes).map(|i| net.home(&format!("n{i}"))).collect();
+    for h in &homes {
+        h.ok(&["init"]);
+    }
+    let mut rng = Seeded(0x9E37_79B9_7F4A_7C15);
+    let mut daemons: Vec<Daemon> = Vec::new();
+    for h in &homes {
+        let boot: Vec<&str> = if daemons.is_empty() {
+            Vec::new()
+        } else {
+            vec![daemons[rng.below(daemons.len())].addr()]
+        };
+        let d = h.start(&boot);
+        daemons.push(d);
+    }
+    // Settling: connections made, catalogues synced, the DHT bootstrapped.
+    std::thread::sleep(Duration::from_secs(5));
+    let before: Vec<u64> = daemons
+        .iter()
+        .map(|d| cpu_ticks(d.child.id()))
+        .collect::<Result<_>>()?;
+    let started = Instant::now();
+    std::thread::sleep(idle);
+    let took = started.elapsed().as_secs_f64();
+    let mut idle_cpu = Vec::new();
+    let mut rss = Vec::new();
+    for (d, b) in daemons.iter().zip(&before) {
+        let used = cpu_ticks(d.child.id())?.saturating_sub(*b) as f64 / TICKS_PER_SEC;
+        idle_cpu.push(used * 60.0 / took);
+        rss.push(rss_mib(d.child.id())?);
+    }
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().and_then(|v| v.parse().ok()))
+        .unwrap_or(f64::NAN);
+    let mut connections: Vec<u64> = daemons
+        .iter()
+        .map(|d| peers(&d.api))
+        .collect::<Result<_>>()?;
+
+    let pkg = net.path().join("pkg");
+    package(&pkg, 1)?;
+    let last = homes.len() - 1;
+    let start = Instant::now();
+    let id = homes[last].ok(&["publish", path_str(&pkg)?]);
+    let deadline = start + Duration::from_secs(60);
+    let threads = nodes.min(8);
+    let mut propagation: Vec<Duration> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|k| {
+                let (daemons, id) = (&daemons, &id);
+                s.spawn(move || {
+                    let mut pending: Vec<usize> = (k..nodes).step_by(threads).collect();
+                    let mut seen = Vec::new();
+                    while !pending.is_empty() && Instant::now() < deadline {
+                        let pass = Instant::now();
+                        pending.retain(|&i| {
+                            let listed = daemons[i]
+                                .api_get("/api/v1/models")
+                                .map(|(status, v)| {
+                                    status == 200
+                                        && v["models"].as_array().is_some_and(|ms| {
+                                            ms.iter().any(|m| m["model_id"] == id.as_str())
+                                        })
+                                })
+                                .unwrap_or(false);
+                            if listed {
+                                seen.push(start.elapsed());
+                            }
+                            !listed
+                        });
+                        if let Some(rest) = Duration::from_millis(50).checked_sub(pass.elapsed()) {
+                            std::thread::sleep(rest);
+                        }
+                    }
+                    seen
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_default())
+            .collect()
+    });
+    propagation.sort();
+    connections.sort_unstable();
+    idle_cpu.sort_by(f64::total_cmp);
+    rss.sort_by(f64::total_cmp);
+    Ok(ScaleReport {
+        nodes,
+        seen: propagation.len(),
+        propagation,
+        connections,
+        idle_cpu,
+        rss_mib: rss,
+        load,
+        idle,
+    })
+}

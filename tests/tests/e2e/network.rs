@@ -191,6 +191,19 @@ fn testnet_scenarios_pass_at_ci_size() {
     assert!(churn.ratio() < 3.0, "{churn}");
 }
 
+/// `testnet scale` at CI size: every node, bootstrapped to a random earlier one, lists a model
+/// published on the last; each is connected, and the idle figures are measured (the goals on
+/// them, for 100 and 200 nodes, are checked full-size with `cargo run -p testnet -- scale`).
+#[test]
+fn scale_at_ci_size_every_node_sees_a_new_model() {
+    let report = testnet::scenario::scale(12, Duration::from_secs(5)).expect("scale");
+    eprintln!("{report}");
+    assert_eq!(report.seen, report.nodes, "{report}");
+    assert!(report.connections.iter().all(|&c| c >= 1), "{report}");
+    assert_eq!(report.idle_cpu.len(), report.nodes, "{report}");
+    assert!(report.rss_mib.iter().all(|&m| m > 0.0), "{report}");
+}
+
 #[test]
 fn a_size_lie_is_refuted_and_does_not_stop_a_later_honest_fetch() {
     let net = Testnet::new().expect("testnet");
