@@ -674,6 +674,9 @@ pub struct ScaleReport {
     /// Time from the start of `moxnet publish` on the last node until each other node listed
     /// the model (polled about every 50 ms), sorted.
     pub propagation: Vec<Duration>,
+    /// How long `moxnet publish` took (a part of every propagation time: polling starts when
+    /// it returns).
+    pub publish: Duration,
     /// Peers connected per node (`moxnet_peers`), sorted, after the nodes settled.
     pub connections: Vec<u64>,
     /// CPU seconds per minute each node used while idle (no model published, no fetch), sorted.
@@ -712,13 +715,14 @@ impl fmt::Display for ScaleReport {
         let top = |v: &[f64]| v.last().copied().unwrap_or(0.0);
         write!(
             f,
-            "scale          {} nodes  saw the model {}/{}  p50 {}  p99 {}  max {}  connections per node {}..{} (median {})  idle CPU {:.2} s/min per node (max {:.2}) over {} s  load {:.2}  memory {:.0} MiB per node (max {:.0})",
+            "scale          {} nodes  saw the model {}/{}  p50 {}  p99 {}  max {} (publish took {} ms)  connections per node {}..{} (median {})  idle CPU {:.2} s/min per node (max {:.2}) over {} s  load {:.2}  memory {:.0} MiB per node (max {:.0})",
             self.nodes,
             self.seen,
             self.nodes,
             ms(0.5),
             ms(0.99),
             ms(1.0),
+            self.publish.as_millis(),
             self.connections.first().copied().unwrap_or(0),
             self.connections.last().copied().unwrap_or(0),
             quantile(&self.connections, 0.5).copied().unwrap_or(0),
@@ -841,6 +845,7 @@ pub fn scale(nodes: usize, idle: Duration) -> Result<ScaleReport> {
     let last = homes.len() - 1;
     let start = Instant::now();
     let id = homes[last].ok(&["publish", path_str(&pkg)?]);
+    let publish = start.elapsed();
     let deadline = start + Duration::from_secs(60);
     let threads = nodes.min(8);
     let mut propagation: Vec<Duration> = std::thread::scope(|s| {
@@ -888,6 +893,7 @@ pub fn scale(nodes: usize, idle: Duration) -> Result<ScaleReport> {
         nodes,
         seen: propagation.len(),
         propagation,
+        publish,
         connections,
         idle_cpu,
         rss_mib: rss,
