@@ -43,10 +43,11 @@
 //!   absurd shapes could exhaust the node's memory. Enable it for models you trust.
 
 mod backend;
+mod epoch;
 mod gate;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -298,7 +299,6 @@ impl Model {
 pub struct Sandbox {
     core: Arc<Core>,
     gate: Gate,
-    ticking: Arc<AtomicBool>,
 }
 
 /// What building an instance needs; shared with the threads that prepare spare instances.
@@ -309,12 +309,8 @@ struct Core {
     backend: Option<Arc<dyn Backend>>,
     /// Spare instances held or being built, at most `config.warm_instances`.
     warm: Arc<AtomicUsize>,
-}
-
-impl Drop for Sandbox {
-    fn drop(&mut self) {
-        self.ticking.store(false, Ordering::Relaxed);
-    }
+    /// Advances the epoch (call deadlines) while guest code may run, and only then.
+    ticker: epoch::Ticker,
 }
 
 impl Sandbox {
@@ -362,20 +358,13 @@ impl Sandbox {
         let mut linker = Linker::<CallState>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(host)?;
         Guest::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(host)?;
-        let ticking = Arc::new(AtomicBool::new(true));
-        {
+        let ticker = {
             let engine = engine.clone();
-            let ticking = ticking.clone();
-            std::thread::Builder::new()
-                .name("sandbox-epoch".into())
-                .spawn(move || {
-                    while ticking.load(Ordering::Relaxed) {
-                        std::thread::sleep(EPOCH_TICK);
-                        engine.increment_epoch();
-                    }
-                })
-                .map_err(|e| SandboxError::Host(format!("epoch thread: {e}")))?;
-        }
+            epoch::Ticker::start("sandbox-epoch", EPOCH_TICK, move || {
+                engine.increment_epoch()
+            })
+            .map_err(|e| SandboxError::Host(format!("epoch thread: {e}")))?
+        };
         let backend: Option<Arc<dyn Backend>> = if config.host_backend {
             Some(Arc::new(NativeTract))
         } else {
@@ -389,8 +378,8 @@ impl Sandbox {
                 config,
                 backend,
                 warm: Arc::new(AtomicUsize::new(0)),
+                ticker,
             }),
-            ticking,
         })
     }
 
@@ -483,6 +472,7 @@ impl Sandbox {
         }
         check_inputs(model, &inputs)?;
         let _slot = self.gate.enter()?;
+        let _ticking = self.core.ticker.running();
         let started = Instant::now();
         let spare = std::mem::replace(&mut *lock(&model.inner.spare), Spare::Empty);
         let (mut store, bindings) = match spare {
@@ -631,6 +621,8 @@ impl Core {
         model: &Package,
         limits: &CallLimits,
     ) -> Result<(Store<CallState>, Guest, wit::Metadata), SandboxError> {
+        // `init` runs here: its deadline needs the epoch to advance.
+        let _ticking = self.ticker.running();
         let memory_mib = limits.memory_mib.min(self.config.max_memory_mib);
         let mut wasi = WasiCtx::builder();
         wasi.preopened_dir(&model.dir, GUEST_ROOT, FsPerms::ReadOnly)
