@@ -136,12 +136,9 @@ impl Round {
     pub fn p99(&self) -> Duration {
         let mut l = self.latencies.clone();
         l.sort();
-        if l.is_empty() {
-            return Duration::ZERO;
-        }
-        l[((l.len() * 99).div_ceil(100))
-            .saturating_sub(1)
-            .min(l.len() - 1)]
+        crate::scenario::percentile(&l, 99)
+            .copied()
+            .unwrap_or(Duration::ZERO)
     }
 }
 

@@ -690,28 +690,25 @@ pub struct ScaleReport {
 }
 
 impl ScaleReport {
-    /// The `q` quantile (0..=1) of the propagation times of the nodes that saw the model.
-    pub fn propagation_quantile(&self, q: f64) -> Option<Duration> {
-        quantile(&self.propagation, q).copied()
+    /// The `pct` percentile of the propagation times of the nodes that saw the model.
+    pub fn propagation_percentile(&self, pct: usize) -> Option<Duration> {
+        percentile(&self.propagation, pct).copied()
     }
 }
 
-/// The `q` quantile of a sorted slice (nearest rank).
-fn quantile<T>(sorted: &[T], q: f64) -> Option<&T> {
-    if sorted.is_empty() {
-        return None;
-    }
-    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+/// The `pct` percentile (0..=100) of a sorted slice, by nearest rank; `None` if it is empty.
+pub(crate) fn percentile<T>(sorted: &[T], pct: usize) -> Option<&T> {
+    let rank = (sorted.len() * pct.min(100)).div_ceil(100).max(1);
     sorted.get(rank - 1)
 }
 
 impl fmt::Display for ScaleReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let ms = |q: f64| {
-            self.propagation_quantile(q)
+        let ms = |pct: usize| {
+            self.propagation_percentile(pct)
                 .map_or("-".to_string(), |d| format!("{} ms", d.as_millis()))
         };
-        let mid = |v: &[f64]| quantile(v, 0.5).copied().unwrap_or(0.0);
+        let mid = |v: &[f64]| percentile(v, 50).copied().unwrap_or(0.0);
         let top = |v: &[f64]| v.last().copied().unwrap_or(0.0);
         write!(
             f,
@@ -719,13 +716,13 @@ impl fmt::Display for ScaleReport {
             self.nodes,
             self.seen,
             self.nodes,
-            ms(0.5),
-            ms(0.99),
-            ms(1.0),
+            ms(50),
+            ms(99),
+            ms(100),
             self.publish.as_millis(),
             self.connections.first().copied().unwrap_or(0),
             self.connections.last().copied().unwrap_or(0),
-            quantile(&self.connections, 0.5).copied().unwrap_or(0),
+            percentile(&self.connections, 50).copied().unwrap_or(0),
             mid(&self.idle_cpu),
             top(&self.idle_cpu),
             self.idle.as_secs(),
@@ -900,4 +897,24 @@ pub fn scale(nodes: usize, idle: Duration) -> Result<ScaleReport> {
         load,
         idle,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percentile;
+
+    #[test]
+    fn percentiles_by_nearest_rank() {
+        let v: Vec<u32> = (1..=100).collect();
+        assert_eq!(percentile(&v, 50), Some(&50));
+        assert_eq!(percentile(&v, 99), Some(&99));
+        assert_eq!(percentile(&v, 100), Some(&100));
+        assert_eq!(percentile(&v, 0), Some(&1));
+        assert_eq!(percentile(&[7], 99), Some(&7));
+        assert_eq!(
+            percentile(&(1..=1504).collect::<Vec<u32>>(), 99),
+            Some(&1489)
+        );
+        assert_eq!(percentile::<u32>(&[], 50), None);
+    }
 }
