@@ -19,7 +19,9 @@ struct ConfigFile {
     bootstrap: Option<Vec<String>>,
     api: Option<String>,
     mdns: Option<bool>,
-    max_incoming: Option<u32>,
+    target_connections: Option<u32>,
+    max_connections: Option<u32>,
+    max_per_ip: Option<u32>,
     inference: Option<InferenceSection>,
     compute: Option<ComputeSection>,
     catalog: Option<CatalogSection>,
@@ -157,8 +159,8 @@ pub struct NodeConfig {
     pub api: SocketAddr,
     /// mDNS discovery.
     pub mdns: bool,
-    /// Inbound connections kept open (beyond, the least valuable give way; see `net::inbound`).
-    pub max_incoming: u32,
+    /// Connections kept, and the limits on who may open them (see `net::conns`).
+    pub connections: net::ConnectionLimits,
     /// Sandbox limits.
     pub inference: InferenceSection,
     /// Compute sharing.
@@ -217,11 +219,32 @@ pub fn load(dir: &Path, args: &NodeArgs) -> Result<NodeConfig> {
         bail!("api: {api} is not a loopback address; the HTTP API only listens on localhost");
     }
     let mdns = !args.no_mdns && file.mdns.or(defaults.mdns).unwrap_or(true);
-    let max_incoming = file
-        .max_incoming
-        .or(defaults.max_incoming)
-        .unwrap_or(256)
-        .max(1);
+    let base = net::ConnectionLimits::default();
+    let connections = net::ConnectionLimits {
+        target_connections: file
+            .target_connections
+            .or(defaults.target_connections)
+            .unwrap_or(base.target_connections),
+        max_connections: file
+            .max_connections
+            .or(defaults.max_connections)
+            .unwrap_or(base.max_connections),
+        max_per_ip: file
+            .max_per_ip
+            .or(defaults.max_per_ip)
+            .unwrap_or(base.max_per_ip),
+        ..base
+    };
+    if connections.max_connections == 0 || connections.max_per_ip == 0 {
+        bail!("max_connections and max_per_ip must be at least 1");
+    }
+    if connections.target_connections > connections.max_connections {
+        bail!(
+            "target_connections ({}) is above max_connections ({}): the node keeps between the two",
+            connections.target_connections,
+            connections.max_connections
+        );
+    }
     let d = defaults.inference.unwrap_or_default();
     let f = file.inference.unwrap_or_default();
     let inference = InferenceSection {
@@ -255,7 +278,7 @@ pub fn load(dir: &Path, args: &NodeArgs) -> Result<NodeConfig> {
         bootstrap,
         api,
         mdns,
-        max_incoming,
+        connections,
         inference,
         compute,
         catalog,

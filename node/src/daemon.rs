@@ -74,12 +74,16 @@ impl Provider for StoreProvider {
             .map_err(std::io::Error::other)
     }
 
-    fn catalog_page(&self, after: Option<ModelId>) -> protocol::wire::CatalogResponse {
-        self.home.catalog.page(
-            after,
-            protocol::wire::MAX_CATALOG_PAGE,
-            protocol::wire::CATALOG_PAGE_BYTES,
-        )
+    fn catalog_ids(&self, after: Option<ModelId>, max: usize) -> Vec<ModelId> {
+        self.home.catalog.ids(after, max)
+    }
+
+    fn manifest(&self, id: ModelId) -> Option<Vec<u8>> {
+        self.home.catalog.get(id).map(|m| m.to_bytes())
+    }
+
+    fn knows(&self, id: ModelId) -> bool {
+        self.home.catalog.contains(id)
     }
 }
 
@@ -110,10 +114,7 @@ async fn serve(
         listen: config.listen.clone(),
         bootstrap: config.bootstrap.clone(),
         mdns: config.mdns,
-        connections: net::ConnectionLimits {
-            max_incoming: config.max_incoming,
-            ..net::ConnectionLimits::default()
-        },
+        connections: config.connections.clone(),
         ..NetConfig::default()
     };
     let (client, mut events) =

@@ -117,13 +117,27 @@ fn main() -> std::io::Result<()> {
     )?;
     let after = CatalogRequest {
         after: Some(ModelId(BlobHash::of(b"after"))),
+        ..CatalogRequest::default()
     };
     write(&dir, "catalog_frames", "request-after", &after.to_bytes())?;
+    let ids = CatalogRequest {
+        ids: true,
+        ..after.clone()
+    };
+    write(&dir, "catalog_frames", "request-ids", &ids.to_bytes())?;
+    let want = CatalogRequest {
+        want: vec![ModelId(BlobHash::of(b"a")), ModelId(BlobHash::of(b"b"))],
+        ..CatalogRequest::default()
+    };
+    write(&dir, "catalog_frames", "request-want", &want.to_bytes())?;
     let catalog = CatalogResponse {
         manifests: vec![signed_manifest.clone(), signed_manifest],
         next: Some(ModelId(BlobHash::of(b"next"))),
+        ..CatalogResponse::default()
     };
     write(&dir, "catalog_frames", "response", &catalog.to_bytes())?;
+    let id_page = CatalogResponse::id_page((0..3u8).map(|i| ModelId(BlobHash::of(&[i]))), 2);
+    write(&dir, "catalog_frames", "response-ids", &id_page.to_bytes())?;
 
     let input = br#"{"inputs":[{"name":"x","datatype":"FP32","shape":[1,4],"data":[1,2,3,4]}]}"#;
     let infer_request = caller.sign(InferRequest {

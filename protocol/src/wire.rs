@@ -39,8 +39,10 @@ pub const MAX_BLOB_HEADER_BYTES: usize = 1024;
 pub const MAX_REQUEST_RANGES: usize = 1024;
 /// Most chunk groups one [`BlobRequest`] may ask for (64 MiB).
 pub const MAX_REQUEST_GROUPS: u64 = 4096;
-/// Largest [`CatalogRequest`] frame.
-pub const MAX_CATALOG_REQUEST_BYTES: usize = 1024;
+/// Largest [`CatalogRequest`] frame: room for [`MAX_CATALOG_PAGE`] wanted ids.
+pub const MAX_CATALOG_REQUEST_BYTES: usize = 64 * 1024;
+/// The most ids in one [`CatalogResponse`] page of ids (34 bytes each on the wire: 272 KiB).
+pub const MAX_CATALOG_IDS: usize = 8192;
 /// The most manifest bytes a provider puts in one [`CatalogResponse`] page (a page always holds
 /// at least one manifest: one is at most [`crate::MAX_MANIFEST_BYTES`]).
 pub const CATALOG_PAGE_BYTES: usize = 4 << 20;
@@ -217,13 +219,23 @@ impl Object for BlobResponseHeader {
     }
 }
 
-/// Asks a peer for one page of the signed manifests it knows (catalogue sync on join). Pages
-/// run in model id order (the 32 id bytes compared as unsigned bytes): the first page has no
-/// `after`; each next one names the last id of the page before ([`CatalogResponse::next`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// Asks a peer about the models it knows (catalogue sync). Three kinds of request:
+/// - a page of manifests (`ids` false, `want` empty): the signed manifests whose id is greater
+///   than `after`, in model id order (the 32 id bytes compared as unsigned bytes);
+/// - a page of ids (`ids` true, `want` empty): the same walk, ids only, at most
+///   [`MAX_CATALOG_IDS`] a page, so that a node reconciles by id and fetches only what it lacks;
+/// - the manifests of given ids (`want`, at most [`MAX_CATALOG_PAGE`], `after` absent and
+///   `ids` false): those the peer knows, in the order asked, as many as fit a page.
+///
+/// A walk's first page has no `after`; each next one names [`CatalogResponse::next`].
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct CatalogRequest {
-    /// Only manifests whose id is greater than this one.
+    /// Only models whose id is greater than this one.
     pub after: Option<ModelId>,
+    /// Ids only, no manifests.
+    pub ids: bool,
+    /// Exactly these models' manifests.
+    pub want: Vec<ModelId>,
 }
 
 impl Object for CatalogRequest {
@@ -233,9 +245,15 @@ impl Object for CatalogRequest {
     fn to_cbor(&self) -> Value {
         let mut map = vec![(Value::text("v"), Value::Uint(WIRE_VERSION))];
         if let Some(after) = self.after {
+            map.push((Value::text("after"), id_value(&after)));
+        }
+        if self.ids {
+            map.push((Value::text("ids"), Value::Bool(true)));
+        }
+        if !self.want.is_empty() {
             map.push((
-                Value::text("after"),
-                Value::Bytes(after.blob().as_bytes().to_vec()),
+                Value::text("want"),
+                Value::Array(self.want.iter().map(id_value).collect()),
             ));
         }
         Value::Map(map)
@@ -249,19 +267,53 @@ impl Object for CatalogRequest {
             .map(|v| as_array::<32>("catalog request after", v))
             .transpose()?
             .map(|b| ModelId(BlobHash::from_bytes(b)));
+        let ids = match m.optional("ids") {
+            None => false,
+            Some(Value::Bool(true)) => true,
+            Some(_) => {
+                return Err(DecodeError::invalid(
+                    "catalog request ids",
+                    "expected true (or no key)",
+                ));
+            }
+        };
+        let want = m
+            .optional("want")
+            .map(|v| id_list("catalog request want", v, MAX_CATALOG_PAGE))
+            .transpose()?
+            .unwrap_or_default();
         m.finish()?;
-        Ok(CatalogRequest { after })
+        if !want.is_empty() && (after.is_some() || ids) {
+            return Err(DecodeError::invalid(
+                "catalog request",
+                "want is asked alone (no after, no ids)",
+            ));
+        }
+        Ok(CatalogRequest { after, ids, want })
     }
 }
 
-/// One page of signed manifest envelopes (each verified by the receiver before use), in model
-/// id order, at most [`MAX_CATALOG_PAGE`] of them.
+fn id_value(id: &ModelId) -> Value {
+    Value::Bytes(id.blob().as_bytes().to_vec())
+}
+
+fn id_list(what: &'static str, v: Value, max: usize) -> Result<Vec<ModelId>, DecodeError> {
+    as_list(what, v, max, |v| {
+        as_array::<32>(what, v).map(|b| ModelId(BlobHash::from_bytes(b)))
+    })
+}
+
+/// An answer to a [`CatalogRequest`]: signed manifest envelopes (each verified by the receiver
+/// before use; at most [`MAX_CATALOG_PAGE`]) or, for a page of ids, ids (at most
+/// [`MAX_CATALOG_IDS`]), in model id order for a walk.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct CatalogResponse {
     /// Envelope bytes, each a `Signed<Manifest>`.
     pub manifests: Vec<Vec<u8>>,
-    /// Present when more manifests follow: ask again with this as `after` (the id of the last
-    /// manifest on this page).
+    /// Model ids (a page of ids).
+    pub ids: Vec<ModelId>,
+    /// Present when the walk goes on: ask again with this as `after` (the last id of this
+    /// page).
     pub next: Option<ModelId>,
 }
 
@@ -282,11 +334,14 @@ impl Object for CatalogResponse {
                 ),
             ),
         ];
-        if let Some(next) = self.next {
+        if !self.ids.is_empty() {
             map.push((
-                Value::text("next"),
-                Value::Bytes(next.blob().as_bytes().to_vec()),
+                Value::text("ids"),
+                Value::Array(self.ids.iter().map(id_value).collect()),
             ));
+        }
+        if let Some(next) = self.next {
+            map.push((Value::text("next"), id_value(&next)));
         }
         Value::Map(map)
     }
@@ -306,17 +361,40 @@ impl Object for CatalogResponse {
                 )),
             },
         )?;
+        let ids = m
+            .optional("ids")
+            .map(|v| id_list("catalog response ids", v, MAX_CATALOG_IDS))
+            .transpose()?
+            .unwrap_or_default();
         let next = m
             .optional("next")
             .map(|v| as_array::<32>("catalog response next", v))
             .transpose()?
             .map(|b| ModelId(BlobHash::from_bytes(b)));
         m.finish()?;
-        Ok(CatalogResponse { manifests, next })
+        Ok(CatalogResponse {
+            manifests,
+            ids,
+            next,
+        })
     }
 }
 
 impl CatalogResponse {
+    /// Builds one page of ids from `ids` (in increasing order, after the requested id): at
+    /// most `max` (at least one), with `next` set when more remain. Reads one id past the page.
+    pub fn id_page(ids: impl IntoIterator<Item = ModelId>, max: usize) -> CatalogResponse {
+        let mut page = CatalogResponse::default();
+        for id in ids {
+            if page.ids.len() >= max.max(1) {
+                page.next = page.ids.last().copied();
+                return page;
+            }
+            page.ids.push(id);
+        }
+        page
+    }
+
     /// Builds one page from `entries`: (id, envelope) pairs in increasing id order, starting
     /// after the requested id. Takes at most `max_items` and `max_bytes` of envelopes (but at
     /// least one if any), and sets `next` when entries remain. Reads one entry past the page.

@@ -278,3 +278,40 @@ fn sizes_over_the_blob_limit_are_refused_at_decode() {
     };
     assert!(BlobResponseHeader::from_bytes(&header.to_bytes()).is_err());
 }
+
+proptest! {
+    /// Every kind of catalogue request and answer decodes to what was encoded.
+    #[test]
+    fn catalogue_requests_and_answers_round_trip(
+        after in proptest::option::of(any::<[u8; 32]>()),
+        ids in any::<bool>(),
+        want in proptest::collection::vec(any::<[u8; 32]>(), 0..40),
+        listed in proptest::collection::vec(any::<[u8; 32]>(), 0..40),
+        max in 1usize..50,
+    ) {
+        use protocol::wire::{CatalogRequest, CatalogResponse};
+        let id = |b: &[u8; 32]| ModelId(BlobHash::from_bytes(*b));
+        let walk = CatalogRequest { after: after.as_ref().map(id), ids, want: Vec::new() };
+        prop_assert_eq!(CatalogRequest::from_bytes(&walk.to_bytes()).expect("walk"), walk);
+        let wanted = CatalogRequest { want: want.iter().map(id).collect(), ..CatalogRequest::default() };
+        prop_assert_eq!(CatalogRequest::from_bytes(&wanted.to_bytes()).expect("want"), wanted);
+        let mut sorted: Vec<ModelId> = listed.iter().map(id).collect();
+        sorted.sort();
+        sorted.dedup();
+        let page = CatalogResponse::id_page(sorted.iter().copied(), max);
+        prop_assert_eq!(page.ids.len(), sorted.len().min(max));
+        prop_assert_eq!(page.next.is_some(), sorted.len() > max);
+        prop_assert_eq!(CatalogResponse::from_bytes(&page.to_bytes()).expect("ids"), page);
+    }
+}
+
+#[test]
+fn a_want_request_is_asked_alone() {
+    use protocol::wire::CatalogRequest;
+    let bad = CatalogRequest {
+        ids: true,
+        want: vec![ModelId(BlobHash::of(b"x"))],
+        ..CatalogRequest::default()
+    };
+    assert!(CatalogRequest::from_bytes(&bad.to_bytes()).is_err());
+}

@@ -32,7 +32,7 @@ use anyhow::{Context, Result, bail, ensure};
 use net::libp2p::{Multiaddr, PeerId};
 use net::{NetConfig, Provider};
 use protocol::compute::{ComputeOffer, InferCall, InferReply, InferRequest, InferStatus};
-use protocol::wire::{BlobRequest, CATALOG_PAGE_BYTES, CatalogResponse, MAX_CATALOG_PAGE};
+use protocol::wire::BlobRequest;
 use protocol::{BlobHash, Manifest, ModelId, NodeId, Object, SecretKey};
 
 use crate::{Daemon, Node, Testnet, write_random_file};
@@ -57,9 +57,9 @@ pub struct Sizes {
     pub spam_manifests: usize,
     /// Functions in the slow-to-compile guest (2,000 additions each).
     pub compile_functions: u32,
-    /// The honest nodes' `max_incoming` (`None`: the default, 256); under `identities`, the
+    /// The honest nodes' `max_connections` (`None`: the default, 48); under `identities`, the
     /// connection flood fills it and newcomers get in only if idle connections give way.
-    pub max_incoming: Option<u32>,
+    pub max_connections: Option<u32>,
 }
 
 impl Sizes {
@@ -74,7 +74,7 @@ impl Sizes {
             identities: 300,
             spam_manifests: 5_000,
             compile_functions: 2_000,
-            max_incoming: None,
+            max_connections: None,
         }
     }
 
@@ -89,7 +89,7 @@ impl Sizes {
             identities: 80,
             spam_manifests: 1_500,
             compile_functions: 500,
-            max_incoming: Some(48),
+            max_connections: None,
         }
     }
 }
@@ -304,9 +304,12 @@ impl Honest {
             n.ok(&["init"]);
         }
         // Top-level keys first: TOML puts every key after a section header in that section.
-        let top = sizes
-            .max_incoming
-            .map_or_else(String::new, |n| format!("max_incoming = {n}\n"));
+        let top = sizes.max_connections.map_or_else(String::new, |n| {
+            format!(
+                "target_connections = {}\nmax_connections = {n}\n",
+                n * 2 / 3
+            )
+        });
         std::fs::write(
             publisher.home.join("config.toml"),
             format!("{top}{CATALOG}"),
@@ -811,15 +814,17 @@ impl Provider for Spammer {
         Err(std::io::Error::other("nothing here"))
     }
 
-    fn catalog_page(&self, after: Option<ModelId>) -> CatalogResponse {
+    fn catalog_ids(&self, after: Option<ModelId>, max: usize) -> Vec<ModelId> {
         let start = after.map_or(Bound::Unbounded, Bound::Excluded);
-        CatalogResponse::page(
-            self.catalogue
-                .range((start, Bound::Unbounded))
-                .map(|(id, m)| (*id, m.clone())),
-            MAX_CATALOG_PAGE,
-            CATALOG_PAGE_BYTES,
-        )
+        self.catalogue
+            .range((start, Bound::Unbounded))
+            .take(max)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    fn manifest(&self, id: ModelId) -> Option<Vec<u8>> {
+        self.catalogue.get(&id).cloned()
     }
 }
 

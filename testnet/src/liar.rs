@@ -229,24 +229,19 @@ impl Provider for StoreProvider {
         served.map_err(std::io::Error::other)
     }
 
-    fn catalog_page(&self, after: Option<ModelId>) -> protocol::wire::CatalogResponse {
+    fn catalog_ids(&self, after: Option<ModelId>, max: usize) -> Vec<ModelId> {
         let mut ids = self.store.manifests().unwrap_or_default();
         ids.sort();
-        let entries = ids
-            .into_iter()
+        ids.into_iter()
             .filter(|id| after.is_none_or(|a| *id > a))
-            .filter_map(|id| {
-                let bytes = self
-                    .store
-                    .read_bytes(id.blob(), Signed::<Manifest>::MAX_BYTES as u64)
-                    .ok()?;
-                Some((id, bytes))
-            });
-        protocol::wire::CatalogResponse::page(
-            entries,
-            protocol::wire::MAX_CATALOG_PAGE,
-            protocol::wire::CATALOG_PAGE_BYTES,
-        )
+            .take(max)
+            .collect()
+    }
+
+    fn manifest(&self, id: ModelId) -> Option<Vec<u8>> {
+        self.store
+            .read_bytes(id.blob(), Signed::<Manifest>::MAX_BYTES as u64)
+            .ok()
     }
 }
 

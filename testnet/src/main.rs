@@ -9,7 +9,7 @@
 //! cargo run -p testnet -- churn [--mib M] [--departed 2]
 //! cargo run -p testnet -- scale [--nodes 20] [--idle-secs 60]
 //! cargo run -p testnet -- attack [--mib 16] [--fetches 4] [--call-secs 15] [--call-rate 100]
-//!     [--identities 300] [--max-incoming N] [--only NAME]…
+//!     [--identities 300] [--max-connections N] [--only NAME]…
 //! ```
 
 use std::process::ExitCode;
@@ -28,10 +28,10 @@ fn attack(args: &[String], flag: impl Fn(&str, u64) -> u64) -> ExitCode {
         call_secs: flag("--call-secs", full.call_secs),
         call_rate: flag("--call-rate", full.call_rate),
         identities: flag("--identities", full.identities as u64) as usize,
-        max_incoming: args
+        max_connections: args
             .iter()
-            .any(|a| a == "--max-incoming")
-            .then(|| flag("--max-incoming", 256) as u32),
+            .any(|a| a == "--max-connections")
+            .then(|| flag("--max-connections", 48) as u32),
         ..full
     };
     let only: Vec<String> = args

@@ -404,30 +404,22 @@ impl Catalog {
         self.insert(manifest)
     }
 
-    /// One page of the catalogue for a peer: the envelopes of the models whose id is greater
-    /// than `after`, in id order (see [`protocol::wire::CatalogResponse::page`]).
-    pub fn page(
-        &self,
-        after: Option<ModelId>,
-        max_items: usize,
-        max_bytes: usize,
-    ) -> protocol::wire::CatalogResponse {
+    /// The ids of the models whose id is greater than `after`, in id order, at most `max`
+    /// (what a peer reconciling its catalogue walks).
+    pub fn ids(&self, after: Option<ModelId>, max: usize) -> Vec<ModelId> {
         use std::ops::Bound;
-        let chosen: Vec<(ModelId, Arc<Signed<Manifest>>)> = {
-            let state = self.read();
-            let start = after.map_or(Bound::Unbounded, Bound::Excluded);
-            state
-                .models
-                .range((start, Bound::Unbounded))
-                .take(max_items.max(1).saturating_add(1))
-                .map(|(id, m)| (*id, m.clone()))
-                .collect()
-        };
-        protocol::wire::CatalogResponse::page(
-            chosen.into_iter().map(|(id, m)| (id, m.to_bytes())),
-            max_items,
-            max_bytes,
-        )
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+        self.read()
+            .models
+            .range((start, Bound::Unbounded))
+            .take(max)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// Whether the catalogue knows the model.
+    pub fn contains(&self, id: ModelId) -> bool {
+        self.read().models.contains_key(&id)
     }
 
     /// A model's manifest, if the catalogue knows it.

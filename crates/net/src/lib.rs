@@ -37,8 +37,9 @@
 
 pub mod blob;
 mod codec;
+pub mod conns;
 pub mod fetch;
-pub mod inbound;
+pub mod per_ip;
 mod swarm;
 
 use std::io::Write;
@@ -54,7 +55,7 @@ pub use blob::{BlobResponse, BlockingReader, ServeLimits};
 pub use libp2p;
 
 pub use libp2p::metrics::Registry;
-pub use swarm::{CATALOG_PAGES_PER_SEC, MAX_CATALOG_ANSWERS, MAX_SYNC_PAGES};
+pub use swarm::{CATALOG_PAGES_PER_SEC, MAX_CATALOG_ANSWERS, MAX_SYNC_PAGES, RESYNC, SYNC_PEERS};
 use swarm::{Command, EventLoop, build_swarm};
 
 /// How to start the network.
@@ -77,28 +78,37 @@ pub struct NetConfig {
     pub light: bool,
 }
 
-/// Limits on connections: peer ids cost nothing, so a flood of them is bounded here. Beyond
-/// `max_incoming` inbound connections the least valuable give way to newcomers (see
-/// [`inbound`]; `moxnet_net_connections_evicted_total`), and beyond a hard limit of
-/// `max_incoming` + `max_incoming / 4` (or while `max_pending_incoming` are in their handshake,
-/// or a peer has `max_per_peer`) a connection is refused at once
-/// (`moxnet_net_connections_denied_total`). The node's own dials are not limited.
+/// How many connections a node keeps, and the limits on who may open them (see [`conns`]).
+///
+/// When more than `max_connections` are open (both ways), the least valuable are closed until
+/// `target_connections` remain (`moxnet_net_connections_pruned_total`): gossip mesh peers,
+/// bootstrap peers, peers useful in the last [`conns::RECENT`] and newcomers (for [`conns::GRACE`])
+/// are spared while anything else is left. Inbound connections are also refused at once
+/// (`moxnet_net_connections_denied_total`) beyond `max_connections + max_connections / 4`
+/// established, `max_pending_incoming` in their handshake, `max_per_peer` with one peer, or
+/// `max_per_ip` from one IP address (loopback exempt; see [`per_ip`]).
 #[derive(Debug, Clone)]
 pub struct ConnectionLimits {
-    /// Connections other peers opened to this node, at most.
-    pub max_incoming: u32,
+    /// Connections kept after a prune (the low watermark).
+    pub target_connections: u32,
+    /// Connections open at most, both ways (the high watermark).
+    pub max_connections: u32,
     /// Inbound connections still in their handshake, at most.
     pub max_pending_incoming: u32,
     /// Connections with one peer, at most.
     pub max_per_peer: u32,
+    /// Inbound connections from one IP address (not loopback), at most.
+    pub max_per_ip: u32,
 }
 
 impl Default for ConnectionLimits {
     fn default() -> Self {
         ConnectionLimits {
-            max_incoming: 256,
+            target_connections: 32,
+            max_connections: 48,
             max_pending_incoming: 64,
             max_per_peer: 2,
+            max_per_ip: 8,
         }
     }
 }
@@ -115,11 +125,16 @@ pub trait Provider: Send + Sync + 'static {
         groups: &[(u64, u64)],
         out: &mut dyn Write,
     ) -> std::io::Result<()>;
-    /// One page of the signed manifest envelopes this node knows, for catalogue sync: those
-    /// whose id is greater than `after`, in id order, at most [`protocol::wire::MAX_CATALOG_PAGE`]
-    /// of them and [`protocol::wire::CATALOG_PAGE_BYTES`] bytes (at least one if any remain),
-    /// with `next` set when more remain.
-    fn catalog_page(&self, after: Option<ModelId>) -> protocol::wire::CatalogResponse;
+    /// The ids of the models this node knows whose id is greater than `after`, in id order
+    /// (the 32 bytes compared as unsigned bytes), at most `max`: what a peer reconciling its
+    /// catalogue walks.
+    fn catalog_ids(&self, after: Option<ModelId>, max: usize) -> Vec<ModelId>;
+    /// The signed manifest envelope of a model this node knows.
+    fn manifest(&self, id: ModelId) -> Option<Vec<u8>>;
+    /// Whether this node knows the model already (then a catalogue sync does not ask for it).
+    fn knows(&self, id: ModelId) -> bool {
+        self.manifest(id).is_some()
+    }
 }
 
 /// The way back for one inbound inference call: send the encoded reply once. Dropping it
@@ -312,7 +327,7 @@ pub async fn spawn_with_metrics(
         (!config.light).then(|| commands_tx.downgrade()),
         events_tx,
         provider.clone(),
-        (config.connections.max_incoming as usize, served_rx),
+        (&config, served_rx),
         registry,
     )?;
     tokio::spawn(event_loop.run());
@@ -446,8 +461,8 @@ impl Client {
     pub async fn catalog(&self, peer: PeerId) -> Result<Vec<Signed<Manifest>>, NetError> {
         let mut pager = swarm::CatalogPager::new(self.commands.clone(), peer);
         let mut all = Vec::new();
-        while let Some(page) = pager.next_page().await? {
-            all.extend(page);
+        while let Some(page) = pager.next_page(false).await? {
+            all.extend(page.manifests.into_iter().map(|(_, m)| m));
         }
         Ok(all)
     }
@@ -471,6 +486,9 @@ impl Client {
         peer: PeerId,
         request: &BlobRequest,
     ) -> Result<BlobResponse, NetError> {
+        // A blob stream does not pass through the swarm task: tell it the peer is in use, so
+        // that a prune spares it (a full queue only loses this hint).
+        let _ = self.commands.try_send(Command::Used { peer });
         blob::request(self.control.clone(), peer, request).await
     }
 }

@@ -22,7 +22,7 @@ use protocol::{BlobHash, Manifest, ModelId, Signed};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::codec::FrameCodec;
-use crate::inbound::Inbound;
+use crate::conns::{Connections, Watermarks};
 use crate::{InferResponder, NetConfig, NetError, NetEvent, Provider};
 
 /// Everything the node speaks, composed.
@@ -35,6 +35,7 @@ use crate::{InferResponder, NetConfig, NetError, NetEvent, Provider};
 #[derive(NetworkBehaviour)]
 pub(crate) struct Behaviour {
     limits: libp2p::connection_limits::Behaviour,
+    per_ip: crate::per_ip::Behaviour,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
     kad: kad::Behaviour<MemoryStore>,
@@ -62,6 +63,8 @@ pub(crate) enum Command {
         addr: Multiaddr,
         reply: oneshot::Sender<Result<(), NetError>>,
     },
+    /// This node is about to ask `peer` for something (a blob stream): worth its connection.
+    Used { peer: PeerId },
     /// Currently connected peers.
     Peers { reply: oneshot::Sender<Vec<PeerId>> },
     /// Announce in the DHT that this node provides a blob.
@@ -80,12 +83,14 @@ pub(crate) enum Command {
         envelope: Vec<u8>,
         reply: oneshot::Sender<Result<(), NetError>>,
     },
-    /// Ask a peer for one page of its catalogue.
+    /// Ask a peer about its catalogue (a page of manifests or ids, or given manifests).
     Catalog {
         peer: PeerId,
-        after: Option<ModelId>,
+        request: CatalogRequest,
         reply: CatalogReply,
     },
+    /// A catalogue sync with a peer ended (`ok`: it ran to the end).
+    Synced { peer: PeerId, ok: bool },
     /// Publish a signed compute offer on the offer topic.
     Offer {
         envelope: Vec<u8>,
@@ -105,13 +110,56 @@ type Answer = (request_response::ResponseChannel<Vec<u8>>, Vec<u8>);
 /// Where a catalogue page goes.
 type CatalogReply = oneshot::Sender<Result<CatalogPage, NetError>>;
 
-/// One page of a peer's catalogue, verified.
+/// One answer from a peer's catalogue, verified.
 #[derive(Debug)]
 pub(crate) struct CatalogPage {
-    /// The manifests whose signatures verified (the others were dropped).
-    pub(crate) manifests: Vec<Signed<Manifest>>,
+    /// The manifests whose signatures verified, with their ids (the others were dropped).
+    pub(crate) manifests: Vec<(ModelId, Signed<Manifest>)>,
+    /// The ids listed (a page of ids).
+    pub(crate) ids: Vec<ModelId>,
     /// Where the next page starts, if there is one.
     pub(crate) next: Option<ModelId>,
+}
+
+/// Peers a node reconciles its catalogue with when it joins or comes back, and at most this
+/// many again in each [`RESYNC`]: the rest arrives by gossip.
+pub const SYNC_PEERS: usize = 3;
+
+/// How long a completed catalogue sync counts against [`SYNC_PEERS`]: after it, the next new
+/// connection reconciles again (anti-entropy for announcements gossip lost; by id, so it costs
+/// a page of ids when nothing is missing).
+pub const RESYNC: Duration = Duration::from_secs(600);
+
+/// Which catalogue syncs to start: at most [`SYNC_PEERS`] running or completed within
+/// [`RESYNC`]. I/O-free.
+#[derive(Debug, Default)]
+pub(crate) struct Syncs {
+    running: HashSet<PeerId>,
+    done: std::collections::VecDeque<Instant>,
+}
+
+impl Syncs {
+    /// Whether to sync with `peer`, newly connected; if so it counts as running.
+    pub(crate) fn start(&mut self, peer: PeerId, now: Instant) -> bool {
+        while self
+            .done
+            .front()
+            .is_some_and(|t| now.saturating_duration_since(*t) >= RESYNC)
+        {
+            self.done.pop_front();
+        }
+        if self.running.contains(&peer) || self.running.len() + self.done.len() >= SYNC_PEERS {
+            return false;
+        }
+        self.running.insert(peer)
+    }
+
+    /// The sync with `peer` ended; only one that ran to the end counts for [`RESYNC`].
+    pub(crate) fn ended(&mut self, peer: PeerId, ok: bool, now: Instant) {
+        if self.running.remove(&peer) && ok {
+            self.done.push_back(now);
+        }
+    }
 }
 
 /// Catalogue pages this node asks one peer for, per sync: with [`wire::MAX_CATALOG_PAGE`]
@@ -149,20 +197,26 @@ impl CatalogPager {
         }
     }
 
-    /// The next page's verified manifests, or `None` at the end. A peer whose pages do not
-    /// advance misbehaves.
-    pub(crate) async fn next_page(&mut self) -> Result<Option<Vec<Signed<Manifest>>>, NetError> {
+    /// The next page (manifests, or ids with `ids`), or `None` at the end. A peer whose pages
+    /// do not advance misbehaves.
+    pub(crate) async fn next_page(&mut self, ids: bool) -> Result<Option<CatalogPage>, NetError> {
         if self.done {
             return Ok(None);
         }
-        let (reply, rx) = oneshot::channel();
         let (peer, after) = (self.peer, self.after);
-        self.commands
-            .send(Command::Catalog { peer, after, reply })
-            .await
-            .map_err(|_| NetError::Shutdown)?;
-        let page = rx.await.map_err(|_| NetError::Shutdown)??;
+        let request = CatalogRequest {
+            after,
+            ids,
+            want: Vec::new(),
+        };
+        let page = ask(&self.commands, peer, request).await?;
         self.pages += 1;
+        if after.is_some_and(|a| page.ids.first().is_some_and(|first| *first <= a)) {
+            return Err(NetError::PeerMisbehaved {
+                peer,
+                reason: "catalogue ids do not advance".into(),
+            });
+        }
         match page.next {
             Some(next) if after.is_some_and(|a| next <= a) => {
                 return Err(NetError::PeerMisbehaved {
@@ -177,12 +231,116 @@ impl CatalogPager {
             Some(next) => self.after = Some(next),
             None => self.done = true,
         }
-        Ok(Some(page.manifests))
+        Ok(Some(page))
     }
+}
+
+/// Sends one catalogue request to `peer` through the event loop and waits for its answer.
+async fn ask(
+    commands: &mpsc::Sender<Command>,
+    peer: PeerId,
+    request: CatalogRequest,
+) -> Result<CatalogPage, NetError> {
+    let (reply, rx) = oneshot::channel();
+    commands
+        .send(Command::Catalog {
+            peer,
+            request,
+            reply,
+        })
+        .await
+        .map_err(|_| NetError::Shutdown)?;
+    rx.await.map_err(|_| NetError::Shutdown)?
+}
+
+/// Reconciles this node's catalogue with `peer`'s by id: walks the peer's ids a page at a time
+/// (at most [`MAX_SYNC_PAGES`]), asks only for the manifests this node does not know, and hands
+/// each one that verifies to the node. Returns how many it handed over.
+pub(crate) async fn reconcile(
+    commands: mpsc::Sender<Command>,
+    provider: Arc<dyn Provider>,
+    events: mpsc::Sender<NetEvent>,
+    peer: PeerId,
+) -> Result<usize, NetError> {
+    let mut pager = CatalogPager::new(commands.clone(), peer);
+    let mut learnt = 0;
+    while let Some(page) = pager.next_page(true).await? {
+        let known = provider.clone();
+        let mut missing: Vec<ModelId> = tokio::task::spawn_blocking(move || {
+            page.ids
+                .into_iter()
+                .filter(|id| !known.knows(*id))
+                .collect()
+        })
+        .await
+        .map_err(|e| NetError::Setup(format!("catalogue sync: {e}")))?;
+        while !missing.is_empty() {
+            let batch: Vec<ModelId> = missing
+                .drain(..missing.len().min(wire::MAX_CATALOG_PAGE))
+                .collect();
+            let mut rest = &batch[..];
+            while !rest.is_empty() {
+                let request = CatalogRequest {
+                    want: rest.to_vec(),
+                    ..CatalogRequest::default()
+                };
+                let answer = ask(&commands, peer, request).await?;
+                for (id, manifest) in answer.manifests {
+                    // Only what was asked for.
+                    if !rest.contains(&id) {
+                        continue;
+                    }
+                    learnt += 1;
+                    let event = NetEvent::Manifest {
+                        from: peer,
+                        manifest: Box::new(manifest),
+                    };
+                    if events.send(event).await.is_err() {
+                        return Err(NetError::Shutdown);
+                    }
+                }
+                // `next`: the answer stopped early, after that id; ask for the rest.
+                rest = match answer
+                    .next
+                    .and_then(|n| rest.iter().position(|id| *id == n))
+                {
+                    Some(i) if i + 1 < rest.len() => &rest[i + 1..],
+                    _ => &[],
+                };
+            }
+        }
+    }
+    Ok(learnt)
+}
+
+/// Answers a catalogue request from what `provider` knows (on a blocking thread).
+fn answer(provider: &dyn Provider, request: &CatalogRequest) -> CatalogResponse {
+    if !request.want.is_empty() {
+        let found = request
+            .want
+            .iter()
+            .take(wire::MAX_CATALOG_PAGE)
+            .filter_map(|id| provider.manifest(*id).map(|m| (*id, m)));
+        return CatalogResponse::page(found, wire::MAX_CATALOG_PAGE, wire::CATALOG_PAGE_BYTES);
+    }
+    if request.ids {
+        let ids = provider.catalog_ids(request.after, wire::MAX_CATALOG_IDS + 1);
+        return CatalogResponse::id_page(ids, wire::MAX_CATALOG_IDS);
+    }
+    let ids = provider.catalog_ids(request.after, wire::MAX_CATALOG_PAGE + 1);
+    CatalogResponse::page(
+        ids.into_iter()
+            .filter_map(|id| provider.manifest(id).map(|m| (id, m))),
+        wire::MAX_CATALOG_PAGE,
+        wire::CATALOG_PAGE_BYTES,
+    )
 }
 
 /// Where an inference reply goes.
 type InferReply = oneshot::Sender<Result<Vec<u8>, NetError>>;
+
+/// How often each connection is pinged.
+const PING_INTERVAL: Duration = Duration::from_secs(60);
 
 /// The task that owns the swarm.
 pub(crate) struct EventLoop {
@@ -210,19 +368,22 @@ pub(crate) struct EventLoop {
     pending_providers: HashMap<kad::QueryId, (HashSet<PeerId>, mpsc::Sender<PeerId>)>,
     pending_catalog: HashMap<request_response::OutboundRequestId, CatalogReply>,
     pending_infer: HashMap<request_response::OutboundRequestId, InferReply>,
-    synced: HashSet<PeerId>,
+    /// Catalogue syncs running and recently done.
+    syncs: Syncs,
     /// libp2p's own metrics (connections, Kademlia, gossipsub, identify, ping).
     metrics: Metrics,
     /// Events the node was too slow to take (see [`EventLoop::emit`]).
     dropped: prometheus_client::metrics::counter::Counter,
     /// `moxnet_net_connections_denied_total`.
     denied: prometheus_client::metrics::counter::Counter,
-    /// Inbound connections, ranked by what their peers did (see [`Inbound`]).
-    inbound: Inbound,
+    /// Open connections, ranked by what their peers did (see [`Connections`]).
+    conns: Connections,
+    /// The bootstrap peers: spared by a prune.
+    bootstrap: HashSet<PeerId>,
     /// Peers whose blob requests were served (from `blob::serve`).
     served: mpsc::Receiver<PeerId>,
-    /// `moxnet_net_connections_evicted_total`.
-    evicted: prometheus_client::metrics::counter::Counter,
+    /// `moxnet_net_connections_pruned_total`.
+    pruned: prometheus_client::metrics::counter::Counter,
     /// Gossip messages being verified off the loop.
     verifying: Arc<tokio::sync::Semaphore>,
     /// Verdicts on gossip messages, from the verifying threads: forward, or drop and penalise.
@@ -337,21 +498,24 @@ pub(crate) fn build_swarm(
             let c = &config.connections;
             let limits = libp2p::connection_limits::Behaviour::new(
                 libp2p::connection_limits::ConnectionLimits::default()
-                    // The hard limit; beyond `max_incoming` the least valuable give way (see
-                    // `inbound`).
+                    // The hard limit; beyond `max_connections` the least valuable give way (see
+                    // `conns`).
                     .with_max_established_incoming(Some(
-                        c.max_incoming.saturating_add(c.max_incoming / 4),
+                        c.max_connections.saturating_add(c.max_connections / 4),
                     ))
                     .with_max_pending_incoming(Some(c.max_pending_incoming))
                     .with_max_established_per_peer(Some(c.max_per_peer)),
             );
             Ok(Behaviour {
                 limits,
+                per_ip: crate::per_ip::Behaviour::new(c.max_per_ip),
                 identify: identify::Behaviour::new(identify::Config::new(
                     wire::IDENTIFY_VERSION.into(),
                     key.public(),
                 )),
-                ping: ping::Behaviour::default(),
+                // Once a minute: a dead connection is found by its first failed request anyway,
+                // and on an idle node pings are most of what wakes it.
+                ping: ping::Behaviour::new(ping::Config::new().with_interval(PING_INTERVAL)),
                 kad,
                 gossipsub,
                 mdns,
@@ -397,7 +561,7 @@ impl EventLoop {
         own_commands: Option<mpsc::WeakSender<Command>>,
         events: mpsc::Sender<NetEvent>,
         provider: Arc<dyn Provider>,
-        (max_incoming, served): (usize, mpsc::Receiver<PeerId>),
+        (config, served): (&NetConfig, mpsc::Receiver<PeerId>),
         registry: &mut Registry,
     ) -> Result<Self, NetError> {
         let metrics = Metrics::new(registry);
@@ -413,12 +577,27 @@ impl EventLoop {
             "Inbound connections refused by the connection limits",
             denied.clone(),
         );
-        let evicted = prometheus_client::metrics::counter::Counter::default();
+        let pruned = prometheus_client::metrics::counter::Counter::default();
         registry.sub_registry_with_prefix("moxnet_net").register(
-            "connections_evicted",
-            "Inbound connections closed beyond max_incoming to make room: those whose peers did least",
-            evicted.clone(),
+            "connections_pruned",
+            "Connections closed above max_connections, down to target_connections: those whose peers did least",
+            pruned.clone(),
         );
+        let c = &config.connections;
+        let marks = Watermarks {
+            low: c.target_connections as usize,
+            high: c.max_connections as usize,
+        };
+        let bootstrap = config
+            .bootstrap
+            .iter()
+            .filter_map(|a| {
+                a.iter().find_map(|p| match p {
+                    libp2p::multiaddr::Protocol::P2p(id) => Some(id),
+                    _ => None,
+                })
+            })
+            .collect();
         let topic = IdentTopic::new(wire::ANNOUNCE_TOPIC);
         let offer_topic = IdentTopic::new(wire::OFFER_TOPIC);
         for t in [&topic, &offer_topic] {
@@ -450,13 +629,14 @@ impl EventLoop {
             pending_providers: HashMap::new(),
             pending_catalog: HashMap::new(),
             pending_infer: HashMap::new(),
-            synced: HashSet::new(),
+            syncs: Syncs::default(),
             metrics,
             dropped,
             denied,
-            inbound: Inbound::new(max_incoming),
+            conns: Connections::new(marks),
+            bootstrap,
             served,
-            evicted,
+            pruned,
             verifying: Arc::new(tokio::sync::Semaphore::new(MAX_VERIFYING)),
             validations,
             validations_tx,
@@ -480,11 +660,11 @@ impl EventLoop {
                     let _ = self.swarm.behaviour_mut().infer.send_response(channel, bytes);
                 }
                 Some(peer) = self.served.recv() => {
-                    self.inbound.useful(peer, Instant::now());
+                    self.conns.useful(peer, Instant::now());
                 }
                 Some((id, source, acceptance)) = self.validations.recv() => {
                     if matches!(acceptance, gossipsub::MessageAcceptance::Accept) {
-                        self.inbound.useful(source, Instant::now());
+                        self.conns.useful(source, Instant::now());
                     }
                     // `false`: the message left gossipsub's cache meanwhile; nothing to forward.
                     self.swarm
@@ -535,6 +715,7 @@ impl EventLoop {
                     }
                 }
             }
+            Command::Used { peer } => self.conns.useful(peer, Instant::now()),
             Command::Peers { reply } => {
                 let _ = reply.send(self.swarm.connected_peers().copied().collect());
             }
@@ -558,8 +739,14 @@ impl EventLoop {
                 let topic = self.topic.clone();
                 let _ = reply.send(self.publish(topic, envelope));
             }
-            Command::Catalog { peer, after, reply } => {
-                let request = frame_object(&CatalogRequest { after });
+            Command::Synced { peer, ok } => self.syncs.ended(peer, ok, Instant::now()),
+            Command::Catalog {
+                peer,
+                request,
+                reply,
+            } => {
+                self.conns.useful(peer, Instant::now());
+                let request = frame_object(&request);
                 let id = self
                     .swarm
                     .behaviour_mut()
@@ -572,9 +759,35 @@ impl EventLoop {
                 let _ = reply.send(self.publish(topic, envelope));
             }
             Command::Infer { peer, call, reply } => {
+                self.conns.useful(peer, Instant::now());
                 let id = self.swarm.behaviour_mut().infer.send_request(&peer, call);
                 self.pending_infer.insert(id, reply);
             }
+        }
+    }
+
+    /// Above the high watermark, closes the least valuable connections down to the low one
+    /// (see [`Connections::prune`]), sparing gossip mesh peers and bootstrap peers.
+    fn prune(&mut self) {
+        if !self.conns.over() {
+            return;
+        }
+        let mesh: HashSet<PeerId> = self
+            .swarm
+            .behaviour()
+            .gossipsub
+            .all_mesh_peers()
+            .copied()
+            .collect();
+        let bootstrap = &self.bootstrap;
+        let victims = self.conns.prune(Instant::now(), |p| {
+            mesh.contains(p) || bootstrap.contains(p)
+        });
+        let marks = self.conns.watermarks();
+        for (victim, peer) in victims {
+            self.pruned.inc();
+            tracing::debug!(%peer, high = marks.high, low = marks.low, "pruned a connection");
+            self.swarm.close_connection(victim);
         }
     }
 
@@ -684,18 +897,8 @@ impl EventLoop {
                 connection_id,
                 ..
             } => {
-                if endpoint.is_listener() {
-                    let now = Instant::now();
-                    self.inbound.opened(connection_id, peer_id, now);
-                    for (victim, peer) in self.inbound.to_close(now) {
-                        let n = self.evicted.inc() + 1;
-                        // The 1st, 2nd, 4th, 8th…: a flood shows without flooding the log.
-                        if n.is_power_of_two() {
-                            tracing::warn!(%peer, total = n, "inbound connections are at max_incoming: closed the one whose peer did least to make room (a sustained rise: a connection flood)");
-                        }
-                        self.swarm.close_connection(victim);
-                    }
-                }
+                self.conns.opened(connection_id, peer_id, Instant::now());
+                self.prune();
                 if let Some(waiting) = self.pending_dial.remove(&peer_id) {
                     for reply in waiting {
                         let _ = reply.send(Ok(()));
@@ -708,34 +911,23 @@ impl EventLoop {
                         .add_address(&peer_id, endpoint.get_remote_address().clone());
                 }
                 self.emit(NetEvent::PeerConnected(peer_id)).await;
-                if self.synced.insert(peer_id)
-                    && let Some(commands) = self.own_commands.as_ref().and_then(|c| c.upgrade())
+                if let Some(commands) = self.own_commands.as_ref().and_then(|c| c.upgrade())
+                    && self.syncs.start(peer_id, Instant::now())
                 {
-                    // Catalogue sync on join: learn what was announced before we were here,
-                    // a page at a time (each verified off the loop).
+                    // Catalogue sync on join (and now and then after): learn what was
+                    // announced before we were here from a few peers, by id.
                     let events = self.events.clone();
+                    let provider = self.provider.clone();
                     tokio::spawn(async move {
-                        let mut pager = CatalogPager::new(commands, peer_id);
-                        loop {
-                            match pager.next_page().await {
-                                Ok(Some(manifests)) => {
-                                    for manifest in manifests {
-                                        let event = NetEvent::Manifest {
-                                            from: peer_id,
-                                            manifest: Box::new(manifest),
-                                        };
-                                        if events.send(event).await.is_err() {
-                                            return;
-                                        }
-                                    }
-                                }
-                                Ok(None) => return,
-                                Err(e) => {
-                                    tracing::debug!(peer = %peer_id, "catalogue sync: {e}");
-                                    return;
-                                }
+                        let result = reconcile(commands.clone(), provider, events, peer_id).await;
+                        match &result {
+                            Ok(n) => {
+                                tracing::debug!(peer = %peer_id, learnt = n, "catalogue reconciled")
                             }
+                            Err(e) => tracing::debug!(peer = %peer_id, "catalogue sync: {e}"),
                         }
+                        let ok = result.is_ok();
+                        let _ = commands.send(Command::Synced { peer: peer_id, ok }).await;
                     });
                 }
             }
@@ -745,9 +937,8 @@ impl EventLoop {
                 num_established,
                 ..
             } => {
-                self.inbound.closed(connection_id);
+                self.conns.closed(connection_id);
                 if num_established == 0 {
-                    self.synced.remove(&peer_id);
                     self.emit(NetEvent::PeerDisconnected(peer_id)).await;
                 }
             }
@@ -795,7 +986,10 @@ impl EventLoop {
                         .behaviour_mut()
                         .kad
                         .add_address(&peer, addr.clone());
-                    if !self.swarm.is_connected(&peer) {
+                    // Discovery is not a reason to connect: only while below the target.
+                    if !self.swarm.is_connected(&peer)
+                        && self.conns.len() < self.conns.watermarks().low
+                    {
                         let _ = self.swarm.dial(addr);
                     }
                 }
@@ -883,11 +1077,10 @@ impl EventLoop {
                     request_response::Message::Request {
                         request, channel, ..
                     } => {
-                        let Ok(CatalogRequest { after }) = decode_frame::<CatalogRequest>(&request)
-                        else {
+                        let Ok(request) = decode_frame::<CatalogRequest>(&request) else {
                             return; // dropping the channel closes the stream: bad request
                         };
-                        self.inbound.useful(peer, Instant::now());
+                        self.conns.useful(peer, Instant::now());
                         let Ok(permit) = self.answering.clone().try_acquire_owned() else {
                             tracing::debug!(%peer, "too many catalogue pages being built; refused one");
                             return;
@@ -905,7 +1098,7 @@ impl EventLoop {
                         tokio::spawn(async move {
                             tokio::time::sleep_until(slot).await;
                             let page =
-                                tokio::task::spawn_blocking(move || provider.catalog_page(after))
+                                tokio::task::spawn_blocking(move || answer(&*provider, &request))
                                     .await
                                     .unwrap_or_default();
                             drop(permit);
@@ -929,8 +1122,13 @@ impl EventLoop {
                                         manifests: r
                                             .manifests
                                             .iter()
-                                            .filter_map(|m| Signed::<Manifest>::from_bytes(m).ok())
+                                            .filter_map(|m| {
+                                                let manifest =
+                                                    Signed::<Manifest>::from_bytes(m).ok()?;
+                                                Some((protocol::model_id(m), manifest))
+                                            })
                                             .collect(),
+                                        ids: r.ids,
                                         next: r.next,
                                     });
                                 let _ = reply.send(result);
@@ -957,7 +1155,7 @@ impl EventLoop {
                     request_response::Message::Request {
                         request, channel, ..
                     } => {
-                        self.inbound.useful(peer, Instant::now());
+                        self.conns.useful(peer, Instant::now());
                         // The node answers through the responder; the loop sends it. A dropped
                         // responder closes the stream, which the caller sees as a failure.
                         let (tx, rx) = oneshot::channel();

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use net::libp2p::{Multiaddr, PeerId};
 use net::{Client, NetConfig, NetEvent, Provider};
-use protocol::wire::{BlobRequest, CATALOG_PAGE_BYTES, CatalogResponse, MAX_CATALOG_PAGE};
+use protocol::wire::{BlobRequest, MAX_CATALOG_PAGE};
 use protocol::{BlobHash, FileEntry, Manifest, ModelId, SecretKey};
 use store::{IngestError, Store};
 use tokio::sync::mpsc;
@@ -71,16 +71,18 @@ impl Provider for StoreProvider {
         result.map_err(std::io::Error::other)
     }
 
-    fn catalog_page(&self, after: Option<ModelId>) -> CatalogResponse {
+    fn catalog_ids(&self, after: Option<ModelId>, max: usize) -> Vec<ModelId> {
         let manifests = self.manifests.lock().expect("lock");
         let start = after.map_or(Bound::Unbounded, Bound::Excluded);
-        CatalogResponse::page(
-            manifests
-                .range((start, Bound::Unbounded))
-                .map(|(id, m)| (*id, m.clone())),
-            MAX_CATALOG_PAGE,
-            CATALOG_PAGE_BYTES,
-        )
+        manifests
+            .range((start, Bound::Unbounded))
+            .take(max)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    fn manifest(&self, id: ModelId) -> Option<Vec<u8>> {
+        self.manifests.lock().expect("lock").get(&id).cloned()
     }
 }
 
@@ -349,6 +351,70 @@ async fn a_catalogue_bigger_than_one_answer_syncs_in_pages() {
     assert_eq!(heard, expected);
     let listed = d.client.catalog(a.client.peer_id()).await.expect("catalog");
     assert_eq!(listed.len(), expected.len());
+}
+
+/// A node joining a network reconciles its catalogue with a few peers (`net::SYNC_PEERS`), not
+/// with every connection, and by id: it asks only for the manifests it does not know.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joining_node_reconciles_by_id_with_a_few_peers() {
+    let key = SecretKey::from_seed(&[4; 32]);
+    let envelope = |name: String| {
+        let bytes = key
+            .sign(Manifest {
+                name,
+                version: "1".into(),
+                ..Manifest::default()
+            })
+            .to_bytes();
+        (protocol::model_id(&bytes), bytes)
+    };
+    let shared = envelope("known-to-all".into());
+    let mut peers = Vec::new();
+    for i in 0..5u8 {
+        let p = node(30 + i, None).await;
+        let mut manifests = p.provider.manifests.lock().expect("lock");
+        manifests.insert(shared.0, shared.1.clone());
+        for k in 0..2 {
+            let (id, bytes) = envelope(format!("peer-{i}-model-{k}"));
+            manifests.insert(id, bytes);
+        }
+        drop(manifests);
+        peers.push(p);
+    }
+    let mut joiner = node(40, None).await;
+    joiner
+        .provider
+        .manifests
+        .lock()
+        .expect("lock")
+        .insert(shared.0, shared.1.clone());
+    for p in &peers {
+        joiner.client.dial(p.addr.clone()).await.expect("dial");
+    }
+    let mut heard: BTreeMap<ModelId, PeerId> = BTreeMap::new();
+    // Six manifests from three peers, then nothing more for a while.
+    let quiet = Duration::from_secs(3);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let wait = if heard.len() >= 2 * net::SYNC_PEERS {
+            tokio::time::Instant::now() + quiet
+        } else {
+            deadline
+        };
+        match tokio::time::timeout_at(wait, joiner.events.recv()).await {
+            Ok(Some(NetEvent::Manifest { from, manifest })) => {
+                let id = protocol::model_id(&manifest.to_bytes());
+                assert_ne!(id, shared.0, "asked for a manifest it already knew");
+                assert!(heard.insert(id, from).is_none(), "heard a manifest twice");
+            }
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("the network stopped"),
+            Err(_) => break,
+        }
+    }
+    let from: BTreeSet<PeerId> = heard.values().copied().collect();
+    assert_eq!(from.len(), net::SYNC_PEERS, "synced with {from:?}");
+    assert_eq!(heard.len(), 2 * net::SYNC_PEERS);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -751,9 +817,10 @@ async fn peers_that_never_read_cannot_keep_an_honest_requester_out() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn idle_inbound_connections_give_way_to_a_newcomer_and_useful_peers_stay() {
+async fn above_the_high_watermark_idle_connections_give_way_and_useful_peers_stay() {
     let limits = net::ConnectionLimits {
-        max_incoming: 4,
+        target_connections: 4,
+        max_connections: 4,
         ..net::ConnectionLimits::default()
     };
     let a = node_config(100, None, "/ip4/127.0.0.1/tcp/0", |c| {
@@ -813,10 +880,13 @@ async fn idle_inbound_connections_give_way_to_a_newcomer_and_useful_peers_stay()
     };
     let now = settled().await;
     assert!(now.contains(&honest.client.peer_id()));
-    assert!(
-        !now.contains(&strangers[0].client.peer_id()),
-        "the longest connected idle stranger gave way"
-    );
+    // A stranger gave way (the one that did least: the node synced its catalogue from the
+    // first three, whose answers count as use).
+    let gone = strangers
+        .iter()
+        .filter(|s| !now.contains(&s.client.peer_id()))
+        .count();
+    assert_eq!(gone, 1, "one idle stranger gave way");
     // More strangers come: each takes an idle one's place, never the peer that did something.
     for i in 0..6 {
         let peer = idle(110 + i).await;
@@ -829,7 +899,7 @@ async fn idle_inbound_connections_give_way_to_a_newcomer_and_useful_peers_stay()
     fetch(&honest, a.client.peer_id(), hash, data.len() as u64)
         .await
         .expect("the honest peer still fetches");
-    // The node's own dials are not limited.
+    // The node's own dials are not refused (an idle connection gives way instead).
     let other = node(120, None).await;
     a.client
         .dial(other.addr.clone())

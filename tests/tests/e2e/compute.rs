@@ -240,8 +240,11 @@ impl net::Provider for Nothing {
     ) -> std::io::Result<()> {
         Err(std::io::Error::other("serves nothing"))
     }
-    fn catalog_page(&self, _: Option<protocol::ModelId>) -> protocol::wire::CatalogResponse {
-        protocol::wire::CatalogResponse::default()
+    fn catalog_ids(&self, _: Option<protocol::ModelId>, _: usize) -> Vec<protocol::ModelId> {
+        Vec::new()
+    }
+    fn manifest(&self, _: protocol::ModelId) -> Option<Vec<u8>> {
+        None
     }
 }
 
