@@ -22,6 +22,8 @@ struct ConfigFile {
     target_connections: Option<u32>,
     max_connections: Option<u32>,
     max_per_ip: Option<u32>,
+    upload_mib_per_sec: Option<f64>,
+    upload_mib_per_sec_per_peer: Option<f64>,
     inference: Option<InferenceSection>,
     compute: Option<ComputeSection>,
     catalog: Option<CatalogSection>,
@@ -161,6 +163,9 @@ pub struct NodeConfig {
     pub mdns: bool,
     /// Connections kept, and the limits on who may open them (see `net::conns`).
     pub connections: net::ConnectionLimits,
+    /// Upload limits for serving blobs, bytes a second: all peers together, and each peer
+    /// (`None`: unlimited).
+    pub upload: (Option<u64>, Option<u64>),
     /// Sandbox limits.
     pub inference: InferenceSection,
     /// Compute sharing.
@@ -238,6 +243,25 @@ pub fn load(dir: &Path, args: &NodeArgs) -> Result<NodeConfig> {
     if connections.max_connections == 0 || connections.max_per_ip == 0 {
         bail!("max_connections and max_per_ip must be at least 1");
     }
+    let rate = |key: &str, v: Option<f64>| -> Result<Option<u64>> {
+        match v {
+            None => Ok(None),
+            Some(0.0) => Ok(None),
+            Some(r) if r.is_finite() && r > 0.0 && r < 1e6 => Ok(Some((r * 1048576.0) as u64)),
+            Some(r) => bail!("{key}: {r} is not a rate in MiB/s (0 for unlimited)"),
+        }
+    };
+    let upload = (
+        rate(
+            "upload_mib_per_sec",
+            file.upload_mib_per_sec.or(defaults.upload_mib_per_sec),
+        )?,
+        rate(
+            "upload_mib_per_sec_per_peer",
+            file.upload_mib_per_sec_per_peer
+                .or(defaults.upload_mib_per_sec_per_peer),
+        )?,
+    );
     if connections.target_connections > connections.max_connections {
         bail!(
             "target_connections ({}) is above max_connections ({}): the node keeps between the two",
@@ -279,6 +303,7 @@ pub fn load(dir: &Path, args: &NodeArgs) -> Result<NodeConfig> {
         api,
         mdns,
         connections,
+        upload,
         inference,
         compute,
         catalog,
@@ -317,5 +342,35 @@ mod tests {
             load(dir.path(), &NodeArgs::default()).is_err(),
             "typos refused"
         );
+    }
+
+    #[test]
+    fn connection_watermarks_and_upload_limits() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let c = load(dir.path(), &NodeArgs::default()).expect("defaults");
+        assert_eq!(
+            (
+                c.connections.target_connections,
+                c.connections.max_connections,
+                c.connections.max_per_ip
+            ),
+            (32, 40, 8)
+        );
+        assert_eq!(c.upload, (None, None), "unlimited by default");
+        let write = |text: &str| std::fs::write(dir.path().join("config.toml"), text);
+        write("max_connections = 12\ntarget_connections = 8\nupload_mib_per_sec = 2.5\nupload_mib_per_sec_per_peer = 1\n")
+            .expect("write");
+        let c = load(dir.path(), &NodeArgs::default()).expect("limits");
+        assert_eq!(c.connections.max_connections, 12);
+        assert_eq!(c.upload, (Some(2_621_440), Some(1_048_576)));
+        for bad in [
+            "target_connections = 50\nmax_connections = 40\n",
+            "max_connections = 0\n",
+            "upload_mib_per_sec = -1\n",
+        ] {
+            write(bad).expect("write");
+            let err = load(dir.path(), &NodeArgs::default()).expect_err(bad);
+            assert!(!err.to_string().is_empty());
+        }
     }
 }

@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use net::libp2p::multiaddr::Protocol;
 use net::{NetConfig, NetEvent, Provider};
 use protocol::{BlobHash, ModelId};
 use serde_json::json;
@@ -115,6 +114,11 @@ async fn serve(
         bootstrap: config.bootstrap.clone(),
         mdns: config.mdns,
         connections: config.connections.clone(),
+        serve: net::ServeLimits {
+            upload: config.upload.0,
+            upload_per_peer: config.upload.1,
+            ..net::ServeLimits::default()
+        },
         ..NetConfig::default()
     };
     let (client, mut events) =
@@ -194,35 +198,8 @@ async fn serve(
         }
         let _ = network_lost.send(());
     });
-    // Stay connected to the bootstrap peers: redial after a restart or a partition heals (the
-    // catalogue is synced again on every new connection).
-    let redial_net = client.clone();
-    let bootstrap = config.bootstrap.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(5));
-        loop {
-            tick.tick().await;
-            let peers = redial_net.peers().await.unwrap_or_default();
-            for addr in &bootstrap {
-                let peer = addr.iter().find_map(|p| match p {
-                    Protocol::P2p(id) => Some(id),
-                    _ => None,
-                });
-                if peer.is_some_and(|p| !peers.contains(&p)) {
-                    match tokio::time::timeout(
-                        Duration::from_secs(5),
-                        redial_net.dial(addr.clone()),
-                    )
-                    .await
-                    {
-                        Ok(Ok(())) => tracing::debug!(%addr, "redialled a bootstrap peer"),
-                        Ok(Err(e)) => tracing::debug!(%addr, "bootstrap peer unreachable: {e}"),
-                        Err(_) => tracing::debug!(%addr, "bootstrap peer: no answer in 5 s"),
-                    }
-                }
-            }
-        }
-    });
+    // Reconnecting (to the bootstrap peers first) after a restart or a partition heals is the
+    // network's: it dials more peers whenever it is below its target connections.
     tokio::spawn(async move { models.announce_local().await });
     if remote.serving() {
         tokio::spawn(remote.offer_loop());
@@ -330,6 +307,11 @@ impl Events {
                 let id = protocol::model_id(&manifest.to_bytes());
                 self.fetcher.heard_from(id, from);
                 self.models.learnt(id, from, *manifest);
+            }
+            NetEvent::Listed { from, ids } => {
+                for id in ids {
+                    self.fetcher.heard_from(id, from);
+                }
             }
             NetEvent::Offer { offer, .. } => self.remote.offer_heard(*offer),
             NetEvent::InferCall { from, call, reply } => {

@@ -88,6 +88,13 @@ const MAX_TRACKED_FETCHES: usize = 256;
 const FIRST_PROVIDER: Duration = Duration::from_secs(10);
 /// How long a fetch goes on without any provider that can serve it before it fails.
 const NO_PROVIDER_GIVE_UP: Duration = Duration::from_secs(15);
+
+/// A fetch with fewer providers than this takes more as they are found (a DHT provider even
+/// when not connected yet, an announcer as soon as it connects), so that the load spreads over
+/// several and a slow one never sets the pace; beyond it, unconnected DHT providers wait until
+/// the fetch is stuck (a provider record may outlive its provider, and a dial to one that left
+/// takes its whole timeout).
+const SPREAD_OVER: usize = 4;
 /// Peers asked at once to prove a blob's size.
 const PROVE_AT_ONCE: usize = 3;
 /// How soon a peer that could not serve (not found, unreachable) is asked again.
@@ -618,9 +625,12 @@ impl Fetcher {
         let (tx, mut rx) = mpsc::channel::<Done>(64);
         let mut running: HashMap<RequestId, tokio::task::JoinHandle<()>> = HashMap::new();
         let mut actions = Vec::new();
+        let mut added: HashSet<PeerId> = HashSet::new();
         for p in &peers {
+            added.insert(*p);
             actions.extend(fetch.handle(now(), Event::PeerAdded(*p)));
         }
+        let mut last_look: Option<Instant> = None;
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         let mut stuck_since: Option<Instant> = None;
         // DHT providers not connected when found (see below), kept for when the fetch is stuck.
@@ -730,7 +740,10 @@ impl Fetcher {
                     // providers): one connected now joins at once; the others wait until the
                     // fetch needs more peers, so ranges never sit on a dial to a departed peer.
                     Some(p) if !fetch.is_banned(&p) => {
-                        if self.net.peers().await.is_ok_and(|c| c.contains(&p)) {
+                        if added.len() < SPREAD_OVER
+                            || self.net.peers().await.is_ok_and(|c| c.contains(&p))
+                        {
+                            added.insert(p);
                             actions.extend(fetch.handle(now(), Event::PeerAdded(p)));
                         } else if !spare.contains(&p) {
                             spare.push(p);
@@ -739,7 +752,26 @@ impl Fetcher {
                     Some(_) => {}
                     None => dht = None,
                 },
-                _ = tick.tick() => actions.extend(fetch.handle(now(), Event::Tick)),
+                _ = tick.tick() => {
+                    actions.extend(fetch.handle(now(), Event::Tick));
+                    // Announcers that connected since the fetch began join it, while it has
+                    // few providers.
+                    if added.len() < SPREAD_OVER
+                        && last_look.is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+                    {
+                        last_look = Some(Instant::now());
+                        let connected = self.net.peers().await.unwrap_or_default();
+                        let announced: Vec<PeerId> = lock(&self.announcers)
+                            .get(&root)
+                            .map(|a| a.iter().copied().collect())
+                            .unwrap_or_default();
+                        for p in announced {
+                            if connected.contains(&p) && !fetch.is_banned(&p) && added.insert(p) {
+                                actions.extend(fetch.handle(now(), Event::PeerAdded(p)));
+                            }
+                        }
+                    }
+                }
             }
         }
     }

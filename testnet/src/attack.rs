@@ -57,7 +57,7 @@ pub struct Sizes {
     pub spam_manifests: usize,
     /// Functions in the slow-to-compile guest (2,000 additions each).
     pub compile_functions: u32,
-    /// The honest nodes' `max_connections` (`None`: the default, 48); under `identities`, the
+    /// The honest nodes' `max_connections` (`None`: the default, 40); under `identities`, the
     /// connection flood fills it and newcomers get in only if idle connections give way.
     pub max_connections: Option<u32>,
 }

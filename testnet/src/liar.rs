@@ -396,6 +396,7 @@ impl Peer {
             }
             // Manifests learnt from others are not kept: the liar only serves its own home.
             NetEvent::Manifest { .. }
+            | NetEvent::Listed { .. }
             | NetEvent::PeerConnected(_)
             | NetEvent::PeerDisconnected(_)
             | NetEvent::Rejected { .. } => {}

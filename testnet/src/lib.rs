@@ -19,6 +19,7 @@ use std::process::{Child, Command, Output, Stdio};
 pub mod attack;
 pub mod liar;
 pub mod scenario;
+pub mod sim;
 
 use anyhow::{Context, Result, bail};
 

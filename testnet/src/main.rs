@@ -7,7 +7,9 @@
 //! cargo run -p testnet -- fetch-many|byzantine|kill-provider|partition [--nodes N] [--mib M]
 //! cargo run -p testnet -- compute [--calls 200]
 //! cargo run -p testnet -- churn [--mib M] [--departed 2]
-//! cargo run -p testnet -- scale [--nodes 20] [--idle-secs 60]
+//! cargo run -p testnet -- scale [--nodes 20] [--idle-secs 60] [--max-connections 40]
+//! cargo run -p testnet -- slow-providers [--mib 64] [--rate 4]
+//! cargo run -p testnet -- simulate [--nodes 10000] [--seed 1] [--lookups 1000] [--offline 0.1]
 //! cargo run -p testnet -- attack [--mib 16] [--fetches 4] [--call-secs 15] [--call-rate 100]
 //!     [--identities 300] [--max-connections N] [--only NAME]…
 //! ```
@@ -31,7 +33,7 @@ fn attack(args: &[String], flag: impl Fn(&str, u64) -> u64) -> ExitCode {
         max_connections: args
             .iter()
             .any(|a| a == "--max-connections")
-            .then(|| flag("--max-connections", 48) as u32),
+            .then(|| flag("--max-connections", 40) as u32),
         ..full
     };
     let only: Vec<String> = args
@@ -97,10 +99,60 @@ fn main() -> ExitCode {
     if which == "attack" {
         return attack(&args, flag);
     }
+    if which == "slow-providers" {
+        let rate = args
+            .windows(2)
+            .find(|w| w[0] == "--rate")
+            .and_then(|w| w[1].parse::<f64>().ok())
+            .unwrap_or(4.0);
+        return match scenario::slow_providers(flag("--mib", 64), rate) {
+            Ok(r) if r.ratio() <= 0.4 => {
+                println!("ok    {r}");
+                ExitCode::SUCCESS
+            }
+            Ok(r) => {
+                println!("FAIL  {r} (goal: ratio at most 0.4)");
+                ExitCode::from(1)
+            }
+            Err(e) => {
+                println!("FAIL  slow-providers: {e:#}");
+                ExitCode::from(1)
+            }
+        };
+    }
+    if which == "simulate" {
+        let text = |name: &str| args.windows(2).find(|w| w[0] == name).map(|w| w[1].clone());
+        let config = testnet::sim::SimConfig {
+            nodes: flag("--nodes", 10_000) as usize,
+            seed: flag("--seed", 1),
+            lookups: flag("--lookups", 1000) as usize,
+            offline: text("--offline")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0.0),
+        };
+        return match testnet::sim::simulate(config) {
+            Ok(r) if r.reached == r.online && r.failed_lookups == 0 => {
+                println!("ok    {r}");
+                ExitCode::SUCCESS
+            }
+            Ok(r) => {
+                println!("FAIL  {r}");
+                ExitCode::from(1)
+            }
+            Err(e) => {
+                println!("FAIL  simulate: {e:#}");
+                ExitCode::from(1)
+            }
+        };
+    }
     if which == "scale" {
         let nodes = flag("--nodes", 20) as usize;
         let idle = std::time::Duration::from_secs(flag("--idle-secs", 60));
-        return match scenario::scale(nodes, idle) {
+        let high = args
+            .iter()
+            .any(|a| a == "--max-connections")
+            .then(|| flag("--max-connections", 40) as u32);
+        return match scenario::scale(nodes, idle, high) {
             Ok(r) if r.seen == r.nodes => {
                 println!("ok    {r}");
                 ExitCode::SUCCESS
@@ -159,7 +211,7 @@ fn main() -> ExitCode {
         .collect();
     if selected.is_empty() {
         eprintln!(
-            "unknown scenario {which:?}; use all, fetch-many, byzantine, kill-provider, partition, compute, churn, scale or attack"
+            "unknown scenario {which:?}; use all, fetch-many, byzantine, kill-provider, partition, compute, churn, scale, slow-providers, simulate or attack"
         );
         return ExitCode::from(2);
     }

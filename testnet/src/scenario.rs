@@ -285,18 +285,104 @@ impl fmt::Display for ChurnReport {
     }
 }
 
+/// What the slow-providers scenario measured.
+#[derive(Debug, Clone)]
+pub struct SlowProvidersReport {
+    /// Bytes fetched.
+    pub bytes: u64,
+    /// Each provider's upload limit, bytes a second.
+    pub rate: u64,
+    /// The fetch from one rate-limited provider.
+    pub one: Duration,
+    /// The fetch when three providers, each limited alike, hold the model.
+    pub three: Duration,
+    /// Providers that second fetch took data from.
+    pub used: u64,
+}
+
+impl SlowProvidersReport {
+    /// `three / one`: the goal is at most 0.4 (a third, ideally).
+    pub fn ratio(&self) -> f64 {
+        self.three.as_secs_f64() / self.one.as_secs_f64().max(1e-9)
+    }
+}
+
+impl fmt::Display for SlowProvidersReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{:<14} {} MiB  providers limited to {:.1} MiB/s each  from one {:.2} s  from three {:.2} s ({} used)  ratio {:.2}",
+            "slow-providers",
+            self.bytes >> 20,
+            self.rate as f64 / 1048576.0,
+            self.one.as_secs_f64(),
+            self.three.as_secs_f64(),
+            self.used,
+            self.ratio()
+        )
+    }
+}
+
+/// Slow providers: three nodes hold a model of `mib` MiB, each uploading at most `rate_mib`
+/// MiB/s (`upload_mib_per_sec`). A fresh node fetches it while only one of them runs, and
+/// another fresh node while all three do: a fetch spreads over the providers it finds, so the
+/// second should take about a third of the first (goal: at most 0.4 of it).
+pub fn slow_providers(mib: u64, rate_mib: f64) -> Result<SlowProvidersReport> {
+    let net = Testnet::new()?;
+    let pkg = net.path().join("pkg");
+    package(&pkg, mib)?;
+    let a = net.home("a");
+    a.ok(&["init"]);
+    let id = a.ok(&["publish", path_str(&pkg)?]);
+    // Two more providers take their copies from the first, with no limit yet.
+    {
+        let first = a.start_listening(LISTEN_TCP_AND_QUIC, &[]);
+        for name in ["b", "c"] {
+            let (_, _, daemon) = timed_fetch(&net, name, &first, &id)?;
+            daemon.kill();
+        }
+        first.kill();
+    }
+    let providers: Vec<Node> = ["a", "b", "c"].iter().map(|n| net.home(n)).collect();
+    for p in &providers {
+        std::fs::write(
+            p.home.join("config.toml"),
+            format!("upload_mib_per_sec = {rate_mib}\n"),
+        )?;
+    }
+    let first = providers[0].start_listening(LISTEN_TCP_AND_QUIC, &[]);
+    let (one, _, fetcher) = timed_fetch(&net, "from-one", &first, &id)?;
+    fetcher.kill();
+    let others: Vec<Daemon> = providers[1..]
+        .iter()
+        .map(|p| p.start_listening(LISTEN_TCP_AND_QUIC, &[first.addr()]))
+        .collect();
+    // The restarted providers announce their copies in the DHT as they start.
+    std::thread::sleep(Duration::from_secs(2));
+    let (three, used, _fetcher) = timed_fetch(&net, "from-three", &first, &id)?;
+    drop(others);
+    Ok(SlowProvidersReport {
+        bytes: mib << 20,
+        rate: (rate_mib * 1048576.0) as u64,
+        one,
+        three,
+        used,
+    })
+}
+
 /// What the default configuration listens on, on loopback: TCP and QUIC. A QUIC address of a
 /// node that left is not refused like a closed TCP port: a dial waits for its handshake timeout.
 const LISTEN_TCP_AND_QUIC: &[&str] = &["/ip4/127.0.0.1/tcp/0", "/ip4/127.0.0.1/udp/0/quic-v1"];
 
 /// Fetches a fresh node's copy of a model from `provider`, and how long it took (as the node
-/// measured it: free of the command line's start-up and progress polling).
+/// measured it: free of the command line's start-up and progress polling) and from how many
+/// peers.
 fn timed_fetch(
     net: &Testnet,
     name: &str,
     provider: &Daemon,
     id: &str,
-) -> Result<(Duration, Daemon)> {
+) -> Result<(Duration, u64, Daemon)> {
     let node = net.home(name);
     node.ok(&["init"]);
     let daemon = node.start_listening(LISTEN_TCP_AND_QUIC, &[provider.addr()]);
@@ -311,7 +397,8 @@ fn timed_fetch(
         "{} does not verify",
         node.home.display()
     );
-    Ok((elapsed, daemon))
+    let peers = fetched["peers_used"].as_u64().unwrap_or(0);
+    Ok((elapsed, peers, daemon))
 }
 
 /// Churn: one provider holds a model of `mib` MiB. Baseline: a fresh node fetches it (in a
@@ -329,10 +416,10 @@ pub fn churn(mib: u64, departed: usize) -> Result<ChurnReport> {
         let id = a.ok(&["publish", path_str(&pkg)?]);
         let provider = a.start_listening(LISTEN_TCP_AND_QUIC, &[]);
         for i in 0..leavers {
-            let (_, daemon) = timed_fetch(&net, &format!("b{i}"), &provider, &id)?;
+            let (_, _, daemon) = timed_fetch(&net, &format!("b{i}"), &provider, &id)?;
             daemon.kill();
         }
-        let (elapsed, _daemon) = timed_fetch(&net, "fresh", &provider, &id)?;
+        let (elapsed, _, _daemon) = timed_fetch(&net, "fresh", &provider, &id)?;
         times.push(elapsed);
     }
     Ok(ChurnReport {
@@ -683,8 +770,17 @@ pub struct ScaleReport {
     pub idle_cpu: Vec<f64>,
     /// Resident memory per node after the idle window, MiB, sorted.
     pub rss_mib: Vec<f64>,
-    /// The machine's 1-minute load average at the end of the idle window.
+    /// The machine's 1-minute load average at the end of the idle window (it still carries
+    /// some of the start-up when the window is short: e^-1 of it after 60 s).
     pub load: f64,
+    /// Threads runnable on the machine, sampled every 250 ms over the second half of the idle
+    /// window (the sampler not counted), mean: what the load average tends to when idle lasts.
+    pub runnable: f64,
+    /// The high watermark the nodes ran with (`max_connections`).
+    pub max_connections: u32,
+    /// Connections opened per node per minute while idle (churn: DHT refreshes, prunes,
+    /// redials), from `libp2p_swarm_connections_established_total`, mean.
+    pub opened_per_min: f64,
     /// Length of the idle window.
     pub idle: Duration,
 }
@@ -712,7 +808,7 @@ impl fmt::Display for ScaleReport {
         let top = |v: &[f64]| v.last().copied().unwrap_or(0.0);
         write!(
             f,
-            "scale          {} nodes  saw the model {}/{}  p50 {}  p99 {}  max {} (publish took {} ms)  connections per node {}..{} (median {})  idle CPU {:.2} s/min per node (max {:.2}) over {} s  load {:.2}  memory {:.0} MiB per node (max {:.0})",
+            "scale          {} nodes  saw the model {}/{}  p50 {}  p99 {}  max {} (publish took {} ms)  connections per node {}..{} (median {}, high watermark {}, {:.1} opened a minute)  idle CPU {:.2} s/min per node (max {:.2}) over {} s  load {:.2} (runnable {:.2})  memory {:.0} MiB per node (max {:.0})",
             self.nodes,
             self.seen,
             self.nodes,
@@ -723,10 +819,13 @@ impl fmt::Display for ScaleReport {
             self.connections.first().copied().unwrap_or(0),
             self.connections.last().copied().unwrap_or(0),
             percentile(&self.connections, 50).copied().unwrap_or(0),
+            self.max_connections,
+            self.opened_per_min,
             mid(&self.idle_cpu),
             top(&self.idle_cpu),
             self.idle.as_secs(),
             self.load,
+            self.runnable,
             mid(&self.rss_mib),
             top(&self.rss_mib),
         )
@@ -790,16 +889,35 @@ fn peers(api: &str) -> Result<u64> {
 /// The clock ticks a second `/proc` counts CPU time in (`CLK_TCK`, 100 on Linux).
 const TICKS_PER_SEC: f64 = 100.0;
 
+/// Threads runnable on the machine now (`/proc/loadavg`'s fourth field), less the reader.
+fn runnable_now() -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/loadavg").ok()?;
+    let field = text.split_whitespace().nth(3)?;
+    let running: f64 = field.split('/').next()?.parse().ok()?;
+    Some((running - 1.0).max(0.0))
+}
+
 /// `nodes` real nodes on loopback (`--no-mdns`), each bootstrapped to a random earlier one
-/// (seeded); once they have settled, `idle` seconds with nothing happening measure each node's
-/// CPU use, memory and connections; then a model published on the last node is polled for on
-/// every node (about every 50 ms, a few threads taking turns) until all list it or 60 s pass.
-pub fn scale(nodes: usize, idle: Duration) -> Result<ScaleReport> {
+/// (seeded), with `max_connections` as their high watermark (`None`: the default) and two
+/// thirds of it as their target; once they have settled, `idle` seconds with nothing happening
+/// measure each node's CPU use, memory and connections, and the machine's load; then a model
+/// published on the last node is polled for on every node (about every 50 ms, a few threads
+/// taking turns) until all list it or 60 s pass.
+pub fn scale(nodes: usize, idle: Duration, max_connections: Option<u32>) -> Result<ScaleReport> {
     ensure!(nodes >= 2, "scale needs at least 2 nodes");
     let net = Testnet::new()?;
     let homes: Vec<Node> = (0..nodes).map(|i| net.home(&format!("n{i}"))).collect();
     for h in &homes {
         h.ok(&["init"]);
+        if let Some(high) = max_connections {
+            std::fs::write(
+                h.home.join("config.toml"),
+                format!(
+                    "target_connections = {}\nmax_connections = {high}\n",
+                    high * 2 / 3
+                ),
+            )?;
+        }
     }
     let mut rng = Seeded(0x9E37_79B9_7F4A_7C15);
     let mut daemons: Vec<Daemon> = Vec::new();
@@ -814,12 +932,28 @@ pub fn scale(nodes: usize, idle: Duration) -> Result<ScaleReport> {
     }
     // Settling: connections made, catalogues synced, the DHT bootstrapped.
     std::thread::sleep(Duration::from_secs(5));
+    let opened = |d: &Daemon| -> Result<u64> {
+        let text = metrics(&d.api)?;
+        Ok(text
+            .lines()
+            .filter(|l| l.starts_with("libp2p_swarm_connections_established_total"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64)
+    };
+    let opened_before: Vec<u64> = daemons.iter().map(opened).collect::<Result<_>>()?;
     let before: Vec<u64> = daemons
         .iter()
         .map(|d| cpu_ticks(d.child.id()))
         .collect::<Result<_>>()?;
     let started = Instant::now();
-    std::thread::sleep(idle);
+    let mut samples = Vec::new();
+    while started.elapsed() < idle {
+        samples.extend(runnable_now());
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    // The second half only: the first still carries the start-up's tail.
+    let settled = &samples[samples.len() / 2..];
+    let runnable = settled.iter().sum::<f64>() / settled.len().max(1) as f64;
     let took = started.elapsed().as_secs_f64();
     let mut idle_cpu = Vec::new();
     let mut rss = Vec::new();
@@ -828,6 +962,15 @@ pub fn scale(nodes: usize, idle: Duration) -> Result<ScaleReport> {
         idle_cpu.push(used * 60.0 / took);
         rss.push(rss_mib(d.child.id())?);
     }
+    let opened_after: Vec<u64> = daemons.iter().map(opened).collect::<Result<_>>()?;
+    let opened_per_min = opened_after
+        .iter()
+        .zip(&opened_before)
+        .map(|(a, b)| a.saturating_sub(*b) as f64)
+        .sum::<f64>()
+        * 60.0
+        / took
+        / nodes as f64;
     let load = std::fs::read_to_string("/proc/loadavg")
         .ok()
         .and_then(|l| l.split_whitespace().next().and_then(|v| v.parse().ok()))
@@ -895,6 +1038,9 @@ pub fn scale(nodes: usize, idle: Duration) -> Result<ScaleReport> {
         idle_cpu,
         rss_mib: rss,
         load,
+        runnable,
+        max_connections: max_connections.unwrap_or(40),
+        opened_per_min,
         idle,
     })
 }

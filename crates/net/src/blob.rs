@@ -19,6 +19,7 @@ use protocol::wire::{
 use tokio::sync::mpsc;
 
 use crate::codec::{read_frame, write_frame};
+use crate::rate::Upload;
 use crate::{NetError, Provider};
 
 /// How long a peer may take to send its request, or a provider its header.
@@ -29,6 +30,8 @@ pub(crate) const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(20);
 /// Chunk size between the blocking reader of the store and the stream.
 const PIPE_CHUNK: usize = 256 * 1024;
+/// Bytes written at a time under an upload limit (each waits for its share of the rate).
+const PACE_BYTES: usize = 64 * 1024;
 
 /// Limits on inbound blob requests.
 ///
@@ -36,7 +39,8 @@ const PIPE_CHUNK: usize = 256 * 1024;
 /// takes the slot of the stream that has gone longest without progress (no request read yet,
 /// or nothing written for [`ServeLimits::evict_after`]), so peers that open streams and never
 /// read cannot keep honest requesters out; a stream that writes nothing for
-/// [`IDLE_TIMEOUT`] ends anyway.
+/// [`IDLE_TIMEOUT`] ends anyway. Under an upload limit ([`crate::rate`]) a stream writes 64 KiB
+/// at a time, each when the node's and the peer's buckets allow.
 #[derive(Debug, Clone)]
 pub struct ServeLimits {
     /// Streams served at once for one peer; more get [`Status::Busy`].
@@ -45,6 +49,10 @@ pub struct ServeLimits {
     pub total: usize,
     /// How long a stream may go without progress before a new request may take its slot.
     pub evict_after: Duration,
+    /// Bytes a second this node uploads to all peers together, at most (`None`: unlimited).
+    pub upload: Option<u64>,
+    /// Bytes a second this node uploads to any one peer, at most (`None`: unlimited).
+    pub upload_per_peer: Option<u64>,
 }
 
 impl Default for ServeLimits {
@@ -53,6 +61,8 @@ impl Default for ServeLimits {
             per_peer: 8,
             total: 64,
             evict_after: Duration::from_secs(2),
+            upload: None,
+            upload_per_peer: None,
         }
     }
 }
@@ -132,6 +142,7 @@ pub(crate) async fn serve(
     served: tokio::sync::mpsc::Sender<libp2p::PeerId>,
 ) {
     let slots: Arc<Mutex<Slots>> = Arc::default();
+    let upload = Arc::new(Upload::new(limits.upload, limits.upload_per_peer));
     while let Some((peer, mut stream)) = incoming.next().await {
         let admitted = {
             let mut all = slots.lock().unwrap_or_else(|p| p.into_inner());
@@ -168,11 +179,12 @@ pub(crate) async fn serve(
             let progress = progress.clone();
             let slots = slots.clone();
             let served = served.clone();
+            let upload = upload.clone();
             tokio::spawn(async move {
                 // The slot is registered before the work starts, and freed when it ends.
                 let Ok(id) = started.await else { return };
                 let _free = FreeSlot { slots, id };
-                match serve_one(&mut stream, provider, &progress).await {
+                match serve_one(&mut stream, peer, provider, &upload, &progress).await {
                     // The swarm ranks connections by what their peers did (a stream read to
                     // its end counts, one held open does not); a full queue loses a hint only.
                     Ok(()) => {
@@ -223,7 +235,9 @@ async fn answer(stream: &mut Stream, status: Status, size: Option<u64>) -> io::R
 
 async fn serve_one(
     stream: &mut Stream,
+    peer: PeerId,
     provider: Arc<dyn Provider>,
+    upload: &Upload,
     progress: &Mutex<Instant>,
 ) -> io::Result<()> {
     let touch = || *progress.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
@@ -263,12 +277,19 @@ async fn serve_one(
         pipe.flush()
     });
     while let Some(chunk) = rx.recv().await {
-        // A requester that stops reading stalls the write; it ends after IDLE_TIMEOUT (or
-        // sooner, when its slot is taken by a new request).
-        tokio::time::timeout(IDLE_TIMEOUT, stream.write_all(&chunk))
-            .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "requester stopped reading"))??;
-        touch();
+        for piece in chunk.chunks(PACE_BYTES) {
+            // Within the upload limits: waiting for them is progress, not a stall.
+            upload.pace(peer, piece.len() as u64).await;
+            touch();
+            // A requester that stops reading stalls the write; it ends after IDLE_TIMEOUT (or
+            // sooner, when its slot is taken by a new request).
+            tokio::time::timeout(IDLE_TIMEOUT, stream.write_all(piece))
+                .await
+                .map_err(|_| {
+                    io::Error::new(io::ErrorKind::TimedOut, "requester stopped reading")
+                })??;
+            touch();
+        }
     }
     // A failure while reading the local copy (it may be corrupt) ends the stream early; the
     // requester sees a short response and retries elsewhere.

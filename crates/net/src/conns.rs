@@ -9,18 +9,22 @@
 //! closed until [`Watermarks::low`] remain.
 //!
 //! A connection's value is what its peer did: a peer that never sent nor answered a request (a
-//! blob stream, a catalogue page, a call) nor relayed gossip that verified is worth least, and
+//! blob stream, a call, a catalogue page it asked for or one that taught this node a manifest)
+//! nor relayed gossip that verified is worth least, and
 //! among those the longest connected goes first; then peers by how long ago they were last
-//! useful. Spared from pruning, while anything else is left:
+//! useful. Spared from the prune down to `low`:
 //! - *protected* peers, which the caller names at each prune: gossip mesh peers (they carry
 //!   every announcement), bootstrap peers;
-//! - peers useful in the last [`RECENT`] (a request in flight counts from when it was sent);
-//! - newcomers, for [`GRACE`] (an honest one syncs or asks for something at once).
+//! - newcomers, for [`GRACE`] (an honest one syncs or asks for something at once);
+//! - peers useful in the last [`RECENT`] (a request in flight counts from when it was sent).
 //!
-//! The high watermark is a hard bound: if only spared connections are left above it, those whose
-//! peers did least go (never useful, then least recently useful, longest connected first). Peer ids cost
-//! nothing, so a flood of identities competes for the same slots and loses them to any peer
-//! that did something.
+//! If only spared connections are left above `high`, protected but idle peers go down to `high`
+//! (gossipsub grafts others into its mesh). Newcomers and peers useful lately may keep the node
+//! above `high` for a while (a newcomer for its grace, after which it is prunable), but never
+//! above the hard bound ([`Watermarks::hard`], `high + high / 4`): beyond it newcomers go too,
+//! the oldest first, and peers useful lately only when nothing else is left. Peer ids cost
+//! nothing, so a flood of identities competes for the newcomers' room, never for the place of a
+//! peer that did something lately.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -33,15 +37,23 @@ pub const GRACE: Duration = Duration::from_secs(10);
 
 /// A peer that was useful this recently (asked or answered a request, relayed gossip that
 /// verified) is spared by a prune while others are left, like a protected one.
-pub const RECENT: Duration = Duration::from_secs(30);
+pub const RECENT: Duration = Duration::from_secs(300);
 
 /// How many connections a node keeps: it prunes from above `high` down to `low`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Watermarks {
     /// Connections kept after a prune.
     pub low: usize,
-    /// Connections open at most (beyond it the node prunes).
+    /// Connections open at most, but for newcomers and peers useful lately (beyond it the node
+    /// prunes).
     pub high: usize,
+}
+
+impl Watermarks {
+    /// Connections open at most, whatever they are: `high + high / 4`.
+    pub fn hard(&self) -> usize {
+        self.high + self.high / 4
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -117,10 +129,10 @@ impl Connections {
         self.conns.len() > self.marks.high
     }
 
-    /// The connections to close, least valuable first, when more than `high` are open: down to
-    /// `low`, sparing `protected` peers and newcomers, and then (only to get back to `high`)
-    /// newcomers and protected peers too. They are forgotten here at once (their close events
-    /// are then ignored).
+    /// The connections to close, least valuable first, when more than `high` are open: the
+    /// prunable ones down to `low`; then, still above `high`, protected idle peers down to
+    /// `high`; then, still above the hard bound, newcomers and at last peers useful lately down
+    /// to it. They are forgotten here at once (their close events are then ignored).
     pub fn prune(
         &mut self,
         now: Instant,
@@ -129,38 +141,68 @@ impl Connections {
         if !self.over() {
             return Vec::new();
         }
-        let recent =
-            |last: Option<Instant>| last.is_some_and(|t| now.saturating_duration_since(t) < RECENT);
-        let is_spared = |c: &Conn| {
-            protected(&c.peer)
-                || recent(self.useful.get(&c.peer).copied().flatten())
-                || now.saturating_duration_since(c.opened) < GRACE
-        };
-        // Spared ones last. Within each part: never useful before useful, least recently useful
-        // first, then the longest connected first. Among the spared, protection buys nothing
-        // more (joining a gossip mesh costs an attacker nothing): the hard bound takes the
-        // least useful of them.
-        let mut ranked: Vec<(ConnectionId, Conn)> =
-            self.conns.iter().map(|(id, c)| (*id, *c)).collect();
-        ranked.sort_by_key(|(id, c)| {
-            let last = self.useful.get(&c.peer).copied().flatten();
-            (is_spared(c), last.is_some(), last, c.opened, *id)
-        });
-        let prunable = ranked.iter().filter(|(_, c)| !is_spared(c)).count();
+        let ranked = self.ranked(now, protected);
+        let count = |max_class: Class| ranked.iter().filter(|(c, _, _)| *c <= max_class).count();
         let len = self.conns.len();
-        let to_low = len - self.marks.low;
-        let to_high = len - self.marks.high;
-        let n = to_low.min(prunable).max(to_high);
+        let (low, high, hard) = (self.marks.low, self.marks.high, self.marks.hard());
+        let n = (len - low)
+            .min(count(Class::Prunable))
+            .max((len - high).min(count(Class::Idle)))
+            .max(len.saturating_sub(hard));
         let victims: Vec<(ConnectionId, PeerId)> = ranked
             .into_iter()
             .take(n)
-            .map(|(id, c)| (id, c.peer))
+            .map(|(_, id, c)| (id, c.peer))
             .collect();
         for (id, _) in &victims {
             self.closed(*id);
         }
         victims
     }
+
+    /// Every connection with its class, least valuable first: by class, then never useful
+    /// before useful, least recently useful first, then the longest connected first.
+    fn ranked(
+        &self,
+        now: Instant,
+        protected: impl Fn(&PeerId) -> bool,
+    ) -> Vec<(Class, ConnectionId, Conn)> {
+        let mut ranked: Vec<(Class, ConnectionId, Conn)> = self
+            .conns
+            .iter()
+            .map(|(id, c)| {
+                let last = self.useful.get(&c.peer).copied().flatten();
+                let class = if last.is_some_and(|t| now.saturating_duration_since(t) < RECENT) {
+                    Class::Busy
+                } else if now.saturating_duration_since(c.opened) < GRACE {
+                    Class::Newcomer
+                } else if protected(&c.peer) {
+                    Class::Idle
+                } else {
+                    Class::Prunable
+                };
+                (class, *id, *c)
+            })
+            .collect();
+        ranked.sort_by_key(|(class, id, c)| {
+            let last = self.useful.get(&c.peer).copied().flatten();
+            (*class, last.is_some(), last, c.opened, *id)
+        });
+        ranked
+    }
+}
+
+/// What a connection is worth to a prune, least first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Class {
+    /// Neither protected, nor new, nor useful lately.
+    Prunable,
+    /// Protected (a gossip mesh or bootstrap peer) but not useful lately.
+    Idle,
+    /// Opened less than [`GRACE`] ago.
+    Newcomer,
+    /// Useful in the last [`RECENT`].
+    Busy,
 }
 
 #[cfg(test)]
@@ -249,9 +291,10 @@ mod tests {
     }
 
     proptest! {
-        /// Whatever the events, no more than `high` connections are open after a prune; every
-        /// connection it chose was open (with its peer); it never closes a protected peer or a
-        /// newcomer while a prunable one is left, and never goes below `low`.
+        /// Whatever the events, after a prune: no more than the hard bound are open, and more
+        /// than `high` only if all are newcomers or useful lately; every connection it chose
+        /// was open (with its peer); a protected one goes only when no prunable one is left, a
+        /// newcomer or busy one only to get back to the hard bound; never below `low`.
         #[test]
         fn the_watermarks_hold_and_the_spared_go_last(
             ops in proptest::collection::vec((0u8..4, 0usize..16, 0u64..20), 1..200),
@@ -288,31 +331,39 @@ mod tests {
                 }
                 useful.retain(|p, _| open.values().any(|(q, _)| q == p));
                 let before = open.len();
-                let spared = |(p, at): &(PeerId, Instant)| {
-                    is_protected(p)
-                        || clock.saturating_duration_since(*at) < GRACE
+                let keen = |(p, at): &(PeerId, Instant)| {
+                    clock.saturating_duration_since(*at) < GRACE
                         || useful
                             .get(p)
                             .is_some_and(|t| clock.saturating_duration_since(*t) < RECENT)
                 };
+                let prunable = |e: &(PeerId, Instant)| !keen(e) && !is_protected(&e.0);
                 let closed = conns.prune(clock, is_protected);
-                let mut closed_spared = false;
+                let (mut closed_keen, mut closed_idle) = (false, false);
                 for (id, peer) in &closed {
                     let entry = open.remove(id);
                     prop_assert_eq!(entry.map(|e| e.0), Some(*peer));
                     if let Some(e) = entry {
-                        closed_spared |= spared(&e);
+                        closed_keen |= keen(&e);
+                        closed_idle |= !keen(&e) && is_protected(&e.0);
                     }
                 }
-                prop_assert!(conns.len() <= high);
                 prop_assert_eq!(conns.len(), open.len());
+                prop_assert!(conns.len() <= high + high / 4);
                 if !closed.is_empty() {
                     prop_assert!(conns.len() >= low.min(before));
                 }
-                if closed_spared {
-                    // A spared connection went only because the rest could not get it to `high`.
-                    prop_assert!(open.values().all(spared));
-                    prop_assert_eq!(conns.len(), high);
+                if conns.len() > high {
+                    // Only newcomers and peers useful lately keep it above `high`.
+                    prop_assert!(open.values().all(keen));
+                }
+                if closed_idle {
+                    prop_assert!(!open.values().any(prunable));
+                }
+                if closed_keen {
+                    // Newcomers and busy peers go only to get back to the hard bound.
+                    prop_assert!(open.values().all(keen));
+                    prop_assert_eq!(conns.len(), high + high / 4);
                 }
             }
         }

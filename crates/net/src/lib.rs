@@ -40,6 +40,7 @@ mod codec;
 pub mod conns;
 pub mod fetch;
 pub mod per_ip;
+pub mod rate;
 mod swarm;
 
 use std::io::Write;
@@ -55,7 +56,10 @@ pub use blob::{BlobResponse, BlockingReader, ServeLimits};
 pub use libp2p;
 
 pub use libp2p::metrics::Registry;
-pub use swarm::{CATALOG_PAGES_PER_SEC, MAX_CATALOG_ANSWERS, MAX_SYNC_PAGES, RESYNC, SYNC_PEERS};
+pub use swarm::{
+    CATALOG_PAGES_PER_SEC, DHT_REFRESH, MAX_CATALOG_ANSWERS, MAX_SYNC_PAGES, MIN_CONNECTIONS,
+    RESYNC, SYNC_PEERS, gossip_config,
+};
 use swarm::{Command, EventLoop, build_swarm};
 
 /// How to start the network.
@@ -82,11 +86,13 @@ pub struct NetConfig {
 ///
 /// When more than `max_connections` are open (both ways), the least valuable are closed until
 /// `target_connections` remain (`moxnet_net_connections_pruned_total`): gossip mesh peers,
-/// bootstrap peers, peers useful in the last [`conns::RECENT`] and newcomers (for [`conns::GRACE`])
-/// are spared while anything else is left. Inbound connections are also refused at once
-/// (`moxnet_net_connections_denied_total`) beyond `max_connections + max_connections / 4`
-/// established, `max_pending_incoming` in their handshake, `max_per_peer` with one peer, or
-/// `max_per_ip` from one IP address (loopback exempt; see [`per_ip`]).
+/// bootstrap peers, peers useful in the last [`conns::RECENT`] and newcomers (for
+/// [`conns::GRACE`]) are spared while anything else is left. Newcomers and peers useful lately
+/// may hold the node above `max_connections`, never above `max_connections + max_connections /
+/// 4`: inbound connections beyond that are refused at once
+/// (`moxnet_net_connections_denied_total`), as they are beyond `max_pending_incoming` in their
+/// handshake, `max_per_peer` with one peer, or `max_per_ip` from one IP address (loopback
+/// exempt; see [`per_ip`]).
 #[derive(Debug, Clone)]
 pub struct ConnectionLimits {
     /// Connections kept after a prune (the low watermark).
@@ -105,7 +111,7 @@ impl Default for ConnectionLimits {
     fn default() -> Self {
         ConnectionLimits {
             target_connections: 32,
-            max_connections: 48,
+            max_connections: 40,
             max_pending_incoming: 64,
             max_per_peer: 2,
             max_per_ip: 8,
@@ -188,6 +194,14 @@ pub enum NetEvent {
         /// The manifest.
         manifest: Box<Signed<Manifest>>,
     },
+    /// A peer's catalogue lists these models, which this node knows already (a catalogue
+    /// sync asks only for the others): the peer is a likely provider of them.
+    Listed {
+        /// The peer.
+        from: PeerId,
+        /// Models it lists (at most [`protocol::wire::MAX_CATALOG_IDS`] an event).
+        ids: Vec<ModelId>,
+    },
     /// A signed compute offer (signature verified), from gossip.
     Offer {
         /// The peer it came from (not necessarily its signer).
@@ -222,6 +236,7 @@ impl NetEvent {
             NetEvent::PeerConnected(_) => "peer-connected",
             NetEvent::PeerDisconnected(_) => "peer-disconnected",
             NetEvent::Manifest { .. } => "manifest",
+            NetEvent::Listed { .. } => "listed",
             NetEvent::Offer { .. } => "offer",
             NetEvent::InferCall { .. } => "infer-call",
             NetEvent::Rejected { .. } => "rejected",

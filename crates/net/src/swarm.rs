@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use libp2p::core::transport::ListenerId;
 use libp2p::gossipsub::{self, IdentTopic, MessageAuthenticity};
-use libp2p::kad::{self, store::MemoryStore};
+use libp2p::kad::{self, K_VALUE, store::MemoryStore};
 use libp2p::metrics::{Metrics, Recorder, Registry};
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent, behaviour::toggle::Toggle};
@@ -89,8 +89,13 @@ pub(crate) enum Command {
         request: CatalogRequest,
         reply: CatalogReply,
     },
-    /// A catalogue sync with a peer ended (`ok`: it ran to the end).
-    Synced { peer: PeerId, ok: bool },
+    /// A catalogue sync with a peer ended (`ok`: it ran to the end), having taught this node
+    /// `learnt` manifests.
+    Synced {
+        peer: PeerId,
+        ok: bool,
+        learnt: usize,
+    },
     /// Publish a signed compute offer on the offer topic.
     Offer {
         envelope: Vec<u8>,
@@ -266,14 +271,21 @@ pub(crate) async fn reconcile(
     let mut learnt = 0;
     while let Some(page) = pager.next_page(true).await? {
         let known = provider.clone();
-        let mut missing: Vec<ModelId> = tokio::task::spawn_blocking(move || {
-            page.ids
-                .into_iter()
-                .filter(|id| !known.knows(*id))
-                .collect()
-        })
-        .await
-        .map_err(|e| NetError::Setup(format!("catalogue sync: {e}")))?;
+        let (listed, mut missing): (Vec<ModelId>, Vec<ModelId>) =
+            tokio::task::spawn_blocking(move || {
+                page.ids.into_iter().partition(|id| known.knows(*id))
+            })
+            .await
+            .map_err(|e| NetError::Setup(format!("catalogue sync: {e}")))?;
+        if !listed.is_empty() {
+            let event = NetEvent::Listed {
+                from: peer,
+                ids: listed,
+            };
+            if events.send(event).await.is_err() {
+                return Err(NetError::Shutdown);
+            }
+        }
         while !missing.is_empty() {
             let batch: Vec<ModelId> = missing
                 .drain(..missing.len().min(wire::MAX_CATALOG_PAGE))
@@ -339,6 +351,28 @@ fn answer(provider: &dyn Provider, request: &CatalogRequest) -> CatalogResponse 
 /// Where an inference reply goes.
 type InferReply = oneshot::Sender<Result<Vec<u8>, NetError>>;
 
+/// How often a node checks its connections: below its target it looks for more (also at once
+/// when one closes or a dial fails), above `high` it prunes (also at once when one opens).
+const REPLENISH_EVERY: Duration = Duration::from_secs(10);
+
+/// A peer whose dial failed or whose connection closed is not dialled again by
+/// [`EventLoop::replenish`] for this long.
+const REDIAL_AFTER: Duration = Duration::from_secs(20);
+
+/// Below this many connections (or the low watermark, if lower) a node dials more peers: enough
+/// for a gossip mesh (`mesh_n` = 6) and a DHT; the DHT's refreshes and peers connecting to it
+/// fill the rest up to the watermarks.
+pub const MIN_CONNECTIONS: usize = 8;
+
+/// How often a node refreshes its DHT neighbourhood (a lookup of its own id). Each node's first
+/// refresh comes at a random point of the first period, so that nodes started together do not
+/// all dial at once. (libp2p's own refresh, every 5 minutes, also looks up a random id in each
+/// bucket: at 200 nodes that dialled most of the network each time.)
+pub const DHT_REFRESH: Duration = Duration::from_secs(1800);
+
+/// Dials [`EventLoop::replenish`] starts at once, at most.
+const REPLENISH_DIALS: usize = 4;
+
 /// How often each connection is pinged.
 const PING_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -378,8 +412,16 @@ pub(crate) struct EventLoop {
     denied: prometheus_client::metrics::counter::Counter,
     /// Open connections, ranked by what their peers did (see [`Connections`]).
     conns: Connections,
-    /// The bootstrap peers: spared by a prune.
+    /// The bootstrap peers: spared by a prune, and dialled first when below the target.
     bootstrap: HashSet<PeerId>,
+    bootstrap_addrs: Vec<Multiaddr>,
+    /// Peers whose dial failed or whose connection closed lately (not dialled again by
+    /// [`EventLoop::replenish`] for [`REDIAL_AFTER`]).
+    failed: HashMap<PeerId, Instant>,
+    /// Checks now and then that the node is not below its target (see [`EventLoop::replenish`]).
+    replenish_tick: tokio::time::Interval,
+    /// When to refresh the DHT routing table next (see [`DHT_REFRESH`]).
+    next_refresh: Instant,
     /// Peers whose blob requests were served (from `blob::serve`).
     served: mpsc::Receiver<PeerId>,
     /// `moxnet_net_connections_pruned_total`.
@@ -435,6 +477,31 @@ fn gossip_scoring() -> (gossipsub::PeerScoreParams, gossipsub::PeerScoreThreshol
     (params, thresholds)
 }
 
+/// The gossipsub configuration every node runs with (the simulation in `testnet` reads its
+/// parameters from here).
+///
+/// The mesh keeps libp2p's (and the gossipsub spec's) defaults, which suit a network of
+/// thousands of nodes each keeping [`ConnectionLimits`](crate::ConnectionLimits) 32–40
+/// connections: each node forwards a message to `mesh_n` = 6 mesh peers (grafting more below
+/// `mesh_n_low` = 5, pruning above `mesh_n_high` = 12, at least `mesh_outbound_min` = 2 of them
+/// dialled by itself, so that inbound floods cannot take the whole mesh), so a message reaches N
+/// nodes in about log₆ N hops while each node receives it about 6 times at most; at each
+/// heartbeat (1 s) a node also tells `gossip_lazy` = 6 (or a quarter, `gossip_factor`) of its
+/// other peers which messages it has had in the last `history_gossip` = 3 heartbeats, and a peer
+/// that missed one asks for it: the lazy path that repairs what the mesh lost. The publisher
+/// sends its own message to every connected peer (`flood_publish`). Messages are validated by
+/// the node before being forwarded, signed (strict mode), and at most a signed envelope long.
+pub fn gossip_config() -> Result<gossipsub::Config, NetError> {
+    gossipsub::ConfigBuilder::default()
+        .max_transmit_size(Signed::<Manifest>::MAX_BYTES.max(Signed::<ComputeOffer>::MAX_BYTES))
+        .validation_mode(gossipsub::ValidationMode::Strict)
+        // Forward a message only after this node verified it (see `verify_off_loop`).
+        .validate_messages()
+        .heartbeat_interval(Duration::from_secs(1))
+        .build()
+        .map_err(|e| NetError::Setup(format!("gossipsub config: {e}")))
+}
+
 /// A gossip message's id, the peer it came from, and whether it verified.
 type Validation = (gossipsub::MessageId, PeerId, gossipsub::MessageAcceptance);
 
@@ -467,19 +534,18 @@ pub(crate) fn build_swarm(
             // provider republishes hourly.
             kad_config.set_provider_record_ttl(Some(Duration::from_secs(2 * 3600)));
             kad_config.set_provider_publication_interval(Some(Duration::from_secs(3600)));
+            // libp2p refreshes every 5 minutes on the dot; nodes started together would all
+            // dial at once. The event loop refreshes instead, spread (see `DHT_REFRESH`).
+            kad_config.set_periodic_bootstrap_interval(None);
+            // Peers enter the routing table only through `EventLoop::learn_address`, never as
+            // a side effect of a connection: with a full bucket libp2p would dial the entry
+            // it might replace to check it is alive, and with a connection manager closing
+            // connections that check becomes a new connection for every one that opens.
+            kad_config.set_kbucket_inserts(kad::BucketInserts::Manual);
             let mut kad =
                 kad::Behaviour::with_config(peer_id, MemoryStore::new(peer_id), kad_config);
             kad.set_mode(Some(kad::Mode::Server));
-            let gossip_config = gossipsub::ConfigBuilder::default()
-                .max_transmit_size(
-                    Signed::<Manifest>::MAX_BYTES.max(Signed::<ComputeOffer>::MAX_BYTES),
-                )
-                .validation_mode(gossipsub::ValidationMode::Strict)
-                // Forward a message only after this node verified it (see `verify_off_loop`).
-                .validate_messages()
-                .heartbeat_interval(Duration::from_millis(500))
-                .build()
-                .map_err(|e| format!("gossipsub config: {e}"))?;
+            let gossip_config = gossip_config().map_err(|e| e.to_string())?;
             let mut gossipsub =
                 gossipsub::Behaviour::new(MessageAuthenticity::Signed(key.clone()), gossip_config)
                     .map_err(|e| format!("gossipsub: {e}"))?;
@@ -498,8 +564,8 @@ pub(crate) fn build_swarm(
             let c = &config.connections;
             let limits = libp2p::connection_limits::Behaviour::new(
                 libp2p::connection_limits::ConnectionLimits::default()
-                    // The hard limit; beyond `max_connections` the least valuable give way (see
-                    // `conns`).
+                    // The hard bound (see `conns::Watermarks::hard`): a connection beyond it
+                    // would be pruned at once.
                     .with_max_established_incoming(Some(
                         c.max_connections.saturating_add(c.max_connections / 4),
                     ))
@@ -610,6 +676,17 @@ impl EventLoop {
         let (catalog_answers_tx, catalog_answers) = mpsc::channel(64);
         let (infer_answers_tx, infer_answers) = mpsc::channel(256);
         let (validations_tx, validations) = mpsc::channel(MAX_VERIFYING);
+        // The first DHT refresh at a point of the first period drawn from the peer id: spread
+        // over the network, and stable for a node.
+        let next_refresh = {
+            let id = swarm.local_peer_id().to_bytes();
+            let draw = id
+                .iter()
+                .rev()
+                .take(8)
+                .fold(0u64, |a, b| (a << 8) | *b as u64);
+            Instant::now() + DHT_REFRESH.mul_f64((draw % 10_000) as f64 / 10_000.0)
+        };
         Ok(EventLoop {
             swarm,
             commands,
@@ -635,6 +712,18 @@ impl EventLoop {
             denied,
             conns: Connections::new(marks),
             bootstrap,
+            bootstrap_addrs: config.bootstrap.clone(),
+            failed: HashMap::new(),
+            next_refresh,
+            replenish_tick: {
+                // Not at once: the bootstrap peers are being dialled as the node starts.
+                let mut tick = tokio::time::interval_at(
+                    tokio::time::Instant::now() + REPLENISH_EVERY,
+                    REPLENISH_EVERY,
+                );
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                tick
+            },
             served,
             pruned,
             verifying: Arc::new(tokio::sync::Semaphore::new(MAX_VERIFYING)),
@@ -658,6 +747,20 @@ impl EventLoop {
                 }
                 Some((channel, bytes)) = self.infer_answers.recv() => {
                     let _ = self.swarm.behaviour_mut().infer.send_response(channel, bytes);
+                }
+                _ = self.replenish_tick.tick() => {
+                    // Newcomers whose grace ended may leave the node above `high`.
+                    self.prune();
+                    self.replenish();
+                    if Instant::now() >= self.next_refresh {
+                        self.next_refresh += DHT_REFRESH;
+                        // The peers closest to this node: they keep its neighbourhood, the
+                        // part of the table lookups end in, fresh (the rest fills with the
+                        // peers that connect). A whole-table refresh would dial some 170 of 200
+                        // peers each time.
+                        let me = *self.swarm.local_peer_id();
+                        self.swarm.behaviour_mut().kad.get_closest_peers(me);
+                    }
                 }
                 Some(peer) = self.served.recv() => {
                     self.conns.useful(peer, Instant::now());
@@ -694,10 +797,7 @@ impl EventLoop {
                     _ => None,
                 });
                 if let Some(peer) = peer {
-                    self.swarm
-                        .behaviour_mut()
-                        .kad
-                        .add_address(&peer, addr.clone());
+                    self.learn_address(peer, addr.clone());
                     if self.swarm.is_connected(&peer) {
                         let _ = reply.send(Ok(()));
                         return;
@@ -739,13 +839,19 @@ impl EventLoop {
                 let topic = self.topic.clone();
                 let _ = reply.send(self.publish(topic, envelope));
             }
-            Command::Synced { peer, ok } => self.syncs.ended(peer, ok, Instant::now()),
+            Command::Synced { peer, ok, learnt } => {
+                self.syncs.ended(peer, ok, Instant::now());
+                // A peer that taught this node something is worth its connection; one that
+                // only answered is not (anyone can answer with nothing).
+                if learnt > 0 {
+                    self.conns.useful(peer, Instant::now());
+                }
+            }
             Command::Catalog {
                 peer,
                 request,
                 reply,
             } => {
-                self.conns.useful(peer, Instant::now());
                 let request = frame_object(&request);
                 let id = self
                     .swarm
@@ -763,6 +869,20 @@ impl EventLoop {
                 let id = self.swarm.behaviour_mut().infer.send_request(&peer, call);
                 self.pending_infer.insert(id, reply);
             }
+        }
+    }
+
+    /// Adds a peer's address to the DHT's routing table, if the peer is there already or its
+    /// bucket has room: a full bucket keeps the peers it has (Kademlia prefers long-lived
+    /// entries), and nothing is dialled to make room.
+    fn learn_address(&mut self, peer: PeerId, addr: Multiaddr) {
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        let room = kad.kbucket(peer).is_some_and(|bucket| {
+            bucket.num_entries() < K_VALUE.get()
+                || bucket.iter().any(|e| *e.node.key.preimage() == peer)
+        });
+        if room {
+            kad.add_address(&peer, addr);
         }
     }
 
@@ -788,6 +908,68 @@ impl EventLoop {
             self.pruned.inc();
             tracing::debug!(%peer, high = marks.high, low = marks.low, "pruned a connection");
             self.swarm.close_connection(victim);
+        }
+    }
+
+    /// Below [`MIN_CONNECTIONS`] (or the low watermark, if lower), dials a few more peers:
+    /// bootstrap peers first, then peers the DHT knows (never all at once: at most [`REPLENISH_DIALS`], none that failed in the last
+    /// [`REDIAL_AFTER`]). Discovering a peer is never by itself a reason to connect.
+    fn replenish(&mut self) {
+        // Dialling whenever below `low` would cascade: a prune closes several connections at
+        // once, and each peer that lost one would dial others, pushing them over `high`.
+        let low = self.conns.watermarks().low.min(MIN_CONNECTIONS);
+        let have = self.conns.len();
+        if have >= low {
+            return;
+        }
+        let now = Instant::now();
+        self.failed
+            .retain(|_, at| now.saturating_duration_since(*at) < REDIAL_AFTER);
+        let want = (low - have).min(REPLENISH_DIALS);
+        let mut dialled = 0;
+        for addr in self.bootstrap_addrs.clone() {
+            let peer = addr.iter().find_map(|p| match p {
+                libp2p::multiaddr::Protocol::P2p(id) => Some(id),
+                _ => None,
+            });
+            if dialled >= want || peer.is_none_or(|p| self.swarm.is_connected(&p)) {
+                continue;
+            }
+            if peer.is_some_and(|p| self.failed.contains_key(&p)) {
+                continue;
+            }
+            if self.swarm.dial(addr).is_ok() {
+                dialled += 1;
+            }
+        }
+        if dialled >= want {
+            return;
+        }
+        let mut known: Vec<PeerId> = Vec::new();
+        for bucket in self.swarm.behaviour_mut().kad.kbuckets() {
+            known.extend(bucket.iter().map(|e| *e.node.key.preimage()));
+        }
+        for peer in known {
+            if dialled >= want {
+                break;
+            }
+            if self.swarm.is_connected(&peer) || self.failed.contains_key(&peer) {
+                continue;
+            }
+            let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
+                .condition(libp2p::swarm::dial_opts::PeerCondition::DisconnectedAndNotDialing)
+                .build();
+            if self.swarm.dial(opts).is_ok() {
+                dialled += 1;
+            }
+        }
+        if dialled > 0 {
+            tracing::debug!(
+                have,
+                low,
+                dialled,
+                "below the target connections: dialled more peers"
+            );
         }
     }
 
@@ -905,10 +1087,7 @@ impl EventLoop {
                     }
                 }
                 if endpoint.is_dialer() {
-                    self.swarm
-                        .behaviour_mut()
-                        .kad
-                        .add_address(&peer_id, endpoint.get_remote_address().clone());
+                    self.learn_address(peer_id, endpoint.get_remote_address().clone());
                 }
                 self.emit(NetEvent::PeerConnected(peer_id)).await;
                 if let Some(commands) = self.own_commands.as_ref().and_then(|c| c.upgrade())
@@ -926,8 +1105,17 @@ impl EventLoop {
                             }
                             Err(e) => tracing::debug!(peer = %peer_id, "catalogue sync: {e}"),
                         }
-                        let ok = result.is_ok();
-                        let _ = commands.send(Command::Synced { peer: peer_id, ok }).await;
+                        let (ok, learnt) = match result {
+                            Ok(n) => (true, n),
+                            Err(_) => (false, 0),
+                        };
+                        let _ = commands
+                            .send(Command::Synced {
+                                peer: peer_id,
+                                ok,
+                                learnt,
+                            })
+                            .await;
                     });
                 }
             }
@@ -939,14 +1127,20 @@ impl EventLoop {
             } => {
                 self.conns.closed(connection_id);
                 if num_established == 0 {
+                    // Not redialled at once: a peer that closed (it may be full) would close
+                    // again, and the two would churn.
+                    self.failed.insert(peer_id, Instant::now());
                     self.emit(NetEvent::PeerDisconnected(peer_id)).await;
                 }
+                self.replenish();
             }
             SwarmEvent::OutgoingConnectionError {
                 peer_id: Some(peer),
                 error,
                 ..
             } => {
+                self.failed.insert(peer, Instant::now());
+                self.replenish();
                 if let Some(waiting) = self.pending_dial.remove(&peer) {
                     for reply in waiting {
                         let _ = reply.send(Err(NetError::Dial(format!("{peer}: {error}"))));
@@ -977,15 +1171,12 @@ impl EventLoop {
                     return;
                 }
                 for addr in info.listen_addrs {
-                    self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                    self.learn_address(peer_id, addr);
                 }
             }
             BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
                 for (peer, addr) in found {
-                    self.swarm
-                        .behaviour_mut()
-                        .kad
-                        .add_address(&peer, addr.clone());
+                    self.learn_address(peer, addr.clone());
                     // Discovery is not a reason to connect: only while below the target.
                     if !self.swarm.is_connected(&peer)
                         && self.conns.len() < self.conns.watermarks().low
@@ -1207,4 +1398,31 @@ fn frame_object<T: protocol::Object>(object: &T) -> Vec<u8> {
 
 fn decode_frame<T: protocol::Object>(bytes: &[u8]) -> Result<T, protocol::DecodeError> {
     T::from_bytes(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_few_syncs_at_a_time_and_a_few_more_each_resync_period() {
+        let t0 = Instant::now();
+        let mut syncs = Syncs::default();
+        let peers: Vec<PeerId> = (0..6).map(|_| PeerId::random()).collect();
+        for p in &peers[..SYNC_PEERS] {
+            assert!(syncs.start(*p, t0));
+        }
+        // Full: neither a fourth peer nor one already syncing.
+        assert!(!syncs.start(peers[SYNC_PEERS], t0));
+        assert!(!syncs.start(peers[0], t0));
+        // A failed sync frees its place at once; a completed one only after RESYNC.
+        syncs.ended(peers[0], false, t0);
+        assert!(syncs.start(peers[3], t0));
+        syncs.ended(peers[1], true, t0);
+        assert!(!syncs.start(peers[4], t0 + RESYNC / 2));
+        assert!(syncs.start(peers[4], t0 + RESYNC));
+        // An end for a peer that was not syncing changes nothing.
+        syncs.ended(peers[5], true, t0 + RESYNC);
+        assert!(!syncs.start(peers[5], t0 + RESYNC));
+    }
 }
