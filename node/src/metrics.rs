@@ -274,10 +274,10 @@ mod tests {
     fn other_components_register_at_the_root() {
         let mut m = Metrics::new();
         let sub = m.registry_mut().sub_registry_with_prefix("moxnet_net");
-        sub.register("connections_evicted", "help", Counter::<u64>::default());
+        sub.register("connections_pruned", "help", Counter::<u64>::default());
         let text = m.encode().expect("encode");
         assert!(
-            text.contains("\nmoxnet_net_connections_evicted_total 0\n"),
+            text.contains("\nmoxnet_net_connections_pruned_total 0\n"),
             "{text}"
         );
         assert!(text.contains("\nmoxnet_peers 0\n"), "{text}");

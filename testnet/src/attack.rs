@@ -603,10 +603,10 @@ impl Honest {
 
     /// The weights blob of a model not fetched yet (the idle-stream attacker asks for it).
     /// A node that was never part of the network joins through the publisher and fetches a
-    /// model (under a connection flood: the publisher's inbound slots are all taken, which its
-    /// count of connections closed to make room shows).
+    /// model (under a connection flood: the publisher is over its connection watermark, which
+    /// its count of connections pruned shows).
     fn newcomer_fetches(&self) -> Result<()> {
-        let evicted = || -> Result<u64> {
+        let pruned = || -> Result<u64> {
             let (_, text) = crate::http_text(
                 &Self::daemon(&self.p)?.api,
                 "GET",
@@ -617,17 +617,17 @@ impl Honest {
             )?;
             text.lines()
                 .find_map(|l| {
-                    l.strip_prefix("moxnet_net_connections_evicted_total ")?
+                    l.strip_prefix("moxnet_net_connections_pruned_total ")?
                         .trim()
                         .parse::<f64>()
                         .ok()
                 })
                 .map(|v| v as u64)
-                .context("no moxnet_net_connections_evicted_total in the publisher's metrics")
+                .context("no moxnet_net_connections_pruned_total in the publisher's metrics")
         };
         ensure!(
-            evicted()? > 0,
-            "the flood never filled the publisher's inbound slots: nothing was tested"
+            pruned()? > 0,
+            "the flood never took the publisher over its connection watermark: nothing was tested"
         );
         let newcomer = self.net.home(&format!("newcomer-{}", now_ms()));
         newcomer.ok(&["init"]);

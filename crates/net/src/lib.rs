@@ -88,11 +88,11 @@ pub struct NetConfig {
 /// `target_connections` remain (`moxnet_net_connections_pruned_total`): gossip mesh peers,
 /// bootstrap peers, peers useful in the last [`conns::RECENT`] and newcomers (for
 /// [`conns::GRACE`]) are spared while anything else is left. Newcomers and peers useful lately
-/// may hold the node above `max_connections`, never above `max_connections + max_connections /
-/// 4`: inbound connections beyond that are refused at once
-/// (`moxnet_net_connections_denied_total`), as they are beyond `max_pending_incoming` in their
-/// handshake, `max_per_peer` with one peer, or `max_per_ip` from one IP address (loopback
-/// exempt; see [`per_ip`]).
+/// may hold the node above `max_connections`, never above the hard bound `max_connections +
+/// max_connections / 4`: beyond it the oldest newcomers give way. Inbound connections are
+/// refused at once (`moxnet_net_connections_denied_total`) beyond another quarter of
+/// `max_connections` established, `max_pending_incoming` in their handshake, `max_per_peer` with
+/// one peer, or `max_per_ip` from one IP address (loopback exempt; see [`per_ip`]).
 #[derive(Debug, Clone)]
 pub struct ConnectionLimits {
     /// Connections kept after a prune (the low watermark).

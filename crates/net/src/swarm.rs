@@ -564,10 +564,14 @@ pub(crate) fn build_swarm(
             let c = &config.connections;
             let limits = libp2p::connection_limits::Behaviour::new(
                 libp2p::connection_limits::ConnectionLimits::default()
-                    // The hard bound (see `conns::Watermarks::hard`): a connection beyond it
-                    // would be pruned at once.
+                    // Room above the hard bound (see `conns::Watermarks::hard`): a connection
+                    // beyond it is let in and the prune makes the oldest newcomer give way, so a
+                    // flood of fresh identities never keeps an honest newcomer out; beyond the
+                    // room, refused at the door.
                     .with_max_established_incoming(Some(
-                        c.max_connections.saturating_add(c.max_connections / 4),
+                        c.max_connections
+                            .saturating_add(c.max_connections / 4)
+                            .saturating_add(c.max_connections / 4),
                     ))
                     .with_max_pending_incoming(Some(c.max_pending_incoming))
                     .with_max_established_per_peer(Some(c.max_per_peer)),

@@ -490,7 +490,7 @@ fn a_provider_keeps_models_fetched_for_calls_within_its_cache() {
     );
     // The network's metrics carry the names docs/operating.md gives them.
     for name in [
-        "\nmoxnet_net_connections_evicted_total ",
+        "\nmoxnet_net_connections_pruned_total ",
         "\nmoxnet_net_blob_streams_busy_total ",
         "\nlibp2p_swarm_connections_established_total",
     ] {
