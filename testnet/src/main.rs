@@ -87,6 +87,30 @@ fn attack(args: &[String], flag: impl Fn(&str, u64) -> u64) -> ExitCode {
     }
 }
 
+/// Prints a scenario's report, `ok` when `passed` holds for it (else `FAIL` and `goal`), and
+/// the exit status that goes with it.
+fn verdict<R: std::fmt::Display>(
+    name: &str,
+    result: anyhow::Result<R>,
+    passed: impl Fn(&R) -> bool,
+    goal: &str,
+) -> ExitCode {
+    match result {
+        Ok(r) if passed(&r) => {
+            println!("ok    {r}");
+            ExitCode::SUCCESS
+        }
+        Ok(r) => {
+            println!("FAIL  {r}{goal}");
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            println!("FAIL  {name}: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let which = args.first().map(String::as_str).unwrap_or("all");
@@ -105,20 +129,13 @@ fn main() -> ExitCode {
             .find(|w| w[0] == "--rate")
             .and_then(|w| w[1].parse::<f64>().ok())
             .unwrap_or(4.0);
-        return match scenario::slow_providers(flag("--mib", 64), rate) {
-            Ok(r) if r.ratio() <= 0.4 => {
-                println!("ok    {r}");
-                ExitCode::SUCCESS
-            }
-            Ok(r) => {
-                println!("FAIL  {r} (goal: ratio at most 0.4)");
-                ExitCode::from(1)
-            }
-            Err(e) => {
-                println!("FAIL  slow-providers: {e:#}");
-                ExitCode::from(1)
-            }
-        };
+        let result = scenario::slow_providers(flag("--mib", 64), rate);
+        return verdict(
+            "slow-providers",
+            result,
+            |r| r.ratio() <= 0.4,
+            " (goal: ratio at most 0.4)",
+        );
     }
     if which == "simulate" {
         let text = |name: &str| args.windows(2).find(|w| w[0] == name).map(|w| w[1].clone());
@@ -130,20 +147,13 @@ fn main() -> ExitCode {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0.0),
         };
-        return match testnet::sim::simulate(config) {
-            Ok(r) if r.reached == r.online && r.failed_lookups == 0 => {
-                println!("ok    {r}");
-                ExitCode::SUCCESS
-            }
-            Ok(r) => {
-                println!("FAIL  {r}");
-                ExitCode::from(1)
-            }
-            Err(e) => {
-                println!("FAIL  simulate: {e:#}");
-                ExitCode::from(1)
-            }
-        };
+        let result = testnet::sim::simulate(config);
+        return verdict(
+            "simulate",
+            result,
+            |r| r.reached == r.online && r.failed_lookups == 0,
+            "",
+        );
     }
     if which == "scale" {
         let nodes = flag("--nodes", 20) as usize;
@@ -152,20 +162,8 @@ fn main() -> ExitCode {
             .iter()
             .any(|a| a == "--max-connections")
             .then(|| flag("--max-connections", 40) as u32);
-        return match scenario::scale(nodes, idle, high) {
-            Ok(r) if r.seen == r.nodes => {
-                println!("ok    {r}");
-                ExitCode::SUCCESS
-            }
-            Ok(r) => {
-                println!("FAIL  {r}");
-                ExitCode::from(1)
-            }
-            Err(e) => {
-                println!("FAIL  scale: {e:#}");
-                ExitCode::from(1)
-            }
-        };
+        let result = scenario::scale(nodes, idle, high);
+        return verdict("scale", result, |r| r.seen == r.nodes, "");
     }
     let nodes = flag("--nodes", 6) as usize;
     let mib = flag("--mib", 256);
