@@ -159,6 +159,12 @@ impl Syncs {
         self.running.insert(peer)
     }
 
+    /// The node lost its last connection: whatever it syncs with when it comes back is a
+    /// catch-up, not a periodic resync (gossip did not reach it meanwhile).
+    pub(crate) fn isolated(&mut self) {
+        self.done.clear();
+    }
+
     /// The sync with `peer` ended; only one that ran to the end counts for [`RESYNC`].
     pub(crate) fn ended(&mut self, peer: PeerId, ok: bool, now: Instant) {
         if self.running.remove(&peer) && ok {
@@ -1130,6 +1136,9 @@ impl EventLoop {
                 ..
             } => {
                 self.conns.closed(connection_id);
+                if self.conns.is_empty() {
+                    self.syncs.isolated();
+                }
                 if num_established == 0 {
                     // Not redialled at once: a peer that closed (it may be full) would close
                     // again, and the two would churn.
@@ -1428,5 +1437,12 @@ mod tests {
         // An end for a peer that was not syncing changes nothing.
         syncs.ended(peers[5], true, t0 + RESYNC);
         assert!(!syncs.start(peers[5], t0 + RESYNC));
+        // A node that lost every connection catches up with the first peers it meets again.
+        for p in &peers[2..5] {
+            syncs.ended(*p, true, t0 + RESYNC);
+        }
+        assert!(!syncs.start(peers[5], t0 + RESYNC));
+        syncs.isolated();
+        assert!(syncs.start(peers[5], t0 + RESYNC));
     }
 }

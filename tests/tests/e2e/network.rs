@@ -192,19 +192,20 @@ fn testnet_scenarios_pass_at_ci_size() {
 }
 
 /// `testnet scale` at CI size: 16 nodes, each bootstrapped to a random earlier one and keeping
-/// 6 connections at most (target 4), so the connection manager prunes; every node still lists a
-/// model published on the last (gossip through a sparse mesh), each is connected and under its
-/// hard bound (newcomers and peers useful lately may hold it above 6 so soon after the start),
+/// 10 connections at most (target 6), so the connection manager prunes; every node still lists
+/// a model published on the last (gossip through a sparse mesh), each is connected and under its
+/// hard bound of 12 (newcomers and peers useful lately may hold it above 10 so soon after the
+/// start),
 /// and the idle figures are measured (the goals on them, for 100 and 200 nodes with the default
 /// watermarks, are checked full-size with `cargo run -p testnet -- scale`).
 #[test]
 fn scale_at_ci_size_every_node_sees_a_new_model() {
-    let report = testnet::scenario::scale(16, Duration::from_secs(5), Some(6)).expect("scale");
+    let report = testnet::scenario::scale(16, Duration::from_secs(5), Some(10)).expect("scale");
     eprintln!("{report}");
     assert_eq!(report.seen, report.nodes, "{report}");
     assert!(report.connections.iter().all(|&c| c >= 1), "{report}");
     assert!(
-        report.connections.iter().all(|&c| c <= 6 + 6 / 4),
+        report.connections.iter().all(|&c| c <= 10 + 10 / 4),
         "{report}"
     );
     assert_eq!(report.idle_cpu.len(), report.nodes, "{report}");
