@@ -29,31 +29,16 @@ use crate::service::Service;
 /// Serves blobs and the catalogue from the store (called by `net` on blocking threads).
 struct StoreProvider {
     home: Arc<Home>,
-    /// `moxnet_blob_served_bytes_total`.
-    served: prometheus_client::metrics::counter::Counter,
-}
-
-/// Counts the bytes written through it.
-struct Counting<'a> {
-    inner: &'a mut dyn Write,
-    counter: &'a prometheus_client::metrics::counter::Counter,
-}
-
-impl Write for Counting<'_> {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(data)?;
-        self.counter.inc_by(n as u64);
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
 }
 
 impl Provider for StoreProvider {
     fn blob_size(&self, hash: BlobHash) -> Option<u64> {
         self.home.store.record(hash).ok().flatten().map(|r| r.size)
+    }
+
+    fn holding(&self, hash: BlobHash) -> Option<(u64, Vec<(u64, u64)>)> {
+        let record = self.home.store.partial(hash).ok().flatten()?;
+        Some((record.size, record.runs()))
     }
 
     fn serve(
@@ -62,14 +47,9 @@ impl Provider for StoreProvider {
         groups: &[(u64, u64)],
         out: &mut dyn Write,
     ) -> std::io::Result<()> {
-        let ranges = store::chunk_ranges(groups);
-        let out = Counting {
-            inner: out,
-            counter: &self.served,
-        };
         self.home
             .store
-            .read_ranges(hash, &ranges, out)
+            .read_groups(hash, groups, out)
             .map_err(std::io::Error::other)
     }
 
@@ -104,10 +84,7 @@ async fn serve(
     json: bool,
 ) -> Result<()> {
     let mut metrics = Metrics::new();
-    let provider = Arc::new(StoreProvider {
-        home: home.clone(),
-        served: metrics.bytes_served.clone(),
-    });
+    let provider = Arc::new(StoreProvider { home: home.clone() });
     let net_config = NetConfig {
         seed: home.key.seed(),
         listen: config.listen.clone(),
@@ -200,7 +177,7 @@ async fn serve(
     });
     // Reconnecting (to the bootstrap peers first) after a restart or a partition heals is the
     // network's: it dials more peers whenever it is below its target connections.
-    tokio::spawn(async move { models.announce_local().await });
+    tokio::spawn(models.keep_announcing());
     if remote.serving() {
         tokio::spawn(remote.offer_loop());
     }

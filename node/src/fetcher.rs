@@ -73,6 +73,14 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// What a peer's answer stated it holds: `None` the whole blob, else the group ranges of a
+/// peer still receiving it.
+type Holds = Option<Vec<std::ops::Range<u64>>>;
+
+fn holds(have: Option<Vec<(u64, u64)>>) -> Holds {
+    have.map(|h| h.into_iter().map(|(s, e)| s..e).collect())
+}
+
 /// One request's outcome, reported back to the scheduler loop.
 struct Done {
     id: RequestId,
@@ -80,6 +88,8 @@ struct Done {
     /// Groups verified and written by the request, whatever its outcome.
     written: u64,
     outcome: Result<(), (Failure, String)>,
+    /// What the peer's answer stated it holds, if it answered.
+    holds: Option<Holds>,
 }
 
 /// Fetches whose progress is remembered (`GET /api/v1/fetch/{id}`); running ones always are.
@@ -99,11 +109,20 @@ const SPREAD_OVER: usize = 4;
 const PROVE_AT_ONCE: usize = 3;
 /// How soon a peer that could not serve (not found, unreachable) is asked again.
 const RETRY_UNAVAILABLE: Duration = Duration::from_millis(500);
+/// Most peers one fetch uses: what the DHT names beyond it is not asked (bounds the requests,
+/// dials and state a fetch spends, whatever the DHT says).
+const MAX_FETCH_PEERS: usize = 32;
+/// A fetch with fewer peers than this asks the DHT again this often while it runs: peers that
+/// fetch the same blob at once announce themselves as providers as soon as its size is proven,
+/// and serve each other the groups they hold (swarming).
+const SWARM_PEERS: usize = 8;
+/// See [`SWARM_PEERS`].
+const REQUERY_EVERY: Duration = Duration::from_secs(1);
 
 /// What one peer's answer proved about a blob's size.
 enum Proof {
-    /// The size, proven by the last group.
-    Proven(u64),
+    /// The size, proven by the last group, and what the peer stated it holds.
+    Proven(u64, Holds),
     /// The peer's claim did not verify.
     Lied(String),
     /// The peer could not answer (no copy, busy, unreachable).
@@ -393,7 +412,7 @@ impl Fetcher {
         root: BlobHash,
         peers: Vec<PeerId>,
         dht: &mut Option<mpsc::Receiver<PeerId>>,
-    ) -> Result<(u64, PeerId, Vec<PeerId>)> {
+    ) -> Result<(u64, PeerId, Holds, Vec<PeerId>)> {
         let deadline = Instant::now() + NO_PROVIDER_GIVE_UP;
         let mut liars = Vec::new();
         let mut reasons: HashMap<PeerId, String> = HashMap::new();
@@ -437,7 +456,7 @@ impl Fetcher {
                         false => futures::StreamExt::next(&mut running).await,
                     }
                 } => match proof? {
-                    Proof::Proven(size) => return Ok((size, peer, liars)),
+                    Proof::Proven(size, holds) => return Ok((size, peer, holds, liars)),
                     Proof::Lied(why) => {
                         tracing::info!(%peer, blob = %hash, "size refuted: {why}");
                         liars.push(peer);
@@ -486,8 +505,15 @@ impl Fetcher {
             let response = match self.net.request_blob(peer, &request).await {
                 Ok(r) => r,
                 Err(e @ NetError::PeerMisbehaved { .. }) => return Ok(Proof::Lied(e.to_string())),
+                // A peer receiving the blob too holds its last group (its size was proven to it
+                // by that group): ask for that one.
+                Err(NetError::Partial { size, .. }) if guess.is_none() => {
+                    guess = Some(size);
+                    continue;
+                }
                 Err(e) => return Ok(Proof::Unavailable(e.to_string())),
             };
+            let stated = holds(response.have.clone());
             let claim = response.size;
             if store::groups(claim) - 1 != last {
                 // Not the last group of what this peer claims: ask for that one.
@@ -502,7 +528,7 @@ impl Fetcher {
                     .await
                     .context("the store's thread failed")?;
             return Ok(match ingested {
-                Ok(_) => Proof::Proven(claim),
+                Ok(_) => Proof::Proven(claim, stated),
                 Err(IngestError::PeerMisbehaved { reason, .. }) => {
                     Proof::Lied(format!("claimed {claim} bytes, refuted: {reason}"))
                 }
@@ -578,10 +604,11 @@ impl Fetcher {
         }
         // The size, proven before anything is allocated or anyone banned on its account: by a
         // receipt begun earlier (the store proved it then), else by one peer's last group.
+        let mut prover_holds = None;
         let size = match store.partial(hash)? {
             Some(record) => record.size,
             None => {
-                let (proven, prover, liars) = self
+                let (proven, prover, stated, liars) = self
                     .prove_size(hash, stated, root, peers.clone(), &mut dht)
                     .await?;
                 // The peer that proved it has the blob, whether or not it was known at first.
@@ -593,6 +620,7 @@ impl Fetcher {
                     .unwrap_or_default();
                 peers.retain(|p| *p != prover && announced.contains(p));
                 peers.insert(0, prover);
+                prover_holds = Some((prover, stated));
                 if !liars.is_empty() {
                     peers.retain(|p| !liars.contains(p));
                     lock(progress).peers_banned.extend(liars);
@@ -618,20 +646,39 @@ impl Fetcher {
             .into_iter()
             .map(|(s, e)| s..e)
             .collect();
-        let seed = u64::from_le_bytes(hash.as_bytes()[..8].try_into().unwrap_or([0; 8]));
+        // Nodes fetching this blob at once draw different orders (see `net::fetch`).
+        let seed = u64::from_le_bytes(
+            *BlobHash::of(&[hash.as_bytes().as_slice(), &self.net.peer_id().to_bytes()].concat())
+                .as_bytes()
+                .first_chunk::<8>()
+                .unwrap_or(&[0; 8]),
+        );
         let mut fetch: Fetch<PeerId> = Fetch::new(total, ranges, FetchConfig::default(), seed);
+        // Peers fetching it too find this node as a provider of the groups it holds.
+        {
+            let net = self.net.clone();
+            tokio::spawn(async move {
+                if let Err(e) = net.provide(hash).await {
+                    tracing::debug!(blob = %hash, "providing a blob being received on the DHT: {e}");
+                }
+            });
+        }
         let clock = Instant::now();
         let now = || clock.elapsed().as_millis() as u64;
         let (tx, mut rx) = mpsc::channel::<Done>(64);
         let mut running: HashMap<RequestId, tokio::task::JoinHandle<()>> = HashMap::new();
         let mut actions = Vec::new();
         let mut added: HashSet<PeerId> = HashSet::new();
+        if let Some((peer, have)) = prover_holds {
+            actions.extend(fetch.handle(now(), Event::Has { peer, have }));
+        }
         for p in &peers {
             added.insert(*p);
             actions.extend(fetch.handle(now(), Event::PeerAdded(*p)));
         }
         let mut last_look: Option<Instant> = None;
-        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        let mut last_query = Instant::now();
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
         let mut stuck_since: Option<Instant> = None;
         // DHT providers not connected when found (see below), kept for when the fetch is stuck.
         let mut spare: Vec<PeerId> = Vec::new();
@@ -645,7 +692,7 @@ impl Fetcher {
                         running.insert(
                             id,
                             tokio::spawn(async move {
-                                let (written, outcome) =
+                                let (written, outcome, holds) =
                                     request(&net, store, peer, hash, size, groups).await;
                                 let _ = tx
                                     .send(Done {
@@ -653,6 +700,7 @@ impl Fetcher {
                                         peer,
                                         written,
                                         outcome,
+                                        holds,
                                     })
                                     .await;
                             }),
@@ -703,6 +751,7 @@ impl Fetcher {
                 }
                 if dht.is_none() {
                     dht = self.dht_providers(hash).await;
+                    last_query = Instant::now();
                 }
                 if fetch.in_flight().count() > 0 {
                     stuck_since = None;
@@ -715,6 +764,9 @@ impl Fetcher {
                     let received = done.written * protocol::CHUNK_GROUP_BYTES;
                     lock(progress).bytes_fetched += received;
                     self.metrics.bytes_fetched.inc_by(received);
+                    if let Some(have) = done.holds {
+                        actions.extend(fetch.handle(now(), Event::Has { peer: done.peer, have }));
+                    }
                     let event = match done.outcome {
                         Ok(()) => {
                             lock(progress).peers_used.insert(done.peer);
@@ -739,13 +791,14 @@ impl Fetcher {
                     // A provider record may name a peer that left (records outlive their
                     // providers): one connected now joins at once; the others wait until the
                     // fetch needs more peers, so ranges never sit on a dial to a departed peer.
-                    Some(p) if !fetch.is_banned(&p) => {
+                    Some(p) if !fetch.is_banned(&p) && !added.contains(&p) => {
                         if added.len() < SPREAD_OVER
-                            || self.net.peers().await.is_ok_and(|c| c.contains(&p))
+                            || (added.len() < MAX_FETCH_PEERS
+                                && self.net.peers().await.is_ok_and(|c| c.contains(&p)))
                         {
                             added.insert(p);
                             actions.extend(fetch.handle(now(), Event::PeerAdded(p)));
-                        } else if !spare.contains(&p) {
+                        } else if !spare.contains(&p) && spare.len() < MAX_FETCH_PEERS {
                             spare.push(p);
                         }
                     }
@@ -754,6 +807,14 @@ impl Fetcher {
                 },
                 _ = tick.tick() => {
                     actions.extend(fetch.handle(now(), Event::Tick));
+                    // Peers that began fetching this blob since (swarming), while few serve it.
+                    if dht.is_none()
+                        && fetch.peer_count() < SWARM_PEERS
+                        && last_query.elapsed() >= REQUERY_EVERY
+                    {
+                        dht = self.dht_providers(hash).await;
+                        last_query = Instant::now();
+                    }
                     // Announcers that connected since the fetch began join it, while it has
                     // few providers.
                     if added.len() < SPREAD_OVER
@@ -820,7 +881,7 @@ async fn request(
     hash: BlobHash,
     size: u64,
     groups: std::ops::Range<u64>,
-) -> (u64, Result<(), (Failure, String)>) {
+) -> (u64, Result<(), (Failure, String)>, Option<Holds>) {
     let request = BlobRequest {
         hash,
         groups: vec![(groups.start, groups.end)],
@@ -828,9 +889,24 @@ async fn request(
     let response = match net.request_blob(peer, &request).await {
         Ok(r) => r,
         Err(e @ NetError::PeerMisbehaved { .. }) => {
-            return (0, Err((Failure::Misbehaved, e.to_string())));
+            return (0, Err((Failure::Misbehaved, e.to_string())), None);
         }
-        Err(e) => return (0, Err((Failure::Unavailable, e.to_string()))),
+        Err(NetError::Partial {
+            size: claimed,
+            have,
+            ..
+        }) => {
+            // Its size was proven to it as to this node: another one is a lie.
+            let failure = if claimed == size {
+                Failure::Lacks
+            } else {
+                Failure::Misbehaved
+            };
+            let reason = format!("holds only part of {hash}");
+            return (0, Err((failure, reason)), Some(holds(Some(have))));
+        }
+        Err(e @ NetError::Busy { .. }) => return (0, Err((Failure::Busy, e.to_string())), None),
+        Err(e) => return (0, Err((Failure::Unavailable, e.to_string())), None),
     };
     if response.size != size {
         return (
@@ -839,8 +915,10 @@ async fn request(
                 Failure::Misbehaved,
                 format!("claims size {} not {size}", response.size),
             )),
+            None,
         );
     }
+    let stated = Some(holds(response.have.clone()));
     let reader = response.into_blocking_reader(tokio::runtime::Handle::current());
     let ranges = store::chunk_ranges(&[(groups.start, groups.end)]);
     let result = match tokio::task::spawn_blocking(move || {
@@ -849,9 +927,9 @@ async fn request(
     .await
     {
         Ok(r) => r,
-        Err(e) => return (0, Err((Failure::Unavailable, e.to_string()))),
+        Err(e) => return (0, Err((Failure::Unavailable, e.to_string())), stated),
     };
-    match result {
+    let (written, outcome) = match result {
         Ok(outcome) => (outcome.groups_written, Ok(())),
         Err(IngestError::PeerMisbehaved {
             reason, outcome, ..
@@ -865,5 +943,6 @@ async fn request(
             (0, Err((Failure::Stalled, context)))
         }
         Err(e) => (0, Err((Failure::Unavailable, e.to_string()))),
-    }
+    };
+    (written, outcome, stated)
 }

@@ -106,8 +106,6 @@ pub struct Metrics {
     pub sandbox_running: Gauge,
     /// Sandbox calls waiting for a slot now.
     pub sandbox_queued: Gauge,
-    /// Blob bytes sent to peers.
-    pub bytes_served: Counter,
     /// Blob bytes received from peers and verified.
     pub bytes_fetched: Counter,
     /// Fetches finished, by outcome.
@@ -138,7 +136,6 @@ impl Metrics {
             models_loaded: Gauge::default(),
             sandbox_running: Gauge::default(),
             sandbox_queued: Gauge::default(),
-            bytes_served: Counter::default(),
             bytes_fetched: Counter::default(),
             fetches: Family::default(),
             calls: Family::default(),
@@ -173,11 +170,6 @@ impl Metrics {
             "sandbox_queued",
             "Sandbox calls waiting for a slot now (queue depth)",
             metrics.sandbox_queued.clone(),
-        );
-        registry.register(
-            "blob_served_bytes",
-            "Blob bytes sent to peers",
-            metrics.bytes_served.clone(),
         );
         registry.register(
             "blob_fetched_bytes",

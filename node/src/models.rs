@@ -8,6 +8,7 @@
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use api::oip::{InferRequest, InferResponse};
 use catalog::Catalog;
@@ -30,10 +31,13 @@ const IMPORT_BATCH: usize = 32;
 
 /// The importer's pace: one batch per this long, so at most 32 × 4 = 128 manifests a second
 /// (a catalogue of 100,000 syncs in about 13 minutes, in the background).
-const IMPORT_BATCH_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+const IMPORT_BATCH_EVERY: Duration = Duration::from_millis(250);
 
 /// A manifest from a peer, waiting to be stored.
 type Learnt = (ModelId, PeerId, Signed<Manifest>);
+
+/// The longest wait between two tries to announce a model no peer heard yet.
+pub const ANNOUNCE_RETRY_MAX: Duration = Duration::from_secs(60);
 
 /// Learns models from peers and announces this node's own.
 pub struct Models {
@@ -97,8 +101,21 @@ impl Models {
     }
 
     /// Announces every model this node holds (local and pinned: see [`Catalog::held_models`])
-    /// not yet announced, and provides it and its files.
-    pub async fn announce_local(&self) {
+    /// not yet announced, and provides it and its files, then tries again those no peer heard
+    /// (a node with no peer yet, just started or offline when the model was published): after
+    /// 2 s, then twice as long each time, at most [`ANNOUNCE_RETRY_MAX`] apart, until every one
+    /// was heard.
+    pub async fn keep_announcing(self: Arc<Self>) {
+        let mut wait = Duration::from_secs(2);
+        while self.announce_local().await > 0 {
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(ANNOUNCE_RETRY_MAX);
+        }
+    }
+
+    /// Announces every model this node holds not yet announced, and provides it and its
+    /// files. Returns how many no peer heard (they are tried again by the next call).
+    pub async fn announce_local(&self) -> usize {
         let catalog = &self.catalog;
         let local: Vec<(ModelId, Vec<u8>, Vec<BlobHash>)> = catalog
             .held_models()
@@ -113,6 +130,7 @@ impl Models {
                 Some((id, signed.to_bytes(), blobs))
             })
             .collect();
+        let mut unheard = 0;
         for (id, envelope, blobs) in local {
             if !self
                 .announced
@@ -123,7 +141,13 @@ impl Models {
                 continue;
             }
             if let Err(e) = self.net.announce(envelope).await {
-                tracing::warn!(model = %id, "announcing: {e}");
+                tracing::info!(model = %id, "announcing (tried again later): {e}");
+                self.announced
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&id);
+                unheard += 1;
+                continue;
             }
             for hash in blobs {
                 if let Err(e) = self.net.provide(hash).await {
@@ -132,6 +156,7 @@ impl Models {
             }
             tracing::info!(model = %id, "announced");
         }
+        unheard
     }
 }
 

@@ -142,8 +142,10 @@ impl api::NodeApi for Service {
         let published = self
             .blocking(move |h| ops::publish(h, &request.path, true))
             .await?;
-        // Published while the node runs: live at once.
-        self.models.announce_local().await;
+        // Published while the node runs: live at once (or as soon as a peer can hear it).
+        if self.models.announce_local().await > 0 {
+            tokio::spawn(self.models.clone().keep_announcing());
+        }
         Ok(published)
     }
 

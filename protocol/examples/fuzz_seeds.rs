@@ -98,15 +98,21 @@ fn main() -> std::io::Result<()> {
         groups: vec![(0, 4), (9, 10)],
     };
     write(&dir, "blob_frames", "request", &request.to_bytes())?;
-    for (name, status, size) in [
-        ("ok", Status::Ok, Some(300_000)),
-        ("busy", Status::Busy, None),
+    for (name, status, size, have) in [
+        ("ok", Status::Ok, Some(300_000), None),
+        ("busy", Status::Busy, None, None),
+        (
+            "partial",
+            Status::Partial,
+            Some(300_000),
+            Some(vec![(0, 3), (10, 19)]),
+        ),
     ] {
         write(
             &dir,
             "blob_frames",
             name,
-            &BlobResponseHeader { status, size }.to_bytes(),
+            &BlobResponseHeader { status, size, have }.to_bytes(),
         )?;
     }
     write(

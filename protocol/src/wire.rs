@@ -33,8 +33,11 @@ pub const INFER_PROTOCOL: &str = "/moxnet/infer/1";
 
 /// Largest [`BlobRequest`] frame.
 pub const MAX_BLOB_REQUEST_BYTES: usize = 64 * 1024;
-/// Largest [`BlobResponseHeader`] frame.
-pub const MAX_BLOB_HEADER_BYTES: usize = 1024;
+/// Largest [`BlobResponseHeader`] frame: room for [`MAX_HAVE_RANGES`] ranges.
+pub const MAX_BLOB_HEADER_BYTES: usize = 8 * 1024;
+/// Most ranges in the [`BlobResponseHeader::have`] of a provider that holds part of a blob; one
+/// whose groups are more scattered states its longest runs only.
+pub const MAX_HAVE_RANGES: usize = 256;
 /// Most ranges in one [`BlobRequest`].
 pub const MAX_REQUEST_RANGES: usize = 1024;
 /// Most chunk groups one [`BlobRequest`] may ask for (64 MiB).
@@ -61,7 +64,7 @@ pub const WIRE_VERSION: u64 = 1;
 pub enum Status {
     /// The encoded ranges follow.
     Ok = 0,
-    /// The provider does not have the complete blob.
+    /// The provider has none of the blob.
     NotFound = 1,
     /// The provider is at capacity; retry later or elsewhere.
     Busy = 2,
@@ -69,6 +72,9 @@ pub enum Status {
     BadRequest = 3,
     /// The provider failed locally (its copy may be corrupt).
     Internal = 4,
+    /// The provider is receiving the blob and lacks some of the groups asked for; its
+    /// [`BlobResponseHeader::have`] says which it holds (ask for those, or later).
+    Partial = 5,
 }
 
 impl Status {
@@ -79,6 +85,7 @@ impl Status {
             2 => Status::Busy,
             3 => Status::BadRequest,
             4 => Status::Internal,
+            5 => Status::Partial,
             _ => return Err(DecodeError::invalid("blob status", format!("unknown {n}"))),
         })
     }
@@ -108,15 +115,7 @@ impl Object for BlobRequest {
         Value::Map(vec![
             (Value::text("v"), Value::Uint(WIRE_VERSION)),
             (Value::text("hash"), self.hash.to_cbor()),
-            (
-                Value::text("groups"),
-                Value::Array(
-                    self.groups
-                        .iter()
-                        .map(|(s, e)| Value::Array(vec![Value::Uint(*s), Value::Uint(*e)]))
-                        .collect(),
-                ),
-            ),
+            (Value::text("groups"), ranges_to_cbor(&self.groups)),
         ])
     }
 
@@ -124,34 +123,12 @@ impl Object for BlobRequest {
         let mut m = MapReader::new("blob request", v)?;
         m.version(WIRE_VERSION)?;
         let hash = BlobHash::from_cbor("blob request hash", m.required("hash")?)?;
-        let groups = as_list(
+        let groups = ranges_from_cbor(
             "blob request groups",
             m.required("groups")?,
             MAX_REQUEST_RANGES,
-            |r| match r {
-                Value::Array(pair) if pair.len() == 2 => {
-                    let mut it = pair.into_iter();
-                    let s = as_u64("group start", it.next().unwrap_or(Value::Null))?;
-                    let e = as_u64("group end", it.next().unwrap_or(Value::Null))?;
-                    Ok((s, e))
-                }
-                _ => Err(DecodeError::invalid(
-                    "blob request groups",
-                    "expected [start, end]",
-                )),
-            },
         )?;
         m.finish()?;
-        let mut previous_end: Option<u64> = None;
-        for (s, e) in &groups {
-            if s >= e || previous_end.is_some_and(|p| *s <= p) {
-                return Err(DecodeError::invalid(
-                    "blob request groups",
-                    "ranges must be non-empty, sorted, and neither overlap nor touch",
-                ));
-            }
-            previous_end = Some(*e);
-        }
         let request = BlobRequest { hash, groups };
         if request.group_count() > MAX_REQUEST_GROUPS {
             return Err(DecodeError::invalid(
@@ -168,9 +145,64 @@ impl Object for BlobRequest {
 pub struct BlobResponseHeader {
     /// Whether data follows.
     pub status: Status,
-    /// The blob's size in bytes (with [`Status::Ok`]); the requester checks it against what it
-    /// expects, and the bao encoding proves it.
+    /// The blob's size in bytes (with [`Status::Ok`] and [`Status::Partial`]); the requester
+    /// checks it against what it expects, and the bao encoding proves it.
     pub size: Option<u64>,
+    /// The chunk groups a provider that is still receiving the blob holds (`[start, end)`,
+    /// sorted, non-empty, neither overlapping nor touching, at most [`MAX_HAVE_RANGES`]):
+    /// present with [`Status::Partial`], and with [`Status::Ok`] from such a provider; absent
+    /// from a provider of the whole blob. A hint for choosing whom to ask next, never trusted
+    /// for more: every group is verified as it arrives.
+    pub have: Option<Vec<(u64, u64)>>,
+}
+
+impl BlobResponseHeader {
+    /// An answer without data or size.
+    pub fn status(status: Status) -> Self {
+        BlobResponseHeader {
+            status,
+            size: None,
+            have: None,
+        }
+    }
+}
+
+fn ranges_to_cbor(ranges: &[(u64, u64)]) -> Value {
+    Value::Array(
+        ranges
+            .iter()
+            .map(|(s, e)| Value::Array(vec![Value::Uint(*s), Value::Uint(*e)]))
+            .collect(),
+    )
+}
+
+/// Decodes at most `max` group ranges `[start, end)` that are non-empty, sorted, and neither
+/// overlap nor touch.
+fn ranges_from_cbor(
+    what: &'static str,
+    v: Value,
+    max: usize,
+) -> Result<Vec<(u64, u64)>, DecodeError> {
+    let ranges = as_list(what, v, max, |r| match r {
+        Value::Array(pair) if pair.len() == 2 => {
+            let mut it = pair.into_iter();
+            let s = as_u64("group start", it.next().unwrap_or(Value::Null))?;
+            let e = as_u64("group end", it.next().unwrap_or(Value::Null))?;
+            Ok((s, e))
+        }
+        _ => Err(DecodeError::invalid(what, "expected [start, end]")),
+    })?;
+    let mut previous_end: Option<u64> = None;
+    for (s, e) in &ranges {
+        if s >= e || previous_end.is_some_and(|p| *s <= p) {
+            return Err(DecodeError::invalid(
+                what,
+                "ranges must be non-empty, sorted, and neither overlap nor touch",
+            ));
+        }
+        previous_end = Some(*e);
+    }
+    Ok(ranges)
 }
 
 impl Object for BlobResponseHeader {
@@ -188,6 +220,9 @@ impl Object for BlobResponseHeader {
         if let Some(size) = self.size {
             entries.push((Value::text("size"), Value::Uint(size)));
         }
+        if let Some(have) = &self.have {
+            entries.push((Value::text("have"), ranges_to_cbor(have)));
+        }
         Value::Map(entries)
     }
 
@@ -199,6 +234,10 @@ impl Object for BlobResponseHeader {
             .optional("size")
             .map(|v| as_u64("blob size", v))
             .transpose()?;
+        let have = m
+            .optional("have")
+            .map(|v| ranges_from_cbor("blob have", v, MAX_HAVE_RANGES))
+            .transpose()?;
         m.finish()?;
         if let Some(size) = size.filter(|s| *s > crate::MAX_BLOB_BYTES) {
             return Err(DecodeError::invalid(
@@ -209,13 +248,29 @@ impl Object for BlobResponseHeader {
                 ),
             ));
         }
-        if (status == Status::Ok) != size.is_some() {
+        let with_size = matches!(status, Status::Ok | Status::Partial);
+        if with_size != size.is_some() {
             return Err(DecodeError::invalid(
                 "blob response",
-                "size is present exactly when the status is ok",
+                "size is present exactly when the status is ok or partial",
             ));
         }
-        Ok(BlobResponseHeader { status, size })
+        if (status == Status::Partial && have.is_none()) || (!with_size && have.is_some()) {
+            return Err(DecodeError::invalid(
+                "blob response",
+                "have is present with a partial status, may be with ok, and never otherwise",
+            ));
+        }
+        if let (Some(size), Some(have)) = (size, &have) {
+            let groups = size.div_ceil(crate::CHUNK_GROUP_BYTES).max(1);
+            if have.last().is_some_and(|(_, end)| *end > groups) {
+                return Err(DecodeError::invalid(
+                    "blob have",
+                    format!("ranges past the blob's {groups} groups"),
+                ));
+            }
+        }
+        Ok(BlobResponseHeader { status, size, have })
     }
 }
 

@@ -244,6 +244,71 @@ fn blob_requests_must_be_sorted_disjoint_and_bounded() {
 }
 
 #[test]
+fn a_partial_providers_have_list_is_checked_and_fits_the_header_limit() {
+    use protocol::wire::{BlobResponseHeader, MAX_BLOB_HEADER_BYTES, MAX_HAVE_RANGES, Status};
+    let size = 64 << 20; // 4096 groups
+    let header = |status, size, have| BlobResponseHeader { status, size, have };
+    // The most scattered list allowed, with the largest numbers a blob of the limit can have,
+    // fits the frame limit.
+    let widest: Vec<(u64, u64)> = (0..MAX_HAVE_RANGES as u64)
+        .map(|i| {
+            let base = (1 << 25) + 4 * i;
+            (base, base + 1)
+        })
+        .collect();
+    let big = header(
+        Status::Partial,
+        Some(protocol::MAX_BLOB_BYTES),
+        Some(widest),
+    );
+    let bytes = big.to_bytes();
+    assert!(
+        bytes.len() <= MAX_BLOB_HEADER_BYTES,
+        "{} bytes",
+        bytes.len()
+    );
+    assert_eq!(BlobResponseHeader::from_bytes(&bytes), Ok(big));
+    for good in [
+        header(
+            Status::Partial,
+            Some(size),
+            Some(vec![(0, 3), (4095, 4096)]),
+        ),
+        header(Status::Ok, Some(size), Some(vec![(10, 20)])),
+        header(Status::Ok, Some(size), None),
+        header(Status::Busy, None, None),
+    ] {
+        assert_eq!(
+            BlobResponseHeader::from_bytes(&good.to_bytes()),
+            Ok(good.clone()),
+            "{good:?}"
+        );
+    }
+    let too_many: Vec<(u64, u64)> = (0..=MAX_HAVE_RANGES as u64)
+        .map(|i| (2 * i, 2 * i + 1))
+        .collect();
+    for bad in [
+        // Partial without the list, or without the size.
+        header(Status::Partial, Some(size), None),
+        header(Status::Partial, None, Some(vec![(0, 1)])),
+        // A list where no data is answered.
+        header(Status::NotFound, None, Some(vec![(0, 1)])),
+        header(Status::Busy, None, Some(vec![(0, 1)])),
+        // Unsorted, touching, empty, past the end, too many.
+        header(Status::Partial, Some(size), Some(vec![(5, 9), (0, 2)])),
+        header(Status::Partial, Some(size), Some(vec![(0, 5), (5, 6)])),
+        header(Status::Partial, Some(size), Some(vec![(3, 3)])),
+        header(Status::Partial, Some(size), Some(vec![(4000, 4097)])),
+        header(Status::Partial, Some(size), Some(too_many)),
+    ] {
+        assert!(
+            BlobResponseHeader::from_bytes(&bad.to_bytes()).is_err(),
+            "accepted {bad:?}"
+        );
+    }
+}
+
+#[test]
 fn sizes_over_the_blob_limit_are_refused_at_decode() {
     use protocol::MAX_BLOB_BYTES;
     use protocol::wire::{BlobResponseHeader, Status};
@@ -275,6 +340,7 @@ fn sizes_over_the_blob_limit_are_refused_at_decode() {
     let header = BlobResponseHeader {
         status: Status::Ok,
         size: Some(MAX_BLOB_BYTES + 1),
+        have: None,
     };
     assert!(BlobResponseHeader::from_bytes(&header.to_bytes()).is_err());
 }

@@ -9,6 +9,7 @@
 //! cargo run -p testnet -- churn [--mib M] [--departed 2]
 //! cargo run -p testnet -- scale [--nodes 20] [--idle-secs 60] [--max-connections 40]
 //! cargo run -p testnet -- slow-providers [--mib 64] [--rate 4]
+//! cargo run -p testnet -- swarm [--nodes 51] [--mib 64] [--rate 4]
 //! cargo run -p testnet -- simulate [--nodes 10000] [--seed 1] [--lookups 1000] [--offline 0.1]
 //! cargo run -p testnet -- attack [--mib 16] [--fetches 4] [--call-secs 15] [--call-rate 100]
 //!     [--identities 300] [--max-connections N] [--only NAME]…
@@ -123,12 +124,22 @@ fn main() -> ExitCode {
     if which == "attack" {
         return attack(&args, flag);
     }
+    let rate = args
+        .windows(2)
+        .find(|w| w[0] == "--rate")
+        .and_then(|w| w[1].parse::<f64>().ok())
+        .unwrap_or(4.0);
+    if which == "swarm" {
+        let fetchers = flag("--nodes", 51).saturating_sub(1);
+        let result = scenario::swarm(fetchers as usize + 1, flag("--mib", 64), rate);
+        return verdict(
+            "swarm",
+            result,
+            move |r| r.completed as u64 == fetchers && r.publisher_copies() <= 3.0,
+            " (goal: every fetch completes, the publisher sends at most 3 copies)",
+        );
+    }
     if which == "slow-providers" {
-        let rate = args
-            .windows(2)
-            .find(|w| w[0] == "--rate")
-            .and_then(|w| w[1].parse::<f64>().ok())
-            .unwrap_or(4.0);
         let result = scenario::slow_providers(flag("--mib", 64), rate);
         return verdict(
             "slow-providers",
@@ -209,7 +220,7 @@ fn main() -> ExitCode {
         .collect();
     if selected.is_empty() {
         eprintln!(
-            "unknown scenario {which:?}; use all, fetch-many, byzantine, kill-provider, partition, compute, churn, scale, slow-providers, simulate or attack"
+            "unknown scenario {which:?}; use all, fetch-many, byzantine, kill-provider, partition, compute, churn, scale, slow-providers, swarm, simulate or attack"
         );
         return ExitCode::from(2);
     }

@@ -370,6 +370,159 @@ pub fn slow_providers(mib: u64, rate_mib: f64) -> Result<SlowProvidersReport> {
     })
 }
 
+/// What the swarm scenario measured.
+#[derive(Debug, Clone)]
+pub struct SwarmReport {
+    /// Nodes fetching.
+    pub fetchers: usize,
+    /// The model's size in bytes (its weights file; the manifest is tiny).
+    pub bytes: u64,
+    /// Every node's upload limit, bytes a second (0: none).
+    pub rate: u64,
+    /// Fetches that completed.
+    pub completed: usize,
+    /// Each completed fetch's time, as its node measured it, sorted.
+    pub times: Vec<Duration>,
+    /// Bytes the publisher uploaded during the fetches.
+    pub publisher_sent: u64,
+    /// The most bytes any one fetcher uploaded to the others.
+    pub most_by_a_fetcher: u64,
+    /// From the first fetch started to the last one complete.
+    pub wall: Duration,
+}
+
+impl SwarmReport {
+    /// The publisher's upload in copies of the model: the goal is at most 3 (without
+    /// swarming it would be one per fetcher).
+    pub fn publisher_copies(&self) -> f64 {
+        self.publisher_sent as f64 / self.bytes.max(1) as f64
+    }
+}
+
+impl fmt::Display for SwarmReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let pct = |p| percentile(&self.times, p).map_or(f64::NAN, |d| d.as_secs_f64());
+        write!(
+            f,
+            "{:<14} {} fetchers x {} MiB  uploads limited to {}  {}/{} complete in {:.1} s (p50 {:.1} s, max {:.1} s)  publisher sent {:.2} copies (vs {} without swarming)  busiest fetcher sent {:.2} copies",
+            "swarm",
+            self.fetchers,
+            self.bytes >> 20,
+            if self.rate == 0 {
+                "nothing".to_string()
+            } else {
+                format!("{:.1} MiB/s", self.rate as f64 / 1048576.0)
+            },
+            self.completed,
+            self.fetchers,
+            self.wall.as_secs_f64(),
+            pct(50),
+            pct(100),
+            self.publisher_copies(),
+            self.fetchers,
+            self.most_by_a_fetcher as f64 / self.bytes.max(1) as f64,
+        )
+    }
+}
+
+/// Swarm: `nodes` real nodes (loopback, each bootstrapped to a random earlier one), every one
+/// limited to upload `rate_mib` MiB/s (`upload_mib_per_sec`: equal uplinks, as on a real network
+/// where the publisher is one home among many; 0 for none). The first publishes a model of
+/// `mib` MiB; once every node knows it, all the others fetch it at once. They serve each other
+/// the groups they hold, so the publisher should upload about one copy (goal: at most 3).
+pub fn swarm(nodes: usize, mib: u64, rate_mib: f64) -> Result<SwarmReport> {
+    ensure!(nodes >= 2, "swarm needs at least 2 nodes");
+    let net = Testnet::new()?;
+    let homes: Vec<Node> = (0..nodes).map(|i| net.home(&format!("n{i}"))).collect();
+    for h in &homes {
+        h.ok(&["init"]);
+        if rate_mib > 0.0 {
+            std::fs::write(
+                h.home.join("config.toml"),
+                format!("upload_mib_per_sec = {rate_mib}\n"),
+            )?;
+        }
+    }
+    let pkg = net.path().join("pkg");
+    package(&pkg, mib)?;
+    let id = homes[0].ok(&["publish", path_str(&pkg)?]);
+    let mut rng = Seeded(0x5157_4152_4D00_0001);
+    let mut daemons: Vec<Daemon> = Vec::new();
+    for h in &homes {
+        let boot: Vec<&str> = if daemons.is_empty() {
+            Vec::new()
+        } else {
+            vec![daemons[rng.below(daemons.len())].addr()]
+        };
+        daemons.push(h.start(&boot));
+    }
+    for h in &homes[1..] {
+        wait_for_model(h, &id)?;
+    }
+    // Settling: the DHT's provider records of the publisher's blobs are in place.
+    std::thread::sleep(Duration::from_secs(2));
+    let served = |d: &Daemon| -> Result<u64> {
+        Ok(counter(
+            &metrics(&d.api)?,
+            "moxnet_net_blob_sent_bytes_total",
+        ))
+    };
+    let before: Vec<u64> = daemons.iter().map(served).collect::<Result<_>>()?;
+    let started = Instant::now();
+    for d in &daemons[1..] {
+        let (status, v) = d.api_call("POST", &format!("/api/v1/fetch/{id}"), None)?;
+        ensure!(status == 202, "starting a fetch: HTTP {status}: {v}");
+    }
+    let deadline = started + Duration::from_secs(600);
+    let mut pending: Vec<usize> = (1..nodes).collect();
+    let mut times = Vec::new();
+    let mut failed = Vec::new();
+    let mut last_done = started;
+    while !pending.is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(250));
+        let mut still = Vec::new();
+        for i in pending {
+            let (_, v) = daemons[i].api_get(&format!("/api/v1/fetch/{id}"))?;
+            match v["state"].as_str() {
+                Some("complete") => {
+                    times.push(Duration::from_millis(v["elapsed_ms"].as_u64().unwrap_or(0)));
+                    last_done = Instant::now();
+                }
+                Some("failed") => failed.push(format!("n{i}: {}", v["error"])),
+                _ => still.push(i),
+            }
+        }
+        pending = still;
+    }
+    ensure!(failed.is_empty(), "fetches failed: {}", failed.join("; "));
+    times.sort();
+    let after: Vec<u64> = daemons.iter().map(served).collect::<Result<_>>()?;
+    let sent: Vec<u64> = after
+        .iter()
+        .zip(&before)
+        .map(|(a, b)| a.saturating_sub(*b))
+        .collect();
+    for h in &homes[1..] {
+        if !pending.iter().any(|i| homes[*i].home == h.home) {
+            ensure!(
+                h.json(&["verify"])["ok"] == true,
+                "{} does not verify",
+                h.home.display()
+            );
+        }
+    }
+    Ok(SwarmReport {
+        fetchers: nodes - 1,
+        bytes: mib << 20,
+        rate: (rate_mib * 1048576.0) as u64,
+        completed: times.len(),
+        times,
+        publisher_sent: sent[0],
+        most_by_a_fetcher: sent[1..].iter().copied().max().unwrap_or(0),
+        wall: last_done.duration_since(started),
+    })
+}
+
 /// What the default configuration listens on, on loopback: TCP and QUIC. A QUIC address of a
 /// node that left is not refused like a closed TCP port: a dial waits for its handshake timeout.
 const LISTEN_TCP_AND_QUIC: &[&str] = &["/ip4/127.0.0.1/tcp/0", "/ip4/127.0.0.1/udp/0/quic-v1"];

@@ -4,6 +4,10 @@
 //! [`BlobResponseHeader`] and, if the status is ok, the bao encoding of the requested chunk
 //! groups, then closes the stream. Nothing here checks the data: the receiver's store verifies
 //! every group against the hash before writing it.
+//!
+//! A node serves blobs it is still receiving too (swarming: peers that fetch one model at once
+//! fetch from each other): it answers with the groups it holds in the header's `have`, and with
+//! [`Status::Partial`] when it lacks some of those asked for.
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
@@ -14,7 +18,8 @@ use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::{PeerId, Stream, StreamProtocol};
 use protocol::Object;
 use protocol::wire::{
-    self, BlobRequest, BlobResponseHeader, MAX_BLOB_HEADER_BYTES, MAX_BLOB_REQUEST_BYTES, Status,
+    self, BlobRequest, BlobResponseHeader, MAX_BLOB_HEADER_BYTES, MAX_BLOB_REQUEST_BYTES,
+    MAX_HAVE_RANGES, Status,
 };
 use tokio::sync::mpsc;
 
@@ -78,6 +83,8 @@ pub(crate) struct ServeMetrics {
     busy: prometheus_client::metrics::counter::Counter,
     /// Stalled streams ended to serve a new request.
     evicted: prometheus_client::metrics::counter::Counter,
+    /// Bytes written to requesters' streams.
+    sent: prometheus_client::metrics::counter::Counter,
 }
 
 impl ServeMetrics {
@@ -93,6 +100,11 @@ impl ServeMetrics {
             "blob_streams_evicted",
             "Blob streams ended because they made no progress while another request waited for a slot",
             m.evicted.clone(),
+        );
+        sub.register(
+            "blob_sent_bytes",
+            "Blob bytes written to peers' streams (headers and bao encoding; what a cancelled request had not sent yet is not counted)",
+            m.sent.clone(),
         );
         m
     }
@@ -163,7 +175,7 @@ pub(crate) async fn serve(
             tracing::debug!(%peer, "blob request refused: busy");
             tokio::spawn(async move {
                 let busy = async {
-                    answer(&mut stream, Status::Busy, None).await?;
+                    answer(&mut stream, BlobResponseHeader::status(Status::Busy)).await?;
                     stream.close().await
                 };
                 if let Ok(Err(e)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, busy).await {
@@ -180,11 +192,12 @@ pub(crate) async fn serve(
             let slots = slots.clone();
             let served = served.clone();
             let upload = upload.clone();
+            let sent = metrics.sent.clone();
             tokio::spawn(async move {
                 // The slot is registered before the work starts, and freed when it ends.
                 let Ok(id) = started.await else { return };
                 let _free = FreeSlot { slots, id };
-                match serve_one(&mut stream, peer, provider, &upload, &progress).await {
+                match serve_one(&mut stream, peer, provider, &upload, &progress, &sent).await {
                     // The swarm ranks connections by what their peers did (a stream read to
                     // its end counts, one held open does not); a full queue loses a hint only.
                     Ok(()) => {
@@ -229,8 +242,28 @@ impl Drop for FreeSlot {
     }
 }
 
-async fn answer(stream: &mut Stream, status: Status, size: Option<u64>) -> io::Result<()> {
-    write_frame(stream, &BlobResponseHeader { status, size }.to_bytes()).await
+async fn answer(stream: &mut Stream, header: BlobResponseHeader) -> io::Result<()> {
+    write_frame(stream, &header.to_bytes()).await
+}
+
+/// At most [`MAX_HAVE_RANGES`] of `runs`: the longest, in order (a hint, so dropping the
+/// shortest runs of a scattered receipt only hides some of what it could serve).
+pub(crate) fn have_hint(mut runs: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
+    if runs.len() > MAX_HAVE_RANGES {
+        runs.sort_by_key(|(s, e)| std::cmp::Reverse(e - s));
+        runs.truncate(MAX_HAVE_RANGES);
+        runs.sort_unstable();
+    }
+    runs
+}
+
+/// Whether the runs `have` (sorted) cover every group of `groups` (sorted).
+pub(crate) fn covers(have: &[(u64, u64)], groups: &[(u64, u64)]) -> bool {
+    groups.iter().all(|(s, e)| {
+        // The run that holds `s` must reach `e` (runs never touch, so one run covers it all).
+        let i = have.partition_point(|(_, end)| *end <= *s);
+        have.get(i).is_some_and(|(hs, he)| hs <= s && e <= he)
+    })
 }
 
 async fn serve_one(
@@ -239,6 +272,7 @@ async fn serve_one(
     provider: Arc<dyn Provider>,
     upload: &Upload,
     progress: &Mutex<Instant>,
+    sent: &prometheus_client::metrics::counter::Counter,
 ) -> io::Result<()> {
     let touch = || *progress.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
     let frame = tokio::time::timeout(
@@ -249,24 +283,42 @@ async fn serve_one(
     .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no request"))??;
     touch();
     let Ok(request) = BlobRequest::from_bytes(&frame) else {
-        return answer(stream, Status::BadRequest, None).await;
+        return answer(stream, BlobResponseHeader::status(Status::BadRequest)).await;
     };
     let hash = request.hash;
-    let size = {
+    // A complete copy, or the part held of one being received.
+    let found = {
         let provider = provider.clone();
-        tokio::task::spawn_blocking(move || provider.blob_size(hash))
-            .await
-            .ok()
-            .flatten()
+        tokio::task::spawn_blocking(move || match provider.blob_size(hash) {
+            Some(size) => Some((size, None)),
+            None => provider
+                .holding(hash)
+                .map(|(size, runs)| (size, Some(runs))),
+        })
+        .await
+        .ok()
+        .flatten()
     };
-    let Some(size) = size else {
-        return answer(stream, Status::NotFound, None).await;
+    let Some((size, held)) = found else {
+        return answer(stream, BlobResponseHeader::status(Status::NotFound)).await;
     };
     let groups = size.div_ceil(protocol::CHUNK_GROUP_BYTES).max(1);
     if request.groups.last().is_some_and(|(_, end)| *end > groups) {
-        return answer(stream, Status::BadRequest, None).await;
+        return answer(stream, BlobResponseHeader::status(Status::BadRequest)).await;
     }
-    answer(stream, Status::Ok, Some(size)).await?;
+    let status = match &held {
+        Some(runs) if !covers(runs, &request.groups) => Status::Partial,
+        _ => Status::Ok,
+    };
+    let header = BlobResponseHeader {
+        status,
+        size: Some(size),
+        have: held.map(have_hint),
+    };
+    answer(stream, header).await?;
+    if status == Status::Partial {
+        return Ok(());
+    }
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(4);
     let producer = tokio::task::spawn_blocking(move || {
         let mut pipe = Pipe {
@@ -288,6 +340,7 @@ async fn serve_one(
                 .map_err(|_| {
                     io::Error::new(io::ErrorKind::TimedOut, "requester stopped reading")
                 })??;
+            sent.inc_by(piece.len() as u64);
             touch();
         }
     }
@@ -332,6 +385,9 @@ pub struct BlobResponse {
     pub peer: PeerId,
     /// The size the provider claims (the bao encoding proves or refutes it).
     pub size: u64,
+    /// The groups the provider holds when it is still receiving the blob itself (`None`: it
+    /// has all of it).
+    pub have: Option<Vec<(u64, u64)>>,
     stream: Stream,
 }
 
@@ -399,8 +455,55 @@ pub(crate) async fn request(
         reason: format!("blob header: {e}"),
     })?;
     match (header.status, header.size) {
-        (Status::Ok, Some(size)) => Ok(BlobResponse { peer, size, stream }),
+        (Status::Ok, Some(size)) => Ok(BlobResponse {
+            peer,
+            size,
+            have: header.have,
+            stream,
+        }),
+        (Status::Partial, Some(size)) => Err(NetError::Partial {
+            peer,
+            size,
+            have: header.have.unwrap_or_default(),
+        }),
         (Status::Busy, _) => Err(NetError::Busy { peer }),
         (status, _) => Err(unavailable(format!("{status:?}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn covers_needs_one_run_around_each_range() {
+        let have = [(0, 4), (10, 20)];
+        assert!(covers(&have, &[(0, 4)]));
+        assert!(covers(&have, &[(1, 3), (12, 20)]));
+        assert!(covers(&have, &[]));
+        assert!(!covers(&have, &[(3, 5)]));
+        assert!(!covers(&have, &[(4, 10)]));
+        assert!(!covers(&have, &[(19, 21)]));
+        assert!(!covers(&[], &[(0, 1)]));
+    }
+
+    #[test]
+    fn a_scattered_receipt_states_its_longest_runs_in_order() {
+        let runs: Vec<(u64, u64)> = (0..MAX_HAVE_RANGES as u64 + 10)
+            .map(|i| (10 * i, 10 * i + 1 + i % 3))
+            .collect();
+        let hint = have_hint(runs.clone());
+        assert_eq!(hint.len(), MAX_HAVE_RANGES);
+        assert!(hint.windows(2).all(|w| w[0].1 < w[1].0), "sorted, disjoint");
+        assert!(hint.iter().all(|r| runs.contains(r)));
+        // No dropped run is longer than a kept one.
+        let kept_shortest = hint.iter().map(|(s, e)| e - s).min();
+        let dropped_longest = runs
+            .iter()
+            .filter(|r| !hint.contains(r))
+            .map(|(s, e)| e - s)
+            .max();
+        assert!(dropped_longest <= kept_shortest);
+        assert_eq!(have_hint(runs[..3].to_vec()), runs[..3].to_vec());
     }
 }

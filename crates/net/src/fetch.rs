@@ -8,8 +8,12 @@
 //!
 //! # Policy
 //! - Missing groups are split into ranges of [`FetchConfig::chunk_groups`]; each peer has up to
-//!   [`FetchConfig::max_in_flight_per_peer`] requests in flight (pipelining). Free slots go to
-//!   the peer with the fewest requests in flight, then the highest measured rate.
+//!   [`FetchConfig::max_in_flight_per_peer`] requests in flight (pipelining), as many as it
+//!   answers within [`FetchConfig::target_request_ms`]: a peer starts with one, gets one more
+//!   for each request answered within that time, and half as many after one that took more than
+//!   twice as long (a busy peer, which shares its upload among many, is not asked for more
+//!   than it delivers). Free slots go to the peer with the fewest requests in flight, then the
+//!   highest measured rate.
 //! - **Work stealing:** when nothing is left to hand out, an idle peer duplicates the oldest
 //!   request of another peer; whichever answers first wins and the other is cancelled. A slow
 //!   peer therefore never holds up the end of a fetch.
@@ -18,7 +22,19 @@
 //! - **Stalls:** a request gets a deadline from the peer's measured rate (at least
 //!   [`FetchConfig::min_timeout_ms`]); past it, the request is cancelled and re-queued. A peer
 //!   that fails [`FetchConfig::max_failures`] times in a row is dropped (not banned: it may
-//!   come back).
+//!   come back). A busy peer rests for [`FetchConfig::busy_rest_ms`] and is not blamed.
+//!
+//! # Swarming
+//! Peers that fetch one blob at once serve each other what they hold, so that its first
+//! providers (seeds) send it about once rather than once per fetcher:
+//! - Missing ranges are handed out in an order drawn from the seed of the [`Fetch`] (callers mix
+//!   in their own identity), so that fetchers start on different parts.
+//! - A peer still receiving the blob states what it holds ([`Event::Has`]); it is asked only
+//!   for ranges within that, first of all peers. When it holds nothing more that is needed, it
+//!   is asked again ("probed") once what it stated is [`FetchConfig::probe_after_ms`] old; an
+//!   answer that it lacks the groups ([`Failure::Lacks`]) costs it nothing.
+//! - A peer with the whole blob gets one request at a time while a peer that stated it holds
+//!   part of it is in the fetch, and is asked first for ranges none of those peers holds.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::ops::Range;
@@ -30,26 +46,37 @@ pub struct RequestId(pub u64);
 /// Tuning of a [`Fetch`].
 #[derive(Debug, Clone)]
 pub struct FetchConfig {
-    /// Groups per request (64 groups = 1 MiB).
+    /// Groups per request (16 groups = 256 KiB: small enough that peers fetching a blob at
+    /// once soon hold parts to give each other).
     pub chunk_groups: u64,
-    /// Requests in flight per peer.
+    /// The most requests in flight per peer.
     pub max_in_flight_per_peer: usize,
+    /// How long a request should take: a peer that answers faster gets more requests in
+    /// flight, one that takes more than twice as long fewer.
+    pub target_request_ms: u64,
     /// The shortest deadline of a request, in ms.
     pub min_timeout_ms: u64,
     /// A deadline is this many times the time a request should take at the peer's rate.
     pub timeout_factor: u64,
     /// Consecutive failures (not misbehaviour) after which a peer is dropped.
     pub max_failures: u32,
+    /// How long a peer that answered busy is left alone, in ms.
+    pub busy_rest_ms: u64,
+    /// How old what a partial holder stated must be before it is asked for ranges outside it.
+    pub probe_after_ms: u64,
 }
 
 impl Default for FetchConfig {
     fn default() -> Self {
         FetchConfig {
-            chunk_groups: 64,
+            chunk_groups: 16,
             max_in_flight_per_peer: 4,
+            target_request_ms: 1_000,
             min_timeout_ms: 10_000,
             timeout_factor: 4,
             max_failures: 3,
+            busy_rest_ms: 500,
+            probe_after_ms: 1_000,
         }
     }
 }
@@ -63,6 +90,13 @@ pub enum Failure {
     Unavailable,
     /// The peer stopped sending.
     Stalled,
+    /// The peer is at capacity: it rests for a while, unblamed.
+    Busy,
+    /// The peer is receiving the blob too and lacks groups asked for (what it holds came in an
+    /// [`Event::Has`]): unblamed, unless it had stated it holds them (then it counts as
+    /// [`Failure::Unavailable`], so a peer that keeps claiming groups it never sends is
+    /// dropped).
+    Lacks,
 }
 
 /// What happened.
@@ -72,6 +106,17 @@ pub enum Event<P> {
     PeerAdded(P),
     /// A peer disconnected; its requests are lost.
     PeerRemoved(P),
+    /// What a peer holds, as its last answer stated: `None` for the whole blob, else the
+    /// ranges of chunk groups of a peer still receiving it (adds the peer if it is new). Send
+    /// it just before that answer's [`Event::Completed`] or [`Event::Failed`]: it only records,
+    /// and the outcome that follows hands out work with it (an update on its own takes effect
+    /// at the next event).
+    Has {
+        /// The peer.
+        peer: P,
+        /// The groups it holds, sorted; `None`: all.
+        have: Option<Vec<Range<u64>>>,
+    },
     /// Every group of the request verified and is stored.
     Completed {
         /// The request.
@@ -127,6 +172,20 @@ struct Request<P> {
     groups: Range<u64>,
     started: u64,
     deadline: u64,
+    /// The peer had stated it holds all of `groups` when asked: saying it lacks them now
+    /// counts as a failure (an honest holder's groups only grow).
+    stated_held: bool,
+}
+
+/// What a peer is known to hold.
+#[derive(Debug, Clone, PartialEq)]
+enum Avail {
+    /// Not stated yet: asked for anything.
+    Unknown,
+    /// The whole blob.
+    Complete,
+    /// The ranges stated at time `at`.
+    Partial { have: Vec<Range<u64>>, at: u64 },
 }
 
 #[derive(Debug)]
@@ -137,9 +196,57 @@ struct Peer {
     rate: Option<f64>,
     /// Random tie-breaker, fixed per peer.
     tie: u64,
+    avail: Avail,
+    /// Not asked before this time (it answered busy).
+    rest_until: u64,
+    /// Requests it may have in flight now (see "Policy").
+    depth: usize,
 }
 
-/// SplitMix64: small, seedable, good enough for tie-breaking.
+impl Peer {
+    fn new(tie: u64) -> Peer {
+        Peer {
+            in_flight: 0,
+            failures: 0,
+            rate: None,
+            tie,
+            avail: Avail::Unknown,
+            rest_until: 0,
+            depth: 1,
+        }
+    }
+}
+
+/// How a peer may be used now, best first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Use {
+    /// A partial holder, for ranges within what it stated.
+    Within,
+    /// A peer of unknown holdings, or a partial holder whose statement is old: any range.
+    Probe,
+    /// A holder of the whole blob: ranges no partial holder has first.
+    Seed,
+}
+
+/// The first part of `range` that lies within the sorted runs `have`.
+fn within(have: &[Range<u64>], range: Range<u64>) -> Option<Range<u64>> {
+    let i = have.partition_point(|h| h.end <= range.start);
+    have[i..]
+        .iter()
+        .map(|h| h.start.max(range.start)..h.end.min(range.end))
+        .find(|r| r.start < r.end)
+}
+
+fn holds(have: &[Range<u64>], g: u64) -> bool {
+    let i = have.partition_point(|h| h.end <= g);
+    have.get(i).is_some_and(|h| h.start <= g)
+}
+
+/// Pending ranges looked at per choice: bounds the work of one step on a huge blob (the order
+/// is random, so these are a fair sample).
+const SCAN_LIMIT: usize = 4096;
+
+/// SplitMix64: small, seedable, good enough for tie-breaking and shuffling.
 #[derive(Debug)]
 struct Rng(u64);
 
@@ -186,22 +293,28 @@ impl<P: Ord + Clone> Fetch<P> {
         }
         let present_count = present.iter().filter(|p| **p).count() as u64;
         let chunk = config.chunk_groups.max(1);
-        let mut pending = VecDeque::new();
+        let mut pending = Vec::new();
         for run in runs(&present, 0..total_groups, |p| !p) {
             let mut start = run.start;
             while start < run.end {
                 let end = (start + chunk).min(run.end);
-                pending.push_back(start..end);
+                pending.push(start..end);
                 start = end;
             }
         }
+        // Fetchers of one blob start on different parts (see "Swarming").
+        let mut rng = Rng(seed);
+        for i in (1..pending.len()).rev() {
+            let j = (rng.next() % (i as u64 + 1)) as usize;
+            pending.swap(i, j);
+        }
         Fetch {
             config,
-            rng: Rng(seed),
+            rng,
             total: total_groups,
             present,
             present_count,
-            pending,
+            pending: pending.into(),
             requests: BTreeMap::new(),
             peers: BTreeMap::new(),
             banned: BTreeSet::new(),
@@ -233,31 +346,48 @@ impl<P: Ord + Clone> Fetch<P> {
         self.banned.contains(peer)
     }
 
+    /// Peers in the fetch (neither banned nor dropped).
+    pub fn peer_count(&self) -> usize {
+        self.peers.len()
+    }
+
     /// Applies `event` at time `now` (ms, monotonic) and returns what to do.
     pub fn handle(&mut self, now: u64, event: Event<P>) -> Vec<Action<P>> {
         let mut actions = Vec::new();
         match event {
             Event::PeerAdded(peer) => {
-                if !self.banned.contains(&peer) && !self.peers.contains_key(&peer) {
-                    let tie = self.rng.next();
-                    self.peers.insert(
-                        peer,
-                        Peer {
-                            in_flight: 0,
-                            failures: 0,
-                            rate: None,
-                            tie,
-                        },
-                    );
+                self.add(peer);
+            }
+            Event::Has { peer, have } => {
+                if let Some(p) = self.add(peer) {
+                    p.avail = match have {
+                        None => Avail::Complete,
+                        Some(mut have) => {
+                            have.retain(|r| r.start < r.end);
+                            have.sort_by_key(|r| r.start);
+                            Avail::Partial { have, at: now }
+                        }
+                    };
                 }
+                return actions;
             }
             Event::PeerRemoved(peer) => self.drop_peer(&peer, false, &mut actions),
             Event::Completed { id } => {
                 if let Some(req) = self.requests.remove(&id) {
+                    let (target, max) = (
+                        self.config.target_request_ms,
+                        self.config.max_in_flight_per_peer,
+                    );
                     if let Some(p) = self.peers.get_mut(&req.peer) {
                         p.in_flight -= 1;
                         p.failures = 0;
-                        let took = now.saturating_sub(req.started).max(1) as f64;
+                        let took = now.saturating_sub(req.started);
+                        if took <= target {
+                            p.depth = (p.depth + 1).min(max.max(1));
+                        } else if took > 2 * target {
+                            p.depth = (p.depth / 2).max(1);
+                        }
+                        let took = took.max(1) as f64;
                         let rate = (req.groups.end - req.groups.start) as f64 / took;
                         p.rate = Some(match p.rate {
                             Some(old) => old * 0.7 + rate * 0.3,
@@ -283,7 +413,11 @@ impl<P: Ord + Clone> Fetch<P> {
                         p.in_flight -= 1;
                     }
                     self.requeue(req.groups);
-                    self.punish(&req.peer, failure, &mut actions);
+                    let failure = match failure {
+                        Failure::Lacks if req.stated_held => Failure::Unavailable,
+                        f => f,
+                    };
+                    self.punish(now, &req.peer, failure, &mut actions);
                 }
             }
             Event::Tick => {
@@ -303,7 +437,7 @@ impl<P: Ord + Clone> Fetch<P> {
                             p.in_flight -= 1;
                         }
                         self.requeue(req.groups);
-                        self.punish(&req.peer, Failure::Stalled, &mut actions);
+                        self.punish(now, &req.peer, Failure::Stalled, &mut actions);
                     }
                 }
             }
@@ -314,7 +448,7 @@ impl<P: Ord + Clone> Fetch<P> {
                 self.complete_reported = true;
                 actions.push(Action::Complete);
             }
-        } else if self.requests.is_empty() {
+        } else if self.requests.is_empty() && self.peers.values().all(|p| p.rest_until <= now) {
             if !self.need_reported {
                 self.need_reported = true;
                 actions.push(Action::NeedProviders);
@@ -325,13 +459,33 @@ impl<P: Ord + Clone> Fetch<P> {
         actions
     }
 
-    fn punish(&mut self, peer: &P, failure: Failure, actions: &mut Vec<Action<P>>) {
+    /// The peer's state, added if new; `None` if it is banned.
+    fn add(&mut self, peer: P) -> Option<&mut Peer> {
+        if self.banned.contains(&peer) {
+            return None;
+        }
+        if !self.peers.contains_key(&peer) {
+            let tie = self.rng.next();
+            self.peers.insert(peer.clone(), Peer::new(tie));
+        }
+        self.peers.get_mut(&peer)
+    }
+
+    fn punish(&mut self, now: u64, peer: &P, failure: Failure, actions: &mut Vec<Action<P>>) {
         match failure {
+            Failure::Busy => {
+                if let Some(p) = self.peers.get_mut(peer) {
+                    p.rest_until = now + self.config.busy_rest_ms;
+                    p.depth = 1;
+                }
+            }
+            Failure::Lacks => {}
             Failure::Misbehaved => self.drop_peer(peer, true, actions),
             Failure::Unavailable | Failure::Stalled => {
                 let dropped = match self.peers.get_mut(peer) {
                     Some(p) => {
                         p.failures += 1;
+                        p.depth = 1;
                         p.failures >= self.config.max_failures
                     }
                     None => false,
@@ -412,82 +566,180 @@ impl<P: Ord + Clone> Fetch<P> {
         self.requests.values().any(|r| r.groups.contains(&g))
     }
 
-    /// The next pending range that is still wanted, trimmed to its wanted part.
-    fn next_pending(&mut self) -> Option<Range<u64>> {
-        while let Some(r) = self.pending.pop_front() {
+    /// Takes the first part of a pending range that is still wanted and that `pick` accepts
+    /// (`pick` maps a wanted run to the part of it to take). The rest of that range stays
+    /// pending, in place. Looks at most [`SCAN_LIMIT`] ranges ahead.
+    fn take_pending(
+        &mut self,
+        mut pick: impl FnMut(&Self, Range<u64>) -> Option<Range<u64>>,
+    ) -> Option<Range<u64>> {
+        let mut i = 0;
+        let mut scanned = 0;
+        while i < self.pending.len() && scanned < SCAN_LIMIT {
+            scanned += 1;
+            let r = self.pending[i].clone();
             let wanted: Vec<bool> = (r.start..r.end)
                 .map(|g| !self.present[g as usize] && !self.requested(g))
                 .collect();
-            let mut parts = runs(&wanted, 0..wanted.len() as u64, |w| w)
-                .map(|p| p.start + r.start..p.end + r.start);
-            if let Some(first) = parts.next() {
-                let rest: Vec<_> = parts.collect();
-                for p in rest.into_iter().rev() {
-                    self.pending.push_front(p);
-                }
-                return Some(first);
+            let parts: Vec<Range<u64>> = runs(&wanted, 0..wanted.len() as u64, |w| w)
+                .map(|p| p.start + r.start..p.end + r.start)
+                .collect();
+            if parts.is_empty() {
+                // Nothing of it is wanted any more.
+                self.pending.remove(i);
+                continue;
             }
+            let taken = parts
+                .iter()
+                .find_map(|part| pick(self, part.clone()).filter(|t| t.start < t.end));
+            let Some(taken) = taken else {
+                i += 1;
+                continue;
+            };
+            self.pending.remove(i);
+            // What is left of the range's wanted parts goes back where it was, in order.
+            let mut rest = Vec::new();
+            for part in parts {
+                if part.start < taken.start {
+                    rest.push(part.start..part.end.min(taken.start));
+                }
+                if part.end > taken.end {
+                    rest.push(part.start.max(taken.end)..part.end);
+                }
+            }
+            for (k, p) in rest.into_iter().filter(|p| p.start < p.end).enumerate() {
+                self.pending.insert(i + k, p);
+            }
+            return Some(taken);
         }
         None
     }
 
-    /// The best peer with a free slot: fewest in flight, then fastest, then the tie-breaker.
-    fn best_peer(&self, idle_only: bool) -> Option<P> {
+    /// Whether any peer in the fetch stated that it holds part of the blob.
+    fn swarming(&self) -> bool {
         self.peers
-            .iter()
-            .filter(|(_, p)| p.in_flight < self.config.max_in_flight_per_peer)
-            .filter(|(_, p)| !idle_only || p.in_flight == 0)
-            .min_by(|(_, a), (_, b)| {
-                a.in_flight
-                    .cmp(&b.in_flight)
-                    .then_with(|| {
-                        let (ra, rb) = (a.rate.unwrap_or(f64::MAX), b.rate.unwrap_or(f64::MAX));
-                        rb.partial_cmp(&ra).unwrap_or(std::cmp::Ordering::Equal)
+            .values()
+            .any(|p| matches!(p.avail, Avail::Partial { .. }))
+    }
+
+    /// How `peer` may be used at `now`.
+    fn usage(&self, p: &Peer, now: u64) -> Use {
+        match &p.avail {
+            Avail::Unknown => Use::Probe,
+            Avail::Complete => Use::Seed,
+            Avail::Partial { at, .. } if now.saturating_sub(*at) >= self.config.probe_after_ms => {
+                Use::Probe
+            }
+            Avail::Partial { .. } => Use::Within,
+        }
+    }
+
+    /// The part of the wanted run `part` to ask `peer` for, used as `usage`.
+    fn pick_for(&self, peer: &Peer, usage: Use, part: Range<u64>) -> Option<Range<u64>> {
+        match (usage, &peer.avail) {
+            (Use::Within, Avail::Partial { have, .. }) => within(have, part),
+            (Use::Seed, _) if self.swarming() => {
+                // What no partial holder has, if any: they can serve the rest.
+                let held = |g: u64| {
+                    self.peers.values().any(|q| match &q.avail {
+                        Avail::Partial { have, .. } => holds(have, g),
+                        _ => false,
                     })
-                    .then_with(|| a.tie.cmp(&b.tie))
+                };
+                let start = part.clone().find(|g| !held(*g))?;
+                let end = (start..part.end).find(|g| held(*g)).unwrap_or(part.end);
+                Some(start..end)
+            }
+            _ => Some(part),
+        }
+    }
+
+    /// Peers with a free slot that may be asked now, best first: partial holders, then peers
+    /// to probe, then seeds; within each, fewest in flight, then fastest, then the tie-breaker.
+    fn candidates(&self, now: u64, idle_only: bool) -> Vec<(P, Use)> {
+        let swarming = self.swarming();
+        let mut out: Vec<(&P, &Peer, Use)> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.rest_until <= now)
+            .map(|(k, p)| (k, p, self.usage(p, now)))
+            .filter(|(_, p, usage)| {
+                // A seed gets one request at a time while peers may serve each other.
+                let cap = if *usage == Use::Seed && swarming {
+                    1
+                } else {
+                    p.depth.min(self.config.max_in_flight_per_peer)
+                };
+                p.in_flight < cap && (!idle_only || p.in_flight == 0)
             })
-            .map(|(peer, _)| peer.clone())
+            .collect();
+        out.sort_by(|(_, a, ua), (_, b, ub)| {
+            ua.cmp(ub)
+                .then_with(|| a.in_flight.cmp(&b.in_flight))
+                .then_with(|| {
+                    let (ra, rb) = (a.rate.unwrap_or(f64::MAX), b.rate.unwrap_or(f64::MAX));
+                    rb.partial_cmp(&ra).unwrap_or(std::cmp::Ordering::Equal)
+                })
+                .then_with(|| a.tie.cmp(&b.tie))
+        });
+        out.into_iter().map(|(k, _, u)| (k.clone(), u)).collect()
     }
 
     fn schedule(&mut self, now: u64, actions: &mut Vec<Action<P>>) {
-        loop {
-            if let Some(peer) = self.best_peer(false) {
-                if let Some(groups) = self.next_pending() {
-                    self.send(now, peer, groups, actions);
-                    continue;
+        'more: loop {
+            let candidates = self.candidates(now, false);
+            if candidates.is_empty() {
+                return;
+            }
+            for (peer, usage) in &candidates {
+                let taken = self.take_pending(|fetch, part| {
+                    let p = fetch.peers.get(peer)?;
+                    fetch.pick_for(p, *usage, part)
+                });
+                if let Some(groups) = taken {
+                    self.send(now, peer.clone(), groups, actions);
+                    continue 'more;
                 }
-            } else {
-                return;
             }
-            // Nothing left to hand out: let an idle peer race the oldest unraced request.
-            let Some(thief) = self.best_peer(true) else {
-                return;
-            };
-            let victim = self
-                .requests
-                .iter()
-                .filter(|(_, r)| r.peer != thief)
-                .filter(|(id, r)| {
-                    !self.requests.iter().any(|(other, o)| {
-                        other != *id
-                            && o.groups.start < r.groups.end
-                            && r.groups.start < o.groups.end
+            // Nothing left to hand out that these peers can serve: let an idle peer race the
+            // oldest unraced request it can serve.
+            for (thief, usage) in self.candidates(now, true) {
+                let Some(t) = self.peers.get(&thief) else {
+                    continue;
+                };
+                let victim = self
+                    .requests
+                    .iter()
+                    .filter(|(_, r)| r.peer != thief)
+                    .filter(|(id, r)| {
+                        !self.requests.iter().any(|(other, o)| {
+                            other != *id
+                                && o.groups.start < r.groups.end
+                                && r.groups.start < o.groups.end
+                        })
                     })
-                })
-                .filter_map(|(_, r)| {
-                    // Only the part still missing (a race partner may have verified some).
-                    let missing = r.groups.clone().find(|g| !self.present[*g as usize])?;
-                    let end = (missing..r.groups.end)
-                        .find(|g| self.present[*g as usize])
-                        .unwrap_or(r.groups.end);
-                    Some((r.started, missing..end))
-                })
-                .min_by_key(|(started, _)| *started)
-                .map(|(_, groups)| groups);
-            match victim {
-                Some(groups) => self.send(now, thief, groups, actions),
-                None => return,
+                    .filter_map(|(_, r)| {
+                        // Only the part still missing (a race partner may have verified some).
+                        let missing = r.groups.clone().find(|g| !self.present[*g as usize])?;
+                        let end = (missing..r.groups.end)
+                            .find(|g| self.present[*g as usize])
+                            .unwrap_or(r.groups.end);
+                        let part = match (usage, &t.avail) {
+                            (Use::Within, Avail::Partial { have, .. }) => {
+                                within(have, missing..end)?
+                            }
+                            _ => missing..end,
+                        };
+                        Some((r.started, part))
+                    })
+                    .min_by_key(|(started, _)| *started)
+                    .map(|(_, groups)| groups);
+                if let Some(groups) = victim {
+                    self.send(now, thief, groups, actions);
+                    continue 'more;
+                }
             }
+            return;
         }
     }
 
@@ -498,6 +750,10 @@ impl<P: Ord + Clone> Fetch<P> {
             return;
         };
         p.in_flight += 1;
+        let stated_held = match &p.avail {
+            Avail::Partial { have, .. } => within(have, groups.clone()) == Some(groups.clone()),
+            _ => false,
+        };
         let len = groups.end - groups.start;
         let expected = p.rate.map_or(0, |rate| (len as f64 / rate) as u64);
         let deadline = now
@@ -512,6 +768,7 @@ impl<P: Ord + Clone> Fetch<P> {
                 groups: groups.clone(),
                 started: now,
                 deadline,
+                stated_held,
             },
         );
         actions.push(Action::Request { id, peer, groups });

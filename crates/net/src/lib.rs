@@ -124,7 +124,14 @@ impl Default for ConnectionLimits {
 pub trait Provider: Send + Sync + 'static {
     /// The size of a complete blob this node has, if it has it.
     fn blob_size(&self, hash: BlobHash) -> Option<u64>;
-    /// Writes the bao encoding of chunk groups `groups` (`[start, end)`, sorted) of a blob.
+    /// The proven size and the chunk groups held (`[start, end)` runs, in order) of a blob this
+    /// node is still receiving, if it is: peers fetching it too are served those groups.
+    fn holding(&self, hash: BlobHash) -> Option<(u64, Vec<(u64, u64)>)> {
+        let _ = hash;
+        None
+    }
+    /// Writes the bao encoding of chunk groups `groups` (`[start, end)`, sorted) of a blob: a
+    /// complete one, or one being received when [`Provider::holding`] lists every group asked.
     fn serve(
         &self,
         hash: BlobHash,
@@ -273,6 +280,18 @@ pub enum NetError {
     Busy {
         /// The peer.
         peer: PeerId,
+    },
+    /// The peer is receiving the blob too and lacks some of the groups asked for: ask it for
+    /// those it has, or later.
+    #[error("peer {peer} holds only part of the blob")]
+    Partial {
+        /// The peer.
+        peer: PeerId,
+        /// The blob's size as the peer states it.
+        size: u64,
+        /// The chunk groups it holds (`[start, end)`, sorted, at most
+        /// [`protocol::wire::MAX_HAVE_RANGES`]).
+        have: Vec<(u64, u64)>,
     },
     /// The peer broke the protocol: drop it.
     #[error("peer {peer} misbehaved: {reason}")]
@@ -465,7 +484,8 @@ impl Client {
         Ok(all)
     }
 
-    /// Publishes a signed manifest envelope on the announcement topic.
+    /// Publishes a signed manifest envelope on the announcement topic. Fails with
+    /// [`NetError::Gossip`] when no peer subscribed to it yet (nobody heard it).
     pub async fn announce(&self, envelope: Vec<u8>) -> Result<(), NetError> {
         self.call(|reply| Command::Announce { envelope, reply })
             .await?

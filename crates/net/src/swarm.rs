@@ -987,9 +987,11 @@ impl EventLoop {
     /// or hear the next re-announcement.
     fn publish(&mut self, topic: IdentTopic, data: Vec<u8>) -> Result<(), NetError> {
         match self.swarm.behaviour_mut().gossipsub.publish(topic, data) {
-            Ok(_)
-            | Err(gossipsub::PublishError::NoPeersSubscribedToTopic)
-            | Err(gossipsub::PublishError::Duplicate) => Ok(()),
+            Ok(_) | Err(gossipsub::PublishError::Duplicate) => Ok(()),
+            // Nobody heard it: the caller may try again once peers are here.
+            Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => Err(NetError::Gossip(
+                "no peer subscribed to the topic yet".into(),
+            )),
             Err(e) => Err(NetError::Gossip(e.to_string())),
         }
     }

@@ -1,6 +1,6 @@
 //! The fetch scheduler in a deterministic simulation: peers of different speeds, peers that send
-//! bad bytes, stall, refuse, or leave; thousands of steps per seed. Invariants are checked at
-//! every step, and the same seed must give the same trace.
+//! bad bytes, stall, refuse, are busy, hold part of the blob, or leave; thousands of steps per
+//! seed. Invariants are checked at every step, and the same seed must give the same trace.
 
 // A one-element list of missing ranges is exactly what these tests mean.
 #![allow(clippy::single_range_in_vec_init)]
@@ -12,7 +12,7 @@ use std::ops::Range;
 use net::fetch::{Action, Event, Failure, Fetch, FetchConfig, RequestId};
 use proptest::prelude::*;
 
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 enum Behaviour {
     /// Serves every request.
     Honest,
@@ -24,6 +24,11 @@ enum Behaviour {
     Flaky { every: u64 },
     /// Honest until it disconnects at this time.
     Leaves { at: u64 },
+    /// Receiving the blob too: holds `holds` until `full_at`, then all of it. Asked for groups
+    /// it lacks, it says so and states what it holds.
+    Partial { holds: Range<u64>, full_at: u64 },
+    /// Answers busy to every `n`th request.
+    Busy { every: u64 },
 }
 
 #[derive(Debug, Clone)]
@@ -41,9 +46,14 @@ enum SimEvent {
     Tick,
 }
 
-/// A request the simulated peer will answer: who, which groups, and how it ends (a failure
-/// after this many good groups).
-type Answer = (usize, Range<u64>, Result<(), (Failure, u64)>);
+/// A request the simulated peer will answer: who, which groups, how it ends (a failure after
+/// this many good groups), and what the answer states the peer holds (`Some(None)`: all).
+type Answer = (
+    usize,
+    Range<u64>,
+    Result<(), (Failure, u64)>,
+    Option<Option<Vec<Range<u64>>>>,
+);
 
 #[derive(Debug)]
 struct Report {
@@ -52,6 +62,10 @@ struct Report {
     trace: Vec<String>,
     banned: BTreeSet<usize>,
     delivered_bad: BTreeSet<usize>,
+    /// Groups each peer delivered.
+    groups_from: Vec<u64>,
+    /// The most requests in flight at each peer at once.
+    max_in_flight: Vec<usize>,
 }
 
 /// xorshift for the simulation's own choices.
@@ -72,6 +86,7 @@ fn simulate(total: u64, missing: Vec<Range<u64>>, peers: &[SimPeer], seed: u64) 
         min_timeout_ms: 2_000,
         timeout_factor: 4,
         max_failures: 3,
+        ..FetchConfig::default()
     };
     let mut fetch: Fetch<usize> = Fetch::new(total, missing.clone(), config, seed);
     let mut present = vec![true; total as usize];
@@ -97,7 +112,13 @@ fn simulate(total: u64, missing: Vec<Range<u64>>, peers: &[SimPeer], seed: u64) 
         trace: Vec::new(),
         banned: BTreeSet::new(),
         delivered_bad: BTreeSet::new(),
+        groups_from: vec![0; peers.len()],
+        max_in_flight: vec![0; peers.len()],
     };
+    // What each peer last stated it holds, and when.
+    let mut stated: BTreeMap<usize, (Vec<Range<u64>>, u64)> = BTreeMap::new();
+    let probe_after = FetchConfig::default().probe_after_ms;
+    let mut answered: BTreeSet<usize> = BTreeSet::new();
     let mut actions = Vec::new();
     for (i, p) in peers.iter().enumerate() {
         actions.extend(fetch.handle(0, Event::PeerAdded(i)));
@@ -126,11 +147,36 @@ fn simulate(total: u64, missing: Vec<Range<u64>>, peers: &[SimPeer], seed: u64) 
                     for g in groups.clone() {
                         assert!(!present[g as usize], "asked for present group {g}");
                     }
+                    // A partial holder is asked outside what it stated only once that is old.
+                    if let Some((have, at)) = stated.get(&peer) {
+                        let inside = have
+                            .iter()
+                            .any(|h| h.start <= groups.start && groups.end <= h.end);
+                        assert!(
+                            inside || now - at >= probe_after,
+                            "peer {peer} asked for {groups:?} outside {have:?} stated at {at} (now {now})"
+                        );
+                    }
                     let p = &peers[peer];
                     served[peer] += 1;
                     let len = groups.end - groups.start;
-                    let outcome = match p.behaviour {
+                    let mut states = Some(None);
+                    let outcome = match p.behaviour.clone() {
                         Behaviour::Honest | Behaviour::Leaves { .. } => Some(Ok(())),
+                        Behaviour::Busy { every } if served[peer].is_multiple_of(every) => {
+                            states = None;
+                            Some(Err((Failure::Busy, 0)))
+                        }
+                        Behaviour::Busy { .. } => Some(Ok(())),
+                        Behaviour::Partial { holds, full_at } if now < full_at => {
+                            states = Some(Some(vec![holds.clone()]));
+                            if holds.start <= groups.start && groups.end <= holds.end {
+                                Some(Ok(()))
+                            } else {
+                                Some(Err((Failure::Lacks, 0)))
+                            }
+                        }
+                        Behaviour::Partial { .. } => Some(Ok(())),
                         Behaviour::Silent => None,
                         Behaviour::Flaky { every } if served[peer].is_multiple_of(every) => {
                             Some(Err((Failure::Unavailable, 0)))
@@ -154,7 +200,12 @@ fn simulate(total: u64, missing: Vec<Range<u64>>, peers: &[SimPeer], seed: u64) 
                             now + p.latency + jitter + sent.max(1) * p.ms_per_group,
                             SimEvent::Answer(id),
                         );
-                        in_flight.insert(id, (peer, groups, outcome));
+                        in_flight.insert(id, (peer, groups, outcome, states));
+                        // Once the fetch knows what the peer holds.
+                        if answered.contains(&peer) {
+                            let at_peer = in_flight.values().filter(|a| a.0 == peer).count();
+                            report.max_in_flight[peer] = report.max_in_flight[peer].max(at_peer);
+                        }
                     }
                 }
                 Action::Cancel { id, .. } => {
@@ -202,18 +253,27 @@ fn simulate(total: u64, missing: Vec<Range<u64>>, peers: &[SimPeer], seed: u64) 
             }
             SimEvent::Leave(peer) => {
                 gone.insert(peer);
-                in_flight.retain(|_, (p, _, _)| *p != peer);
+                in_flight.retain(|_, (p, _, _, _)| *p != peer);
                 Event::PeerRemoved(peer)
             }
             SimEvent::Answer(id) => {
-                let Some((peer, groups, outcome)) = in_flight.remove(&id) else {
+                let Some((peer, groups, outcome, states)) = in_flight.remove(&id) else {
                     continue; // cancelled
                 };
+                answered.insert(peer);
+                if let Some(have) = states {
+                    match &have {
+                        Some(h) => stated.insert(peer, (h.clone(), now)),
+                        None => stated.remove(&peer),
+                    };
+                    actions.extend(fetch.handle(now, Event::Has { peer, have }));
+                }
                 match outcome {
                     Ok(()) => {
                         for g in groups.clone() {
                             present[g as usize] = true;
                         }
+                        report.groups_from[peer] += groups.end - groups.start;
                         Event::Completed { id }
                     }
                     Err((failure, good)) => {
@@ -233,7 +293,7 @@ fn simulate(total: u64, missing: Vec<Range<u64>>, peers: &[SimPeer], seed: u64) 
                 }
             }
         };
-        actions = fetch.handle(now, event);
+        actions.extend(fetch.handle(now, event));
     }
 }
 
@@ -252,6 +312,10 @@ fn behaviour() -> impl Strategy<Value = Behaviour> {
         1 => Just(Behaviour::Silent),
         1 => (2u64..6).prop_map(|every| Behaviour::Flaky { every }),
         1 => (0u64..5_000).prop_map(|at| Behaviour::Leaves { at }),
+        2 => (0u64..400, 1u64..200, 0u64..20_000).prop_map(|(start, len, full_at)| {
+            Behaviour::Partial { holds: start..start + len, full_at }
+        }),
+        1 => (2u64..5).prop_map(|every| Behaviour::Busy { every }),
     ]
 }
 
@@ -387,5 +451,144 @@ fn resumes_only_the_missing_groups() {
     assert!(
         requested.iter().all(|t| !t.contains("groups: 0..")),
         "{requested:?}"
+    );
+}
+
+/// Two peers still receiving the blob hold one half each; a seed has all of it. The seed gets
+/// one request at a time and is asked for little: the partial holders serve what they have.
+#[test]
+fn partial_holders_serve_what_they_hold_and_spare_the_seed() {
+    let partial = |holds: Range<u64>| SimPeer {
+        ms_per_group: 4,
+        latency: 5,
+        behaviour: Behaviour::Partial {
+            holds,
+            full_at: u64::MAX,
+        },
+    };
+    let peers = [honest(4), partial(0..320), partial(320..640)];
+    for seed in 0..20 {
+        let report = simulate(640, vec![0..640], &peers, seed);
+        assert!(report.completed, "seed {seed}");
+        assert_eq!(
+            report.max_in_flight[0], 1,
+            "seed {seed}: the seed had more in flight"
+        );
+        assert!(
+            report.groups_from[0] * 5 <= 640,
+            "seed {seed}: the seed sent {} of 640 groups ({:?})",
+            report.groups_from[0],
+            report.groups_from
+        );
+    }
+    // Alone, a seed is used at full depth.
+    let alone = simulate(640, vec![0..640], &[honest(4)], 1);
+    assert!(alone.completed && alone.max_in_flight[0] > 1);
+}
+
+/// A partial holder that gets the rest later is probed again and serves it; one that is busy
+/// now and then is not dropped for it.
+#[test]
+fn a_growing_holder_is_probed_and_a_busy_one_kept() {
+    let peers = [
+        SimPeer {
+            ms_per_group: 2,
+            latency: 5,
+            behaviour: Behaviour::Partial {
+                holds: 0..10,
+                full_at: 3_000,
+            },
+        },
+        SimPeer {
+            ms_per_group: 2,
+            latency: 5,
+            behaviour: Behaviour::Busy { every: 2 },
+        },
+    ];
+    let report = simulate(2000, vec![0..2000], &peers, 7);
+    assert!(report.completed, "{:?}", report.trace.last());
+    assert!(
+        report.groups_from[0] > 100,
+        "the holder served {} groups once it had them",
+        report.groups_from[0]
+    );
+    assert!(report.groups_from[1] > 100);
+    assert!(report.banned.is_empty());
+}
+
+/// Fetches of one blob that start at once, seeded differently, start on different parts.
+#[test]
+fn fetchers_start_on_different_parts() {
+    let first = |seed: u64| {
+        let mut fetch: Fetch<usize> = Fetch::new(4096, [0..4096], FetchConfig::default(), seed);
+        let actions = fetch.handle(0, Event::PeerAdded(0));
+        actions
+            .into_iter()
+            .find_map(|a| match a {
+                Action::Request { groups, .. } => Some(groups.start),
+                _ => None,
+            })
+            .expect("a request")
+    };
+    let starts: BTreeSet<u64> = (0..16).map(first).collect();
+    assert!(starts.len() >= 10, "16 fetchers started at only {starts:?}");
+}
+
+/// A peer that states it holds everything but answers that it lacks whatever it is asked for is
+/// dropped after a few tries, and the seed completes the fetch.
+#[test]
+fn a_peer_claiming_groups_it_never_sends_is_dropped() {
+    let mut fetch: Fetch<usize> = Fetch::new(4096, [0..4096], FetchConfig::default(), 5);
+    let mut actions = fetch.handle(0, Event::PeerAdded(0));
+    let liar = 1;
+    let all = || Some(vec![0..4096]);
+    let mut now = 0;
+    let mut asked_liar = 0;
+    let mut done = false;
+    let mut steps = 0;
+    while !done {
+        steps += 1;
+        assert!(steps < 10_000, "no end");
+        now += 10;
+        let mut next = Vec::new();
+        if steps == 1 {
+            next.extend(fetch.handle(
+                now,
+                Event::Has {
+                    peer: liar,
+                    have: all(),
+                },
+            ));
+            next.extend(fetch.handle(now, Event::Tick));
+        }
+        for a in actions.drain(..) {
+            match a {
+                Action::Request { id, peer, .. } if peer == liar => {
+                    asked_liar += 1;
+                    next.extend(fetch.handle(now, Event::Has { peer, have: all() }));
+                    next.extend(fetch.handle(
+                        now,
+                        Event::Failed {
+                            id,
+                            failure: Failure::Lacks,
+                            verified: vec![],
+                        },
+                    ));
+                }
+                Action::Request { id, .. } => {
+                    next.extend(fetch.handle(now, Event::Completed { id }));
+                }
+                Action::Complete => done = true,
+                _ => {}
+            }
+        }
+        if next.is_empty() && !done {
+            next = fetch.handle(now, Event::Tick);
+        }
+        actions = next;
+    }
+    assert!(
+        asked_liar <= FetchConfig::default().max_failures as usize,
+        "the liar was asked {asked_liar} times"
     );
 }

@@ -86,6 +86,68 @@ impl Store {
             .transpose()
     }
 
+    /// Writes the bao encoding of chunk groups `groups` (`[start, end)`, sorted) of a blob that
+    /// is complete or still being received (each group checked against the outboard before it
+    /// is sent). A blob being received serves only groups that verified when they arrived:
+    /// asking for one it lacks is [`StoreError::NotFound`]. A receipt that completes meanwhile
+    /// is served from the complete copy.
+    pub fn read_groups(
+        &self,
+        hash: BlobHash,
+        groups: &[(u64, u64)],
+        mut out: impl std::io::Write,
+    ) -> Result<()> {
+        let ranges = crate::chunk_ranges(groups);
+        if self.record(hash)?.is_none()
+            && let Some(record) = self.partial(hash)?
+        {
+            let total = crate::groups(record.size);
+            if groups
+                .iter()
+                .flat_map(|(s, e)| *s..*e)
+                .any(|g| g >= total || !record.has(g))
+            {
+                return Err(StoreError::NotFound { hash });
+            }
+            let (data_path, ob_path) = self.partial_paths(&hash);
+            // Both files are opened before either is read: a completion that moves them after
+            // this point leaves the open handles valid.
+            match (File::open(&data_path), File::open(&ob_path)) {
+                (Ok(data), Ok(ob)) => {
+                    let outboard = PostOrderOutboard {
+                        root: hash.into(),
+                        tree: tree(record.size),
+                        data: ob,
+                    };
+                    return bao_tree::io::sync::encode_ranges_validated(
+                        &data, &outboard, &ranges, &mut out,
+                    )
+                    .map_err(|e| match e {
+                        bao_tree::io::EncodeError::Io(io) => {
+                            crate::io_error(format!("serving part of blob {hash}"), io)
+                        }
+                        other => StoreError::Corrupt {
+                            hash,
+                            reason: format!("{other}"),
+                        },
+                    });
+                }
+                // Completed (moved to the blobs) since the record was read.
+                (Err(e), _) | (_, Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {}
+                (Err(e), _) => {
+                    return Err(crate::io_error(
+                        format!("opening {}", data_path.display()),
+                        e,
+                    ));
+                }
+                (_, Err(e)) => {
+                    return Err(crate::io_error(format!("opening {}", ob_path.display()), e));
+                }
+            }
+        }
+        self.read_ranges(hash, &ranges, out)
+    }
+
     /// The chunk ranges still missing for `hash` of `size` bytes: all of them if nothing was
     /// received yet, none if the blob is complete. Use these in the next request.
     pub fn missing(&self, hash: BlobHash, size: u64) -> Result<ChunkRanges> {

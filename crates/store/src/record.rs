@@ -146,6 +146,19 @@ impl PartialRecord {
         self.present.iter().map(|b| b.count_ones() as u64).sum()
     }
 
+    /// The runs of present groups, `[start, end)`, in order.
+    pub fn runs(&self) -> Vec<(u64, u64)> {
+        let total = crate::groups(self.size);
+        let mut out: Vec<(u64, u64)> = Vec::new();
+        for g in (0..total).filter(|g| self.has(*g)) {
+            match out.last_mut() {
+                Some(last) if last.1 == g => last.1 = g + 1,
+                _ => out.push((g, g + 1)),
+            }
+        }
+        out
+    }
+
     /// Whether every group is present.
     pub fn is_complete(&self) -> bool {
         self.count() == crate::groups(self.size)

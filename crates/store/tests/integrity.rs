@@ -267,6 +267,85 @@ fn ranges_served_by_one_store_complete_another() {
     assert!(b.verify(None).expect("verify").is_ok());
 }
 
+/// A store still receiving a blob serves the groups it holds (a swarm: fetchers serve each
+/// other), refuses those it lacks, and the groups it serves verify and complete a third store.
+#[test]
+fn a_blob_being_received_serves_the_groups_it_holds() {
+    let dirs: Vec<_> = (0..3)
+        .map(|_| tempfile::tempdir().expect("tempdir"))
+        .collect();
+    let [seed, middle, last] = [0, 1, 2].map(|i| Store::open(dirs[i].path()).expect("open"));
+    let data = pseudo_random(40 * 16 * 1024 + 5, 9); // 41 groups
+    let hash = seed
+        .import_bytes(&data, "raw", vec![])
+        .expect("import")
+        .hash;
+    let size = data.len() as u64;
+    // The middle store receives the last group (which proves the size), then groups 3..10.
+    for groups in [[(40, 41)], [(3, 10)]] {
+        let mut encoded = Vec::new();
+        seed.read_groups(hash, &groups, &mut encoded)
+            .expect("serve");
+        middle
+            .ingest(hash, size, &store::chunk_ranges(&groups), &encoded[..])
+            .expect("ingest");
+    }
+    let record = middle.partial(hash).expect("partial").expect("receiving");
+    assert_eq!(
+        (record.size, record.runs()),
+        (size, vec![(3, 10), (40, 41)])
+    );
+    // What it lacks, it refuses to serve: a group before, after, or straddling what it has.
+    for lacking in [[(0, 1)], [(9, 11)], [(10, 40)]] {
+        let err = middle
+            .read_groups(hash, &lacking, &mut Vec::new())
+            .expect_err("served a group it lacks");
+        assert!(matches!(err, StoreError::NotFound { .. }), "{err}");
+    }
+    // What it holds, the third store verifies and keeps.
+    for groups in [vec![(40, 41)], vec![(3, 6), (8, 10)]] {
+        let mut encoded = Vec::new();
+        middle
+            .read_groups(hash, &groups, &mut encoded)
+            .expect("serve from a partial");
+        let outcome = last
+            .ingest(hash, size, &store::chunk_ranges(&groups), &encoded[..])
+            .expect("a partial's groups verify");
+        assert_eq!(
+            outcome.groups_written,
+            groups.iter().map(|(s, e)| e - s).sum::<u64>()
+        );
+    }
+    // The rest from the seed completes the third; the middle completes too and then serves
+    // everything from its complete copy.
+    let rest = [(0, 3), (6, 8), (10, 40)];
+    let mut encoded = Vec::new();
+    seed.read_groups(hash, &rest, &mut encoded).expect("serve");
+    assert!(
+        last.ingest(hash, size, &store::chunk_ranges(&rest), &encoded[..])
+            .expect("ingest")
+            .complete
+    );
+    let mut out = Vec::new();
+    last.read_to(hash, &mut out).expect("read");
+    assert_eq!(out, data);
+    let mut encoded = Vec::new();
+    seed.read_groups(hash, &[(0, 41)], &mut encoded)
+        .expect("serve");
+    assert!(
+        middle
+            .ingest(hash, size, &ChunkRanges::all(), &encoded[..])
+            .expect("ingest")
+            .complete
+    );
+    assert_eq!(middle.partial(hash).expect("partial"), None);
+    let mut whole = Vec::new();
+    middle
+        .read_groups(hash, &[(0, 41)], &mut whole)
+        .expect("a completed blob serves everything");
+    assert_eq!(whole, encoded);
+}
+
 /// Writes a safetensors file with one F32 tensor per entry of `tensors`.
 fn write_safetensors(path: &Path, tensors: &[(&str, Vec<u8>)]) {
     let mut header = serde_json::Map::new();

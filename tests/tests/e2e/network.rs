@@ -420,3 +420,16 @@ fn three_slow_providers_fetch_in_well_under_half_the_time_of_one() {
     assert_eq!(report.used, 3, "{report}");
     assert!(report.ratio() <= 0.4, "{report}");
 }
+
+/// `testnet swarm` at CI size (full size: 50 fetchers of 64 MiB, `cargo run -p testnet --
+/// swarm`): 12 nodes, every one limited to upload 2 MiB/s; 11 fetch a 12 MiB model at once.
+/// They serve each other the parts they hold, so the publisher sends at most 3 copies, not 11,
+/// and the others carry the rest.
+#[test]
+fn a_swarm_fetches_from_each_other_not_all_from_the_publisher() {
+    let report = testnet::scenario::swarm(12, 12, 2.0).expect("swarm");
+    eprintln!("{report}");
+    assert_eq!(report.completed, report.fetchers, "{report}");
+    assert!(report.publisher_copies() <= 3.0, "{report}");
+    assert!(report.most_by_a_fetcher > 0, "{report}");
+}
