@@ -502,7 +502,7 @@ impl Fetcher {
                 hash,
                 groups: vec![(last, last + 1)],
             };
-            let response = match self.net.request_blob(peer, &request).await {
+            let mut response = match self.net.request_blob(peer, &request).await {
                 Ok(r) => r,
                 Err(e @ NetError::PeerMisbehaved { .. }) => return Ok(Proof::Lied(e.to_string())),
                 // A peer receiving the blob too holds its last group (its size was proven to it
@@ -513,7 +513,7 @@ impl Fetcher {
                 }
                 Err(e) => return Ok(Proof::Unavailable(e.to_string())),
             };
-            let stated = holds(response.have.clone());
+            let stated = holds(response.have.take());
             let claim = response.size;
             if store::groups(claim) - 1 != last {
                 // Not the last group of what this peer claims: ask for that one.
@@ -791,9 +791,10 @@ impl Fetcher {
                     // A provider record may name a peer that left (records outlive their
                     // providers): one connected now joins at once; the others wait until the
                     // fetch needs more peers, so ranges never sit on a dial to a departed peer.
-                    Some(p) if !fetch.is_banned(&p) && !added.contains(&p) => {
-                        if added.len() < SPREAD_OVER
-                            || (added.len() < MAX_FETCH_PEERS
+                    // A peer the fetch dropped (it failed) may join again: it may hold more now.
+                    Some(p) if !fetch.is_banned(&p) => {
+                        if fetch.peer_count() < SPREAD_OVER
+                            || (fetch.peer_count() < MAX_FETCH_PEERS
                                 && self.net.peers().await.is_ok_and(|c| c.contains(&p)))
                         {
                             added.insert(p);
@@ -886,7 +887,7 @@ async fn request(
         hash,
         groups: vec![(groups.start, groups.end)],
     };
-    let response = match net.request_blob(peer, &request).await {
+    let mut response = match net.request_blob(peer, &request).await {
         Ok(r) => r,
         Err(e @ NetError::PeerMisbehaved { .. }) => {
             return (0, Err((Failure::Misbehaved, e.to_string())), None);
@@ -918,7 +919,7 @@ async fn request(
             None,
         );
     }
-    let stated = Some(holds(response.have.clone()));
+    let stated = Some(holds(response.have.take()));
     let reader = response.into_blocking_reader(tokio::runtime::Handle::current());
     let ranges = store::chunk_ranges(&[(groups.start, groups.end)]);
     let result = match tokio::task::spawn_blocking(move || {

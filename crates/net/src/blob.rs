@@ -103,7 +103,7 @@ impl ServeMetrics {
         );
         sub.register(
             "blob_sent_bytes",
-            "Blob bytes written to peers' streams (headers and bao encoding; what a cancelled request had not sent yet is not counted)",
+            "Blob bytes (bao encoding) written to peers' streams; what a cancelled request had not sent yet is not counted",
             m.sent.clone(),
         );
         m

@@ -12,8 +12,9 @@
 //!   answers within [`FetchConfig::target_request_ms`]: a peer starts with one, gets one more
 //!   for each request answered within that time, and half as many after one that took more than
 //!   twice as long (a busy peer, which shares its upload among many, is not asked for more
-//!   than it delivers). Free slots go to the peer with the fewest requests in flight, then the
-//!   highest measured rate.
+//!   than it delivers). Free slots go to partial holders first, then to peers of unknown
+//!   holdings, then to complete ones (see "Swarming"); among equals, to the peer with the
+//!   fewest requests in flight, then the highest measured rate.
 //! - **Work stealing:** when nothing is left to hand out, an idle peer duplicates the oldest
 //!   request of another peer; whichever answers first wins and the other is cancelled. A slow
 //!   peer therefore never holds up the end of a fetch.
@@ -32,9 +33,11 @@
 //! - A peer still receiving the blob states what it holds ([`Event::Has`]); it is asked only
 //!   for ranges within that, first of all peers. When it holds nothing more that is needed, it
 //!   is asked again ("probed") once what it stated is [`FetchConfig::probe_after_ms`] old; an
-//!   answer that it lacks the groups ([`Failure::Lacks`]) costs it nothing.
+//!   answer that it lacks the groups ([`Failure::Lacks`]) costs it nothing, unless it had
+//!   stated it holds them.
 //! - A peer with the whole blob gets one request at a time while a peer that stated it holds
-//!   part of it is in the fetch, and is asked first for ranges none of those peers holds.
+//!   part of it is in the fetch, is asked first for ranges none of those peers holds, and
+//!   races only requests that are late (work stealing).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::ops::Range;
@@ -268,6 +271,8 @@ pub struct Fetch<P> {
     total: u64,
     present: Vec<bool>,
     present_count: u64,
+    /// Requests in flight for each group (a group raced by two peers has two).
+    asked: Vec<u16>,
     pending: VecDeque<Range<u64>>,
     requests: BTreeMap<RequestId, Request<P>>,
     peers: BTreeMap<P, Peer>,
@@ -314,6 +319,7 @@ impl<P: Ord + Clone> Fetch<P> {
             total: total_groups,
             present,
             present_count,
+            asked: vec![0; total_groups as usize],
             pending: pending.into(),
             requests: BTreeMap::new(),
             peers: BTreeMap::new(),
@@ -373,7 +379,7 @@ impl<P: Ord + Clone> Fetch<P> {
             }
             Event::PeerRemoved(peer) => self.drop_peer(&peer, false, &mut actions),
             Event::Completed { id } => {
-                if let Some(req) = self.requests.remove(&id) {
+                if let Some(req) = self.take_request(id) {
                     let (target, max) = (
                         self.config.target_request_ms,
                         self.config.max_in_flight_per_peer,
@@ -403,7 +409,7 @@ impl<P: Ord + Clone> Fetch<P> {
                 failure,
                 verified,
             } => {
-                if let Some(req) = self.requests.remove(&id) {
+                if let Some(req) = self.take_request(id) {
                     for r in verified {
                         let r = r.start.max(req.groups.start)..r.end.min(req.groups.end);
                         self.mark_present(r);
@@ -428,7 +434,7 @@ impl<P: Ord + Clone> Fetch<P> {
                     .map(|(id, _)| *id)
                     .collect();
                 for id in late {
-                    if let Some(req) = self.requests.remove(&id) {
+                    if let Some(req) = self.take_request(id) {
                         actions.push(Action::Cancel {
                             id,
                             peer: req.peer.clone(),
@@ -510,7 +516,7 @@ impl<P: Ord + Clone> Fetch<P> {
             .map(|(id, _)| *id)
             .collect();
         for id in theirs {
-            if let Some(req) = self.requests.remove(&id) {
+            if let Some(req) = self.take_request(id) {
                 actions.push(Action::Cancel {
                     id,
                     peer: req.peer.clone(),
@@ -538,7 +544,7 @@ impl<P: Ord + Clone> Fetch<P> {
             .map(|(id, _)| *id)
             .collect();
         for id in done {
-            if let Some(req) = self.requests.remove(&id) {
+            if let Some(req) = self.take_request(id) {
                 if let Some(p) = self.peers.get_mut(&req.peer) {
                     p.in_flight -= 1;
                 }
@@ -563,7 +569,18 @@ impl<P: Ord + Clone> Fetch<P> {
     }
 
     fn requested(&self, g: u64) -> bool {
-        self.requests.values().any(|r| r.groups.contains(&g))
+        self.asked.get(g as usize).is_some_and(|n| *n > 0)
+    }
+
+    /// Removes a request, and its groups from those asked for.
+    fn take_request(&mut self, id: RequestId) -> Option<Request<P>> {
+        let req = self.requests.remove(&id)?;
+        for g in req.groups.clone() {
+            if let Some(n) = self.asked.get_mut(g as usize) {
+                *n = n.saturating_sub(1);
+            }
+        }
+        Some(req)
     }
 
     /// Takes the first part of a pending range that is still wanted and that `pick` accepts
@@ -702,7 +719,11 @@ impl<P: Ord + Clone> Fetch<P> {
                 }
             }
             // Nothing left to hand out that these peers can serve: let an idle peer race the
-            // oldest unraced request it can serve.
+            // oldest unraced request it can serve. While peers serve each other, a seed races
+            // only requests that are late (more than twice the target time old): its upload is
+            // what the swarm spares.
+            let swarming = self.swarming();
+            let late = now.saturating_sub(2 * self.config.target_request_ms);
             for (thief, usage) in self.candidates(now, true) {
                 let Some(t) = self.peers.get(&thief) else {
                     continue;
@@ -711,6 +732,7 @@ impl<P: Ord + Clone> Fetch<P> {
                     .requests
                     .iter()
                     .filter(|(_, r)| r.peer != thief)
+                    .filter(|(_, r)| !(swarming && usage == Use::Seed && r.started > late))
                     .filter(|(id, r)| {
                         !self.requests.iter().any(|(other, o)| {
                             other != *id
@@ -761,6 +783,11 @@ impl<P: Ord + Clone> Fetch<P> {
                 .config
                 .min_timeout_ms
                 .max(expected * self.config.timeout_factor);
+        for g in groups.clone() {
+            if let Some(n) = self.asked.get_mut(g as usize) {
+                *n = n.saturating_add(1);
+            }
+        }
         self.requests.insert(
             id,
             Request {

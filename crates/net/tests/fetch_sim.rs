@@ -470,9 +470,10 @@ fn partial_holders_serve_what_they_hold_and_spare_the_seed() {
     for seed in 0..20 {
         let report = simulate(640, vec![0..640], &peers, seed);
         assert!(report.completed, "seed {seed}");
-        assert_eq!(
-            report.max_in_flight[0], 1,
-            "seed {seed}: the seed had more in flight"
+        assert!(
+            report.max_in_flight[0] <= 1,
+            "seed {seed}: the seed had {} in flight",
+            report.max_in_flight[0]
         );
         assert!(
             report.groups_from[0] * 5 <= 640,
