@@ -403,8 +403,9 @@ impl Fetcher {
     /// Proves the size of `hash` with the first peer whose last group verifies (see
     /// [`Fetcher::try_proof`]), trying `peers`, then providers as the DHT finds them and
     /// connected peers again (one that answered NotFound may have the blob a moment later),
-    /// for up to [`NO_PROVIDER_GIVE_UP`]. Returns the proven size, the peer that proved it, and
-    /// the peers whose claims did not verify (never asked again).
+    /// for up to [`NO_PROVIDER_GIVE_UP`]. Returns the proven size, the peer that proved it, what
+    /// it stated it holds, and the peers whose claims did not verify (never asked again); the
+    /// DHT's providers found meanwhile are added to `seen` (at most [`MAX_FETCH_PEERS`]).
     async fn prove_size(
         &self,
         hash: BlobHash,
@@ -412,6 +413,7 @@ impl Fetcher {
         root: BlobHash,
         peers: Vec<PeerId>,
         dht: &mut Option<mpsc::Receiver<PeerId>>,
+        seen: &mut Vec<PeerId>,
     ) -> Result<(u64, PeerId, Holds, Vec<PeerId>)> {
         let deadline = Instant::now() + NO_PROVIDER_GIVE_UP;
         let mut liars = Vec::new();
@@ -473,7 +475,12 @@ impl Fetcher {
                     }
                 } => match found {
                     // A provider record is better evidence than a connection: asked next.
-                    Some(peer) => queue.push_front(peer),
+                    Some(peer) => {
+                        if seen.len() < MAX_FETCH_PEERS && !seen.contains(&peer) {
+                            seen.push(peer);
+                        }
+                        queue.push_front(peer);
+                    }
                     None => *dht = None,
                 },
                 // A moment later, ask the known peers again (one that answered NotFound may
@@ -605,21 +612,38 @@ impl Fetcher {
         // The size, proven before anything is allocated or anyone banned on its account: by a
         // receipt begun earlier (the store proved it then), else by one peer's last group.
         let mut prover_holds = None;
+        // DHT providers not connected when found (see below), kept for when the fetch is stuck.
+        let mut spare: Vec<PeerId> = Vec::new();
         let size = match store.partial(hash)? {
             Some(record) => record.size,
             None => {
+                let mut seen = Vec::new();
                 let (proven, prover, stated, liars) = self
-                    .prove_size(hash, stated, root, peers.clone(), &mut dht)
+                    .prove_size(hash, stated, root, peers.clone(), &mut dht, &mut seen)
                     .await?;
                 // The peer that proved it has the blob, whether or not it was known at first.
-                // The fetch starts on it and the model's announcers: any peer can connect, so
-                // plain connected peers (and DHT providers, as found) join only as needed.
+                // The fetch starts on it, the model's announcers and the DHT's providers found
+                // meanwhile (as they would have joined had the fetch been running): any peer
+                // can connect, so plain connected peers join only as needed.
                 let announced: Vec<PeerId> = lock(&self.announcers)
                     .get(&root)
                     .map(|a| a.iter().copied().collect())
                     .unwrap_or_default();
                 peers.retain(|p| *p != prover && announced.contains(p));
                 peers.insert(0, prover);
+                let connected = self.net.peers().await.unwrap_or_default();
+                for p in seen {
+                    if peers.contains(&p) || liars.contains(&p) {
+                        continue;
+                    }
+                    if peers.len() < SPREAD_OVER
+                        || (peers.len() < MAX_FETCH_PEERS && connected.contains(&p))
+                    {
+                        peers.push(p);
+                    } else if spare.len() < MAX_FETCH_PEERS {
+                        spare.push(p);
+                    }
+                }
                 prover_holds = Some((prover, stated));
                 if !liars.is_empty() {
                     peers.retain(|p| !liars.contains(p));
@@ -674,14 +698,12 @@ impl Fetcher {
         }
         for p in &peers {
             added.insert(*p);
+            tracing::debug!(blob = %hash, peer = %*p, ms = now(), "a peer joins the fetch (first)");
             actions.extend(fetch.handle(now(), Event::PeerAdded(*p)));
         }
-        let mut last_look: Option<Instant> = None;
         let mut last_query = Instant::now();
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         let mut stuck_since: Option<Instant> = None;
-        // DHT providers not connected when found (see below), kept for when the fetch is stuck.
-        let mut spare: Vec<PeerId> = Vec::new();
         let base_done = lock(progress).bytes_done;
         loop {
             for action in actions.drain(..) {
@@ -718,6 +740,7 @@ impl Fetcher {
                         for (_, task) in running.drain() {
                             task.abort();
                         }
+                        tracing::debug!(blob = %hash, ms = now(), peers = fetch.peer_count(), "fetch complete");
                         lock(progress).bytes_done = base_done + size;
                         // Announcing a provider record waits on DHT peers (some may have
                         // left): not on the fetch's time.
@@ -746,6 +769,9 @@ impl Fetcher {
                 // without holding it up.
                 for p in spare.drain(..).chain(self.known_candidates(root).await) {
                     if !fetch.is_banned(&p) {
+                        if added.insert(p) {
+                            tracing::debug!(blob = %hash, peer = %p, ms = now(), "a peer joins the fetch (stuck)");
+                        }
                         actions.extend(fetch.handle(now(), Event::PeerAdded(p)));
                     }
                 }
@@ -797,7 +823,9 @@ impl Fetcher {
                             || (fetch.peer_count() < MAX_FETCH_PEERS
                                 && self.net.peers().await.is_ok_and(|c| c.contains(&p)))
                         {
-                            added.insert(p);
+                            if added.insert(p) {
+                                tracing::debug!(blob = %hash, peer = %p, ms = now(), "a peer joins the fetch (dht)");
+                            }
                             actions.extend(fetch.handle(now(), Event::PeerAdded(p)));
                         } else if !spare.contains(&p) && spare.len() < MAX_FETCH_PEERS {
                             spare.push(p);
@@ -816,12 +844,9 @@ impl Fetcher {
                         dht = self.dht_providers(hash).await;
                         last_query = Instant::now();
                     }
-                    // Announcers that connected since the fetch began join it, while it has
-                    // few providers.
-                    if added.len() < SPREAD_OVER
-                        && last_look.is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
-                    {
-                        last_look = Some(Instant::now());
+                    // Announcers that connected since the fetch began join it (within a tick),
+                    // while it has few providers.
+                    if added.len() < SPREAD_OVER {
                         let connected = self.net.peers().await.unwrap_or_default();
                         let announced: Vec<PeerId> = lock(&self.announcers)
                             .get(&root)
@@ -829,6 +854,7 @@ impl Fetcher {
                             .unwrap_or_default();
                         for p in announced {
                             if connected.contains(&p) && !fetch.is_banned(&p) && added.insert(p) {
+                                tracing::debug!(blob = %hash, peer = %p, ms = now(), "a peer joins the fetch (announcer)");
                                 actions.extend(fetch.handle(now(), Event::PeerAdded(p)));
                             }
                         }
