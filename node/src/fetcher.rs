@@ -113,11 +113,15 @@ const RETRY_UNAVAILABLE: Duration = Duration::from_millis(500);
 /// dials and state a fetch spends, whatever the DHT says).
 const MAX_FETCH_PEERS: usize = 32;
 /// A fetch with fewer peers than this asks the DHT again this often while it runs: peers that
-/// fetch the same blob at once announce themselves as providers as soon as its size is proven,
-/// and serve each other the groups they hold (swarming).
+/// fetch the same blob at once announce themselves as providers while they receive it (see
+/// [`PROVIDE_PARTIAL_AFTER`]) and serve each other the groups they hold (swarming).
 const SWARM_PEERS: usize = 8;
 /// See [`SWARM_PEERS`].
 const REQUERY_EVERY: Duration = Duration::from_secs(1);
+/// A fetch still running after this long provides its blob in the DHT (peers fetching it too
+/// find the groups it holds); a shorter one only once complete, so that a quick fetch costs the
+/// DHT one announcement, not two.
+const PROVIDE_PARTIAL_AFTER: Duration = Duration::from_millis(500);
 
 /// What one peer's answer proved about a blob's size.
 enum Proof {
@@ -678,15 +682,9 @@ impl Fetcher {
                 .unwrap_or(&[0; 8]),
         );
         let mut fetch: Fetch<PeerId> = Fetch::new(total, ranges, FetchConfig::default(), seed);
-        // Peers fetching it too find this node as a provider of the groups it holds.
-        {
-            let net = self.net.clone();
-            tokio::spawn(async move {
-                if let Err(e) = net.provide(hash).await {
-                    tracing::debug!(blob = %hash, "providing a blob being received on the DHT: {e}");
-                }
-            });
-        }
+        // Provided in the DHT while it is received, once the fetch has run for a while (see
+        // `PROVIDE_PARTIAL_AFTER`).
+        let mut provided = false;
         let clock = Instant::now();
         let now = || clock.elapsed().as_millis() as u64;
         let (tx, mut rx) = mpsc::channel::<Done>(64);
@@ -836,6 +834,16 @@ impl Fetcher {
                 },
                 _ = tick.tick() => {
                     actions.extend(fetch.handle(now(), Event::Tick));
+                    // Peers fetching it too find this node as a provider of the groups it holds.
+                    if !provided && clock.elapsed() >= PROVIDE_PARTIAL_AFTER {
+                        provided = true;
+                        let net = self.net.clone();
+                        tokio::spawn(async move {
+                            if let Err(e) = net.provide(hash).await {
+                                tracing::debug!(blob = %hash, "providing a blob being received on the DHT: {e}");
+                            }
+                        });
+                    }
                     // Peers that began fetching this blob since (swarming), while few serve it.
                     if dht.is_none()
                         && fetch.peer_count() < SWARM_PEERS
