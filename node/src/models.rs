@@ -141,7 +141,7 @@ impl Models {
                 continue;
             }
             if let Err(e) = self.net.announce(envelope).await {
-                tracing::info!(model = %id, "announcing (tried again later): {e}");
+                tracing::debug!(model = %id, "announcing (tried again later): {e}");
                 self.announced
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
