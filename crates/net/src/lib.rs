@@ -456,6 +456,11 @@ impl Client {
         self.call(|reply| Command::Peers { reply }).await
     }
 
+    /// The connections open now, `(inbound, outbound)` (a peer may have more than one).
+    pub async fn connections(&self) -> Result<(usize, usize), NetError> {
+        self.call(|reply| Command::Connections { reply }).await
+    }
+
     /// Announces in the DHT that this node provides `hash`.
     pub async fn provide(&self, hash: BlobHash) -> Result<(), NetError> {
         self.call(|reply| Command::Provide { hash, reply }).await?
@@ -491,8 +496,9 @@ impl Client {
             .await?
     }
 
-    /// Asks `peer` for the signed manifests it knows, page by page (at most
-    /// [`swarm::MAX_SYNC_PAGES`] pages); invalid ones are dropped.
+    /// Asks `peer`, which must be connected (a catalogue request never dials), for the signed
+    /// manifests it knows, page by page (at most [`swarm::MAX_SYNC_PAGES`] pages); invalid ones
+    /// are dropped.
     pub async fn catalog(&self, peer: PeerId) -> Result<Vec<Signed<Manifest>>, NetError> {
         let mut pager = swarm::CatalogPager::new(self.commands.clone(), peer);
         let mut all = Vec::new();

@@ -67,6 +67,10 @@ pub(crate) enum Command {
     Used { peer: PeerId },
     /// Currently connected peers.
     Peers { reply: oneshot::Sender<Vec<PeerId>> },
+    /// Connections open now: (inbound, outbound).
+    Connections {
+        reply: oneshot::Sender<(usize, usize)>,
+    },
     /// Announce in the DHT that this node provides a blob.
     Provide {
         hash: BlobHash,
@@ -829,6 +833,14 @@ impl EventLoop {
             Command::Peers { reply } => {
                 let _ = reply.send(self.swarm.connected_peers().copied().collect());
             }
+            Command::Connections { reply } => {
+                let info = self.swarm.network_info();
+                let counters = info.connection_counters();
+                let _ = reply.send((
+                    counters.num_established_incoming() as usize,
+                    counters.num_established_outgoing() as usize,
+                ));
+            }
             Command::Provide { hash, reply } => {
                 let key = kad::RecordKey::new(hash.as_bytes());
                 match self.swarm.behaviour_mut().kad.start_providing(key) {
@@ -862,6 +874,16 @@ impl EventLoop {
                 request,
                 reply,
             } => {
+                // Never a reason to dial: a sync page for a peer the node pruned meanwhile
+                // would reopen the connection (outbound, past the inbound door) only to be
+                // pruned again.
+                if !self.swarm.is_connected(&peer) {
+                    let _ = reply.send(Err(NetError::Unavailable {
+                        peer,
+                        reason: "not connected".into(),
+                    }));
+                    return;
+                }
                 let request = frame_object(&request);
                 let id = self
                     .swarm
