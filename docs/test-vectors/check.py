@@ -68,6 +68,37 @@ def check_object(vec):
     assert blake3(data).hexdigest() == vec["id"], vec["name"]
 
 
+def check_receipt(vec):
+    """A receipt (protocol.md §12.1): both envelopes verify, the result answers the request, and
+    the cost and royalty re-derive from the signed fields."""
+    name = vec["name"]
+    data = bytes.fromhex(vec["bytes"])
+    receipt = cbor2.loads(data)
+    assert canonical(receipt) == data, name
+    assert set(receipt) == {"v", "request", "result"} and receipt["v"] == 1, name
+
+    def open_envelope(raw, domain):
+        env = cbor2.loads(raw)
+        assert canonical(env) == raw, name
+        assert env["domain"] == domain, name
+        Ed25519PublicKey.from_public_bytes(env["signer"]).verify(
+            env["sig"], domain.encode() + b"\x00" + env["body"])
+        return env["signer"], cbor2.loads(env["body"])
+
+    caller, request = open_envelope(receipt["request"], "moxnet/v1/infer-request")
+    provider, result = open_envelope(receipt["result"], "moxnet/v1/infer-result")
+    assert result["request"] == blake3(receipt["request"]).digest(), f"{name}: result answers another request"
+    assert request["provider"] == provider, f"{name}: the result is not the addressed provider's"
+    assert result["model"] == request["model"], name
+    assert result["fuel"] <= request["max_fuel"], name
+    assert result["price_per_mfuel"] <= request["max_price_per_mfuel"], name
+    cost = -(-result["fuel"] * result["price_per_mfuel"] // 1_000_000)
+    assert cost == vec["cost"], f"{name}: cost {cost} != {vec['cost']}"
+    assert caller.hex() == vec["caller"] and provider.hex() == vec["provider"], name
+    assert blake3(receipt["result"]).hexdigest() == vec["id"], f"{name}: id is BLAKE3(result envelope)"
+    assert cost * vec["royalty_bps"] // 10_000 == vec["royalty"], f"{name}: royalty"
+
+
 def main():
     path = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).with_name("v1.json")
     vectors = json.loads(path.read_text())
@@ -75,7 +106,9 @@ def main():
         check_signed(vec)
     for vec in vectors["objects"]:
         check_object(vec)
-    print(f"ok: {len(vectors['signed'])} signed and {len(vectors['objects'])} plain vectors verified independently")
+    for vec in vectors["receipts"]:
+        check_receipt(vec)
+    print(f"ok: {len(vectors['signed'])} signed, {len(vectors['objects'])} plain and {len(vectors['receipts'])} receipt vectors verified independently")
 
 
 if __name__ == "__main__":

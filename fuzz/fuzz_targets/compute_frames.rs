@@ -1,11 +1,12 @@
 //! Fuzz compute sharing's frames (`/moxnet/infer/1` and offers on gossip): the call a provider
 //! reads, the reply a caller reads, the outputs inside it, and the signed request, result and
-//! offer envelopes. Whatever decodes re-encodes to the same bytes, and a provider's checks
+//! offer envelopes, and the credit messages (cheques, receipts). Whatever decodes re-encodes to the same bytes, and a provider's checks
 //! (`compute::check_call`) and a caller's (`compute::check_reply`) never panic on it.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use protocol::compute::{ComputeOffer, InferCall, InferReply, InferRequest, InferResult, Outputs};
+use protocol::credits::{Cheque, Receipt};
 use std::sync::OnceLock;
 
 use protocol::{BlobHash, ModelId, NodeId, Object, SecretKey, Signable, Signed};
@@ -54,6 +55,11 @@ fuzz_target!(|data: &[u8]| {
     signed_round_trip::<InferRequest>(data);
     signed_round_trip::<InferResult>(data);
     signed_round_trip::<ComputeOffer>(data);
+    signed_round_trip::<Cheque>(data);
+    round_trip::<Receipt>(data);
+    if let Ok(receipt) = Receipt::from_bytes(data) {
+        let _ = receipt.verify();
+    }
 
     let (terms, caller, request) = keys();
     let _ = compute::check_call(data, Some(*caller), terms);

@@ -194,6 +194,7 @@ pub fn publish(home: &Home, path: &Path, quiet: bool) -> Result<Published> {
     let store = &home.store;
     let package = package::read(path)?;
     let mut manifest = package.manifest;
+    manifest.royalty = package.royalty.map(|r| r.resolve(home.key.node_id()));
     if manifest.runtime.kind == "onnx" && manifest.runtime.guest.is_none() {
         prepare_onnx(home, path, &package.files, &mut manifest)?;
     }

@@ -33,8 +33,10 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use protocol::credits::Royalty;
 use protocol::{
-    BlobHash, DType, DatasetRef, Dim, FileEntry, Interface, Manifest, ModelId, Runtime, TensorSpec,
+    BlobHash, DType, DatasetRef, Dim, FileEntry, Interface, Manifest, ModelId, NodeId, Runtime,
+    TensorSpec,
 };
 use serde::Deserialize;
 
@@ -51,6 +53,51 @@ struct PackageToml {
     interface: InterfaceSection,
     #[serde(default)]
     datasets: Vec<DatasetSection>,
+    #[serde(default)]
+    royalty: Option<RoyaltySection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RoyaltySection {
+    /// The share of every call's cost, in percent (0.01 to 100, two decimals at most).
+    percent: f64,
+    /// Who is paid: a node id (hex) or peer id; the publishing node if left out.
+    #[serde(default)]
+    payee: Option<String>,
+}
+
+/// A royalty as `moxnet.toml` states it: the payee may be left to the publisher.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoyaltySpec {
+    /// Who is paid; `None`: the node that publishes.
+    pub payee: Option<NodeId>,
+    /// The share, basis points.
+    pub bps: u16,
+}
+
+impl RoyaltySpec {
+    /// The manifest's royalty, with the publisher `me` as the payee if none was named.
+    pub fn resolve(self, me: NodeId) -> Royalty {
+        Royalty {
+            payee: self.payee.unwrap_or(me),
+            bps: self.bps,
+        }
+    }
+}
+
+/// A node id written as hex (as `moxnet` shows authors) or as a libp2p peer id.
+pub fn parse_node_id(s: &str) -> Result<NodeId> {
+    if s.len() == 64 {
+        let mut bytes = [0u8; 32];
+        hex::decode_to_slice(s, &mut bytes)
+            .map_err(|e| anyhow::anyhow!("{s:?} is not a node id: {e}"))?;
+        return NodeId::from_bytes(bytes).map_err(|e| anyhow::anyhow!("{s:?}: {e}"));
+    }
+    let peer: net::libp2p::PeerId = s.parse().map_err(|e| {
+        anyhow::anyhow!("{s:?} is neither a node id (64 hex digits) nor a peer id: {e}")
+    })?;
+    net::node_id_of(&peer).ok_or_else(|| anyhow::anyhow!("peer id {s} has no ed25519 key in it"))
 }
 
 #[derive(Debug, Deserialize)]
@@ -120,6 +167,8 @@ pub struct Package {
     pub files: Vec<(String, PathBuf)>,
     /// The manifest, with `files` and `snapshots` still empty.
     pub manifest: Manifest,
+    /// The royalty asked for, resolved at publish (the payee may be the publisher).
+    pub royalty: Option<RoyaltySpec>,
 }
 
 /// Reads a package folder or a bare `.onnx` file.
@@ -136,7 +185,8 @@ pub fn read(path: &Path) -> Result<Package> {
             path.display()
         )
     })?;
-    let manifest = parse_toml(&text).with_context(|| format!("in {}", toml_path.display()))?;
+    let (manifest, royalty) =
+        parse(&text).with_context(|| format!("in {}", toml_path.display()))?;
     let files = store::walk(path)
         .with_context(|| format!("listing {}", path.display()))?
         .into_iter()
@@ -150,12 +200,41 @@ pub fn read(path: &Path) -> Result<Package> {
             toml_path.display()
         );
     }
-    Ok(Package { files, manifest })
+    Ok(Package {
+        files,
+        manifest,
+        royalty,
+    })
 }
 
 /// Parses `moxnet.toml` text into a manifest (without files). Errors point at the line.
 pub fn parse_toml(text: &str) -> Result<Manifest> {
+    parse(text).map(|(manifest, _)| manifest)
+}
+
+/// Parses `moxnet.toml` text into a manifest (without files) and the royalty it asks for.
+pub fn parse(text: &str) -> Result<(Manifest, Option<RoyaltySpec>)> {
     let raw: PackageToml = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let royalty = raw
+        .royalty
+        .map(|r| {
+            let bps = r.percent * 100.0;
+            if !(1.0..=10_000.0).contains(&bps) || (bps - bps.round()).abs() > 1e-6 {
+                bail!(
+                    "royalty.percent {} must be within 0.01 and 100, with two decimals at most",
+                    r.percent
+                );
+            }
+            let payee = r
+                .payee
+                .map(|p| parse_node_id(&p).context("royalty.payee"))
+                .transpose()?;
+            Ok(RoyaltySpec {
+                payee,
+                bps: bps.round() as u16,
+            })
+        })
+        .transpose()?;
     let p = raw.package;
     protocol::validate_name(&p.name)
         .map_err(|e| anyhow::anyhow!("package.name {:?}: {e}", p.name))?;
@@ -240,7 +319,9 @@ pub fn parse_toml(text: &str) -> Result<Manifest> {
         datasets,
         parent,
         snapshots: Vec::new(),
+        royalty: None,
     })
+    .map(|m| (m, royalty))
 }
 
 fn read_bare_onnx(path: &Path) -> Result<Package> {
@@ -275,6 +356,7 @@ fn read_bare_onnx(path: &Path) -> Result<Package> {
         name
     };
     Ok(Package {
+        royalty: None,
         files: vec![(file_name.clone(), path.to_path_buf())],
         manifest: Manifest {
             name,

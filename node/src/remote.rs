@@ -115,7 +115,7 @@ impl Remote {
         let answer = self.handle_call(from, call).await;
         let outcome = match answer.status {
             InferStatus::Ok => metrics::Outcome::Ok,
-            InferStatus::Busy => metrics::Outcome::Busy,
+            InferStatus::Busy | InferStatus::PaymentRequired => metrics::Outcome::Busy,
             InferStatus::BadRequest | InferStatus::NotFound | InferStatus::Refused => {
                 metrics::Outcome::Refused
             }
@@ -320,6 +320,7 @@ impl Remote {
             max_concurrent: engine.max_concurrent() as u64,
             price_per_mfuel: self.compute.config.price_per_mfuel,
             addrs,
+            credit: protocol::credits::CreditTerms::default(),
         })
     }
 
@@ -421,6 +422,7 @@ impl Remote {
         let call = InferCall {
             request: request.to_bytes(),
             input: input.to_vec(),
+            cheque: None,
         }
         .to_bytes();
         let started = Instant::now();

@@ -68,6 +68,10 @@ fn main() -> std::io::Result<()> {
         datasets: vec![],
         parent: Some(ModelId(BlobHash::of(b"parent"))),
         snapshots: vec![BlobHash::of(b"snapshot")],
+        royalty: Some(protocol::credits::Royalty {
+            payee: author.node_id(),
+            bps: 250,
+        }),
     };
     let signed_manifest = author.sign(manifest.clone()).to_bytes();
     write(&dir, "signed_manifest", "manifest", &signed_manifest)?;
@@ -155,9 +159,20 @@ fn main() -> std::io::Result<()> {
         issued_ms: 1,
         provider: provider.node_id(),
     });
+    let cheque = caller.sign(protocol::credits::Cheque {
+        payee: provider.node_id(),
+        epoch: 1,
+        seq: 2,
+        calls: 1_000,
+        royalties: 10,
+        receipt: Some(BlobHash::of(b"receipt")),
+        issued_ms: 2,
+    });
+    write(&dir, "compute_frames", "cheque", &cheque.to_bytes())?;
     let call = InferCall {
         request: infer_request.to_bytes(),
         input: input.to_vec(),
+        cheque: Some(cheque.to_bytes()),
     };
     write(&dir, "compute_frames", "call", &call.to_bytes())?;
     let outputs = Outputs {
@@ -198,6 +213,7 @@ fn main() -> std::io::Result<()> {
         max_concurrent: 4,
         price_per_mfuel: 1,
         addrs: vec!["/ip4/127.0.0.1/tcp/4001".into()],
+        credit: protocol::credits::CreditTerms::default(),
     });
     write(&dir, "compute_frames", "offer", &offer.to_bytes())?;
     println!("seeds written to {}", dir.display());

@@ -9,6 +9,7 @@
 //! make the output hash reproducible, so two providers can be compared exactly.
 
 use crate::cbor::{MapReader, Value, as_array, as_list, as_text, as_u64};
+use crate::credits::{CreditTerms, MAX_CHEQUE_BYTES};
 use crate::{BlobHash, DecodeError, ModelId, NodeId, Object, Signable};
 
 /// Domain tag of signed compute offers.
@@ -69,6 +70,8 @@ pub struct ComputeOffer {
     pub price_per_mfuel: u64,
     /// Multiaddresses to reach it (each ending in `/p2p/<peer id>`).
     pub addrs: Vec<String>,
+    /// How it extends credit to callers.
+    pub credit: CreditTerms,
 }
 
 fn texts(what: &'static str, v: Value, max: usize, len: usize) -> Result<Vec<String>, DecodeError> {
@@ -105,6 +108,7 @@ impl Object for ComputeOffer {
                 Value::Uint(self.price_per_mfuel),
             ),
             (Value::text("addrs"), text_array(&self.addrs)),
+            (Value::text("credit"), self.credit.to_cbor()),
         ])
     }
 
@@ -132,6 +136,7 @@ impl Object for ComputeOffer {
             max_concurrent: as_u64("offer max_concurrent", m.required("max_concurrent")?)?,
             price_per_mfuel: as_u64("offer price_per_mfuel", m.required("price_per_mfuel")?)?,
             addrs: texts("offer addrs", m.required("addrs")?, MAX_OFFER_ADDRS, 256)?,
+            credit: CreditTerms::from_cbor(m.required("credit")?)?,
         };
         m.finish()?;
         if offer.expires_ms <= offer.issued_ms {
@@ -356,6 +361,8 @@ pub struct InferCall {
     pub request: Vec<u8>,
     /// The inputs: an OIP v2 inference request, JSON (UTF-8).
     pub input: Vec<u8>,
+    /// A payment to the provider, piggybacked: a `Signed<Cheque>` envelope.
+    pub cheque: Option<Vec<u8>>,
 }
 
 impl Object for InferCall {
@@ -363,11 +370,15 @@ impl Object for InferCall {
     const MAX_BYTES: usize = MAX_INFER_CALL_BYTES;
 
     fn to_cbor(&self) -> Value {
-        Value::Map(vec![
+        let mut entries = vec![
             (Value::text("v"), Value::Uint(COMPUTE_VERSION)),
             (Value::text("request"), Value::Bytes(self.request.clone())),
             (Value::text("input"), Value::Bytes(self.input.clone())),
-        ])
+        ];
+        if let Some(c) = &self.cheque {
+            entries.push((Value::text("cheque"), Value::Bytes(c.clone())));
+        }
+        Value::Map(entries)
     }
 
     fn from_cbor(v: Value) -> Result<Self, DecodeError> {
@@ -388,6 +399,16 @@ impl Object for InferCall {
                 MAX_INFER_SIGNED_BYTES + crate::ENVELOPE_OVERHEAD,
             )?,
             input: bytes("call input", m.required("input")?, MAX_INFER_INPUT_BYTES)?,
+            cheque: m
+                .optional("cheque")
+                .map(|v| {
+                    bytes(
+                        "call cheque",
+                        v,
+                        MAX_CHEQUE_BYTES + crate::ENVELOPE_OVERHEAD,
+                    )
+                })
+                .transpose()?,
         };
         m.finish()?;
         Ok(call)
@@ -413,6 +434,9 @@ pub enum InferStatus {
     Refused = 5,
     /// The provider failed locally.
     Internal = 6,
+    /// The caller owes too much: it must pay (a cheque with its next call) before more calls
+    /// run. The message says how much.
+    PaymentRequired = 7,
 }
 
 impl InferStatus {
@@ -425,6 +449,7 @@ impl InferStatus {
             4 => InferStatus::Failed,
             5 => InferStatus::Refused,
             6 => InferStatus::Internal,
+            7 => InferStatus::PaymentRequired,
             _ => return Err(DecodeError::invalid("infer status", format!("unknown {n}"))),
         })
     }
@@ -581,6 +606,7 @@ mod tests {
             max_concurrent: 2,
             price_per_mfuel: 3,
             addrs: vec!["/ip4/127.0.0.1/tcp/1".into()],
+            credit: CreditTerms::default(),
         });
         let o = Signed::<ComputeOffer>::from_bytes(&offer.to_bytes()).expect("offer");
         assert_eq!(o.body(), offer.body());
@@ -668,7 +694,7 @@ mod tests {
 
         #[test]
         fn calls_round_trip(request in prop::collection::vec(any::<u8>(), 0..300), input in prop::collection::vec(any::<u8>(), 0..300)) {
-            let call = InferCall { request, input };
+            let call = InferCall { request, input, cheque: None };
             prop_assert_eq!(InferCall::from_bytes(&call.to_bytes()), Ok(call));
         }
     }

@@ -34,6 +34,7 @@
 
 pub mod cbor;
 pub mod compute;
+pub mod credits;
 mod hash;
 mod manifest;
 mod signed;
@@ -175,7 +176,8 @@ pub enum DecodeError {
 }
 
 impl DecodeError {
-    pub(crate) fn invalid(what: &'static str, reason: impl Into<String>) -> Self {
+    /// A value that decodes but breaks a rule of `what`.
+    pub fn invalid(what: &'static str, reason: impl Into<String>) -> Self {
         DecodeError::Invalid {
             what,
             reason: reason.into(),

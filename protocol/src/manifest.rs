@@ -222,6 +222,8 @@ pub struct Manifest {
     pub parent: Option<ModelId>,
     /// Training snapshots (ids of `Signed<Snapshot>` blobs), oldest first.
     pub snapshots: Vec<BlobHash>,
+    /// A share of every call's cost owed to a payee by the provider that ran it.
+    pub royalty: Option<crate::credits::Royalty>,
 }
 
 /// Checks a package name: 1–128 bytes of ASCII letters, digits, `-`, `_`, `.`, and at most one
@@ -527,6 +529,9 @@ impl Object for Manifest {
         if let Some(parent) = self.parent {
             entries.push((Value::text("parent"), parent.0.to_cbor()));
         }
+        if let Some(royalty) = &self.royalty {
+            entries.push((Value::text("royalty"), royalty.to_cbor()));
+        }
         Value::Map(entries)
     }
 
@@ -566,6 +571,10 @@ impl Object for Manifest {
             parent: m
                 .optional("parent")
                 .map(|v| BlobHash::from_cbor("parent model", v).map(ModelId))
+                .transpose()?,
+            royalty: m
+                .optional("royalty")
+                .map(crate::credits::Royalty::from_cbor)
                 .transpose()?,
         };
         m.finish()?;

@@ -50,6 +50,10 @@ fn sample_manifest() -> Manifest {
         datasets: vec![],
         parent: Some(ModelId(BlobHash::of(b"base"))),
         snapshots: vec![BlobHash::of(b"snap")],
+        royalty: Some(protocol::credits::Royalty {
+            payee: protocol::SecretKey::from_seed(&[9; 32]).node_id(),
+            bps: 1_000,
+        }),
     }
 }
 

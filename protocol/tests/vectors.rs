@@ -8,6 +8,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use protocol::cbor::Value;
+use protocol::compute::{InferRequest, InferResult};
+use protocol::credits::{Cheque, Receipt, Royalty, royalty_of};
 use protocol::{
     BlobHash, Collection, DType, DatasetRef, Dim, FileEntry, Interface, Manifest, ModelId, Object,
     Runtime, SecretKey, Signable, Snapshot, TensorSpec,
@@ -108,7 +110,44 @@ fn generate() -> serde_json::Value {
         }],
         parent: Some(ModelId(BlobHash::of(b"base model"))),
         snapshots: vec![BlobHash::of(b"snapshot 1"), BlobHash::of(b"snapshot 2")],
+        royalty: Some(Royalty {
+            payee: SecretKey::from_seed(&seed).node_id(),
+            bps: 1_000,
+        }),
     };
+    // A call from the caller (seed 0x11…) to the provider (seed 0x22…), its receipt, and the
+    // caller's cheque paying for it.
+    let (caller, provider) = ([0x11; 32], [0x22; 32]);
+    let request = SecretKey::from_seed(&caller).sign(InferRequest {
+        model: ModelId(BlobHash::of(b"model")),
+        input_hash: BlobHash::of(br#"{"inputs":[]}"#),
+        max_fuel: 5_000_000_000,
+        max_price_per_mfuel: 3,
+        nonce: [7; 16],
+        issued_ms: 1_764_300_000_000,
+        provider: SecretKey::from_seed(&provider).node_id(),
+    });
+    let result = InferResult {
+        request: BlobHash::of(&request.to_bytes()),
+        model: request.body().model,
+        output_hash: BlobHash::of(b"outputs"),
+        fuel: 1_234_567_891,
+        price_per_mfuel: 2,
+        backend: "wasm".into(),
+    };
+    let signed_result = SecretKey::from_seed(&provider).sign(result.clone());
+    let receipt = Receipt::of(&request, &signed_result);
+    let verified = receipt.verify().expect("the vector's receipt verifies");
+    let cheque = Cheque {
+        payee: SecretKey::from_seed(&provider).node_id(),
+        epoch: 1_764_300_000_000,
+        seq: 3,
+        calls: verified.cost,
+        royalties: 0,
+        receipt: Some(verified.id),
+        issued_ms: 1_764_300_001_000,
+    };
+    let receipt_bytes = receipt.to_bytes();
     let snapshot = Snapshot {
         model: "examples/iris-linear".into(),
         step: 200,
@@ -164,12 +203,27 @@ fn generate() -> serde_json::Value {
             signed_vector("manifest-full", seed, manifest),
             signed_vector("manifest-minimal", [0x42; 32], minimal),
             signed_vector("snapshot", seed, snapshot),
+            signed_vector("infer-request", caller, request.body().clone()),
+            signed_vector("infer-result", provider, result),
+            signed_vector("cheque", caller, cheque),
         ],
         "objects": [{
             "name": "collection",
             "bytes": hex::encode(&collection_bytes),
             "id": BlobHash::of(&collection_bytes).to_hex(),
             "fields": to_json(&collection.to_cbor()),
+        }],
+        "receipts": [{
+            "name": "receipt",
+            "bytes": hex::encode(&receipt_bytes),
+            "id": verified.id.to_hex(),
+            "caller": hex::encode(verified.caller.as_bytes()),
+            "provider": hex::encode(verified.provider.as_bytes()),
+            "fuel": verified.fuel,
+            "price_per_mfuel": verified.price_per_mfuel,
+            "cost": verified.cost,
+            "royalty_bps": 1_000,
+            "royalty": royalty_of(verified.cost, 1_000),
         }],
         "invalid_cbor": invalid.iter().map(|(h, why)| json!({ "hex": h, "reason": why })).collect::<Vec<_>>(),
     })
@@ -195,6 +249,15 @@ fn committed_vectors_match_this_implementation() {
         let ok = match s["domain"].as_str() {
             Some(protocol::DOMAIN_MANIFEST) => {
                 protocol::Signed::<Manifest>::from_bytes(&bytes).map(|_| ())
+            }
+            Some(protocol::compute::DOMAIN_INFER_REQUEST) => {
+                protocol::Signed::<InferRequest>::from_bytes(&bytes).map(|_| ())
+            }
+            Some(protocol::compute::DOMAIN_INFER_RESULT) => {
+                protocol::Signed::<InferResult>::from_bytes(&bytes).map(|_| ())
+            }
+            Some(protocol::credits::DOMAIN_CHEQUE) => {
+                protocol::Signed::<Cheque>::from_bytes(&bytes).map(|_| ())
             }
             _ => protocol::Signed::<Snapshot>::from_bytes(&bytes).map(|_| ()),
         };

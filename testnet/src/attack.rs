@@ -1088,6 +1088,7 @@ async fn offer_spam(
                 max_concurrent: 64,
                 price_per_mfuel: 0,
                 addrs: vec![format!("/ip4/127.0.0.1/tcp/9/p2p/{peer}")],
+                credit: protocol::credits::CreditTerms::default(),
             });
             let _ = client.announce_offer(offer.to_bytes()).await;
             sent += 1;
@@ -1121,6 +1122,7 @@ fn echo_call(key: &SecretKey, model: ModelId, provider: NodeId) -> Vec<u8> {
     InferCall {
         request: request.to_bytes(),
         input,
+        cheque: None,
     }
     .to_bytes()
 }

@@ -440,6 +440,7 @@ impl Peer {
                 max_concurrent: 4,
                 price_per_mfuel: PRICE_PER_MFUEL,
                 addrs,
+                credit: protocol::credits::CreditTerms::default(),
             });
             // No peers yet is fine: the next round reaches them.
             let _ = self.net.announce_offer(offer.to_bytes()).await;
@@ -525,6 +526,7 @@ impl Peer {
         let forwarded = InferCall {
             request: ours.to_bytes(),
             input: call.input.clone(),
+            cheque: None,
         };
         self.reach(honest).await;
         let bytes =

@@ -49,7 +49,7 @@
 //!     issued_ms: now_ms,
 //!     provider: best.node,
 //! });
-//! let call = InferCall { request: request.to_bytes(), input }.to_bytes();
+//! let call = InferCall { request: request.to_bytes(), input, cheque: None }.to_bytes();
 //! offers.started(&best.node);
 //!
 //! // The provider checks the call (sent by the caller's peer), its nonce, and the caller's slots.

@@ -68,6 +68,10 @@ pub enum ReplyError {
     /// every provider, stop.
     #[error("{0}")]
     Failed(String),
+    /// The provider wants to be paid before it runs more calls: pay (a cheque with the next
+    /// call) and try again, or try another provider.
+    #[error("{0}")]
+    PaymentRequired(String),
     /// The provider broke the protocol or lied: distrust it for good and try another.
     #[error(transparent)]
     Misbehaved(#[from] Misbehavior),
@@ -77,7 +81,7 @@ impl ReplyError {
     /// What the reply means for the provider's stats ([`Offers::finished`](crate::Offers::finished)).
     pub fn outcome(&self) -> Outcome {
         match self {
-            ReplyError::Busy(_) => Outcome::Busy,
+            ReplyError::Busy(_) | ReplyError::PaymentRequired(_) => Outcome::Busy,
             ReplyError::Unavailable(_) => Outcome::Unavailable,
             ReplyError::Misbehaved(_) => Outcome::Misbehaved,
             ReplyError::BadRequest(_) | ReplyError::Failed(_) => Outcome::Failed,
@@ -116,6 +120,7 @@ pub fn check_reply(
         }
         InferStatus::BadRequest => return Err(ReplyError::BadRequest(message)),
         InferStatus::Failed => return Err(ReplyError::Failed(message)),
+        InferStatus::PaymentRequired => return Err(ReplyError::PaymentRequired(message)),
     }
     let (Some(result), Some(output)) = (reply.result, reply.output) else {
         return Err(Misbehavior::MissingResult.into());

@@ -202,6 +202,7 @@ mod tests {
         InferCall {
             request: request.to_bytes(),
             input: input.to_vec(),
+            cheque: None,
         }
         .to_bytes()
     }
@@ -264,6 +265,7 @@ mod tests {
         let forged = InferCall {
             request: bytes,
             input: input.to_vec(),
+            cheque: None,
         }
         .to_bytes();
         refuse(

@@ -291,6 +291,7 @@ fn raw_requests_are_checked(provider: &testnet::Daemon, id: &str) {
                         InferCall {
                             request: signed,
                             input,
+                            cheque: None,
                         }
                         .to_bytes(),
                     )
