@@ -91,6 +91,16 @@ pub enum Command {
     },
     /// List the compute offers the running node has heard (providers, prices, measured latency).
     Offers,
+    /// Show the credit ledger: per peer, calls both ways, billed, paid, owed, limits, the free
+    /// allowance, royalties. With a peer: that account; `--receipts` lists the signed receipts
+    /// and cheques behind it, each checked here with the two public keys.
+    Credits {
+        /// A peer (peer id or node id).
+        peer: Option<String>,
+        /// List the receipts and cheques behind the account.
+        #[arg(long, requires = "peer")]
+        receipts: bool,
+    },
     /// Show a model's manifest (after checking its author's signature).
     Show {
         /// Model id.

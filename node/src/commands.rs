@@ -7,7 +7,8 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use api::dto::{
-    AddRequest, ExportRequest, OfferList, PublishRequest, SnapshotRequest, VerifyRequest,
+    AddRequest, CreditsView, ExportRequest, OfferList, PublishRequest, ReceiptList,
+    SnapshotRequest, VerifyRequest,
 };
 use api::oip::{InferRequest, InferResponse};
 use protocol::ModelId;
@@ -65,6 +66,27 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Offers => {
             let api = running_node(&dir, "offers are heard by a running node:")?;
             show(json, &api.get::<OfferList>("/api/v1/offers")?)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Credits { peer, receipts } => {
+            let api = running_node(&dir, "the credit ledger is kept by a running node:")?;
+            match peer {
+                None => show(json, &api.get::<CreditsView>("/api/v1/credits")?)?,
+                Some(peer) => {
+                    let node = crate::package::parse_node_id(&peer)?;
+                    let list: ReceiptList = api.get(&format!("/api/v1/credits/{node}/receipts"))?;
+                    // Checked here too, with nothing but the keys in the receipts.
+                    let checked = crate::accounts::check_receipts(&list)?;
+                    if receipts {
+                        show(json, &list)?;
+                    } else {
+                        show(json, &list.account)?;
+                    }
+                    if !json {
+                        println!("{checked}");
+                    }
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
         command => {
@@ -276,7 +298,8 @@ fn store_command(target: &Target, command: Command, json: bool) -> Result<ExitCo
         | Command::Node(_)
         | Command::Fetch { .. }
         | Command::Call { .. }
-        | Command::Offers => bail!("this command does not run on the store"),
+        | Command::Offers
+        | Command::Credits { .. } => bail!("this command does not run on the store"),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -27,6 +27,28 @@ struct ConfigFile {
     inference: Option<InferenceSection>,
     compute: Option<ComputeSection>,
     catalog: Option<CatalogSection>,
+    credits: Option<CreditsSection>,
+}
+
+/// `[credits]`: the terms this node extends to callers, and what it pays. Any key left out
+/// keeps its default.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreditsSection {
+    payment_threshold: Option<u64>,
+    disconnect_threshold: Option<u64>,
+    free_cap: Option<u64>,
+    free_per_sec: Option<u64>,
+    spend_limit: Option<u64>,
+}
+
+/// The credit settings, resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CreditsConfig {
+    /// The terms extended to callers (in the offer).
+    pub terms: protocol::credits::CreditTerms,
+    /// The most paid any one peer for calls beyond what its calls here cost.
+    pub spend_limit: u64,
 }
 
 /// `[catalog]`: how many manifests from peers the node keeps. Any key left out keeps its
@@ -172,6 +194,8 @@ pub struct NodeConfig {
     pub compute: ComputeSection,
     /// The catalogue's quota for manifests from peers.
     pub catalog: catalog::Quota,
+    /// Credits.
+    pub credits: CreditsConfig,
 }
 
 fn parse_file(text: &str, what: &str) -> Result<ConfigFile> {
@@ -297,6 +321,37 @@ pub fn load(dir: &Path, args: &NodeArgs) -> Result<NodeConfig> {
         max_per_author: fc.max_per_author.or(dc.max_per_author),
     }
     .quota();
+    let (fc, dc) = (
+        file.credits.unwrap_or_default(),
+        defaults.credits.unwrap_or_default(),
+    );
+    let base = protocol::credits::CreditTerms::default();
+    let terms = protocol::credits::CreditTerms {
+        payment_threshold: fc
+            .payment_threshold
+            .or(dc.payment_threshold)
+            .unwrap_or(base.payment_threshold),
+        disconnect_threshold: fc
+            .disconnect_threshold
+            .or(dc.disconnect_threshold)
+            .unwrap_or(base.disconnect_threshold),
+        free_cap: fc.free_cap.or(dc.free_cap).unwrap_or(base.free_cap),
+        free_per_s: fc
+            .free_per_sec
+            .or(dc.free_per_sec)
+            .unwrap_or(base.free_per_s),
+    };
+    if terms.disconnect_threshold < terms.payment_threshold {
+        bail!(
+            "credits: disconnect_threshold ({}) is below payment_threshold ({})",
+            terms.disconnect_threshold,
+            terms.payment_threshold
+        );
+    }
+    let credits = CreditsConfig {
+        terms,
+        spend_limit: fc.spend_limit.or(dc.spend_limit).unwrap_or(1_000_000_000),
+    };
     Ok(NodeConfig {
         listen,
         bootstrap,
@@ -307,6 +362,7 @@ pub fn load(dir: &Path, args: &NodeArgs) -> Result<NodeConfig> {
         inference,
         compute,
         catalog,
+        credits,
     })
 }
 

@@ -103,6 +103,7 @@ async fn serve(
             .await
             .context("starting the network")?;
     let (sandbox_config, limits) = config.inference.sandbox();
+    let max_fuel = limits.fuel;
     let engine = Inference::new(&dir, sandbox_config, limits)?;
     // The services, each with the handles it needs and nothing else.
     let metrics = Arc::new(metrics);
@@ -127,6 +128,31 @@ async fn serve(
         fetcher.clone(),
     ));
     let compute = ComputeConfig::from(&config.compute);
+    let terms = config.credits.terms;
+    let worst = protocol::credits::cost(max_fuel, compute.price_per_mfuel);
+    if compute.serve && worst > terms.disconnect_threshold {
+        // Callers size their calls' fuel to the terms in the offer, so this only caps them.
+        tracing::warn!(
+            "[credits] disconnect_threshold = {} is below the worst case of a call at full fuel here ({worst} credits: fuel {} at {} per million); callers' calls get less fuel",
+            terms.disconnect_threshold,
+            max_fuel,
+            compute.price_per_mfuel
+        );
+    }
+    let credits = Arc::new(
+        credits::Credits::open(
+            &dir.join("credits"),
+            home.key.node_id(),
+            terms,
+            crate::compute::now_ms(),
+        )
+        .with_context(|| {
+            format!(
+                "opening the credit ledger in {}",
+                dir.join("credits").display()
+            )
+        })?,
+    );
     let cache = Arc::new(
         CallCache::open(home.store.clone(), catalog.clone(), compute.cache_bytes)
             .context("opening the call cache")?,
@@ -139,6 +165,8 @@ async fn serve(
         catalog,
         cache,
         metrics.clone(),
+        credits,
+        config.credits.spend_limit,
     ));
     let service = Arc::new(Service {
         home: home.clone(),

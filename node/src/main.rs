@@ -2,6 +2,7 @@
 //!
 //! Exit status: 0 on success, 1 on failure (or when `verify` finds a problem), 2 on bad usage.
 
+mod accounts;
 mod api_client;
 mod cache;
 mod cli;

@@ -120,6 +120,31 @@ pub struct Metrics {
     pub call_cache_bytes: Gauge,
     /// Models the call cache let go.
     pub call_cache_evicted: Counter,
+    /// Credits billed by receipts: calls this node served peers (`served`) and calls peers
+    /// served it (`used`).
+    pub credits_billed: Family<SideLabels, Counter>,
+    /// Cheques, by direction and outcome.
+    pub cheques: Family<ChequeLabels, Counter>,
+    /// Calls refused for payment: by this node (`served`) or to it (`used`).
+    pub payment_required: Family<SideLabels, Counter>,
+    /// Royalties this node owes authors for the calls it served, credits.
+    pub royalties_owed: Counter,
+}
+
+/// Labels of the credit metrics: which side of calls.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct SideLabels {
+    /// `served` (this node ran the calls) or `used` (peers ran them for it).
+    pub side: &'static str,
+}
+
+/// Labels of `moxnet_cheques_total`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ChequeLabels {
+    /// `sent` or `received`.
+    pub direction: &'static str,
+    /// `new`, `stale` (the one held or older) or `refused`.
+    pub outcome: &'static str,
 }
 
 impl Metrics {
@@ -143,6 +168,10 @@ impl Metrics {
             manifests_dropped: Family::default(),
             call_cache_bytes: Gauge::default(),
             call_cache_evicted: Counter::default(),
+            credits_billed: Family::default(),
+            cheques: Family::default(),
+            payment_required: Family::default(),
+            royalties_owed: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("peers", "Peers connected now", metrics.peers.clone());
@@ -206,6 +235,26 @@ impl Metrics {
             "Models fetched for peers' calls let go (least recently called) to fit [compute] cache_mib",
             metrics.call_cache_evicted.clone(),
         );
+        registry.register(
+            "credits_billed",
+            "Credits billed by receipts, by side: served (peers owe this node) or used (this node owes peers)",
+            metrics.credits_billed.clone(),
+        );
+        registry.register(
+            "cheques",
+            "Cheques sent and received, by outcome: new, stale (the one held or older, ignored) or refused",
+            metrics.cheques.clone(),
+        );
+        registry.register(
+            "payment_required",
+            "Calls refused for payment: by this node (served) or by providers (used)",
+            metrics.payment_required.clone(),
+        );
+        registry.register(
+            "royalties_owed",
+            "Royalties this node owes authors for the calls it served, credits",
+            metrics.royalties_owed.clone(),
+        );
         Metrics {
             registry: root,
             ..metrics
@@ -221,6 +270,27 @@ impl Metrics {
     pub fn call(&self, place: Place, outcome: Outcome) {
         self.calls
             .get_or_create(&CallLabels { place, outcome })
+            .inc();
+    }
+
+    /// Counts credits billed on one side.
+    pub fn billed(&self, side: &'static str, credits: u64) {
+        self.credits_billed
+            .get_or_create(&SideLabels { side })
+            .inc_by(credits);
+    }
+
+    /// Counts one cheque.
+    pub fn cheque(&self, direction: &'static str, outcome: &'static str) {
+        self.cheques
+            .get_or_create(&ChequeLabels { direction, outcome })
+            .inc();
+    }
+
+    /// Counts one call refused for payment.
+    pub fn refused_for_payment(&self, side: &'static str) {
+        self.payment_required
+            .get_or_create(&SideLabels { side })
             .inc();
     }
 

@@ -352,6 +352,10 @@ pub fn show(home: &Home, id: ModelId) -> Result<ModelView> {
             .collect(),
         parent: m.parent.map(|p| p.to_string()),
         snapshots: m.snapshots.iter().map(|s| s.to_string()).collect(),
+        royalty: m.royalty.map(|r| api::dto::RoyaltyView {
+            payee: r.payee.to_string(),
+            bps: r.bps,
+        }),
     })
 }
 

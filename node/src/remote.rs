@@ -27,6 +27,7 @@ use api::dto::OfferList;
 use api::oip::{InferRequest as OipRequest, InferResponse};
 use catalog::Catalog;
 use compute::{Candidate, Outcome, ReplyError};
+use credits::{Accepted, Credits, CreditsError, PayWhen, Reservation};
 use graph::Tensor;
 use net::libp2p::{Multiaddr, PeerId};
 use protocol::compute::{
@@ -52,10 +53,34 @@ pub struct Remote {
     catalog: Arc<Catalog>,
     cache: Arc<CallCache>,
     metrics: Arc<Metrics>,
+    credits: Arc<Credits>,
+    spend_limit: u64,
+}
+
+/// A call's reservation of credit, given back if the call ends without a receipt.
+struct Held<'a> {
+    credits: &'a Credits,
+    reservation: Option<Reservation>,
+}
+
+impl Held<'_> {
+    fn take(mut self) -> Option<Reservation> {
+        self.reservation.take()
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        if let Some(r) = self.reservation.take() {
+            self.credits.release(r);
+        }
+    }
 }
 
 impl Remote {
-    /// The service: `key` signs requests, results and offers; `runtime` runs served calls.
+    /// The service: `key` signs requests, results, offers and cheques; `runtime` runs served
+    /// calls; `credits` books every call between peers.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         key: Arc<SecretKey>,
         net: net::Client,
@@ -64,6 +89,8 @@ impl Remote {
         catalog: Arc<Catalog>,
         cache: Arc<CallCache>,
         metrics: Arc<Metrics>,
+        credits: Arc<Credits>,
+        spend_limit: u64,
     ) -> Remote {
         metrics.call_cache_bytes.set(cache.bytes() as i64);
         Remote {
@@ -74,7 +101,19 @@ impl Remote {
             catalog,
             cache,
             metrics,
+            credits,
+            spend_limit,
         }
+    }
+
+    /// The node's credits.
+    pub fn credits(&self) -> &Credits {
+        &self.credits
+    }
+
+    /// The most this node pays one peer beyond what that peer's calls here cost.
+    pub fn spend_limit(&self) -> u64 {
+        self.spend_limit
     }
 
     /// Whether this node serves calls for peers.
@@ -140,6 +179,45 @@ impl Remote {
             Ok(slot) => slot,
             Err(busy) => return refuse(InferStatus::Busy, busy.to_string()),
         };
+        let caller = call.caller();
+        let payment_required = |message: String| {
+            self.metrics.refused_for_payment("served");
+            InferReply {
+                cheque: self.credits.cheque_from(&caller),
+                ..InferReply::error(InferStatus::PaymentRequired, message)
+            }
+        };
+        if let Some(cheque) = &call.cheque {
+            match self.credits.accept_cheque(cheque) {
+                Ok((_, Accepted::New { calls, royalties })) => {
+                    self.metrics.cheque("received", "new");
+                    tracing::debug!(peer = %from, calls, royalties, "a cheque came with a call");
+                }
+                Ok((_, Accepted::Stale)) => self.metrics.cheque("received", "stale"),
+                Err(CreditsError::Cheque(e)) => {
+                    self.metrics.cheque("received", "refused");
+                    return payment_required(format!("your cheque was refused: {e}"));
+                }
+                Err(CreditsError::Store(e)) => {
+                    tracing::error!("credits: {e}");
+                    return refuse(InferStatus::Internal, format!("the provider's ledger: {e}"));
+                }
+                Err(e) => {
+                    self.metrics.cheque("received", "refused");
+                    return refuse(InferStatus::Refused, format!("cheque: {e}"));
+                }
+            }
+        }
+        let r = call.request.body();
+        let price = compute.config.price_per_mfuel;
+        let worst = protocol::credits::cost(r.max_fuel, price);
+        let held = match self.credits.admit(caller, worst, now_ms()) {
+            Ok(reservation) => Held {
+                credits: &self.credits,
+                reservation: Some(reservation),
+            },
+            Err(refusal) => return payment_required(refusal.to_string()),
+        };
         let input = match serde_json::from_slice::<Value>(&call.input)
             .map_err(|e| format!("inputs are not JSON: {e}"))
             .and_then(|v| OipRequest::from_json(&v))
@@ -147,7 +225,6 @@ impl Remote {
             Ok(r) => r,
             Err(e) => return refuse(InferStatus::BadRequest, e),
         };
-        let r = call.request.body();
         if let Err((status, why)) = self.may_fetch_for(r.model) {
             return refuse(status, why);
         }
@@ -173,14 +250,44 @@ impl Remote {
         let result = self.key.sign(call.result(
             &output,
             outcome.fuel,
-            compute.config.price_per_mfuel,
+            price,
             self.runtime.engine().engine(&outcome),
         ));
+        // The receipt is on disk before the result leaves: the caller can never hold a
+        // receipt this node has not booked.
+        let royalty = self.catalog.get(r.model).and_then(|m| m.body().royalty);
+        let Some(reservation) = held.take() else {
+            return refuse(
+                InferStatus::Internal,
+                "the call's reservation was lost".into(),
+            );
+        };
+        match self
+            .credits
+            .settle(reservation, &call.request, &result, royalty, now_ms())
+        {
+            Ok(receipt) => {
+                self.metrics.billed("served", receipt.cost);
+                if let Some(r) = royalty {
+                    self.metrics
+                        .royalties_owed
+                        .inc_by(protocol::credits::royalty_of(receipt.cost, r.bps));
+                }
+            }
+            Err(e) => {
+                tracing::error!(peer = %from, "credits: booking a served call: {e}");
+                return refuse(
+                    InferStatus::Internal,
+                    format!("the provider could not book the call: {e}"),
+                );
+            }
+        }
         InferReply {
             status: InferStatus::Ok,
             result: Some(result.to_bytes()),
             output: Some(output),
             message: None,
+            cheque: None,
         }
     }
 }
@@ -320,7 +427,7 @@ impl Remote {
             max_concurrent: engine.max_concurrent() as u64,
             price_per_mfuel: self.compute.config.price_per_mfuel,
             addrs,
-            credit: protocol::credits::CreditTerms::default(),
+            credit: self.credits.terms(),
         })
     }
 
@@ -354,12 +461,19 @@ struct Answer {
     result: Signed<InferResult>,
     tensors: Vec<Tensor>,
     elapsed: Duration,
+    /// What it cost, credits.
+    cost: u64,
+    /// The account with the provider after it.
+    account: credits::Account,
 }
 
 /// Why one attempt failed.
 enum Failure {
     /// Try another provider.
     Retry(Outcome, String),
+    /// The provider wants to be paid first; it returned the newest cheque from this node it
+    /// holds, if any.
+    Payment(String, Option<Vec<u8>>),
     /// The same call fails everywhere: stop.
     Final(CallError),
 }
@@ -376,6 +490,8 @@ struct Target {
     /// Its offered price per million fuel units (`None` when forced without an offer). The
     /// request caps the price at it, so a provider cannot charge more than it offered.
     price_per_mfuel: Option<u64>,
+    /// Its offered credit terms (`None` when forced without an offer: the defaults).
+    credit: Option<protocol::credits::CreditTerms>,
 }
 
 impl Target {
@@ -388,18 +504,81 @@ impl Target {
             addrs: c.addrs.iter().filter_map(|a| a.parse().ok()).collect(),
             node: c.node,
             price_per_mfuel: c.price_per_mfuel,
+            credit: c.credit,
         })
     }
 }
 
 impl Remote {
-    /// One signed call to one provider, verified.
+    /// The cheque owed to `to` now (see [`Credits::pay`]), signed and on disk, as bytes.
+    fn cheque_for(&self, to: &Target, when: PayWhen) -> Result<Option<Vec<u8>>, Failure> {
+        let terms = to.credit.unwrap_or_default();
+        match self.credits.pay(
+            &self.key,
+            to.node,
+            terms.payment_threshold,
+            self.spend_limit,
+            when,
+            now_ms(),
+        ) {
+            Ok(Some(cheque)) => {
+                self.metrics.cheque("sent", "new");
+                Ok(Some(cheque.to_bytes()))
+            }
+            Ok(None) => Ok(None),
+            Err(e) => Err(Failure::Final(CallError::new(
+                500,
+                format!("this node's ledger: {e}"),
+            ))),
+        }
+    }
+
+    /// One call to one provider, paying first what is due; a refusal for payment is answered
+    /// once by adopting the provider's copy of this node's cheque (if this node lost a newer
+    /// one) and paying everything owed.
     async fn attempt(
         &self,
         to: &Target,
         model: ModelId,
         input: &[u8],
         max_price: u64,
+    ) -> Result<Answer, Failure> {
+        match self
+            .attempt_once(to, model, input, max_price, PayWhen::Due)
+            .await
+        {
+            Err(Failure::Payment(_, kept)) => {
+                if let Some(kept) = kept {
+                    match self.credits.adopt_own(to.node, &kept) {
+                        Ok(true) => {
+                            tracing::info!(provider = %to.peer, "adopted the provider's copy of this node's newest cheque to it")
+                        }
+                        Ok(false) => {}
+                        Err(e) => {
+                            tracing::debug!(provider = %to.peer, "the provider's copy of this node's cheque: {e}")
+                        }
+                    }
+                }
+                self.attempt_once(to, model, input, max_price, PayWhen::Now)
+                    .await
+                    .inspect_err(|f| {
+                        if matches!(f, Failure::Payment(..)) {
+                            self.metrics.refused_for_payment("used");
+                        }
+                    })
+            }
+            other => other,
+        }
+    }
+
+    /// One signed call to one provider, verified.
+    async fn attempt_once(
+        &self,
+        to: &Target,
+        model: ModelId,
+        input: &[u8],
+        max_price: u64,
+        pay: PayWhen,
     ) -> Result<Answer, Failure> {
         let mut nonce = [0u8; 16];
         getrandom::fill(&mut nonce).map_err(|e| {
@@ -408,8 +587,17 @@ impl Remote {
                 format!("no randomness for a nonce: {e}"),
             ))
         })?;
-        let max_fuel = self.runtime.engine().max_fuel();
         let max_price = to.price_per_mfuel.map_or(max_price, |p| p.min(max_price));
+        // The worst case of the call must fit what the provider extends to a caller that pays
+        // on time (it owes under half the payment threshold when it calls): more fuel than that
+        // would be refused for payment however much was paid.
+        let terms = to.credit.unwrap_or_default();
+        let room = terms
+            .disconnect_threshold
+            .saturating_sub(terms.payment_threshold / 2);
+        let affordable = u64::try_from(room as u128 * 1_000_000 / u128::from(max_price.max(1)))
+            .unwrap_or(u64::MAX);
+        let max_fuel = self.runtime.engine().max_fuel().min(affordable);
         let request = self.key.sign(InferRequest {
             model,
             input_hash: BlobHash::of(input),
@@ -422,7 +610,7 @@ impl Remote {
         let call = InferCall {
             request: request.to_bytes(),
             input: input.to_vec(),
-            cheque: None,
+            cheque: self.cheque_for(to, pay)?,
         }
         .to_bytes();
         let started = Instant::now();
@@ -443,15 +631,33 @@ impl Remote {
         let verified = compute::check_reply(&reply, &request).map_err(|e| match e {
             ReplyError::BadRequest(message) => Failure::Final(CallError::new(400, message)),
             ReplyError::Failed(message) => Failure::Final(CallError::new(500, message)),
+            ReplyError::PaymentRequired { message, cheque } => Failure::Payment(message, cheque),
             e => Failure::Retry(e.outcome(), e.to_string()),
         })?;
         let tensors =
             from_wire(verified.outputs).map_err(|why| Failure::Retry(Outcome::Misbehaved, why))?;
+        // Booked before the answer is handed on; a failure here under-counts what this node
+        // owes (the provider holds the receipt), so it is logged, not hidden.
+        let cost = match self.credits.record_used(&request, &verified.result) {
+            Ok(receipt) => {
+                self.metrics.billed("used", receipt.cost);
+                receipt.cost
+            }
+            Err(e) => {
+                tracing::error!(provider = %to.peer, "credits: booking a call a peer served: {e}");
+                protocol::credits::cost(
+                    verified.result.body().fuel,
+                    verified.result.body().price_per_mfuel,
+                )
+            }
+        };
         Ok(Answer {
             peer: to.peer,
             result: verified.result,
             tensors,
             elapsed,
+            cost,
+            account: self.credits.balance(&to.node).account,
         })
     }
 
@@ -471,6 +677,7 @@ impl Remote {
         loop {
             let mut reasons = Vec::new();
             let mut any_busy = false;
+            let mut any_payment = false;
             let mut gone = HashSet::new();
             for to in order.iter().take(attempts) {
                 self.compute.offers().started(&to.node);
@@ -478,12 +685,19 @@ impl Remote {
                 let outcome = match &result {
                     Ok(a) => Outcome::Ok(a.elapsed),
                     Err(Failure::Retry(o, _)) => *o,
+                    // Not the provider's fault: it stays ranked as it was.
+                    Err(Failure::Payment(..)) => Outcome::Busy,
                     Err(Failure::Final(_)) => Outcome::Failed,
                 };
                 self.compute.offers().finished(&to.node, outcome, now_ms());
                 match result {
                     Ok(answer) => return Ok(answer),
                     Err(Failure::Final(e)) => return Err(e),
+                    Err(Failure::Payment(why, _)) => {
+                        any_payment = true;
+                        gone.insert(to.node);
+                        reasons.push(format!("{}: {why}", to.peer));
+                    }
                     Err(Failure::Retry(outcome, why)) => {
                         any_busy |= outcome == Outcome::Busy;
                         if outcome != Outcome::Busy {
@@ -495,7 +709,16 @@ impl Remote {
             }
             let retry = any_busy && Instant::now() + backoff < deadline;
             if !retry {
-                return Err(if any_busy {
+                return Err(if any_payment && !any_busy {
+                    CallError::new(
+                        402,
+                        format!(
+                            "payment required: every provider wants to be paid first ({}); this node pays at most [credits] spend_limit = {} beyond what a peer's calls here cost",
+                            reasons.join("; "),
+                            self.spend_limit
+                        ),
+                    )
+                } else if any_busy {
                     CallError::new(
                         503,
                         format!("every provider stayed busy ({})", reasons.join("; ")),
@@ -559,6 +782,7 @@ impl Remote {
                     peer,
                     addrs: Vec::new(),
                     price_per_mfuel: None,
+                    credit: None,
                 });
             }
         }
@@ -639,6 +863,15 @@ fn respond(model: ModelId, version: String, request: &OipRequest, a: &Answer) ->
             ("price_per_mfuel", json!(r.price_per_mfuel)),
             ("output_hash", json!(r.output_hash.to_string())),
             ("result", json!(hex::encode(a.result.to_bytes()))),
+            ("cost", json!(a.cost)),
+            (
+                "credits",
+                json!({
+                    "paid": a.account.paid_out(),
+                    "owed": u64::try_from((-a.account.net()).max(0)).unwrap_or(u64::MAX),
+                    "cheque_seq": a.account.cheque_out.as_ref().map(|c| c.seq),
+                }),
+            ),
         ]),
     )
 }

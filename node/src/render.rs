@@ -3,8 +3,9 @@
 //! and JSON come from one typed result, whether the node or the CLI produced it.
 
 use api::dto::{
-    Added, BlobList, DimView, Exported, FetchProgress, GcReport, History, ModelList, ModelView,
-    OfferList, PinChange, Published, ReindexReport, SnapshotAdded, VerifyReport,
+    Added, BlobList, CreditsView, DimView, Exported, FetchProgress, GcReport, History, ModelList,
+    ModelView, OfferList, PeerCredits, PinChange, Published, ReceiptList, ReindexReport,
+    SnapshotAdded, VerifyReport,
 };
 use api::oip::InferResponse;
 use serde_json::Value;
@@ -143,6 +144,14 @@ impl Render for ModelView {
         if let Some(p) = &self.parent {
             out.push(format!("parent   {p}"));
         }
+        if let Some(r) = &self.royalty {
+            out.push(format!(
+                "royalty  {}.{:02}% of every call's cost to {}",
+                r.bps / 100,
+                r.bps % 100,
+                r.payee
+            ));
+        }
         for d in &self.datasets {
             out.push(format!("dataset  {} {}", d.hash, d.description));
         }
@@ -274,6 +283,75 @@ impl Render for FetchProgress {
             self.elapsed_ms as f64 / 1000.0,
             self.peers_banned
         )
+    }
+}
+
+impl Render for PeerCredits {
+    fn text(&self) -> String {
+        let balance = match self.net {
+            0 => "even".to_string(),
+            n if n > 0 => format!("owes this node {n}"),
+            n => format!("this node owes {}", n.unsigned_abs()),
+        };
+        let mut line = format!(
+            "{}  served {} calls ({} credits, {} forgiven)  used {} calls ({} credits)  paid in {}  paid out {}  {balance}",
+            self.peer_id,
+            self.served_calls,
+            self.served,
+            self.forgiven,
+            self.used_calls,
+            self.used,
+            self.paid_in,
+            self.paid_out,
+        );
+        if self.in_flight > 0 {
+            line.push_str(&format!("  {} reserved in flight", self.in_flight));
+        }
+        if self.royalties_owed > 0 || self.royalties_received > 0 {
+            line.push_str(&format!(
+                "  royalties owed {} ({} calls, {} paid)  received {}",
+                self.royalties_owed,
+                self.royalty_calls,
+                self.royalties_paid,
+                self.royalties_received
+            ));
+        }
+        line
+    }
+}
+
+impl Render for CreditsView {
+    fn text(&self) -> String {
+        let mut lines = vec![format!(
+            "terms: pay at {} (half of the payment threshold {}), refused past {}; free allowance {} left of {} (+{}/s); spend limit {}",
+            self.payment_threshold / 2,
+            self.payment_threshold,
+            self.disconnect_threshold,
+            self.free_left,
+            self.free_cap,
+            self.free_per_sec,
+            self.spend_limit
+        )];
+        if self.peers.is_empty() {
+            lines.push("no calls with peers yet".to_string());
+        }
+        lines.extend(self.peers.iter().map(Render::text));
+        lines.join("\n")
+    }
+}
+
+impl Render for ReceiptList {
+    fn text(&self) -> String {
+        let mut lines = vec![self.account.text()];
+        let row = |side: &str, r: &api::dto::ReceiptView| {
+            format!(
+                "{side} {}  model {}  fuel {}  price {}/Mfuel  cost {}",
+                r.id, r.model, r.fuel, r.price_per_mfuel, r.cost
+            )
+        };
+        lines.extend(self.served.iter().map(|r| row("served", r)));
+        lines.extend(self.used.iter().map(|r| row("used  ", r)));
+        lines.join("\n")
     }
 }
 

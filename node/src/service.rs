@@ -5,9 +5,9 @@
 use std::sync::Arc;
 
 use api::dto::{
-    AddRequest, Added, BlobList, ExportRequest, Exported, FetchProgress, GcReport, History,
-    ModelList, ModelView, NodeInfo, OfferList, PinChange, PublishRequest, Published, ReindexReport,
-    SnapshotAdded, SnapshotRequest, VerifyReport, VerifyRequest,
+    AddRequest, Added, BlobList, CreditsView, ExportRequest, Exported, FetchProgress, GcReport,
+    History, ModelList, ModelView, NodeInfo, OfferList, PinChange, PublishRequest, Published,
+    ReceiptList, ReindexReport, SnapshotAdded, SnapshotRequest, VerifyReport, VerifyRequest,
 };
 use api::oip::{InferRequest, InferResponse, ModelMetadata, ModelReady, ServerReady};
 use api::{ApiError, ApiResult};
@@ -189,6 +189,25 @@ impl api::NodeApi for Service {
 
     async fn offers(&self) -> ApiResult<OfferList> {
         Ok(self.remote.offers())
+    }
+
+    async fn credits(&self) -> ApiResult<CreditsView> {
+        Ok(crate::accounts::credits_view(
+            self.remote.credits(),
+            self.home.key.node_id(),
+            self.remote.spend_limit(),
+            crate::compute::now_ms(),
+        ))
+    }
+
+    async fn credit_receipts(&self, peer: String) -> ApiResult<ReceiptList> {
+        let node = crate::package::parse_node_id(&peer)
+            .map_err(|e| ApiError::bad_request(format!("{e:#}")))?;
+        let remote = self.remote.clone();
+        tokio::task::spawn_blocking(move || crate::accounts::receipt_list(remote.credits(), node))
+            .await
+            .map_err(|e| ApiError::internal(format!("listing receipts: {e}")))?
+            .map_err(ApiError::internal)
     }
 
     async fn oip_ready(&self) -> ApiResult<ServerReady> {

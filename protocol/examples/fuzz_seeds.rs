@@ -198,6 +198,7 @@ fn main() -> std::io::Result<()> {
         result: Some(result.to_bytes()),
         output: Some(output),
         message: None,
+        cheque: None,
     };
     write(&dir, "compute_frames", "reply", &reply.to_bytes())?;
     let refusal = InferReply::error(InferStatus::Busy, "all slots taken");

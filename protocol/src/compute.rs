@@ -466,6 +466,10 @@ pub struct InferReply {
     pub output: Option<Vec<u8>>,
     /// Otherwise: why.
     pub message: Option<String>,
+    /// With [`InferStatus::PaymentRequired`]: the newest cheque from the caller the provider
+    /// holds (a `Signed<Cheque>` envelope), so that a caller that lost its own copy goes on
+    /// from it.
+    pub cheque: Option<Vec<u8>>,
 }
 
 impl InferReply {
@@ -484,6 +488,7 @@ impl InferReply {
             result: None,
             output: None,
             message: Some(message),
+            cheque: None,
         }
     }
 }
@@ -509,6 +514,9 @@ impl Object for InferReply {
         if let Some(msg) = &self.message {
             entries.push((Value::text("message"), Value::text(msg)));
         }
+        if let Some(c) = &self.cheque {
+            entries.push((Value::text("cheque"), Value::Bytes(c.clone())));
+        }
         Value::Map(entries)
     }
 
@@ -532,7 +540,23 @@ impl Object for InferReply {
             .optional("message")
             .map(|v| as_text("reply message", v, MAX_ERROR_TEXT))
             .transpose()?;
+        let cheque = m
+            .optional("cheque")
+            .map(|v| match v {
+                Value::Bytes(b) if b.len() <= MAX_CHEQUE_BYTES + crate::ENVELOPE_OVERHEAD => Ok(b),
+                _ => Err(DecodeError::invalid(
+                    "reply cheque",
+                    "expected a cheque envelope's bytes",
+                )),
+            })
+            .transpose()?;
         m.finish()?;
+        if cheque.is_some() && status != InferStatus::PaymentRequired {
+            return Err(DecodeError::invalid(
+                "infer reply",
+                "a cheque comes only with status payment-required",
+            ));
+        }
         let ok = status == InferStatus::Ok;
         if ok != result.is_some() || ok != output.is_some() || ok == message.is_some() {
             return Err(DecodeError::invalid(
@@ -545,6 +569,7 @@ impl Object for InferReply {
             result,
             output,
             message,
+            cheque,
         })
     }
 }
@@ -637,6 +662,7 @@ mod tests {
             result: Some(vec![1]),
             output: Some(vec![2]),
             message: None,
+            cheque: None,
         };
         assert_eq!(InferReply::from_bytes(&ok.to_bytes()), Ok(ok));
         let busy = InferReply::error(InferStatus::Busy, "x".repeat(10_000));
@@ -647,6 +673,7 @@ mod tests {
             result: Some(vec![1]),
             output: None,
             message: Some("busy".into()),
+            cheque: None,
         };
         assert!(InferReply::from_bytes(&inconsistent.to_bytes()).is_err());
     }

@@ -561,6 +561,7 @@ impl Peer {
             result: Some(signed.to_bytes()),
             output: Some(output),
             message: None,
+            cheque: None,
         })
     }
 

@@ -166,6 +166,18 @@ pub struct ModelView {
     pub parent: Option<String>,
     /// Its training snapshots, oldest first.
     pub snapshots: Vec<String>,
+    /// The royalty every provider that runs it owes, if any.
+    #[serde(default)]
+    pub royalty: Option<RoyaltyView>,
+}
+
+/// A royalty named in a manifest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RoyaltyView {
+    /// Who is paid (a node id).
+    pub payee: String,
+    /// The share of each call's cost, basis points (1,000 = 10%).
+    pub bps: u16,
 }
 
 /// A model's typed interface.
@@ -436,4 +448,105 @@ pub struct InferQuery {
     /// Run on two providers and compare their signed output hashes.
     #[serde(default)]
     pub verify: bool,
+}
+
+/// `GET /api/v1/credits`: this node's ledger with every peer it has called or served.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CreditsView {
+    /// This node's id.
+    pub node_id: String,
+    /// The terms it extends to callers (in its offer), credits.
+    pub payment_threshold: u64,
+    /// Beyond this a caller's calls are refused for payment.
+    pub disconnect_threshold: u64,
+    /// The shared free allowance for callers without a ledger here: its cap…
+    pub free_cap: u64,
+    /// …its refill, credits a second…
+    pub free_per_sec: u64,
+    /// …and what it can still cover now.
+    pub free_left: u64,
+    /// The most this node pays one peer beyond what that peer's calls here cost.
+    pub spend_limit: u64,
+    /// One per peer, by node id.
+    pub peers: Vec<PeerCredits>,
+}
+
+/// The account with one peer. "Served": calls this node ran for the peer; "used": calls the
+/// peer ran for this node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PeerCredits {
+    /// The peer's node id.
+    pub node_id: String,
+    /// Its peer id.
+    pub peer_id: String,
+    /// Calls served.
+    pub served_calls: u64,
+    /// Their cost, credits (the peer owes it).
+    pub served: u64,
+    /// Of that, what the free allowance forgave.
+    pub forgiven: u64,
+    /// Calls used.
+    pub used_calls: u64,
+    /// Their cost (this node owes it).
+    pub used: u64,
+    /// What the peer has paid this node for calls (its newest cheque).
+    pub paid_in: u64,
+    /// What this node has paid the peer for calls.
+    pub paid_out: u64,
+    /// The balance after netting: positive when the peer owes this node.
+    pub net: i64,
+    /// Reserved for the peer's calls running here now.
+    pub in_flight: u64,
+    /// Royalties this node owes the peer (as payee of models this node served)…
+    pub royalties_owed: u64,
+    /// …from this many calls…
+    pub royalty_calls: u64,
+    /// …of which paid.
+    pub royalties_paid: u64,
+    /// Royalties the peer has paid this node.
+    pub royalties_received: u64,
+    /// The sequence number of the newest cheque from the peer.
+    pub cheque_in_seq: Option<u64>,
+    /// The sequence number of the newest cheque to the peer.
+    pub cheque_out_seq: Option<u64>,
+}
+
+/// `GET /api/v1/credits/{peer}/receipts`: the receipts behind an account, and the newest
+/// cheques both ways, each as its signed bytes (hex) so that anyone can check them with the
+/// two public keys alone (`docs/protocol.md` §12).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReceiptList {
+    /// The account.
+    pub account: PeerCredits,
+    /// Calls this node served the peer, oldest first.
+    pub served: Vec<ReceiptView>,
+    /// Calls the peer served this node, oldest first.
+    pub used: Vec<ReceiptView>,
+    /// The newest cheque from the peer (a `Signed<Cheque>` envelope, hex).
+    pub cheque_in: Option<String>,
+    /// The newest cheque to the peer.
+    pub cheque_out: Option<String>,
+}
+
+/// One receipt: what it says, and its bytes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReceiptView {
+    /// Its id: BLAKE3 of the result envelope.
+    pub id: String,
+    /// The caller's node id.
+    pub caller: String,
+    /// The provider's node id.
+    pub provider: String,
+    /// The model.
+    pub model: String,
+    /// Fuel used.
+    pub fuel: u64,
+    /// Price per million fuel units.
+    pub price_per_mfuel: u64,
+    /// Cost, credits.
+    pub cost: u64,
+    /// When the request was made, ms since the Unix epoch.
+    pub issued_ms: u64,
+    /// The receipt (CBOR `{v, request, result}`), hex.
+    pub receipt: String,
 }

@@ -207,6 +207,17 @@ pub trait NodeApi: Send + Sync + 'static {
     fn offers(&self) -> impl Future<Output = ApiResult<OfferList>> + Send {
         unsupported()
     }
+    /// `GET /api/v1/credits`.
+    fn credits(&self) -> impl Future<Output = ApiResult<CreditsView>> + Send {
+        unsupported()
+    }
+    /// `GET /api/v1/credits/{peer}/receipts`.
+    fn credit_receipts(
+        &self,
+        _peer: String,
+    ) -> impl Future<Output = ApiResult<ReceiptList>> + Send {
+        unsupported()
+    }
     /// `GET /metrics`: the node's metrics in the OpenMetrics text format.
     fn metrics(&self) -> impl Future<Output = ApiResult<String>> + Send {
         unsupported()
@@ -349,6 +360,16 @@ pub fn router<N: NodeApi>(node: Arc<N>, access: Access) -> Router {
             .route(
                 "/api/v1/offers",
                 get(|s: State<Arc<N>>| async move { ok(s.offers().await) }),
+            )
+            .route(
+                "/api/v1/credits",
+                get(|s: State<Arc<N>>| async move { ok(s.credits().await) }),
+            )
+            .route(
+                "/api/v1/credits/{peer}/receipts",
+                get(|s: State<Arc<N>>, Path(peer): Path<String>| async move {
+                    ok(s.credit_receipts(peer).await)
+                }),
             )
             .layer(DefaultBodyLimit::max(MAX_V1_BODY));
     let v2 =

@@ -68,6 +68,7 @@
 //!     result: Some(result.to_bytes()),
 //!     output: Some(output),
 //!     message: None,
+//!     cheque: None,
 //! }
 //! .to_bytes();
 //!

@@ -68,6 +68,8 @@ pub struct Candidate {
     /// Its offered price per million fuel units (`None` when forced without an offer). The
     /// request caps the price at it, so a provider cannot charge more than it offered.
     pub price_per_mfuel: Option<u64>,
+    /// The credit terms it offered (`None` when forced without an offer).
+    pub credit: Option<protocol::credits::CreditTerms>,
     /// Connected now, or answered a call from here: ranked ahead of every stranger.
     pub vouched: bool,
     /// Lower is better.
@@ -213,6 +215,7 @@ impl Offers {
                     node: *node,
                     addrs: o.addrs.clone(),
                     price_per_mfuel: Some(o.price_per_mfuel),
+                    credit: Some(o.credit),
                     vouched: self.connected.contains(node) || e.stats.latency_ms.is_some(),
                     score: score(o, &e.stats, model, now_ms),
                 }

@@ -69,9 +69,15 @@ pub enum ReplyError {
     #[error("{0}")]
     Failed(String),
     /// The provider wants to be paid before it runs more calls: pay (a cheque with the next
-    /// call) and try again, or try another provider.
-    #[error("{0}")]
-    PaymentRequired(String),
+    /// call) and try again, or try another provider. `cheque` is the newest cheque from this
+    /// caller the provider holds, if any.
+    #[error("{message}")]
+    PaymentRequired {
+        /// The provider's message (how much is owed).
+        message: String,
+        /// A `Signed<Cheque>` envelope, unverified.
+        cheque: Option<Vec<u8>>,
+    },
     /// The provider broke the protocol or lied: distrust it for good and try another.
     #[error(transparent)]
     Misbehaved(#[from] Misbehavior),
@@ -81,7 +87,7 @@ impl ReplyError {
     /// What the reply means for the provider's stats ([`Offers::finished`](crate::Offers::finished)).
     pub fn outcome(&self) -> Outcome {
         match self {
-            ReplyError::Busy(_) | ReplyError::PaymentRequired(_) => Outcome::Busy,
+            ReplyError::Busy(_) | ReplyError::PaymentRequired { .. } => Outcome::Busy,
             ReplyError::Unavailable(_) => Outcome::Unavailable,
             ReplyError::Misbehaved(_) => Outcome::Misbehaved,
             ReplyError::BadRequest(_) | ReplyError::Failed(_) => Outcome::Failed,
@@ -120,7 +126,12 @@ pub fn check_reply(
         }
         InferStatus::BadRequest => return Err(ReplyError::BadRequest(message)),
         InferStatus::Failed => return Err(ReplyError::Failed(message)),
-        InferStatus::PaymentRequired => return Err(ReplyError::PaymentRequired(message)),
+        InferStatus::PaymentRequired => {
+            return Err(ReplyError::PaymentRequired {
+                message,
+                cheque: reply.cheque,
+            });
+        }
     }
     let (Some(result), Some(output)) = (reply.result, reply.output) else {
         return Err(Misbehavior::MissingResult.into());
@@ -202,6 +213,7 @@ mod tests {
             result: Some(result.to_bytes()),
             output: Some(output),
             message: None,
+            cheque: None,
         }
         .to_bytes()
     }

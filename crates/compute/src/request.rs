@@ -103,6 +103,8 @@ pub struct CheckedCall {
     pub request_hash: BlobHash,
     /// The inputs (an OIP v2 request, JSON), which hash to the request's `input_hash`.
     pub input: Vec<u8>,
+    /// A cheque that came with the call (a `Signed<Cheque>` envelope, not yet checked).
+    pub cheque: Option<Vec<u8>>,
 }
 
 impl CheckedCall {
@@ -166,6 +168,7 @@ pub fn check_call(
         request_hash: BlobHash::of(&call.request),
         request,
         input: call.input,
+        cheque: call.cheque,
     })
 }
 

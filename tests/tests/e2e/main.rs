@@ -5,6 +5,7 @@ mod access;
 mod attack;
 mod compute;
 mod crash;
+mod credits;
 mod disk_full;
 mod inference;
 mod journey;

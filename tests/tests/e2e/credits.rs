@@ -1,0 +1,197 @@
+//! Credits between real nodes: A publishes a model with a 10% royalty, B serves it, C calls it
+//! many times and pays with cheques as it goes; both ledgers agree with each other and with
+//! the receipts, B owes A exactly the royalty on them, and `moxnet credits PEER --receipts`
+//! checks out with the public keys alone. A caller that will not pay (spend limit 0) is
+//! refused with 402 past the provider's limit, and calls the provider makes on it net its debt
+//! down until it may call again.
+
+use serde_json::Value;
+use testnet::{Daemon, Node, Testnet};
+
+use super::inference::{http, mode};
+
+/// Echo costs some 50 credits a call here (its fuel × 20,000 / 10^6); a caller pays once it
+/// owes 200 and is refused past 500.
+const PROVIDER: &str = "[inference]\nfuel = 1000000000\ntimeout_secs = 5\nmax_concurrent = 4\n\n\
+                        [compute]\nserve = true\noffer_interval_secs = 1\nprice_per_mfuel = 20000\n\
+                        max_price_per_mfuel = 50000\n\n\
+                        [credits]\npayment_threshold = 400\ndisconnect_threshold = 500\n";
+const CALLER: &str = "[compute]\ncall_timeout_secs = 10\nmax_price_per_mfuel = 50000\n";
+
+fn init(net: &Testnet, name: &str, config: &str) -> Node {
+    let n = net.home(name);
+    n.ok(&["init"]);
+    std::fs::write(n.home.join("config.toml"), config).expect("config");
+    n
+}
+
+fn receipts(node: &Daemon, peer: &str) -> Value {
+    let (status, list) = node
+        .api_get(&format!("/api/v1/credits/{peer}/receipts"))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(status, 200, "{list}");
+    list
+}
+
+fn u(v: &Value) -> u64 {
+    v.as_u64().unwrap_or_else(|| panic!("not a number: {v}"))
+}
+
+fn call(node: &Daemon, id: &str, on: &str) -> (u16, Value) {
+    http(
+        &node.api,
+        "POST",
+        &format!("/v2/models/{id}/infer?on={on}"),
+        Some(&mode("echo")),
+    )
+}
+
+#[test]
+fn calls_are_paid_with_cheques_and_both_ledgers_agree_with_the_receipts() {
+    let net = Testnet::new().expect("testnet");
+    let a = init(&net, "a", "");
+    let pkg = testnet::echo_package(net.path()).expect("package");
+    let toml = pkg.join("moxnet.toml");
+    let text = std::fs::read_to_string(&toml).expect("toml");
+    std::fs::write(&toml, format!("{text}\n[royalty]\npercent = 10\n")).expect("royalty");
+    let id = a.ok(&["publish", pkg.to_str().expect("utf8")]);
+    let a_node = a.start(&[]);
+    let b = init(&net, "b", PROVIDER);
+    let b_node = b.start(&[a_node.addr()]);
+    let c = init(&net, "c", CALLER);
+    let c_node = c.start(&[a_node.addr()]);
+    testnet::wait_for_offers(&c_node, &[&b_node.peer_id]).unwrap_or_else(|e| panic!("{e:#}"));
+
+    // The manifest names A as the royalty payee, signed with it.
+    let shown = a.json(&["show", &id]);
+    assert!(shown.to_string().contains("royalty"), "{shown}");
+
+    let calls = 30;
+    let mut costs = Vec::new();
+    for i in 0..calls {
+        let (status, answer) = call(&c_node, &id, &b_node.peer_id);
+        assert_eq!(status, 200, "call {i}: {answer}");
+        let p = &answer["parameters"];
+        costs.push(u(&p["cost"]));
+        assert!(p["credits"]["owed"].as_u64().is_some(), "{p}");
+    }
+    let total: u64 = costs.iter().sum();
+    assert!(costs.iter().all(|c| *c > 0), "{costs:?}");
+    assert!(
+        total > 400,
+        "the calls cost {total}: too little to need a cheque"
+    );
+
+    // Both ledgers, and the receipts behind them.
+    let at_b = receipts(&b_node, &c_node.peer_id);
+    let at_c = receipts(&c_node, &b_node.peer_id);
+    let (b_acct, c_acct) = (&at_b["account"], &at_c["account"]);
+    assert_eq!(u(&b_acct["served_calls"]), calls as u64, "{b_acct}");
+    assert_eq!(u(&c_acct["used_calls"]), calls as u64, "{c_acct}");
+    assert_eq!(u(&b_acct["served"]), total);
+    assert_eq!(u(&c_acct["used"]), total);
+    let sum = |list: &Value| -> u64 {
+        list.as_array()
+            .expect("receipts")
+            .iter()
+            .map(|r| u(&r["cost"]))
+            .sum()
+    };
+    assert_eq!(sum(&at_b["served"]), total);
+    assert_eq!(sum(&at_c["used"]), total);
+    assert_eq!(
+        at_b["served"], at_c["used"],
+        "the same receipts on both sides"
+    );
+    // C paid as it went: at most half the payment threshold is left unpaid.
+    let paid = u(&c_acct["paid_out"]);
+    assert_eq!(
+        paid,
+        u(&b_acct["paid_in"]),
+        "both hold the same newest cheque"
+    );
+    assert_eq!(at_b["cheque_in"], at_c["cheque_out"]);
+    let most = costs.iter().max().copied().unwrap_or(0);
+    assert!(
+        paid > 0 && total - paid < 200 + most,
+        "paid {paid} of {total}"
+    );
+
+    // B owes A exactly 10% of every receipt (rounded down per receipt).
+    let royalty: u64 = at_b["served"]
+        .as_array()
+        .expect("receipts")
+        .iter()
+        .map(|r| u(&r["cost"]) / 10)
+        .sum();
+    let (status, ledger) = b_node
+        .api_get("/api/v1/credits")
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(status, 200);
+    let to_a = ledger["peers"]
+        .as_array()
+        .expect("peers")
+        .iter()
+        .find(|p| p["peer_id"] == a_node.peer_id.as_str())
+        .unwrap_or_else(|| panic!("B owes A nothing: {ledger}"));
+    assert_eq!(u(&to_a["royalties_owed"]), royalty);
+    assert_eq!(u(&to_a["royalty_calls"]), calls as u64);
+
+    // The CLI lists the receipts and checks them itself, with the keys in them alone.
+    let text = c.ok(&["credits", &b_node.peer_id, "--receipts"]);
+    assert!(
+        text.contains("checked with the public keys alone"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("{calls} used receipts ({total} credits)")),
+        "{text}"
+    );
+    let summary = c.ok(&["credits"]);
+    assert!(summary.contains(&b_node.peer_id), "{summary}");
+
+    // A caller that never pays (spend limit 0) and also serves the model.
+    let d = init(&net, "d", &format!("{PROVIDER}spend_limit = 0\n"));
+    let d_node = d.start(&[a_node.addr(), b_node.addr()]);
+    testnet::wait_for_offers(&b_node, &[&d_node.peer_id]).unwrap_or_else(|e| panic!("{e:#}"));
+    testnet::wait_for_offers(&d_node, &[&b_node.peer_id]).unwrap_or_else(|e| panic!("{e:#}"));
+    let mut refused = None;
+    for i in 0..40 {
+        let (status, answer) = call(&d_node, &id, &b_node.peer_id);
+        if status == 402 {
+            refused = Some((i, answer));
+            break;
+        }
+        assert_eq!(status, 200, "{answer}");
+    }
+    let (served, why) = refused.expect("the non-payer is refused for payment");
+    assert!(served > 0, "its first calls ran on credit: {why}");
+    assert!(
+        why["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("payment required"),
+        "{why}"
+    );
+    let debt = u(&receipts(&b_node, &d_node.peer_id)["account"]["net"]);
+    assert!(
+        debt > 200,
+        "refused only past half the payment threshold: {debt}"
+    );
+    // B calls D's model: what D then owes B nets out, and D may call B again.
+    let mut netted = false;
+    for _ in 0..40 {
+        let (status, answer) = call(&b_node, &id, &d_node.peer_id);
+        assert_eq!(status, 200, "{answer}");
+        let (status, _) = call(&d_node, &id, &b_node.peer_id);
+        if status == 200 {
+            netted = true;
+            break;
+        }
+        assert_eq!(status, 402);
+    }
+    assert!(netted, "B's calls on D never paid off D's debt");
+    let after = &receipts(&b_node, &d_node.peer_id)["account"];
+    assert!(u(&after["used_calls"]) > 0, "{after}");
+    assert_eq!(u(&after["paid_in"]), 0, "D never paid a cheque: {after}");
+}
