@@ -35,7 +35,7 @@ pub use ledger::{
     Accepted, Account, Allowance, ChequeError, ChequeState, Ledger, PayWhen, Refusal, Reservation,
     Settled,
 };
-pub use store::{Change, LedgerStore, Side, StoreError, decode_account, encode_account};
+pub use store::{Change, LedgerStore, Side, StoreError, Ticket, decode_account, encode_account};
 
 /// Why a credit operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -97,8 +97,9 @@ impl Credits {
 
     /// Writes `change`; if that fails, the ledger in memory is reloaded from disk (what was not
     /// written did not happen).
-    fn commit(&self, ledger: &mut Ledger, change: Change) -> Result<(), CreditsError> {
-        if let Err(e) = self.store.apply(change) {
+    fn commit(&self, ledger: &mut Ledger, change: Change) -> Result<Ticket, CreditsError> {
+        let written = self.store.write(change);
+        if let Err(e) = written {
             match self.store.accounts() {
                 Ok(accounts) => ledger.replace_accounts(accounts),
                 Err(reload) => tracing::error!(
@@ -107,7 +108,14 @@ impl Credits {
             }
             return Err(e.into());
         }
-        Ok(())
+        Ok(written?)
+    }
+
+    /// Waits, with the ledger unlocked, until a committed change is durable (concurrent
+    /// changes share one flush).
+    fn durable(&self, ledger: MutexGuard<'_, Ledger>, ticket: Ticket) -> Result<(), CreditsError> {
+        drop(ledger);
+        Ok(self.store.durable(ticket)?)
     }
 
     /// The terms this node extends credit on.
@@ -154,7 +162,8 @@ impl Credits {
         if let Some((payee, account, _)) = &settled.royalty {
             change = change.account(*payee, account);
         }
-        self.commit(&mut ledger, change)?;
+        let ticket = self.commit(&mut ledger, change)?;
+        self.durable(ledger, ticket)?;
         Ok(verified)
     }
 
@@ -181,7 +190,8 @@ impl Credits {
                 verified.id,
                 &receipt,
             );
-        self.commit(&mut ledger, change)?;
+        let ticket = self.commit(&mut ledger, change)?;
+        self.durable(ledger, ticket)?;
         Ok(verified)
     }
 
@@ -194,10 +204,9 @@ impl Credits {
         let holds = |id: &BlobHash| self.store.has_receipt(id).unwrap_or(false);
         let (accepted, account) = ledger.accept_cheque(&cheque, holds)?;
         if let Accepted::New { .. } = accepted {
-            self.commit(
-                &mut ledger,
-                Change::default().account(cheque.signer(), &account),
-            )?;
+            let change = Change::default().account(cheque.signer(), &account);
+            let ticket = self.commit(&mut ledger, change)?;
+            self.durable(ledger, ticket)?;
         }
         Ok((cheque.signer(), accepted))
     }
@@ -226,7 +235,8 @@ impl Credits {
         };
         let signed = key.sign(cheque);
         let account = ledger.record_sent(&signed);
-        self.commit(&mut ledger, Change::default().account(payee, &account))?;
+        let ticket = self.commit(&mut ledger, Change::default().account(payee, &account))?;
+        self.durable(ledger, ticket)?;
         Ok(Some(signed))
     }
 
@@ -236,7 +246,8 @@ impl Credits {
         let mut ledger = self.ledger();
         match ledger.adopt_own(from, &cheque) {
             Some(account) => {
-                self.commit(&mut ledger, Change::default().account(from, &account))?;
+                let ticket = self.commit(&mut ledger, Change::default().account(from, &account))?;
+                self.durable(ledger, ticket)?;
                 Ok(true)
             }
             None => Ok(false),

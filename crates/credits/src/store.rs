@@ -1,8 +1,10 @@
 //! The ledger on disk: a sled database with the accounts, the receipts behind them and the free
-//! allowance. Each change is one atomic batch, flushed before the caller sends anything that
-//! depends on it (a reply with a signed result, a cheque, the acknowledgement of a cheque), so
-//! a kill at any point loses no credit and counts none twice: a receipt is written once (its
-//! id is its key), and cheques are cumulative.
+//! allowance. Each change is one atomic batch ([`LedgerStore::write`]), made durable
+//! ([`LedgerStore::durable`]) before the caller sends anything that depends on it (a reply with
+//! a signed result, a cheque, the acknowledgement of a cheque), so a kill at any point loses no
+//! credit and counts none twice: a receipt is written once (its id is its key), and cheques are
+//! cumulative. Durability is a group commit: one flush (an fsync) covers every change written
+//! before it started, so concurrent calls share flushes instead of queueing for one each.
 //!
 //! Keys (one tree, `credits`):
 //! - `a` ‖ node id (32) → the [`Account`] (deterministic CBOR, see [`encode_account`]);
@@ -89,10 +91,27 @@ impl Change {
     }
 }
 
+/// A change written but perhaps not yet durable: wait for it with [`LedgerStore::durable`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[must_use = "a written change is durable only once `durable` returns"]
+pub struct Ticket(u64);
+
+#[derive(Debug, Default)]
+struct Flushes {
+    /// Changes written.
+    written: u64,
+    /// Changes known durable.
+    flushed: u64,
+    /// A flush is running.
+    flushing: bool,
+}
+
 /// The ledger's sled database.
 pub struct LedgerStore {
     db: sled::Db,
     tree: sled::Tree,
+    flushes: std::sync::Mutex<Flushes>,
+    flushed: std::sync::Condvar,
 }
 
 fn account_key(peer: &NodeId) -> Vec<u8> {
@@ -122,7 +141,12 @@ impl LedgerStore {
     pub fn open(dir: &Path) -> Result<LedgerStore, StoreError> {
         let db = sled::Config::new().path(dir).open()?;
         let tree = db.open_tree("credits")?;
-        Ok(LedgerStore { db, tree })
+        Ok(LedgerStore {
+            db,
+            tree,
+            flushes: std::sync::Mutex::default(),
+            flushed: std::sync::Condvar::new(),
+        })
     }
 
     /// Every account kept.
@@ -189,8 +213,41 @@ impl LedgerStore {
             .collect()
     }
 
-    /// Writes `change` atomically and flushes it to disk.
+    /// Writes `change` atomically and waits until it is durable.
     pub fn apply(&self, change: Change) -> Result<(), StoreError> {
+        let ticket = self.write(change)?;
+        self.durable(ticket)
+    }
+
+    /// Waits until the change of `ticket` (and every one written before it) is on disk: joins
+    /// the flush that will cover it, or runs one.
+    pub fn durable(&self, ticket: Ticket) -> Result<(), StoreError> {
+        let lock = || self.flushes.lock().unwrap_or_else(|p| p.into_inner());
+        let mut state = lock();
+        loop {
+            if state.flushed >= ticket.0 {
+                return Ok(());
+            }
+            if !state.flushing {
+                state.flushing = true;
+                let target = state.written;
+                drop(state);
+                let flushed = self.db.flush();
+                state = lock();
+                state.flushing = false;
+                if flushed.is_ok() {
+                    state.flushed = state.flushed.max(target);
+                }
+                self.flushed.notify_all();
+                flushed?;
+                continue;
+            }
+            state = self.flushed.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// Writes `change` atomically (not yet durable: see [`LedgerStore::durable`]).
+    pub fn write(&self, change: Change) -> Result<Ticket, StoreError> {
         let mut batch = sled::Batch::default();
         for (peer, account) in &change.accounts {
             batch.insert(account_key(peer), encode_account(account));
@@ -209,8 +266,9 @@ impl LedgerStore {
             batch.insert(&b"m"[..], v.encode());
         }
         self.tree.apply_batch(batch)?;
-        self.db.flush()?;
-        Ok(())
+        let mut state = self.flushes.lock().unwrap_or_else(|p| p.into_inner());
+        state.written += 1;
+        Ok(Ticket(state.written))
     }
 }
 

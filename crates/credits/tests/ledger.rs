@@ -46,7 +46,20 @@ impl Node {
         // Sled holds a lock on the folder until the old handle is gone.
         let placeholder = Credits::open(&tempdir_path(), self.id(), terms(), NOW).expect("tmp");
         drop(std::mem::replace(&mut self.credits, placeholder));
-        self.credits = Credits::open(&path, self.id(), terms(), NOW).expect("reopen");
+        // Sled's own flusher thread lets go of the folder's lock a moment after the handle is
+        // dropped (a new process would not wait).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        self.credits = loop {
+            match Credits::open(&path, self.id(), terms(), NOW) {
+                Ok(c) => break c,
+                Err(e)
+                    if std::time::Instant::now() < deadline && format!("{e}").contains("lock") =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(e) => panic!("reopen: {e}"),
+            }
+        };
     }
 }
 
