@@ -9,7 +9,6 @@
 //! make the output hash reproducible, so two providers can be compared exactly.
 
 use crate::cbor::{MapReader, Value, as_array, as_list, as_text, as_u64};
-use crate::credits::{CreditTerms, MAX_CHEQUE_BYTES};
 use crate::{BlobHash, DecodeError, ModelId, NodeId, Object, Signable};
 
 /// Domain tag of signed compute offers.
@@ -45,6 +44,75 @@ pub const MAX_ERROR_TEXT: usize = 4096;
 pub const MAX_INFER_CALL_BYTES: usize = MAX_INFER_INPUT_BYTES + 4096;
 /// Largest [`InferReply`] frame.
 pub const MAX_INFER_REPLY_BYTES: usize = MAX_INFER_OUTPUT_BYTES + 8192;
+
+/// Largest encoded cheque body (`credits::Cheque`), as piggybacked on a call.
+pub const MAX_CHEQUE_BYTES: usize = 512;
+
+/// The credit terms a provider states in its signed compute offer (all in credits).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CreditTerms {
+    /// A caller pays once it owes half of this.
+    pub payment_threshold: u64,
+    /// New calls are refused (`PaymentRequired`) from a caller whose unpaid debt plus the worst
+    /// case of its calls in flight would pass this; at least `payment_threshold`.
+    pub disconnect_threshold: u64,
+    /// The free allowance for callers that never paid: at most this much of their debt is
+    /// outstanding at once, shared by all of them.
+    pub free_cap: u64,
+    /// How fast the free allowance forgives that debt, credits per second.
+    pub free_per_s: u64,
+}
+
+impl Default for CreditTerms {
+    fn default() -> Self {
+        CreditTerms {
+            payment_threshold: 10_000_000,
+            disconnect_threshold: 12_500_000,
+            free_cap: 2_000_000,
+            free_per_s: 10_000,
+        }
+    }
+}
+
+impl CreditTerms {
+    /// The terms as the CBOR map of an offer's `credit` key.
+    pub fn to_cbor(&self) -> Value {
+        Value::Map(vec![
+            (
+                Value::text("payment_threshold"),
+                Value::Uint(self.payment_threshold),
+            ),
+            (
+                Value::text("disconnect_threshold"),
+                Value::Uint(self.disconnect_threshold),
+            ),
+            (Value::text("free_cap"), Value::Uint(self.free_cap)),
+            (Value::text("free_per_s"), Value::Uint(self.free_per_s)),
+        ])
+    }
+
+    /// Decodes and checks an offer's `credit` map.
+    pub fn from_cbor(v: Value) -> Result<Self, DecodeError> {
+        let mut m = MapReader::new("credit terms", v)?;
+        let terms = CreditTerms {
+            payment_threshold: as_u64("payment_threshold", m.required("payment_threshold")?)?,
+            disconnect_threshold: as_u64(
+                "disconnect_threshold",
+                m.required("disconnect_threshold")?,
+            )?,
+            free_cap: as_u64("free_cap", m.required("free_cap")?)?,
+            free_per_s: as_u64("free_per_s", m.required("free_per_s")?)?,
+        };
+        m.finish()?;
+        if terms.disconnect_threshold < terms.payment_threshold {
+            return Err(DecodeError::invalid(
+                "credit terms",
+                "the disconnect threshold is below the payment threshold",
+            ));
+        }
+        Ok(terms)
+    }
+}
 
 /// A provider's signed offer of compute, announced on gossip and re-announced periodically.
 /// The signer is the provider; its libp2p peer id is derived from the same key.

@@ -2,7 +2,10 @@
 //! node's OIP v2 endpoint where it runs locally, and through a second node that sends it to the
 //! first over loopback (`/moxnet/infer/1`: signed request, signed result, verified hashes).
 //! Both go through the same HTTP path, so the difference is what a remote call adds. Prints
-//! p50/p99 of each, the added latency, and calls per second with 8 callers at once.
+//! p50/p99 of each, the added latency, and calls per second with 8 callers at once. Every remote
+//! call books its receipt on both sides; a second provider with a payment threshold of 2
+//! credits makes the caller pay a cheque with every call (signed and stored by the caller,
+//! checked and stored by the provider): the paid call against the one that carries no cheque.
 //!
 //! `cargo build --release -p node && cargo bench -p tests --bench remote` (`BENCH_CALLS` sets the count;
 //! `MOXNET_BIN` picks another `moxnet` binary, `MOXNET_GUESTS_DIR` the built guests).
@@ -70,28 +73,44 @@ fn main() {
     let pkg = testnet::echo_package(net.path()).expect("package");
     let id = provider.ok(&["publish", pkg.to_str().expect("utf8")]);
     let p = provider.start(&[]);
+    // The same provider's terms, except that a caller pays with every call.
+    let payee = net.home("payee");
+    payee.ok(&["init"]);
+    std::fs::write(
+        payee.home.join("config.toml"),
+        "[inference]\nmax_concurrent = 2\nmax_queued = 64\n\n\
+         [compute]\nserve = true\noffer_interval_secs = 1\nper_peer_concurrent = 64\n\n\
+         [credits]\npayment_threshold = 2\ndisconnect_threshold = 10000000000\n",
+    )
+    .expect("config");
+    let q = payee.start(&[p.addr()]);
     let caller = net.home("caller");
     caller.ok(&["init"]);
     let c = caller.start(&[p.addr()]);
-    testnet::wait_for_offers(&c, &[&p.peer_id]).expect("the offer");
-    let path = format!("/v2/models/{id}/infer");
+    testnet::wait_for_offers(&c, &[&p.peer_id, &q.peer_id]).expect("the offers");
+    let path = format!("/v2/models/{id}/infer?on={}", p.peer_id);
+    let paid_path = format!("/v2/models/{id}/infer?on={}", q.peer_id);
     let body =
         r#"{"inputs": [{"name": "mode", "datatype": "BYTES", "shape": [1], "data": ["echo"]}]}"#;
+    let local_path = format!("/v2/models/{id}/infer");
     for _ in 0..20 {
-        call(&p.api, &path, body);
+        call(&p.api, &local_path, body);
         call(&c.api, &path, body);
+        call(&c.api, &paid_path, body);
     }
-    // Interleaved, so that noise hits both alike.
-    let (mut local, mut remote, mut local_run, mut remote_trip) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    // Interleaved, so that noise hits all alike.
+    let (mut local, mut remote, mut local_run, mut remote_trip, mut paid) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..calls {
-        let (total, run) = timed(&p.api, &path, body);
+        let (total, run) = timed(&p.api, &local_path, body);
         local.push(total);
         local_run.push(run);
         let (total, trip) = timed(&c.api, &path, body);
         remote.push(total);
         remote_trip.push(trip);
+        paid.push(timed(&c.api, &paid_path, body).0);
     }
+    let (paid50, paid99) = stats(paid);
     let (l50, l99) = stats(local);
     let (r50, r99) = stats(remote);
     let (run50, _) = stats(local_run);
@@ -108,10 +127,14 @@ fn main() {
         r99 - l99
     );
     println!(
+        "remote call, a cheque with each      p50 {paid50:>8.3} ms  p99 {paid99:>8.3} ms  {:.2}x the remote call without one",
+        paid50 / r50
+    );
+    println!(
         "inside the nodes: sandbox run p50 {run50:.3} ms; caller's round trip to the provider p50 {trip50:.3} ms"
     );
     let window = Duration::from_secs(3);
-    let lt = throughput(&p.api, &path, body, 8, window);
+    let lt = throughput(&p.api, &local_path, body, 8, window);
     let rt = throughput(&c.api, &path, body, 8, window);
     println!(
         "8 callers at once: local {lt:.0} calls/s, remote {rt:.0} calls/s ({:.2}x)",
