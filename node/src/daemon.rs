@@ -206,6 +206,7 @@ async fn serve(
     // Reconnecting (to the bootstrap peers first) after a restart or a partition heals is the
     // network's: it dials more peers whenever it is below its target connections.
     tokio::spawn(models.keep_announcing());
+    tokio::spawn(remote.clone().settle_loop());
     if remote.serving() {
         tokio::spawn(remote.offer_loop());
     }
@@ -325,7 +326,21 @@ impl Events {
             }
             NetEvent::PeerDisconnected(peer) => self.remote.peer_left(&peer),
             NetEvent::Listening(addr) => tracing::debug!(%addr, "listening"),
-            NetEvent::PeerConnected(peer) => self.remote.peer_joined(&peer),
+            NetEvent::PeerConnected(peer) => {
+                self.remote.peer_joined(&peer);
+                // Settle what is owed both ways (and fetch missed receipts) with a peer this
+                // node has an account with; nothing happens for one it never dealt with.
+                let remote = self.remote.clone();
+                tokio::spawn(async move { remote.settle_with(peer).await });
+            }
+            NetEvent::CreditsRequest {
+                from,
+                request,
+                reply,
+            } => {
+                let remote = self.remote.clone();
+                tokio::spawn(async move { reply.send(remote.answer_credits(from, request).await) });
+            }
             NetEvent::Rejected { .. } => {}
         }
     }

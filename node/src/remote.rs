@@ -27,13 +27,14 @@ use api::dto::OfferList;
 use api::oip::{InferRequest as OipRequest, InferResponse};
 use catalog::Catalog;
 use compute::{Candidate, Outcome, ReplyError};
-use credits::{Accepted, Credits, CreditsError, PayWhen, Reservation};
+use credits::{Accepted, Credits, CreditsError, PayWhen, Reservation, Side};
 use graph::Tensor;
 use net::libp2p::{Multiaddr, PeerId};
 use protocol::compute::{
     ComputeOffer, InferCall, InferReply, InferRequest, InferResult, InferStatus,
     MAX_INFER_INPUT_BYTES, MAX_OFFER_ADDRS, MAX_OFFER_MODELS,
 };
+use protocol::credits::{CreditsAnswer, CreditsRequest, MAX_RECEIPTS_PER_ANSWER};
 use protocol::{BlobHash, ModelId, NodeId, Object, SecretKey, Signed};
 use serde_json::{Value, json};
 use store::Holder;
@@ -188,7 +189,8 @@ impl Remote {
             }
         };
         if let Some(cheque) = &call.cheque {
-            match self.credits.accept_cheque(cheque) {
+            // A signature check and a durable write: off the async workers' hot path.
+            match tokio::task::block_in_place(|| self.credits.accept_cheque(cheque)) {
                 Ok((_, Accepted::New { calls, royalties })) => {
                     self.metrics.cheque("received", "new");
                     tracing::debug!(peer = %from, calls, royalties, "a cheque came with a call");
@@ -262,10 +264,10 @@ impl Remote {
                 "the call's reservation was lost".into(),
             );
         };
-        match self
-            .credits
-            .settle(reservation, &call.request, &result, royalty, now_ms())
-        {
+        match tokio::task::block_in_place(|| {
+            self.credits
+                .settle(reservation, &call.request, &result, royalty, now_ms())
+        }) {
             Ok(receipt) => {
                 self.metrics.billed("served", receipt.cost);
                 if let Some(r) = royalty {
@@ -513,14 +515,16 @@ impl Remote {
     /// The cheque owed to `to` now (see [`Credits::pay`]), signed and on disk, as bytes.
     fn cheque_for(&self, to: &Target, when: PayWhen) -> Result<Option<Vec<u8>>, Failure> {
         let terms = to.credit.unwrap_or_default();
-        match self.credits.pay(
-            &self.key,
-            to.node,
-            terms.payment_threshold,
-            self.spend_limit,
-            when,
-            now_ms(),
-        ) {
+        match tokio::task::block_in_place(|| {
+            self.credits.pay(
+                &self.key,
+                to.node,
+                terms.payment_threshold,
+                self.spend_limit,
+                when,
+                now_ms(),
+            )
+        }) {
             Ok(Some(cheque)) => {
                 self.metrics.cheque("sent", "new");
                 Ok(Some(cheque.to_bytes()))
@@ -549,7 +553,7 @@ impl Remote {
         {
             Err(Failure::Payment(_, kept)) => {
                 if let Some(kept) = kept {
-                    match self.credits.adopt_own(to.node, &kept) {
+                    match tokio::task::block_in_place(|| self.credits.adopt_own(to.node, &kept)) {
                         Ok(true) => {
                             tracing::info!(provider = %to.peer, "adopted the provider's copy of this node's newest cheque to it")
                         }
@@ -638,7 +642,9 @@ impl Remote {
             from_wire(verified.outputs).map_err(|why| Failure::Retry(Outcome::Misbehaved, why))?;
         // Booked before the answer is handed on; a failure here under-counts what this node
         // owes (the provider holds the receipt), so it is logged, not hidden.
-        let cost = match self.credits.record_used(&request, &verified.result) {
+        let cost = match tokio::task::block_in_place(|| {
+            self.credits.record_used(&request, &verified.result)
+        }) {
             Ok(receipt) => {
                 self.metrics.billed("used", receipt.cost);
                 receipt.cost
@@ -874,4 +880,241 @@ fn respond(model: ModelId, version: String, request: &OipRequest, a: &Answer) ->
             ),
         ]),
     )
+}
+
+/// How often a node settles with connected peers it owes royalties to (besides on connect).
+const SETTLE_EVERY: Duration = Duration::from_secs(60);
+
+/// Pages of receipts asked for when catching up with a provider, at most.
+const MAX_RECEIPT_PAGES: usize = 64;
+
+/// Receipts before this node's own count that it asks for again: calls that ran at once may
+/// be in another order in the provider's list.
+const RECEIPT_SLACK: u64 = 64;
+
+impl Remote {
+    /// The credit terms `node` offered, or the defaults.
+    fn terms_of(&self, node: &NodeId) -> protocol::credits::CreditTerms {
+        self.compute.offers().terms_of(node).unwrap_or_default()
+    }
+
+    /// Answers a peer's `/moxnet/credits/1` request: takes its cheque, pays it what this node
+    /// owes now (royalties, or calls past half its threshold), returns the newest cheque from it
+    /// held here, and the receipts it asked for. Returns the encoded answer.
+    pub async fn answer_credits(&self, from: PeerId, request: Vec<u8>) -> Vec<u8> {
+        let Some(node) = net::node_id_of(&from) else {
+            return CreditsAnswer {
+                refused: Some("no ed25519 key in your peer id".into()),
+                ..CreditsAnswer::default()
+            }
+            .to_bytes();
+        };
+        let request = match CreditsRequest::from_bytes(&request) {
+            Ok(r) => r,
+            Err(e) => {
+                return CreditsAnswer {
+                    refused: Some(format!("credits request: {e}")),
+                    ..CreditsAnswer::default()
+                }
+                .to_bytes();
+            }
+        };
+        let threshold = self.terms_of(&node).payment_threshold;
+        tokio::task::block_in_place(|| {
+            let credits = &self.credits;
+            let mut refused = None;
+            if let Some(cheque) = &request.cheque {
+                match credits.accept_cheque(cheque) {
+                    Ok((_, Accepted::New { .. })) => self.metrics.cheque("received", "new"),
+                    Ok((_, Accepted::Stale)) => self.metrics.cheque("received", "stale"),
+                    Err(e) => {
+                        self.metrics.cheque("received", "refused");
+                        tracing::debug!(peer = %from, "a cheque sent to settle was refused: {e}");
+                        refused = Some(e.to_string());
+                    }
+                }
+            }
+            let cheque = match credits.pay(
+                &self.key,
+                node,
+                threshold,
+                self.spend_limit,
+                PayWhen::Settling,
+                now_ms(),
+            ) {
+                Ok(Some(c)) => {
+                    self.metrics.cheque("sent", "new");
+                    Some(c.to_bytes())
+                }
+                Ok(None) => credits
+                    .balance(&node)
+                    .account
+                    .cheque_out
+                    .map(|c| c.envelope),
+                Err(e) => {
+                    tracing::error!("credits: paying {from}: {e}");
+                    None
+                }
+            };
+            let receipts = match request.receipts_from {
+                Some(at) => credits
+                    .receipts_range(&node, Side::Served, at, MAX_RECEIPTS_PER_ANSWER)
+                    .unwrap_or_else(|e| {
+                        tracing::error!("credits: listing receipts for {from}: {e}");
+                        Vec::new()
+                    }),
+                None => Vec::new(),
+            };
+            CreditsAnswer {
+                refused,
+                cheque,
+                held: credits.cheque_from(&node),
+                served_calls: credits.balance(&node).account.served_calls,
+                receipts,
+            }
+            .to_bytes()
+        })
+    }
+
+    /// Settles with `peer` (on connect, and now and then while royalties are due): sends the
+    /// newest cheque this node owes it (or the one it sent last, again), takes the peer's,
+    /// adopts the peer's copy of its own if newer, and fetches the receipts of calls the peer
+    /// served this node that it did not record (it stopped before their replies came).
+    pub async fn settle_with(&self, peer: PeerId) {
+        let Some(node) = net::node_id_of(&peer) else {
+            return;
+        };
+        let account = self.credits.balance(&node).account;
+        if account == credits::Account::default() {
+            return;
+        }
+        let threshold = self.terms_of(&node).payment_threshold;
+        let cheque = tokio::task::block_in_place(|| {
+            match self.credits.pay(
+                &self.key,
+                node,
+                threshold,
+                self.spend_limit,
+                PayWhen::Settling,
+                now_ms(),
+            ) {
+                Ok(Some(c)) => {
+                    self.metrics.cheque("sent", "new");
+                    Some(c.to_bytes())
+                }
+                Ok(None) => account.cheque_out.as_ref().map(|c| c.envelope.clone()),
+                Err(e) => {
+                    tracing::error!("credits: paying {peer}: {e}");
+                    None
+                }
+            }
+        });
+        let mut request = CreditsRequest {
+            cheque,
+            receipts_from: None,
+        };
+        let mut pages = 0;
+        loop {
+            let answer = match self.net.credits(peer, request.to_bytes()).await {
+                Ok(bytes) => match CreditsAnswer::from_bytes(&bytes) {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::debug!(%peer, "credits answer: {e}");
+                        return;
+                    }
+                },
+                Err(e) => {
+                    tracing::debug!(%peer, "settling credits: {e}");
+                    return;
+                }
+            };
+            if let Some(why) = &answer.refused {
+                tracing::warn!(%peer, "the peer refused this node's cheque: {why}");
+            }
+            let mut recorded = 0;
+            tokio::task::block_in_place(|| {
+                if let Some(held) = &answer.held {
+                    match self.credits.adopt_own(node, held) {
+                        Ok(true) => {
+                            tracing::info!(%peer, "adopted the peer's copy of this node's newest cheque to it")
+                        }
+                        Ok(false) => {}
+                        Err(e) => {
+                            tracing::debug!(%peer, "the peer's copy of this node's cheque: {e}")
+                        }
+                    }
+                }
+                if let Some(cheque) = &answer.cheque {
+                    match self.credits.accept_cheque(cheque) {
+                        Ok((_, Accepted::New { calls, royalties })) => {
+                            self.metrics.cheque("received", "new");
+                            tracing::debug!(%peer, calls, royalties, "the peer paid on settling");
+                        }
+                        Ok((_, Accepted::Stale)) => self.metrics.cheque("received", "stale"),
+                        Err(e) => {
+                            self.metrics.cheque("received", "refused");
+                            tracing::warn!(%peer, "refused the peer's cheque: {e}");
+                        }
+                    }
+                }
+                for bytes in &answer.receipts {
+                    let receipt = match protocol::credits::Receipt::from_bytes(bytes) {
+                        Ok(r) => r,
+                        Err(e) => {
+                            tracing::warn!(%peer, "a receipt the peer sent: {e}");
+                            continue;
+                        }
+                    };
+                    match self.credits.record_receipt(&receipt) {
+                        Ok(Some(v)) if v.provider == node => {
+                            recorded += 1;
+                            self.metrics.billed("used", v.cost);
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(%peer, "a receipt the peer sent: {e}"),
+                    }
+                }
+            });
+            if recorded > 0 {
+                tracing::info!(%peer, recorded, "recorded receipts of calls whose replies this node never got");
+            }
+            // Catch up on receipts while the peer has served more calls than recorded here.
+            let used = self.credits.balance(&node).account.used_calls;
+            let next = match request.receipts_from {
+                None if answer.served_calls > used => used.saturating_sub(RECEIPT_SLACK),
+                Some(at) if !answer.receipts.is_empty() && answer.served_calls > used => {
+                    at + answer.receipts.len() as u64
+                }
+                _ => return,
+            };
+            pages += 1;
+            if pages > MAX_RECEIPT_PAGES {
+                return;
+            }
+            request = CreditsRequest {
+                cheque: None,
+                receipts_from: Some(next),
+            };
+        }
+    }
+
+    /// Every [`SETTLE_EVERY`], settles with the connected peers this node owes royalties to.
+    pub async fn settle_loop(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(SETTLE_EVERY);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let connected = match self.net.peers().await {
+                Ok(p) => p,
+                Err(_) => return,
+            };
+            for peer in connected {
+                let owes = net::node_id_of(&peer)
+                    .is_some_and(|n| self.credits.balance(&n).account.royalties_due() > 0);
+                if owes {
+                    self.settle_with(peer).await;
+                }
+            }
+        }
+    }
 }

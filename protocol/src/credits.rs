@@ -292,6 +292,154 @@ impl Receipt {
     }
 }
 
+/// Most receipts in one [`CreditsAnswer`].
+pub const MAX_RECEIPTS_PER_ANSWER: usize = 64;
+/// Largest [`CreditsRequest`] frame.
+pub const MAX_CREDITS_REQUEST_BYTES: usize = 4096;
+/// Largest [`CreditsAnswer`] frame.
+pub const MAX_CREDITS_ANSWER_BYTES: usize =
+    MAX_RECEIPTS_PER_ANSWER * (MAX_RECEIPT_BYTES + 16) + 8192;
+
+fn cheque_bytes(what: &'static str, v: Value) -> Result<Vec<u8>, DecodeError> {
+    match v {
+        Value::Bytes(b) if b.len() <= MAX_CHEQUE_BYTES + crate::ENVELOPE_OVERHEAD => Ok(b),
+        Value::Bytes(b) => Err(DecodeError::TooLarge {
+            limit: MAX_CHEQUE_BYTES + crate::ENVELOPE_OVERHEAD,
+            actual: b.len(),
+        }),
+        _ => Err(DecodeError::invalid(
+            what,
+            "expected a cheque envelope's bytes",
+        )),
+    }
+}
+
+/// What a peer sends on `/moxnet/credits/1` (when it connects, and now and then): its newest
+/// cheque to the responder, and optionally a request for receipts of calls the responder served
+/// it, from an index of the responder's list on.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CreditsRequest {
+    /// The requester's newest cheque to the responder (a payment, or the same one again).
+    pub cheque: Option<Vec<u8>>,
+    /// Receipts of calls the responder served the requester, from this index on (the
+    /// responder's order, from 0), at most [`MAX_RECEIPTS_PER_ANSWER`].
+    pub receipts_from: Option<u64>,
+}
+
+impl Object for CreditsRequest {
+    const WHAT: &'static str = "credits request";
+    const MAX_BYTES: usize = MAX_CREDITS_REQUEST_BYTES;
+
+    fn to_cbor(&self) -> Value {
+        let mut entries = vec![(Value::text("v"), Value::Uint(CREDITS_VERSION))];
+        if let Some(c) = &self.cheque {
+            entries.push((Value::text("cheque"), Value::Bytes(c.clone())));
+        }
+        if let Some(from) = self.receipts_from {
+            entries.push((Value::text("receipts_from"), Value::Uint(from)));
+        }
+        Value::Map(entries)
+    }
+
+    fn from_cbor(v: Value) -> Result<Self, DecodeError> {
+        let mut m = MapReader::new("credits request", v)?;
+        m.version(CREDITS_VERSION)?;
+        let request = CreditsRequest {
+            cheque: m
+                .optional("cheque")
+                .map(|v| cheque_bytes("request cheque", v))
+                .transpose()?,
+            receipts_from: m
+                .optional("receipts_from")
+                .map(|v| as_u64("receipts_from", v))
+                .transpose()?,
+        };
+        m.finish()?;
+        Ok(request)
+    }
+}
+
+/// What a peer answers on `/moxnet/credits/1`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CreditsAnswer {
+    /// Why the requester's cheque was refused, if it was (it changed nothing then).
+    pub refused: Option<String>,
+    /// The responder's newest cheque to the requester (it may pay what it owes now).
+    pub cheque: Option<Vec<u8>>,
+    /// The newest cheque from the requester the responder holds (a requester that lost its
+    /// own copy adopts it).
+    pub held: Option<Vec<u8>>,
+    /// How many calls the responder has served the requester.
+    pub served_calls: u64,
+    /// The receipts asked for, in the responder's order from `receipts_from`.
+    pub receipts: Vec<Vec<u8>>,
+}
+
+impl Object for CreditsAnswer {
+    const WHAT: &'static str = "credits answer";
+    const MAX_BYTES: usize = MAX_CREDITS_ANSWER_BYTES;
+
+    fn to_cbor(&self) -> Value {
+        let mut entries = vec![
+            (Value::text("v"), Value::Uint(CREDITS_VERSION)),
+            (Value::text("served_calls"), Value::Uint(self.served_calls)),
+            (
+                Value::text("receipts"),
+                Value::Array(
+                    self.receipts
+                        .iter()
+                        .map(|r| Value::Bytes(r.clone()))
+                        .collect(),
+                ),
+            ),
+        ];
+        if let Some(r) = &self.refused {
+            entries.push((Value::text("refused"), Value::text(r)));
+        }
+        if let Some(c) = &self.cheque {
+            entries.push((Value::text("cheque"), Value::Bytes(c.clone())));
+        }
+        if let Some(c) = &self.held {
+            entries.push((Value::text("held"), Value::Bytes(c.clone())));
+        }
+        Value::Map(entries)
+    }
+
+    fn from_cbor(v: Value) -> Result<Self, DecodeError> {
+        let mut m = MapReader::new("credits answer", v)?;
+        m.version(CREDITS_VERSION)?;
+        let answer = CreditsAnswer {
+            served_calls: as_u64("served_calls", m.required("served_calls")?)?,
+            receipts: crate::cbor::as_list(
+                "receipts",
+                m.required("receipts")?,
+                MAX_RECEIPTS_PER_ANSWER,
+                |v| match v {
+                    Value::Bytes(b) if b.len() <= MAX_RECEIPT_BYTES => Ok(b),
+                    _ => Err(DecodeError::invalid(
+                        "receipt",
+                        "expected a receipt's bytes",
+                    )),
+                },
+            )?,
+            refused: m
+                .optional("refused")
+                .map(|v| crate::cbor::as_text("refused", v, crate::compute::MAX_ERROR_TEXT))
+                .transpose()?,
+            cheque: m
+                .optional("cheque")
+                .map(|v| cheque_bytes("answer cheque", v))
+                .transpose()?,
+            held: m
+                .optional("held")
+                .map(|v| cheque_bytes("answer held", v))
+                .transpose()?,
+        };
+        m.finish()?;
+        Ok(answer)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -421,7 +569,17 @@ mod tests {
         }
 
         #[test]
+        fn credit_frames_round_trip(cheque in prop::option::of(prop::collection::vec(any::<u8>(), 0..700)), from in prop::option::of(any::<u64>()), served in any::<u64>(), receipts in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..300), 0..4)) {
+            let request = CreditsRequest { cheque: cheque.clone(), receipts_from: from };
+            prop_assert_eq!(CreditsRequest::from_bytes(&request.to_bytes()), Ok(request));
+            let answer = CreditsAnswer { refused: Some("no".into()), cheque: cheque.clone(), held: cheque, served_calls: served, receipts };
+            prop_assert_eq!(CreditsAnswer::from_bytes(&answer.to_bytes()), Ok(answer));
+        }
+
+        #[test]
         fn garbage_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+            let _ = CreditsRequest::from_bytes(&bytes);
+            let _ = CreditsAnswer::from_bytes(&bytes);
             let _ = Signed::<Cheque>::from_bytes(&bytes);
             if let Ok(r) = Receipt::from_bytes(&bytes) {
                 let _ = r.verify();

@@ -30,6 +30,9 @@ pub const OFFER_TOPIC: &str = "/moxnet/compute/1";
 /// Request-response protocol for inference calls between peers
 /// ([`crate::compute::InferCall`] → [`crate::compute::InferReply`]).
 pub const INFER_PROTOCOL: &str = "/moxnet/infer/1";
+/// Request-response protocol for settling credits between two peers
+/// ([`crate::credits::CreditsRequest`] → [`crate::credits::CreditsAnswer`]).
+pub const CREDITS_PROTOCOL: &str = "/moxnet/credits/1";
 
 /// Largest [`BlobRequest`] frame.
 pub const MAX_BLOB_REQUEST_BYTES: usize = 64 * 1024;

@@ -394,6 +394,8 @@ impl Peer {
                 let peer = self.clone();
                 tokio::spawn(async move { peer.answer(from, call, reply).await });
             }
+            // It keeps no ledger: a credits request goes unanswered (the stream closes).
+            NetEvent::CreditsRequest { .. } => {}
             // Manifests learnt from others are not kept: the liar only serves its own home.
             NetEvent::Manifest { .. }
             | NetEvent::Listed { .. }

@@ -196,6 +196,11 @@ impl Offers {
         self.connected.insert(node);
     }
 
+    /// The credit terms `node` stated in the offer kept from it, if any.
+    pub fn terms_of(&self, node: &NodeId) -> Option<protocol::credits::CreditTerms> {
+        self.by_node.get(node).map(|e| e.offer.body().credit)
+    }
+
     /// Drops expired offers.
     pub fn prune(&mut self, now_ms: u64) {
         self.by_node.retain(|_, e| e.expires_ms > now_ms);

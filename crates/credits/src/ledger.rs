@@ -277,6 +277,9 @@ pub enum PayWhen {
     Due,
     /// Now, everything owed (the payee refused a call for payment).
     Now,
+    /// As [`PayWhen::Due`], but never only to open a ledger (when settling with a peer this
+    /// node is not calling).
+    Settling,
 }
 
 /// The ledger of one node: see the module docs.
@@ -527,14 +530,14 @@ impl Ledger {
         let owed = u64::try_from((-account.net()).max(0)).unwrap_or(u64::MAX);
         let due = match when {
             PayWhen::Now => owed > 0,
-            PayWhen::Due => owed > 0 && owed >= payment_threshold / 2,
+            PayWhen::Due | PayWhen::Settling => owed > 0 && owed >= payment_threshold / 2,
         };
         let allowed = spend_limit
             .saturating_add(account.served)
             .saturating_sub(account.paid_out());
         let pay = if due { owed.min(allowed) } else { 0 };
         let royalties = account.royalties_due();
-        let opening = account.cheque_out.is_none();
+        let opening = account.cheque_out.is_none() && when != PayWhen::Settling;
         if pay == 0 && royalties == 0 && !opening {
             return None;
         }

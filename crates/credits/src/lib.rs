@@ -195,6 +195,49 @@ impl Credits {
         Ok(verified)
     }
 
+    /// Books a receipt of a call a peer served this node that this node did not record (a
+    /// provider sent it back: this node stopped before the reply came). Its signatures are
+    /// checked, this node must be its caller, and one already recorded changes nothing.
+    /// Returns it if it was new.
+    pub fn record_receipt(
+        &self,
+        receipt: &Receipt,
+    ) -> Result<Option<VerifiedReceipt>, CreditsError> {
+        let verified = receipt.verify()?;
+        let mut ledger = self.ledger();
+        if verified.caller != ledger.me() {
+            return Err(ReceiptError::Mismatch("this node is not the receipt's caller").into());
+        }
+        if self.store.has_receipt(&verified.id)? {
+            return Ok(None);
+        }
+        let account = ledger.record_used(&verified);
+        let change = Change::default()
+            .account(verified.provider, &account)
+            .receipt(
+                verified.provider,
+                Side::Used,
+                account.used_calls - 1,
+                verified.id,
+                receipt,
+            );
+        let ticket = self.commit(&mut ledger, change)?;
+        self.durable(ledger, ticket)?;
+        Ok(Some(verified))
+    }
+
+    /// The receipts with `peer` on one side from the `from`-th on, at most `limit`, as stored
+    /// (a provider sends them back to a caller that missed some).
+    pub fn receipts_range(
+        &self,
+        peer: &NodeId,
+        side: Side,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<Vec<u8>>, CreditsError> {
+        Ok(self.store.receipts_range(peer, side, from, limit)?)
+    }
+
     /// Accepts a cheque (its envelope bytes) from a peer, written to disk before this returns
     /// (so before it is acknowledged).
     pub fn accept_cheque(&self, envelope: &[u8]) -> Result<(NodeId, Accepted), CreditsError> {

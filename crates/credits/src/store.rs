@@ -213,6 +213,27 @@ impl LedgerStore {
             .collect()
     }
 
+    /// At most `limit` receipts with `peer` on one side, from the `from`-th on, with their
+    /// bytes as stored.
+    pub fn receipts_range(
+        &self,
+        peer: &NodeId,
+        side: Side,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
+        let prefix = receipt_prefix(peer, side);
+        let mut start = prefix.clone();
+        start.extend_from_slice(&from.to_be_bytes());
+        let mut end = prefix;
+        end.extend_from_slice(&u64::MAX.to_be_bytes());
+        self.tree
+            .range(start..=end)
+            .take(limit)
+            .map(|item| Ok(item?.1.to_vec()))
+            .collect()
+    }
+
     /// Writes `change` atomically and waits until it is durable.
     pub fn apply(&self, change: Change) -> Result<(), StoreError> {
         let ticket = self.write(change)?;

@@ -226,6 +226,17 @@ pub enum NetEvent {
         /// Where the encoded reply goes.
         reply: InferResponder,
     },
+    /// A peer settles credits: decode `request` as a [`protocol::credits::CreditsRequest`]
+    /// (it is only bounded in size) and answer through `reply` with a
+    /// [`protocol::credits::CreditsAnswer`].
+    CreditsRequest {
+        /// The peer.
+        from: PeerId,
+        /// The encoded request.
+        request: Vec<u8>,
+        /// Where the encoded answer goes.
+        reply: InferResponder,
+    },
     /// A peer sent something invalid.
     Rejected {
         /// The peer.
@@ -246,6 +257,7 @@ impl NetEvent {
             NetEvent::Listed { .. } => "listed",
             NetEvent::Offer { .. } => "offer",
             NetEvent::InferCall { .. } => "infer-call",
+            NetEvent::CreditsRequest { .. } => "credits-request",
             NetEvent::Rejected { .. } => "rejected",
         }
     }
@@ -519,6 +531,18 @@ impl Client {
     pub async fn infer(&self, peer: PeerId, call: Vec<u8>) -> Result<Vec<u8>, NetError> {
         self.call(|reply| Command::Infer { peer, call, reply })
             .await?
+    }
+
+    /// Sends an encoded [`protocol::credits::CreditsRequest`] to `peer`, which must be
+    /// connected (settling never dials), and returns its encoded answer (bounded in size, not
+    /// yet decoded).
+    pub async fn credits(&self, peer: PeerId, request: Vec<u8>) -> Result<Vec<u8>, NetError> {
+        self.call(|reply| Command::Credits {
+            peer,
+            request,
+            reply,
+        })
+        .await?
     }
 
     /// Opens a blob request to `peer`; the response streams the encoded groups.

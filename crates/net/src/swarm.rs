@@ -43,6 +43,7 @@ pub(crate) struct Behaviour {
     mdns: Toggle<mdns::tokio::Behaviour>,
     catalog: request_response::Behaviour<FrameCodec>,
     infer: request_response::Behaviour<FrameCodec>,
+    credits: request_response::Behaviour<FrameCodec>,
     pub(crate) stream: libp2p_stream::Behaviour,
 }
 
@@ -109,6 +110,12 @@ pub(crate) enum Command {
     Infer {
         peer: PeerId,
         call: Vec<u8>,
+        reply: oneshot::Sender<Result<Vec<u8>, NetError>>,
+    },
+    /// Send a credits request to a connected peer.
+    Credits {
+        peer: PeerId,
+        request: Vec<u8>,
         reply: oneshot::Sender<Result<Vec<u8>, NetError>>,
     },
 }
@@ -411,6 +418,9 @@ pub(crate) struct EventLoop {
     pending_provide: HashMap<kad::QueryId, oneshot::Sender<Result<(), NetError>>>,
     pending_providers: HashMap<kad::QueryId, (HashSet<PeerId>, mpsc::Sender<PeerId>)>,
     pending_catalog: HashMap<request_response::OutboundRequestId, CatalogReply>,
+    credit_answers: mpsc::Receiver<Answer>,
+    credit_answers_tx: mpsc::Sender<Answer>,
+    pending_credits: HashMap<request_response::OutboundRequestId, InferReply>,
     pending_infer: HashMap<request_response::OutboundRequestId, InferReply>,
     /// Catalogue syncs running and recently done.
     syncs: Syncs,
@@ -625,6 +635,19 @@ pub(crate) fn build_swarm(
                         .with_request_timeout(Duration::from_secs(600))
                         .with_max_concurrent_streams(1024),
                 ),
+                credits: request_response::Behaviour::with_codec(
+                    FrameCodec {
+                        max_request: protocol::credits::MAX_CREDITS_REQUEST_BYTES,
+                        max_response: protocol::credits::MAX_CREDITS_ANSWER_BYTES,
+                    },
+                    [(
+                        StreamProtocol::new(wire::CREDITS_PROTOCOL),
+                        ProtocolSupport::Full,
+                    )],
+                    request_response::Config::default()
+                        .with_request_timeout(Duration::from_secs(30))
+                        .with_max_concurrent_streams(16),
+                ),
                 stream: libp2p_stream::Behaviour::new(),
             })
         })
@@ -688,6 +711,7 @@ impl EventLoop {
                 .map_err(|e| NetError::Setup(format!("subscribing to {t}: {e}")))?;
         }
         let (catalog_answers_tx, catalog_answers) = mpsc::channel(64);
+        let (credit_answers_tx, credit_answers) = mpsc::channel(64);
         let (infer_answers_tx, infer_answers) = mpsc::channel(256);
         let (validations_tx, validations) = mpsc::channel(MAX_VERIFYING);
         // The first DHT refresh at a point of the first period drawn from the peer id: spread
@@ -719,6 +743,9 @@ impl EventLoop {
             pending_provide: HashMap::new(),
             pending_providers: HashMap::new(),
             pending_catalog: HashMap::new(),
+            credit_answers,
+            credit_answers_tx,
+            pending_credits: HashMap::new(),
             pending_infer: HashMap::new(),
             syncs: Syncs::default(),
             metrics,
@@ -755,6 +782,9 @@ impl EventLoop {
                     Some(c) => self.on_command(c),
                     None => return,
                 },
+                Some((channel, bytes)) = self.credit_answers.recv() => {
+                    let _ = self.swarm.behaviour_mut().credits.send_response(channel, bytes);
+                }
                 Some((channel, bytes)) = self.catalog_answers.recv() => {
                     // The requester may have gone; nothing to do then.
                     let _ = self.swarm.behaviour_mut().catalog.send_response(channel, bytes);
@@ -895,6 +925,26 @@ impl EventLoop {
             Command::Offer { envelope, reply } => {
                 let topic = self.offer_topic.clone();
                 let _ = reply.send(self.publish(topic, envelope));
+            }
+            Command::Credits {
+                peer,
+                request,
+                reply,
+            } => {
+                // Settling is between peers that are connected; never a reason to dial.
+                if !self.swarm.is_connected(&peer) {
+                    let _ = reply.send(Err(NetError::Unavailable {
+                        peer,
+                        reason: "not connected".into(),
+                    }));
+                    return;
+                }
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .credits
+                    .send_request(&peer, request);
+                self.pending_credits.insert(id, reply);
             }
             Command::Infer { peer, call, reply } => {
                 self.conns.useful(peer, Instant::now());
@@ -1420,6 +1470,48 @@ impl EventLoop {
                     let _ = reply.send(Err(NetError::Unavailable {
                         peer,
                         reason: format!("inference call: {error}"),
+                    }));
+                }
+            }
+            BehaviourEvent::Credits(request_response::Event::Message { peer, message, .. }) => {
+                match message {
+                    request_response::Message::Request {
+                        request, channel, ..
+                    } => {
+                        let (tx, rx) = oneshot::channel();
+                        let answers = self.credit_answers_tx.clone();
+                        tokio::spawn(async move {
+                            if let Ok(bytes) = rx.await {
+                                let _ = answers.send((channel, bytes)).await;
+                            }
+                        });
+                        self.emit(NetEvent::CreditsRequest {
+                            from: peer,
+                            request,
+                            reply: InferResponder(tx),
+                        })
+                        .await;
+                    }
+                    request_response::Message::Response {
+                        request_id,
+                        response,
+                    } => {
+                        if let Some(reply) = self.pending_credits.remove(&request_id) {
+                            let _ = reply.send(Ok(response));
+                        }
+                    }
+                }
+            }
+            BehaviourEvent::Credits(request_response::Event::OutboundFailure {
+                request_id,
+                error,
+                peer,
+                ..
+            }) => {
+                if let Some(reply) = self.pending_credits.remove(&request_id) {
+                    let _ = reply.send(Err(NetError::Unavailable {
+                        peer,
+                        reason: format!("credits: {error}"),
                     }));
                 }
             }

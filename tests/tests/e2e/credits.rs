@@ -195,3 +195,174 @@ fn calls_are_paid_with_cheques_and_both_ledgers_agree_with_the_receipts() {
     assert!(u(&after["used_calls"]) > 0, "{after}");
     assert_eq!(u(&after["paid_in"]), 0, "D never paid a cheque: {after}");
 }
+
+/// xorshift64*: the kill schedule, reproducible from its seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}
+
+fn running(n: &Option<Daemon>) -> &Daemon {
+    n.as_ref().expect("running")
+}
+
+/// Calls C→B until one succeeds (the nodes may be reconnecting after a restart).
+fn call_until_ok(c: &Daemon, id: &str, b: &str) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let (status, answer) = call(c, id, b);
+        if status == 200 {
+            return answer;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "C never got a call through to B again: {answer}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn kill_9_of_the_provider_or_the_caller_mid_call_loses_no_credit_and_pays_nothing_twice() {
+    let seed = std::env::var("MOXNET_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(1)
+                | 1
+        });
+    eprintln!("credits kill test: MOXNET_CRASH_SEED={seed}");
+    let mut rng = Rng(seed);
+    let net = Testnet::new().expect("testnet");
+    let a = init(&net, "a", "");
+    let pkg = testnet::echo_package(net.path()).expect("package");
+    let id = a.ok(&["publish", pkg.to_str().expect("utf8")]);
+    let a_node = a.start(&[]);
+    let b = init(&net, "b", PROVIDER);
+    let c = init(&net, "c", CALLER);
+    let mut b_node = Some(b.start(&[a_node.addr()]));
+    let mut c_node = Some(c.start(&[a_node.addr()]));
+    let b_peer = b_node
+        .as_ref()
+        .map(|n| n.peer_id.clone())
+        .unwrap_or_default();
+    let c_peer = c_node
+        .as_ref()
+        .map(|n| n.peer_id.clone())
+        .unwrap_or_default();
+    testnet::wait_for_offers(running(&c_node), &[&b_peer]).unwrap_or_else(|e| panic!("{e:#}"));
+
+    let calls = 100;
+    let kills = 8;
+    let mut at: Vec<u64> = Vec::new();
+    while at.len() < kills {
+        let i = 5 + rng.next() % (calls - 10);
+        if !at.contains(&i) {
+            at.push(i);
+        }
+    }
+    let mut killed = (0, 0);
+    for i in 0..calls {
+        let c_api = running(&c_node).api.clone();
+        if !at.contains(&i) {
+            call_until_ok(running(&c_node), &id, &b_peer);
+            continue;
+        }
+        // A call in flight, and a kill -9 somewhere in it: of B or of C.
+        let path = format!("/v2/models/{id}/infer?on={b_peer}");
+        let flying = std::thread::spawn(move || {
+            testnet::http(
+                &c_api,
+                "POST",
+                &path,
+                Some(&mode("echo")),
+                std::time::Duration::from_secs(30),
+            )
+        });
+        std::thread::sleep(std::time::Duration::from_micros(rng.next() % 6_000));
+        if rng.next().is_multiple_of(2) {
+            if let Some(n) = b_node.take() {
+                n.kill();
+            }
+            killed.0 += 1;
+            let _ = flying.join();
+            b_node = Some(b.start(&[a_node.addr()]));
+        } else {
+            if let Some(n) = c_node.take() {
+                n.kill();
+            }
+            killed.1 += 1;
+            let _ = flying.join();
+            c_node = Some(c.start(&[a_node.addr()]));
+            testnet::wait_for_offers(running(&c_node), &[&b_peer])
+                .unwrap_or_else(|e| panic!("{e:#}"));
+        }
+    }
+    eprintln!("killed B {} times and C {} times", killed.0, killed.1);
+    // One more call connects the two if the last kill left them apart; each side settles with
+    // the other when they connect (cheques again, receipts C missed).
+    call_until_ok(running(&c_node), &id, &b_peer);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let (at_b, at_c) = loop {
+        let at_b = receipts(running(&b_node), &c_peer);
+        let at_c = receipts(running(&c_node), &b_peer);
+        let agree = at_b["account"]["served"] == at_c["account"]["used"]
+            && at_b["account"]["paid_in"] == at_c["account"]["paid_out"];
+        if agree || std::time::Instant::now() > deadline {
+            break (at_b, at_c);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let (b_acct, c_acct) = (&at_b["account"], &at_c["account"]);
+    let ids = |list: &Value| -> Vec<String> {
+        let mut v: Vec<String> = list
+            .as_array()
+            .expect("receipts")
+            .iter()
+            .map(|r| r["id"].as_str().unwrap_or_default().to_string())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(
+        ids(&at_b["served"]),
+        ids(&at_c["used"]),
+        "B and C hold the same receipts (seed {seed})"
+    );
+    assert_eq!(b_acct["served"], c_acct["used"], "seed {seed}");
+    assert_eq!(b_acct["served_calls"], c_acct["used_calls"], "seed {seed}");
+    // Every call that was not killed ran, once (a killed one may have run too).
+    assert!(
+        u(&b_acct["served_calls"]) > calls - kills as u64,
+        "{b_acct}"
+    );
+    assert_eq!(
+        b_acct["cheque_out_seq"],
+        Value::Null,
+        "B never paid C: {b_acct}"
+    );
+    assert_eq!(b_acct["paid_in"], c_acct["paid_out"], "seed {seed}");
+    assert_eq!(at_b["cheque_in"], at_c["cheque_out"], "seed {seed}");
+    // Nothing paid twice: C never paid more than the receipts, and owes less than the point
+    // at which it pays plus one call.
+    let (served, paid) = (u(&b_acct["served"]), u(&b_acct["paid_in"]));
+    assert!(paid <= served, "paid {paid} of {served} (seed {seed})");
+    assert!(served - paid < 400, "paid {paid} of {served} (seed {seed})");
+    // The CLI's own check of both sides, with the keys alone.
+    for (node, peer) in [(&c, &b_peer), (&b, &c_peer)] {
+        let text = node.ok(&["credits", peer, "--receipts"]);
+        assert!(
+            text.contains("checked with the public keys alone"),
+            "{text}"
+        );
+    }
+}
