@@ -274,13 +274,13 @@ fn path_str(p: &Path) -> Result<&str> {
     p.to_str().context("non-UTF-8 temp path")
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-fn random_seed() -> [u8; 32] {
+pub(crate) fn random_seed() -> [u8; 32] {
     let mut seed = [0u8; 32];
     // Without randomness, a counter still gives distinct identities.
     if getrandom::fill(&mut seed).is_err() {
@@ -654,13 +654,13 @@ impl Honest {
 
 /// A peer to attack.
 #[derive(Debug, Clone)]
-struct Target {
-    peer: PeerId,
-    addr: Multiaddr,
+pub(crate) struct Target {
+    pub(crate) peer: PeerId,
+    pub(crate) addr: Multiaddr,
 }
 
 impl Target {
-    fn node(&self) -> Result<NodeId> {
+    pub(crate) fn node(&self) -> Result<NodeId> {
         net::node_id_of(&self.peer).context("a peer id without an ed25519 key")
     }
 }
@@ -831,7 +831,7 @@ impl Provider for Spammer {
 /// A moxnet peer with a fresh identity (or `seed`), connected to `targets`. A light node: it
 /// does not sync the catalogues of the peers it connects to (an attacker would not spend its
 /// CPU verifying them; the catalogue spammer's victims sync *its* catalogue all the same).
-async fn peer(
+pub(crate) async fn peer(
     seed: Option<[u8; 32]>,
     catalogue: BTreeMap<ModelId, Vec<u8>>,
     targets: &[Target],

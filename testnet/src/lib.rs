@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
 pub mod attack;
+pub mod credits;
 pub mod liar;
 pub mod scenario;
 pub mod sim;

@@ -11,6 +11,7 @@
 //! cargo run -p testnet -- slow-providers [--mib 64] [--rate 4]
 //! cargo run -p testnet -- swarm [--nodes 51] [--mib 64] [--rate 4]
 //! cargo run -p testnet -- simulate [--nodes 10000] [--seed 1] [--lookups 1000] [--offline 0.1]
+//! cargo run -p testnet -- credits [--providers 5] [--callers 13] [--calls 2000] [--fresh 200]
 //! cargo run -p testnet -- attack [--mib 16] [--fetches 4] [--call-secs 15] [--call-rate 100]
 //!     [--identities 300] [--max-connections N] [--only NAME]…
 //! ```
@@ -166,6 +167,15 @@ fn main() -> ExitCode {
             "",
         );
     }
+    if which == "credits" {
+        let result = testnet::credits::credits(
+            flag("--providers", 5) as usize,
+            flag("--callers", 13) as usize,
+            flag("--calls", 2000) as usize,
+            flag("--fresh", 200) as usize,
+        );
+        return verdict("credits", result, |r| r.passed(), "");
+    }
     if which == "scale" {
         let nodes = flag("--nodes", 20) as usize;
         let idle = std::time::Duration::from_secs(flag("--idle-secs", 60));
@@ -220,7 +230,7 @@ fn main() -> ExitCode {
         .collect();
     if selected.is_empty() {
         eprintln!(
-            "unknown scenario {which:?}; use all, fetch-many, byzantine, kill-provider, partition, compute, churn, scale, slow-providers, swarm, simulate or attack"
+            "unknown scenario {which:?}; use all, fetch-many, byzantine, kill-provider, partition, compute, churn, scale, slow-providers, swarm, simulate, credits or attack"
         );
         return ExitCode::from(2);
     }

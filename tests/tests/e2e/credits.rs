@@ -366,3 +366,25 @@ fn kill_9_of_the_provider_or_the_caller_mid_call_loses_no_credit_and_pays_nothin
         );
     }
 }
+
+/// `testnet credits` at CI size: 2 providers, 3 honest callers making 120 calls, a non-payer and
+/// 20 fresh identities (the full size, 5 providers, 13 callers, 2,000 calls and 200 identities,
+/// runs with `cargo run -p testnet -- credits`).
+#[test]
+fn credits_scenario_at_ci_size_refuses_no_honest_caller_and_caps_freeloaders() {
+    let report = testnet::credits::credits(2, 3, 120, 20).expect("credits scenario");
+    eprintln!("{report}");
+    assert!(report.passed(), "{report}");
+    assert!(
+        report.paid > 0,
+        "the honest callers paid with cheques: {report}"
+    );
+    assert!(
+        report.fresh_ok > 0,
+        "the allowance let some free calls through: {report}"
+    );
+    assert!(
+        report.fresh_ok < report.fresh_calls,
+        "the allowance stopped the freeloaders: {report}"
+    );
+}
