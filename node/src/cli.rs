@@ -100,6 +100,10 @@ pub enum Command {
         /// List the receipts and cheques behind the account.
         #[arg(long, requires = "peer")]
         receipts: bool,
+        /// Audit the royalties the peer owes this node: its receipts of calls of this node's
+        /// models, checked here, summed, against what it paid.
+        #[arg(long, requires = "peer", conflicts_with = "receipts")]
+        audit: bool,
     },
     /// Show a model's manifest (after checking its author's signature).
     Show {

@@ -68,10 +68,25 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             show(json, &api.get::<OfferList>("/api/v1/offers")?)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Credits { peer, receipts } => {
+        Command::Credits {
+            peer,
+            receipts,
+            audit,
+        } => {
             let api = running_node(&dir, "the credit ledger is kept by a running node:")?;
             match peer {
                 None => show(json, &api.get::<CreditsView>("/api/v1/credits")?)?,
+                Some(peer) if audit => {
+                    let node = crate::package::parse_node_id(&peer)?;
+                    let peer_id = net::peer_id_of(&node)
+                        .ok_or_else(|| anyhow::anyhow!("{peer}: no peer id"))?;
+                    show(
+                        json,
+                        &api.get::<api::dto::RoyaltyAudit>(&format!(
+                            "/api/v1/credits/{peer_id}/royalties"
+                        ))?,
+                    )?;
+                }
                 Some(peer) => {
                     let node = crate::package::parse_node_id(&peer)?;
                     let list: ReceiptList = api.get(&format!("/api/v1/credits/{node}/receipts"))?;

@@ -40,6 +40,7 @@ struct CreditsSection {
     free_cap: Option<u64>,
     free_per_sec: Option<u64>,
     spend_limit: Option<u64>,
+    settle_every_secs: Option<u64>,
 }
 
 /// The credit settings, resolved.
@@ -49,6 +50,8 @@ pub struct CreditsConfig {
     pub terms: protocol::credits::CreditTerms,
     /// The most paid any one peer for calls beyond what its calls here cost.
     pub spend_limit: u64,
+    /// How often the node settles with connected peers it owes royalties to.
+    pub settle_every: std::time::Duration,
 }
 
 /// `[catalog]`: how many manifests from peers the node keeps. Any key left out keeps its
@@ -351,6 +354,12 @@ pub fn load(dir: &Path, args: &NodeArgs) -> Result<NodeConfig> {
     let credits = CreditsConfig {
         terms,
         spend_limit: fc.spend_limit.or(dc.spend_limit).unwrap_or(1_000_000_000),
+        settle_every: std::time::Duration::from_secs(
+            fc.settle_every_secs
+                .or(dc.settle_every_secs)
+                .unwrap_or(60)
+                .clamp(1, 86_400),
+        ),
     };
     Ok(NodeConfig {
         listen,

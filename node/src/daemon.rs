@@ -167,6 +167,7 @@ async fn serve(
         metrics.clone(),
         credits,
         config.credits.spend_limit,
+        config.credits.settle_every,
     ));
     let service = Arc::new(Service {
         home: home.clone(),

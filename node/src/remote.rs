@@ -56,6 +56,7 @@ pub struct Remote {
     metrics: Arc<Metrics>,
     credits: Arc<Credits>,
     spend_limit: u64,
+    settle_every: Duration,
 }
 
 /// A call's reservation of credit, given back if the call ends without a receipt.
@@ -92,6 +93,7 @@ impl Remote {
         metrics: Arc<Metrics>,
         credits: Arc<Credits>,
         spend_limit: u64,
+        settle_every: Duration,
     ) -> Remote {
         metrics.call_cache_bytes.set(cache.bytes() as i64);
         Remote {
@@ -104,6 +106,7 @@ impl Remote {
             metrics,
             credits,
             spend_limit,
+            settle_every,
         }
     }
 
@@ -882,9 +885,6 @@ fn respond(model: ModelId, version: String, request: &OipRequest, a: &Answer) ->
     )
 }
 
-/// How often a node settles with connected peers it owes royalties to (besides on connect).
-const SETTLE_EVERY: Duration = Duration::from_secs(60);
-
 /// Pages of receipts asked for when catching up with a provider, at most.
 const MAX_RECEIPT_PAGES: usize = 64;
 
@@ -965,12 +965,24 @@ impl Remote {
                     }),
                 None => Vec::new(),
             };
+            let royalty_receipts = match request.royalties_from {
+                Some(at) => credits
+                    .royalty_receipts(&node, at, MAX_RECEIPTS_PER_ANSWER)
+                    .unwrap_or_else(|e| {
+                        tracing::error!("credits: listing royalty receipts for {from}: {e}");
+                        Vec::new()
+                    }),
+                None => Vec::new(),
+            };
+            let account = credits.balance(&node).account;
             CreditsAnswer {
                 refused,
                 cheque,
                 held: credits.cheque_from(&node),
-                served_calls: credits.balance(&node).account.served_calls,
+                served_calls: account.served_calls,
                 receipts,
+                royalty_calls: account.royalty_calls,
+                royalty_receipts,
             }
             .to_bytes()
         })
@@ -1011,7 +1023,7 @@ impl Remote {
         });
         let mut request = CreditsRequest {
             cheque,
-            receipts_from: None,
+            ..CreditsRequest::default()
         };
         let mut pages = 0;
         loop {
@@ -1092,15 +1104,16 @@ impl Remote {
                 return;
             }
             request = CreditsRequest {
-                cheque: None,
                 receipts_from: Some(next),
+                ..CreditsRequest::default()
             };
         }
     }
 
-    /// Every [`SETTLE_EVERY`], settles with the connected peers this node owes royalties to.
+    /// Every `[credits] settle_every_secs`, settles with the connected peers this node owes
+    /// royalties to.
     pub async fn settle_loop(self: Arc<Self>) {
-        let mut tick = tokio::time::interval(SETTLE_EVERY);
+        let mut tick = tokio::time::interval(self.settle_every);
         tick.tick().await;
         loop {
             tick.tick().await;
@@ -1116,5 +1129,102 @@ impl Remote {
                 }
             }
         }
+    }
+}
+
+/// Royalty receipts an audit reads from one provider, at most (pages of 64).
+const MAX_AUDITED_RECEIPTS: u64 = 100_000;
+
+impl Remote {
+    /// Audits the royalties `peer` owes this node: asks it for the receipts of every call it ran
+    /// of a model whose royalty this node is owed, checks each (signatures, that `peer` ran it,
+    /// that the model's manifest, as this node knows it, names this node and a share) and sums
+    /// the shares, against what `peer` has paid in royalties (its newest cheque here).
+    pub async fn audit_royalties(&self, peer: PeerId) -> Result<api::dto::RoyaltyAudit, CallError> {
+        let node = net::node_id_of(&peer)
+            .ok_or_else(|| CallError::new(400, format!("{peer} has no ed25519 key in its id")))?;
+        let me = self.key.node_id();
+        let addrs: Vec<Multiaddr> = self
+            .compute
+            .offers()
+            .addrs_of(&node)
+            .iter()
+            .filter_map(|a| a.parse().ok())
+            .collect();
+        if !self.net.reach(peer, &addrs).await {
+            return Err(CallError::new(
+                503,
+                format!("cannot reach {peer}: an audit asks the provider itself"),
+            ));
+        }
+        let (mut from, mut audit) = (0u64, api::dto::RoyaltyAudit::default());
+        audit.peer_id = peer.to_string();
+        let mut models = std::collections::BTreeMap::<ModelId, Option<u16>>::new();
+        loop {
+            let request = CreditsRequest {
+                royalties_from: Some(from),
+                ..CreditsRequest::default()
+            };
+            let answer = self
+                .net
+                .credits(peer, request.to_bytes())
+                .await
+                .map_err(|e| CallError::new(502, format!("asking {peer}: {e}")))
+                .and_then(|b| {
+                    CreditsAnswer::from_bytes(&b)
+                        .map_err(|e| CallError::new(502, format!("{peer}'s answer: {e}")))
+                })?;
+            audit.claimed_calls = answer.royalty_calls;
+            let page = answer.royalty_receipts.len() as u64;
+            for bytes in &answer.royalty_receipts {
+                let checked = protocol::credits::Receipt::from_bytes(bytes)
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r.verify().map_err(|e| e.to_string()));
+                let v = match checked {
+                    Ok(v) if v.provider == node => v,
+                    Ok(_) => {
+                        audit.rejected += 1;
+                        audit
+                            .problems
+                            .push("a receipt of a call another provider ran".into());
+                        continue;
+                    }
+                    Err(e) => {
+                        audit.rejected += 1;
+                        audit
+                            .problems
+                            .push(format!("a receipt that does not verify: {e}"));
+                        continue;
+                    }
+                };
+                let bps = *models.entry(v.model).or_insert_with(|| {
+                    self.catalog
+                        .get(v.model)
+                        .and_then(|m| m.body().royalty)
+                        .filter(|r| r.payee == me)
+                        .map(|r| r.bps)
+                });
+                let Some(bps) = bps else {
+                    audit.rejected += 1;
+                    audit.problems.push(format!(
+                        "a receipt for {}, whose manifest names no royalty to this node",
+                        v.model
+                    ));
+                    continue;
+                };
+                audit.receipts += 1;
+                audit.billed = audit.billed.saturating_add(v.cost);
+                audit.due = audit
+                    .due
+                    .saturating_add(protocol::credits::royalty_of(v.cost, bps));
+            }
+            from += page;
+            if page == 0 || from >= answer.royalty_calls || from >= MAX_AUDITED_RECEIPTS {
+                break;
+            }
+        }
+        audit.audited_models = models.values().filter(|b| b.is_some()).count() as u64;
+        audit.paid = self.credits.balance(&node).account.royalties_in();
+        Ok(audit)
     }
 }

@@ -340,6 +340,33 @@ impl Render for CreditsView {
     }
 }
 
+impl Render for api::dto::RoyaltyAudit {
+    fn text(&self) -> String {
+        let verdict = match self.due.cmp(&self.paid) {
+            std::cmp::Ordering::Equal => "paid in full".to_string(),
+            std::cmp::Ordering::Greater => format!("{} still owed", self.due - self.paid),
+            std::cmp::Ordering::Less => {
+                format!("{} paid beyond the receipts", self.paid - self.due)
+            }
+        };
+        let mut lines = vec![format!(
+            "{}: {} receipts checked of {} calls it reports ({} models), billed {} credits, royalties due {}, paid {}: {verdict}",
+            self.peer_id,
+            self.receipts,
+            self.claimed_calls,
+            self.audited_models,
+            self.billed,
+            self.due,
+            self.paid
+        )];
+        if self.rejected > 0 {
+            lines.push(format!("{} receipts refused:", self.rejected));
+            lines.extend(self.problems.iter().take(20).map(|p| format!("  {p}")));
+        }
+        lines.join("\n")
+    }
+}
+
 impl Render for ReceiptList {
     fn text(&self) -> String {
         let mut lines = vec![self.account.text()];

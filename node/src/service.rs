@@ -200,6 +200,13 @@ impl api::NodeApi for Service {
         ))
     }
 
+    async fn audit_royalties(&self, peer: String) -> ApiResult<api::dto::RoyaltyAudit> {
+        let peer: PeerId = peer
+            .parse()
+            .map_err(|e| ApiError::bad_request(format!("{peer:?} is not a peer id: {e}")))?;
+        self.remote.audit_royalties(peer).await.map_err(from_call)
+    }
+
     async fn credit_receipts(&self, peer: String) -> ApiResult<ReceiptList> {
         let node = crate::package::parse_node_id(&peer)
             .map_err(|e| ApiError::bad_request(format!("{e:#}")))?;

@@ -324,6 +324,9 @@ pub struct CreditsRequest {
     /// Receipts of calls the responder served the requester, from this index on (the
     /// responder's order, from 0), at most [`MAX_RECEIPTS_PER_ANSWER`].
     pub receipts_from: Option<u64>,
+    /// Receipts of calls the responder ran of models whose royalty the requester is owed, from
+    /// this index on (an author's audit), at most [`MAX_RECEIPTS_PER_ANSWER`].
+    pub royalties_from: Option<u64>,
 }
 
 impl Object for CreditsRequest {
@@ -337,6 +340,9 @@ impl Object for CreditsRequest {
         }
         if let Some(from) = self.receipts_from {
             entries.push((Value::text("receipts_from"), Value::Uint(from)));
+        }
+        if let Some(from) = self.royalties_from {
+            entries.push((Value::text("royalties_from"), Value::Uint(from)));
         }
         Value::Map(entries)
     }
@@ -352,6 +358,10 @@ impl Object for CreditsRequest {
             receipts_from: m
                 .optional("receipts_from")
                 .map(|v| as_u64("receipts_from", v))
+                .transpose()?,
+            royalties_from: m
+                .optional("royalties_from")
+                .map(|v| as_u64("royalties_from", v))
                 .transpose()?,
         };
         m.finish()?;
@@ -373,6 +383,10 @@ pub struct CreditsAnswer {
     pub served_calls: u64,
     /// The receipts asked for, in the responder's order from `receipts_from`.
     pub receipts: Vec<Vec<u8>>,
+    /// How many calls of models whose royalty the requester is owed the responder ran.
+    pub royalty_calls: u64,
+    /// The receipts of those asked for (`royalties_from`), in the responder's order.
+    pub royalty_receipts: Vec<Vec<u8>>,
 }
 
 impl Object for CreditsAnswer {
@@ -387,6 +401,19 @@ impl Object for CreditsAnswer {
                 Value::text("receipts"),
                 Value::Array(
                     self.receipts
+                        .iter()
+                        .map(|r| Value::Bytes(r.clone()))
+                        .collect(),
+                ),
+            ),
+            (
+                Value::text("royalty_calls"),
+                Value::Uint(self.royalty_calls),
+            ),
+            (
+                Value::text("royalty_receipts"),
+                Value::Array(
+                    self.royalty_receipts
                         .iter()
                         .map(|r| Value::Bytes(r.clone()))
                         .collect(),
@@ -408,20 +435,20 @@ impl Object for CreditsAnswer {
     fn from_cbor(v: Value) -> Result<Self, DecodeError> {
         let mut m = MapReader::new("credits answer", v)?;
         m.version(CREDITS_VERSION)?;
+        let receipts = |what: &'static str, v: Value| {
+            crate::cbor::as_list(what, v, MAX_RECEIPTS_PER_ANSWER, |v| match v {
+                Value::Bytes(b) if b.len() <= MAX_RECEIPT_BYTES => Ok(b),
+                _ => Err(DecodeError::invalid(
+                    "receipt",
+                    "expected a receipt's bytes",
+                )),
+            })
+        };
         let answer = CreditsAnswer {
             served_calls: as_u64("served_calls", m.required("served_calls")?)?,
-            receipts: crate::cbor::as_list(
-                "receipts",
-                m.required("receipts")?,
-                MAX_RECEIPTS_PER_ANSWER,
-                |v| match v {
-                    Value::Bytes(b) if b.len() <= MAX_RECEIPT_BYTES => Ok(b),
-                    _ => Err(DecodeError::invalid(
-                        "receipt",
-                        "expected a receipt's bytes",
-                    )),
-                },
-            )?,
+            receipts: receipts("receipts", m.required("receipts")?)?,
+            royalty_calls: as_u64("royalty_calls", m.required("royalty_calls")?)?,
+            royalty_receipts: receipts("royalty_receipts", m.required("royalty_receipts")?)?,
             refused: m
                 .optional("refused")
                 .map(|v| crate::cbor::as_text("refused", v, crate::compute::MAX_ERROR_TEXT))
@@ -570,9 +597,9 @@ mod tests {
 
         #[test]
         fn credit_frames_round_trip(cheque in prop::option::of(prop::collection::vec(any::<u8>(), 0..700)), from in prop::option::of(any::<u64>()), served in any::<u64>(), receipts in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..300), 0..4)) {
-            let request = CreditsRequest { cheque: cheque.clone(), receipts_from: from };
+                        let request = CreditsRequest { cheque: cheque.clone(), receipts_from: from, royalties_from: from.map(|f| f / 2) };
             prop_assert_eq!(CreditsRequest::from_bytes(&request.to_bytes()), Ok(request));
-            let answer = CreditsAnswer { refused: Some("no".into()), cheque: cheque.clone(), held: cheque, served_calls: served, receipts };
+                        let answer = CreditsAnswer { refused: Some("no".into()), cheque: cheque.clone(), held: cheque, served_calls: served, receipts: receipts.clone(), royalty_calls: served / 3, royalty_receipts: receipts };
             prop_assert_eq!(CreditsAnswer::from_bytes(&answer.to_bytes()), Ok(answer));
         }
 

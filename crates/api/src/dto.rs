@@ -550,3 +550,28 @@ pub struct ReceiptView {
     /// The receipt (CBOR `{v, request, result}`), hex.
     pub receipt: String,
 }
+
+/// `GET /api/v1/credits/{peer}/royalties`: an audit of the royalties a provider owes this node,
+/// from the provider's own receipts, each checked here.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RoyaltyAudit {
+    /// The provider.
+    pub peer_id: String,
+    /// Calls of this node's models the provider says it ran.
+    pub claimed_calls: u64,
+    /// Receipts that checked out.
+    pub receipts: u64,
+    /// Receipts refused (bad signatures, another provider's, a model with no royalty to this
+    /// node), with why.
+    pub rejected: u64,
+    /// Why, one line each.
+    pub problems: Vec<String>,
+    /// Models of this node's the receipts were for.
+    pub audited_models: u64,
+    /// What those calls cost.
+    pub billed: u64,
+    /// The royalties they make: each receipt's cost × the manifest's share, rounded down.
+    pub due: u64,
+    /// What the provider has paid in royalties (its newest cheque here).
+    pub paid: u64,
+}

@@ -218,6 +218,13 @@ pub trait NodeApi: Send + Sync + 'static {
     ) -> impl Future<Output = ApiResult<ReceiptList>> + Send {
         unsupported()
     }
+    /// `GET /api/v1/credits/{peer}/royalties`.
+    fn audit_royalties(
+        &self,
+        _peer: String,
+    ) -> impl Future<Output = ApiResult<RoyaltyAudit>> + Send {
+        unsupported()
+    }
     /// `GET /metrics`: the node's metrics in the OpenMetrics text format.
     fn metrics(&self) -> impl Future<Output = ApiResult<String>> + Send {
         unsupported()
@@ -364,6 +371,12 @@ pub fn router<N: NodeApi>(node: Arc<N>, access: Access) -> Router {
             .route(
                 "/api/v1/credits",
                 get(|s: State<Arc<N>>| async move { ok(s.credits().await) }),
+            )
+            .route(
+                "/api/v1/credits/{peer}/royalties",
+                get(|s: State<Arc<N>>, Path(peer): Path<String>| async move {
+                    ok(s.audit_royalties(peer).await)
+                }),
             )
             .route(
                 "/api/v1/credits/{peer}/receipts",

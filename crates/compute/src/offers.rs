@@ -196,6 +196,14 @@ impl Offers {
         self.connected.insert(node);
     }
 
+    /// The addresses `node` stated in the offer kept from it (empty if none).
+    pub fn addrs_of(&self, node: &NodeId) -> Vec<String> {
+        self.by_node
+            .get(node)
+            .map(|e| e.offer.body().addrs.clone())
+            .unwrap_or_default()
+    }
+
     /// The credit terms `node` stated in the offer kept from it, if any.
     pub fn terms_of(&self, node: &NodeId) -> Option<protocol::credits::CreditTerms> {
         self.by_node.get(node).map(|e| e.offer.body().credit)

@@ -160,7 +160,11 @@ impl Credits {
             .receipt(peer, Side::Served, n, verified.id, &receipt)
             .allowance(ledger.allowance(now_ms));
         if let Some((payee, account, _)) = &settled.royalty {
-            change = change.account(*payee, account);
+            change = change.account(*payee, account).royalty_receipt(
+                *payee,
+                account.royalty_calls - 1,
+                &receipt,
+            );
         }
         let ticket = self.commit(&mut ledger, change)?;
         self.durable(ledger, ticket)?;
@@ -236,6 +240,17 @@ impl Credits {
         limit: usize,
     ) -> Result<Vec<Vec<u8>>, CreditsError> {
         Ok(self.store.receipts_range(peer, side, from, limit)?)
+    }
+
+    /// At most `limit` receipts behind the royalties this node owes `payee`, from the `from`-th
+    /// on, as stored (the payee audits them).
+    pub fn royalty_receipts(
+        &self,
+        payee: &NodeId,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<Vec<u8>>, CreditsError> {
+        Ok(self.store.royalty_receipts(payee, from, limit)?)
     }
 
     /// Accepts a cheque (its envelope bytes) from a peer, written to disk before this returns

@@ -11,6 +11,8 @@
 //! - `r` ‖ node id (32) ‖ `s`|`u` ‖ n (u64 BE) → a [`Receipt`] of a call this node served the
 //!   peer (`s`) or the peer served this node (`u`), the n-th of its kind (from 0);
 //! - `i` ‖ receipt id (32) → empty: the receipt is recorded;
+//! - `y` ‖ payee node id (32) ‖ n (u64 BE) → a [`Receipt`] of a call this node served of a model
+//!   whose royalty `payee` is owed, the n-th (from 0): what the payee audits;
 //! - `m` → the free [`Allowance`] (tokens, at_ms).
 
 use std::collections::BTreeMap;
@@ -61,6 +63,7 @@ impl Side {
 pub struct Change {
     accounts: Vec<(NodeId, Account)>,
     receipts: Vec<(NodeId, Side, u64, BlobHash, Vec<u8>)>,
+    royalty_receipts: Vec<(NodeId, u64, Vec<u8>)>,
     allowance: Option<Allowance>,
 }
 
@@ -81,6 +84,12 @@ impl Change {
         receipt: &Receipt,
     ) -> Change {
         self.receipts.push((peer, side, n, id, receipt.to_bytes()));
+        self
+    }
+
+    /// Writes a receipt behind a royalty owed to `payee`, the `n`-th.
+    pub fn royalty_receipt(mut self, payee: NodeId, n: u64, receipt: &Receipt) -> Change {
+        self.royalty_receipts.push((payee, n, receipt.to_bytes()));
         self
     }
 
@@ -126,6 +135,13 @@ fn receipt_prefix(peer: &NodeId, side: Side) -> Vec<u8> {
     k.push(b'r');
     k.extend_from_slice(peer.as_bytes());
     k.push(side.tag());
+    k
+}
+
+fn royalty_prefix(payee: &NodeId) -> Vec<u8> {
+    let mut k = Vec::with_capacity(41);
+    k.push(b'y');
+    k.extend_from_slice(payee.as_bytes());
     k
 }
 
@@ -234,6 +250,25 @@ impl LedgerStore {
             .collect()
     }
 
+    /// At most `limit` receipts behind royalties owed to `payee`, from the `from`-th on.
+    pub fn royalty_receipts(
+        &self,
+        payee: &NodeId,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
+        let prefix = royalty_prefix(payee);
+        let mut start = prefix.clone();
+        start.extend_from_slice(&from.to_be_bytes());
+        let mut end = prefix;
+        end.extend_from_slice(&u64::MAX.to_be_bytes());
+        self.tree
+            .range(start..=end)
+            .take(limit)
+            .map(|item| Ok(item?.1.to_vec()))
+            .collect()
+    }
+
     /// Writes `change` atomically and waits until it is durable.
     pub fn apply(&self, change: Change) -> Result<(), StoreError> {
         let ticket = self.write(change)?;
@@ -278,6 +313,11 @@ impl LedgerStore {
             key.extend_from_slice(&n.to_be_bytes());
             batch.insert(key, bytes.as_slice());
             batch.insert(index_key(id), &[][..]);
+        }
+        for (payee, n, bytes) in &change.royalty_receipts {
+            let mut key = royalty_prefix(payee);
+            key.extend_from_slice(&n.to_be_bytes());
+            batch.insert(key, bytes.as_slice());
         }
         if let Some(a) = change.allowance {
             let v = Value::Map(vec![

@@ -15,7 +15,8 @@ use super::inference::{http, mode};
 const PROVIDER: &str = "[inference]\nfuel = 1000000000\ntimeout_secs = 5\nmax_concurrent = 4\n\n\
                         [compute]\nserve = true\noffer_interval_secs = 1\nprice_per_mfuel = 20000\n\
                         max_price_per_mfuel = 50000\n\n\
-                        [credits]\npayment_threshold = 400\ndisconnect_threshold = 500\n";
+                                                [credits]\npayment_threshold = 400\ndisconnect_threshold = 500\n\
+                        settle_every_secs = 1\n";
 const CALLER: &str = "[compute]\ncall_timeout_secs = 10\nmax_price_per_mfuel = 50000\n";
 
 fn init(net: &Testnet, name: &str, config: &str) -> Node {
@@ -136,6 +137,29 @@ fn calls_are_paid_with_cheques_and_both_ledgers_agree_with_the_receipts() {
         .unwrap_or_else(|| panic!("B owes A nothing: {ledger}"));
     assert_eq!(u(&to_a["royalties_owed"]), royalty);
     assert_eq!(u(&to_a["royalty_calls"]), calls as u64);
+    // B pays A with its own cheque when they settle (every second here), and A audits it from
+    // B's receipts, checking each with the keys alone.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let at_a = receipts(&a_node, &b_node.peer_id);
+        if u(&at_a["account"]["royalties_received"]) == royalty {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "B never paid A its royalties: {at_a}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let audit = a.json(&["credits", &b_node.peer_id, "--audit"]);
+    assert_eq!(u(&audit["receipts"]), calls as u64, "{audit}");
+    assert_eq!(u(&audit["claimed_calls"]), calls as u64, "{audit}");
+    assert_eq!(u(&audit["rejected"]), 0, "{audit}");
+    assert_eq!(u(&audit["billed"]), total, "{audit}");
+    assert_eq!(u(&audit["due"]), royalty, "{audit}");
+    assert_eq!(u(&audit["paid"]), royalty, "{audit}");
+    let text = a.ok(&["credits", &b_node.peer_id, "--audit"]);
+    assert!(text.contains("paid in full"), "{text}");
 
     // The CLI lists the receipts and checks them itself, with the keys in them alone.
     let text = c.ok(&["credits", &b_node.peer_id, "--receipts"]);
