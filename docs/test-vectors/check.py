@@ -66,6 +66,16 @@ def check_object(vec):
     assert canonical(decoded) == data, vec["name"]
     assert as_json(decoded) == vec["fields"], vec["name"]
     assert blake3(data).hexdigest() == vec["id"], vec["name"]
+    # A cheque carried in a frame (a call paying, a refusal, settling) is a signed envelope of
+    # the cheque domain (protocol.md §12.2, §12.7).
+    for key in ("cheque", "held"):
+        if isinstance(decoded, dict) and key in decoded:
+            env = cbor2.loads(decoded[key])
+            assert env["domain"] == "moxnet/v1/cheque", vec["name"]
+            Ed25519PublicKey.from_public_bytes(env["signer"]).verify(
+                env["sig"], b"moxnet/v1/cheque\x00" + env["body"])
+            body = cbor2.loads(env["body"])
+            assert body["seq"] >= 1 and (body["calls"] == 0 or "receipt" in body), vec["name"]
 
 
 def check_receipt(vec):

@@ -566,6 +566,9 @@ impl Remote {
                         }
                     }
                 }
+                // The provider may hold receipts this node lost (it was killed before their
+                // replies came, or restored from a copy): settle first, then pay in full.
+                self.settle_with(to.peer).await;
                 self.attempt_once(to, model, input, max_price, PayWhen::Now)
                     .await
                     .inspect_err(|f| {
@@ -898,6 +901,35 @@ impl Remote {
         self.compute.offers().terms_of(node).unwrap_or_default()
     }
 
+    /// The cheque to send `node` when settling: a new one if this node owes it something now
+    /// (royalties, or calls past half of `threshold`), else the newest one sent, again. Blocking
+    /// (a signature and a durable write).
+    fn cheque_on_settling(&self, node: NodeId, threshold: u64) -> Option<Vec<u8>> {
+        match self.credits.pay(
+            &self.key,
+            node,
+            threshold,
+            self.spend_limit,
+            PayWhen::Settling,
+            now_ms(),
+        ) {
+            Ok(Some(c)) => {
+                self.metrics.cheque("sent", "new");
+                Some(c.to_bytes())
+            }
+            Ok(None) => self
+                .credits
+                .balance(&node)
+                .account
+                .cheque_out
+                .map(|c| c.envelope),
+            Err(e) => {
+                tracing::error!("credits: paying {node}: {e}");
+                None
+            }
+        }
+    }
+
     /// Answers a peer's `/moxnet/credits/1` request: takes its cheque, pays it what this node
     /// owes now (royalties, or calls past half its threshold), returns the newest cheque from it
     /// held here, and the receipts it asked for. Returns the encoded answer.
@@ -934,28 +966,7 @@ impl Remote {
                     }
                 }
             }
-            let cheque = match credits.pay(
-                &self.key,
-                node,
-                threshold,
-                self.spend_limit,
-                PayWhen::Settling,
-                now_ms(),
-            ) {
-                Ok(Some(c)) => {
-                    self.metrics.cheque("sent", "new");
-                    Some(c.to_bytes())
-                }
-                Ok(None) => credits
-                    .balance(&node)
-                    .account
-                    .cheque_out
-                    .map(|c| c.envelope),
-                Err(e) => {
-                    tracing::error!("credits: paying {from}: {e}");
-                    None
-                }
-            };
+            let cheque = self.cheque_on_settling(node, threshold);
             let receipts = match request.receipts_from {
                 Some(at) => credits
                     .receipts_range(&node, Side::Served, at, MAX_RECEIPTS_PER_ANSWER)
@@ -1001,26 +1012,7 @@ impl Remote {
             return;
         }
         let threshold = self.terms_of(&node).payment_threshold;
-        let cheque = tokio::task::block_in_place(|| {
-            match self.credits.pay(
-                &self.key,
-                node,
-                threshold,
-                self.spend_limit,
-                PayWhen::Settling,
-                now_ms(),
-            ) {
-                Ok(Some(c)) => {
-                    self.metrics.cheque("sent", "new");
-                    Some(c.to_bytes())
-                }
-                Ok(None) => account.cheque_out.as_ref().map(|c| c.envelope.clone()),
-                Err(e) => {
-                    tracing::error!("credits: paying {peer}: {e}");
-                    None
-                }
-            }
-        });
+        let cheque = tokio::task::block_in_place(|| self.cheque_on_settling(node, threshold));
         let mut request = CreditsRequest {
             cheque,
             ..CreditsRequest::default()

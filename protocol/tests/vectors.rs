@@ -8,8 +8,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use protocol::cbor::Value;
-use protocol::compute::{InferRequest, InferResult};
-use protocol::credits::{Cheque, Receipt, Royalty, royalty_of};
+use protocol::compute::{
+    ComputeOffer, CreditTerms, InferCall, InferReply, InferRequest, InferResult, InferStatus,
+};
+use protocol::credits::{Cheque, CreditsAnswer, CreditsRequest, Receipt, Royalty, royalty_of};
 use protocol::{
     BlobHash, Collection, DType, DatasetRef, Dim, FileEntry, Interface, Manifest, ModelId, Object,
     Runtime, SecretKey, Signable, Snapshot, TensorSpec,
@@ -148,6 +150,57 @@ fn generate() -> serde_json::Value {
         issued_ms: 1_764_300_001_000,
     };
     let receipt_bytes = receipt.to_bytes();
+    let signed_cheque = SecretKey::from_seed(&caller).sign(cheque.clone());
+    let offer = ComputeOffer {
+        issued_ms: 1_764_300_000_000,
+        expires_ms: 1_764_300_120_000,
+        cores: 16,
+        memory_mib: 65_536,
+        gpus: vec![],
+        backends: vec!["wasm".into()],
+        models: vec![ModelId(BlobHash::of(b"model"))],
+        max_concurrent: 4,
+        price_per_mfuel: 2,
+        addrs: vec!["/ip4/192.0.2.1/tcp/4001".into()],
+        credit: CreditTerms::default(),
+    };
+    // The frames that carry credits: a call paying with a cheque, a refusal for payment
+    // returning the caller's newest cheque, and settling.
+    let frames: Vec<(&str, Vec<u8>, Value)> = {
+        let call = InferCall {
+            request: request.to_bytes(),
+            input: br#"{"inputs":[]}"#.to_vec(),
+            cheque: Some(signed_cheque.to_bytes()),
+        };
+        let refusal = InferReply {
+            cheque: Some(signed_cheque.to_bytes()),
+            ..InferReply::error(InferStatus::PaymentRequired, "payment required")
+        };
+        let settle = CreditsRequest {
+            cheque: Some(signed_cheque.to_bytes()),
+            receipts_from: Some(0),
+            royalties_from: None,
+        };
+        let settled = CreditsAnswer {
+            refused: None,
+            cheque: None,
+            held: Some(signed_cheque.to_bytes()),
+            served_calls: 1,
+            receipts: vec![receipt_bytes.clone()],
+            royalty_calls: 0,
+            royalty_receipts: vec![],
+        };
+        vec![
+            ("infer-call-paying", call.to_bytes(), call.to_cbor()),
+            (
+                "infer-reply-payment-required",
+                refusal.to_bytes(),
+                refusal.to_cbor(),
+            ),
+            ("credits-request", settle.to_bytes(), settle.to_cbor()),
+            ("credits-answer", settled.to_bytes(), settled.to_cbor()),
+        ]
+    };
     let snapshot = Snapshot {
         model: "examples/iris-linear".into(),
         step: 200,
@@ -197,6 +250,20 @@ fn generate() -> serde_json::Value {
         ("62c328", "invalid UTF-8"),
         ("0000", "trailing bytes"),
     ];
+    let mut objects = vec![json!({
+        "name": "collection",
+        "bytes": hex::encode(&collection_bytes),
+        "id": BlobHash::of(&collection_bytes).to_hex(),
+        "fields": to_json(&collection.to_cbor()),
+    })];
+    for (name, bytes, fields) in frames {
+        objects.push(json!({
+            "name": name,
+            "bytes": hex::encode(&bytes),
+            "id": BlobHash::of(&bytes).to_hex(),
+            "fields": to_json(&fields),
+        }));
+    }
     json!({
         "description": "moxnet protocol v1 test vectors. Hex strings are lowercase. A signature is ed25519 over domain || 0x00 || body; an envelope is the deterministic CBOR map {v, domain, signer, body, sig}; id is BLAKE3 of the envelope bytes (for a manifest, its ModelId). In `fields`, byte strings are written h'<hex>'. See docs/protocol.md.",
         "signed": [
@@ -205,14 +272,10 @@ fn generate() -> serde_json::Value {
             signed_vector("snapshot", seed, snapshot),
             signed_vector("infer-request", caller, request.body().clone()),
             signed_vector("infer-result", provider, result),
-            signed_vector("cheque", caller, cheque),
+                        signed_vector("cheque", caller, cheque),
+            signed_vector("compute-offer", provider, offer),
         ],
-        "objects": [{
-            "name": "collection",
-            "bytes": hex::encode(&collection_bytes),
-            "id": BlobHash::of(&collection_bytes).to_hex(),
-            "fields": to_json(&collection.to_cbor()),
-        }],
+                "objects": objects,
         "receipts": [{
             "name": "receipt",
             "bytes": hex::encode(&receipt_bytes),
@@ -255,6 +318,9 @@ fn committed_vectors_match_this_implementation() {
             }
             Some(protocol::compute::DOMAIN_INFER_RESULT) => {
                 protocol::Signed::<InferResult>::from_bytes(&bytes).map(|_| ())
+            }
+            Some(protocol::compute::DOMAIN_COMPUTE_OFFER) => {
+                protocol::Signed::<ComputeOffer>::from_bytes(&bytes).map(|_| ())
             }
             Some(protocol::credits::DOMAIN_CHEQUE) => {
                 protocol::Signed::<Cheque>::from_bytes(&bytes).map(|_| ())

@@ -16,8 +16,9 @@
 //!   caller past the disconnect threshold. Callers it does not know share one free allowance.
 //! - **Royalties**: a manifest may name a payee and a share; the provider that runs the model
 //!   owes the payee that share of every call's cost and pays it with its own cheques.
-//! - **Durability** ([`LedgerStore`]): accounts and receipts in sled, each change one flushed
-//!   batch, written before anything that depends on it is sent.
+//! - **Durability** ([`LedgerStore`]): accounts and receipts in sled behind a journal; each
+//!   change is a journal record and a sled batch before anything that depends on it is sent
+//!   (a killed node loses none), and one flush a second makes them all safe on disk.
 //!
 //! [`Credits`] puts the pure [`Ledger`] and its store together behind one lock.
 
@@ -35,7 +36,10 @@ pub use ledger::{
     Accepted, Account, Allowance, ChequeError, ChequeState, Ledger, PayWhen, Refusal, Reservation,
     Settled,
 };
-pub use store::{Change, LedgerStore, Side, StoreError, Ticket, decode_account, encode_account};
+pub use store::{
+    CHECKPOINT_BYTES, CHECKPOINT_EVERY, Change, LedgerStore, Side, StoreError, decode_account,
+    encode_account,
+};
 
 /// Why a credit operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -97,8 +101,8 @@ impl Credits {
 
     /// Writes `change`; if that fails, the ledger in memory is reloaded from disk (what was not
     /// written did not happen).
-    fn commit(&self, ledger: &mut Ledger, change: Change) -> Result<Ticket, CreditsError> {
-        let written = self.store.write(change);
+    fn commit(&self, ledger: &mut Ledger, change: Change) -> Result<(), CreditsError> {
+        let written = self.store.apply(change);
         if let Err(e) = written {
             match self.store.accounts() {
                 Ok(accounts) => ledger.replace_accounts(accounts),
@@ -109,13 +113,6 @@ impl Credits {
             return Err(e.into());
         }
         Ok(written?)
-    }
-
-    /// Waits, with the ledger unlocked, until a committed change is durable (concurrent
-    /// changes share one flush).
-    fn durable(&self, ledger: MutexGuard<'_, Ledger>, ticket: Ticket) -> Result<(), CreditsError> {
-        drop(ledger);
-        Ok(self.store.durable(ticket)?)
     }
 
     /// The terms this node extends credit on.
@@ -166,8 +163,7 @@ impl Credits {
                 &receipt,
             );
         }
-        let ticket = self.commit(&mut ledger, change)?;
-        self.durable(ledger, ticket)?;
+        self.commit(&mut ledger, change)?;
         Ok(verified)
     }
 
@@ -180,11 +176,24 @@ impl Credits {
     ) -> Result<VerifiedReceipt, CreditsError> {
         let receipt = Receipt::of(request, result);
         let verified = receipt.verify_trusted()?;
+        self.book_used(&receipt, &verified)?;
+        Ok(verified)
+    }
+
+    /// Books a verified receipt of a call a peer served this node, once; whether it was new.
+    fn book_used(
+        &self,
+        receipt: &Receipt,
+        verified: &VerifiedReceipt,
+    ) -> Result<bool, CreditsError> {
         let mut ledger = self.ledger();
-        if self.store.has_receipt(&verified.id)? {
-            return Ok(verified);
+        if verified.caller != ledger.me() {
+            return Err(ReceiptError::Mismatch("this node is not the receipt's caller").into());
         }
-        let account = ledger.record_used(&verified);
+        if self.store.has_receipt(&verified.id)? {
+            return Ok(false);
+        }
+        let account = ledger.record_used(verified);
         let change = Change::default()
             .account(verified.provider, &account)
             .receipt(
@@ -192,11 +201,10 @@ impl Credits {
                 Side::Used,
                 account.used_calls - 1,
                 verified.id,
-                &receipt,
+                receipt,
             );
-        let ticket = self.commit(&mut ledger, change)?;
-        self.durable(ledger, ticket)?;
-        Ok(verified)
+        self.commit(&mut ledger, change)?;
+        Ok(true)
     }
 
     /// Books a receipt of a call a peer served this node that this node did not record (a
@@ -208,26 +216,7 @@ impl Credits {
         receipt: &Receipt,
     ) -> Result<Option<VerifiedReceipt>, CreditsError> {
         let verified = receipt.verify()?;
-        let mut ledger = self.ledger();
-        if verified.caller != ledger.me() {
-            return Err(ReceiptError::Mismatch("this node is not the receipt's caller").into());
-        }
-        if self.store.has_receipt(&verified.id)? {
-            return Ok(None);
-        }
-        let account = ledger.record_used(&verified);
-        let change = Change::default()
-            .account(verified.provider, &account)
-            .receipt(
-                verified.provider,
-                Side::Used,
-                account.used_calls - 1,
-                verified.id,
-                receipt,
-            );
-        let ticket = self.commit(&mut ledger, change)?;
-        self.durable(ledger, ticket)?;
-        Ok(Some(verified))
+        Ok(self.book_used(receipt, &verified)?.then_some(verified))
     }
 
     /// The receipts with `peer` on one side from the `from`-th on, at most `limit`, as stored
@@ -263,8 +252,7 @@ impl Credits {
         let (accepted, account) = ledger.accept_cheque(&cheque, holds)?;
         if let Accepted::New { .. } = accepted {
             let change = Change::default().account(cheque.signer(), &account);
-            let ticket = self.commit(&mut ledger, change)?;
-            self.durable(ledger, ticket)?;
+            self.commit(&mut ledger, change)?;
         }
         Ok((cheque.signer(), accepted))
     }
@@ -293,8 +281,7 @@ impl Credits {
         };
         let signed = key.sign(cheque);
         let account = ledger.record_sent(&signed);
-        let ticket = self.commit(&mut ledger, Change::default().account(payee, &account))?;
-        self.durable(ledger, ticket)?;
+        self.commit(&mut ledger, Change::default().account(payee, &account))?;
         Ok(Some(signed))
     }
 
@@ -304,8 +291,7 @@ impl Credits {
         let mut ledger = self.ledger();
         match ledger.adopt_own(from, &cheque) {
             Some(account) => {
-                let ticket = self.commit(&mut ledger, Change::default().account(from, &account))?;
-                self.durable(ledger, ticket)?;
+                self.commit(&mut ledger, Change::default().account(from, &account))?;
                 Ok(true)
             }
             None => Ok(false),

@@ -1,10 +1,14 @@
 //! The ledger on disk: a sled database with the accounts, the receipts behind them and the free
-//! allowance. Each change is one atomic batch ([`LedgerStore::write`]), made durable
-//! ([`LedgerStore::durable`]) before the caller sends anything that depends on it (a reply with
-//! a signed result, a cheque, the acknowledgement of a cheque), so a kill at any point loses no
-//! credit and counts none twice: a receipt is written once (its id is its key), and cheques are
-//! cumulative. Durability is a group commit: one flush (an fsync) covers every change written
-//! before it started, so concurrent calls share flushes instead of queueing for one each.
+//! allowance, in front of it a journal. Each change is one record appended to the journal
+//! (`write(2)`, so in the OS's hands: a killed process loses none of it) and one atomic sled
+//! batch, both before [`LedgerStore::apply`] returns, so before the caller sends anything that
+//! depends on it (a reply with a signed result, a cheque, the acknowledgement of a cheque). A
+//! kill at any point therefore loses no credit and counts none twice: a receipt is written once
+//! (its id is its key), and cheques are cumulative. At most every [`CHECKPOINT_EVERY`] (or
+//! [`CHECKPOINT_BYTES`] of journal) sled is flushed to disk (an fsync) and the journal emptied;
+//! a start replays what the journal still holds (records are absolute values: replaying one
+//! twice changes nothing), up to the first torn record. So one fsync a second is shared by every
+//! change, instead of one per change; a power cut (not a kill) may lose the last second.
 //!
 //! Keys (one tree, `credits`):
 //! - `a` ‖ node id (32) → the [`Account`] (deterministic CBOR, see [`encode_account`]);
@@ -98,29 +102,109 @@ impl Change {
         self.allowance = Some(allowance);
         self
     }
+
+    /// The (key, value) pairs it writes.
+    fn pairs(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let mut pairs = Vec::new();
+        for (peer, account) in &self.accounts {
+            pairs.push((account_key(peer), encode_account(account)));
+        }
+        for (peer, side, n, id, bytes) in &self.receipts {
+            let mut key = receipt_prefix(peer, *side);
+            key.extend_from_slice(&n.to_be_bytes());
+            pairs.push((key, bytes.clone()));
+            pairs.push((index_key(id), Vec::new()));
+        }
+        for (payee, n, bytes) in &self.royalty_receipts {
+            let mut key = royalty_prefix(payee);
+            key.extend_from_slice(&n.to_be_bytes());
+            pairs.push((key, bytes.clone()));
+        }
+        if let Some(a) = self.allowance {
+            let v = Value::Map(vec![
+                (Value::text("tokens"), Value::Uint(a.tokens)),
+                (Value::text("at_ms"), Value::Uint(a.at_ms)),
+            ]);
+            pairs.push((b"m".to_vec(), v.encode()));
+        }
+        pairs
+    }
 }
 
-/// A change written but perhaps not yet durable: wait for it with [`LedgerStore::durable`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-#[must_use = "a written change is durable only once `durable` returns"]
-pub struct Ticket(u64);
-
-#[derive(Debug, Default)]
-struct Flushes {
-    /// Changes written.
-    written: u64,
-    /// Changes known durable.
-    flushed: u64,
-    /// A flush is running.
-    flushing: bool,
+/// A journal record: length (u32 LE) ‖ the first 8 bytes of BLAKE3 of the payload ‖ the
+/// payload, a CBOR array of `[key, value]` byte-string pairs.
+fn record(pairs: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
+    let payload = Value::Array(
+        pairs
+            .iter()
+            .map(|(k, v)| Value::Array(vec![Value::Bytes(k.clone()), Value::Bytes(v.clone())]))
+            .collect(),
+    )
+    .encode();
+    let mut out = Vec::with_capacity(12 + payload.len());
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&BlobHash::of(&payload).as_bytes()[..8]);
+    out.extend_from_slice(&payload);
+    out
 }
 
-/// The ledger's sled database.
+/// Applies the journal's whole records to `tree`, in order; stops at the first torn or damaged
+/// one (a crash mid-write: what follows it was never acknowledged). Returns how many.
+fn replay(file: &mut std::fs::File, tree: &sled::Tree) -> Result<usize, StoreError> {
+    use std::io::{Read, Seek};
+    let mut bytes = Vec::new();
+    file.seek(std::io::SeekFrom::Start(0))
+        .and_then(|_| file.read_to_end(&mut bytes))
+        .map_err(|e| StoreError::Db(e.into()))?;
+    let (mut at, mut count) = (0usize, 0usize);
+    while bytes.len() >= at + 12 {
+        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap_or([0; 4])) as usize;
+        let end = at + 12 + len;
+        if len > MAX_RECORD_BYTES || end > bytes.len() {
+            break;
+        }
+        let payload = &bytes[at + 12..end];
+        if BlobHash::of(payload).as_bytes()[..8] != bytes[at + 4..at + 12] {
+            break;
+        }
+        let Ok(Value::Array(items)) = Value::decode(payload, MAX_RECORD_BYTES) else {
+            break;
+        };
+        let mut batch = sled::Batch::default();
+        for item in items {
+            if let Value::Array(kv) = item
+                && let [Value::Bytes(k), Value::Bytes(v)] = kv.as_slice()
+            {
+                batch.insert(k.as_slice(), v.as_slice());
+            }
+        }
+        tree.apply_batch(batch)?;
+        at = end;
+        count += 1;
+    }
+    Ok(count)
+}
+
+/// How often, at most, sled is flushed and the journal emptied.
+pub const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+/// Journal bytes after which sled is flushed and the journal emptied, whatever the time.
+pub const CHECKPOINT_BYTES: u64 = 8 << 20;
+/// The largest journal record (a change is a few accounts and receipts).
+const MAX_RECORD_BYTES: usize = 1 << 20;
+
+/// The journal: changes written since sled's last flush.
+struct Journal {
+    file: std::fs::File,
+    /// Its length (the end of the last whole record).
+    bytes: u64,
+    last_checkpoint: std::time::Instant,
+}
+
+/// The ledger's sled database and its journal.
 pub struct LedgerStore {
     db: sled::Db,
     tree: sled::Tree,
-    flushes: std::sync::Mutex<Flushes>,
-    flushed: std::sync::Condvar,
+    journal: std::sync::Mutex<Journal>,
 }
 
 fn account_key(peer: &NodeId) -> Vec<u8> {
@@ -153,15 +237,33 @@ fn index_key(id: &BlobHash) -> Vec<u8> {
 }
 
 impl LedgerStore {
-    /// Opens (or creates) the database in `dir`.
+    /// Opens (or creates) the ledger in `dir` (`dir/db`, sled; `dir/journal`), replaying what
+    /// the journal holds.
     pub fn open(dir: &Path) -> Result<LedgerStore, StoreError> {
-        let db = sled::Config::new().path(dir).open()?;
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::Db(e.into()))?;
+        let db = sled::Config::new().path(dir.join("db")).open()?;
         let tree = db.open_tree("credits")?;
+        let path = dir.join("journal");
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| StoreError::Db(e.into()))?;
+        let replayed = replay(&mut file, &tree)?;
+        db.flush()?;
+        file.set_len(0).map_err(|e| StoreError::Db(e.into()))?;
+        if replayed > 0 {
+            tracing::info!(replayed, "credits: replayed changes from the journal");
+        }
         Ok(LedgerStore {
             db,
             tree,
-            flushes: std::sync::Mutex::default(),
-            flushed: std::sync::Condvar::new(),
+            journal: std::sync::Mutex::new(Journal {
+                file,
+                bytes: 0,
+                last_checkpoint: std::time::Instant::now(),
+            }),
         })
     }
 
@@ -238,7 +340,16 @@ impl LedgerStore {
         from: u64,
         limit: usize,
     ) -> Result<Vec<Vec<u8>>, StoreError> {
-        let prefix = receipt_prefix(peer, side);
+        self.numbered(receipt_prefix(peer, side), from, limit)
+    }
+
+    /// At most `limit` values under `prefix` ‖ n (u64 BE), from n = `from` on.
+    fn numbered(
+        &self,
+        prefix: Vec<u8>,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
         let mut start = prefix.clone();
         start.extend_from_slice(&from.to_be_bytes());
         let mut end = prefix;
@@ -257,79 +368,54 @@ impl LedgerStore {
         from: u64,
         limit: usize,
     ) -> Result<Vec<Vec<u8>>, StoreError> {
-        let prefix = royalty_prefix(payee);
-        let mut start = prefix.clone();
-        start.extend_from_slice(&from.to_be_bytes());
-        let mut end = prefix;
-        end.extend_from_slice(&u64::MAX.to_be_bytes());
-        self.tree
-            .range(start..=end)
-            .take(limit)
-            .map(|item| Ok(item?.1.to_vec()))
-            .collect()
+        self.numbered(royalty_prefix(payee), from, limit)
     }
 
-    /// Writes `change` atomically and waits until it is durable.
+    /// Writes `change`: one journal record (handed to the OS before this returns) and one
+    /// atomic sled batch. On an error nothing of it stays.
     pub fn apply(&self, change: Change) -> Result<(), StoreError> {
-        let ticket = self.write(change)?;
-        self.durable(ticket)
-    }
-
-    /// Waits until the change of `ticket` (and every one written before it) is on disk: joins
-    /// the flush that will cover it, or runs one.
-    pub fn durable(&self, ticket: Ticket) -> Result<(), StoreError> {
-        let lock = || self.flushes.lock().unwrap_or_else(|p| p.into_inner());
-        let mut state = lock();
-        loop {
-            if state.flushed >= ticket.0 {
-                return Ok(());
+        let pairs = change.pairs();
+        let record = record(&pairs);
+        let mut journal = self.journal.lock().unwrap_or_else(|p| p.into_inner());
+        let before = journal.bytes;
+        let undo = |journal: &mut Journal| {
+            if let Err(e) = journal.file.set_len(before) {
+                tracing::error!("credits: cutting a failed record off the journal: {e}");
             }
-            if !state.flushing {
-                state.flushing = true;
-                let target = state.written;
-                drop(state);
-                let flushed = self.db.flush();
-                state = lock();
-                state.flushing = false;
-                if flushed.is_ok() {
-                    state.flushed = state.flushed.max(target);
-                }
-                self.flushed.notify_all();
-                flushed?;
-                continue;
-            }
-            state = self.flushed.wait(state).unwrap_or_else(|p| p.into_inner());
+        };
+        use std::io::Write;
+        if let Err(e) = journal.file.write_all(&record) {
+            undo(&mut journal);
+            return Err(StoreError::Db(e.into()));
         }
-    }
-
-    /// Writes `change` atomically (not yet durable: see [`LedgerStore::durable`]).
-    pub fn write(&self, change: Change) -> Result<Ticket, StoreError> {
         let mut batch = sled::Batch::default();
-        for (peer, account) in &change.accounts {
-            batch.insert(account_key(peer), encode_account(account));
+        for (k, v) in &pairs {
+            batch.insert(k.as_slice(), v.as_slice());
         }
-        for (peer, side, n, id, bytes) in &change.receipts {
-            let mut key = receipt_prefix(peer, *side);
-            key.extend_from_slice(&n.to_be_bytes());
-            batch.insert(key, bytes.as_slice());
-            batch.insert(index_key(id), &[][..]);
+        if let Err(e) = self.tree.apply_batch(batch) {
+            undo(&mut journal);
+            return Err(e.into());
         }
-        for (payee, n, bytes) in &change.royalty_receipts {
-            let mut key = royalty_prefix(payee);
-            key.extend_from_slice(&n.to_be_bytes());
-            batch.insert(key, bytes.as_slice());
+        journal.bytes = before + record.len() as u64;
+        if journal.bytes >= CHECKPOINT_BYTES
+            || journal.last_checkpoint.elapsed() >= CHECKPOINT_EVERY
+        {
+            // Everything journaled is in sled (both happen under this lock): once sled is on
+            // disk the journal can go.
+            match self.db.flush() {
+                Ok(_) => match journal.file.set_len(0) {
+                    Ok(()) => {
+                        journal.bytes = 0;
+                        journal.last_checkpoint = std::time::Instant::now();
+                    }
+                    Err(e) => tracing::warn!("credits: emptying the journal: {e}"),
+                },
+                Err(e) => {
+                    tracing::warn!("credits: flushing the ledger (the journal keeps it): {e}")
+                }
+            }
         }
-        if let Some(a) = change.allowance {
-            let v = Value::Map(vec![
-                (Value::text("tokens"), Value::Uint(a.tokens)),
-                (Value::text("at_ms"), Value::Uint(a.at_ms)),
-            ]);
-            batch.insert(&b"m"[..], v.encode());
-        }
-        self.tree.apply_batch(batch)?;
-        let mut state = self.flushes.lock().unwrap_or_else(|p| p.into_inner());
-        state.written += 1;
-        Ok(Ticket(state.written))
+        Ok(())
     }
 }
 

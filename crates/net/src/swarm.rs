@@ -123,6 +123,20 @@ pub(crate) enum Command {
 /// A response to send from the loop, computed elsewhere.
 type Answer = (request_response::ResponseChannel<Vec<u8>>, Vec<u8>);
 
+/// Hands the node's answer (once it comes on `rx`) back to the loop to send on `channel`. A
+/// dropped responder closes the stream, which the requester sees as a failure.
+fn forward_answer(
+    rx: oneshot::Receiver<Vec<u8>>,
+    channel: request_response::ResponseChannel<Vec<u8>>,
+    answers: mpsc::Sender<Answer>,
+) {
+    tokio::spawn(async move {
+        if let Ok(bytes) = rx.await {
+            let _ = answers.send((channel, bytes)).await;
+        }
+    });
+}
+
 /// Where a catalogue page goes.
 type CatalogReply = oneshot::Sender<Result<CatalogPage, NetError>>;
 
@@ -1437,12 +1451,7 @@ impl EventLoop {
                         // The node answers through the responder; the loop sends it. A dropped
                         // responder closes the stream, which the caller sees as a failure.
                         let (tx, rx) = oneshot::channel();
-                        let answers = self.infer_answers_tx.clone();
-                        tokio::spawn(async move {
-                            if let Ok(bytes) = rx.await {
-                                let _ = answers.send((channel, bytes)).await;
-                            }
-                        });
+                        forward_answer(rx, channel, self.infer_answers_tx.clone());
                         self.emit(NetEvent::InferCall {
                             from: peer,
                             call: request,
@@ -1479,12 +1488,7 @@ impl EventLoop {
                         request, channel, ..
                     } => {
                         let (tx, rx) = oneshot::channel();
-                        let answers = self.credit_answers_tx.clone();
-                        tokio::spawn(async move {
-                            if let Ok(bytes) = rx.await {
-                                let _ = answers.send((channel, bytes)).await;
-                            }
-                        });
+                        forward_answer(rx, channel, self.credit_answers_tx.clone());
                         self.emit(NetEvent::CreditsRequest {
                             from: peer,
                             request,

@@ -67,7 +67,7 @@ fn calls_are_paid_with_cheques_and_both_ledgers_agree_with_the_receipts() {
     let shown = a.json(&["show", &id]);
     assert!(shown.to_string().contains("royalty"), "{shown}");
 
-    let calls = 30;
+    let calls = 100;
     let mut costs = Vec::new();
     for i in 0..calls {
         let (status, answer) = call(&c_node, &id, &b_node.peer_id);
