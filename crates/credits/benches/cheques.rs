@@ -266,15 +266,15 @@ fn main() {
         "ed25519-dalek verify_strict   {strict_rate:>9.0}/s   ({threads} threads: {strict_rate_n:.0}/s)"
     );
     println!(
-                "cheque verify + store, 1 payer  {store_rate:>9.0}/s   = {:.2}x verify_strict, {:.2}x verify",
+        "cheque verify + store, 1 payer  {store_rate:>9.0}/s   = {:.2}x verify_strict, {:.2}x verify",
         store_rate / strict_rate,
         store_rate / verify_rate
     );
     println!(
-                "cheque verify + store, {threads} payers {store_rate_n:>9.0}/s   = {:.2}x verify_strict on {threads} threads",
+        "cheque verify + store, {threads} payers {store_rate_n:>9.0}/s   = {:.2}x verify_strict on {threads} threads",
         store_rate_n / strict_rate_n
     );
     println!(
-                "credit work of one paid call (cheque signed, accepted; admit, settle, record; 4 journaled writes): p50 {p50:.0} us, p99 {p99:.0} us"
+        "credit work of one paid call (cheque signed, accepted; admit, settle, record; 4 journaled writes): p50 {p50:.0} us, p99 {p99:.0} us"
     );
 }
