@@ -43,7 +43,8 @@ const PACE_BYTES: usize = 64 * 1024;
 /// A stream holds its slot while it makes progress. When every slot is taken, a new request
 /// takes the slot of the stream that has gone longest without progress (no request read yet,
 /// or nothing written for [`ServeLimits::evict_after`]), so peers that open streams and never
-/// read cannot keep honest requesters out; a stream that writes nothing for
+/// read cannot keep honest requesters out (and a peer holding such a stream takes no other
+/// peer's slot); a stream that writes nothing for
 /// [`IDLE_TIMEOUT`] ends anyway. Under an upload limit ([`crate::rate`]) a stream writes 64 KiB
 /// at a time, each when the node's and the peer's buckets allow.
 #[derive(Debug, Clone)]
@@ -129,6 +130,17 @@ impl Slots {
         self.serving.values().filter(|s| &s.peer == peer).count()
     }
 
+    /// Whether `peer` holds a stream that has gone `after` without progress (it does not read
+    /// what it asked for).
+    fn stalls(&self, peer: &PeerId, after: Duration) -> bool {
+        let now = Instant::now();
+        self.serving.values().any(|s| {
+            &s.peer == peer
+                && now.duration_since(*s.progress.lock().unwrap_or_else(|p| p.into_inner()))
+                    >= after
+        })
+    }
+
     /// Ends the stream that has gone longest without progress, if that is longer than
     /// `after`, and frees its slot.
     fn evict_stalest(&mut self, after: Duration) -> Option<PeerId> {
@@ -162,6 +174,11 @@ pub(crate) async fn serve(
                 false
             } else if all.serving.len() < limits.total {
                 true
+            } else if all.stalls(&peer, limits.evict_after) {
+                // A peer that does not read the streams it holds takes no one else's: peers
+                // holding streams open unread cannot churn the slots among themselves while
+                // honest requesters wait.
+                false
             } else if let Some(evicted) = all.evict_stalest(limits.evict_after) {
                 metrics.evicted.inc();
                 tracing::debug!(%evicted, for_peer = %peer, "ended a stalled blob stream to serve another");

@@ -790,6 +790,29 @@ async fn peers_that_never_read_cannot_keep_an_honest_requester_out() {
     }
     assert_eq!(held.len(), limits.total);
 
+    // The first attacker lets two of its streams go and a fresh one takes both slots: the
+    // provider is full, and the first attacker is under its per-peer limit while it holds six
+    // streams it never reads. It takes no one else's slot (it would churn the attackers' slots
+    // among themselves); a peer with nothing stalled there may.
+    held.drain(..2);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let fresh = node_with(70, limits.clone()).await;
+    fresh.client.dial(a.addr.clone()).await.expect("dial");
+    for _ in 0..2 {
+        match fresh.client.request_blob(a.client.peer_id(), &whole).await {
+            Ok(r) => held.push(r),
+            Err(e) => panic!("a peer with nothing stalled was refused: {e}"),
+        }
+    }
+    tokio::time::sleep(limits.evict_after + Duration::from_millis(200)).await;
+    for peer in [&attackers[0], &fresh] {
+        match peer.client.request_blob(a.client.peer_id(), &whole).await {
+            Err(net::NetError::Busy { .. }) => {}
+            Ok(_) => panic!("a peer holding stalled streams took another peer's slot"),
+            Err(e) => panic!("expected Busy: {e}"),
+        }
+    }
+
     // An honest peer asks, as a fetcher would: Busy means try again shortly.
     let honest = node_with(90, limits).await;
     honest.client.dial(a.addr.clone()).await.expect("dial");
