@@ -1098,8 +1098,14 @@ async fn offer_spam(
     Ok(format!("{sent} offers from {ids} fresh identities"))
 }
 
-/// A signed call of the echo model on `provider`, from `key`.
-fn echo_call(key: &SecretKey, model: ModelId, provider: NodeId) -> Vec<u8> {
+/// A signed call of the echo model on `provider`, from `key`, with no cheque.
+pub(crate) fn echo_call(
+    key: &SecretKey,
+    model: ModelId,
+    provider: NodeId,
+    max_fuel: u64,
+    max_price_per_mfuel: u64,
+) -> Vec<u8> {
     let input = serde_json::to_vec(&serde_json::json!({
         "inputs": [{ "name": "mode", "datatype": "BYTES", "shape": [1], "data": ["echo"] }]
     }))
@@ -1113,8 +1119,8 @@ fn echo_call(key: &SecretKey, model: ModelId, provider: NodeId) -> Vec<u8> {
     let request = key.sign(InferRequest {
         model,
         input_hash: BlobHash::of(&input),
-        max_fuel: 1_000_000_000,
-        max_price_per_mfuel: 100,
+        max_fuel,
+        max_price_per_mfuel,
         nonce,
         issued_ms: now_ms(),
         provider,
@@ -1165,7 +1171,7 @@ async fn call_flood(
             tasks.push(tokio::spawn(async move {
                 while !stop.stopped() {
                     pace(start, sent.fetch_add(1, Ordering::Relaxed)).await;
-                    let call = echo_call(&key, model, provider);
+                    let call = echo_call(&key, model, provider, 1_000_000_000, 100);
                     let reply =
                         tokio::time::timeout(Duration::from_secs(10), client.infer(to, call)).await;
                     match reply
@@ -1208,7 +1214,7 @@ fn replay_after_restart(honest: &mut Honest) -> Result<(Running, Vec<String>)> {
     let model: ModelId = honest.echo.parse().context("the echo model id")?;
     let key = SecretKey::from_seed(&random_seed());
     let seed = key.seed();
-    let call = echo_call(&key, model, target.node()?);
+    let call = echo_call(&key, model, target.node()?, 1_000_000_000, 100);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

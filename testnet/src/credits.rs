@@ -15,11 +15,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use protocol::compute::{InferCall, InferReply, InferRequest, InferResult, InferStatus};
-use protocol::{BlobHash, ModelId, NodeId, Object, SecretKey, Signed};
+use protocol::compute::{InferReply, InferResult, InferStatus};
+use protocol::{ModelId, Object, SecretKey, Signed};
 use serde_json::{Value, json};
 
-use crate::attack::{Target, now_ms, peer, random_seed};
+use crate::attack::{Target, echo_call, peer, random_seed};
 use crate::{Daemon, Testnet};
 
 /// The providers' price: the echo model's calls cost some 50 credits.
@@ -148,32 +148,6 @@ fn infer(api: &str, id: &str, on: &str) -> Result<(u16, Value)> {
     )
 }
 
-/// One signed call of the echo model from a fresh identity, sized to the terms, with no cheque.
-fn freeload_call(key: &SecretKey, model: ModelId, provider: NodeId) -> Vec<u8> {
-    let input = json!({ "inputs": [{ "name": "mode", "datatype": "BYTES", "shape": [1], "data": ["echo"] }] })
-        .to_string()
-        .into_bytes();
-    let mut nonce = [0u8; 16];
-    nonce.copy_from_slice(&random_seed()[..16]);
-    let request = key.sign(InferRequest {
-        model,
-        input_hash: BlobHash::of(&input),
-        // Worst case 1,000 credits at the price: within the allowance, so that it is the
-        // allowance, not the call's size, that stops them.
-        max_fuel: 1_000 * 1_000_000 / PRICE,
-        max_price_per_mfuel: PRICE,
-        nonce,
-        issued_ms: now_ms(),
-        provider,
-    });
-    InferCall {
-        request: request.to_bytes(),
-        input,
-        cheque: None,
-    }
-    .to_bytes()
-}
-
 /// `fresh` identities, each calling `target` `per_id` times without ever paying; returns
 /// (calls, answered, credits of work got).
 fn freeload(target: &Daemon, id: ModelId, fresh: usize, per_id: usize) -> Result<(u64, u64, u64)> {
@@ -202,7 +176,9 @@ fn freeload(target: &Daemon, id: ModelId, fresh: usize, per_id: usize) -> Result
                 let key = SecretKey::from_seed(&seed);
                 for _ in 0..per_id {
                     calls.fetch_add(1, Ordering::Relaxed);
-                    let call = freeload_call(&key, id, provider);
+                    // Worst case 1,000 credits at the price: within the allowance, so that it
+                    // is the allowance, not the call's size, that stops them.
+                    let call = echo_call(&key, id, provider, 1_000 * 1_000_000 / PRICE, PRICE);
                     let reply =
                         tokio::time::timeout(Duration::from_secs(30), client.infer(peer_id, call))
                             .await

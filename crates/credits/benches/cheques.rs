@@ -26,11 +26,10 @@ fn terms() -> CreditTerms {
     }
 }
 
-/// A payee's ledger holding one big receipt from `payer`, so that cheques up to its cost pass.
-fn payee_with_receipt(dir: &std::path::Path, payee: &SecretKey, payer: &SecretKey) -> Credits {
-    let credits = Credits::open(dir, payee.node_id(), terms(), NOW).expect("open");
+/// `payer` opens a ledger at `payee` (known peers get credit) and `payee` books one big receipt
+/// of a call it served `payer`, so that cheques up to its cost pass; returns the receipt's id.
+fn give_receipt(credits: &Credits, payee: &SecretKey, payer: &SecretKey) -> BlobHash {
     let (q, r) = call(payer, payee, 0, 1 << 40);
-    // The payer opens a ledger first (known peers get credit).
     let open = payer.sign(Cheque {
         payee: payee.node_id(),
         epoch: 1,
@@ -45,7 +44,7 @@ fn payee_with_receipt(dir: &std::path::Path, payee: &SecretKey, payer: &SecretKe
     credits
         .settle(reservation, &q, &r, None, NOW)
         .expect("settle");
-    credits
+    BlobHash::of(&r.to_bytes())
 }
 
 fn call(
@@ -118,8 +117,8 @@ fn main() {
     // The baseline: ed25519-dalek verifying the same messages (domain || 0 || body), strict and
     // not, on one thread and on `threads`.
     let dir = tempfile::tempdir().expect("tmp");
-    let (_, r) = call(&payers[0], &payee, 0, 1 << 40);
-    let receipt = BlobHash::of(&r.to_bytes());
+    let one = Credits::open(dir.path(), payee.node_id(), terms(), NOW).expect("open");
+    let receipt = give_receipt(&one, &payee, &payers[0]);
     let signed: Vec<Vec<u8>> = cheques(&payers[0], &payee, receipt, count);
     let parsed: Vec<(
         ed25519_dalek::VerifyingKey,
@@ -173,7 +172,6 @@ fn main() {
     let strict_rate_n = rate(parsed.len() as u64 * threads, start.elapsed());
 
     // Verify + store, one payer.
-    let one = payee_with_receipt(dir.path(), &payee, &payers[0]);
     let start = Instant::now();
     for bytes in &signed {
         one.accept_cheque(bytes).expect("accept");
@@ -187,20 +185,8 @@ fn main() {
         Arc::new(Credits::open(dir_n.path(), payee.node_id(), terms(), NOW).expect("open"));
     let mut batches = Vec::new();
     for payer in &payers {
-        let (q, r) = call(payer, &payee, 0, 1 << 40);
-        let open = payer.sign(Cheque {
-            payee: payee.node_id(),
-            epoch: 1,
-            seq: 1,
-            calls: 0,
-            royalties: 0,
-            receipt: None,
-            issued_ms: NOW,
-        });
-        ledger.accept_cheque(&open.to_bytes()).expect("open");
-        let res = ledger.admit(payer.node_id(), 1 << 34, NOW).expect("admit");
-        ledger.settle(res, &q, &r, None, NOW).expect("settle");
-        batches.push(cheques(payer, &payee, BlobHash::of(&r.to_bytes()), count));
+        let receipt = give_receipt(&ledger, &payee, payer);
+        batches.push(cheques(payer, &payee, receipt, count));
     }
     let start = Instant::now();
     let handles: Vec<_> = batches

@@ -11,10 +11,25 @@ const KILLS: usize = 20;
 
 /// xorshift64*, seeded from the clock and printed, so a failure can be replayed with
 /// `MOXNET_CRASH_SEED`.
-struct Rng(u64);
+pub(crate) struct Rng(u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    /// `MOXNET_CRASH_SEED`, else one from the clock; the test prints it, to replay a failure.
+    pub(crate) fn seeded() -> (Rng, u64) {
+        let seed = std::env::var("MOXNET_CRASH_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as u64)
+                    .unwrap_or(1)
+                    | 1
+            });
+        (Rng(seed), seed)
+    }
+
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
@@ -37,18 +52,8 @@ fn kill_9_during_import_loses_nothing_and_corrupts_nothing() {
     assert_eq!(probe.ok(&["add", file_s]), expected);
     let full = start.elapsed();
 
-    let seed = std::env::var("MOXNET_CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(1)
-                | 1
-        });
+    let (mut rng, seed) = Rng::seeded();
     eprintln!("crash test: full import takes {full:?}; MOXNET_CRASH_SEED={seed}");
-    let mut rng = Rng(seed);
 
     let node = net.home("node");
     node.ok(&["init"]);

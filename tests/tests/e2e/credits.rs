@@ -220,18 +220,6 @@ fn calls_are_paid_with_cheques_and_both_ledgers_agree_with_the_receipts() {
     assert_eq!(u(&after["paid_in"]), 0, "D never paid a cheque: {after}");
 }
 
-/// xorshift64*: the kill schedule, reproducible from its seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-}
-
 fn running(n: &Option<Daemon>) -> &Daemon {
     n.as_ref().expect("running")
 }
@@ -254,18 +242,8 @@ fn call_until_ok(c: &Daemon, id: &str, b: &str) -> Value {
 
 #[test]
 fn kill_9_of_the_provider_or_the_caller_mid_call_loses_no_credit_and_pays_nothing_twice() {
-    let seed = std::env::var("MOXNET_CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(1)
-                | 1
-        });
+    let (mut rng, seed) = super::crash::Rng::seeded();
     eprintln!("credits kill test: MOXNET_CRASH_SEED={seed}");
-    let mut rng = Rng(seed);
     let net = Testnet::new().expect("testnet");
     let a = init(&net, "a", "");
     let pkg = testnet::echo_package(net.path()).expect("package");
