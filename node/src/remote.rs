@@ -19,8 +19,8 @@
 //!   next provider when one is busy, silent or dishonest. `verify` runs the call on two
 //!   providers and compares their output hashes.
 
-use std::collections::HashSet;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use api::dto::OfferList;
@@ -34,7 +34,7 @@ use protocol::compute::{
     ComputeOffer, InferCall, InferReply, InferRequest, InferResult, InferStatus,
     MAX_INFER_INPUT_BYTES, MAX_OFFER_ADDRS, MAX_OFFER_MODELS,
 };
-use protocol::credits::{CreditsAnswer, CreditsRequest, MAX_RECEIPTS_PER_ANSWER};
+use protocol::credits::{Cheque, CreditsAnswer, CreditsRequest, MAX_RECEIPTS_PER_ANSWER};
 use protocol::{BlobHash, ModelId, NodeId, Object, SecretKey, Signed};
 use serde_json::{Value, json};
 use store::Holder;
@@ -57,7 +57,13 @@ pub struct Remote {
     credits: Arc<Credits>,
     spend_limit: u64,
     settle_every: Duration,
+    /// The cheque for each provider's next call, signed after the last one ended (see
+    /// [`Remote::cheque_to_send`]); at most [`MAX_PREPARED`] providers.
+    prepared: Arc<Mutex<HashMap<NodeId, Signed<Cheque>>>>,
 }
+
+/// How many providers' next cheques a caller keeps signed in advance (about 400 bytes each).
+const MAX_PREPARED: usize = 1024;
 
 /// A call's reservation of credit, given back if the call ends without a receipt.
 struct Held<'a> {
@@ -75,6 +81,86 @@ impl Drop for Held<'_> {
     fn drop(&mut self) {
         if let Some(r) = self.reservation.take() {
             self.credits.release(r);
+        }
+    }
+}
+
+/// Why a cheque that came with a call was not taken.
+enum ChequeRefused {
+    /// The cheque itself was refused: the answer is `PaymentRequired`.
+    Payment(String),
+    /// Another failure, with the status to answer.
+    Other(InferStatus, String),
+}
+
+/// Takes a cheque that came with a call from `from`: checked, and on disk before this returns
+/// (a signature check and a journal write, tens of microseconds).
+fn take_cheque(
+    credits: &Credits,
+    metrics: &Metrics,
+    from: &PeerId,
+    cheque: &[u8],
+) -> Result<(), ChequeRefused> {
+    match credits.accept_cheque(cheque) {
+        Ok((_, Accepted::New { calls, royalties })) => {
+            metrics.cheque("received", "new");
+            tracing::debug!(peer = %from, calls, royalties, "a cheque came with a call");
+            Ok(())
+        }
+        Ok((_, Accepted::Stale)) => {
+            metrics.cheque("received", "stale");
+            Ok(())
+        }
+        Err(CreditsError::Cheque(e)) => {
+            metrics.cheque("received", "refused");
+            Err(ChequeRefused::Payment(format!(
+                "your cheque was refused: {e}"
+            )))
+        }
+        Err(CreditsError::Store(e)) => {
+            tracing::error!("credits: {e}");
+            Err(ChequeRefused::Other(
+                InferStatus::Internal,
+                format!("the provider's ledger: {e}"),
+            ))
+        }
+        Err(e) => {
+            metrics.cheque("received", "refused");
+            Err(ChequeRefused::Other(
+                InferStatus::Refused,
+                format!("cheque: {e}"),
+            ))
+        }
+    }
+}
+
+/// A cheque that came with a call admitted without it: taken when the call's answer is made
+/// (dropped), on a blocking thread, so that it costs the call nothing. A refused one is logged;
+/// the caller's debt stays, and its next call past the limit is answered `PaymentRequired` with
+/// the newest cheque held from it.
+struct LaterCheque {
+    credits: Arc<Credits>,
+    metrics: Arc<Metrics>,
+    from: PeerId,
+    cheque: Option<Vec<u8>>,
+}
+
+impl Drop for LaterCheque {
+    fn drop(&mut self) {
+        let Some(cheque) = self.cheque.take() else {
+            return;
+        };
+        let (credits, metrics, from) = (self.credits.clone(), self.metrics.clone(), self.from);
+        let take = move || {
+            if let Err(ChequeRefused::Payment(why) | ChequeRefused::Other(_, why)) =
+                take_cheque(&credits, &metrics, &from, &cheque)
+            {
+                tracing::warn!(peer = %from, "a cheque that came with a call: {why}");
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(take)),
+            Err(_) => take(),
         }
     }
 }
@@ -107,6 +193,7 @@ impl Remote {
             credits,
             spend_limit,
             settle_every,
+            prepared: Arc::default(),
         }
     }
 
@@ -175,7 +262,7 @@ impl Remote {
     async fn handle_call(&self, from: PeerId, call: Vec<u8>) -> InferReply {
         let refuse = |status, message: String| InferReply::error(status, message);
         let compute = &self.compute;
-        let call = match compute.check(self.key.node_id(), &from, &call) {
+        let mut call = match compute.check(self.key.node_id(), &from, &call) {
             Ok(c) => c,
             Err(e) => return refuse(e.status(), e.to_string()),
         };
@@ -191,37 +278,43 @@ impl Remote {
                 ..InferReply::error(InferStatus::PaymentRequired, message)
             }
         };
-        if let Some(cheque) = &call.cheque {
-            // A signature check and a durable write: off the async workers' hot path.
-            match tokio::task::block_in_place(|| self.credits.accept_cheque(cheque)) {
-                Ok((_, Accepted::New { calls, royalties })) => {
-                    self.metrics.cheque("received", "new");
-                    tracing::debug!(peer = %from, calls, royalties, "a cheque came with a call");
-                }
-                Ok((_, Accepted::Stale)) => self.metrics.cheque("received", "stale"),
-                Err(CreditsError::Cheque(e)) => {
-                    self.metrics.cheque("received", "refused");
-                    return payment_required(format!("your cheque was refused: {e}"));
-                }
-                Err(CreditsError::Store(e)) => {
-                    tracing::error!("credits: {e}");
-                    return refuse(InferStatus::Internal, format!("the provider's ledger: {e}"));
-                }
-                Err(e) => {
-                    self.metrics.cheque("received", "refused");
-                    return refuse(InferStatus::Refused, format!("cheque: {e}"));
-                }
-            }
-        }
         let r = call.request.body();
         let price = compute.config.price_per_mfuel;
         let worst = protocol::credits::cost(r.max_fuel, price);
-        let held = match self.credits.admit(caller, worst, now_ms()) {
-            Ok(reservation) => Held {
-                credits: &self.credits,
-                reservation: Some(reservation),
-            },
-            Err(refusal) => return payment_required(refusal.to_string()),
+        // A paying caller sends a cheque with most calls. When a known caller's call is
+        // admitted without counting it (its debt leaves room for the call's worst case), the
+        // call runs at once and the cheque is checked and stored beside it, off the call's
+        // path (`_later`, also when the call fails); otherwise the cheque is taken first and
+        // the call admitted with it.
+        let mut cheque = call.cheque.take();
+        // A stranger's cheque is always taken first: it asks for credit, and its call is not
+        // to come out of the free allowance that strangers share.
+        let mut reservation = None;
+        if self.credits.balance(&caller).account.known() {
+            reservation = self.credits.admit(caller, worst, now_ms()).ok();
+        }
+        if reservation.is_none() {
+            if let Some(cheque) = cheque.take() {
+                match take_cheque(&self.credits, &self.metrics, &from, &cheque) {
+                    Ok(()) => {}
+                    Err(ChequeRefused::Payment(why)) => return payment_required(why),
+                    Err(ChequeRefused::Other(status, why)) => return refuse(status, why),
+                }
+            }
+            match self.credits.admit(caller, worst, now_ms()) {
+                Ok(r) => reservation = Some(r),
+                Err(refusal) => return payment_required(refusal.to_string()),
+            }
+        }
+        let held = Held {
+            credits: &self.credits,
+            reservation,
+        };
+        let _later = LaterCheque {
+            credits: self.credits.clone(),
+            metrics: self.metrics.clone(),
+            from,
+            cheque,
         };
         let input = match serde_json::from_slice::<Value>(&call.input)
             .map_err(|e| format!("inputs are not JSON: {e}"))
@@ -267,10 +360,12 @@ impl Remote {
                 "the call's reservation was lost".into(),
             );
         };
-        match tokio::task::block_in_place(|| {
-            self.credits
-                .settle(reservation, &call.request, &result, royalty, now_ms())
-        }) {
+        // A journal write (the ledger's disk flush is its checkpointer's): no need to leave
+        // the async worker for it.
+        match self
+            .credits
+            .settle(reservation, &call.request, &result, royalty, now_ms())
+        {
             Ok(receipt) => {
                 self.metrics.billed("served", receipt.cost);
                 if let Some(r) = royalty {
@@ -518,16 +613,15 @@ impl Remote {
     /// The cheque owed to `to` now (see [`Credits::pay`]), signed and on disk, as bytes.
     fn cheque_for(&self, to: &Target, when: PayWhen) -> Result<Option<Vec<u8>>, Failure> {
         let terms = to.credit.unwrap_or_default();
-        match tokio::task::block_in_place(|| {
-            self.credits.pay(
-                &self.key,
-                to.node,
-                terms.payment_threshold,
-                self.spend_limit,
-                when,
-                now_ms(),
-            )
-        }) {
+        // A signature and a journal write, tens of microseconds: done in place.
+        match self.credits.pay(
+            &self.key,
+            to.node,
+            terms.payment_threshold,
+            self.spend_limit,
+            when,
+            now_ms(),
+        ) {
             Ok(Some(cheque)) => {
                 self.metrics.cheque("sent", "new");
                 Ok(Some(cheque.to_bytes()))
@@ -620,7 +714,7 @@ impl Remote {
         let call = InferCall {
             request: request.to_bytes(),
             input: input.to_vec(),
-            cheque: self.cheque_for(to, pay)?,
+            cheque: self.cheque_to_send(to, pay)?,
         }
         .to_bytes();
         let started = Instant::now();
@@ -648,9 +742,7 @@ impl Remote {
             from_wire(verified.outputs).map_err(|why| Failure::Retry(Outcome::Misbehaved, why))?;
         // Booked before the answer is handed on; a failure here under-counts what this node
         // owes (the provider holds the receipt), so it is logged, not hidden.
-        let cost = match tokio::task::block_in_place(|| {
-            self.credits.record_used(&request, &verified.result)
-        }) {
+        let cost = match self.credits.record_used(&request, &verified.result) {
             Ok(receipt) => {
                 self.metrics.billed("used", receipt.cost);
                 receipt.cost
@@ -663,6 +755,7 @@ impl Remote {
                 )
             }
         };
+        self.prepare_cheque(to);
         Ok(Answer {
             peer: to.peer,
             result: verified.result,
@@ -671,6 +764,62 @@ impl Remote {
             cost,
             account: self.credits.balance(&to.node).account,
         })
+    }
+
+    /// The cheque to send with a call to `to`: for [`PayWhen::Due`], the one prepared after the
+    /// last call if it is still right (recorded as sent now: a journal write), else a new one
+    /// signed now (see [`Remote::cheque_for`]).
+    fn cheque_to_send(&self, to: &Target, when: PayWhen) -> Result<Option<Vec<u8>>, Failure> {
+        if when == PayWhen::Due {
+            let prepared = self
+                .prepared
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&to.node);
+            if let Some(cheque) = prepared {
+                let terms = to.credit.unwrap_or_default();
+                match self.credits.send_prepared(
+                    &cheque,
+                    terms.payment_threshold,
+                    self.spend_limit,
+                    now_ms(),
+                ) {
+                    Ok(true) => {
+                        self.metrics.cheque("sent", "prepared");
+                        return Ok(Some(cheque.to_bytes()));
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        return Err(Failure::Final(CallError::new(
+                            500,
+                            format!("this node's ledger: {e}"),
+                        )));
+                    }
+                }
+            }
+        }
+        self.cheque_for(to, when)
+    }
+
+    /// Signs the cheque for the next call to `to` now, on a blocking thread, if one will be
+    /// due: the next call then only records it (see [`Credits::prepare`]).
+    fn prepare_cheque(&self, to: &Target) {
+        let threshold = to.credit.unwrap_or_default().payment_threshold;
+        let (credits, key, prepared) = (
+            self.credits.clone(),
+            self.key.clone(),
+            self.prepared.clone(),
+        );
+        let (node, spend_limit) = (to.node, self.spend_limit);
+        drop(tokio::task::spawn_blocking(move || {
+            let Some(cheque) = credits.prepare(&key, node, threshold, spend_limit, now_ms()) else {
+                return;
+            };
+            let mut prepared = prepared.lock().unwrap_or_else(|p| p.into_inner());
+            if prepared.len() < MAX_PREPARED || prepared.contains_key(&node) {
+                prepared.insert(node, cheque);
+            }
+        }));
     }
 
     /// Runs a call on providers in `order`, at most `attempts` of them per round, until one

@@ -80,6 +80,24 @@ impl Value {
                     item.encode_into(out);
                 }
             }
+            Value::Map(entries) if entries.iter().all(|(k, _)| matches!(k, Value::Text(_))) => {
+                // Text keys (every map of the protocol): encoded, they order by length, then
+                // bytewise, so they are sorted without encoding them first.
+                fn key<'a>(e: &&'a (Value, Value)) -> (usize, &'a [u8]) {
+                    match &e.0 {
+                        Value::Text(k) => (k.len(), k.as_bytes()),
+                        _ => (0, &[]),
+                    }
+                }
+                let mut sorted: Vec<&(Value, Value)> = entries.iter().collect();
+                sorted.sort_by(|a, b| key(a).cmp(&key(b)));
+                sorted.dedup_by(|a, b| key(a) == key(b));
+                head(out, 5, sorted.len() as u64);
+                for (k, v) in sorted {
+                    k.encode_into(out);
+                    v.encode_into(out);
+                }
+            }
             Value::Map(entries) => {
                 let mut encoded: Vec<(Vec<u8>, Vec<u8>)> = entries
                     .iter()
@@ -125,7 +143,9 @@ impl Value {
     }
 }
 
-fn head(out: &mut Vec<u8>, major: u8, n: u64) {
+/// Appends the head of a data item of major type `major` (0–7) with argument `n`, in the
+/// shortest form (for writers that stream items without building a [`Value`]).
+pub fn head(out: &mut Vec<u8>, major: u8, n: u64) {
     let m = major << 5;
     if n < 24 {
         out.push(m | n as u8);
@@ -555,6 +575,27 @@ mod tests {
                 let bytes = v.encode();
                 let decoded = Value::decode(&bytes, usize::MAX).expect("own encoding decodes");
                 prop_assert_eq!(decoded.encode(), bytes);
+            }
+
+            /// Text-keyed maps are sorted without encoding their keys: the same bytes as
+            /// sorting the encoded keys (duplicates: the first one stays).
+            #[test]
+            fn text_keys_sort_as_their_encodings(
+                entries in proptest::collection::vec(("[a-c]{0,3}|.{20,30}", arb_value()), 0..12)
+            ) {
+                let map: Vec<(Value, Value)> =
+                    entries.into_iter().map(|(k, v)| (Value::Text(k), v)).collect();
+                let mut encoded: Vec<(Vec<u8>, Vec<u8>)> =
+                    map.iter().map(|(k, v)| (k.encode(), v.encode())).collect();
+                encoded.sort_by(|a, b| a.0.cmp(&b.0));
+                encoded.dedup_by(|a, b| a.0 == b.0);
+                let mut expected = Vec::new();
+                head(&mut expected, 5, encoded.len() as u64);
+                for (k, v) in encoded {
+                    expected.extend_from_slice(&k);
+                    expected.extend_from_slice(&v);
+                }
+                prop_assert_eq!(Value::Map(map).encode(), expected);
             }
 
             #[test]

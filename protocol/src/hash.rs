@@ -1,7 +1,9 @@
 //! Content and identity names: [`BlobHash`], [`ModelId`], [`NodeId`].
 
+use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Mutex;
 
 use crate::cbor::{Value, as_array};
 use crate::{DecodeError, ParseHashError};
@@ -120,6 +122,36 @@ impl FromStr for ModelId {
     }
 }
 
+/// How many decompressed public keys [`decompress`] keeps (about 250 bytes each): when full, it
+/// starts over, so a peer that sends many fresh keys costs a decompression each, as without it.
+pub const KEY_CACHE_ENTRIES: usize = 4096;
+
+/// Decompressed public keys by their bytes. Checking that 32 bytes are a key and verifying a
+/// signature both need the decompressed point (a square root, about a quarter of a verify), and
+/// the same few peers sign almost everything a node checks.
+static KEYS: Mutex<Option<HashMap<[u8; 32], ed25519_dalek::VerifyingKey>>> = Mutex::new(None);
+
+/// The ed25519 public key `bytes` decompresses to, from [`KEYS`] when it is there.
+fn decompress(bytes: &[u8; 32]) -> Result<ed25519_dalek::VerifyingKey, DecodeError> {
+    let cached = KEYS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_ref()
+        .and_then(|keys| keys.get(bytes).copied());
+    if let Some(key) = cached {
+        return Ok(key);
+    }
+    let key = ed25519_dalek::VerifyingKey::from_bytes(bytes)
+        .map_err(|_| DecodeError::invalid("node id", "not a valid ed25519 public key"))?;
+    let mut keys = KEYS.lock().unwrap_or_else(|p| p.into_inner());
+    let keys = keys.get_or_insert_with(HashMap::new);
+    if keys.len() >= KEY_CACHE_ENTRIES {
+        keys.clear();
+    }
+    keys.insert(*bytes, key);
+    Ok(key)
+}
+
 /// A node's (or author's) identity: an ed25519 public key, the same key as its libp2p identity.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct NodeId([u8; 32]);
@@ -127,8 +159,7 @@ pub struct NodeId([u8; 32]);
 impl NodeId {
     /// Checks that `bytes` is a valid ed25519 public key.
     pub fn from_bytes(bytes: [u8; 32]) -> Result<Self, DecodeError> {
-        ed25519_dalek::VerifyingKey::from_bytes(&bytes)
-            .map_err(|_| DecodeError::invalid("node id", "not a valid ed25519 public key"))?;
+        decompress(&bytes)?;
         Ok(NodeId(bytes))
     }
 
@@ -138,8 +169,7 @@ impl NodeId {
     }
 
     pub(crate) fn verifying_key(&self) -> Result<ed25519_dalek::VerifyingKey, DecodeError> {
-        ed25519_dalek::VerifyingKey::from_bytes(&self.0)
-            .map_err(|_| DecodeError::invalid("node id", "not a valid ed25519 public key"))
+        decompress(&self.0)
     }
 
     pub(crate) fn from_verifying_key(key: &ed25519_dalek::VerifyingKey) -> Self {

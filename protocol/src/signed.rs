@@ -4,7 +4,7 @@
 //! [`Signable::DOMAIN`] (e.g. `moxnet/v1/manifest`). A signature made for one kind of object
 //! therefore never verifies as another kind, even if the body bytes happened to decode as both.
 
-use crate::cbor::{MapReader, Value, as_array, as_text};
+use crate::cbor::{self, MapReader, Value, as_array, as_text};
 use crate::{DecodeError, NodeId, Object};
 
 /// Version of the envelope layout.
@@ -106,19 +106,30 @@ impl<T: Signable> Signed<T> {
     /// The largest envelope of this kind that is decoded.
     pub const MAX_BYTES: usize = T::MAX_BYTES + ENVELOPE_OVERHEAD;
 
-    /// The envelope's canonical bytes.
+    /// The envelope's canonical bytes: the map of §2 written directly (it is hashed and sent
+    /// with every call), its keys in canonical order (shorter first, then bytewise).
     pub fn to_bytes(&self) -> Vec<u8> {
-        Value::Map(vec![
-            (Value::text("v"), Value::Uint(ENVELOPE_VERSION)),
-            (Value::text("domain"), Value::text(T::DOMAIN)),
-            (
-                Value::text("signer"),
-                Value::Bytes(self.signer.as_bytes().to_vec()),
-            ),
-            (Value::text("body"), Value::Bytes(self.body_bytes.clone())),
-            (Value::text("sig"), Value::Bytes(self.signature.to_vec())),
-        ])
-        .encode()
+        fn text(out: &mut Vec<u8>, s: &str) {
+            cbor::head(out, 3, s.len() as u64);
+            out.extend_from_slice(s.as_bytes());
+        }
+        fn bytes(out: &mut Vec<u8>, b: &[u8]) {
+            cbor::head(out, 2, b.len() as u64);
+            out.extend_from_slice(b);
+        }
+        let mut out = Vec::with_capacity(self.body_bytes.len() + T::DOMAIN.len() + 160);
+        cbor::head(&mut out, 5, 5);
+        text(&mut out, "v");
+        cbor::head(&mut out, 0, ENVELOPE_VERSION);
+        text(&mut out, "sig");
+        bytes(&mut out, &self.signature);
+        text(&mut out, "body");
+        bytes(&mut out, &self.body_bytes);
+        text(&mut out, "domain");
+        text(&mut out, T::DOMAIN);
+        text(&mut out, "signer");
+        bytes(&mut out, self.signer.as_bytes());
+        out
     }
 
     /// Decodes an envelope, checks its domain, verifies its signature, then decodes its body.

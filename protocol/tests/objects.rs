@@ -83,6 +83,35 @@ fn signed_manifest_round_trips_byte_for_byte() {
     assert_eq!(back.signer(), key.node_id());
 }
 
+/// The envelope is written directly (not through a `Value` map): it must be exactly the
+/// deterministic CBOR map of §2.
+#[test]
+fn the_envelope_is_the_canonical_map() {
+    use protocol::cbor::Value;
+    let key = SecretKey::from_seed(&[1; 32]);
+    let signed = key.sign(sample_manifest());
+    let map = Value::Map(vec![
+        (Value::text("v"), Value::Uint(1)),
+        (
+            Value::text("domain"),
+            Value::text(protocol::DOMAIN_MANIFEST),
+        ),
+        (
+            Value::text("signer"),
+            Value::Bytes(key.node_id().as_bytes().to_vec()),
+        ),
+        (
+            Value::text("body"),
+            Value::Bytes(signed.body_bytes().to_vec()),
+        ),
+        (
+            Value::text("sig"),
+            Value::Bytes(signed.signature().to_vec()),
+        ),
+    ]);
+    assert_eq!(signed.to_bytes(), map.encode());
+}
+
 #[test]
 fn a_snapshot_signature_never_verifies_as_a_manifest() {
     let key = SecretKey::from_seed(&[2; 32]);

@@ -60,7 +60,7 @@ fn main() {
     let calls: usize = std::env::var("BENCH_CALLS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(300);
+        .unwrap_or(1_000);
     let net = Testnet::new().expect("testnet");
     let provider = net.home("provider");
     provider.ok(&["init"]);

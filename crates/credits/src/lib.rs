@@ -285,6 +285,62 @@ impl Credits {
         Ok(Some(signed))
     }
 
+    /// Signs the cheque [`Credits::pay`] would send `payee` now with [`PayWhen::Due`], without
+    /// recording it: a caller prepares the cheque for its next call after a call ends, off the
+    /// next call's path, and records it with [`Credits::send_prepared`] when it sends it.
+    pub fn prepare(
+        &self,
+        key: &SecretKey,
+        payee: NodeId,
+        payment_threshold: u64,
+        spend_limit: u64,
+        now_ms: u64,
+    ) -> Option<Signed<Cheque>> {
+        let cheque = self.ledger().cheque_for(
+            payee,
+            payment_threshold,
+            spend_limit,
+            PayWhen::Due,
+            now_ms,
+        )?;
+        Some(key.sign(cheque))
+    }
+
+    /// Records a cheque made by [`Credits::prepare`] as sent, on disk before this returns, if
+    /// it is still right: it follows the newest cheque sent to its payee (same epoch, the next
+    /// sequence number) and pays no more than [`PayWhen::Due`] would now (netting may have cut
+    /// what is owed). Returns whether it was; if not, the caller pays with [`Credits::pay`].
+    pub fn send_prepared(
+        &self,
+        cheque: &Signed<Cheque>,
+        payment_threshold: u64,
+        spend_limit: u64,
+        now_ms: u64,
+    ) -> Result<bool, CreditsError> {
+        let mut ledger = self.ledger();
+        let p = cheque.body();
+        let Some(now) = ledger.cheque_for(
+            p.payee,
+            payment_threshold,
+            spend_limit,
+            PayWhen::Due,
+            now_ms,
+        ) else {
+            return Ok(false);
+        };
+        if cheque.signer() != ledger.me()
+            || p.epoch != now.epoch
+            || p.seq != now.seq
+            || p.calls > now.calls
+            || p.royalties > now.royalties
+        {
+            return Ok(false);
+        }
+        let account = ledger.record_sent(cheque);
+        self.commit(&mut ledger, Change::default().account(p.payee, &account))?;
+        Ok(true)
+    }
+
     /// Adopts this node's own newer cheque as `from` returned it (see [`Ledger::adopt_own`]).
     pub fn adopt_own(&self, from: NodeId, envelope: &[u8]) -> Result<bool, CreditsError> {
         let cheque = Signed::<Cheque>::from_bytes(envelope)?;

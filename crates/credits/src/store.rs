@@ -1,14 +1,18 @@
 //! The ledger on disk: a sled database with the accounts, the receipts behind them and the free
 //! allowance, in front of it a journal. Each change is one record appended to the journal
-//! (`write(2)`, so in the OS's hands: a killed process loses none of it) and one atomic sled
-//! batch, both before [`LedgerStore::apply`] returns, so before the caller sends anything that
-//! depends on it (a reply with a signed result, a cheque, the acknowledgement of a cheque). A
-//! kill at any point therefore loses no credit and counts none twice: a receipt is written once
-//! (its id is its key), and cheques are cumulative. At most every [`CHECKPOINT_EVERY`] (or
-//! [`CHECKPOINT_BYTES`] of journal) sled is flushed to disk (an fsync) and the journal emptied;
-//! a start replays what the journal still holds (records are absolute values: replaying one
-//! twice changes nothing), up to the first torn record. So one fsync a second is shared by every
-//! change, instead of one per change; a power cut (not a kill) may lose the last second.
+//! (`write(2)`, so in the OS's hands: a killed process loses none of it) before
+//! [`LedgerStore::apply`] returns, so before the caller sends anything that depends on it (a
+//! reply with a signed result, a cheque, the acknowledgement of a cheque), and is kept in memory
+//! where every read sees it. A kill at any point therefore loses no credit and counts none twice:
+//! a receipt is written once (its id is its key), and cheques are cumulative.
+//!
+//! A checkpointer thread moves the changes to sled every [`CHECKPOINT_EVERY`] (sooner after
+//! [`CHECKPOINT_BYTES`] of journal): it switches the journal to a new generation (`journal.N+1`),
+//! writes the previous generation's changes to sled as one batch, flushes sled (an fsync) and
+//! deletes that journal. No change waits for sled or a disk flush; one fsync a second is shared
+//! by all of them; a power cut (not a kill) may lose the last second. A start replays the
+//! journals left, oldest first (records are absolute values: replaying one twice changes
+//! nothing), each up to its first torn record.
 //!
 //! Keys (one tree, `credits`):
 //! - `a` ‖ node id (32) → the [`Account`] (deterministic CBOR, see [`encode_account`]);
@@ -22,7 +26,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use protocol::cbor::{MapReader, Value, as_array, as_u64};
+use protocol::cbor::{self, MapReader, Value, as_array, as_u64};
 use protocol::credits::Receipt;
 use protocol::{BlobHash, DecodeError, NodeId, Object};
 
@@ -65,7 +69,7 @@ impl Side {
 /// One change to write atomically.
 #[derive(Debug, Default)]
 pub struct Change {
-    accounts: Vec<(NodeId, Account)>,
+    accounts: Vec<(NodeId, Vec<u8>)>,
     receipts: Vec<(NodeId, Side, u64, BlobHash, Vec<u8>)>,
     royalty_receipts: Vec<(NodeId, u64, Vec<u8>)>,
     allowance: Option<Allowance>,
@@ -74,7 +78,7 @@ pub struct Change {
 impl Change {
     /// Writes `account` for `peer`.
     pub fn account(mut self, peer: NodeId, account: &Account) -> Change {
-        self.accounts.push((peer, account.clone()));
+        self.accounts.push((peer, encode_account(account)));
         self
     }
 
@@ -104,21 +108,23 @@ impl Change {
     }
 
     /// The (key, value) pairs it writes.
-    fn pairs(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
-        let mut pairs = Vec::new();
-        for (peer, account) in &self.accounts {
-            pairs.push((account_key(peer), encode_account(account)));
+    fn into_pairs(self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let mut pairs = Vec::with_capacity(
+            self.accounts.len() + 2 * self.receipts.len() + self.royalty_receipts.len() + 1,
+        );
+        for (peer, account) in self.accounts {
+            pairs.push((account_key(&peer), account));
         }
-        for (peer, side, n, id, bytes) in &self.receipts {
-            let mut key = receipt_prefix(peer, *side);
+        for (peer, side, n, id, bytes) in self.receipts {
+            let mut key = receipt_prefix(&peer, side);
             key.extend_from_slice(&n.to_be_bytes());
-            pairs.push((key, bytes.clone()));
-            pairs.push((index_key(id), Vec::new()));
+            pairs.push((key, bytes));
+            pairs.push((index_key(&id), Vec::new()));
         }
-        for (payee, n, bytes) in &self.royalty_receipts {
-            let mut key = royalty_prefix(payee);
+        for (payee, n, bytes) in self.royalty_receipts {
+            let mut key = royalty_prefix(&payee);
             key.extend_from_slice(&n.to_be_bytes());
-            pairs.push((key, bytes.clone()));
+            pairs.push((key, bytes));
         }
         if let Some(a) = self.allowance {
             let v = Value::Map(vec![
@@ -131,31 +137,35 @@ impl Change {
     }
 }
 
+/// A key and its value.
+type Pair = (Vec<u8>, Vec<u8>);
+
 /// A journal record: length (u32 LE) ‖ the first 8 bytes of BLAKE3 of the payload ‖ the
 /// payload, a CBOR array of `[key, value]` byte-string pairs.
 fn record(pairs: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
-    let payload = Value::Array(
-        pairs
-            .iter()
-            .map(|(k, v)| Value::Array(vec![Value::Bytes(k.clone()), Value::Bytes(v.clone())]))
-            .collect(),
-    )
-    .encode();
-    let mut out = Vec::with_capacity(12 + payload.len());
-    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    out.extend_from_slice(&BlobHash::of(&payload).as_bytes()[..8]);
-    out.extend_from_slice(&payload);
+    let size: usize = pairs.iter().map(|(k, v)| k.len() + v.len() + 19).sum();
+    let mut out = Vec::with_capacity(12 + 9 + size);
+    out.extend_from_slice(&[0; 12]);
+    cbor::head(&mut out, 4, pairs.len() as u64);
+    for (k, v) in pairs {
+        cbor::head(&mut out, 4, 2);
+        cbor::head(&mut out, 2, k.len() as u64);
+        out.extend_from_slice(k);
+        cbor::head(&mut out, 2, v.len() as u64);
+        out.extend_from_slice(v);
+    }
+    let len = (out.len() - 12) as u32;
+    let check = BlobHash::of(&out[12..]);
+    out[..4].copy_from_slice(&len.to_le_bytes());
+    out[4..12].copy_from_slice(&check.as_bytes()[..8]);
     out
 }
 
-/// Applies the journal's whole records to `tree`, in order; stops at the first torn or damaged
-/// one (a crash mid-write: what follows it was never acknowledged). Returns how many.
-fn replay(file: &mut std::fs::File, tree: &sled::Tree) -> Result<usize, StoreError> {
-    use std::io::{Read, Seek};
-    let mut bytes = Vec::new();
-    file.seek(std::io::SeekFrom::Start(0))
-        .and_then(|_| file.read_to_end(&mut bytes))
-        .map_err(|e| StoreError::Db(e.into()))?;
+/// Reads the whole records of one journal file into `into`, in order; stops at the first torn
+/// or damaged one (a crash mid-write: what follows it was never acknowledged). Returns how
+/// many.
+fn replay(path: &Path, into: &mut BTreeMap<Vec<u8>, Vec<u8>>) -> Result<usize, StoreError> {
+    let bytes = std::fs::read(path).map_err(|e| StoreError::Db(e.into()))?;
     let (mut at, mut count) = (0usize, 0usize);
     while bytes.len() >= at + 12 {
         let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap_or([0; 4])) as usize;
@@ -170,41 +180,176 @@ fn replay(file: &mut std::fs::File, tree: &sled::Tree) -> Result<usize, StoreErr
         let Ok(Value::Array(items)) = Value::decode(payload, MAX_RECORD_BYTES) else {
             break;
         };
-        let mut batch = sled::Batch::default();
         for item in items {
             if let Value::Array(kv) = item
                 && let [Value::Bytes(k), Value::Bytes(v)] = kv.as_slice()
             {
-                batch.insert(k.as_slice(), v.as_slice());
+                into.insert(k.clone(), v.clone());
             }
         }
-        tree.apply_batch(batch)?;
         at = end;
         count += 1;
     }
     Ok(count)
 }
 
-/// How often, at most, sled is flushed and the journal emptied.
+/// How often, at most, the changes journaled since the last checkpoint are written to sled,
+/// sled flushed to disk and their journal deleted (in the background: no change waits for it).
 pub const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
-/// Journal bytes after which sled is flushed and the journal emptied, whatever the time.
+/// Journal bytes after which a checkpoint starts at once, whatever the time: with what a
+/// checkpoint in progress holds, the changes kept in memory until they are in sled stay near
+/// twice this.
 pub const CHECKPOINT_BYTES: u64 = 8 << 20;
 /// The largest journal record (a change is a few accounts and receipts).
 const MAX_RECORD_BYTES: usize = 1 << 20;
 
-/// The journal: changes written since sled's last flush.
-struct Journal {
-    file: std::fs::File,
-    /// Its length (the end of the last whole record).
-    bytes: u64,
-    last_checkpoint: std::time::Instant,
+/// The journal generations in `dir`, oldest first: `journal.N` is generation N; a `journal`
+/// without a number (written by an older version) is generation 0.
+fn journals(dir: &Path) -> Result<Vec<(u64, std::path::PathBuf)>, StoreError> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| StoreError::Db(e.into()))? {
+        let entry = entry.map_err(|e| StoreError::Db(e.into()))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let generation = match name.strip_prefix("journal") {
+            Some("") => 0,
+            Some(n) => match n.strip_prefix('.').and_then(|n| n.parse::<u64>().ok()) {
+                Some(n) => n,
+                None => continue,
+            },
+            None => continue,
+        };
+        found.push((generation, entry.path()));
+    }
+    found.sort();
+    Ok(found)
 }
 
-/// The ledger's sled database and its journal.
-pub struct LedgerStore {
+/// Creates the (empty) journal of generation `generation` in `dir`, for appending.
+fn create_journal(dir: &Path, generation: u64) -> Result<std::fs::File, StoreError> {
+    let path = dir.join(format!("journal.{generation}"));
+    match std::fs::remove_file(&path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(StoreError::Db(e.into())),
+    }
+    std::fs::OpenOptions::new()
+        .create_new(true)
+        .append(true)
+        .open(&path)
+        .map_err(|e| StoreError::Db(e.into()))
+}
+
+/// Changes that are journaled but not yet in sled, and the journal they go to.
+struct Journal {
+    /// The journal file changes are appended to, of generation `generation`.
+    file: std::fs::File,
+    generation: u64,
+    /// Its length (the end of the last whole record).
+    bytes: u64,
+    /// What was journaled since the last checkpoint began (its newest value per key).
+    pending: BTreeMap<Vec<u8>, Vec<u8>>,
+    /// What a checkpoint is writing to sled (journaled in generation `generation - 1`).
+    flushing: Option<std::sync::Arc<BTreeMap<Vec<u8>, Vec<u8>>>>,
+    /// The store is closing: the checkpointer's last round.
+    closing: bool,
+}
+
+/// What the store and its checkpointer share.
+struct Shared {
+    dir: std::path::PathBuf,
     db: sled::Db,
     tree: sled::Tree,
     journal: std::sync::Mutex<Journal>,
+    /// Wakes the checkpointer early (journal full, closing).
+    wake: std::sync::Condvar,
+}
+
+impl Shared {
+    fn journal(&self) -> std::sync::MutexGuard<'_, Journal> {
+        self.journal.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Writes what was journaled to sled, flushes sled and deletes its journal. The journal
+    /// is switched to a new generation first, so changes go on meanwhile; a failed checkpoint
+    /// keeps its changes (in memory and in their journal) and the next one retries them.
+    fn checkpoint(&self) -> Result<(), StoreError> {
+        let (changes, generation) = {
+            let mut journal = self.journal();
+            match &journal.flushing {
+                Some(changes) => (changes.clone(), journal.generation - 1),
+                None if journal.pending.is_empty() => return Ok(()),
+                None => {
+                    let next = create_journal(&self.dir, journal.generation + 1)?;
+                    let changes = std::sync::Arc::new(std::mem::take(&mut journal.pending));
+                    journal.flushing = Some(changes.clone());
+                    journal.file = next;
+                    journal.generation += 1;
+                    journal.bytes = 0;
+                    (changes, journal.generation - 1)
+                }
+            }
+        };
+        let mut batch = sled::Batch::default();
+        for (k, v) in changes.iter() {
+            batch.insert(k.as_slice(), v.as_slice());
+        }
+        self.tree.apply_batch(batch)?;
+        self.db.flush()?;
+        self.journal().flushing = None;
+        let old = self.dir.join(format!("journal.{generation}"));
+        if let Err(e) = std::fs::remove_file(&old)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            // Replaying it again changes nothing (its records are absolute values).
+            tracing::warn!("credits: deleting {}: {e}", old.display());
+        }
+        Ok(())
+    }
+
+    /// The checkpointer: a checkpoint every [`CHECKPOINT_EVERY`], or sooner when woken, until
+    /// the store closes (then a last one).
+    fn checkpoints(&self) {
+        loop {
+            let closing = {
+                let journal = self.journal();
+                let (journal, _) = self
+                    .wake
+                    .wait_timeout_while(journal, CHECKPOINT_EVERY, |j| {
+                        !j.closing && j.bytes < CHECKPOINT_BYTES
+                    })
+                    .unwrap_or_else(|p| p.into_inner());
+                journal.closing
+            };
+            if let Err(e) = self.checkpoint() {
+                tracing::warn!("credits: checkpoint failed (the journal keeps the changes): {e}");
+                if !closing {
+                    // Not again at once, whatever the journal's size.
+                    let journal = self.journal();
+                    drop(
+                        self.wake
+                            .wait_timeout_while(journal, CHECKPOINT_EVERY, |j| !j.closing)
+                            .unwrap_or_else(|p| p.into_inner()),
+                    );
+                }
+            }
+            // A change made while the last round ran is in the next generation: once more.
+            if closing {
+                if let Err(e) = self.checkpoint() {
+                    tracing::warn!(
+                        "credits: last checkpoint failed (the journal keeps the changes): {e}"
+                    );
+                }
+                return;
+            }
+        }
+    }
+}
+
+/// The ledger's sled database, its journal, and the changes not yet in sled.
+pub struct LedgerStore {
+    shared: std::sync::Arc<Shared>,
+    checkpointer: Option<std::thread::JoinHandle<()>>,
 }
 
 fn account_key(peer: &NodeId) -> Vec<u8> {
@@ -236,42 +381,131 @@ fn index_key(id: &BlobHash) -> Vec<u8> {
     k
 }
 
+/// At most `limit` entries of `map` from `start` on whose keys begin with `prefix`.
+fn overlay_scan(
+    map: &BTreeMap<Vec<u8>, Vec<u8>>,
+    start: &[u8],
+    prefix: &[u8],
+    limit: usize,
+    into: &mut BTreeMap<Vec<u8>, Vec<u8>>,
+) {
+    use std::ops::Bound;
+    for (k, v) in map
+        .range::<[u8], _>((Bound::Included(start), Bound::Unbounded))
+        .take_while(|(k, _)| k.starts_with(prefix))
+        .take(limit)
+    {
+        into.entry(k.clone()).or_insert_with(|| v.clone());
+    }
+}
+
 impl LedgerStore {
-    /// Opens (or creates) the ledger in `dir` (`dir/db`, sled; `dir/journal`), replaying what
-    /// the journal holds.
+    /// Opens (or creates) the ledger in `dir` (`dir/db`, sled; `dir/journal.N`), replaying what
+    /// the journals hold, and starts its checkpointer.
     pub fn open(dir: &Path) -> Result<LedgerStore, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Db(e.into()))?;
-        let db = sled::Config::new().path(dir.join("db")).open()?;
+        // Flushed by the checkpoints, not on sled's own timer.
+        let db = sled::Config::new()
+            .path(dir.join("db"))
+            .flush_every_ms(None)
+            .open()?;
         let tree = db.open_tree("credits")?;
-        let path = dir.join("journal");
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .read(true)
-            .append(true)
-            .open(&path)
-            .map_err(|e| StoreError::Db(e.into()))?;
-        let replayed = replay(&mut file, &tree)?;
-        db.flush()?;
-        file.set_len(0).map_err(|e| StoreError::Db(e.into()))?;
-        if replayed > 0 {
-            tracing::info!(replayed, "credits: replayed changes from the journal");
+        let found = journals(dir)?;
+        let mut replayed = BTreeMap::new();
+        let mut records = 0;
+        for (_, path) in &found {
+            records += replay(path, &mut replayed)?;
         }
-        Ok(LedgerStore {
+        if !replayed.is_empty() {
+            let mut batch = sled::Batch::default();
+            for (k, v) in &replayed {
+                batch.insert(k.as_slice(), v.as_slice());
+            }
+            tree.apply_batch(batch)?;
+        }
+        db.flush()?;
+        for (_, path) in &found {
+            std::fs::remove_file(path).map_err(|e| StoreError::Db(e.into()))?;
+        }
+        if records > 0 {
+            tracing::info!(records, "credits: replayed changes from the journal");
+        }
+        let generation = found.last().map_or(1, |(g, _)| g + 1);
+        let file = create_journal(dir, generation)?;
+        let shared = std::sync::Arc::new(Shared {
+            dir: dir.to_path_buf(),
             db,
             tree,
             journal: std::sync::Mutex::new(Journal {
                 file,
+                generation,
                 bytes: 0,
-                last_checkpoint: std::time::Instant::now(),
+                pending: BTreeMap::new(),
+                flushing: None,
+                closing: false,
             }),
+            wake: std::sync::Condvar::new(),
+        });
+        let checkpointer = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("credits-checkpoint".into())
+                .spawn(move || shared.checkpoints())
+                .map_err(|e| StoreError::Db(e.into()))?
+        };
+        Ok(LedgerStore {
+            shared,
+            checkpointer: Some(checkpointer),
         })
+    }
+
+    /// The value of `key`: the newest journaled one, else sled's.
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        {
+            let journal = self.shared.journal();
+            if let Some(v) = journal.pending.get(key).or_else(|| {
+                journal
+                    .flushing
+                    .as_ref()
+                    .and_then(|changes| changes.get(key))
+            }) {
+                return Ok(Some(v.clone()));
+            }
+        }
+        Ok(self.shared.tree.get(key)?.map(|v| v.to_vec()))
+    }
+
+    /// At most `limit` entries from `start` on whose keys begin with `prefix`, in key order:
+    /// the newest journaled values over sled's. (The journaled ones are read first: what a
+    /// checkpoint moves to sled meanwhile was already found.)
+    fn scan(
+        &self,
+        start: &[u8],
+        prefix: &[u8],
+        limit: usize,
+    ) -> Result<Vec<Pair>, StoreError> {
+        let mut found = BTreeMap::new();
+        {
+            let journal = self.shared.journal();
+            overlay_scan(&journal.pending, start, prefix, limit, &mut found);
+            if let Some(changes) = &journal.flushing {
+                overlay_scan(changes, start, prefix, limit, &mut found);
+            }
+        }
+        for item in self.shared.tree.range(start..).take(limit) {
+            let (k, v) = item?;
+            if !k.starts_with(prefix) {
+                break;
+            }
+            found.entry(k.to_vec()).or_insert_with(|| v.to_vec());
+        }
+        Ok(found.into_iter().take(limit).collect())
     }
 
     /// Every account kept.
     pub fn accounts(&self) -> Result<BTreeMap<NodeId, Account>, StoreError> {
         let mut out = BTreeMap::new();
-        for item in self.tree.scan_prefix(b"a") {
-            let (k, v) = item?;
+        for (k, v) in self.scan(b"a", b"a", usize::MAX)? {
             let id: [u8; 32] = k[1..].try_into().map_err(|_| StoreError::Damaged {
                 what: "account key",
                 why: format!("{} bytes", k.len()),
@@ -291,7 +525,7 @@ impl LedgerStore {
 
     /// The free allowance kept, if any.
     pub fn allowance(&self) -> Result<Option<Allowance>, StoreError> {
-        let Some(v) = self.tree.get(b"m")? else {
+        let Some(v) = self.get(b"m")? else {
             return Ok(None);
         };
         let damaged = |why: String| StoreError::Damaged {
@@ -314,15 +548,15 @@ impl LedgerStore {
 
     /// Whether the receipt `id` is recorded.
     pub fn has_receipt(&self, id: &BlobHash) -> Result<bool, StoreError> {
-        Ok(self.tree.contains_key(index_key(id))?)
+        Ok(self.get(&index_key(id))?.is_some())
     }
 
     /// The receipts with `peer` on one side, oldest first.
     pub fn receipts(&self, peer: &NodeId, side: Side) -> Result<Vec<Receipt>, StoreError> {
-        self.tree
-            .scan_prefix(receipt_prefix(peer, side))
-            .map(|item| {
-                let (_, v) = item?;
+        let prefix = receipt_prefix(peer, side);
+        self.scan(&prefix, &prefix, usize::MAX)?
+            .into_iter()
+            .map(|(_, v)| {
                 Receipt::from_bytes(&v).map_err(|e| StoreError::Damaged {
                     what: "receipt",
                     why: e.to_string(),
@@ -352,13 +586,11 @@ impl LedgerStore {
     ) -> Result<Vec<Vec<u8>>, StoreError> {
         let mut start = prefix.clone();
         start.extend_from_slice(&from.to_be_bytes());
-        let mut end = prefix;
-        end.extend_from_slice(&u64::MAX.to_be_bytes());
-        self.tree
-            .range(start..=end)
-            .take(limit)
-            .map(|item| Ok(item?.1.to_vec()))
-            .collect()
+        Ok(self
+            .scan(&start, &prefix, limit)?
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect())
     }
 
     /// At most `limit` receipts behind royalties owed to `payee`, from the `from`-th on.
@@ -371,51 +603,48 @@ impl LedgerStore {
         self.numbered(royalty_prefix(payee), from, limit)
     }
 
-    /// Writes `change`: one journal record (handed to the OS before this returns) and one
-    /// atomic sled batch. On an error nothing of it stays.
+    /// Writes `change`: one journal record, handed to the OS before this returns (a killed
+    /// process loses none of it), and seen by every read from then on; the checkpointer moves
+    /// it to sled. On an error nothing of it stays.
     pub fn apply(&self, change: Change) -> Result<(), StoreError> {
-        let pairs = change.pairs();
+        let pairs = change.into_pairs();
         let record = record(&pairs);
-        let mut journal = self.journal.lock().unwrap_or_else(|p| p.into_inner());
+        let mut journal = self.shared.journal();
         let before = journal.bytes;
-        let undo = |journal: &mut Journal| {
-            if let Err(e) = journal.file.set_len(before) {
-                tracing::error!("credits: cutting a failed record off the journal: {e}");
-            }
-        };
         use std::io::Write;
         if let Err(e) = journal.file.write_all(&record) {
-            undo(&mut journal);
+            if let Err(cut) = journal.file.set_len(before) {
+                tracing::error!("credits: cutting a failed record off the journal: {cut}");
+            }
             return Err(StoreError::Db(e.into()));
         }
-        let mut batch = sled::Batch::default();
-        for (k, v) in &pairs {
-            batch.insert(k.as_slice(), v.as_slice());
-        }
-        if let Err(e) = self.tree.apply_batch(batch) {
-            undo(&mut journal);
-            return Err(e.into());
-        }
         journal.bytes = before + record.len() as u64;
-        if journal.bytes >= CHECKPOINT_BYTES
-            || journal.last_checkpoint.elapsed() >= CHECKPOINT_EVERY
-        {
-            // Everything journaled is in sled (both happen under this lock): once sled is on
-            // disk the journal can go.
-            match self.db.flush() {
-                Ok(_) => match journal.file.set_len(0) {
-                    Ok(()) => {
-                        journal.bytes = 0;
-                        journal.last_checkpoint = std::time::Instant::now();
-                    }
-                    Err(e) => tracing::warn!("credits: emptying the journal: {e}"),
-                },
-                Err(e) => {
-                    tracing::warn!("credits: flushing the ledger (the journal keeps it): {e}")
-                }
-            }
+        journal.pending.extend(pairs);
+        if journal.bytes >= CHECKPOINT_BYTES {
+            self.shared.wake.notify_one();
         }
         Ok(())
+    }
+
+    /// Writes every change to sled and flushes it now (as the checkpointer does each
+    /// [`CHECKPOINT_EVERY`]); for a clean shutdown, a backup, or a test.
+    pub fn checkpoint(&self) -> Result<(), StoreError> {
+        // Twice: the first may only retry one that failed before.
+        self.shared.checkpoint()?;
+        self.shared.checkpoint()
+    }
+}
+
+impl Drop for LedgerStore {
+    /// Stops the checkpointer after a last checkpoint.
+    fn drop(&mut self) {
+        self.shared.journal().closing = true;
+        self.shared.wake.notify_one();
+        if let Some(thread) = self.checkpointer.take()
+            && thread.join().is_err()
+        {
+            tracing::error!("credits: the checkpointer panicked (the journal keeps the changes)");
+        }
     }
 }
 
