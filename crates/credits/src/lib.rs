@@ -17,8 +17,8 @@
 //! - **Royalties**: a manifest may name a payee and a share; the provider that runs the model
 //!   owes the payee that share of every call's cost and pays it with its own cheques.
 //! - **Durability** ([`LedgerStore`]): accounts and receipts in sled behind a journal; each
-//!   change is a journal record and a sled batch before anything that depends on it is sent
-//!   (a killed node loses none), and one flush a second makes them all safe on disk.
+//!   change is a journal record before anything that depends on it is sent (a killed node
+//!   loses none), and a checkpointer moves them to sled with one flush a second.
 //!
 //! [`Credits`] puts the pure [`Ledger`] and its store together behind one lock.
 

@@ -478,12 +478,7 @@ impl LedgerStore {
     /// At most `limit` entries from `start` on whose keys begin with `prefix`, in key order:
     /// the newest journaled values over sled's. (The journaled ones are read first: what a
     /// checkpoint moves to sled meanwhile was already found.)
-    fn scan(
-        &self,
-        start: &[u8],
-        prefix: &[u8],
-        limit: usize,
-    ) -> Result<Vec<Pair>, StoreError> {
+    fn scan(&self, start: &[u8], prefix: &[u8], limit: usize) -> Result<Vec<Pair>, StoreError> {
         let mut found = BTreeMap::new();
         {
             let journal = self.shared.journal();
