@@ -93,8 +93,8 @@ enum ChequeRefused {
     Other(InferStatus, String),
 }
 
-/// Takes a cheque that came with a call from `from`: checked, and on disk before this returns
-/// (a signature check and a journal write, tens of microseconds).
+/// Takes a cheque from `from` (with a call, or on settling): checked, and on disk before this
+/// returns (a signature check and a journal write, tens of microseconds); counted.
 fn take_cheque(
     credits: &Credits,
     metrics: &Metrics,
@@ -104,7 +104,7 @@ fn take_cheque(
     match credits.accept_cheque(cheque) {
         Ok((_, Accepted::New { calls, royalties })) => {
             metrics.cheque("received", "new");
-            tracing::debug!(peer = %from, calls, royalties, "a cheque came with a call");
+            tracing::debug!(peer = %from, calls, royalties, "took a cheque");
             Ok(())
         }
         Ok((_, Accepted::Stale)) => {
@@ -1104,16 +1104,12 @@ impl Remote {
         tokio::task::block_in_place(|| {
             let credits = &self.credits;
             let mut refused = None;
-            if let Some(cheque) = &request.cheque {
-                match credits.accept_cheque(cheque) {
-                    Ok((_, Accepted::New { .. })) => self.metrics.cheque("received", "new"),
-                    Ok((_, Accepted::Stale)) => self.metrics.cheque("received", "stale"),
-                    Err(e) => {
-                        self.metrics.cheque("received", "refused");
-                        tracing::debug!(peer = %from, "a cheque sent to settle was refused: {e}");
-                        refused = Some(e.to_string());
-                    }
-                }
+            if let Some(cheque) = &request.cheque
+                && let Err(ChequeRefused::Payment(why) | ChequeRefused::Other(_, why)) =
+                    take_cheque(credits, &self.metrics, &from, cheque)
+            {
+                tracing::debug!(peer = %from, "a cheque sent to settle: {why}");
+                refused = Some(why);
             }
             let cheque = self.cheque_on_settling(node, threshold);
             let receipts = match request.receipts_from {
@@ -1197,18 +1193,11 @@ impl Remote {
                         }
                     }
                 }
-                if let Some(cheque) = &answer.cheque {
-                    match self.credits.accept_cheque(cheque) {
-                        Ok((_, Accepted::New { calls, royalties })) => {
-                            self.metrics.cheque("received", "new");
-                            tracing::debug!(%peer, calls, royalties, "the peer paid on settling");
-                        }
-                        Ok((_, Accepted::Stale)) => self.metrics.cheque("received", "stale"),
-                        Err(e) => {
-                            self.metrics.cheque("received", "refused");
-                            tracing::warn!(%peer, "refused the peer's cheque: {e}");
-                        }
-                    }
+                if let Some(cheque) = &answer.cheque
+                    && let Err(ChequeRefused::Payment(why) | ChequeRefused::Other(_, why)) =
+                        take_cheque(&self.credits, &self.metrics, &peer, cheque)
+                {
+                    tracing::warn!(%peer, "the cheque the peer sent on settling: {why}");
                 }
                 for bytes in &answer.receipts {
                     let receipt = match protocol::credits::Receipt::from_bytes(bytes) {
