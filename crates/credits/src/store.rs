@@ -263,6 +263,9 @@ struct Shared {
     journal: std::sync::Mutex<Journal>,
     /// Wakes the checkpointer early (journal full, closing).
     wake: std::sync::Condvar,
+    /// Held through a checkpoint: one at a time, so an older generation's batch never lands
+    /// in sled after a newer one's.
+    checkpointing: std::sync::Mutex<()>,
 }
 
 impl Shared {
@@ -274,6 +277,7 @@ impl Shared {
     /// is switched to a new generation first, so changes go on meanwhile; a failed checkpoint
     /// keeps its changes (in memory and in their journal) and the next one retries them.
     fn checkpoint(&self) -> Result<(), StoreError> {
+        let _one = self.checkpointing.lock().unwrap_or_else(|p| p.into_inner());
         let (changes, generation) = {
             let mut journal = self.journal();
             match &journal.flushing {
@@ -445,6 +449,7 @@ impl LedgerStore {
                 closing: false,
             }),
             wake: std::sync::Condvar::new(),
+            checkpointing: std::sync::Mutex::new(()),
         });
         let checkpointer = {
             let shared = shared.clone();
