@@ -78,6 +78,41 @@ def check_object(vec):
             assert body["seq"] >= 1 and (body["calls"] == 0 or "receipt" in body), vec["name"]
 
 
+def check_vote(vec):
+    """A vote (protocol.md §13): its fields are in range, and each receipt in it verifies, was
+    made by the voter, of the voted model, on another node."""
+    envelope = cbor2.loads(bytes.fromhex(vec["envelope"]))
+    vote = cbor2.loads(envelope["body"])
+    name = vec["name"]
+    assert set(vote) <= {"v", "model", "choice", "clock", "issued_ms", "receipts"}, name
+    assert vote["v"] == 1 and vote["clock"] >= 1, name
+    assert vote["choice"] in ("up", "down", "retract"), name
+    assert len(vote["model"]) == 32, name
+    receipts = vote.get("receipts", [])
+    assert "receipts" not in vote or 1 <= len(receipts) <= 8, name
+    assert len(set(receipts)) == len(receipts), f"{name}: a receipt twice"
+    for raw in receipts:
+        receipt = cbor2.loads(raw)
+        assert canonical(receipt) == raw, name
+        req_env = cbor2.loads(receipt["request"])
+        res_env = cbor2.loads(receipt["result"])
+        Ed25519PublicKey.from_public_bytes(req_env["signer"]).verify(
+            req_env["sig"], b"moxnet/v1/infer-request\x00" + req_env["body"])
+        Ed25519PublicKey.from_public_bytes(res_env["signer"]).verify(
+            res_env["sig"], b"moxnet/v1/infer-result\x00" + res_env["body"])
+        request, result = cbor2.loads(req_env["body"]), cbor2.loads(res_env["body"])
+        assert result["request"] == blake3(receipt["request"]).digest(), name
+        assert req_env["signer"] == envelope["signer"], f"{name}: the receipt's caller is not the voter"
+        assert request["model"] == vote["model"] == result["model"], f"{name}: another model"
+        assert res_env["signer"] == request["provider"] != envelope["signer"], f"{name}: provider"
+
+
+def vote_supersedes(a, b):
+    """The merge rule (protocol.md §13): greater clock, then greater id (BLAKE3 of the
+    envelope) as bytes."""
+    return (a[0], a[1]) > (b[0], b[1])
+
+
 def check_receipt(vec):
     """A receipt (protocol.md §12.1): both envelopes verify, the result answers the request, and
     the cost and royalty re-derive from the signed fields."""
@@ -114,6 +149,13 @@ def main():
     vectors = json.loads(path.read_text())
     for vec in vectors["signed"]:
         check_signed(vec)
+        if vec["domain"] == "moxnet/v1/vote":
+            check_vote(vec)
+    # The retraction (clock 2) supersedes the vote up (clock 1) from the same voter.
+    votes = {v["name"]: v for v in vectors["signed"] if v["domain"] == "moxnet/v1/vote"}
+    up, retract = votes["vote-up-with-receipt"], votes["vote-retract"]
+    key = lambda v: (v["fields"]["clock"], bytes.fromhex(v["id"]))
+    assert vote_supersedes(key(retract), key(up)) and not vote_supersedes(key(up), key(retract))
     for vec in vectors["objects"]:
         check_object(vec)
     for vec in vectors["receipts"]:

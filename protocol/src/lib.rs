@@ -29,6 +29,8 @@
 //!   snapshots). [`Snapshot`]: one training step with metrics and weights, linked by parent.
 //!   [`Collection`]: the listing of a plain folder.
 //! - [`compute`]: compute offers and the signed inference call between peers.
+//! - [`credits`]: receipts, cheques and royalties.
+//! - [`vote`]: votes on models and their merge rule.
 //!
 //! The byte-level specification, with test vectors, is `docs/protocol.md`.
 
@@ -39,6 +41,7 @@ mod hash;
 mod manifest;
 mod signed;
 mod snapshot;
+pub mod vote;
 pub mod wire;
 
 pub use hash::{BlobHash, ModelId, NodeId};
@@ -57,7 +60,7 @@ use cbor::Value;
 pub const DOMAIN_MANIFEST: &str = "moxnet/v1/manifest";
 /// Domain tag of signed training snapshots.
 pub const DOMAIN_SNAPSHOT: &str = "moxnet/v1/snapshot";
-/// Domain tag reserved for votes (a later protocol version uses it).
+/// Domain tag of signed votes ([`vote::Vote`]).
 pub const DOMAIN_VOTE: &str = "moxnet/v1/vote";
 /// Domain tag reserved for receipts (a later protocol version uses it).
 pub const DOMAIN_RECEIPT: &str = "moxnet/v1/receipt";

@@ -12,6 +12,7 @@ use protocol::compute::{
     ComputeOffer, CreditTerms, InferCall, InferReply, InferRequest, InferResult, InferStatus,
 };
 use protocol::credits::{Cheque, CreditsAnswer, CreditsRequest, Receipt, Royalty, royalty_of};
+use protocol::vote::{Choice, Vote};
 use protocol::{
     BlobHash, Collection, DType, DatasetRef, Dim, FileEntry, Interface, Manifest, ModelId, Object,
     Runtime, SecretKey, Signable, Snapshot, TensorSpec,
@@ -150,6 +151,21 @@ fn generate() -> serde_json::Value {
         issued_ms: 1_764_300_001_000,
     };
     let receipt_bytes = receipt.to_bytes();
+    // The caller votes the model up with the receipt of its paid call, and retracts it later.
+    let vote = Vote {
+        model: request.body().model,
+        choice: Choice::Up,
+        clock: 1,
+        issued_ms: 1_764_300_002_000,
+        receipts: vec![receipt.clone()],
+    };
+    let retraction = Vote {
+        model: request.body().model,
+        choice: Choice::Retract,
+        clock: 2,
+        issued_ms: 1_764_300_003_000,
+        receipts: vec![],
+    };
     let signed_cheque = SecretKey::from_seed(&caller).sign(cheque.clone());
     let offer = ComputeOffer {
         issued_ms: 1_764_300_000_000,
@@ -274,6 +290,8 @@ fn generate() -> serde_json::Value {
             signed_vector("infer-result", provider, result),
                         signed_vector("cheque", caller, cheque),
             signed_vector("compute-offer", provider, offer),
+            signed_vector("vote-up-with-receipt", caller, vote),
+            signed_vector("vote-retract", caller, retraction),
         ],
                 "objects": objects,
         "receipts": [{
@@ -325,6 +343,9 @@ fn committed_vectors_match_this_implementation() {
             Some(protocol::credits::DOMAIN_CHEQUE) => {
                 protocol::Signed::<Cheque>::from_bytes(&bytes).map(|_| ())
             }
+            Some(protocol::DOMAIN_VOTE) => protocol::vote::CheckedVote::from_bytes(&bytes)
+                .map(|_| ())
+                .map_err(|e| protocol::DecodeError::invalid("vote", e.to_string())),
             _ => protocol::Signed::<Snapshot>::from_bytes(&bytes).map(|_| ()),
         };
         ok.expect("committed vector decodes");

@@ -8,7 +8,9 @@ use std::process::Command;
 use serde_json::Value;
 
 /// Crates that must build without libp2p, wasmtime or tract.
-const LIGHT: &[&str] = &["protocol", "store", "api", "catalog", "compute", "credits"];
+const LIGHT: &[&str] = &[
+    "protocol", "store", "api", "catalog", "compute", "credits", "votes",
+];
 /// Crates that pull in libp2p (`net`), wasmtime (`sandbox`) or tract (`graph`).
 const HEAVY: &[&str] = &["net", "sandbox", "graph"];
 

@@ -1,0 +1,174 @@
+//! moxnet's votes on models, I/O-free. The wire format and the merge rule are
+//! `protocol::vote` (`docs/protocol.md` §13); this crate keeps what they decide.
+//!
+//! [`VoteBook`] holds, per (model, voter), the one vote that stands: the one that
+//! [`protocol::vote::supersedes`] every other it has seen from that voter on that model. So any
+//! order of arrival, with any duplicates, leaves every node that saw the same votes in the same
+//! state. A retraction stands like any vote (it counts nothing, and keeps an older vote from
+//! coming back). [`VoteBook::tally`] counts a model's standing votes, with and without usage
+//! receipts behind them; how much each vote weighs is decided elsewhere, from the receipts and
+//! the trust the counting node has in the voter.
+
+use std::collections::BTreeMap;
+
+use protocol::vote::{CheckedVote, Choice};
+use protocol::{BlobHash, ModelId, NodeId};
+
+/// A call of the model the voter paid for, from a receipt in its vote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Usage {
+    /// The receipt's id.
+    pub receipt: BlobHash,
+    /// Who served the call.
+    pub provider: NodeId,
+    /// What it cost.
+    pub cost: u64,
+}
+
+/// The vote that stands for one (model, voter).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Standing {
+    /// Its id (BLAKE3 of the envelope).
+    pub id: BlobHash,
+    /// The voter's clock.
+    pub clock: u64,
+    /// Up, down or retracted.
+    pub choice: Choice,
+    /// When the voter signed it.
+    pub issued_ms: u64,
+    /// The calls its receipts prove.
+    pub usage: Vec<Usage>,
+}
+
+impl Standing {
+    fn of(vote: &CheckedVote) -> Standing {
+        Standing {
+            id: vote.id,
+            clock: vote.clock,
+            choice: vote.choice,
+            issued_ms: vote.issued_ms,
+            usage: vote
+                .receipts
+                .iter()
+                .map(|r| Usage {
+                    receipt: r.id,
+                    provider: r.provider,
+                    cost: r.cost,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// What [`VoteBook::apply`] did with a vote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// The voter's first vote on the model.
+    New,
+    /// It replaced the vote with this id.
+    Replaced(BlobHash),
+    /// The standing vote supersedes it: ignored.
+    Older,
+    /// It is the standing vote: ignored.
+    Same,
+}
+
+impl Applied {
+    /// Whether the book changed (the vote is worth forwarding and keeping).
+    pub fn changed(self) -> bool {
+        matches!(self, Applied::New | Applied::Replaced(_))
+    }
+}
+
+/// A model's standing votes, counted one per voter.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tally {
+    /// Voters up.
+    pub up: u64,
+    /// Voters down.
+    pub down: u64,
+    /// Voters whose standing vote is a retraction.
+    pub retracted: u64,
+    /// Of `up` and `down`, voters whose vote carries receipts of calls they paid.
+    pub paying: u64,
+}
+
+/// The standing vote per (model, voter): see the crate docs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VoteBook {
+    standing: BTreeMap<ModelId, BTreeMap<NodeId, Standing>>,
+}
+
+impl VoteBook {
+    /// An empty book.
+    pub fn new() -> VoteBook {
+        VoteBook::default()
+    }
+
+    /// Takes a checked vote by the merge rule.
+    pub fn apply(&mut self, vote: &CheckedVote) -> Applied {
+        let voters = self.standing.entry(vote.model).or_default();
+        match voters.get_mut(&vote.voter) {
+            None => {
+                voters.insert(vote.voter, Standing::of(vote));
+                Applied::New
+            }
+            Some(s) if s.id == vote.id => Applied::Same,
+            Some(s) if protocol::vote::supersedes(vote.clock, &vote.id, s.clock, &s.id) => {
+                let old = s.id;
+                *s = Standing::of(vote);
+                Applied::Replaced(old)
+            }
+            Some(_) => Applied::Older,
+        }
+    }
+
+    /// The vote standing for `voter` on `model`.
+    pub fn get(&self, model: &ModelId, voter: &NodeId) -> Option<&Standing> {
+        self.standing.get(model)?.get(voter)
+    }
+
+    /// The clock a new vote by `voter` on `model` takes: one more than the standing one's.
+    pub fn next_clock(&self, model: &ModelId, voter: &NodeId) -> u64 {
+        self.get(model, voter)
+            .map_or(1, |s| s.clock.saturating_add(1))
+    }
+
+    /// The standing votes on `model`, by voter.
+    pub fn on(&self, model: &ModelId) -> impl Iterator<Item = (&NodeId, &Standing)> {
+        self.standing.get(model).into_iter().flatten()
+    }
+
+    /// A model's standing votes, one per voter.
+    pub fn tally(&self, model: &ModelId) -> Tally {
+        let mut t = Tally::default();
+        for (_, s) in self.on(model) {
+            match s.choice {
+                Choice::Up => t.up += 1,
+                Choice::Down => t.down += 1,
+                Choice::Retract => t.retracted += 1,
+            }
+            if s.choice != Choice::Retract && !s.usage.is_empty() {
+                t.paying += 1;
+            }
+        }
+        t
+    }
+
+    /// Every standing vote's id (what two nodes compare to catch up).
+    pub fn ids(&self) -> impl Iterator<Item = BlobHash> + '_ {
+        self.standing
+            .values()
+            .flat_map(|v| v.values().map(|s| s.id))
+    }
+
+    /// How many (model, voter) pairs have a standing vote.
+    pub fn len(&self) -> usize {
+        self.standing.values().map(BTreeMap::len).sum()
+    }
+
+    /// Whether no vote stands.
+    pub fn is_empty(&self) -> bool {
+        self.standing.is_empty()
+    }
+}

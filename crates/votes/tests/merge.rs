@@ -1,0 +1,253 @@
+//! The vote book against the protocol's merge rule: any order of arrival, with duplicates,
+//! gives the same state, and that state is the vote with the greatest (clock, id) per voter and
+//! model; the checks of a vote's receipts; what a vote that must not count looks like.
+
+use proptest::prelude::*;
+use protocol::compute::{InferRequest, InferResult};
+use protocol::credits::{Cheque, Receipt};
+use protocol::vote::{CheckedVote, Choice, MAX_VOTE_RECEIPTS, Vote, VoteError};
+use protocol::{BlobHash, DecodeError, ModelId, Object, SecretKey, Signed};
+use votes::{Applied, VoteBook};
+
+fn key(i: u8) -> SecretKey {
+    SecretKey::from_seed(&[i + 1; 32])
+}
+
+fn model(i: u8) -> ModelId {
+    ModelId(BlobHash::of(&[b'm', i]))
+}
+
+fn choice(i: u8) -> Choice {
+    [Choice::Up, Choice::Down, Choice::Retract][usize::from(i % 3)]
+}
+
+fn vote(voter: &SecretKey, model: ModelId, clock: u64, choice: Choice) -> Vec<u8> {
+    voter
+        .sign(Vote {
+            model,
+            choice,
+            clock,
+            issued_ms: 1_764_300_000_000 + clock,
+            receipts: vec![],
+        })
+        .to_bytes()
+}
+
+/// A receipt of a call of `model` by `caller` on `provider`, costing `fuel` at price 1_000_000.
+fn receipt(caller: &SecretKey, provider: &SecretKey, model: ModelId, fuel: u64) -> Receipt {
+    let request = caller.sign(InferRequest {
+        model,
+        input_hash: BlobHash::of(b"{}"),
+        max_fuel: 1_000,
+        max_price_per_mfuel: 1_000_000,
+        nonce: [fuel as u8; 16],
+        issued_ms: 1,
+        provider: provider.node_id(),
+    });
+    let result = provider.sign(InferResult {
+        request: BlobHash::of(&request.to_bytes()),
+        model,
+        output_hash: BlobHash::of(b"out"),
+        fuel,
+        price_per_mfuel: 1_000_000,
+        backend: "wasm".into(),
+    });
+    Receipt::of(&request, &result)
+}
+
+fn apply_all(envelopes: &[&Vec<u8>]) -> VoteBook {
+    let mut book = VoteBook::new();
+    for e in envelopes {
+        book.apply(&CheckedVote::from_bytes(e).expect("a valid vote"));
+    }
+    book
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// Any permutation of the same votes, each arriving one to three times, leaves the same
+    /// book, and in it, per (model, voter), the vote with the greatest (clock, id).
+    #[test]
+    fn any_order_and_duplication_gives_the_same_state(
+        votes in proptest::collection::vec((0u8..4, 0u8..3, 1u64..4, 0u8..3), 1..30),
+        repeats in proptest::collection::vec(1usize..4, 30),
+        order in Just(()).prop_perturb(|_, mut rng| rng.random::<u64>()),
+    ) {
+        let keys: Vec<SecretKey> = (0..4).map(key).collect();
+        let envelopes: Vec<Vec<u8>> = votes
+            .iter()
+            .map(|&(v, m, clock, c)| vote(&keys[usize::from(v)], model(m), clock, choice(c)))
+            .collect();
+        let in_order: Vec<&Vec<u8>> = envelopes.iter().collect();
+        let reference = apply_all(&in_order);
+
+        // The same votes, duplicated and shuffled (a seeded Fisher–Yates).
+        let mut arrivals: Vec<&Vec<u8>> = envelopes
+            .iter()
+            .zip(&repeats)
+            .flat_map(|(e, &n)| std::iter::repeat_n(e, n))
+            .collect();
+        let mut state = order | 1;
+        for i in (1..arrivals.len()).rev() {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            arrivals.swap(i, (state % (i as u64 + 1)) as usize);
+        }
+        let shuffled = apply_all(&arrivals);
+        prop_assert_eq!(&shuffled, &reference);
+
+        // The oracle: the greatest (clock, id) of each voter's votes on each model.
+        for (i, &(v, m, _, _)) in votes.iter().enumerate() {
+            let best = votes
+                .iter()
+                .zip(&envelopes)
+                .filter(|((v2, m2, _, _), _)| (*v2, *m2) == (v, m))
+                .map(|((_, _, clock, _), e)| (*clock, BlobHash::of(e)))
+                .max_by(|a, b| (a.0, a.1.as_bytes()).cmp(&(b.0, b.1.as_bytes())))
+                .expect("the vote itself");
+            let standing = reference
+                .get(&model(m), &keys[usize::from(v)].node_id())
+                .expect("a vote stands");
+            prop_assert_eq!((standing.clock, standing.id), best, "vote {}", i);
+        }
+    }
+}
+
+#[test]
+fn equal_clocks_are_settled_by_the_greater_id_whatever_came_first() {
+    let voter = key(0);
+    let up = vote(&voter, model(0), 5, Choice::Up);
+    let down = vote(&voter, model(0), 5, Choice::Down);
+    let winner = if BlobHash::of(&up).as_bytes() > BlobHash::of(&down).as_bytes() {
+        BlobHash::of(&up)
+    } else {
+        BlobHash::of(&down)
+    };
+    for (first, second) in [(&up, &down), (&down, &up)] {
+        let book = apply_all(&[first, second]);
+        let standing = book
+            .get(&model(0), &voter.node_id())
+            .expect("a vote stands");
+        assert_eq!(standing.id, winner);
+    }
+}
+
+#[test]
+fn a_retraction_stands_and_an_older_vote_does_not_come_back() {
+    let voter = key(0);
+    let up = vote(&voter, model(0), 1, Choice::Up);
+    let retract = vote(&voter, model(0), 2, Choice::Retract);
+    let mut book = VoteBook::new();
+    let checked = |e: &[u8]| CheckedVote::from_bytes(e).expect("valid");
+    assert_eq!(book.apply(&checked(&up)), Applied::New);
+    assert_eq!(book.tally(&model(0)).up, 1);
+    assert!(matches!(
+        book.apply(&checked(&retract)),
+        Applied::Replaced(_)
+    ));
+    assert_eq!(book.apply(&checked(&up)), Applied::Older);
+    assert_eq!(book.apply(&checked(&retract)), Applied::Same);
+    let tally = book.tally(&model(0));
+    assert_eq!((tally.up, tally.down, tally.retracted), (0, 0, 1));
+    assert_eq!(book.next_clock(&model(0), &voter.node_id()), 3);
+    assert_eq!(book.next_clock(&model(1), &voter.node_id()), 1);
+}
+
+#[test]
+fn receipts_count_only_for_the_voters_own_paid_calls_of_that_model() {
+    let (voter, provider, other) = (key(0), key(1), key(2));
+    let sign = |receipts: Vec<Receipt>| {
+        voter
+            .sign(Vote {
+                model: model(0),
+                choice: Choice::Up,
+                clock: 1,
+                issued_ms: 1,
+                receipts,
+            })
+            .to_bytes()
+    };
+    let paid = receipt(&voter, &provider, model(0), 300);
+    let checked = CheckedVote::from_bytes(&sign(vec![paid.clone()])).expect("valid");
+    assert_eq!(checked.receipts.len(), 1);
+    assert_eq!(checked.receipts[0].cost, 300);
+    let mut book = VoteBook::new();
+    book.apply(&checked);
+    assert_eq!(book.tally(&model(0)).paying, 1);
+    let usage = &book
+        .get(&model(0), &voter.node_id())
+        .expect("standing")
+        .usage;
+    assert_eq!(usage[0].provider, provider.node_id());
+
+    // Someone else's call, another model's, a call the voter served itself.
+    for (receipt, why) in [
+        (receipt(&other, &provider, model(0), 10), "another caller"),
+        (receipt(&voter, &provider, model(1), 10), "another model"),
+        (receipt(&voter, &voter, model(0), 10), "served itself"),
+    ] {
+        match CheckedVote::from_bytes(&sign(vec![receipt])) {
+            Err(VoteError::Foreign(_)) => {}
+            other => panic!("{why}: {other:?}"),
+        }
+    }
+    // A receipt whose result was tampered with (the fuel raised) does not verify.
+    let mut forged = paid.clone();
+    let n = forged.result.len();
+    forged.result[n - 1] ^= 1;
+    assert!(CheckedVote::from_bytes(&sign(vec![forged])).is_err());
+    // The same receipt twice, or too many.
+    assert!(matches!(
+        Signed::<Vote>::from_bytes(&sign(vec![paid.clone(), paid.clone()])),
+        Err(DecodeError::Invalid { .. })
+    ));
+    let many: Vec<Receipt> = (0..=MAX_VOTE_RECEIPTS as u64)
+        .map(|i| receipt(&voter, &provider, model(0), 100 + i))
+        .collect();
+    assert!(Signed::<Vote>::from_bytes(&sign(many)).is_err());
+}
+
+#[test]
+fn a_vote_that_must_not_count_is_refused() {
+    let voter = key(0);
+    let good = vote(&voter, model(0), 1, Choice::Up);
+    // Every flipped bit of the envelope is refused (or is another valid vote: never).
+    for i in 0..good.len() * 8 {
+        let mut bad = good.clone();
+        bad[i / 8] ^= 1 << (i % 8);
+        assert!(CheckedVote::from_bytes(&bad).is_err(), "bit {i}");
+    }
+    // A cheque's signature presented as a vote: another domain.
+    let cheque = voter.sign(Cheque {
+        payee: key(1).node_id(),
+        epoch: 1,
+        seq: 1,
+        calls: 0,
+        royalties: 0,
+        receipt: None,
+        issued_ms: 1,
+    });
+    assert!(matches!(
+        Signed::<Vote>::from_bytes(&cheque.to_bytes()),
+        Err(DecodeError::WrongDomain { .. })
+    ));
+    // Clock 0, and a choice the protocol does not have.
+    let mut zero = protocol::cbor::Value::decode(
+        Signed::<Vote>::from_bytes(&good)
+            .expect("valid")
+            .body_bytes(),
+        4096,
+    )
+    .expect("cbor");
+    if let protocol::cbor::Value::Map(entries) = &mut zero {
+        for (k, v) in entries.iter_mut() {
+            if *k == protocol::cbor::Value::text("clock") {
+                *v = protocol::cbor::Value::Uint(0);
+            }
+        }
+    }
+    assert!(Vote::from_cbor(zero).is_err());
+    assert!("sideways".parse::<Choice>().is_err());
+}
