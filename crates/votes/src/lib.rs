@@ -6,13 +6,17 @@
 //! order of arrival, with any duplicates, leaves every node that saw the same votes in the same
 //! state. A retraction stands like any vote (it counts nothing, and keeps an older vote from
 //! coming back). [`VoteBook::tally`] counts a model's standing votes, with and without usage
-//! receipts behind them; how much each vote weighs is decided elsewhere, from the receipts and
-//! the trust the counting node has in the voter.
+//! receipts behind them. [`TrustGraph`] and [`Trust`] decide what each vote weighs to the node
+//! that counts: from the receipts behind it and that node's trust in the voter.
+
+mod trust;
 
 use std::collections::BTreeMap;
 
 use protocol::vote::{CheckedVote, Choice};
 use protocol::{BlobHash, ModelId, NodeId};
+
+pub use trust::{FOLLOW_CREDITS, RESTART, Score, TRUSTED_RATIO, Trust, TrustGraph, USAGE_FULL};
 
 /// A call of the model the voter paid for, from a receipt in its vote.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -160,6 +164,15 @@ impl VoteBook {
         self.standing
             .values()
             .flat_map(|v| v.values().map(|s| s.id))
+    }
+
+    /// (voter, provider, cost) of every receipt behind a standing vote: who paid whom.
+    pub fn usage_links(&self) -> impl Iterator<Item = (NodeId, NodeId, u64)> + '_ {
+        self.standing.values().flat_map(|voters| {
+            voters
+                .iter()
+                .flat_map(|(voter, s)| s.usage.iter().map(|u| (*voter, u.provider, u.cost)))
+        })
     }
 
     /// How many (model, voter) pairs have a standing vote.
