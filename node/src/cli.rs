@@ -91,6 +91,20 @@ pub enum Command {
     },
     /// List the compute offers the running node has heard (providers, prices, measured latency).
     Offers,
+    /// Vote on a model: signed by this node with the receipts of its paid calls of the model
+    /// (at most 8, the newest), kept and gossiped. A later vote replaces the earlier one.
+    Vote {
+        /// Model id.
+        id: String,
+        /// `up`, `down` or `retract`.
+        #[arg(value_parser = ["up", "down", "retract"])]
+        choice: String,
+    },
+    /// A model's score as the running node weighs it: each voter's trust, usage and weight.
+    Votes {
+        /// Model id.
+        id: String,
+    },
     /// Show the credit ledger: per peer, calls both ways, billed, paid, owed, limits, the free
     /// allowance, royalties. With a peer: that account; `--receipts` lists the signed receipts
     /// and cheques behind it, each checked here with the two public keys.

@@ -63,6 +63,24 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             on,
             verify,
         } => call(&dir, &id, &input, on.as_deref(), verify, json),
+        Command::Vote { id, choice } => {
+            let api = running_node(&dir, "votes are signed and gossiped by a running node:")?;
+            let view: api::dto::VotesView = api.send(
+                "POST",
+                &format!("/api/v1/models/{id}/vote"),
+                &api::dto::VoteRequest { choice },
+            )?;
+            show(json, &view)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Votes { id } => {
+            let api = running_node(&dir, "votes are kept by a running node:")?;
+            show(
+                json,
+                &api.get::<api::dto::VotesView>(&format!("/api/v1/models/{id}/votes"))?,
+            )?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Offers => {
             let api = running_node(&dir, "offers are heard by a running node:")?;
             show(json, &api.get::<OfferList>("/api/v1/offers")?)?;
@@ -314,6 +332,8 @@ fn store_command(target: &Target, command: Command, json: bool) -> Result<ExitCo
         | Command::Fetch { .. }
         | Command::Call { .. }
         | Command::Offers
+        | Command::Vote { .. }
+        | Command::Votes { .. }
         | Command::Credits { .. } => bail!("this command does not run on the store"),
     }
     Ok(ExitCode::SUCCESS)

@@ -157,6 +157,15 @@ async fn serve(
         CallCache::open(home.store.clone(), catalog.clone(), compute.cache_bytes)
             .context("opening the call cache")?,
     );
+    let votes = Arc::new(
+        crate::votes::Votes::open(
+            home.key.clone(),
+            client.clone(),
+            credits.clone(),
+            home.store.open_tree("votes").context("opening the votes")?,
+        )
+        .context("loading the votes")?,
+    );
     let remote = Arc::new(Remote::new(
         home.key.clone(),
         client.clone(),
@@ -176,12 +185,14 @@ async fn serve(
         models: models.clone(),
         runtime,
         remote: remote.clone(),
+        votes: votes.clone(),
         metrics,
     });
     let events_to = Events {
         fetcher,
         models: models.clone(),
         remote: remote.clone(),
+        votes,
     };
     // Wait briefly for the listeners so the start-up line can show real addresses.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
@@ -305,6 +316,7 @@ struct Events {
     fetcher: Arc<Fetcher>,
     models: Arc<Models>,
     remote: Arc<Remote>,
+    votes: Arc<crate::votes::Votes>,
 }
 
 impl Events {
@@ -321,6 +333,11 @@ impl Events {
                 }
             }
             NetEvent::Offer { offer, .. } => self.remote.offer_heard(*offer),
+            NetEvent::Vote { vote, envelope, .. } => {
+                // A sled write: off the event loop.
+                let votes = self.votes.clone();
+                tokio::task::spawn_blocking(move || votes.heard(&envelope, &vote));
+            }
             NetEvent::InferCall { from, call, reply } => {
                 let remote = self.remote.clone();
                 tokio::spawn(async move { reply.send(remote.serve(from, call).await) });

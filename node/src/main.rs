@@ -21,6 +21,7 @@ mod package;
 mod remote;
 mod render;
 mod service;
+mod votes;
 
 use std::process::ExitCode;
 

@@ -465,3 +465,27 @@ pub fn bytes(n: u64) -> String {
         format!("{value:.1} {}", UNITS[unit])
     }
 }
+
+impl Render for api::dto::VotesView {
+    fn text(&self) -> String {
+        let mut lines = vec![format!(
+            "score {:.6} (up {:.6}, down {:.6}); votes: {} up, {} down, {} retracted; {} paying voters, usage {} credits (a vote weighs its voter's whole trust from {} credits)",
+            self.score,
+            self.up_weight,
+            self.down_weight,
+            self.up,
+            self.down,
+            self.retracted,
+            self.paying_voters,
+            self.usage,
+            self.usage_full
+        )];
+        for v in &self.voters {
+            lines.push(format!(
+                "  {} {:<7} weight {:.6} = trust {:.6} x usage {} ({} receipts, clock {})",
+                v.node_id, v.choice, v.weight, v.trust, v.usage, v.receipts, v.clock
+            ));
+        }
+        lines.join("\n")
+    }
+}

@@ -8,6 +8,7 @@ use api::dto::{
     AddRequest, Added, BlobList, CreditsView, ExportRequest, Exported, FetchProgress, GcReport,
     History, ModelList, ModelView, NodeInfo, OfferList, PinChange, PublishRequest, Published,
     ReceiptList, ReindexReport, SnapshotAdded, SnapshotRequest, VerifyReport, VerifyRequest,
+    VoteRequest, VotesView,
 };
 use api::oip::{InferRequest, InferResponse, ModelMetadata, ModelReady, ServerReady};
 use api::{ApiError, ApiResult};
@@ -37,6 +38,8 @@ pub struct Service {
     pub runtime: Arc<Runtime>,
     /// Compute sharing.
     pub remote: Arc<Remote>,
+    /// Votes and scores.
+    pub votes: Arc<crate::votes::Votes>,
     /// The node's metrics.
     pub metrics: Arc<Metrics>,
 }
@@ -108,6 +111,28 @@ impl api::NodeApi for Service {
     async fn show(&self, id: String) -> ApiResult<ModelView> {
         let id = ModelId(parse(&id)?);
         self.blocking(move |h| ops::show(h, id)).await
+    }
+
+    async fn vote(&self, id: String, request: VoteRequest) -> ApiResult<VotesView> {
+        let id = ModelId(parse(&id)?);
+        let choice = request
+            .choice
+            .parse()
+            .map_err(|e: protocol::DecodeError| ApiError::bad_request(e.to_string()))?;
+        if self.home.catalog.get(id).is_none() {
+            return Err(ApiError::not_found(format!(
+                "no model {id} in this node's catalogue"
+            )));
+        }
+        self.votes.cast(id, choice).await
+    }
+
+    async fn votes(&self, id: String) -> ApiResult<VotesView> {
+        let id = ModelId(parse(&id)?);
+        let votes = self.votes.clone();
+        tokio::task::spawn_blocking(move || votes.view(id))
+            .await
+            .map_err(|e| ApiError::internal(format!("scoring: {e}")))
     }
 
     async fn model_history(&self, id: String) -> ApiResult<History> {

@@ -27,6 +27,8 @@ pub const IDENTIFY_VERSION: &str = "/moxnet/1.0.0";
 pub const ANNOUNCE_TOPIC: &str = "/moxnet/announce/1";
 /// gossipsub topic of signed compute offers ([`crate::compute::ComputeOffer`]).
 pub const OFFER_TOPIC: &str = "/moxnet/compute/1";
+/// gossipsub topic of signed votes ([`crate::vote::Vote`]).
+pub const VOTE_TOPIC: &str = "/moxnet/votes/1";
 /// Request-response protocol for inference calls between peers
 /// ([`crate::compute::InferCall`] → [`crate::compute::InferReply`]).
 pub const INFER_PROTOCOL: &str = "/moxnet/infer/1";

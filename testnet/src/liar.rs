@@ -396,8 +396,10 @@ impl Peer {
             }
             // It keeps no ledger: a credits request goes unanswered (the stream closes).
             NetEvent::CreditsRequest { .. } => {}
-            // Manifests learnt from others are not kept: the liar only serves its own home.
+            // Manifests and votes learnt from others are not kept: the liar only serves its
+            // own home.
             NetEvent::Manifest { .. }
+            | NetEvent::Vote { .. }
             | NetEvent::Listed { .. }
             | NetEvent::PeerConnected(_)
             | NetEvent::PeerDisconnected(_)

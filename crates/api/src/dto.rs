@@ -575,3 +575,60 @@ pub struct RoyaltyAudit {
     /// What the provider has paid in royalties (its newest cheque here).
     pub paid: u64,
 }
+
+/// Body of `POST /api/v1/models/{id}/vote`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VoteRequest {
+    /// `up`, `down` or `retract`.
+    pub choice: String,
+}
+
+/// One voter's standing vote on a model, as this node weighs it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VoterView {
+    /// The voter's node id.
+    pub node_id: String,
+    /// `up`, `down` or `retract`.
+    pub choice: String,
+    /// The vote's clock.
+    pub clock: u64,
+    /// Its id (BLAKE3 of the envelope).
+    pub vote_id: String,
+    /// What this node trusts the voter (a share of 1).
+    pub trust: f64,
+    /// What the vote weighs here: trust × min(1, usage / usage_full).
+    pub weight: f64,
+    /// Credits the voter paid for calls of the model on providers this node trusts.
+    pub usage: u64,
+    /// Receipts in the vote.
+    pub receipts: u64,
+}
+
+/// `GET /api/v1/models/{id}/votes` (and the answer to a vote): the model's score as this node
+/// sees it, and its breakdown.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VotesView {
+    /// The model.
+    pub model: String,
+    /// Weighted votes up minus down.
+    pub score: f64,
+    /// The weight of the votes up.
+    pub up_weight: f64,
+    /// The weight of the votes down.
+    pub down_weight: f64,
+    /// Standing votes up, down and retracted, one per voter, whatever their weight.
+    pub up: u64,
+    /// See `up`.
+    pub down: u64,
+    /// See `up`.
+    pub retracted: u64,
+    /// Voters whose vote weighs something here.
+    pub paying_voters: u64,
+    /// Credits those voters paid for calls of the model on trusted providers.
+    pub usage: u64,
+    /// Usage at which a vote weighs its voter's whole trust.
+    pub usage_full: u64,
+    /// The standing votes, heaviest first (at most 100).
+    pub voters: Vec<VoterView>,
+}

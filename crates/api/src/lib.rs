@@ -225,6 +225,18 @@ pub trait NodeApi: Send + Sync + 'static {
     ) -> impl Future<Output = ApiResult<RoyaltyAudit>> + Send {
         unsupported()
     }
+    /// `POST /api/v1/models/{id}/vote`: this node votes on a model (signed, kept, gossiped).
+    fn vote(
+        &self,
+        _id: String,
+        _request: VoteRequest,
+    ) -> impl Future<Output = ApiResult<VotesView>> + Send {
+        unsupported()
+    }
+    /// `GET /api/v1/models/{id}/votes`: the model's score here and its breakdown.
+    fn votes(&self, _id: String) -> impl Future<Output = ApiResult<VotesView>> + Send {
+        unsupported()
+    }
     /// `GET /metrics`: the node's metrics in the OpenMetrics text format.
     fn metrics(&self) -> impl Future<Output = ApiResult<String>> + Send {
         unsupported()
@@ -363,6 +375,23 @@ pub fn router<N: NodeApi>(node: Arc<N>, access: Access) -> Router {
                 .get(|s: State<Arc<N>>, Path(id): Path<String>| async move {
                     ok(s.fetch_progress(id).await)
                 }),
+            )
+            .route(
+                "/api/v1/models/{id}/vote",
+                post(
+                    |s: State<Arc<N>>, Path(id): Path<String>, Body(body): Body| async move {
+                        match parse(&body) {
+                            Ok(r) => ok(s.vote(id, r).await),
+                            Err(e) => e.into_response(),
+                        }
+                    },
+                ),
+            )
+            .route(
+                "/api/v1/models/{id}/votes",
+                get(
+                    |s: State<Arc<N>>, Path(id): Path<String>| async move { ok(s.votes(id).await) },
+                ),
             )
             .route(
                 "/api/v1/offers",

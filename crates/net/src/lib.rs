@@ -216,6 +216,15 @@ pub enum NetEvent {
         /// The offer.
         offer: Box<Signed<ComputeOffer>>,
     },
+    /// A valid vote (envelope and receipts verified), from gossip.
+    Vote {
+        /// The peer it came from (not necessarily its voter).
+        from: PeerId,
+        /// The vote, checked.
+        vote: Box<protocol::vote::CheckedVote>,
+        /// Its envelope, as received.
+        envelope: Vec<u8>,
+    },
     /// A peer calls a model here: decode `call` as a [`protocol::compute::InferCall`] (it is
     /// only bounded in size) and answer through `reply`.
     InferCall {
@@ -256,6 +265,7 @@ impl NetEvent {
             NetEvent::Manifest { .. } => "manifest",
             NetEvent::Listed { .. } => "listed",
             NetEvent::Offer { .. } => "offer",
+            NetEvent::Vote { .. } => "vote",
             NetEvent::InferCall { .. } => "infer-call",
             NetEvent::CreditsRequest { .. } => "credits-request",
             NetEvent::Rejected { .. } => "rejected",
@@ -524,6 +534,11 @@ impl Client {
     pub async fn announce_offer(&self, envelope: Vec<u8>) -> Result<(), NetError> {
         self.call(|reply| Command::Offer { envelope, reply })
             .await?
+    }
+
+    /// Publishes a signed vote envelope on the vote topic.
+    pub async fn publish_vote(&self, envelope: Vec<u8>) -> Result<(), NetError> {
+        self.call(|reply| Command::Vote { envelope, reply }).await?
     }
 
     /// Sends an encoded [`protocol::compute::InferCall`] to `peer` and returns its encoded reply

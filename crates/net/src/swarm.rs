@@ -106,6 +106,11 @@ pub(crate) enum Command {
         envelope: Vec<u8>,
         reply: oneshot::Sender<Result<(), NetError>>,
     },
+    /// Publish a signed vote on the vote topic.
+    Vote {
+        envelope: Vec<u8>,
+        reply: oneshot::Sender<Result<(), NetError>>,
+    },
     /// Send an inference call to a peer.
     Infer {
         peer: PeerId,
@@ -422,6 +427,7 @@ pub(crate) struct EventLoop {
     provider: Arc<dyn Provider>,
     topic: IdentTopic,
     offer_topic: IdentTopic,
+    vote_topic: IdentTopic,
     /// Catalogue answers computed off the loop, to be sent from it.
     catalog_answers: mpsc::Receiver<Answer>,
     catalog_answers_tx: mpsc::Sender<Answer>,
@@ -496,7 +502,7 @@ fn gossip_scoring() -> (gossipsub::PeerScoreParams, gossipsub::PeerScoreThreshol
         ip_colocation_factor_weight: 0.0,
         ..gossipsub::PeerScoreParams::default()
     };
-    for topic_name in [wire::ANNOUNCE_TOPIC, wire::OFFER_TOPIC] {
+    for topic_name in [wire::ANNOUNCE_TOPIC, wire::OFFER_TOPIC, wire::VOTE_TOPIC] {
         params
             .topics
             .insert(IdentTopic::new(topic_name).hash(), topic.clone());
@@ -527,7 +533,11 @@ fn gossip_scoring() -> (gossipsub::PeerScoreParams, gossipsub::PeerScoreThreshol
 /// the node before being forwarded, signed (strict mode), and at most a signed envelope long.
 pub fn gossip_config() -> Result<gossipsub::Config, NetError> {
     gossipsub::ConfigBuilder::default()
-        .max_transmit_size(Signed::<Manifest>::MAX_BYTES.max(Signed::<ComputeOffer>::MAX_BYTES))
+        .max_transmit_size(
+            Signed::<Manifest>::MAX_BYTES
+                .max(Signed::<ComputeOffer>::MAX_BYTES)
+                .max(Signed::<protocol::vote::Vote>::MAX_BYTES),
+        )
         .validation_mode(gossipsub::ValidationMode::Strict)
         // Forward a message only after this node verified it (see `verify_off_loop`).
         .validate_messages()
@@ -717,7 +727,8 @@ impl EventLoop {
             .collect();
         let topic = IdentTopic::new(wire::ANNOUNCE_TOPIC);
         let offer_topic = IdentTopic::new(wire::OFFER_TOPIC);
-        for t in [&topic, &offer_topic] {
+        let vote_topic = IdentTopic::new(wire::VOTE_TOPIC);
+        for t in [&topic, &offer_topic, &vote_topic] {
             swarm
                 .behaviour_mut()
                 .gossipsub
@@ -749,6 +760,7 @@ impl EventLoop {
             provider,
             topic,
             offer_topic,
+            vote_topic,
             catalog_answers,
             catalog_answers_tx,
             infer_answers,
@@ -938,6 +950,10 @@ impl EventLoop {
             }
             Command::Offer { envelope, reply } => {
                 let topic = self.offer_topic.clone();
+                let _ = reply.send(self.publish(topic, envelope));
+            }
+            Command::Vote { envelope, reply } => {
+                let topic = self.vote_topic.clone();
                 let _ = reply.send(self.publish(topic, envelope));
             }
             Command::Credits {
@@ -1335,6 +1351,22 @@ impl EventLoop {
                 message_id,
             }) => {
                 let offers = message.topic == self.offer_topic.hash();
+                if message.topic == self.vote_topic.hash() {
+                    self.verify_off_loop(message_id, from, move || {
+                        match protocol::vote::CheckedVote::from_bytes(&message.data) {
+                            Ok(vote) => NetEvent::Vote {
+                                from,
+                                vote: Box::new(vote),
+                                envelope: message.data,
+                            },
+                            Err(e) => NetEvent::Rejected {
+                                from,
+                                reason: e.to_string(),
+                            },
+                        }
+                    });
+                    return;
+                }
                 self.verify_off_loop(message_id, from, move || {
                     let verified = if offers {
                         Signed::<ComputeOffer>::from_bytes(&message.data).map(|offer| {

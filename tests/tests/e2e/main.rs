@@ -11,3 +11,4 @@ mod inference;
 mod journey;
 mod matrix;
 mod network;
+mod votes;

@@ -1,0 +1,201 @@
+//! Votes, wired: this node's vote book, kept on disk and fed by gossip; its own votes signed
+//! with the receipts of its paid calls; scores weighed by the trust this node has in each voter
+//! (`votes::TrustGraph`: its own ledger, the receipts in the votes it holds).
+//!
+//! - **Heard** ([`Votes::heard`]): a vote from gossip was checked before it got here (envelope
+//!   and receipts, `protocol::vote::CheckedVote`); the book takes it by the merge rule, and the
+//!   standing vote's envelope is kept in the store's `votes` tree (the one it replaced deleted),
+//!   so a restart loads the same book.
+//! - **Cast** ([`Votes::cast`]): the next clock for (this node, model), up to
+//!   [`MAX_VOTE_RECEIPTS`] receipts of this node's newest paid calls of the model on other
+//!   nodes, signed, kept and published on `/moxnet/votes/1`.
+//! - **Scores** ([`Votes::view`]): the trust graph from this node's ledger and the votes'
+//!   receipts, ranked from this node; the model's score and each voter's part.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use api::dto::{VoterView, VotesView};
+use api::{ApiError, ApiResult};
+use credits::{Credits, Side};
+use protocol::credits::Receipt;
+use protocol::vote::{CheckedVote, Choice, MAX_VOTE_RECEIPTS, Vote};
+use protocol::{BlobHash, ModelId, SecretKey};
+use votes::{Applied, TrustGraph, USAGE_FULL, VoteBook};
+
+/// Voters listed in a [`VotesView`], heaviest first.
+const MAX_VOTERS_SHOWN: usize = 100;
+
+/// The node's votes: see the module docs.
+pub struct Votes {
+    key: Arc<SecretKey>,
+    net: net::Client,
+    credits: Arc<Credits>,
+    /// Standing votes' envelopes by id.
+    tree: sled::Tree,
+    book: Mutex<VoteBook>,
+}
+
+impl Votes {
+    /// Loads the standing votes kept in `tree` (each checked again; one that no longer checks is
+    /// dropped with a warning).
+    pub fn open(
+        key: Arc<SecretKey>,
+        net: net::Client,
+        credits: Arc<Credits>,
+        tree: sled::Tree,
+    ) -> anyhow::Result<Votes> {
+        let mut book = VoteBook::new();
+        let mut damaged = Vec::new();
+        for item in tree.iter() {
+            let (id, envelope) = item?;
+            match CheckedVote::from_bytes(&envelope) {
+                Ok(vote) => {
+                    book.apply(&vote);
+                }
+                Err(e) => {
+                    tracing::warn!("votes: a kept vote no longer checks, dropped: {e}");
+                    damaged.push(id);
+                }
+            }
+        }
+        for id in damaged {
+            tree.remove(id)?;
+        }
+        if !book.is_empty() {
+            tracing::info!(votes = book.len(), "votes: loaded");
+        }
+        Ok(Votes {
+            key,
+            net,
+            credits,
+            tree,
+            book: Mutex::new(book),
+        })
+    }
+
+    fn book(&self) -> MutexGuard<'_, VoteBook> {
+        self.book.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes a checked vote (from gossip, or this node's own); keeps it if it now stands.
+    /// Returns what the book did.
+    pub fn heard(&self, envelope: &[u8], vote: &CheckedVote) -> Applied {
+        let mut book = self.book();
+        let applied = book.apply(vote);
+        let kept = match applied {
+            Applied::New => self.tree.insert(vote.id.as_bytes(), envelope).map(|_| ()),
+            Applied::Replaced(old) => {
+                let mut batch = sled::Batch::default();
+                batch.remove(old.as_bytes().as_slice());
+                batch.insert(vote.id.as_bytes().as_slice(), envelope);
+                self.tree.apply_batch(batch)
+            }
+            Applied::Older | Applied::Same => Ok(()),
+        };
+        if let Err(e) = kept {
+            // The book holds it; the next start will not (until a peer sends it again).
+            tracing::error!("votes: keeping a vote: {e}");
+        }
+        applied
+    }
+
+    /// Up to [`MAX_VOTE_RECEIPTS`] receipts of this node's newest calls of `model` that other
+    /// nodes served it.
+    fn receipts_for(&self, model: ModelId) -> Vec<Receipt> {
+        let mut found: Vec<(u64, Receipt)> = Vec::new();
+        for balance in self.credits.balances() {
+            if balance.account.used_calls == 0 {
+                continue;
+            }
+            let receipts = match self.credits.receipts(&balance.peer, Side::Used) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!("votes: reading receipts with {}: {e}", balance.peer);
+                    continue;
+                }
+            };
+            for receipt in receipts {
+                if let Ok(v) = receipt.verify_trusted()
+                    && v.model == model
+                    && v.provider != self.key.node_id()
+                {
+                    found.push((v.issued_ms, receipt));
+                }
+            }
+        }
+        found.sort_by_key(|(issued_ms, _)| std::cmp::Reverse(*issued_ms));
+        found
+            .into_iter()
+            .take(MAX_VOTE_RECEIPTS)
+            .map(|(_, r)| r)
+            .collect()
+    }
+
+    /// Signs, keeps and publishes this node's vote on `model`.
+    pub async fn cast(&self, model: ModelId, choice: Choice) -> ApiResult<VotesView> {
+        let receipts = tokio::task::block_in_place(|| self.receipts_for(model));
+        let clock = self.book().next_clock(&model, &self.key.node_id());
+        let signed = self.key.sign(Vote {
+            model,
+            choice,
+            clock,
+            issued_ms: crate::compute::now_ms(),
+            receipts,
+        });
+        let envelope = signed.to_bytes();
+        let vote = CheckedVote::of(&signed, BlobHash::of(&envelope))
+            .map_err(|e| ApiError::internal(format!("this node's own vote: {e}")))?;
+        tokio::task::block_in_place(|| self.heard(&envelope, &vote));
+        if let Err(e) = self.net.publish_vote(envelope).await {
+            // Kept here; peers get it when they catch up.
+            tracing::info!("votes: publishing a vote: {e}");
+        }
+        Ok(self.view(model))
+    }
+
+    /// The model's score as this node sees it, and each standing vote's part.
+    pub fn view(&self, model: ModelId) -> VotesView {
+        let me = self.key.node_id();
+        let book = self.book();
+        let mut graph = TrustGraph::new();
+        for balance in self.credits.balances() {
+            let a = &balance.account;
+            graph.add_credit(me, balance.peer, a.served.saturating_add(a.used));
+        }
+        graph.add_votes(&book);
+        let trust = graph.rank(me);
+        let score = trust.score(&book, &model);
+        let tally = book.tally(&model);
+        let mut voters: Vec<VoterView> = book
+            .on(&model)
+            .map(|(voter, s)| {
+                let (_, weight, usage) = trust.weight(&book, &model, voter);
+                VoterView {
+                    node_id: voter.to_string(),
+                    choice: s.choice.as_str().into(),
+                    clock: s.clock,
+                    vote_id: s.id.to_string(),
+                    trust: trust.of(voter),
+                    weight,
+                    usage,
+                    receipts: s.usage.len() as u64,
+                }
+            })
+            .collect();
+        voters.sort_by(|a, b| b.weight.total_cmp(&a.weight));
+        voters.truncate(MAX_VOTERS_SHOWN);
+        VotesView {
+            model: model.to_string(),
+            score: score.score,
+            up_weight: score.up,
+            down_weight: score.down,
+            up: tally.up,
+            down: tally.down,
+            retracted: tally.retracted,
+            paying_voters: score.paying_voters,
+            usage: score.usage,
+            usage_full: USAGE_FULL,
+            voters,
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! Votes between real nodes: C pays B for calls of A's model and votes it up with the
+//! receipts; the vote reaches B and A by gossip. B, which served C's calls, weighs it; A, which
+//! has no credit link to either, sees it but gives it no weight (scores are personal). A
+//! retraction replaces the vote everywhere, and a restarted node still holds it.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use testnet::{Daemon, Node, Testnet};
+
+use super::inference::{http, mode};
+
+/// Echo costs some 50 credits a call here; generous limits, so calls never wait on payment.
+const PROVIDER: &str = "[inference]\nfuel = 1000000000\ntimeout_secs = 5\nmax_concurrent = 4\n\n\
+                        [compute]\nserve = true\noffer_interval_secs = 1\nprice_per_mfuel = 20000\n\
+                        max_price_per_mfuel = 50000\n";
+const CALLER: &str = "[compute]\ncall_timeout_secs = 10\nmax_price_per_mfuel = 50000\n";
+
+fn init(net: &Testnet, name: &str, config: &str) -> Node {
+    let n = net.home(name);
+    n.ok(&["init"]);
+    std::fs::write(n.home.join("config.toml"), config).expect("config");
+    n
+}
+
+fn votes(node: &Daemon, id: &str) -> Value {
+    let (status, v) = node
+        .api_get(&format!("/api/v1/models/{id}/votes"))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(status, 200, "{v}");
+    v
+}
+
+/// Waits until `node`'s view of the model's votes satisfies `ok` (gossip takes a moment).
+fn wait_votes(node: &Daemon, id: &str, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let v = votes(node, id);
+        if ok(&v) {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what}: {v}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_paid_vote_reaches_every_node_and_weighs_where_its_voter_is_trusted() {
+    let net = Testnet::new().expect("testnet");
+    let a = init(&net, "a", "");
+    let pkg = testnet::echo_package(net.path()).expect("package");
+    let id = a.ok(&["publish", pkg.to_str().expect("utf8")]);
+    let a_node = a.start(&[]);
+    let b = init(&net, "b", PROVIDER);
+    let b_node = b.start(&[a_node.addr()]);
+    let c = init(&net, "c", CALLER);
+    let c_node = c.start(&[a_node.addr()]);
+    testnet::wait_for_offers(&c_node, &[&b_node.peer_id]).unwrap_or_else(|e| panic!("{e:#}"));
+
+    // Unknown choices and models are refused.
+    let bad = c.fails(&["vote", &id, "sideways"]);
+    assert!(bad.contains("sideways"), "{bad}");
+    let unknown = c.fails(&["vote", &"0".repeat(64), "up"]);
+    assert!(unknown.contains("no model"), "{unknown}");
+
+    for i in 0..25 {
+        let (status, answer) = http(
+            &c_node.api,
+            "POST",
+            &format!("/v2/models/{id}/infer?on={}", b_node.peer_id),
+            Some(&mode("echo")),
+        );
+        assert_eq!(status, 200, "call {i}: {answer}");
+    }
+    let mine = c.json(&["vote", &id, "up"]);
+    assert_eq!(mine["up"], 1, "{mine}");
+    let voter = &mine["voters"][0];
+    assert!(voter["receipts"].as_u64().unwrap_or(0) >= 1, "{mine}");
+    assert!(voter["weight"].as_f64().unwrap_or(0.0) > 0.0, "{mine}");
+    let text = c.ok(&["votes", &id]);
+    assert!(text.contains("1 paying voters"), "{text}");
+
+    // B served those calls: it trusts C and weighs the vote.
+    let at_b = wait_votes(&b_node, &id, "the vote reaches B", |v| v["up"] == 1);
+    assert_eq!(at_b["paying_voters"], 1, "{at_b}");
+    assert!(at_b["score"].as_f64().unwrap_or(0.0) > 0.0, "{at_b}");
+    assert!(at_b["usage"].as_u64().unwrap_or(0) > 0, "{at_b}");
+    // A relayed it but has no credit link to C or B: the vote stands there, weighing nothing.
+    let at_a = wait_votes(&a_node, &id, "the vote reaches A", |v| v["up"] == 1);
+    assert_eq!(at_a["paying_voters"], 0, "{at_a}");
+    assert_eq!(at_a["score"].as_f64(), Some(0.0), "{at_a}");
+
+    // A retraction replaces it everywhere.
+    c.ok(&["vote", &id, "retract"]);
+    wait_votes(&b_node, &id, "the retraction reaches B", |v| {
+        v["retracted"] == 1 && v["up"] == 0
+    });
+    let at_a = wait_votes(&a_node, &id, "the retraction reaches A", |v| {
+        v["retracted"] == 1
+    });
+    assert_eq!(at_a["voters"][0]["clock"], 2, "{at_a}");
+
+    // B keeps it across a restart.
+    b_node.stop();
+    let b_node = b.start(&[a_node.addr()]);
+    let again = votes(&b_node, &id);
+    assert_eq!(again["retracted"], 1, "{again}");
+    assert_eq!(again["up"], 0, "{again}");
+}
