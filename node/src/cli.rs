@@ -100,6 +100,15 @@ pub enum Command {
         #[arg(value_parser = ["up", "down", "retract"])]
         choice: String,
     },
+    /// Follow a node: its trust (and its votes' weight) comes from this node directly.
+    /// Prints the nodes followed.
+    Follow {
+        /// A node id or peer id.
+        node: String,
+        /// Stop following it.
+        #[arg(long)]
+        undo: bool,
+    },
     /// A model's score as the running node weighs it: each voter's trust, usage and weight.
     Votes {
         /// Model id.

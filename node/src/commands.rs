@@ -73,6 +73,15 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             show(json, &view)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Follow { node, undo } => {
+            let api = running_node(&dir, "follows are kept by a running node:")?;
+            let list: api::dto::FollowList = api.bodyless(
+                if undo { "DELETE" } else { "PUT" },
+                &format!("/api/v1/follows/{node}"),
+            )?;
+            show(json, &list)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Votes { id } => {
             let api = running_node(&dir, "votes are kept by a running node:")?;
             show(
@@ -333,6 +342,7 @@ fn store_command(target: &Target, command: Command, json: bool) -> Result<ExitCo
         | Command::Call { .. }
         | Command::Offers
         | Command::Vote { .. }
+        | Command::Follow { .. }
         | Command::Votes { .. }
         | Command::Credits { .. } => bail!("this command does not run on the store"),
     }

@@ -163,6 +163,10 @@ async fn serve(
             client.clone(),
             credits.clone(),
             home.store.open_tree("votes").context("opening the votes")?,
+            home.store
+                .open_tree("follows")
+                .context("opening the follows")?,
+            metrics.clone(),
         )
         .context("loading the votes")?,
     );

@@ -129,6 +129,15 @@ pub struct Metrics {
     pub payment_required: Family<SideLabels, Counter>,
     /// Royalties this node owes authors for the calls it served, credits.
     pub royalties_owed: Counter,
+    /// Valid votes taken, by what the vote book did with them.
+    pub votes: Family<VoteLabels, Counter>,
+}
+
+/// Labels of `moxnet_votes_total`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct VoteLabels {
+    /// `new`, `replaced`, `older`, `same` or `full`.
+    pub outcome: &'static str,
 }
 
 /// Labels of the credit metrics: which side of calls.
@@ -172,6 +181,7 @@ impl Metrics {
             cheques: Family::default(),
             payment_required: Family::default(),
             royalties_owed: Counter::default(),
+            votes: Family::default(),
             registry: Registry::default(),
         };
         registry.register("peers", "Peers connected now", metrics.peers.clone());
@@ -239,6 +249,11 @@ impl Metrics {
             "credits_billed",
             "Credits billed by receipts, by side: served (peers owe this node) or used (this node owes peers)",
             metrics.credits_billed.clone(),
+        );
+        registry.register(
+            "votes",
+            "Valid votes taken (heard or cast), by outcome: new (a voter's first on a model), replaced (it superseded the standing one), older or same (ignored), full (the voter or the book at its limit)",
+            metrics.votes.clone(),
         );
         registry.register(
             "cheques",

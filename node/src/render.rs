@@ -489,3 +489,14 @@ impl Render for api::dto::VotesView {
         lines.join("\n")
     }
 }
+
+impl Render for api::dto::FollowList {
+    fn text(&self) -> String {
+        if self.follows.is_empty() {
+            return "following nobody".into();
+        }
+        let mut lines = vec![format!("following {}:", self.follows.len())];
+        lines.extend(self.follows.iter().map(|n| format!("  {n}")));
+        lines.join("\n")
+    }
+}

@@ -5,10 +5,10 @@
 use std::sync::Arc;
 
 use api::dto::{
-    AddRequest, Added, BlobList, CreditsView, ExportRequest, Exported, FetchProgress, GcReport,
-    History, ModelList, ModelView, NodeInfo, OfferList, PinChange, PublishRequest, Published,
-    ReceiptList, ReindexReport, SnapshotAdded, SnapshotRequest, VerifyReport, VerifyRequest,
-    VoteRequest, VotesView,
+    AddRequest, Added, BlobList, CreditsView, ExportRequest, Exported, FetchProgress, FollowList,
+    GcReport, History, ModelList, ModelView, NodeInfo, OfferList, PinChange, PublishRequest,
+    Published, ReceiptList, ReindexReport, SnapshotAdded, SnapshotRequest, VerifyReport,
+    VerifyRequest, VoteRequest, VotesView,
 };
 use api::oip::{InferRequest, InferResponse, ModelMetadata, ModelReady, ServerReady};
 use api::{ApiError, ApiResult};
@@ -125,6 +125,31 @@ impl api::NodeApi for Service {
             )));
         }
         self.votes.cast(id, choice).await
+    }
+
+    async fn follows(&self) -> ApiResult<FollowList> {
+        let followed = self
+            .votes
+            .followed()
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        Ok(FollowList {
+            follows: followed.iter().map(|n| n.to_string()).collect(),
+        })
+    }
+
+    async fn follow(&self, node: String, follow: bool) -> ApiResult<FollowList> {
+        let node = crate::package::parse_node_id(&node)
+            .map_err(|e| ApiError::bad_request(format!("{e:#}")))?;
+        if node == self.home.key.node_id() {
+            return Err(ApiError::bad_request("a node cannot follow itself"));
+        }
+        let followed = self
+            .votes
+            .follow(node, follow)
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        Ok(FollowList {
+            follows: followed.iter().map(|n| n.to_string()).collect(),
+        })
     }
 
     async fn votes(&self, id: String) -> ApiResult<VotesView> {

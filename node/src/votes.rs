@@ -19,8 +19,10 @@ use api::{ApiError, ApiResult};
 use credits::{Credits, Side};
 use protocol::credits::Receipt;
 use protocol::vote::{CheckedVote, Choice, MAX_VOTE_RECEIPTS, Vote};
-use protocol::{BlobHash, ModelId, SecretKey};
+use protocol::{BlobHash, ModelId, NodeId, SecretKey};
 use votes::{Applied, TrustGraph, USAGE_FULL, VoteBook};
+
+use crate::metrics::{Metrics, VoteLabels};
 
 /// Voters listed in a [`VotesView`], heaviest first.
 const MAX_VOTERS_SHOWN: usize = 100;
@@ -32,7 +34,10 @@ pub struct Votes {
     credits: Arc<Credits>,
     /// Standing votes' envelopes by id.
     tree: sled::Tree,
+    /// The nodes this node follows (keys: node ids).
+    follows: sled::Tree,
     book: Mutex<VoteBook>,
+    metrics: Arc<Metrics>,
 }
 
 impl Votes {
@@ -43,6 +48,8 @@ impl Votes {
         net: net::Client,
         credits: Arc<Credits>,
         tree: sled::Tree,
+        follows: sled::Tree,
+        metrics: Arc<Metrics>,
     ) -> anyhow::Result<Votes> {
         let mut book = VoteBook::new();
         let mut damaged = Vec::new();
@@ -69,7 +76,9 @@ impl Votes {
             net,
             credits,
             tree,
+            follows,
             book: Mutex::new(book),
+            metrics,
         })
     }
 
@@ -82,6 +91,17 @@ impl Votes {
     pub fn heard(&self, envelope: &[u8], vote: &CheckedVote) -> Applied {
         let mut book = self.book();
         let applied = book.apply(vote);
+        let outcome = match applied {
+            Applied::New => "new",
+            Applied::Replaced(_) => "replaced",
+            Applied::Older => "older",
+            Applied::Same => "same",
+            Applied::Full => "full",
+        };
+        self.metrics
+            .votes
+            .get_or_create(&VoteLabels { outcome })
+            .inc();
         let kept = match applied {
             Applied::New => self.tree.insert(vote.id.as_bytes(), envelope).map(|_| ()),
             Applied::Replaced(old) => {
@@ -90,7 +110,7 @@ impl Votes {
                 batch.insert(vote.id.as_bytes().as_slice(), envelope);
                 self.tree.apply_batch(batch)
             }
-            Applied::Older | Applied::Same => Ok(()),
+            Applied::Older | Applied::Same | Applied::Full => Ok(()),
         };
         if let Err(e) = kept {
             // The book holds it; the next start will not (until a peer sends it again).
@@ -145,12 +165,42 @@ impl Votes {
         let envelope = signed.to_bytes();
         let vote = CheckedVote::of(&signed, BlobHash::of(&envelope))
             .map_err(|e| ApiError::internal(format!("this node's own vote: {e}")))?;
-        tokio::task::block_in_place(|| self.heard(&envelope, &vote));
+        if tokio::task::block_in_place(|| self.heard(&envelope, &vote)) == Applied::Full {
+            return Err(ApiError::bad_request(format!(
+                "this node already has {} standing votes, the most a voter may have; retract some first",
+                votes::MAX_VOTES_PER_VOTER
+            )));
+        }
         if let Err(e) = self.net.publish_vote(envelope).await {
             // Kept here; peers get it when they catch up.
             tracing::info!("votes: publishing a vote: {e}");
         }
         Ok(self.view(model))
+    }
+
+    /// The nodes this node follows.
+    pub fn followed(&self) -> anyhow::Result<Vec<NodeId>> {
+        let mut out = Vec::new();
+        for item in self.follows.iter() {
+            let (k, _) = item?;
+            let bytes: [u8; 32] = k
+                .as_ref()
+                .try_into()
+                .map_err(|_| anyhow::anyhow!("a damaged follow ({} bytes)", k.len()))?;
+            out.push(NodeId::from_bytes(bytes)?);
+        }
+        Ok(out)
+    }
+
+    /// Follows `node` (or stops); returns the nodes followed.
+    pub fn follow(&self, node: NodeId, follow: bool) -> anyhow::Result<Vec<NodeId>> {
+        if follow {
+            self.follows.insert(node.as_bytes(), &[])?;
+        } else {
+            self.follows.remove(node.as_bytes())?;
+        }
+        self.follows.flush()?;
+        self.followed()
     }
 
     /// The model's score as this node sees it, and each standing vote's part.
@@ -163,6 +213,14 @@ impl Votes {
             graph.add_credit(me, balance.peer, a.served.saturating_add(a.used));
         }
         graph.add_votes(&book);
+        match self.followed() {
+            Ok(followed) => {
+                for node in followed {
+                    graph.follow(me, node);
+                }
+            }
+            Err(e) => tracing::error!("votes: reading the follows: {e}"),
+        }
         let trust = graph.rank(me);
         let score = trust.score(&book, &model);
         let tally = book.tally(&model);

@@ -632,3 +632,11 @@ pub struct VotesView {
     /// The standing votes, heaviest first (at most 100).
     pub voters: Vec<VoterView>,
 }
+
+/// `GET`, `PUT` and `DELETE /api/v1/follows[/{node}]`: the nodes this node follows (their
+/// trust, and so their votes' weight, comes from this node directly).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FollowList {
+    /// Node ids, in byte order.
+    pub follows: Vec<String>,
+}

@@ -237,6 +237,18 @@ pub trait NodeApi: Send + Sync + 'static {
     fn votes(&self, _id: String) -> impl Future<Output = ApiResult<VotesView>> + Send {
         unsupported()
     }
+    /// `GET /api/v1/follows`.
+    fn follows(&self) -> impl Future<Output = ApiResult<FollowList>> + Send {
+        unsupported()
+    }
+    /// `PUT /api/v1/follows/{node}` (`follow`) and `DELETE …` (not).
+    fn follow(
+        &self,
+        _node: String,
+        _follow: bool,
+    ) -> impl Future<Output = ApiResult<FollowList>> + Send {
+        unsupported()
+    }
     /// `GET /metrics`: the node's metrics in the OpenMetrics text format.
     fn metrics(&self) -> impl Future<Output = ApiResult<String>> + Send {
         unsupported()
@@ -392,6 +404,19 @@ pub fn router<N: NodeApi>(node: Arc<N>, access: Access) -> Router {
                 get(
                     |s: State<Arc<N>>, Path(id): Path<String>| async move { ok(s.votes(id).await) },
                 ),
+            )
+            .route(
+                "/api/v1/follows",
+                get(|s: State<Arc<N>>| async move { ok(s.follows().await) }),
+            )
+            .route(
+                "/api/v1/follows/{node}",
+                put(|s: State<Arc<N>>, Path(node): Path<String>| async move {
+                    ok(s.follow(node, true).await)
+                })
+                .delete(|s: State<Arc<N>>, Path(node): Path<String>| async move {
+                    ok(s.follow(node, false).await)
+                }),
             )
             .route(
                 "/api/v1/offers",

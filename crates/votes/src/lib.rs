@@ -5,7 +5,8 @@
 //! [`protocol::vote::supersedes`] every other it has seen from that voter on that model. So any
 //! order of arrival, with any duplicates, leaves every node that saw the same votes in the same
 //! state. A retraction stands like any vote (it counts nothing, and keeps an older vote from
-//! coming back). [`VoteBook::tally`] counts a model's standing votes, with and without usage
+//! coming back). A voter has at most [`MAX_VOTES_PER_VOTER`] standing votes and a book at most
+//! [`MAX_VOTES`], so identities voting on made-up model ids cannot fill memory. [`VoteBook::tally`] counts a model's standing votes, with and without usage
 //! receipts behind them. [`TrustGraph`] and [`Trust`] decide what each vote weighs to the node
 //! that counts: from the receipts behind it and that node's trust in the voter.
 
@@ -64,6 +65,12 @@ impl Standing {
     }
 }
 
+/// Standing votes one voter may have in a book: beyond, its votes on further models are
+/// refused ([`Applied::Full`]); votes replacing its standing ones still count.
+pub const MAX_VOTES_PER_VOTER: usize = 10_000;
+/// Standing votes a book holds in all (about 200 bytes each, plus 40 a receipt).
+pub const MAX_VOTES: usize = 1_000_000;
+
 /// What [`VoteBook::apply`] did with a vote.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Applied {
@@ -75,6 +82,9 @@ pub enum Applied {
     Older,
     /// It is the standing vote: ignored.
     Same,
+    /// A first vote on a model from a voter already at [`MAX_VOTES_PER_VOTER`], or with the
+    /// book at [`MAX_VOTES`]: refused.
+    Full,
 }
 
 impl Applied {
@@ -101,6 +111,10 @@ pub struct Tally {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct VoteBook {
     standing: BTreeMap<ModelId, BTreeMap<NodeId, Standing>>,
+    /// Standing votes per voter.
+    per_voter: BTreeMap<NodeId, usize>,
+    /// Standing votes in all.
+    total: usize,
 }
 
 impl VoteBook {
@@ -111,10 +125,22 @@ impl VoteBook {
 
     /// Takes a checked vote by the merge rule.
     pub fn apply(&mut self, vote: &CheckedVote) -> Applied {
+        let known = self
+            .standing
+            .get(&vote.model)
+            .is_some_and(|voters| voters.contains_key(&vote.voter));
+        if !known {
+            let mine = self.per_voter.get(&vote.voter).copied().unwrap_or(0);
+            if mine >= MAX_VOTES_PER_VOTER || self.total >= MAX_VOTES {
+                return Applied::Full;
+            }
+        }
         let voters = self.standing.entry(vote.model).or_default();
         match voters.get_mut(&vote.voter) {
             None => {
                 voters.insert(vote.voter, Standing::of(vote));
+                *self.per_voter.entry(vote.voter).or_default() += 1;
+                self.total += 1;
                 Applied::New
             }
             Some(s) if s.id == vote.id => Applied::Same,
@@ -177,11 +203,16 @@ impl VoteBook {
 
     /// How many (model, voter) pairs have a standing vote.
     pub fn len(&self) -> usize {
-        self.standing.values().map(BTreeMap::len).sum()
+        self.total
+    }
+
+    /// How many standing votes `voter` has.
+    pub fn votes_of(&self, voter: &NodeId) -> usize {
+        self.per_voter.get(voter).copied().unwrap_or(0)
     }
 
     /// Whether no vote stands.
     pub fn is_empty(&self) -> bool {
-        self.standing.is_empty()
+        self.total == 0
     }
 }

@@ -156,6 +156,26 @@ fn a_retraction_stands_and_an_older_vote_does_not_come_back() {
 }
 
 #[test]
+fn a_voter_has_at_most_its_share_of_standing_votes() {
+    let voter = key(0);
+    let mut book = VoteBook::new();
+    let many = |i: u32| ModelId(BlobHash::of(&i.to_le_bytes()));
+    for i in 0..votes::MAX_VOTES_PER_VOTER as u32 {
+        let v = CheckedVote::from_bytes(&vote(&voter, many(i), 1, Choice::Up)).expect("valid");
+        assert_eq!(book.apply(&v), Applied::New);
+    }
+    assert_eq!(book.votes_of(&voter.node_id()), votes::MAX_VOTES_PER_VOTER);
+    // One model more is refused; replacing a standing vote still works; others are unaffected.
+    let extra = CheckedVote::from_bytes(&vote(&voter, model(9), 1, Choice::Up)).expect("valid");
+    assert_eq!(book.apply(&extra), Applied::Full);
+    let again = CheckedVote::from_bytes(&vote(&voter, many(0), 2, Choice::Down)).expect("valid");
+    assert!(matches!(book.apply(&again), Applied::Replaced(_)));
+    let other = CheckedVote::from_bytes(&vote(&key(1), model(9), 1, Choice::Up)).expect("valid");
+    assert_eq!(book.apply(&other), Applied::New);
+    assert_eq!(book.len(), votes::MAX_VOTES_PER_VOTER + 1);
+}
+
+#[test]
 fn receipts_count_only_for_the_voters_own_paid_calls_of_that_model() {
     let (voter, provider, other) = (key(0), key(1), key(2));
     let sign = |receipts: Vec<Receipt>| {

@@ -1,7 +1,7 @@
 //! Votes between real nodes: C pays B for calls of A's model and votes it up with the
 //! receipts; the vote reaches B and A by gossip. B, which served C's calls, weighs it; A, which
-//! has no credit link to either, sees it but gives it no weight (scores are personal). A
-//! retraction replaces the vote everywhere, and a restarted node still holds it.
+//! has no credit link to either, sees it but gives it no weight (scores are personal) until it
+//! follows C. A retraction replaces the vote everywhere, and a restarted node still holds it.
 
 use std::time::{Duration, Instant};
 
@@ -89,6 +89,33 @@ fn a_paid_vote_reaches_every_node_and_weighs_where_its_voter_is_trusted() {
     let at_a = wait_votes(&a_node, &id, "the vote reaches A", |v| v["up"] == 1);
     assert_eq!(at_a["paying_voters"], 0, "{at_a}");
     assert_eq!(at_a["score"].as_f64(), Some(0.0), "{at_a}");
+
+    // Once A follows C, C's trust (and its paid vote's weight) comes from A directly.
+    let follows = a.json(&["follow", &c_node.peer_id]);
+    assert_eq!(
+        follows["follows"].as_array().map(Vec::len),
+        Some(1),
+        "{follows}"
+    );
+    let at_a = votes(&a_node, &id);
+    assert_eq!(at_a["paying_voters"], 1, "{at_a}");
+    assert!(at_a["score"].as_f64().unwrap_or(0.0) > 0.0, "{at_a}");
+    let unfollowed = a.json(&["follow", &c_node.peer_id, "--undo"]);
+    assert_eq!(unfollowed["follows"].as_array().map(Vec::len), Some(0));
+    assert_eq!(votes(&a_node, &id)["paying_voters"], 0);
+    let (_, metrics) = testnet::http_text(
+        &b_node.api,
+        "GET",
+        "/metrics",
+        &[],
+        None,
+        Duration::from_secs(10),
+    )
+    .expect("metrics");
+    assert!(
+        metrics.contains("moxnet_votes_total{outcome=\"new\"} 1"),
+        "{metrics}"
+    );
 
     // A retraction replaces it everywhere.
     c.ok(&["vote", &id, "retract"]);
