@@ -26,9 +26,13 @@ use crate::output;
 use crate::remote::Remote;
 use crate::service::Service;
 
-/// Serves blobs and the catalogue from the store (called by `net` on blocking threads).
+/// Serves blobs, the catalogue and the standing votes from the store (called by `net` on
+/// blocking threads).
 struct StoreProvider {
     home: Arc<Home>,
+    /// The store's `votes` tree: standing votes' envelopes by vote id (kept by
+    /// [`crate::votes::Votes`]).
+    votes: sled::Tree,
 }
 
 impl Provider for StoreProvider {
@@ -64,6 +68,44 @@ impl Provider for StoreProvider {
     fn knows(&self, id: ModelId) -> bool {
         self.home.catalog.contains(id)
     }
+
+    fn vote_ids(&self, after: Option<BlobHash>, max: usize) -> Vec<BlobHash> {
+        let range = match after {
+            Some(a) => self.votes.range::<&[u8], _>((
+                std::ops::Bound::Excluded(a.as_bytes().as_slice()),
+                std::ops::Bound::Unbounded,
+            )),
+            None => self.votes.iter(),
+        };
+        let mut ids = Vec::new();
+        for item in range.keys().take(max) {
+            match item {
+                Ok(k) => match <[u8; 32]>::try_from(k.as_ref()) {
+                    Ok(b) => ids.push(BlobHash::from_bytes(b)),
+                    Err(_) => tracing::warn!("votes: a damaged key ({} bytes)", k.len()),
+                },
+                Err(e) => {
+                    tracing::error!("votes: listing: {e}");
+                    break;
+                }
+            }
+        }
+        ids
+    }
+
+    fn vote(&self, id: BlobHash) -> Option<Vec<u8>> {
+        match self.votes.get(id.as_bytes()) {
+            Ok(v) => v.map(|v| v.to_vec()),
+            Err(e) => {
+                tracing::error!("votes: reading {id}: {e}");
+                None
+            }
+        }
+    }
+
+    fn knows_vote(&self, id: BlobHash) -> bool {
+        self.votes.contains_key(id.as_bytes()).unwrap_or(false)
+    }
 }
 
 /// Runs the node until SIGINT or SIGTERM.
@@ -84,7 +126,11 @@ async fn serve(
     json: bool,
 ) -> Result<()> {
     let mut metrics = Metrics::new();
-    let provider = Arc::new(StoreProvider { home: home.clone() });
+    let votes_tree = home.store.open_tree("votes").context("opening the votes")?;
+    let provider = Arc::new(StoreProvider {
+        home: home.clone(),
+        votes: votes_tree.clone(),
+    });
     let net_config = NetConfig {
         seed: home.key.seed(),
         listen: config.listen.clone(),
@@ -162,7 +208,7 @@ async fn serve(
             home.key.clone(),
             client.clone(),
             credits.clone(),
-            home.store.open_tree("votes").context("opening the votes")?,
+            votes_tree,
             home.store
                 .open_tree("follows")
                 .context("opening the follows")?,

@@ -140,6 +140,16 @@ fn main() -> std::io::Result<()> {
         ..CatalogRequest::default()
     };
     write(&dir, "catalog_frames", "request-want", &want.to_bytes())?;
+    let votes = CatalogRequest {
+        votes: true,
+        ..ids.clone()
+    };
+    write(
+        &dir,
+        "catalog_frames",
+        "request-vote-ids",
+        &votes.to_bytes(),
+    )?;
     let catalog = CatalogResponse {
         manifests: vec![signed_manifest.clone(), signed_manifest],
         next: Some(ModelId(BlobHash::of(b"next"))),

@@ -288,14 +288,20 @@ impl Object for BlobResponseHeader {
 ///   `ids` false): those the peer knows, in the order asked, as many as fit a page.
 ///
 /// A walk's first page has no `after`; each next one names [`CatalogResponse::next`].
+///
+/// With `votes`, the same three kinds walk the peer's standing votes (protocol §13) instead:
+/// the ids are vote ids (the BLAKE3 hash of a vote's envelope, carried in the same
+/// [`ModelId`]-typed fields) and the envelopes come back in [`CatalogResponse::votes`].
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct CatalogRequest {
-    /// Only models whose id is greater than this one.
+    /// Only models (or votes) whose id is greater than this one.
     pub after: Option<ModelId>,
-    /// Ids only, no manifests.
+    /// Ids only, no envelopes.
     pub ids: bool,
-    /// Exactly these models' manifests.
+    /// Exactly these models' manifests (or these votes).
     pub want: Vec<ModelId>,
+    /// Votes, not models.
+    pub votes: bool,
 }
 
 impl Object for CatalogRequest {
@@ -316,6 +322,9 @@ impl Object for CatalogRequest {
                 Value::Array(self.want.iter().map(id_value).collect()),
             ));
         }
+        if self.votes {
+            map.push((Value::text("votes"), Value::Bool(true)));
+        }
         Value::Map(map)
     }
 
@@ -327,21 +336,13 @@ impl Object for CatalogRequest {
             .map(|v| as_array::<32>("catalog request after", v))
             .transpose()?
             .map(|b| ModelId(BlobHash::from_bytes(b)));
-        let ids = match m.optional("ids") {
-            None => false,
-            Some(Value::Bool(true)) => true,
-            Some(_) => {
-                return Err(DecodeError::invalid(
-                    "catalog request ids",
-                    "expected true (or no key)",
-                ));
-            }
-        };
+        let ids = flag(m.optional("ids"), "catalog request ids")?;
         let want = m
             .optional("want")
             .map(|v| id_list("catalog request want", v, MAX_CATALOG_PAGE))
             .transpose()?
             .unwrap_or_default();
+        let votes = flag(m.optional("votes"), "catalog request votes")?;
         m.finish()?;
         if !want.is_empty() && (after.is_some() || ids) {
             return Err(DecodeError::invalid(
@@ -349,7 +350,21 @@ impl Object for CatalogRequest {
                 "want is asked alone (no after, no ids)",
             ));
         }
-        Ok(CatalogRequest { after, ids, want })
+        Ok(CatalogRequest {
+            after,
+            ids,
+            want,
+            votes,
+        })
+    }
+}
+
+/// A flag key: `true`, or absent for false.
+fn flag(v: Option<Value>, what: &'static str) -> Result<bool, DecodeError> {
+    match v {
+        None => Ok(false),
+        Some(Value::Bool(true)) => Ok(true),
+        Some(_) => Err(DecodeError::invalid(what, "expected true (or no key)")),
     }
 }
 
@@ -370,6 +385,9 @@ fn id_list(what: &'static str, v: Value, max: usize) -> Result<Vec<ModelId>, Dec
 pub struct CatalogResponse {
     /// Envelope bytes, each a `Signed<Manifest>`.
     pub manifests: Vec<Vec<u8>>,
+    /// Envelope bytes, each a `Signed<Vote>` (a votes request's answer; at most
+    /// [`MAX_CATALOG_PAGE`], and `manifests` is empty).
+    pub votes: Vec<Vec<u8>>,
     /// Model ids (a page of ids).
     pub ids: Vec<ModelId>,
     /// Present when the walk goes on: ask again with this as `after` (the last id of this
@@ -403,6 +421,12 @@ impl Object for CatalogResponse {
         if let Some(next) = self.next {
             map.push((Value::text("next"), id_value(&next)));
         }
+        if !self.votes.is_empty() {
+            map.push((
+                Value::text("votes"),
+                Value::Array(self.votes.iter().map(|v| Value::Bytes(v.clone())).collect()),
+            ));
+        }
         Value::Map(map)
     }
 
@@ -431,9 +455,29 @@ impl Object for CatalogResponse {
             .map(|v| as_array::<32>("catalog response next", v))
             .transpose()?
             .map(|b| ModelId(BlobHash::from_bytes(b)));
+        let votes = m
+            .optional("votes")
+            .map(|v| {
+                as_list("catalog votes", v, MAX_CATALOG_PAGE, |v| match v {
+                    Value::Bytes(b) => Ok(b),
+                    _ => Err(DecodeError::invalid(
+                        "catalog votes",
+                        "expected byte strings",
+                    )),
+                })
+            })
+            .transpose()?
+            .unwrap_or_default();
         m.finish()?;
+        if !votes.is_empty() && !manifests.is_empty() {
+            return Err(DecodeError::invalid(
+                "catalog response",
+                "manifests and votes in one answer",
+            ));
+        }
         Ok(CatalogResponse {
             manifests,
+            votes,
             ids,
             next,
         })
@@ -477,6 +521,17 @@ impl CatalogResponse {
             page.manifests.push(envelope);
             last = Some(id);
         }
+        page
+    }
+
+    /// As [`CatalogResponse::page`], for a votes request: the envelopes go in `votes`.
+    pub fn vote_page(
+        entries: impl IntoIterator<Item = (ModelId, Vec<u8>)>,
+        max_items: usize,
+        max_bytes: usize,
+    ) -> CatalogResponse {
+        let mut page = CatalogResponse::page(entries, max_items, max_bytes);
+        page.votes = std::mem::take(&mut page.manifests);
         page
     }
 }

@@ -387,13 +387,22 @@ proptest! {
         want in proptest::collection::vec(any::<[u8; 32]>(), 0..40),
         listed in proptest::collection::vec(any::<[u8; 32]>(), 0..40),
         max in 1usize..50,
+        votes in any::<bool>(),
     ) {
         use protocol::wire::{CatalogRequest, CatalogResponse};
         let id = |b: &[u8; 32]| ModelId(BlobHash::from_bytes(*b));
-        let walk = CatalogRequest { after: after.as_ref().map(id), ids, want: Vec::new() };
+        let walk = CatalogRequest { after: after.as_ref().map(id), ids, want: Vec::new(), votes };
         prop_assert_eq!(CatalogRequest::from_bytes(&walk.to_bytes()).expect("walk"), walk);
-        let wanted = CatalogRequest { want: want.iter().map(id).collect(), ..CatalogRequest::default() };
+        let wanted = CatalogRequest { want: want.iter().map(id).collect(), votes, ..CatalogRequest::default() };
         prop_assert_eq!(CatalogRequest::from_bytes(&wanted.to_bytes()).expect("want"), wanted);
+        let envelopes = want.iter().map(|b| (id(b), b.to_vec()));
+        let page = if votes {
+            CatalogResponse::vote_page(envelopes, max, 1 << 20)
+        } else {
+            CatalogResponse::page(envelopes, max, 1 << 20)
+        };
+        prop_assert_eq!(page.votes.len() + page.manifests.len(), want.len().min(max));
+        prop_assert_eq!(CatalogResponse::from_bytes(&page.to_bytes()).expect("page"), page);
         let mut sorted: Vec<ModelId> = listed.iter().map(id).collect();
         sorted.sort();
         sorted.dedup();

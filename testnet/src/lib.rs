@@ -21,6 +21,7 @@ pub mod credits;
 pub mod liar;
 pub mod scenario;
 pub mod sim;
+pub mod votes;
 
 use anyhow::{Context, Result, bail};
 

@@ -12,6 +12,7 @@
 //! cargo run -p testnet -- swarm [--nodes 51] [--mib 64] [--rate 4]
 //! cargo run -p testnet -- simulate [--nodes 10000] [--seed 1] [--lookups 1000] [--offline 0.1]
 //! cargo run -p testnet -- credits [--providers 5] [--callers 13] [--calls 2000] [--fresh 200]
+//! cargo run -p testnet -- votes [--nodes 20]
 //! cargo run -p testnet -- attack [--mib 16] [--fetches 4] [--call-secs 15] [--call-rate 100]
 //!     [--identities 300] [--max-connections N] [--only NAME]…
 //! ```
@@ -176,6 +177,15 @@ fn main() -> ExitCode {
         );
         return verdict("credits", result, |r| r.passed(), "");
     }
+    if which == "votes" {
+        let result = testnet::votes::votes(flag("--nodes", 20) as usize);
+        return verdict(
+            "votes",
+            result,
+            |r| r.quantile(0.99) <= std::time::Duration::from_secs(1),
+            " (goal: p99 propagation at most 1 s)",
+        );
+    }
     if which == "scale" {
         let nodes = flag("--nodes", 20) as usize;
         let idle = std::time::Duration::from_secs(flag("--idle-secs", 60));
@@ -230,7 +240,7 @@ fn main() -> ExitCode {
         .collect();
     if selected.is_empty() {
         eprintln!(
-            "unknown scenario {which:?}; use all, fetch-many, byzantine, kill-provider, partition, compute, churn, scale, slow-providers, swarm, simulate, credits or attack"
+            "unknown scenario {which:?}; use all, fetch-many, byzantine, kill-provider, partition, compute, churn, scale, slow-providers, swarm, simulate, credits, votes or attack"
         );
         return ExitCode::from(2);
     }

@@ -56,7 +56,7 @@ fn path_str(p: &Path) -> Result<&str> {
     p.to_str().context("non-UTF-8 temp path")
 }
 
-fn wait_for_model(node: &Node, id: &str) -> Result<()> {
+pub(crate) fn wait_for_model(node: &Node, id: &str) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     while !node.ok(&["models"]).contains(id) {
         if Instant::now() > deadline {

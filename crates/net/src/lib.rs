@@ -148,6 +148,21 @@ pub trait Provider: Send + Sync + 'static {
     fn knows(&self, id: ModelId) -> bool {
         self.manifest(id).is_some()
     }
+    /// The ids of the standing votes this node holds (protocol §13) greater than `after`, in
+    /// id order, at most `max`: what a peer reconciling its votes walks. None by default.
+    fn vote_ids(&self, after: Option<BlobHash>, max: usize) -> Vec<BlobHash> {
+        let _ = (after, max);
+        Vec::new()
+    }
+    /// The envelope of a vote this node holds.
+    fn vote(&self, id: BlobHash) -> Option<Vec<u8>> {
+        let _ = id;
+        None
+    }
+    /// Whether this node holds the vote (then a sync does not ask for it).
+    fn knows_vote(&self, id: BlobHash) -> bool {
+        self.vote(id).is_some()
+    }
 }
 
 /// The way back for one inbound inference call: send the encoded reply once. Dropping it
@@ -216,7 +231,7 @@ pub enum NetEvent {
         /// The offer.
         offer: Box<Signed<ComputeOffer>>,
     },
-    /// A valid vote (envelope and receipts verified), from gossip.
+    /// A valid vote (envelope and receipts verified), from gossip or a vote sync.
     Vote {
         /// The peer it came from (not necessarily its voter).
         from: PeerId,

@@ -42,14 +42,37 @@ impl TokenBucket {
 
     /// Reserves `bytes` and returns how long to wait before sending them.
     pub fn reserve(&mut self, bytes: u64, now: Instant) -> Duration {
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
-        self.last = self.last.max(now);
-        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        self.refill(now);
         self.tokens -= bytes as f64;
         if self.tokens >= 0.0 {
             Duration::ZERO
         } else {
             Duration::from_secs_f64(-self.tokens / self.rate)
+        }
+    }
+}
+
+impl TokenBucket {
+    fn refill(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = self.last.max(now);
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+    }
+
+    /// Whether the bucket is full again (forgetting it then loses nothing).
+    pub fn is_full(&mut self, now: Instant) -> bool {
+        self.refill(now);
+        self.tokens >= self.burst
+    }
+
+    /// Takes `n` tokens if the bucket holds them now; otherwise takes nothing.
+    pub fn try_take(&mut self, n: u64, now: Instant) -> bool {
+        self.refill(now);
+        if self.tokens >= n as f64 {
+            self.tokens -= n as f64;
+            true
+        } else {
+            false
         }
     }
 }
@@ -134,6 +157,20 @@ mod tests {
         // Half a second later the debt is half paid; another 500 wait for the rest and theirs.
         let wait = b.reserve(500, t0 + Duration::from_millis(500));
         assert!((wait.as_secs_f64() - 1.0).abs() < 1e-9, "{wait:?}");
+    }
+
+    #[test]
+    fn try_take_takes_only_what_is_there() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(10, 3, t0);
+        assert!(b.try_take(3, t0));
+        assert!(!b.try_take(1, t0), "the burst is spent");
+        assert!(!b.is_full(t0));
+        // A tenth of a second earns one token; a refused take costs nothing.
+        let t1 = t0 + Duration::from_millis(100);
+        assert!(b.try_take(1, t1));
+        assert!(!b.try_take(1, t1));
+        assert!(b.is_full(t1 + Duration::from_millis(300)));
     }
 
     #[test]

@@ -150,6 +150,9 @@ type CatalogReply = oneshot::Sender<Result<CatalogPage, NetError>>;
 pub(crate) struct CatalogPage {
     /// The manifests whose signatures verified, with their ids (the others were dropped).
     pub(crate) manifests: Vec<(ModelId, Signed<Manifest>)>,
+    /// The votes that checked (envelope and receipts), with their envelopes (the others were
+    /// dropped).
+    pub(crate) votes: Vec<(protocol::vote::CheckedVote, Vec<u8>)>,
     /// The ids listed (a page of ids).
     pub(crate) ids: Vec<ModelId>,
     /// Where the next page starts, if there is one.
@@ -225,6 +228,8 @@ pub(crate) struct CatalogPager {
     after: Option<ModelId>,
     pages: usize,
     done: bool,
+    /// Walks the peer's votes, not its models.
+    votes: bool,
 }
 
 impl CatalogPager {
@@ -235,6 +240,15 @@ impl CatalogPager {
             after: None,
             pages: 0,
             done: false,
+            votes: false,
+        }
+    }
+
+    /// A pager over the peer's standing votes.
+    pub(crate) fn votes(commands: mpsc::Sender<Command>, peer: PeerId) -> CatalogPager {
+        CatalogPager {
+            votes: true,
+            ..CatalogPager::new(commands, peer)
         }
     }
 
@@ -249,6 +263,7 @@ impl CatalogPager {
             after,
             ids,
             want: Vec::new(),
+            votes: self.votes,
         };
         let page = ask(&self.commands, peer, request).await?;
         self.pages += 1;
@@ -347,14 +362,175 @@ pub(crate) async fn reconcile(
                         return Err(NetError::Shutdown);
                     }
                 }
-                // `next`: the answer stopped early, after that id; ask for the rest.
-                rest = match answer
-                    .next
-                    .and_then(|n| rest.iter().position(|id| *id == n))
-                {
-                    Some(i) if i + 1 < rest.len() => &rest[i + 1..],
-                    _ => &[],
+                rest = rest_after(rest, answer.next);
+            }
+        }
+    }
+    Ok(learnt + reconcile_votes(commands, provider, events, peer).await?)
+}
+
+/// Votes a vote sync gossips again at most, because the peer it walked lacked them (recent
+/// ones only): a peer lying that it lacks everything makes this node re-gossip at most this
+/// many per sync (and syncs are at most [`SYNC_PEERS`] per [`RESYNC`]).
+pub const MAX_PUSHED_VOTES: usize = 1024;
+
+/// Votes a push sends at once; see [`push_votes`].
+const PUSH_BATCH: usize = 32;
+
+/// Gossips `envelopes` on the vote topic. Right after a connection opens the peer may not
+/// have told its subscriptions yet: what no peer could hear is tried again after 1, 2 and 4 s.
+async fn push_votes(
+    commands: &mpsc::Sender<Command>,
+    peer: PeerId,
+    mut envelopes: Vec<Vec<u8>>,
+) -> Result<(), NetError> {
+    let mut wait = Duration::from_secs(1);
+    for attempt in 0..4 {
+        if attempt > 0 {
+            tokio::time::sleep(wait).await;
+            wait *= 2;
+        }
+        let mut unheard = Vec::new();
+        for (i, envelope) in envelopes.into_iter().enumerate() {
+            // At most PUSH_BATCH a tenth of a second: peers check gossip MAX_VERIFYING at a
+            // time and drop what arrives beyond.
+            if i > 0 && i % PUSH_BATCH == 0 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let (reply, rx) = oneshot::channel();
+            commands
+                .send(Command::Vote {
+                    envelope: envelope.clone(),
+                    reply,
+                })
+                .await
+                .map_err(|_| NetError::Shutdown)?;
+            match rx.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, "vote sync: gossiping a vote the peer lacked: {e}");
+                    unheard.push(envelope);
+                }
+                Err(_) => return Err(NetError::Shutdown),
+            }
+        }
+        if unheard.is_empty() {
+            return Ok(());
+        }
+        envelopes = unheard;
+    }
+    tracing::debug!(%peer, left = envelopes.len(), "vote sync: votes no peer could hear");
+    Ok(())
+}
+
+/// Whether a vote was issued within the last [`RESYNC`] (by its own `issued_ms`: a voter
+/// that lies about it gets at most [`MAX_PUSHED_VOTES`] pushed per sync).
+fn recent(envelope: &[u8], now_ms: u64) -> bool {
+    Signed::<protocol::vote::Vote>::from_bytes(envelope)
+        .is_ok_and(|v| v.body().issued_ms.saturating_add(RESYNC.as_millis() as u64) >= now_ms)
+}
+
+/// The ids of the votes `provider` holds in `(from, to]` (`to` `None`: to the end), at most
+/// [`wire::MAX_CATALOG_IDS`] + 1 (a page's range holds at most that many of the peer's; more
+/// here are beyond what one sync pushes anyway).
+fn votes_in(
+    provider: &dyn Provider,
+    from: Option<BlobHash>,
+    to: Option<BlobHash>,
+) -> Vec<BlobHash> {
+    let mut ids = provider.vote_ids(from, wire::MAX_CATALOG_IDS + 1);
+    if let Some(to) = to {
+        ids.retain(|id| *id <= to);
+    }
+    ids
+}
+
+/// What is left of a `want` list after an answer that stopped early at `next` (the last id it
+/// sent): the ids after it; nothing when the answer was complete.
+fn rest_after(rest: &[ModelId], next: Option<ModelId>) -> &[ModelId] {
+    match next.and_then(|n| rest.iter().position(|id| *id == n)) {
+        Some(i) if i + 1 < rest.len() => &rest[i + 1..],
+        _ => &[],
+    }
+}
+
+/// Reconciles this node's standing votes with `peer`'s by id, as [`reconcile`] does models:
+/// walks the peer's vote ids, asks for the votes this node does not hold, and hands each one
+/// that checks (envelope and receipts) to the node as a [`NetEvent::Vote`]. A vote this node
+/// holds a newer one of (same voter and model) is fetched once and loses by the merge rule.
+async fn reconcile_votes(
+    commands: mpsc::Sender<Command>,
+    provider: Arc<dyn Provider>,
+    events: mpsc::Sender<NetEvent>,
+    peer: PeerId,
+) -> Result<usize, NetError> {
+    let mut pager = CatalogPager::votes(commands.clone(), peer);
+    let mut learnt = 0;
+    let mut pushed = 0;
+    let mut after: Option<BlobHash> = None;
+    while let Some(page) = pager.next_page(true).await? {
+        let known = provider.clone();
+        let from = after;
+        // The range this page covers: (after, its last id], or to the end for the last page.
+        let to = page.next.map(|n| n.0);
+        after = to;
+        let room = MAX_PUSHED_VOTES - pushed;
+        let (mut missing, lacking): (Vec<ModelId>, Vec<Vec<u8>>) =
+            tokio::task::spawn_blocking(move || {
+                let theirs: HashSet<BlobHash> = page.ids.iter().map(|id| id.0).collect();
+                let missing = page
+                    .ids
+                    .into_iter()
+                    .filter(|id| !known.knows_vote(id.0))
+                    .collect();
+                let now_ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64);
+                let lacking = votes_in(&*known, from, to)
+                    .into_iter()
+                    .filter(|id| !theirs.contains(id))
+                    .filter_map(|id| known.vote(id))
+                    .filter(|envelope| recent(envelope, now_ms))
+                    .take(room)
+                    .collect();
+                (missing, lacking)
+            })
+            .await
+            .map_err(|e| NetError::Setup(format!("vote sync: {e}")))?;
+        // Recent votes this node holds and the peer lacks (cast or heard while they were
+        // apart): gossiped again, so the peer and whoever else missed them get them. Older
+        // ones a peer lacks it pulls in its own syncs; pushing those to the whole network
+        // whenever a node syncs with one that is behind would cost every node their checks.
+        pushed += lacking.len();
+        push_votes(&commands, peer, lacking).await?;
+        while !missing.is_empty() {
+            let batch: Vec<ModelId> = missing
+                .drain(..missing.len().min(wire::MAX_CATALOG_PAGE))
+                .collect();
+            let mut rest = &batch[..];
+            while !rest.is_empty() {
+                let request = CatalogRequest {
+                    want: rest.to_vec(),
+                    votes: true,
+                    ..CatalogRequest::default()
                 };
+                let answer = ask(&commands, peer, request).await?;
+                for (vote, envelope) in answer.votes {
+                    // Only what was asked for.
+                    if !rest.contains(&ModelId(vote.id)) {
+                        continue;
+                    }
+                    learnt += 1;
+                    let event = NetEvent::Vote {
+                        from: peer,
+                        vote: Box::new(vote),
+                        envelope,
+                    };
+                    if events.send(event).await.is_err() {
+                        return Err(NetError::Shutdown);
+                    }
+                }
+                rest = rest_after(rest, answer.next);
             }
         }
     }
@@ -363,6 +539,9 @@ pub(crate) async fn reconcile(
 
 /// Answers a catalogue request from what `provider` knows (on a blocking thread).
 fn answer(provider: &dyn Provider, request: &CatalogRequest) -> CatalogResponse {
+    if request.votes {
+        return answer_votes(provider, request);
+    }
     if !request.want.is_empty() {
         let found = request
             .want
@@ -383,6 +562,39 @@ fn answer(provider: &dyn Provider, request: &CatalogRequest) -> CatalogResponse 
         wire::CATALOG_PAGE_BYTES,
     )
 }
+
+/// Answers a votes request (see [`answer`]).
+fn answer_votes(provider: &dyn Provider, request: &CatalogRequest) -> CatalogResponse {
+    if !request.want.is_empty() {
+        let found = request
+            .want
+            .iter()
+            .take(wire::MAX_CATALOG_PAGE)
+            .filter_map(|id| provider.vote(id.0).map(|v| (*id, v)));
+        return CatalogResponse::vote_page(found, wire::MAX_CATALOG_PAGE, wire::CATALOG_PAGE_BYTES);
+    }
+    let after = request.after.map(|a| a.0);
+    if request.ids {
+        let ids = provider.vote_ids(after, wire::MAX_CATALOG_IDS + 1);
+        return CatalogResponse::id_page(ids.into_iter().map(ModelId), wire::MAX_CATALOG_IDS);
+    }
+    let ids = provider.vote_ids(after, wire::MAX_CATALOG_PAGE + 1);
+    CatalogResponse::vote_page(
+        ids.into_iter()
+            .filter_map(|id| provider.vote(id).map(|v| (ModelId(id), v))),
+        wire::MAX_CATALOG_PAGE,
+        wire::CATALOG_PAGE_BYTES,
+    )
+}
+
+/// Votes a peer may send on the vote topic a second, after a burst of
+/// [`VOTE_BURST_PER_PEER`] (a peer forwards everyone's votes, so this bounds what one
+/// neighbour can make this node check, not what one voter may say); beyond it they are
+/// ignored: neither checked nor forwarded, and not held against the peer.
+pub const VOTES_PER_PEER_PER_SEC: u64 = 200;
+
+/// See [`VOTES_PER_PEER_PER_SEC`]: room for a vote sync's push ([`MAX_PUSHED_VOTES`]).
+pub const VOTE_BURST_PER_PEER: u64 = 2 * MAX_PUSHED_VOTES as u64;
 
 /// Where an inference reply goes.
 type InferReply = oneshot::Sender<Result<Vec<u8>, NetError>>;
@@ -442,6 +654,8 @@ pub(crate) struct EventLoop {
     credit_answers_tx: mpsc::Sender<Answer>,
     pending_credits: HashMap<request_response::OutboundRequestId, InferReply>,
     pending_infer: HashMap<request_response::OutboundRequestId, InferReply>,
+    /// Vote rate per connected peer (see [`VOTES_PER_PEER_PER_SEC`]).
+    vote_buckets: HashMap<PeerId, crate::rate::TokenBucket>,
     /// Catalogue syncs running and recently done.
     syncs: Syncs,
     /// libp2p's own metrics (connections, Kademlia, gossipsub, identify, ping).
@@ -774,6 +988,7 @@ impl EventLoop {
             pending_credits: HashMap::new(),
             pending_infer: HashMap::new(),
             syncs: Syncs::default(),
+            vote_buckets: HashMap::new(),
             metrics,
             dropped,
             denied,
@@ -1124,6 +1339,18 @@ impl EventLoop {
     /// rejected, which penalises the peer that sent it. At most [`MAX_VERIFYING`] run at once;
     /// beyond that a message is ignored (neither forwarded nor penalised), dropped and counted
     /// (gossip repeats what matters: offers are re-announced, manifests re-synced).
+    /// Whether a vote from `peer` (the peer that sent it, whoever signed it) fits
+    /// [`VOTES_PER_PEER_PER_SEC`]; buckets are kept for connected peers only.
+    fn vote_rate(&mut self, peer: PeerId) -> bool {
+        let now = Instant::now();
+        self.vote_buckets
+            .entry(peer)
+            .or_insert_with(|| {
+                crate::rate::TokenBucket::new(VOTES_PER_PEER_PER_SEC, VOTE_BURST_PER_PEER, now)
+            })
+            .try_take(1, now)
+    }
+
     fn verify_off_loop(
         &mut self,
         id: gossipsub::MessageId,
@@ -1247,6 +1474,11 @@ impl EventLoop {
                     // Not redialled at once: a peer that closed (it may be full) would close
                     // again, and the two would churn.
                     self.failed.insert(peer_id, Instant::now());
+                    // A vote bucket is forgotten once full again: reconnecting earns no burst.
+                    let now = Instant::now();
+                    self.vote_buckets.retain(|peer, bucket| {
+                        self.swarm.is_connected(peer) || !bucket.is_full(now)
+                    });
                     self.emit(NetEvent::PeerDisconnected(peer_id)).await;
                 }
                 self.replenish();
@@ -1352,6 +1584,19 @@ impl EventLoop {
             }) => {
                 let offers = message.topic == self.offer_topic.hash();
                 if message.topic == self.vote_topic.hash() {
+                    if !self.vote_rate(from) {
+                        self.dropped.inc();
+                        tracing::debug!(%from, "votes over the per-peer rate; ignored one");
+                        self.swarm
+                            .behaviour_mut()
+                            .gossipsub
+                            .report_message_validation_result(
+                                &message_id,
+                                &from,
+                                gossipsub::MessageAcceptance::Ignore,
+                            );
+                        return;
+                    }
                     self.verify_off_loop(message_id, from, move || {
                         match protocol::vote::CheckedVote::from_bytes(&message.data) {
                             Ok(vote) => NetEvent::Vote {
@@ -1450,6 +1695,16 @@ impl EventLoop {
                                                 let manifest =
                                                     Signed::<Manifest>::from_bytes(m).ok()?;
                                                 Some((protocol::model_id(m), manifest))
+                                            })
+                                            .collect(),
+                                        votes: r
+                                            .votes
+                                            .into_iter()
+                                            .filter_map(|v| {
+                                                let vote =
+                                                    protocol::vote::CheckedVote::from_bytes(&v)
+                                                        .ok()?;
+                                                Some((vote, v))
                                             })
                                             .collect(),
                                         ids: r.ids,

@@ -20,6 +20,7 @@ use tokio::sync::mpsc;
 struct StoreProvider {
     store: Arc<Store>,
     manifests: Mutex<BTreeMap<ModelId, Vec<u8>>>,
+    votes: Mutex<BTreeMap<BlobHash, Vec<u8>>>,
     corrupt_at: Option<usize>,
 }
 
@@ -84,6 +85,20 @@ impl Provider for StoreProvider {
     fn manifest(&self, id: ModelId) -> Option<Vec<u8>> {
         self.manifests.lock().expect("lock").get(&id).cloned()
     }
+
+    fn vote_ids(&self, after: Option<BlobHash>, max: usize) -> Vec<BlobHash> {
+        let votes = self.votes.lock().expect("lock");
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+        votes
+            .range((start, Bound::Unbounded))
+            .take(max)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    fn vote(&self, id: BlobHash) -> Option<Vec<u8>> {
+        self.votes.lock().expect("lock").get(&id).cloned()
+    }
 }
 
 struct TestNode {
@@ -117,6 +132,7 @@ async fn node_config(
     let provider = Arc::new(StoreProvider {
         store,
         manifests: Mutex::default(),
+        votes: Mutex::default(),
         corrupt_at,
     });
     let mut config = NetConfig {
@@ -415,6 +431,93 @@ async fn a_joining_node_reconciles_by_id_with_a_few_peers() {
     let from: BTreeSet<PeerId> = heard.values().copied().collect();
     assert_eq!(from.len(), net::SYNC_PEERS, "synced with {from:?}");
     assert_eq!(heard.len(), 2 * net::SYNC_PEERS);
+}
+
+/// A vote envelope by `key` on a model named by `seed`, issued `age_ms` ago, and its id.
+fn vote(key: &SecretKey, seed: u8, age_ms: u64) -> (BlobHash, Vec<u8>) {
+    use protocol::vote::{Choice, Vote};
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64;
+    let bytes = key
+        .sign(Vote {
+            model: ModelId(BlobHash::of(&[seed])),
+            choice: Choice::Up,
+            clock: 1,
+            issued_ms: now_ms - age_ms,
+            receipts: Vec::new(),
+        })
+        .to_bytes();
+    (BlobHash::of(&bytes), bytes)
+}
+
+/// The ids of the votes `node` hears within `wait` of quiet (from sync or gossip).
+async fn votes_heard(node: &mut TestNode, wait: Duration) -> BTreeSet<BlobHash> {
+    let mut heard = BTreeSet::new();
+    loop {
+        match tokio::time::timeout(wait, node.events.recv()).await {
+            Ok(Some(NetEvent::Vote { vote, envelope, .. })) => {
+                assert_eq!(vote.id, BlobHash::of(&envelope));
+                heard.insert(vote.id);
+            }
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("the network stopped"),
+            Err(_) => return heard,
+        }
+    }
+}
+
+/// Votes are reconciled by id when peers connect, asking only for what is missing; a recent
+/// vote the peer lacked is gossiped to it even when that peer does not sync back (it had
+/// synced with its [`net::SYNC_PEERS`] already), and an old one is left to its own syncs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn votes_reconcile_by_id_and_recent_ones_are_pushed() {
+    let keys: Vec<SecretKey> = (0..5u8)
+        .map(|i| SecretKey::from_seed(&[60 + i; 32]))
+        .collect();
+    let shared = vote(&keys[0], 1, 0);
+    let a_old = vote(&keys[1], 2, 3_600_000);
+    let a_new = vote(&keys[2], 3, 0);
+    let b_new = vote(&keys[3], 4, 0);
+    let b_old = vote(&keys[4], 5, 3_600_000);
+    let mut a = node(70, None).await;
+    a.provider
+        .votes
+        .lock()
+        .expect("lock")
+        .extend([shared.clone(), a_old.clone(), a_new.clone()]);
+    // A syncs with these first, and then with nobody else for a while.
+    let mut others = Vec::new();
+    for i in 0..net::SYNC_PEERS as u8 {
+        let mut d = node(73 + i, None).await;
+        d.client.dial(a.addr.clone()).await.expect("dial");
+        let heard = votes_heard(&mut d, Duration::from_secs(2)).await;
+        assert_eq!(heard, BTreeSet::from([shared.0, a_old.0, a_new.0]));
+        others.push(d);
+    }
+    let mut b = node(71, None).await;
+    b.provider
+        .votes
+        .lock()
+        .expect("lock")
+        .extend([shared.clone(), b_new.clone(), b_old.clone()]);
+    let _ = votes_heard(&mut a, Duration::from_millis(10)).await;
+    b.client.dial(a.addr.clone()).await.expect("dial");
+    let (at_a, at_b) = tokio::join!(
+        votes_heard(&mut a, Duration::from_secs(5)),
+        votes_heard(&mut b, Duration::from_secs(5)),
+    );
+    // B pulled what it lacked (and may hear the shared vote again as gossip).
+    assert!(
+        at_b.is_superset(&BTreeSet::from([a_old.0, a_new.0])),
+        "{at_b:?}"
+    );
+    assert!(at_b.is_subset(&BTreeSet::from([a_old.0, a_new.0, shared.0])));
+    // A got B's recent vote by B's push, and not its old one (nobody keeps what they hear
+    // here, and A does not sync with B).
+    assert!(at_a.contains(&b_new.0), "{at_a:?}");
+    assert!(!at_a.contains(&b_old.0), "an old vote was pushed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

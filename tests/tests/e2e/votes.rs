@@ -134,3 +134,15 @@ fn a_paid_vote_reaches_every_node_and_weighs_where_its_voter_is_trusted() {
     assert_eq!(again["retracted"], 1, "{again}");
     assert_eq!(again["up"], 0, "{again}");
 }
+
+/// The votes scenario at CI size (`cargo run -p testnet -- votes` runs it with 20 nodes): every
+/// vote reaches every node, and a node that was away (and voted alone) converges when it comes
+/// back.
+#[test]
+fn votes_reach_every_node_and_an_absent_one_catches_up() {
+    let report = testnet::votes::votes(5).unwrap_or_else(|e| panic!("{e:#}"));
+    eprintln!("{report}");
+    assert_eq!(report.propagation.len(), 5 * 4);
+    // Three models: each holds the standing votes of the voters on it.
+    assert!(report.standing >= 5, "{report}");
+}
