@@ -356,6 +356,7 @@ pub fn show(home: &Home, id: ModelId) -> Result<ModelView> {
             payee: r.payee.to_string(),
             bps: r.bps,
         }),
+        votes: None,
     })
 }
 

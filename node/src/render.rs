@@ -97,6 +97,9 @@ fn short(hash: &str) -> &str {
     hash.get(..16).unwrap_or(hash)
 }
 
+/// Voters `moxnet show` lists under the score (the heaviest; `moxnet votes` lists them all).
+const SHOWN_VOTERS: usize = 5;
+
 impl Render for ModelView {
     fn text(&self) -> String {
         let mut out = vec![
@@ -171,6 +174,36 @@ impl Render for ModelView {
                 self.snapshots.len(),
                 self.model_id
             ));
+        }
+        match &self.votes {
+            Some(v) => {
+                out.push(format!(
+                    "score    {:.6} = up {:.6} - down {:.6} (votes weighed by trust x usage, as this node sees them)",
+                    v.score, v.up_weight, v.down_weight
+                ));
+                out.push(format!(
+                    "votes    {} up, {} down, {} retracted; {} paying voters; usage {} credits on trusted providers",
+                    v.up, v.down, v.retracted, v.paying_voters, v.usage
+                ));
+                for voter in v
+                    .voters
+                    .iter()
+                    .filter(|v| v.weight > 0.0)
+                    .take(SHOWN_VOTERS)
+                {
+                    out.push(format!(
+                        "  {} {:<7} weight {:.6} (trust {:.6}, usage {})",
+                        short(&voter.node_id),
+                        voter.choice,
+                        voter.weight,
+                        voter.trust,
+                        voter.usage
+                    ));
+                }
+            }
+            None => {
+                out.push("score    (the node is not running: no trust graph to weigh votes)".into())
+            }
         }
         out.join("\n")
     }

@@ -110,7 +110,14 @@ impl api::NodeApi for Service {
 
     async fn show(&self, id: String) -> ApiResult<ModelView> {
         let id = ModelId(parse(&id)?);
-        self.blocking(move |h| ops::show(h, id)).await
+        let mut view = self.blocking(move |h| ops::show(h, id)).await?;
+        let votes = self.votes.clone();
+        view.votes = Some(
+            tokio::task::spawn_blocking(move || votes.view(id))
+                .await
+                .map_err(|e| ApiError::internal(format!("scoring: {e}")))?,
+        );
+        Ok(view)
     }
 
     async fn vote(&self, id: String, request: VoteRequest) -> ApiResult<VotesView> {

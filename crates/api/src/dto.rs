@@ -169,6 +169,10 @@ pub struct ModelView {
     /// The royalty every provider that runs it owes, if any.
     #[serde(default)]
     pub royalty: Option<RoyaltyView>,
+    /// Its score as this node weighs the votes, with the breakdown, usage and paying voters
+    /// (present when a running node answers; `moxnet show` without one has no trust graph).
+    #[serde(default)]
+    pub votes: Option<VotesView>,
 }
 
 /// A royalty named in a manifest.

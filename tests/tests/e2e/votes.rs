@@ -85,6 +85,16 @@ fn a_paid_vote_reaches_every_node_and_weighs_where_its_voter_is_trusted() {
     assert_eq!(at_b["paying_voters"], 1, "{at_b}");
     assert!(at_b["score"].as_f64().unwrap_or(0.0) > 0.0, "{at_b}");
     assert!(at_b["usage"].as_u64().unwrap_or(0) > 0, "{at_b}");
+    // `moxnet show` carries the same score, breakdown and paying voters.
+    let shown = b.json(&["show", &id]);
+    assert_eq!(shown["votes"]["paying_voters"], 1, "{shown}");
+    assert!(
+        shown["votes"]["score"].as_f64().unwrap_or(0.0) > 0.0,
+        "{shown}"
+    );
+    let text = b.ok(&["show", &id]);
+    assert!(text.contains("1 paying voters"), "{text}");
+    assert!(text.contains("score    "), "{text}");
     // A relayed it but has no credit link to C or B: the vote stands there, weighing nothing.
     let at_a = wait_votes(&a_node, &id, "the vote reaches A", |v| v["up"] == 1);
     assert_eq!(at_a["paying_voters"], 0, "{at_a}");
