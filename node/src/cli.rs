@@ -109,6 +109,26 @@ pub enum Command {
         #[arg(long)]
         undo: bool,
     },
+    /// Search the catalogue: names, descriptions, tags, authors, the signing node and the
+    /// interface, ranked by relevance combined with the running node's vote scores and usage
+    /// (without a running node: relevance only).
+    Search {
+        /// Words (none: every model).
+        query: Vec<String>,
+        /// The order: relevance (the default: text relevance x votes and usage), score,
+        /// usage or new (first seen here).
+        #[arg(long, value_parser = ["relevance", "score", "usage", "new"])]
+        sort: Option<String>,
+        /// Only models with this tag (repeat for several).
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+        /// Hits to show (at most 100).
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Hits to skip.
+        #[arg(long, default_value_t = 0)]
+        offset: usize,
+    },
     /// A model's score as the running node weighs it: each voter's trust, usage and weight.
     Votes {
         /// Model id.

@@ -197,6 +197,37 @@ fn segment(text: &str) -> String {
 fn store_command(target: &Target, command: Command, json: bool) -> Result<ExitCode> {
     let quiet = json;
     match command {
+        Command::Search {
+            query,
+            sort,
+            tags,
+            limit,
+            offset,
+        } => {
+            let query = api::dto::SearchQuery {
+                q: query.join(" "),
+                sort,
+                tags: (!tags.is_empty()).then(|| tags.join(",")),
+                limit: Some(limit),
+                offset: Some(offset),
+            };
+            let results: api::dto::SearchResults = target.run(
+                |a| {
+                    a.get(&format!(
+                        "/api/v1/search?{}",
+                        crate::search::query_string(&query)
+                    ))
+                },
+                |h| {
+                    let seen = h.store.open_tree("seen").context("opening the seen tree")?;
+                    let search = crate::search::Search::open(h.catalog.clone(), seen, None, None)?;
+                    search
+                        .search(&query)
+                        .map_err(|e| anyhow::anyhow!("{}", e.message))
+                },
+            )?;
+            show(json, &results)?
+        }
         Command::Models => show(
             json,
             &target.run(|a| a.get("/api/v1/models"), |h| Ok(ops::models(&h.catalog)))?,

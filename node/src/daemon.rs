@@ -216,6 +216,18 @@ async fn serve(
         )
         .context("loading the votes")?,
     );
+    let search = Arc::new(
+        crate::search::Search::open(
+            catalog.clone(),
+            home.store
+                .open_tree("seen")
+                .context("opening the seen tree")?,
+            Some(votes.clone()),
+            Some(metrics.clone()),
+        )
+        .context("building the search index")?,
+    );
+    tokio::spawn(search.clone().run());
     let remote = Arc::new(Remote::new(
         home.key.clone(),
         client.clone(),
@@ -236,6 +248,7 @@ async fn serve(
         runtime,
         remote: remote.clone(),
         votes: votes.clone(),
+        search,
         metrics,
     });
     let events_to = Events {

@@ -20,6 +20,7 @@ mod output;
 mod package;
 mod remote;
 mod render;
+mod search;
 mod service;
 mod votes;
 

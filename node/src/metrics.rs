@@ -9,6 +9,7 @@ use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEn
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 /// Where a call ran.
@@ -131,6 +132,10 @@ pub struct Metrics {
     pub royalties_owed: Counter,
     /// Valid votes taken, by what the vote book did with them.
     pub votes: Family<VoteLabels, Counter>,
+    /// Searches answered, and how long each took.
+    pub search_seconds: Histogram,
+    /// Models in the search index.
+    pub search_models: Gauge,
 }
 
 /// Labels of `moxnet_votes_total`.
@@ -182,6 +187,8 @@ impl Metrics {
             payment_required: Family::default(),
             royalties_owed: Counter::default(),
             votes: Family::default(),
+            search_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 12)),
+            search_models: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register("peers", "Peers connected now", metrics.peers.clone());
@@ -254,6 +261,16 @@ impl Metrics {
             "votes",
             "Valid votes taken (heard or cast), by outcome: new (a voter's first on a model), replaced (it superseded the standing one), older or same (ignored), full (the voter or the book at its limit)",
             metrics.votes.clone(),
+        );
+        registry.register(
+            "search_seconds",
+            "Searches answered (GET /api/v1/search, moxnet search), by time taken",
+            metrics.search_seconds.clone(),
+        );
+        registry.register(
+            "search_models",
+            "Models in the search index (it follows the catalogue within a fraction of a second)",
+            metrics.search_models.clone(),
         );
         registry.register(
             "cheques",

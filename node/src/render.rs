@@ -533,3 +533,44 @@ impl Render for api::dto::FollowList {
         lines.join("\n")
     }
 }
+
+impl Render for api::dto::SearchResults {
+    fn text(&self) -> String {
+        if self.hits.is_empty() {
+            return if self.total == 0 {
+                "no model matches".into()
+            } else {
+                format!("{} models match; none on this page", self.total)
+            };
+        }
+        let mut lines = Vec::with_capacity(self.hits.len() + 1);
+        for h in &self.hits {
+            let tags = if h.tags.is_empty() {
+                String::new()
+            } else {
+                format!("  [{}]", h.tags.join(", "))
+            };
+            lines.push(format!(
+                "{}  {} {}  score {:.4} ({} paying voters, usage {}){}{}",
+                h.model_id,
+                h.name,
+                h.version,
+                h.score,
+                h.paying_voters,
+                h.usage,
+                if h.local { "  local" } else { "" },
+                tags,
+            ));
+            if !h.description.is_empty() {
+                lines.push(format!("    {}", h.description));
+            }
+        }
+        lines.push(format!(
+            "{} of {} matching models, by {}",
+            self.hits.len(),
+            self.total,
+            self.sort
+        ));
+        lines.join("\n")
+    }
+}

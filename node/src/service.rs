@@ -7,8 +7,8 @@ use std::sync::Arc;
 use api::dto::{
     AddRequest, Added, BlobList, CreditsView, ExportRequest, Exported, FetchProgress, FollowList,
     GcReport, History, ModelList, ModelView, NodeInfo, OfferList, PinChange, PublishRequest,
-    Published, ReceiptList, ReindexReport, SnapshotAdded, SnapshotRequest, VerifyReport,
-    VerifyRequest, VoteRequest, VotesView,
+    Published, ReceiptList, ReindexReport, SearchQuery, SearchResults, SnapshotAdded,
+    SnapshotRequest, VerifyReport, VerifyRequest, VoteRequest, VotesView,
 };
 use api::oip::{InferRequest, InferResponse, ModelMetadata, ModelReady, ServerReady};
 use api::{ApiError, ApiResult};
@@ -40,6 +40,8 @@ pub struct Service {
     pub remote: Arc<Remote>,
     /// Votes and scores.
     pub votes: Arc<crate::votes::Votes>,
+    /// The catalogue's search index.
+    pub search: Arc<crate::search::Search>,
     /// The node's metrics.
     pub metrics: Arc<Metrics>,
 }
@@ -157,6 +159,13 @@ impl api::NodeApi for Service {
         Ok(FollowList {
             follows: followed.iter().map(|n| n.to_string()).collect(),
         })
+    }
+
+    async fn search(&self, query: SearchQuery) -> ApiResult<SearchResults> {
+        let search = self.search.clone();
+        tokio::task::spawn_blocking(move || search.search(&query))
+            .await
+            .map_err(|e| ApiError::internal(format!("searching: {e}")))?
     }
 
     async fn votes(&self, id: String) -> ApiResult<VotesView> {

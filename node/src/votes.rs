@@ -12,7 +12,10 @@
 //! - **Scores** ([`Votes::view`]): the trust graph from this node's ledger and the votes'
 //!   receipts, ranked from this node; the model's score and each voter's part.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use api::dto::{VoterView, VotesView};
 use api::{ApiError, ApiResult};
@@ -20,7 +23,7 @@ use credits::{Credits, Side};
 use protocol::credits::Receipt;
 use protocol::vote::{CheckedVote, Choice, MAX_VOTE_RECEIPTS, Vote};
 use protocol::{BlobHash, ModelId, NodeId, SecretKey};
-use votes::{Applied, TrustGraph, USAGE_FULL, VoteBook};
+use votes::{Applied, Trust, TrustGraph, USAGE_FULL, VoteBook};
 
 use crate::metrics::{Metrics, VoteLabels};
 
@@ -37,8 +40,17 @@ pub struct Votes {
     /// The nodes this node follows (keys: node ids).
     follows: sled::Tree,
     book: Mutex<VoteBook>,
+    /// Bumped whenever the book changes.
+    changes: AtomicU64,
+    /// The last [`Votes::signals`]: when, at which `changes`, what.
+    signals: Mutex<Option<SignalsCache>>,
     metrics: Arc<Metrics>,
 }
+
+type SignalsCache = (Instant, u64, Arc<HashMap<ModelId, search::Signals>>);
+
+/// How long [`Votes::signals`] are reused while no vote changes.
+const SIGNALS_FOR: Duration = Duration::from_secs(2);
 
 impl Votes {
     /// Loads the standing votes kept in `tree` (each checked again; one that no longer checks is
@@ -78,6 +90,8 @@ impl Votes {
             tree,
             follows,
             book: Mutex::new(book),
+            changes: AtomicU64::new(0),
+            signals: Mutex::new(None),
             metrics,
         })
     }
@@ -91,6 +105,9 @@ impl Votes {
     pub fn heard(&self, envelope: &[u8], vote: &CheckedVote) -> Applied {
         let mut book = self.book();
         let applied = book.apply(vote);
+        if applied.changed() {
+            self.changes.fetch_add(1, Ordering::Relaxed);
+        }
         let outcome = match applied {
             Applied::New => "new",
             Applied::Replaced(_) => "replaced",
@@ -203,16 +220,16 @@ impl Votes {
         self.followed()
     }
 
-    /// The model's score as this node sees it, and each standing vote's part.
-    pub fn view(&self, model: ModelId) -> VotesView {
+    /// The trust this node has in every node it knows of: the graph from its ledger, the
+    /// votes' receipts and its follows, ranked from this node.
+    fn trust(&self, book: &VoteBook) -> Trust {
         let me = self.key.node_id();
-        let book = self.book();
         let mut graph = TrustGraph::new();
         for balance in self.credits.balances() {
             let a = &balance.account;
             graph.add_credit(me, balance.peer, a.served.saturating_add(a.used));
         }
-        graph.add_votes(&book);
+        graph.add_votes(book);
         match self.followed() {
             Ok(followed) => {
                 for node in followed {
@@ -221,7 +238,46 @@ impl Votes {
             }
             Err(e) => tracing::error!("votes: reading the follows: {e}"),
         }
-        let trust = graph.rank(me);
+        graph.rank(me)
+    }
+
+    /// Every voted model's score and usage as this node sees them, for ranking searches:
+    /// computed at most every [`SIGNALS_FOR`] (or sooner when a vote changed), since trust moves
+    /// with the ledger too. Models absent have no standing vote.
+    pub fn signals(&self) -> Arc<HashMap<ModelId, search::Signals>> {
+        let changes = self.changes.load(Ordering::Relaxed);
+        let mut cache = self.signals.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, seen, signals)) = cache.as_ref()
+            && *seen == changes
+            && at.elapsed() < SIGNALS_FOR
+        {
+            return signals.clone();
+        }
+        let book = self.book();
+        let trust = self.trust(&book);
+        let signals: HashMap<ModelId, search::Signals> = book
+            .models()
+            .map(|model| {
+                let s = trust.score(&book, model);
+                let signals = search::Signals {
+                    score: s.score,
+                    rated: s.paying_voters > 0,
+                    usage: s.usage,
+                    paying_voters: s.paying_voters,
+                };
+                (*model, signals)
+            })
+            .collect();
+        drop(book);
+        let signals = Arc::new(signals);
+        *cache = Some((Instant::now(), changes, signals.clone()));
+        signals
+    }
+
+    /// The model's score as this node sees it, and each standing vote's part.
+    pub fn view(&self, model: ModelId) -> VotesView {
+        let book = self.book();
+        let trust = self.trust(&book);
         let score = trust.score(&book, &model);
         let tally = book.tally(&model);
         let mut voters: Vec<VoterView> = book

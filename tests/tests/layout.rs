@@ -9,7 +9,7 @@ use serde_json::Value;
 
 /// Crates that must build without libp2p, wasmtime or tract.
 const LIGHT: &[&str] = &[
-    "protocol", "store", "api", "catalog", "compute", "credits", "votes",
+    "protocol", "store", "api", "catalog", "compute", "credits", "votes", "search",
 ];
 /// Crates that pull in libp2p (`net`), wasmtime (`sandbox`) or tract (`graph`).
 const HEAVY: &[&str] = &["net", "sandbox", "graph"];

@@ -454,6 +454,68 @@ pub struct InferQuery {
     pub verify: bool,
 }
 
+/// Query of `GET /api/v1/search`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SearchQuery {
+    /// Words (empty: every model).
+    #[serde(default)]
+    pub q: String,
+    /// `relevance` (the default), `score`, `usage` or `new`.
+    #[serde(default)]
+    pub sort: Option<String>,
+    /// Tags every hit must carry, comma-separated.
+    #[serde(default)]
+    pub tags: Option<String>,
+    /// Hits to return (default 20, at most 100).
+    #[serde(default)]
+    pub limit: Option<usize>,
+    /// Hits to skip.
+    #[serde(default)]
+    pub offset: Option<usize>,
+}
+
+/// `GET /api/v1/search`: a page of models matching a query, ranked.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SearchResults {
+    /// The query's words.
+    pub query: String,
+    /// The order used.
+    pub sort: String,
+    /// Models that matched, before paging.
+    pub total: usize,
+    /// The page.
+    pub hits: Vec<SearchHit>,
+}
+
+/// One model found.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SearchHit {
+    /// The model id.
+    pub model_id: String,
+    /// Package name.
+    pub name: String,
+    /// Package version.
+    pub version: String,
+    /// What it is.
+    pub description: String,
+    /// Tags.
+    pub tags: Vec<String>,
+    /// The signing node.
+    pub author: String,
+    /// Its score as this node weighs the votes.
+    pub score: f64,
+    /// Voters whose vote weighs something here.
+    pub paying_voters: u64,
+    /// Credits paid for its calls on trusted providers.
+    pub usage: u64,
+    /// Text relevance (BM25; 1 for an empty query).
+    pub relevance: f32,
+    /// The key it was ranked by.
+    pub rank: f64,
+    /// Whether its files are all on this node.
+    pub local: bool,
+}
+
 /// `GET /api/v1/credits`: this node's ledger with every peer it has called or served.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CreditsView {

@@ -134,6 +134,10 @@ pub trait NodeApi: Send + Sync + 'static {
     fn models(&self) -> impl Future<Output = ApiResult<ModelList>> + Send {
         unsupported()
     }
+    /// `GET /api/v1/search`.
+    fn search(&self, _query: SearchQuery) -> impl Future<Output = ApiResult<SearchResults>> + Send {
+        unsupported()
+    }
     /// `GET /api/v1/models/{id}`.
     fn show(&self, _id: String) -> impl Future<Output = ApiResult<ModelView>> + Send {
         unsupported()
@@ -294,6 +298,17 @@ pub fn router<N: NodeApi>(node: Arc<N>, access: Access) -> Router {
             .route(
                 "/api/v1/models/{id}",
                 get(|s: State<Arc<N>>, Path(id): Path<String>| async move { ok(s.show(id).await) }),
+            )
+            .route(
+                "/api/v1/search",
+                get(
+                    |s: State<Arc<N>>, query: Result<Query<SearchQuery>, QueryRejection>| async move {
+                        match query {
+                            Ok(Query(q)) => ok(s.search(q).await),
+                            Err(e) => ApiError::bad_request(format!("query: {e}")).into_response(),
+                        }
+                    },
+                ),
             )
             .route(
                 "/api/v1/models/{id}/history",

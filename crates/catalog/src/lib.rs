@@ -148,15 +148,19 @@ struct State {
     snapshots: HashMap<BlobHash, Arc<Signed<Snapshot>>>,
     /// Models per signer.
     by_author: HashMap<protocol::NodeId, usize>,
+    /// Bumped whenever a model is added or removed.
+    generation: u64,
 }
 
 impl State {
     fn add(&mut self, id: ModelId, manifest: Arc<Signed<Manifest>>) {
+        self.generation += 1;
         *self.by_author.entry(manifest.signer()).or_default() += 1;
         self.models.insert(id, manifest);
     }
 
     fn remove(&mut self, id: ModelId) {
+        self.generation += 1;
         self.untrack(id);
         if let Some(m) = self.models.remove(&id)
             && let Some(n) = self.by_author.get_mut(&m.signer())
@@ -415,6 +419,12 @@ impl Catalog {
             .take(max)
             .map(|(id, _)| *id)
             .collect()
+    }
+
+    /// A counter bumped whenever a model is added or removed: a reader that saw the same
+    /// value before has nothing new to look at.
+    pub fn generation(&self) -> u64 {
+        self.read().generation
     }
 
     /// Whether the catalogue knows the model.

@@ -31,7 +31,9 @@ use std::sync::{Mutex, RwLock};
 
 use protocol::{Manifest, ModelId, NodeId, Signed};
 use tantivy::collector::TopDocs;
-use tantivy::query::{AllQuery, BooleanQuery, Occur, Query as TantivyQuery, QueryParser, TermQuery};
+use tantivy::query::{
+    AllQuery, BooleanQuery, Occur, Query as TantivyQuery, QueryParser, TermQuery,
+};
 use tantivy::schema::{
     FAST, Field, INDEXED, IndexRecordOption, STRING, Schema, TextFieldIndexing, TextOptions,
 };
@@ -399,7 +401,8 @@ impl SearchIndex {
         } else {
             (searcher.num_docs() as usize).max(1)
         };
-        let found = searcher.search(&tantivy_query, &TopDocs::with_limit(limit).order_by_score())?;
+        let found =
+            searcher.search(&tantivy_query, &TopDocs::with_limit(limit).order_by_score())?;
         let mut columns = Vec::with_capacity(searcher.segment_readers().len());
         for segment in searcher.segment_readers() {
             columns.push(segment.fast_fields().u64("key")?);

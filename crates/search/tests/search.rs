@@ -54,10 +54,25 @@ fn q(text: &str) -> Query {
 
 fn corpus() -> Vec<Doc> {
     vec![
-        doc(1, "sentiment-bert", "Classifies the sentiment of English reviews", &["nlp", "classification"]),
-        doc(2, "resnet50", "Image classification on ImageNet", &["vision", "classification"]),
+        doc(
+            1,
+            "sentiment-bert",
+            "Classifies the sentiment of English reviews",
+            &["nlp", "classification"],
+        ),
+        doc(
+            2,
+            "resnet50",
+            "Image classification on ImageNet",
+            &["vision", "classification"],
+        ),
         doc(3, "whisper-tiny", "Speech recognition", &["audio"]),
-        doc(4, "mini-lm", "Sentence embeddings for semantic search", &["nlp", "embeddings"]),
+        doc(
+            4,
+            "mini-lm",
+            "Sentence embeddings for semantic search",
+            &["nlp", "embeddings"],
+        ),
     ]
 }
 
@@ -65,14 +80,30 @@ fn corpus() -> Vec<Doc> {
 fn every_field_is_searched() {
     let index = index(corpus());
     let none = HashMap::new();
-    assert_eq!(ids(&index, q("bert"), &none), vec![id(1)], "a part of a name");
-    assert_eq!(ids(&index, q("sentiment-bert"), &none)[0], id(1), "the whole name");
-    assert_eq!(ids(&index, q("speech"), &none), vec![id(3)], "a description word");
+    assert_eq!(
+        ids(&index, q("bert"), &none),
+        vec![id(1)],
+        "a part of a name"
+    );
+    assert_eq!(
+        ids(&index, q("sentiment-bert"), &none)[0],
+        id(1),
+        "the whole name"
+    );
+    assert_eq!(
+        ids(&index, q("speech"), &none),
+        vec![id(3)],
+        "a description word"
+    );
     assert_eq!(ids(&index, q("reviewing"), &none), vec![id(1)], "stemmed");
     assert_eq!(ids(&index, q("audio"), &none), vec![id(3)], "a tag");
     assert_eq!(ids(&index, q("author"), &none).len(), 4, "human authors");
     let signer = node(2).to_string();
-    assert_eq!(ids(&index, q(&signer), &none), vec![id(2)], "the signing node");
+    assert_eq!(
+        ids(&index, q(&signer), &none),
+        vec![id(2)],
+        "the signing node"
+    );
     assert_eq!(ids(&index, q("input_ids"), &none).len(), 4, "the interface");
     assert!(ids(&index, q("zebra"), &none).is_empty());
     // The name weighs more than the description.
@@ -91,7 +122,9 @@ fn tags_filter_and_an_empty_query_lists_everything() {
             tags: tags.iter().map(|t| t.to_string()).collect(),
             ..q(text)
         };
-        ids(&index, query, &none).into_iter().collect::<BTreeSet<_>>()
+        ids(&index, query, &none)
+            .into_iter()
+            .collect::<BTreeSet<_>>()
     };
     assert_eq!(tagged("", &["NLP"]), BTreeSet::from([id(1), id(4)]));
     assert_eq!(tagged("classification", &["nlp"]), BTreeSet::from([id(1)]));
@@ -105,13 +138,40 @@ fn votes_and_usage_reorder_matches_but_never_make_a_model_match() {
     let index = index(corpus());
     let mut signals = HashMap::new();
     // Both match "classification" about as well; the voted one comes first.
-    signals.insert(id(2), Signals { score: 0.3, rated: true, usage: 500, paying_voters: 2 });
-    signals.insert(id(3), Signals { score: 0.9, rated: true, usage: 9_000, paying_voters: 9 });
+    signals.insert(
+        id(2),
+        Signals {
+            score: 0.3,
+            rated: true,
+            usage: 500,
+            paying_voters: 2,
+        },
+    );
+    signals.insert(
+        id(3),
+        Signals {
+            score: 0.9,
+            rated: true,
+            usage: 9_000,
+            paying_voters: 9,
+        },
+    );
     let found = ids(&index, q("classification"), &signals);
     assert_eq!(found, vec![id(2), id(1)]);
     // Voted down: behind the unvoted match.
-    signals.insert(id(2), Signals { score: -0.3, rated: true, usage: 0, paying_voters: 1 });
-    assert_eq!(ids(&index, q("classification"), &signals), vec![id(1), id(2)]);
+    signals.insert(
+        id(2),
+        Signals {
+            score: -0.3,
+            rated: true,
+            usage: 0,
+            paying_voters: 1,
+        },
+    );
+    assert_eq!(
+        ids(&index, q("classification"), &signals),
+        vec![id(1), id(2)]
+    );
     // Whisper's votes never make it match "classification".
     assert!(!ids(&index, q("classification"), &signals).contains(&id(3)));
 }
@@ -120,9 +180,33 @@ fn votes_and_usage_reorder_matches_but_never_make_a_model_match() {
 fn each_order() {
     let index = index(corpus());
     let mut signals = HashMap::new();
-    signals.insert(id(1), Signals { score: 0.0, rated: true, usage: 10, paying_voters: 1 });
-    signals.insert(id(2), Signals { score: 0.5, rated: true, usage: 5, paying_voters: 1 });
-    signals.insert(id(4), Signals { score: -0.2, rated: true, usage: 100, paying_voters: 1 });
+    signals.insert(
+        id(1),
+        Signals {
+            score: 0.0,
+            rated: true,
+            usage: 10,
+            paying_voters: 1,
+        },
+    );
+    signals.insert(
+        id(2),
+        Signals {
+            score: 0.5,
+            rated: true,
+            usage: 5,
+            paying_voters: 1,
+        },
+    );
+    signals.insert(
+        id(4),
+        Signals {
+            score: -0.2,
+            rated: true,
+            usage: 100,
+            paying_voters: 1,
+        },
+    );
     let sorted = |sort| ids(&index, Query { sort, ..q("") }, &signals);
     // Rated (even at 0 or below) before unrated.
     assert_eq!(sorted(Sort::Score), vec![id(2), id(1), id(4), id(3)]);
@@ -131,7 +215,16 @@ fn each_order() {
     // An empty query in relevance order is the score order.
     assert_eq!(sorted(Sort::Relevance), sorted(Sort::Score));
     // Paging.
-    let page = ids(&index, Query { sort: Sort::New, offset: 1, limit: 2, ..q("") }, &signals);
+    let page = ids(
+        &index,
+        Query {
+            sort: Sort::New,
+            offset: 1,
+            limit: 2,
+            ..q("")
+        },
+        &signals,
+    );
     assert_eq!(page, vec![id(3), id(2)]);
 }
 
@@ -152,14 +245,25 @@ fn updates_replace_and_remove_and_keep_the_first_seen_time() {
         .expect("search")
         .hits
         .remove(0);
-    assert_eq!(hit.seen_ms, 1_003, "a replaced model keeps when it was first seen");
+    assert_eq!(
+        hit.seen_ms, 1_003,
+        "a replaced model keeps when it was first seen"
+    );
 }
 
 #[test]
 fn queries_that_do_not_parse_still_search_their_words() {
     let index = index(corpus());
     let none = HashMap::new();
-    for bad in ["\"unclosed bert", "name:(bert", "bert AND", "((((", ":::", "-", "*"] {
+    for bad in [
+        "\"unclosed bert",
+        "name:(bert",
+        "bert AND",
+        "((((",
+        ":::",
+        "-",
+        "*",
+    ] {
         let found = ids(&index, q(bad), &none);
         assert!(found.len() <= 4, "{bad}: {found:?}");
     }
@@ -209,4 +313,3 @@ proptest! {
         }
     }
 }
-

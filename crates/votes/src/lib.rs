@@ -185,6 +185,11 @@ impl VoteBook {
         t
     }
 
+    /// The models with at least one standing vote.
+    pub fn models(&self) -> impl Iterator<Item = &ModelId> + '_ {
+        self.standing.keys()
+    }
+
     /// Every standing vote's id (what two nodes compare to catch up).
     pub fn ids(&self) -> impl Iterator<Item = BlobHash> + '_ {
         self.standing

@@ -23,6 +23,22 @@ fn init(net: &Testnet, name: &str, config: &str) -> Node {
     n
 }
 
+/// Searches `node` (`GET /api/v1/search?{query}`) until `done` holds of the answer.
+fn wait_search(node: &Daemon, query: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, results) = node
+            .api_get(&format!("/api/v1/search?{query}"))
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        assert_eq!(status, 200, "{results}");
+        if done(&results) {
+            return results;
+        }
+        assert!(Instant::now() < deadline, "{what}: {results}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn votes(node: &Daemon, id: &str) -> Value {
     let (status, v) = node
         .api_get(&format!("/api/v1/models/{id}/votes"))
@@ -50,12 +66,20 @@ fn a_paid_vote_reaches_every_node_and_weighs_where_its_voter_is_trusted() {
     let a = init(&net, "a", "");
     let pkg = testnet::echo_package(net.path()).expect("package");
     let id = a.ok(&["publish", pkg.to_str().expect("utf8")]);
+    // A model that matches "guest" better by its name alone.
+    let twin = testnet::echo_package_named(net.path(), "guest").expect("package");
+    let twin = a.ok(&["publish", twin.to_str().expect("utf8")]);
     let a_node = a.start(&[]);
     let b = init(&net, "b", PROVIDER);
     let b_node = b.start(&[a_node.addr()]);
     let c = init(&net, "c", CALLER);
     let c_node = c.start(&[a_node.addr()]);
     testnet::wait_for_offers(&c_node, &[&b_node.peer_id]).unwrap_or_else(|e| panic!("{e:#}"));
+    // B's search index has both, the better name first.
+    let found = wait_search(&b_node, "q=guest", "B indexes both models", |r| {
+        r["total"] == 2
+    });
+    assert_eq!(found["hits"][0]["model_id"], twin.as_str(), "{found}");
 
     // Unknown choices and models are refused.
     let bad = c.fails(&["vote", &id, "sideways"]);
@@ -85,6 +109,18 @@ fn a_paid_vote_reaches_every_node_and_weighs_where_its_voter_is_trusted() {
     assert_eq!(at_b["paying_voters"], 1, "{at_b}");
     assert!(at_b["score"].as_f64().unwrap_or(0.0) > 0.0, "{at_b}");
     assert!(at_b["usage"].as_u64().unwrap_or(0) > 0, "{at_b}");
+    // The vote lifts the model above the better-named one in B's search, and leads B's
+    // score order.
+    let found = wait_search(&b_node, "q=guest", "the vote reorders B's search", |r| {
+        r["hits"][0]["model_id"] == id.as_str()
+    });
+    assert_eq!(found["hits"][0]["paying_voters"], 1, "{found}");
+    let by_score = wait_search(&b_node, "q=&sort=score", "B's score order", |r| {
+        r["total"] == 2
+    });
+    assert_eq!(by_score["hits"][0]["model_id"], id.as_str(), "{by_score}");
+    let text = b.ok(&["search", "guest", "--sort", "score"]);
+    assert!(text.starts_with(&id), "{text}");
     // `moxnet show` carries the same score, breakdown and paying voters.
     let shown = b.json(&["show", &id]);
     assert_eq!(shown["votes"]["paying_voters"], 1, "{shown}");
