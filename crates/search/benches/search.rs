@@ -155,7 +155,7 @@ fn main() {
     let mut rng = Rng(7);
     let mut signals: HashMap<ModelId, Signals> = HashMap::new();
     for d in &docs {
-        if rng.next() % 5 != 0 {
+        if !rng.next().is_multiple_of(5) {
             continue;
         }
         let score = (rng.next() % 2000) as f64 / 1000.0 - 0.5;
