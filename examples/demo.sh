@@ -54,6 +54,8 @@ for _ in $(seq 300); do
 done
 api="http://$(cat "$MOXNET_HOME/api")"
 
+echo "== moxnet search embeddings (the catalogue's index; votes and usage rank it)"
+moxnet search embeddings
 echo "== moxnet call $mini"
 moxnet call "$mini" --input '{"text": ["moxnet shares models like code", "A model goes live the moment it is published."]}'
 
