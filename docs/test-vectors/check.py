@@ -107,6 +107,15 @@ def check_vote(vec):
         assert res_env["signer"] == request["provider"] != envelope["signer"], f"{name}: provider"
 
 
+def check_revocation(vec):
+    """A key revocation (protocol.md §13): its fields, and a reason of at most 256 bytes."""
+    body = cbor2.loads(cbor2.loads(bytes.fromhex(vec["envelope"]))["body"])
+    name = vec["name"]
+    assert set(body) <= {"v", "issued_ms", "reason"} and body["v"] == 1, name
+    assert isinstance(body["issued_ms"], int), name
+    assert len(body.get("reason", "").encode()) <= 256, name
+
+
 def vote_supersedes(a, b):
     """The merge rule (protocol.md §13): greater clock, then greater id (BLAKE3 of the
     envelope) as bytes."""
@@ -151,6 +160,12 @@ def main():
         check_signed(vec)
         if vec["domain"] == "moxnet/v1/vote":
             check_vote(vec)
+        if vec["domain"] == "moxnet/v1/revocation":
+            check_revocation(vec)
+    # The revocation is signed by the voter: after it, neither vote counts.
+    revocation = next(v for v in vectors["signed"] if v["domain"] == "moxnet/v1/revocation")
+    assert all(v["public_key"] == revocation["public_key"]
+               for v in vectors["signed"] if v["domain"] == "moxnet/v1/vote")
     # The retraction (clock 2) supersedes the vote up (clock 1) from the same voter.
     votes = {v["name"]: v for v in vectors["signed"] if v["domain"] == "moxnet/v1/vote"}
     up, retract = votes["vote-up-with-receipt"], votes["vote-retract"]

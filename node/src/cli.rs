@@ -100,6 +100,17 @@ pub enum Command {
         #[arg(value_parser = ["up", "down", "retract"])]
         choice: String,
     },
+    /// Revoke this node's key for votes (protocol §13), for a key that leaked or a node that
+    /// retires: every vote it signed stops counting on every node, receipts of calls it served
+    /// prove no usage, and it can vote no more. Cannot be undone: vote from a new home after.
+    Revoke {
+        /// Why, for people (at most 256 bytes).
+        #[arg(long, default_value = "")]
+        reason: String,
+        /// Yes, revoke this key for good.
+        #[arg(long)]
+        yes: bool,
+    },
     /// Follow a node: its trust (and its votes' weight) comes from this node directly.
     /// Prints the nodes followed.
     Follow {

@@ -82,6 +82,25 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             show(json, &list)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Revoke { reason, yes } => {
+            if !yes {
+                bail!(
+                    "revoking this node's key cannot be undone: its votes stop counting everywhere and it can vote no more; run again with --yes"
+                );
+            }
+            let view: api::dto::RevokeView = match Api::find(&dir)? {
+                Some(api) => api.send(
+                    "POST",
+                    "/api/v1/revoke",
+                    &api::dto::RevokeRequest {
+                        reason: reason.clone(),
+                    },
+                )?,
+                None => ops::revoke(&Home::open(&dir)?, reason)?,
+            };
+            show(json, &view)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Votes { id } => {
             let api = running_node(&dir, "votes are kept by a running node:")?;
             show(
@@ -375,6 +394,7 @@ fn store_command(target: &Target, command: Command, json: bool) -> Result<ExitCo
         | Command::Vote { .. }
         | Command::Follow { .. }
         | Command::Votes { .. }
+        | Command::Revoke { .. }
         | Command::Credits { .. } => bail!("this command does not run on the store"),
     }
     Ok(ExitCode::SUCCESS)

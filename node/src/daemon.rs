@@ -399,7 +399,7 @@ impl Events {
             NetEvent::Vote { vote, envelope, .. } => {
                 // A sled write: off the event loop.
                 let votes = self.votes.clone();
-                tokio::task::spawn_blocking(move || votes.heard(&envelope, &vote));
+                tokio::task::spawn_blocking(move || votes.heard_message(&envelope, &vote));
             }
             NetEvent::InferCall { from, call, reply } => {
                 let remote = self.remote.clone();

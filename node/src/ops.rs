@@ -547,3 +547,30 @@ pub fn verify(store: &Store, only: Option<BlobHash>) -> Result<VerifyReport> {
             .collect(),
     })
 }
+
+/// Revokes the home's key with no node running: the revocation is kept in the store's `votes`
+/// tree, where the node finds it at its next start (dropping this key's votes then) and passes
+/// it on in its vote syncs.
+pub fn revoke(home: &Home, reason: String) -> Result<api::dto::RevokeView> {
+    if reason.len() > protocol::vote::MAX_REVOCATION_REASON {
+        bail!(
+            "the reason is {} bytes; at most {}",
+            reason.len(),
+            protocol::vote::MAX_REVOCATION_REASON
+        );
+    }
+    let signed = home.key.sign(protocol::vote::Revocation {
+        issued_ms: crate::compute::now_ms(),
+        reason,
+    });
+    let envelope = signed.to_bytes();
+    let id = BlobHash::of(&envelope);
+    let tree = home.store.open_tree("votes").context("opening the votes")?;
+    tree.insert(id.as_bytes(), envelope)?;
+    tree.flush()?;
+    Ok(api::dto::RevokeView {
+        node_id: home.key.node_id().to_string(),
+        revocation_id: id.to_string(),
+        dropped_votes: 0,
+    })
+}

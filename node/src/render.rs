@@ -574,3 +574,12 @@ impl Render for api::dto::SearchResults {
         lines.join("\n")
     }
 }
+
+impl Render for api::dto::RevokeView {
+    fn text(&self) -> String {
+        format!(
+            "revoked the key of node {} (revocation {}); {} of its standing votes dropped here. Its votes count nowhere now: vote from a new home",
+            self.node_id, self.revocation_id, self.dropped_votes
+        )
+    }
+}

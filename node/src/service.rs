@@ -7,8 +7,8 @@ use std::sync::Arc;
 use api::dto::{
     AddRequest, Added, BlobList, CreditsView, ExportRequest, Exported, FetchProgress, FollowList,
     GcReport, History, ModelList, ModelView, NodeInfo, OfferList, PinChange, PublishRequest,
-    Published, ReceiptList, ReindexReport, SearchQuery, SearchResults, SnapshotAdded,
-    SnapshotRequest, VerifyReport, VerifyRequest, VoteRequest, VotesView,
+    Published, ReceiptList, ReindexReport, RevokeRequest, RevokeView, SearchQuery, SearchResults,
+    SnapshotAdded, SnapshotRequest, VerifyReport, VerifyRequest, VoteRequest, VotesView,
 };
 use api::oip::{InferRequest, InferResponse, ModelMetadata, ModelReady, ServerReady};
 use api::{ApiError, ApiResult};
@@ -158,6 +158,15 @@ impl api::NodeApi for Service {
             .map_err(|e| ApiError::internal(e.to_string()))?;
         Ok(FollowList {
             follows: followed.iter().map(|n| n.to_string()).collect(),
+        })
+    }
+
+    async fn revoke(&self, request: RevokeRequest) -> ApiResult<RevokeView> {
+        let (id, dropped) = self.votes.revoke(request.reason).await?;
+        Ok(RevokeView {
+            node_id: self.home.key.node_id().to_string(),
+            revocation_id: id.to_string(),
+            dropped_votes: dropped,
         })
     }
 

@@ -21,9 +21,11 @@ use api::dto::{VoterView, VotesView};
 use api::{ApiError, ApiResult};
 use credits::{Credits, Side};
 use protocol::credits::Receipt;
-use protocol::vote::{CheckedVote, Choice, MAX_VOTE_RECEIPTS, Vote};
+use protocol::vote::{
+    CheckedRevocation, CheckedVote, Choice, MAX_VOTE_RECEIPTS, Revocation, Vote, VoteMessage,
+};
 use protocol::{BlobHash, ModelId, NodeId, SecretKey};
-use votes::{Applied, Trust, TrustGraph, USAGE_FULL, VoteBook};
+use votes::{Applied, Revoked, Trust, TrustGraph, USAGE_FULL, VoteBook};
 
 use crate::metrics::{Metrics, VoteLabels};
 
@@ -64,21 +66,32 @@ impl Votes {
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Votes> {
         let mut book = VoteBook::new();
-        let mut damaged = Vec::new();
+        // Keys of envelopes that no longer stand (damaged, or dropped by a revocation read
+        // later).
+        let mut gone: Vec<Vec<u8>> = Vec::new();
         for item in tree.iter() {
-            let (id, envelope) = item?;
-            match CheckedVote::from_bytes(&envelope) {
-                Ok(vote) => {
-                    book.apply(&vote);
+            let (key, envelope) = item?;
+            match VoteMessage::from_bytes(&envelope) {
+                Ok(VoteMessage::Vote(vote)) => {
+                    if book.apply(&vote) == Applied::Revoked {
+                        gone.push(key.to_vec());
+                    }
                 }
+                Ok(VoteMessage::Revocation(r)) => match book.revoke(&r) {
+                    Revoked::New(dropped) => {
+                        gone.extend(dropped.iter().map(|id| id.as_bytes().to_vec()))
+                    }
+                    Revoked::Replaced(old) => gone.push(old.as_bytes().to_vec()),
+                    Revoked::Same | Revoked::Full => gone.push(key.to_vec()),
+                },
                 Err(e) => {
                     tracing::warn!("votes: a kept vote no longer checks, dropped: {e}");
-                    damaged.push(id);
+                    gone.push(key.to_vec());
                 }
             }
         }
-        for id in damaged {
-            tree.remove(id)?;
+        for key in gone {
+            tree.remove(key)?;
         }
         if !book.is_empty() {
             tracing::info!(votes = book.len(), "votes: loaded");
@@ -100,6 +113,89 @@ impl Votes {
         self.book.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Takes a checked vote or revocation from a peer (gossip or a sync).
+    pub fn heard_message(&self, envelope: &[u8], message: &VoteMessage) {
+        match message {
+            VoteMessage::Vote(vote) => {
+                self.heard(envelope, vote);
+            }
+            VoteMessage::Revocation(r) => {
+                self.heard_revocation(envelope, r);
+            }
+        }
+    }
+
+    /// Takes a key revocation: the key's standing votes are dropped (their envelopes deleted)
+    /// and the revocation kept, so that it is passed on in syncs and survives a restart.
+    pub fn heard_revocation(&self, envelope: &[u8], revocation: &CheckedRevocation) -> Revoked {
+        let mut book = self.book();
+        let revoked = book.revoke(revocation);
+        let (outcome, kept) = match &revoked {
+            Revoked::New(dropped) => {
+                let mut batch = sled::Batch::default();
+                for id in dropped {
+                    batch.remove(id.as_bytes().as_slice());
+                }
+                batch.insert(revocation.id.as_bytes().as_slice(), envelope);
+                ("revocation", self.tree.apply_batch(batch))
+            }
+            Revoked::Replaced(old) => {
+                let mut batch = sled::Batch::default();
+                batch.remove(old.as_bytes().as_slice());
+                batch.insert(revocation.id.as_bytes().as_slice(), envelope);
+                ("revocation", self.tree.apply_batch(batch))
+            }
+            Revoked::Same => ("same", Ok(())),
+            Revoked::Full => ("full", Ok(())),
+        };
+        if matches!(revoked, Revoked::New(_) | Revoked::Replaced(_)) {
+            self.changes.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(node = %revocation.node, reason = %revocation.reason, "votes: a key was revoked");
+        }
+        self.metrics
+            .votes
+            .get_or_create(&VoteLabels { outcome })
+            .inc();
+        if let Err(e) = kept {
+            tracing::error!("votes: keeping a revocation: {e}");
+        }
+        revoked
+    }
+
+    /// Signs and takes a revocation of this node's own key, and publishes it: its votes stop
+    /// counting everywhere, and it can vote no more. Returns the revocation's id and how many
+    /// standing votes it dropped here.
+    pub async fn revoke(&self, reason: String) -> ApiResult<(BlobHash, usize)> {
+        if reason.len() > protocol::vote::MAX_REVOCATION_REASON {
+            return Err(ApiError::bad_request(format!(
+                "the reason is {} bytes; at most {}",
+                reason.len(),
+                protocol::vote::MAX_REVOCATION_REASON
+            )));
+        }
+        let signed = self.key.sign(Revocation {
+            issued_ms: crate::compute::now_ms(),
+            reason,
+        });
+        let envelope = signed.to_bytes();
+        let revocation = CheckedRevocation::of(&signed, BlobHash::of(&envelope));
+        let dropped =
+            match tokio::task::block_in_place(|| self.heard_revocation(&envelope, &revocation)) {
+                Revoked::New(dropped) => dropped.len(),
+                Revoked::Replaced(_) | Revoked::Same => 0,
+                Revoked::Full => {
+                    return Err(ApiError::internal(
+                        "this node holds the most revocations it keeps; not revoked",
+                    ));
+                }
+            };
+        if let Err(e) = self.net.publish_vote(envelope).await {
+            // Kept here; peers get it when they sync (it is recent, so pushed then too).
+            tracing::info!("votes: publishing the revocation: {e}");
+        }
+        Ok((revocation.id, dropped))
+    }
+
     /// Takes a checked vote (from gossip, or this node's own); keeps it if it now stands.
     /// Returns what the book did.
     pub fn heard(&self, envelope: &[u8], vote: &CheckedVote) -> Applied {
@@ -114,6 +210,7 @@ impl Votes {
             Applied::Older => "older",
             Applied::Same => "same",
             Applied::Full => "full",
+            Applied::Revoked => "revoked",
         };
         self.metrics
             .votes
@@ -127,7 +224,7 @@ impl Votes {
                 batch.insert(vote.id.as_bytes().as_slice(), envelope);
                 self.tree.apply_batch(batch)
             }
-            Applied::Older | Applied::Same | Applied::Full => Ok(()),
+            Applied::Older | Applied::Same | Applied::Full | Applied::Revoked => Ok(()),
         };
         if let Err(e) = kept {
             // The book holds it; the next start will not (until a peer sends it again).
@@ -170,6 +267,11 @@ impl Votes {
 
     /// Signs, keeps and publishes this node's vote on `model`.
     pub async fn cast(&self, model: ModelId, choice: Choice) -> ApiResult<VotesView> {
+        if self.book().is_revoked(&self.key.node_id()) {
+            return Err(ApiError::bad_request(
+                "this node's key is revoked: its votes count nowhere; vote from a new home (moxnet init)",
+            ));
+        }
         let receipts = tokio::task::block_in_place(|| self.receipts_for(model));
         let clock = self.book().next_clock(&model, &self.key.node_id());
         let signed = self.key.sign(Vote {

@@ -62,6 +62,8 @@ pub const DOMAIN_MANIFEST: &str = "moxnet/v1/manifest";
 pub const DOMAIN_SNAPSHOT: &str = "moxnet/v1/snapshot";
 /// Domain tag of signed votes ([`vote::Vote`]).
 pub const DOMAIN_VOTE: &str = "moxnet/v1/vote";
+/// Signature domain of a key revocation (`vote::Revocation`).
+pub const DOMAIN_REVOCATION: &str = "moxnet/v1/revocation";
 /// Domain tag reserved for receipts (a later protocol version uses it).
 pub const DOMAIN_RECEIPT: &str = "moxnet/v1/receipt";
 

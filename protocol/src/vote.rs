@@ -10,10 +10,19 @@
 //! [`supersedes`]. Every node that holds the same votes therefore holds the same state,
 //! whatever order and how many times they arrived. A retraction is a vote too: it counts
 //! nothing and keeps an older vote from coming back.
+//!
+//! **Revocation.** A [`Revocation`] (domain `moxnet/v1/revocation`), signed by a node's own key,
+//! says that key must no longer be believed (it leaked, or the node is gone): every vote it
+//! signed, before or after, stops counting, and receipts of calls it served prove no usage.
+//! Anyone holding the key can sign one, which only ever takes the key's say away. Revocations
+//! travel with votes ([`VoteMessage`]).
 
 use crate::cbor::{MapReader, Value, as_text, as_u64};
 use crate::credits::{MAX_RECEIPT_BYTES, Receipt, ReceiptError, VerifiedReceipt};
-use crate::{BlobHash, DOMAIN_VOTE, DecodeError, ModelId, NodeId, Object, Signable, Signed};
+use crate::{
+    BlobHash, DOMAIN_REVOCATION, DOMAIN_VOTE, DecodeError, ModelId, NodeId, Object, Signable,
+    Signed,
+};
 
 /// Version of the vote message.
 pub const VOTE_VERSION: u64 = 1;
@@ -244,4 +253,138 @@ impl CheckedVote {
     pub fn supersedes(&self, other: &CheckedVote) -> bool {
         supersedes(self.clock, &self.id, other.clock, &other.id)
     }
+}
+
+/// Version of the revocation message.
+pub const REVOCATION_VERSION: u64 = 1;
+/// Longest reason in a revocation, bytes.
+pub const MAX_REVOCATION_REASON: usize = 256;
+/// Largest encoded revocation body.
+pub const MAX_REVOCATION_BYTES: usize = MAX_REVOCATION_REASON + 64;
+
+/// A node's notice that its own key must no longer be believed (see the module docs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revocation {
+    /// When it was signed, milliseconds since the Unix epoch (informational).
+    pub issued_ms: u64,
+    /// Why, for people (at most [`MAX_REVOCATION_REASON`] bytes; may be empty).
+    pub reason: String,
+}
+
+impl Object for Revocation {
+    const WHAT: &'static str = "revocation";
+    const MAX_BYTES: usize = MAX_REVOCATION_BYTES;
+
+    fn to_cbor(&self) -> Value {
+        let mut entries = vec![
+            (Value::text("v"), Value::Uint(REVOCATION_VERSION)),
+            (Value::text("issued_ms"), Value::Uint(self.issued_ms)),
+        ];
+        if !self.reason.is_empty() {
+            entries.push((Value::text("reason"), Value::text(&self.reason)));
+        }
+        Value::Map(entries)
+    }
+
+    fn from_cbor(v: Value) -> Result<Self, DecodeError> {
+        let mut m = MapReader::new("revocation", v)?;
+        m.version(REVOCATION_VERSION)?;
+        let issued_ms = as_u64("revocation issued_ms", m.required("issued_ms")?)?;
+        let reason = m
+            .optional("reason")
+            .map(|v| as_text("revocation reason", v, MAX_REVOCATION_REASON))
+            .transpose()?
+            .unwrap_or_default();
+        m.finish()?;
+        Ok(Revocation { issued_ms, reason })
+    }
+}
+
+impl Signable for Revocation {
+    const DOMAIN: &'static str = DOMAIN_REVOCATION;
+}
+
+/// A revocation whose envelope verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckedRevocation {
+    /// Its id: BLAKE3 of the envelope.
+    pub id: BlobHash,
+    /// The node whose key it revokes (its signer).
+    pub node: NodeId,
+    /// When it was signed.
+    pub issued_ms: u64,
+    /// Why.
+    pub reason: String,
+}
+
+impl CheckedRevocation {
+    /// Decodes and verifies a revocation envelope.
+    pub fn from_bytes(envelope: &[u8]) -> Result<CheckedRevocation, DecodeError> {
+        let signed = Signed::<Revocation>::from_bytes(envelope)?;
+        Ok(CheckedRevocation::of(&signed, BlobHash::of(envelope)))
+    }
+
+    /// A verified revocation; `id` is BLAKE3 of its envelope.
+    pub fn of(signed: &Signed<Revocation>, id: BlobHash) -> CheckedRevocation {
+        CheckedRevocation {
+            id,
+            node: signed.signer(),
+            issued_ms: signed.body().issued_ms,
+            reason: signed.body().reason.clone(),
+        }
+    }
+}
+
+/// What the vote topic and vote syncs carry: a vote or a key revocation, told apart by the
+/// envelope's domain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VoteMessage {
+    /// A vote, its receipts checked.
+    Vote(CheckedVote),
+    /// A key revocation.
+    Revocation(CheckedRevocation),
+}
+
+impl VoteMessage {
+    /// Decodes and checks a vote or revocation envelope.
+    pub fn from_bytes(envelope: &[u8]) -> Result<VoteMessage, VoteError> {
+        if envelope_domain(envelope).as_deref() == Some(DOMAIN_REVOCATION) {
+            return Ok(VoteMessage::Revocation(CheckedRevocation::from_bytes(
+                envelope,
+            )?));
+        }
+        Ok(VoteMessage::Vote(CheckedVote::from_bytes(envelope)?))
+    }
+
+    /// Its id (BLAKE3 of the envelope).
+    pub fn id(&self) -> BlobHash {
+        match self {
+            VoteMessage::Vote(v) => v.id,
+            VoteMessage::Revocation(r) => r.id,
+        }
+    }
+
+    /// When it was signed, by its own word, without checking anything else (for deciding
+    /// what is recent); `None` if it is neither a vote nor a revocation.
+    pub fn issued_ms_of(envelope: &[u8]) -> Option<u64> {
+        if envelope_domain(envelope).as_deref() == Some(DOMAIN_REVOCATION) {
+            return Signed::<Revocation>::from_bytes(envelope)
+                .ok()
+                .map(|r| r.body().issued_ms);
+        }
+        Signed::<Vote>::from_bytes(envelope)
+            .ok()
+            .map(|v| v.body().issued_ms)
+    }
+}
+
+/// The domain an envelope claims (unverified), if it decodes as an envelope map at all.
+fn envelope_domain(envelope: &[u8]) -> Option<String> {
+    let Ok(Value::Map(entries)) = Value::decode(envelope, Signed::<Vote>::MAX_BYTES) else {
+        return None;
+    };
+    entries.into_iter().find_map(|(k, v)| match (k, v) {
+        (Value::Text(k), Value::Text(d)) if k == "domain" => Some(d),
+        _ => None,
+    })
 }

@@ -12,7 +12,7 @@ use protocol::compute::{
     ComputeOffer, CreditTerms, InferCall, InferReply, InferRequest, InferResult, InferStatus,
 };
 use protocol::credits::{Cheque, CreditsAnswer, CreditsRequest, Receipt, Royalty, royalty_of};
-use protocol::vote::{Choice, Vote};
+use protocol::vote::{Choice, Revocation, Vote};
 use protocol::{
     BlobHash, Collection, DType, DatasetRef, Dim, FileEntry, Interface, Manifest, ModelId, Object,
     Runtime, SecretKey, Signable, Snapshot, TensorSpec,
@@ -166,6 +166,11 @@ fn generate() -> serde_json::Value {
         issued_ms: 1_764_300_003_000,
         receipts: vec![],
     };
+    // Later still, the caller revokes its key: both votes stop counting.
+    let revocation = Revocation {
+        issued_ms: 1_764_300_004_000,
+        reason: "the key leaked".into(),
+    };
     let signed_cheque = SecretKey::from_seed(&caller).sign(cheque.clone());
     let offer = ComputeOffer {
         issued_ms: 1_764_300_000_000,
@@ -292,6 +297,7 @@ fn generate() -> serde_json::Value {
             signed_vector("compute-offer", provider, offer),
             signed_vector("vote-up-with-receipt", caller, vote),
             signed_vector("vote-retract", caller, retraction),
+            signed_vector("revocation", caller, revocation),
         ],
                 "objects": objects,
         "receipts": [{
@@ -342,6 +348,9 @@ fn committed_vectors_match_this_implementation() {
             }
             Some(protocol::credits::DOMAIN_CHEQUE) => {
                 protocol::Signed::<Cheque>::from_bytes(&bytes).map(|_| ())
+            }
+            Some(protocol::DOMAIN_REVOCATION) => {
+                protocol::vote::CheckedRevocation::from_bytes(&bytes).map(|_| ())
             }
             Some(protocol::DOMAIN_VOTE) => protocol::vote::CheckedVote::from_bytes(&bytes)
                 .map(|_| ())

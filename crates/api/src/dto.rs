@@ -650,6 +650,26 @@ pub struct VoteRequest {
     pub choice: String,
 }
 
+/// Body of `POST /api/v1/revoke`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeRequest {
+    /// Why, for people (at most 256 bytes).
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// `POST /api/v1/revoke`: this node's key is revoked (protocol §13).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RevokeView {
+    /// The node whose key is revoked (this one).
+    pub node_id: String,
+    /// The revocation's id.
+    pub revocation_id: String,
+    /// This node's standing votes it dropped here.
+    pub dropped_votes: usize,
+}
+
 /// One voter's standing vote on a model, as this node weighs it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VoterView {

@@ -229,6 +229,13 @@ pub trait NodeApi: Send + Sync + 'static {
     ) -> impl Future<Output = ApiResult<RoyaltyAudit>> + Send {
         unsupported()
     }
+    /// `POST /api/v1/revoke`: revokes this node's own key for votes (signed, kept, gossiped).
+    fn revoke(
+        &self,
+        _request: RevokeRequest,
+    ) -> impl Future<Output = ApiResult<RevokeView>> + Send {
+        unsupported()
+    }
     /// `POST /api/v1/models/{id}/vote`: this node votes on a model (signed, kept, gossiped).
     fn vote(
         &self,
@@ -413,6 +420,15 @@ pub fn router<N: NodeApi>(node: Arc<N>, access: Access) -> Router {
                         }
                     },
                 ),
+            )
+            .route(
+                "/api/v1/revoke",
+                post(|s: State<Arc<N>>, Body(body): Body| async move {
+                    match parse(&body) {
+                        Ok(r) => ok(s.revoke(r).await),
+                        Err(e) => e.into_response(),
+                    }
+                }),
             )
             .route(
                 "/api/v1/models/{id}/votes",

@@ -231,12 +231,13 @@ pub enum NetEvent {
         /// The offer.
         offer: Box<Signed<ComputeOffer>>,
     },
-    /// A valid vote (envelope and receipts verified), from gossip or a vote sync.
+    /// A valid vote (envelope and receipts verified) or key revocation, from gossip or a vote
+    /// sync.
     Vote {
-        /// The peer it came from (not necessarily its voter).
+        /// The peer it came from (not necessarily its signer).
         from: PeerId,
-        /// The vote, checked.
-        vote: Box<protocol::vote::CheckedVote>,
+        /// The vote or revocation, checked.
+        vote: Box<protocol::vote::VoteMessage>,
         /// Its envelope, as received.
         envelope: Vec<u8>,
     },

@@ -152,7 +152,7 @@ pub(crate) struct CatalogPage {
     pub(crate) manifests: Vec<(ModelId, Signed<Manifest>)>,
     /// The votes that checked (envelope and receipts), with their envelopes (the others were
     /// dropped).
-    pub(crate) votes: Vec<(protocol::vote::CheckedVote, Vec<u8>)>,
+    pub(crate) votes: Vec<(protocol::vote::VoteMessage, Vec<u8>)>,
     /// The ids listed (a page of ids).
     pub(crate) ids: Vec<ModelId>,
     /// Where the next page starts, if there is one.
@@ -426,8 +426,8 @@ async fn push_votes(
 /// Whether a vote was issued within the last [`RESYNC`] (by its own `issued_ms`: a voter
 /// that lies about it gets at most [`MAX_PUSHED_VOTES`] pushed per sync).
 fn recent(envelope: &[u8], now_ms: u64) -> bool {
-    Signed::<protocol::vote::Vote>::from_bytes(envelope)
-        .is_ok_and(|v| v.body().issued_ms.saturating_add(RESYNC.as_millis() as u64) >= now_ms)
+    protocol::vote::VoteMessage::issued_ms_of(envelope)
+        .is_some_and(|issued| issued.saturating_add(RESYNC.as_millis() as u64) >= now_ms)
 }
 
 /// The ids of the votes `provider` holds in `(from, to]` (`to` `None`: to the end), at most
@@ -517,7 +517,7 @@ async fn reconcile_votes(
                 let answer = ask(&commands, peer, request).await?;
                 for (vote, envelope) in answer.votes {
                     // Only what was asked for.
-                    if !rest.contains(&ModelId(vote.id)) {
+                    if !rest.contains(&ModelId(vote.id())) {
                         continue;
                     }
                     learnt += 1;
@@ -1598,7 +1598,7 @@ impl EventLoop {
                         return;
                     }
                     self.verify_off_loop(message_id, from, move || {
-                        match protocol::vote::CheckedVote::from_bytes(&message.data) {
+                        match protocol::vote::VoteMessage::from_bytes(&message.data) {
                             Ok(vote) => NetEvent::Vote {
                                 from,
                                 vote: Box::new(vote),
@@ -1702,7 +1702,7 @@ impl EventLoop {
                                             .into_iter()
                                             .filter_map(|v| {
                                                 let vote =
-                                                    protocol::vote::CheckedVote::from_bytes(&v)
+                                                    protocol::vote::VoteMessage::from_bytes(&v)
                                                         .ok()?;
                                                 Some((vote, v))
                                             })

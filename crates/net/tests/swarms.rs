@@ -458,8 +458,8 @@ async fn votes_heard(node: &mut TestNode, wait: Duration) -> BTreeSet<BlobHash> 
     loop {
         match tokio::time::timeout(wait, node.events.recv()).await {
             Ok(Some(NetEvent::Vote { vote, envelope, .. })) => {
-                assert_eq!(vote.id, BlobHash::of(&envelope));
-                heard.insert(vote.id);
+                assert_eq!(vote.id(), BlobHash::of(&envelope));
+                heard.insert(vote.id());
             }
             Ok(Some(_)) => continue,
             Ok(None) => panic!("the network stopped"),

@@ -7,14 +7,15 @@
 //! state. A retraction stands like any vote (it counts nothing, and keeps an older vote from
 //! coming back). A voter has at most [`MAX_VOTES_PER_VOTER`] standing votes and a book at most
 //! [`MAX_VOTES`], so identities voting on made-up model ids cannot fill memory. [`VoteBook::tally`] counts a model's standing votes, with and without usage
-//! receipts behind them. [`TrustGraph`] and [`Trust`] decide what each vote weighs to the node
+//! receipts behind them. A key revocation ([`VoteBook::revoke`]) drops the key's votes and
+//! ignores its later ones. [`TrustGraph`] and [`Trust`] decide what each vote weighs to the node
 //! that counts: from the receipts behind it and that node's trust in the voter.
 
 mod trust;
 
 use std::collections::BTreeMap;
 
-use protocol::vote::{CheckedVote, Choice};
+use protocol::vote::{CheckedRevocation, CheckedVote, Choice};
 use protocol::{BlobHash, ModelId, NodeId};
 
 pub use trust::{FOLLOW_CREDITS, RESTART, Score, TRUSTED_RATIO, Trust, TrustGraph, USAGE_FULL};
@@ -85,6 +86,26 @@ pub enum Applied {
     /// A first vote on a model from a voter already at [`MAX_VOTES_PER_VOTER`], or with the
     /// book at [`MAX_VOTES`]: refused.
     Full,
+    /// The voter's key is revoked: ignored.
+    Revoked,
+}
+
+/// Revoked keys a book remembers at most (a revocation costs only a fresh key, so they are
+/// bounded like votes; about 70 bytes each).
+pub const MAX_REVOKED: usize = 100_000;
+
+/// What [`VoteBook::revoke`] did with a revocation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Revoked {
+    /// The key's first revocation: the votes it had standing (these ids) were dropped.
+    New(Vec<BlobHash>),
+    /// It replaced the key's revocation with this id (the greater id stands, so every node
+    /// keeps the same envelope).
+    Replaced(BlobHash),
+    /// The key's standing revocation is this one, or one with a greater id: ignored.
+    Same,
+    /// The book holds [`MAX_REVOKED`] revocations: refused.
+    Full,
 }
 
 impl Applied {
@@ -115,6 +136,8 @@ pub struct VoteBook {
     per_voter: BTreeMap<NodeId, usize>,
     /// Standing votes in all.
     total: usize,
+    /// Revoked keys, with the id of the revocation that stands for each.
+    revoked: BTreeMap<NodeId, BlobHash>,
 }
 
 impl VoteBook {
@@ -125,6 +148,9 @@ impl VoteBook {
 
     /// Takes a checked vote by the merge rule.
     pub fn apply(&mut self, vote: &CheckedVote) -> Applied {
+        if self.revoked.contains_key(&vote.voter) {
+            return Applied::Revoked;
+        }
         let known = self
             .standing
             .get(&vote.model)
@@ -151,6 +177,46 @@ impl VoteBook {
             }
             Some(_) => Applied::Older,
         }
+    }
+
+    /// Takes a key revocation: the key's standing votes are dropped and its later votes
+    /// ignored, whatever the order they arrive in.
+    pub fn revoke(&mut self, revocation: &CheckedRevocation) -> Revoked {
+        let node = revocation.node;
+        match self.revoked.get(&node) {
+            Some(id) if *id == revocation.id || id.as_bytes() > revocation.id.as_bytes() => {
+                return Revoked::Same;
+            }
+            Some(id) => {
+                let old = *id;
+                self.revoked.insert(node, revocation.id);
+                return Revoked::Replaced(old);
+            }
+            None if self.revoked.len() >= MAX_REVOKED => return Revoked::Full,
+            None => {}
+        }
+        self.revoked.insert(node, revocation.id);
+        let mut dropped = Vec::new();
+        if self.per_voter.remove(&node).is_some() {
+            self.standing.retain(|_, voters| {
+                if let Some(s) = voters.remove(&node) {
+                    dropped.push(s.id);
+                }
+                !voters.is_empty()
+            });
+            self.total -= dropped.len();
+        }
+        Revoked::New(dropped)
+    }
+
+    /// Whether `node`'s key is revoked.
+    pub fn is_revoked(&self, node: &NodeId) -> bool {
+        self.revoked.contains_key(node)
+    }
+
+    /// The revoked keys.
+    pub fn revoked(&self) -> impl Iterator<Item = &NodeId> + '_ {
+        self.revoked.keys()
     }
 
     /// The vote standing for `voter` on `model`.
@@ -190,11 +256,12 @@ impl VoteBook {
         self.standing.keys()
     }
 
-    /// Every standing vote's id (what two nodes compare to catch up).
+    /// Every standing vote's and revocation's id (what two nodes compare to catch up).
     pub fn ids(&self) -> impl Iterator<Item = BlobHash> + '_ {
         self.standing
             .values()
             .flat_map(|v| v.values().map(|s| s.id))
+            .chain(self.revoked.values().copied())
     }
 
     /// (voter, provider, cost) of every receipt behind a standing vote: who paid whom.

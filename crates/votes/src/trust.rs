@@ -49,6 +49,8 @@ pub struct TrustGraph {
     credit: BTreeMap<(NodeId, NodeId), u64>,
     /// Follows: (follower, followed).
     follows: BTreeMap<NodeId, Vec<NodeId>>,
+    /// Revoked keys: no link to or from them counts.
+    revoked: std::collections::BTreeSet<NodeId>,
 }
 
 impl TrustGraph {
@@ -79,10 +81,20 @@ impl TrustGraph {
     }
 
     /// The links of the votes' receipts: every standing vote's usage links voter and provider.
+    /// The book's revoked keys are left out of the graph (see [`TrustGraph::revoke`]).
     pub fn add_votes(&mut self, book: &VoteBook) {
         for (voter, provider, cost) in book.usage_links() {
             self.add_credit(voter, provider, cost);
         }
+        for node in book.revoked() {
+            self.revoke(*node);
+        }
+    }
+
+    /// Leaves `node` out of the graph, whenever its links were or are added: a revoked key
+    /// gets no trust and passes none on, and so is no trusted provider either.
+    pub fn revoke(&mut self, node: NodeId) {
+        self.revoked.insert(node);
     }
 
     /// Personalized PageRank from `me` (see the module docs).
@@ -104,14 +116,20 @@ impl TrustGraph {
             links[from].push((to, w));
         }
         for (&(a, b), &credits) in &self.credit {
+            if self.revoked.contains(&a) || self.revoked.contains(&b) {
+                continue;
+            }
             let (a, b) = (id(a, &mut ids), id(b, &mut ids));
             let w = (credits as f64).ln_1p();
             link(a, b, w, &mut links);
             link(b, a, w, &mut links);
         }
         for (follower, followed) in &self.follows {
+            if self.revoked.contains(follower) {
+                continue;
+            }
             let f = id(*follower, &mut ids);
-            for g in followed {
+            for g in followed.iter().filter(|g| !self.revoked.contains(*g)) {
                 let g = id(*g, &mut ids);
                 link(f, g, (FOLLOW_CREDITS as f64).ln_1p(), &mut links);
             }

@@ -5,9 +5,11 @@
 use proptest::prelude::*;
 use protocol::compute::{InferRequest, InferResult};
 use protocol::credits::{Cheque, Receipt};
-use protocol::vote::{CheckedVote, Choice, MAX_VOTE_RECEIPTS, Vote, VoteError};
+use protocol::vote::{
+    CheckedVote, Choice, MAX_VOTE_RECEIPTS, Revocation, Vote, VoteError, VoteMessage,
+};
 use protocol::{BlobHash, DecodeError, ModelId, Object, SecretKey, Signed};
-use votes::{Applied, VoteBook};
+use votes::{Applied, Revoked, VoteBook};
 
 fn key(i: u8) -> SecretKey {
     SecretKey::from_seed(&[i + 1; 32])
@@ -55,10 +57,26 @@ fn receipt(caller: &SecretKey, provider: &SecretKey, model: ModelId, fuel: u64) 
     Receipt::of(&request, &result)
 }
 
+fn revocation(node: &SecretKey, reason: &str) -> Vec<u8> {
+    node.sign(Revocation {
+        issued_ms: 1_764_300_000_000,
+        reason: reason.into(),
+    })
+    .to_bytes()
+}
+
+/// Takes each envelope, a vote or a revocation, as a node does.
 fn apply_all(envelopes: &[&Vec<u8>]) -> VoteBook {
     let mut book = VoteBook::new();
     for e in envelopes {
-        book.apply(&CheckedVote::from_bytes(e).expect("a valid vote"));
+        match VoteMessage::from_bytes(e).expect("a valid vote or revocation") {
+            VoteMessage::Vote(v) => {
+                book.apply(&v);
+            }
+            VoteMessage::Revocation(r) => {
+                book.revoke(&r);
+            }
+        }
     }
     book
 }
@@ -71,14 +89,22 @@ proptest! {
     #[test]
     fn any_order_and_duplication_gives_the_same_state(
         votes in proptest::collection::vec((0u8..4, 0u8..3, 1u64..4, 0u8..3), 1..30),
-        repeats in proptest::collection::vec(1usize..4, 30),
+        repeats in proptest::collection::vec(1usize..4, 34),
         order in Just(()).prop_perturb(|_, mut rng| rng.random::<u64>()),
+        revoked in proptest::collection::vec((0u8..4, 0u8..2), 0..4),
     ) {
         let keys: Vec<SecretKey> = (0..4).map(key).collect();
-        let envelopes: Vec<Vec<u8>> = votes
+        let mut envelopes: Vec<Vec<u8>> = votes
             .iter()
             .map(|&(v, m, clock, c)| vote(&keys[usize::from(v)], model(m), clock, choice(c)))
             .collect();
+        // Revocations (a key may be revoked twice, with different envelopes) among the votes.
+        envelopes.extend(
+            revoked
+                .iter()
+                .map(|&(v, r)| revocation(&keys[usize::from(v)], ["leaked", "retired"][usize::from(r)])),
+        );
+        let is_revoked = |v: u8| revoked.iter().any(|&(r, _)| r == v);
         let in_order: Vec<&Vec<u8>> = envelopes.iter().collect();
         let reference = apply_all(&in_order);
 
@@ -100,6 +126,10 @@ proptest! {
 
         // The oracle: the greatest (clock, id) of each voter's votes on each model.
         for (i, &(v, m, _, _)) in votes.iter().enumerate() {
+            if is_revoked(v) {
+                prop_assert!(reference.get(&model(m), &keys[usize::from(v)].node_id()).is_none());
+                continue;
+            }
             let best = votes
                 .iter()
                 .zip(&envelopes)
@@ -270,4 +300,72 @@ fn a_vote_that_must_not_count_is_refused() {
     }
     assert!(Vote::from_cbor(zero).is_err());
     assert!("sideways".parse::<Choice>().is_err());
+}
+
+#[test]
+fn a_revoked_key_loses_its_votes_whatever_the_order() {
+    let (voter, other) = (key(1), key(2));
+    let early = vote(&voter, model(1), 1, Choice::Up);
+    let late = vote(&voter, model(2), 5, Choice::Down);
+    let kept = vote(&other, model(1), 1, Choice::Up);
+    let revoke = revocation(&voter, "the key leaked");
+    let before = apply_all(&[&early, &kept, &revoke, &late]);
+    let after = apply_all(&[&revoke, &late, &kept, &early]);
+    assert_eq!(before, after);
+    assert!(before.is_revoked(&voter.node_id()));
+    assert!(before.get(&model(1), &voter.node_id()).is_none());
+    assert!(before.get(&model(2), &voter.node_id()).is_none());
+    assert!(
+        before.get(&model(1), &other.node_id()).is_some(),
+        "others' votes stay"
+    );
+    assert_eq!(before.len(), 1);
+    assert_eq!(before.ids().count(), 2, "the other vote and the revocation");
+
+    // What the book says about each step.
+    let mut book = VoteBook::new();
+    let checked = |e: &Vec<u8>| CheckedVote::from_bytes(e).expect("vote");
+    let rev = |e: &Vec<u8>| match VoteMessage::from_bytes(e).expect("revocation") {
+        VoteMessage::Revocation(r) => r,
+        VoteMessage::Vote(_) => panic!("a revocation decoded as a vote"),
+    };
+    assert_eq!(book.apply(&checked(&early)), Applied::New);
+    assert_eq!(
+        book.revoke(&rev(&revoke)),
+        Revoked::New(vec![BlobHash::of(&early)])
+    );
+    assert_eq!(book.apply(&checked(&late)), Applied::Revoked);
+    assert_eq!(book.revoke(&rev(&revoke)), Revoked::Same);
+    // A second revocation of the same key: the greater id stands, either order.
+    let again = revocation(&voter, "retired");
+    let (low, high) = if BlobHash::of(&revoke).as_bytes() < BlobHash::of(&again).as_bytes() {
+        (&revoke, &again)
+    } else {
+        (&again, &revoke)
+    };
+    let one = apply_all(&[low, high]);
+    let two = apply_all(&[high, low]);
+    assert_eq!(one, two);
+    assert_eq!(one.ids().collect::<Vec<_>>(), vec![BlobHash::of(high)]);
+}
+
+#[test]
+fn a_revocation_is_no_vote_and_a_vote_no_revocation() {
+    let voter = key(1);
+    let revoke = revocation(&voter, "");
+    assert!(CheckedVote::from_bytes(&revoke).is_err());
+    let up = vote(&voter, model(1), 1, Choice::Up);
+    assert!(protocol::vote::CheckedRevocation::from_bytes(&up).is_err());
+    assert!(matches!(
+        VoteMessage::from_bytes(&up),
+        Ok(VoteMessage::Vote(_))
+    ));
+    // A reason too long does not decode.
+    let long = voter
+        .sign(Revocation {
+            issued_ms: 1,
+            reason: "x".repeat(protocol::vote::MAX_REVOCATION_REASON + 1),
+        })
+        .to_bytes();
+    assert!(VoteMessage::from_bytes(&long).is_err());
 }

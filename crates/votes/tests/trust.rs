@@ -124,3 +124,40 @@ fn a_vote_weighs_its_voters_trust_times_what_it_paid_trusted_providers() {
     assert_eq!(score.paying_voters, 1);
     assert!((score.score - trust.weight(&book, &model(), &voter.node_id()).1).abs() < 1e-12);
 }
+
+/// A revoked provider's receipts prove no usage (its key may have been stolen to mint them),
+/// and it gets no trust and passes none on, whatever this node's ledger says.
+#[test]
+fn a_revoked_key_gets_no_trust_and_its_receipts_prove_nothing() {
+    let (me, provider, voter) = (key(0), key(1), key(2));
+    let mut book = VoteBook::new();
+    vote(
+        &mut book,
+        &voter,
+        vec![receipt(&voter, &provider, USAGE_FULL)],
+    );
+    let graph_of = |book: &VoteBook| {
+        let mut graph = TrustGraph::new();
+        graph.add_credit(me.node_id(), provider.node_id(), 5_000);
+        graph.add_votes(book);
+        graph.rank(me.node_id())
+    };
+    let trust = graph_of(&book);
+    assert!(trust.weight(&book, &model(), &voter.node_id()).1 > 0.0);
+    let revocation = provider
+        .sign(protocol::vote::Revocation {
+            issued_ms: 1,
+            reason: "stolen".into(),
+        })
+        .to_bytes();
+    let revocation =
+        protocol::vote::CheckedRevocation::from_bytes(&revocation).expect("revocation");
+    book.revoke(&revocation);
+    let trust = graph_of(&book);
+    assert_eq!(trust.of(&provider.node_id()), 0.0);
+    assert!(!trust.trusts_provider(&provider.node_id()));
+    // The voter was reached only through the provider: no trust, no weight.
+    assert_eq!(trust.of(&voter.node_id()), 0.0);
+    assert_eq!(trust.weight(&book, &model(), &voter.node_id()).1, 0.0);
+    assert_eq!(trust.score(&book, &model()).paying_voters, 0);
+}

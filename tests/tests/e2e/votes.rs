@@ -179,6 +179,27 @@ fn a_paid_vote_reaches_every_node_and_weighs_where_its_voter_is_trusted() {
     let again = votes(&b_node, &id);
     assert_eq!(again["retracted"], 1, "{again}");
     assert_eq!(again["up"], 0, "{again}");
+
+    // C votes up again, then its key is revoked: the vote is gone everywhere, even after a
+    // restart, and C can vote no more.
+    c.ok(&["vote", &id, "up"]);
+    wait_votes(&b_node, &id, "the new vote reaches B", |v| v["up"] == 1);
+    let refused = c.fails(&["revoke"]);
+    assert!(refused.contains("--yes"), "{refused}");
+    let revoked = c.json(&["revoke", "--yes", "--reason", "the key leaked"]);
+    assert_eq!(revoked["dropped_votes"], 1, "{revoked}");
+    for (node, name) in [(&b_node, "B"), (&a_node, "A")] {
+        wait_votes(node, &id, &format!("the revocation reaches {name}"), |v| {
+            v["up"] == 0 && v["retracted"] == 0 && v["voters"].as_array().is_some_and(Vec::is_empty)
+        });
+    }
+    let again = c.fails(&["vote", &id, "up"]);
+    assert!(again.contains("revoked"), "{again}");
+    b_node.stop();
+    let b_node = b.start(&[a_node.addr()]);
+    let after = votes(&b_node, &id);
+    assert_eq!(after["up"], 0, "{after}");
+    assert_eq!(after["paying_voters"], 0, "{after}");
 }
 
 /// The votes scenario at CI size (`cargo run -p testnet -- votes` runs it with 20 nodes): every
