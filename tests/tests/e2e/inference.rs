@@ -295,3 +295,45 @@ fn loaded_models_are_bounded_and_the_least_recently_called_gives_way() {
     call(&ids[0]);
     assert_eq!(loaded(), 32);
 }
+
+/// Triton's own Python client (`tritonclient[http]`, binary tensor data both ways by default)
+/// reads the server and model metadata and calls a published model; the answer matches
+/// onnxruntime on the same graph within 1e-4.
+#[test]
+fn tritons_python_client_calls_a_published_model_unchanged() {
+    let net = Testnet::new().expect("testnet");
+    let a = net.home("a");
+    a.ok(&["init"]);
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/iris-linear");
+    let id = a.ok(&["publish", example.to_str().expect("utf8")]);
+    let node = a.start(&[]);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/triton_client.py");
+    let out = Command::new("python3")
+        .arg(&script)
+        .arg(&node.api)
+        .arg(&id)
+        .arg(example.join("model.onnx"))
+        .args(["features", "probabilities"])
+        .output()
+        .expect("python3 (scripts/test.sh installs tritonclient[http] and onnxruntime)");
+    assert!(
+        out.status.success(),
+        "the Triton client failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).expect("the script's report");
+    eprintln!("{report}");
+    assert_eq!(report["server"]["name"], "moxnet", "{report}");
+    assert!(
+        report["server"]["extensions"]
+            .as_array()
+            .is_some_and(|e| e.contains(&json!("binary_tensor_data"))),
+        "{report}"
+    );
+    assert_eq!(report["model"]["name"], id.as_str(), "{report}");
+    assert_eq!(report["model"]["inputs"][0]["name"], "features", "{report}");
+    assert_eq!(report["shape"], json!([5, 3]), "{report}");
+    assert_eq!(report["same_twice"], true, "{report}");
+    let diff = report["max_diff"].as_f64().expect("max_diff");
+    assert!(diff <= 1e-4, "{report}");
+}
