@@ -88,6 +88,9 @@ pub enum Command {
         /// Run the call on two providers and compare their signed output hashes.
         #[arg(long)]
         verify: bool,
+        /// Run the call only on a provider that offers a GPU and an engine that uses it.
+        #[arg(long)]
+        gpu: bool,
     },
     /// List the compute offers the running node has heard (providers, prices, measured latency).
     Offers,

@@ -62,7 +62,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             input,
             on,
             verify,
-        } => call(&dir, &id, &input, on.as_deref(), verify, json),
+            gpu,
+        } => call(&dir, &id, &input, on.as_deref(), verify, gpu, json),
         Command::Vote { id, choice } => {
             let api = running_node(&dir, "votes are signed and gossiped by a running node:")?;
             let view: api::dto::VotesView = api.send(
@@ -424,17 +425,21 @@ fn call(
     input: &str,
     on: Option<&str>,
     verify: bool,
+    gpu: bool,
     json: bool,
 ) -> Result<ExitCode> {
     let id = ModelId(parse_hash(id)?);
     let request = read_input(input)?;
-    let forced = on.is_some() || verify;
+    let forced = on.is_some() || verify || gpu;
     let mut query = Vec::new();
     if let Some(peer) = on {
         query.push(format!("on={peer}"));
     }
     if verify {
         query.push("verify=true".to_string());
+    }
+    if gpu {
+        query.push("gpu=true".to_string());
     }
     let query = if query.is_empty() {
         String::new()
@@ -443,7 +448,7 @@ fn call(
     };
     let api = Api::find(dir)?;
     if forced && api.is_none() {
-        bail!("--on and --verify run the call on peers: start `moxnet node` first");
+        bail!("--on, --verify and --gpu run the call on peers: start `moxnet node` first");
     }
     let answer = match api {
         Some(api) => {

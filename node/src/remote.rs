@@ -553,6 +553,8 @@ pub struct CallOptions {
     pub on: Option<PeerId>,
     /// Run on two providers and compare their output hashes.
     pub verify: bool,
+    /// Only on providers that offer a GPU and a GPU engine.
+    pub gpu: bool,
 }
 
 /// A verified answer from one provider.
@@ -930,13 +932,32 @@ impl Remote {
             ));
         }
         let max_price = self.compute.config.max_price_per_mfuel;
-        let candidates = self.compute.offers().candidates(model, max_price, now_ms());
+        let needs = compute::Needs { gpu: options.gpu };
+        let candidates = self
+            .compute
+            .offers()
+            .candidates_for(model, max_price, needs, now_ms());
         let mut order: Vec<Target> = candidates.into_iter().filter_map(Target::of).collect();
+        if options.gpu && order.is_empty() {
+            return Err(CallError::new(
+                503,
+                format!(
+                    "no provider offers a GPU (and a GPU engine: {}) at or below {max_price} per million fuel",
+                    protocol::compute::GPU_BACKENDS.join(", ")
+                ),
+            ));
+        }
         if let Some(peer) = options.on {
             let node_id = net::node_id_of(&peer).ok_or_else(|| {
                 CallError::new(400, format!("{peer} has no ed25519 key in its id"))
             })?;
             order.retain(|c| c.peer == peer);
+            if order.is_empty() && options.gpu {
+                return Err(CallError::new(
+                    503,
+                    format!("{peer} offers no GPU (and GPU engine) this node knows of"),
+                ));
+            }
             if order.is_empty() {
                 order.push(Target {
                     node: node_id,

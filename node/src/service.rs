@@ -332,10 +332,14 @@ impl api::NodeApi for Service {
         let options = CallOptions {
             on,
             verify: query.verify,
+            gpu: query.gpu,
         };
         let local = self.home.catalog.is_local(id);
-        let remote =
-            options.on.is_some() || options.verify || (!local && self.remote.has_providers(id));
+        // This node runs models with no GPU engine: a call that needs one goes to a provider.
+        let remote = options.on.is_some()
+            || options.verify
+            || options.gpu
+            || (!local && self.remote.has_providers(id));
         let answer = if remote {
             self.remote.call(id, &request, &options).await
         } else {

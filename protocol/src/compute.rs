@@ -150,6 +150,22 @@ fn text_array(items: &[String]) -> Value {
     Value::Array(items.iter().map(Value::text).collect())
 }
 
+/// Engines that run models on a GPU: an offer that lists one of them in `backends`, and a GPU
+/// in `gpus`, can take calls that require a GPU.
+pub const GPU_BACKENDS: &[&str] = &["onnxruntime-cuda"];
+
+impl ComputeOffer {
+    /// Whether the provider can run calls on a GPU: it lists a GPU and a GPU engine
+    /// ([`GPU_BACKENDS`]).
+    pub fn offers_gpu(&self) -> bool {
+        !self.gpus.is_empty()
+            && self
+                .backends
+                .iter()
+                .any(|b| GPU_BACKENDS.contains(&b.as_str()))
+    }
+}
+
 impl Object for ComputeOffer {
     const WHAT: &'static str = "compute offer";
     const MAX_BYTES: usize = MAX_OFFER_BYTES;

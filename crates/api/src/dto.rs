@@ -452,6 +452,9 @@ pub struct InferQuery {
     /// Run on two providers and compare their signed output hashes.
     #[serde(default)]
     pub verify: bool,
+    /// Run only on a provider that offers a GPU and an engine that uses it.
+    #[serde(default)]
+    pub gpu: bool,
 }
 
 /// Query of `GET /api/v1/search`.

@@ -107,7 +107,7 @@ mod slots;
 pub use nonces::{Nonces, REQUEST_WINDOW_MS};
 pub use offers::{
     Candidate, FAILURE_MEMORY_MS, MAX_FAILURES, MAX_OFFER_SKEW_MS, MAX_OFFER_TTL_MS, MAX_OFFERS,
-    OfferView, Offers, Outcome, Stats, score,
+    Needs, OfferView, Offers, Outcome, Stats, score,
 };
 pub use reply::{Misbehavior, ReplyError, VerifiedReply, check_reply};
 pub use request::{CheckedCall, RequestError, ServeTerms, check_call};

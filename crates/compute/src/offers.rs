@@ -57,6 +57,13 @@ struct Entry {
     since_ms: u64,
 }
 
+/// What a call requires of its provider.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Needs {
+    /// A GPU and an engine that uses it.
+    pub gpu: bool,
+}
+
 /// A provider a call may go to.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Candidate {
@@ -218,10 +225,23 @@ impl Offers {
     /// doc) ahead of strangers, then by score, ties by node id. Offers listing the model rank
     /// ahead of equal ones that would have to fetch it.
     pub fn candidates(&self, model: ModelId, max_price: u64, now_ms: u64) -> Vec<Candidate> {
+        self.candidates_for(model, max_price, Needs::default(), now_ms)
+    }
+
+    /// [`Offers::candidates`] that meet `needs` (a GPU: see
+    /// [`protocol::compute::ComputeOffer::offers_gpu`]).
+    pub fn candidates_for(
+        &self,
+        model: ModelId,
+        max_price: u64,
+        needs: Needs,
+        now_ms: u64,
+    ) -> Vec<Candidate> {
         let mut list: Vec<Candidate> = self
             .by_node
             .iter()
             .filter(|(_, e)| e.expires_ms > now_ms && e.offer.body().price_per_mfuel <= max_price)
+            .filter(|(_, e)| !needs.gpu || e.offer.body().offers_gpu())
             .map(|(node, e)| {
                 let o = e.offer.body();
                 Candidate {
@@ -368,6 +388,32 @@ mod tests {
         assert!(!offers.insert(offer(2, 0, 1, vec![]), 70_000), "expired");
         offers.prune(62_001);
         assert!(offers.candidates(model(), 100, 2000).is_empty());
+    }
+
+    #[test]
+    fn a_call_that_needs_a_gpu_sees_only_offers_with_a_gpu_and_a_gpu_engine() {
+        let with = |seed: u8, gpus: Vec<&str>, backends: Vec<&str>| {
+            SecretKey::from_seed(&[seed; 32]).sign(ComputeOffer {
+                issued_ms: 1000,
+                expires_ms: 61_000,
+                gpus: gpus.into_iter().map(String::from).collect(),
+                backends: backends.into_iter().map(String::from).collect(),
+                ..ComputeOffer::default()
+            })
+        };
+        let mut offers = Offers::default();
+        offers.insert(with(1, vec![], vec!["wasm"]), 1000);
+        offers.insert(with(2, vec!["NVIDIA H200"], vec!["wasm"]), 1000);
+        offers.insert(with(3, vec![], vec!["wasm", "onnxruntime-cuda"]), 1000);
+        offers.insert(with(4, vec!["NVIDIA H200"], vec!["onnxruntime-cuda"]), 1000);
+        let gpu = Needs { gpu: true };
+        let found: Vec<NodeId> = offers
+            .candidates_for(model(), 100, gpu, 2000)
+            .iter()
+            .map(|c| c.node)
+            .collect();
+        assert_eq!(found, vec![id(4)]);
+        assert_eq!(offers.candidates(model(), 100, 2000).len(), 4);
     }
 
     #[test]

@@ -523,3 +523,141 @@ fn a_provider_keeps_models_fetched_for_calls_within_its_cache() {
         "B fetched nothing of the large model (its manifest it knew already): {listed}"
     );
 }
+
+/// A call that requires a GPU goes only to a provider whose offer lists a GPU and a GPU engine
+/// (here a hand-made offer from a raw peer, since this machine has none); without such an offer
+/// it is refused with the reason, and calls that do not need one still go to the CPU provider.
+#[test]
+fn a_call_that_needs_a_gpu_goes_only_to_a_provider_offering_one() {
+    use protocol::compute::ComputeOffer;
+    let net = Testnet::new().expect("testnet");
+    let a = init(&net, "a", "");
+    let id = a.ok(&[
+        "publish",
+        testnet::echo_package(net.path())
+            .expect("package")
+            .to_str()
+            .expect("utf8"),
+    ]);
+    let a_node = a.start(&[]);
+    let b = init(&net, "b", SERVE);
+    let b_node = b.start(&[a_node.addr()]);
+    let c = init(&net, "c", CALLER);
+    let c_node = c.start(&[a_node.addr()]);
+    wait_for_offers(&c_node, &[&b_node.peer_id]);
+    let gpu_call = format!("/v2/models/{id}/infer?gpu=true");
+    let (status, refused) = http(&c_node.api, "POST", &gpu_call, Some(&mode("echo")));
+    assert_eq!(status, 503, "{refused}");
+    assert!(
+        refused["error"].as_str().unwrap_or("").contains("GPU"),
+        "{refused}"
+    );
+
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let seed = [44u8; 32];
+        let key = SecretKey::from_seed(&seed);
+        let (client, mut events) = net::spawn(
+            net::NetConfig {
+                seed,
+                listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("addr")],
+                ..net::NetConfig::default()
+            },
+            Arc::new(Nothing),
+        )
+        .await
+        .expect("fake GPU peer");
+        let listen = loop {
+            match events.recv().await {
+                Some(net::NetEvent::Listening(a)) => break a,
+                Some(_) => continue,
+                None => panic!("no listen address"),
+            }
+        };
+        client
+            .dial(c_node.addr().parse().expect("addr"))
+            .await
+            .expect("dial C");
+        let model = ModelId(id.parse().expect("model id"));
+        let now = || {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .expect("clock")
+                .as_millis() as u64
+        };
+        let offer = |gpus: Vec<String>| {
+            key.sign(ComputeOffer {
+                issued_ms: now(),
+                expires_ms: now() + 60_000,
+                cores: 8,
+                memory_mib: 16_384,
+                gpus,
+                backends: vec!["wasm".into(), "onnxruntime-cuda".into()],
+                models: vec![model],
+                max_concurrent: 4,
+                price_per_mfuel: 0,
+                addrs: vec![format!("{listen}/p2p/{}", client.peer_id())],
+                credit: protocol::credits::CreditTerms::default(),
+            })
+            .to_bytes()
+        };
+        // Announced until C lists it.
+        let fake = client.peer_id().to_string();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let _ = client.announce_offer(offer(vec!["Fake GPU".into()])).await;
+            let (_, offers) = c_node.api_get("/api/v1/offers").expect("offers");
+            if offers.to_string().contains(&fake) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "C never heard the GPU offer: {offers}"
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        // The GPU call goes to the fake peer, which refuses it: C says so, B never sees it.
+        let api = c_node.api.clone();
+        let path = gpu_call.clone();
+        let call =
+            tokio::task::spawn_blocking(move || http(&api, "POST", &path, Some(&mode("echo"))));
+        let got = loop {
+            match tokio::time::timeout(Duration::from_secs(30), events.recv()).await {
+                Ok(Some(net::NetEvent::InferCall { reply, call, .. })) => {
+                    reply.send(
+                        InferReply::error(InferStatus::Refused, "a fake GPU provider").to_bytes(),
+                    );
+                    break call;
+                }
+                Ok(Some(_)) => continue,
+                other => panic!("the GPU call never reached the GPU provider: {other:?}"),
+            }
+        };
+        assert!(InferCall::from_bytes(&got).is_ok(), "a well-formed call");
+        let (status, answer) = call.await.expect("the call");
+        assert_ne!(status, 200, "{answer}");
+        assert!(answer.to_string().contains("fake GPU provider"), "{answer}");
+    });
+    let (_, metrics) = testnet::http_text(
+        &b_node.api,
+        "GET",
+        "/metrics",
+        &[],
+        None,
+        Duration::from_secs(10),
+    )
+    .expect("metrics");
+    assert!(
+        !metrics.contains("moxnet_calls_total{place=\"served\""),
+        "B served a call that needed a GPU: {metrics}"
+    );
+    // A call that needs no GPU still runs on B.
+    let infer = format!("/v2/models/{id}/infer");
+    let (status, echo) = http(&c_node.api, "POST", &infer, Some(&mode("echo")));
+    assert_eq!(status, 200, "{echo}");
+    assert_eq!(
+        echo["parameters"]["provider"],
+        json!(b_node.peer_id),
+        "{echo}"
+    );
+}
