@@ -453,7 +453,7 @@ fn guest_bytes(store: &Store, m: &Manifest) -> Result<Vec<u8>> {
 }
 
 /// The OIP datatype of a sandbox tensor type.
-fn oip_dtype(d: DType) -> protocol::DType {
+pub(crate) fn oip_dtype(d: DType) -> protocol::DType {
     use protocol::DType as P;
     match d {
         DType::Bool => P::Bool,

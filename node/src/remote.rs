@@ -995,7 +995,22 @@ impl Remote {
             // Fuel is deterministic for one engine: two honest providers that ran the graph the
             // same way report the same fuel, so a difference means one inflates it.
             let fuel_differs = ra.backend == rb.backend && ra.fuel != rb.fuel;
-            if ra.output_hash != rb.output_hash || fuel_differs {
+            // Pure wasm is bit-exact everywhere; a native engine is held to a tolerance
+            // (compute::tolerance), so an honest provider on another machine is no liar.
+            let native = ra.backend != "wasm" || rb.backend != "wasm";
+            let within = if native && ra.output_hash != rb.output_hash {
+                Some(compute::tolerance::agree(
+                    &tolerance_outputs(&a.tensors),
+                    &tolerance_outputs(&b.tensors),
+                ))
+            } else {
+                None
+            };
+            let outputs_differ = match &within {
+                Some(agreed) => agreed.is_err(),
+                None => ra.output_hash != rb.output_hash,
+            };
+            if outputs_differ || fuel_differs {
                 let evidence = |x: &Answer| {
                     json!({
                         "provider": x.peer.to_string(),
@@ -1004,7 +1019,12 @@ impl Remote {
                         "result": hex::encode(x.result.to_bytes()),
                     })
                 };
-                let message = if ra.output_hash != rb.output_hash {
+                let message = if let Some(Err(why)) = &within {
+                    format!(
+                        "providers disagree beyond the tolerance for native engines ({} ran {}, {} ran {}): {why}",
+                        a.peer, ra.backend, b.peer, rb.backend
+                    )
+                } else if outputs_differ {
                     format!(
                         "providers disagree: {} returned outputs {}, {} returned {}",
                         a.peer, ra.output_hash, b.peer, rb.output_hash
@@ -1023,11 +1043,32 @@ impl Remote {
             let mut v = respond(model, version, request, &a);
             v.parameters
                 .insert("verified_by".into(), json!(verified_by));
+            v.parameters.insert(
+                "verified".into(),
+                json!(if within.is_some() {
+                    "within the tolerance for native engines"
+                } else {
+                    "bit for bit"
+                }),
+            );
             return Ok(v);
         }
         let answer = self.first_answer(order, model, &input, max_price).await?;
         Ok(respond(model, version, request, &answer))
     }
+}
+
+/// A provider's outputs as `compute::tolerance` compares them.
+fn tolerance_outputs(tensors: &[Tensor]) -> Vec<compute::tolerance::Output<'_>> {
+    tensors
+        .iter()
+        .map(|t| compute::tolerance::Output {
+            name: &t.name,
+            dtype: crate::inference::oip_dtype(t.dtype),
+            shape: &t.shape,
+            data: &t.data,
+        })
+        .collect()
 }
 
 fn respond(model: ModelId, version: String, request: &OipRequest, a: &Answer) -> InferResponse {

@@ -97,12 +97,15 @@
 //!   calls running on a provider.
 //! - **Reply checks** ([`check_reply`], in `reply.rs`): what a caller checks before it trusts
 //!   outputs; a [`ReplyError`] says whether to try another provider, wait, or stop.
+//! - **Agreement** ([`tolerance::agree`]): when two providers' outputs agree, bit for bit for
+//!   pure wasm, within a documented tolerance when a native engine ran either.
 
 mod nonces;
 mod offers;
 mod reply;
 mod request;
 mod slots;
+pub mod tolerance;
 
 pub use nonces::{Nonces, REQUEST_WINDOW_MS};
 pub use offers::{

@@ -88,6 +88,11 @@ fn a_model_published_on_a_is_served_by_b_and_called_from_c() {
         .expect("verified_by");
     assert_eq!(by.len(), 2);
     assert_ne!(by[0], by[1]);
+    // Both ran the guest in pure wasm: bit for bit, no tolerance.
+    assert_eq!(
+        verified["parameters"]["verified"], "bit for bit",
+        "{verified}"
+    );
     let text = c.ok(&["call", &id, "--input", r#"{"mode": ["echo"]}"#, "--verify"]);
     assert!(text.contains("agree on the outputs"), "{text}");
 
