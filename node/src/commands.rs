@@ -502,6 +502,7 @@ fn call(
                     ..sandbox_config
                 },
                 limits,
+                crate::engines::start(&config.inference, !crate::remote::gpus().is_empty())?,
             )?;
             let model = engine.load(&home.store, &home.catalog, id).map_err(|e| {
                 if e.status == 404 {

@@ -131,6 +131,15 @@ pub struct InferenceSection {
     pub warm_instances: Option<usize>,
     /// Whether guests may run their graphs on the host's native engine.
     pub host_backend: Option<bool>,
+    /// The host engine: `auto`, `onnxruntime-cuda`, `onnxruntime`, `tract` or `off` (see
+    /// `engines`).
+    pub engine: Option<String>,
+    /// onnxruntime's shared library (default: found, see `engine::find_onnxruntime`).
+    pub onnxruntime: Option<std::path::PathBuf>,
+    /// Memory limit of one engine worker, MiB.
+    pub engine_memory_mib: Option<u64>,
+    /// Intra-op threads of one engine worker.
+    pub engine_threads: Option<usize>,
     /// Memory cap per call, MiB.
     pub memory_mib: Option<u64>,
     /// Fuel per call.
@@ -303,6 +312,10 @@ pub fn load(dir: &Path, args: &NodeArgs) -> Result<NodeConfig> {
         max_queued: f.max_queued.or(d.max_queued),
         warm_instances: f.warm_instances.or(d.warm_instances),
         host_backend: f.host_backend.or(d.host_backend),
+        engine: f.engine.or(d.engine),
+        onnxruntime: f.onnxruntime.or(d.onnxruntime),
+        engine_memory_mib: f.engine_memory_mib.or(d.engine_memory_mib),
+        engine_threads: f.engine_threads.or(d.engine_threads),
         memory_mib: f.memory_mib.or(d.memory_mib),
         fuel: f.fuel.or(d.fuel),
         timeout_secs: f.timeout_secs.or(d.timeout_secs),

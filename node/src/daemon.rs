@@ -150,7 +150,8 @@ async fn serve(
             .context("starting the network")?;
     let (sandbox_config, limits) = config.inference.sandbox();
     let max_fuel = limits.fuel;
-    let engine = Inference::new(&dir, sandbox_config, limits)?;
+    let host = crate::engines::start(&config.inference, !crate::remote::gpus().is_empty())?;
+    let engine = Inference::new(&dir, sandbox_config, limits, host)?;
     // The services, each with the handles it needs and nothing else.
     let metrics = Arc::new(metrics);
     let (store, catalog) = (home.store.clone(), home.catalog.clone());

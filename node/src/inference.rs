@@ -159,6 +159,8 @@ pub struct Inference {
     loading: Mutex<HashMap<ModelId, Arc<Mutex<()>>>>,
     /// Loads (compiles) running now, at most [`MAX_LOADING`].
     loads: (Mutex<usize>, std::sync::Condvar),
+    /// What the host engine fell back from, and why.
+    fallback: Option<String>,
 }
 
 /// A lock that survives a panic of its holder (the data is still consistent: every critical
@@ -196,12 +198,21 @@ impl Drop for LoadSlot<'_> {
 pub const MAX_LOADING: usize = 2;
 
 impl Inference {
-    /// An engine for the home at `home_dir` (compile cache in `<home>/cache/wasm`).
-    pub fn new(home_dir: &Path, config: SandboxConfig, limits: CallLimits) -> Result<Inference> {
-        let sandbox = Sandbox::new(SandboxConfig {
-            cache_dir: Some(home_dir.join("cache/wasm")),
-            ..config
-        })
+    /// An engine for the home at `home_dir` (compile cache in `<home>/cache/wasm`), whose
+    /// guests hand their graphs to `host`'s engine.
+    pub fn new(
+        home_dir: &Path,
+        config: SandboxConfig,
+        limits: CallLimits,
+        host: crate::engines::HostEngine,
+    ) -> Result<Inference> {
+        let sandbox = Sandbox::with_backend(
+            SandboxConfig {
+                cache_dir: Some(home_dir.join("cache/wasm")),
+                ..config
+            },
+            host.backend,
+        )
         .context("starting the sandbox")?;
         Ok(Inference {
             sandbox,
@@ -211,7 +222,13 @@ impl Inference {
             uses: std::sync::atomic::AtomicU64::new(0),
             loading: Mutex::new(HashMap::new()),
             loads: (Mutex::new(0), std::sync::Condvar::new()),
+            fallback: host.fallback,
         })
+    }
+
+    /// What the host engine fell back from, and why (`None`: it is the one asked for).
+    pub fn fallback(&self) -> Option<&str> {
+        self.fallback.as_deref()
     }
 
     /// The sandbox's host backend, if any.

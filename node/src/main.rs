@@ -10,6 +10,7 @@ mod commands;
 mod compute;
 mod config;
 mod daemon;
+mod engines;
 mod fetcher;
 mod home;
 mod inference;
@@ -29,6 +30,11 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // The node starts its graph engines' workers as `moxnet engine-worker …` (not a command
+    // for people: see the `engine` crate).
+    if std::env::args().nth(1).as_deref() == Some("engine-worker") {
+        return engine::worker::main(std::env::args().skip(2));
+    }
     let cli = cli::Cli::parse();
     let json = cli.json;
     init_logging(&cli);

@@ -469,7 +469,29 @@ impl Remote {
 }
 
 /// This machine's GPUs, from the NVIDIA driver's `/proc` entries (empty without one).
-fn gpus() -> Vec<String> {
+pub(crate) fn gpus() -> Vec<String> {
+    // nvidia-smi names each GPU with its memory; the driver's files name it only.
+    if let Ok(out) = std::process::Command::new("nvidia-smi")
+        .args([
+            "--query-gpu=name,memory.total",
+            "--format=csv,noheader,nounits",
+        ])
+        .stderr(std::process::Stdio::null())
+        .output()
+        && out.status.success()
+    {
+        let listed: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| {
+                let (name, mib) = l.rsplit_once(',')?;
+                Some(format!("{} ({} MiB)", name.trim(), mib.trim()))
+            })
+            .take(16)
+            .collect();
+        if !listed.is_empty() {
+            return listed;
+        }
+    }
     let Ok(dir) = std::fs::read_dir("/proc/driver/nvidia/gpus") else {
         return Vec::new();
     };

@@ -296,6 +296,7 @@ impl api::NodeApi for Service {
         Ok(ServerReady {
             ready: true,
             backend: self.runtime.engine().backend().map(str::to_string),
+            fallback: self.runtime.engine().fallback().map(str::to_string),
         })
     }
 

@@ -180,8 +180,13 @@ pub struct ServerMetadata {
 pub struct ServerReady {
     /// Whether the node takes calls.
     pub ready: bool,
-    /// The sandbox's host backend, if any (e.g. `tract`).
+    /// The engine guests' graphs run on, if not wasm (`onnxruntime`, `onnxruntime-cuda`,
+    /// `tract-native`).
     pub backend: Option<String>,
+    /// What the node fell back from, and why (e.g. no onnxruntime library): absent when the
+    /// engine is the one configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<String>,
 }
 
 impl InferRequest {

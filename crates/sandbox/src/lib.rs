@@ -314,8 +314,23 @@ struct Core {
 }
 
 impl Sandbox {
-    /// Builds the engine (cranelift, fuel, epochs, pooling allocator) and its linker.
+    /// Builds the engine (cranelift, fuel, epochs, pooling allocator) and its linker; with
+    /// [`SandboxConfig::host_backend`], guests may use native tract in this process.
     pub fn new(config: SandboxConfig) -> Result<Sandbox, SandboxError> {
+        let backend: Option<Arc<dyn Backend>> = if config.host_backend {
+            Some(Arc::new(NativeTract))
+        } else {
+            None
+        };
+        Sandbox::with_backend(config, backend)
+    }
+
+    /// Like [`Sandbox::new`], with this host backend for guests (or none), whatever
+    /// [`SandboxConfig::host_backend`] says: e.g. the `engine` crate's out-of-process engines.
+    pub fn with_backend(
+        config: SandboxConfig,
+        backend: Option<Arc<dyn Backend>>,
+    ) -> Result<Sandbox, SandboxError> {
         let host = |e: wasmtime::Error| SandboxError::Host(format!("{e:#}"));
         let mut wasm = wasmtime::Config::new();
         wasm.wasm_component_model(true)
@@ -364,11 +379,6 @@ impl Sandbox {
                 engine.increment_epoch()
             })
             .map_err(|e| SandboxError::Host(format!("epoch thread: {e}")))?
-        };
-        let backend: Option<Arc<dyn Backend>> = if config.host_backend {
-            Some(Arc::new(NativeTract))
-        } else {
-            None
         };
         Ok(Sandbox {
             gate: Gate::new(config.max_concurrent, config.max_queued),

@@ -1,0 +1,487 @@
+//! The node's side of the process boundary: a [`sandbox::Backend`] whose graphs run in
+//! confined worker processes ([`crate::worker`]).
+//!
+//! Each loaded graph has its own workers, started on demand (one per call running on it at
+//! once, so at most the sandbox's `max_concurrent`) and kept while the model stays loaded. A
+//! call checks its inputs against the graph's specs and the call's limits before they cross,
+//! and the worker's outputs against the specs and limits after. A worker that dies, sends
+//! garbage or runs past the wall-clock limit is killed and reaped; its call gets an error, the
+//! next call a fresh worker. Nothing a graph does reaches the node's memory.
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use graph::{Error, Limits, Spec, Tensor};
+use rustix::event::{PollFd, PollFlags, Timespec, poll};
+
+use crate::wire::{self, Failure, Reply, Request};
+use crate::worker::Options;
+
+/// How to start workers.
+#[derive(Debug, Clone)]
+pub struct WorkerCommand {
+    /// The program: the `moxnet` binary or `moxnet-engine`.
+    pub program: PathBuf,
+    /// Arguments before the worker's options (`["engine-worker"]` for `moxnet`).
+    pub prefix: Vec<String>,
+    /// The worker's options.
+    pub options: Options,
+    /// How long one run may take before its worker is killed.
+    pub run_timeout: Duration,
+    /// How long starting a worker and loading a model may take.
+    pub load_timeout: Duration,
+}
+
+/// What a worker said when it started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hello {
+    /// The engine's name (`onnxruntime`, `onnxruntime-cuda`, `tract-native`).
+    pub engine: String,
+    /// Its version.
+    pub version: String,
+    /// The confinement it got, in words.
+    pub confinement: String,
+}
+
+/// A backend whose graphs run in workers.
+pub struct Isolated {
+    command: Arc<WorkerCommand>,
+    hello: Hello,
+}
+
+impl Isolated {
+    /// Starts one worker to learn that the engine works (and its name and version), then
+    /// lets it go. An error says why the engine cannot run here (e.g. no onnxruntime library).
+    pub fn start(command: WorkerCommand) -> Result<Isolated, Error> {
+        let worker = Worker::spawn(&command)?;
+        Ok(Isolated {
+            hello: worker.hello.clone(),
+            command: Arc::new(command),
+        })
+    }
+
+    /// What the probe worker said.
+    pub fn hello(&self) -> &Hello {
+        &self.hello
+    }
+
+    /// Loads a graph in a fresh worker (also what [`sandbox::Backend::load`] does).
+    pub fn load_graph(&self, model: &[u8]) -> Result<IsolatedGraph, Error> {
+        let mut worker = Worker::spawn(&self.command)?;
+        let (inputs, outputs) = worker.load(model, self.command.load_timeout)?;
+        Ok(IsolatedGraph {
+            model: model.into(),
+            inputs,
+            outputs,
+            idle: Mutex::new(vec![worker]),
+            command: self.command.clone(),
+        })
+    }
+}
+
+impl sandbox::Backend for Isolated {
+    fn name(&self) -> &str {
+        &self.hello.engine
+    }
+
+    fn load(&self, bytes: &[u8]) -> Result<Arc<dyn sandbox::LoadedGraph>, Error> {
+        Ok(Arc::new(self.load_graph(bytes)?))
+    }
+}
+
+/// A graph loaded in workers.
+pub struct IsolatedGraph {
+    model: Arc<[u8]>,
+    inputs: Vec<Spec>,
+    outputs: Vec<Spec>,
+    idle: Mutex<Vec<Worker>>,
+    command: Arc<WorkerCommand>,
+}
+
+impl IsolatedGraph {
+    /// Its inputs.
+    pub fn inputs(&self) -> &[Spec] {
+        &self.inputs
+    }
+
+    /// Its outputs.
+    pub fn outputs(&self) -> &[Spec] {
+        &self.outputs
+    }
+
+    /// Workers idle now.
+    pub fn idle_workers(&self) -> usize {
+        self.idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    /// Runs the graph in a worker: checks the inputs, sends them, waits at most the run
+    /// timeout, checks the outputs.
+    pub fn run(&self, inputs: Vec<Tensor>, limits: &Limits) -> Result<Vec<Tensor>, Error> {
+        let inputs = order_and_check(&self.inputs, inputs, limits)?;
+        let idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
+        let mut worker = match idle {
+            Some(w) => w,
+            None => {
+                let mut w = Worker::spawn(&self.command)?;
+                w.load(&self.model, self.command.load_timeout)?;
+                w
+            }
+        };
+        let outputs = worker.run(inputs, self.command.run_timeout)?;
+        // The worker answered in time with well-formed frames: it may serve the next call.
+        self.idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(worker);
+        let outputs = outputs?;
+        check_outputs(&self.outputs, &outputs, limits)?;
+        Ok(outputs)
+    }
+}
+
+impl sandbox::LoadedGraph for IsolatedGraph {
+    fn inputs(&self) -> &[Spec] {
+        &self.inputs
+    }
+
+    fn outputs(&self) -> &[Spec] {
+        &self.outputs
+    }
+
+    fn run(&self, inputs: Vec<Tensor>, limits: &Limits) -> Result<Vec<Tensor>, Error> {
+        IsolatedGraph::run(self, inputs, limits)
+    }
+}
+
+/// Matches inputs to the specs by name (in the specs' order) and checks each against the
+/// limits and its spec.
+fn order_and_check(
+    specs: &[Spec],
+    mut inputs: Vec<Tensor>,
+    limits: &Limits,
+) -> Result<Vec<Tensor>, Error> {
+    if let Some(extra) = inputs
+        .iter()
+        .find(|t| !specs.iter().any(|s| s.name == t.name))
+    {
+        return Err(Error::Invalid(format!(
+            "the model has no input {:?}",
+            extra.name
+        )));
+    }
+    let mut ordered = Vec::with_capacity(specs.len());
+    for spec in specs {
+        let at = inputs
+            .iter()
+            .position(|t| t.name == spec.name)
+            .ok_or_else(|| Error::Invalid(format!("missing input {:?}", spec.name)))?;
+        let tensor = inputs.swap_remove(at);
+        if inputs.iter().any(|t| t.name == spec.name) {
+            return Err(Error::Invalid(format!("input {:?} given twice", spec.name)));
+        }
+        tensor.check(limits)?;
+        spec.accepts(tensor.dtype, &tensor.shape)?;
+        ordered.push(tensor);
+    }
+    Ok(ordered)
+}
+
+/// Checks a worker's outputs: one per spec, in order, each well-formed within the limits.
+fn check_outputs(specs: &[Spec], outputs: &[Tensor], limits: &Limits) -> Result<(), Error> {
+    let bad = |m: String| {
+        Err(Error::Run(format!(
+            "the engine's worker answered wrongly: {m}"
+        )))
+    };
+    if outputs.len() != specs.len() {
+        return bad(format!(
+            "{} outputs for {} specs",
+            outputs.len(),
+            specs.len()
+        ));
+    }
+    for (t, spec) in outputs.iter().zip(specs) {
+        if t.name != spec.name || t.dtype != spec.dtype {
+            return bad(format!(
+                "output {:?} of {} where {:?} of {} was due",
+                t.name, t.dtype, spec.name, spec.dtype
+            ));
+        }
+        t.check(limits).map_err(|e| Error::Run(e.to_string()))?;
+    }
+    Ok(())
+}
+
+/// One worker process and its pipe.
+struct Worker {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: ChildStdout,
+    hello: Hello,
+    stderr_tail: Arc<Mutex<String>>,
+    memory_mib: u64,
+}
+
+impl Worker {
+    fn spawn(command: &WorkerCommand) -> Result<Worker, Error> {
+        let mut child = Command::new(&command.program)
+            .args(&command.prefix)
+            .args(command.options.to_args())
+            // Nothing of the node's environment (tokens, paths to keys) crosses.
+            .env_clear()
+            .current_dir("/")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| {
+                Error::Load(format!(
+                    "cannot start the engine worker {}: {e}",
+                    command.program.display()
+                ))
+            })?;
+        let (Some(stdin), Some(stdout), Some(stderr)) =
+            (child.stdin.take(), child.stdout.take(), child.stderr.take())
+        else {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(Error::Load("the engine worker has no pipes".into()));
+        };
+        let stderr_tail = Arc::new(Mutex::new(String::new()));
+        forward_stderr(stderr, child.id(), stderr_tail.clone());
+        let mut worker = Worker {
+            child,
+            stdin,
+            stdout,
+            hello: Hello {
+                engine: String::new(),
+                version: String::new(),
+                confinement: String::new(),
+            },
+            stderr_tail,
+            memory_mib: command.options.memory_mib,
+        };
+        match worker.receive(Some(Instant::now() + command.load_timeout)) {
+            Ok(Reply::Hello {
+                engine,
+                version,
+                confinement,
+            }) => {
+                tracing::debug!(pid = worker.child.id(), %engine, %version, %confinement, "engine worker started");
+                worker.hello = Hello {
+                    engine,
+                    version,
+                    confinement,
+                };
+                Ok(worker)
+            }
+            Ok(Reply::Failed { message, .. }) => Err(Error::Load(message)),
+            Ok(other) => Err(Error::Load(format!(
+                "the engine worker began with {other:?} instead of hello"
+            ))),
+            Err(e) => Err(Error::Load(e.to_string())),
+        }
+    }
+
+    fn load(&mut self, model: &[u8], timeout: Duration) -> Result<(Vec<Spec>, Vec<Spec>), Error> {
+        self.send(&Request::Load {
+            model: model.to_vec(),
+        })
+        .map_err(|e| Error::Load(e.to_string()))?;
+        match self.receive(Some(Instant::now() + timeout)) {
+            Ok(Reply::Loaded { inputs, outputs }) => Ok((inputs, outputs)),
+            Ok(Reply::Failed { message, .. }) => Err(Error::Load(message)),
+            Ok(_) => Err(Error::Load(
+                "the engine worker answered a load wrongly".into(),
+            )),
+            Err(e) => Err(Error::Load(e.to_string())),
+        }
+    }
+
+    /// Runs on the worker. The outer error means the worker is gone (killed, dead or lying);
+    /// the inner one is the engine's answer.
+    fn run(
+        &mut self,
+        inputs: Vec<Tensor>,
+        timeout: Duration,
+    ) -> Result<Result<Vec<Tensor>, Error>, Error> {
+        self.send(&Request::Run { inputs })
+            .map_err(|e| Error::Run(e.to_string()))?;
+        match self.receive(Some(Instant::now() + timeout)) {
+            Ok(Reply::Outputs(outputs)) => Ok(Ok(outputs)),
+            Ok(Reply::Failed { failure, message }) => Ok(Err(match failure {
+                Failure::Invalid => Error::Invalid(message),
+                Failure::Load => Error::Load(message),
+                Failure::Run => Error::Run(message),
+            })),
+            Ok(_) => Err(Error::Run(
+                "the engine worker answered a run wrongly".into(),
+            )),
+            Err(e) => Err(Error::Run(e.to_string())),
+        }
+    }
+
+    fn send(&mut self, request: &Request) -> Result<(), Gone> {
+        let payload = request.encode();
+        let header = wire::header(payload.len()).map_err(|e| Gone(e.to_string()))?;
+        let sent = self
+            .stdin
+            .write_all(&header)
+            .and_then(|()| self.stdin.write_all(&payload))
+            .and_then(|()| self.stdin.flush());
+        match sent {
+            Ok(()) => Ok(()),
+            Err(_) => Err(self.gone("it stopped reading")),
+        }
+    }
+
+    fn receive(&mut self, deadline: Option<Instant>) -> Result<Reply, Gone> {
+        let mut header = [0; 4];
+        self.read_exact_by(&mut header, deadline)?;
+        let len = wire::payload_len(header).map_err(|e| self.lying(e))?;
+        let mut payload = vec![0; len];
+        self.read_exact_by(&mut payload, deadline)?;
+        Reply::decode(&payload).map_err(|e| self.lying(e))
+    }
+
+    fn read_exact_by(&mut self, buf: &mut [u8], deadline: Option<Instant>) -> Result<(), Gone> {
+        let mut filled = 0;
+        while filled < buf.len() {
+            if let Some(deadline) = deadline {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(self.timed_out());
+                }
+                let timeout = Timespec {
+                    tv_sec: left.as_secs() as _,
+                    tv_nsec: left.subsec_nanos() as _,
+                };
+                let mut fds = [PollFd::new(&self.stdout, PollFlags::IN)];
+                match poll(&mut fds, Some(&timeout)) {
+                    Ok(0) => return Err(self.timed_out()),
+                    Ok(_) => {}
+                    Err(rustix::io::Errno::INTR) => continue,
+                    Err(e) => return Err(self.gone(&format!("polling its pipe failed: {e}"))),
+                }
+            }
+            match self.stdout.read(&mut buf[filled..]) {
+                Ok(0) => return Err(self.gone("it closed its pipe")),
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(self.gone(&format!("reading its pipe failed: {e}"))),
+            }
+        }
+        Ok(())
+    }
+
+    fn reap(&mut self) -> String {
+        let _ = self.child.kill();
+        let status = match self.child.wait() {
+            Ok(s) => describe(s),
+            Err(e) => format!("cannot be reaped ({e})"),
+        };
+        let tail = self
+            .stderr_tail
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        if tail.is_empty() {
+            status
+        } else {
+            format!("{status}; it said: {tail}")
+        }
+    }
+
+    fn gone(&mut self, how: &str) -> Gone {
+        // Give the worker a moment to finish dying so that its status says why.
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_millis(200) {
+            match self.child.try_wait() {
+                Ok(Some(_)) | Err(_) => break,
+                Ok(None) => std::thread::sleep(Duration::from_millis(2)),
+            }
+        }
+        let status = self.reap();
+        let memory = self.memory_hint();
+        Gone(format!("the engine worker died ({how}): {status}{memory}"))
+    }
+
+    fn timed_out(&mut self) -> Gone {
+        let status = self.reap();
+        Gone(format!(
+            "the graph ran past the engine's time limit; its worker was killed ({status})"
+        ))
+    }
+
+    fn lying(&mut self, e: wire::Malformed) -> Gone {
+        let status = self.reap();
+        Gone(format!(
+            "the engine worker sent garbage ({e}); killed ({status})"
+        ))
+    }
+
+    fn memory_hint(&self) -> String {
+        format!("; its memory limit is {} MiB", self.memory_mib)
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A worker that can serve no more: why.
+#[derive(Debug)]
+struct Gone(String);
+
+impl std::fmt::Display for Gone {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn describe(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit code {code}"),
+        (None, Some(9)) => "killed (SIGKILL)".into(),
+        (None, Some(6)) => "aborted (SIGABRT; often an allocation over its memory limit)".into(),
+        (None, Some(11)) => "crashed (SIGSEGV)".into(),
+        (None, Some(sig)) => format!("killed by signal {sig}"),
+        (None, None) => "ended".into(),
+    }
+}
+
+/// Logs the worker's stderr at debug level and keeps its last line for error messages.
+fn forward_stderr(stderr: std::process::ChildStderr, pid: u32, tail: Arc<Mutex<String>>) {
+    let spawned = std::thread::Builder::new()
+        .name("engine-stderr".into())
+        .spawn(move || {
+            use std::io::BufRead;
+            let reader = std::io::BufReader::new(stderr.take(1 << 24));
+            for line in reader.lines() {
+                let Ok(line) = line else { break };
+                tracing::debug!(pid, "engine worker: {line}");
+                // The lines that say why, not the hints after them.
+                let line: String = line.trim().chars().take(300).collect();
+                if !line.is_empty() && !line.starts_with("note: run with") {
+                    *tail.lock().unwrap_or_else(PoisonError::into_inner) = line;
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("cannot read the engine worker's stderr: {e}");
+    }
+}

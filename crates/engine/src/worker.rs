@@ -1,0 +1,406 @@
+//! The worker process: one engine, one model, confined before it reads a byte of either.
+//!
+//! A worker is started by the node (`moxnet engine-worker …`, or the `moxnet-engine` binary)
+//! with its stdin and stdout as the pipe ([`crate::wire`]). Before it answers, it:
+//!
+//! 1. asks to be killed when its parent dies (`PR_SET_PDEATHSIG`);
+//! 2. starts its engine (loads `libonnxruntime`, the one file it opens outside the rules below);
+//! 3. limits itself: address space (`RLIMIT_AS`, or `RLIMIT_DATA` on a GPU, whose driver reserves
+//!    far more address space than it uses) to `--memory-mib`; no core dumps; no file writes
+//!    (`RLIMIT_FSIZE` 0); at most 256 open files;
+//! 4. confines itself with Landlock, best effort for the running kernel: the filesystem is
+//!    read-only and only beneath the library's folder, `/usr`, `/lib*`, `/etc/ld.so.cache`,
+//!    `/proc/self`, `/sys` and `/dev/null` (plus `/dev/nvidia*` and `/dev/shm` on a GPU): no home,
+//!    no store, no keys; no TCP bind or connect; no abstract Unix sockets or signals outside.
+//!
+//! Then it says hello (engine, version, what confinement the kernel granted) and serves
+//! requests one at a time until its stdin closes.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use graph::{Error, Tensor};
+use landlock::{
+    ABI, Access, AccessFs, AccessNet, CompatLevel, Compatible, PathBeneath, PathFd, Ruleset,
+    RulesetAttr, RulesetCreatedAttr, RulesetStatus, Scope,
+};
+use rustix::process::{Resource, Rlimit, Signal, setrlimit};
+
+use crate::runtime::{Device, Onnxruntime, OrtGraph};
+use crate::wire::{self, Failure, Reply, Request};
+
+/// Which engine a worker runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EngineKind {
+    /// onnxruntime from this shared library, on this device.
+    Onnxruntime {
+        /// `libonnxruntime.so`.
+        library: PathBuf,
+        /// CPU or a GPU.
+        device: Device,
+    },
+    /// tract, compiled into the worker.
+    Tract,
+}
+
+/// A worker's settings, passed as arguments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    /// The engine.
+    pub engine: EngineKind,
+    /// Intra-op threads per run.
+    pub threads: usize,
+    /// The memory limit, MiB.
+    pub memory_mib: u64,
+}
+
+impl Options {
+    /// The arguments that give these options to [`main`].
+    pub fn to_args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        match &self.engine {
+            EngineKind::Onnxruntime { library, device } => {
+                args.push("--engine".into());
+                args.push("onnxruntime".into());
+                args.push("--library".into());
+                args.push(library.display().to_string());
+                if let Device::Cuda(id) = device {
+                    args.push("--cuda".into());
+                    args.push(id.to_string());
+                }
+            }
+            EngineKind::Tract => {
+                args.push("--engine".into());
+                args.push("tract".into());
+            }
+        }
+        args.push("--threads".into());
+        args.push(self.threads.to_string());
+        args.push("--memory-mib".into());
+        args.push(self.memory_mib.to_string());
+        args
+    }
+
+    /// Parses what [`Options::to_args`] wrote.
+    pub fn from_args(args: impl IntoIterator<Item = String>) -> Result<Options, String> {
+        let mut engine = None;
+        let mut library = None;
+        let mut cuda = None;
+        let mut threads = 1;
+        let mut memory_mib = 2048;
+        let mut args = args.into_iter();
+        while let Some(flag) = args.next() {
+            let mut value = || args.next().ok_or(format!("{flag} needs a value"));
+            match flag.as_str() {
+                "--engine" => engine = Some(value()?),
+                "--library" => library = Some(PathBuf::from(value()?)),
+                "--cuda" => cuda = Some(value()?.parse().map_err(|e| format!("--cuda: {e}"))?),
+                "--threads" => threads = value()?.parse().map_err(|e| format!("--threads: {e}"))?,
+                "--memory-mib" => {
+                    memory_mib = value()?.parse().map_err(|e| format!("--memory-mib: {e}"))?
+                }
+                other => return Err(format!("unknown argument {other:?}")),
+            }
+        }
+        let engine = match engine.as_deref() {
+            Some("onnxruntime") => EngineKind::Onnxruntime {
+                library: library.ok_or("--engine onnxruntime needs --library")?,
+                device: cuda.map_or(Device::Cpu, Device::Cuda),
+            },
+            Some("tract") => EngineKind::Tract,
+            Some(other) => return Err(format!("unknown engine {other:?}")),
+            None => return Err("--engine is required".into()),
+        };
+        Ok(Options {
+            engine,
+            threads,
+            memory_mib,
+        })
+    }
+}
+
+enum Engine {
+    Ort(Onnxruntime),
+    Tract,
+}
+
+enum Loaded {
+    Ort(OrtGraph),
+    Tract(graph::Graph),
+}
+
+/// Runs a worker with these arguments (after the program name and any subcommand), serving on
+/// stdin and stdout.
+pub fn main(args: impl IntoIterator<Item = String>) -> ExitCode {
+    let mut out = std::io::stdout().lock();
+    let options = match Options::from_args(args) {
+        Ok(o) => o,
+        Err(e) => {
+            let _ = send(&mut out, &failed(Failure::Load, e));
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(e) = rustix::process::set_parent_process_death_signal(Some(Signal::KILL)) {
+        eprintln!("engine worker: cannot ask to die with the node: {e}");
+    }
+    let engine = match &options.engine {
+        EngineKind::Onnxruntime { library, device } => {
+            match Onnxruntime::start(library, options.threads, *device) {
+                Ok(ort) => Engine::Ort(ort),
+                Err(e) => {
+                    let _ = send(&mut out, &failed(Failure::Load, e.to_string()));
+                    return ExitCode::from(3);
+                }
+            }
+        }
+        EngineKind::Tract => Engine::Tract,
+    };
+    let confinement = confine(&options);
+    let (name, version) = match &engine {
+        Engine::Ort(ort) => (ort.name().to_string(), ort.version().to_string()),
+        Engine::Tract => ("tract-native".to_string(), "0.23".to_string()),
+    };
+    if send(
+        &mut out,
+        &Reply::Hello {
+            engine: name,
+            version,
+            confinement,
+        },
+    )
+    .is_err()
+    {
+        return ExitCode::from(4);
+    }
+    serve(&engine, &mut std::io::stdin().lock(), &mut out)
+}
+
+fn serve(engine: &Engine, input: &mut impl Read, out: &mut impl Write) -> ExitCode {
+    let mut loaded = None;
+    loop {
+        let mut header = [0; 4];
+        match input.read_exact(&mut header) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return ExitCode::SUCCESS,
+            Err(_) => return ExitCode::from(5),
+        }
+        let Ok(len) = wire::payload_len(header) else {
+            return ExitCode::from(6);
+        };
+        let mut payload = vec![0; len];
+        if input.read_exact(&mut payload).is_err() {
+            return ExitCode::from(5);
+        }
+        let reply = match Request::decode(&payload) {
+            Err(e) => return fail_and_exit(out, e.to_string()),
+            Ok(Request::Load { model }) => match load(engine, &model) {
+                Ok(l) => {
+                    let (inputs, outputs) = match &l {
+                        Loaded::Ort(g) => (g.inputs().to_vec(), g.outputs().to_vec()),
+                        Loaded::Tract(g) => (g.inputs().to_vec(), g.outputs().to_vec()),
+                    };
+                    loaded = Some(l);
+                    Reply::Loaded { inputs, outputs }
+                }
+                Err(e) => error_reply(e),
+            },
+            Ok(Request::Run { inputs }) => match &loaded {
+                None => failed(Failure::Run, "no model is loaded".into()),
+                Some(l) => match run(l, inputs) {
+                    Ok(outputs) => Reply::Outputs(outputs),
+                    Err(e) => error_reply(e),
+                },
+            },
+        };
+        if send(out, &reply).is_err() {
+            return ExitCode::from(4);
+        }
+    }
+}
+
+fn fail_and_exit(out: &mut impl Write, message: String) -> ExitCode {
+    let _ = send(out, &failed(Failure::Run, message));
+    ExitCode::from(6)
+}
+
+fn load(engine: &Engine, model: &[u8]) -> Result<Loaded, Error> {
+    match engine {
+        Engine::Ort(ort) => ort.load(model).map(Loaded::Ort),
+        Engine::Tract => graph::Graph::load(model).map(Loaded::Tract),
+    }
+}
+
+fn run(loaded: &Loaded, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, Error> {
+    match loaded {
+        Loaded::Ort(g) => g.run(inputs),
+        // The node checked the inputs against the specs and its limits; tract checks again.
+        Loaded::Tract(g) => g.run_with(inputs, &graph::Limits::default()),
+    }
+}
+
+fn failed(failure: Failure, message: String) -> Reply {
+    Reply::Failed { failure, message }
+}
+
+fn error_reply(e: Error) -> Reply {
+    match e {
+        Error::Invalid(m) => failed(Failure::Invalid, m),
+        Error::Load(m) => failed(Failure::Load, m),
+        Error::Run(m) => failed(Failure::Run, m),
+    }
+}
+
+fn send(out: &mut impl Write, reply: &Reply) -> std::io::Result<()> {
+    let payload = reply.encode();
+    let header = wire::header(payload.len()).map_err(std::io::Error::other)?;
+    out.write_all(&header)?;
+    out.write_all(&payload)?;
+    out.flush()
+}
+
+/// Applies the limits and the Landlock rules; says in words what took effect.
+fn confine(options: &Options) -> String {
+    let mut said = Vec::new();
+    let gpu = matches!(
+        options.engine,
+        EngineKind::Onnxruntime {
+            device: Device::Cuda(_),
+            ..
+        }
+    );
+    let bytes = options.memory_mib.saturating_mul(1 << 20);
+    let (resource, what) = if gpu {
+        (Resource::Data, "RLIMIT_DATA")
+    } else {
+        (Resource::As, "RLIMIT_AS")
+    };
+    let limits = [
+        (resource, bytes, what),
+        (Resource::Core, 0, "RLIMIT_CORE"),
+        (Resource::Fsize, 0, "RLIMIT_FSIZE"),
+        (Resource::Nofile, 256, "RLIMIT_NOFILE"),
+    ];
+    for (resource, limit, name) in limits {
+        let rlimit = Rlimit {
+            current: Some(limit),
+            maximum: Some(limit),
+        };
+        if let Err(e) = setrlimit(resource, rlimit) {
+            said.push(format!("{name} not set ({e})"));
+        }
+    }
+    said.insert(0, format!("memory {} MiB ({what})", options.memory_mib));
+    let library_dir = match &options.engine {
+        EngineKind::Onnxruntime { library, .. } => library.parent().map(Path::to_path_buf),
+        EngineKind::Tract => None,
+    };
+    said.push(match landlock(library_dir.as_deref(), gpu) {
+        Ok(status) => status,
+        Err(e) => format!("landlock failed: {e}"),
+    });
+    said.join("; ")
+}
+
+fn landlock(library_dir: Option<&Path>, gpu: bool) -> Result<String, landlock::RulesetError> {
+    let abi = ABI::V6;
+    let read = AccessFs::from_read(abi);
+    let mut readable: Vec<PathBuf> = [
+        "/usr",
+        "/lib",
+        "/lib64",
+        "/etc/ld.so.cache",
+        "/proc/self",
+        "/sys",
+        "/dev/null",
+        "/dev/urandom",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .collect();
+    if let Some(dir) = library_dir {
+        // A wheel's library sits in site-packages/<package>/capi; its GPU libraries in
+        // site-packages/nvidia: allow the package's site-packages.
+        readable.push(dir.ancestors().nth(2).unwrap_or(dir).to_path_buf());
+    }
+    let mut writable: Vec<PathBuf> = Vec::new();
+    if gpu {
+        writable.push("/dev/shm".into());
+        if let Ok(entries) = std::fs::read_dir("/dev") {
+            for e in entries.flatten() {
+                if e.file_name().to_string_lossy().starts_with("nvidia") {
+                    writable.push(e.path());
+                }
+            }
+        }
+    }
+    let mut ruleset = Ruleset::default()
+        .set_compatibility(CompatLevel::BestEffort)
+        .handle_access(AccessFs::from_all(abi))?
+        .handle_access(AccessNet::BindTcp | AccessNet::ConnectTcp)?
+        .scope(Scope::from_all(abi))?
+        .create()?;
+    // Directory rights on a file are refused: a file gets the file rights among them. A path
+    // this system lacks is skipped: it cannot be reached anyway.
+    let rights = |path: &Path, wanted: landlock::BitFlags<AccessFs>| {
+        if path.is_dir() {
+            wanted
+        } else {
+            wanted & AccessFs::from_file(abi)
+        }
+    };
+    for (paths, wanted) in [(&readable, read), (&writable, AccessFs::from_all(abi))] {
+        for path in paths {
+            if let Ok(fd) = PathFd::new(path) {
+                ruleset = ruleset.add_rule(PathBeneath::new(fd, rights(path, wanted)))?;
+            }
+        }
+    }
+    let status = ruleset.restrict_self()?;
+    let abi = match status.landlock {
+        landlock::LandlockStatus::Available { effective_abi, .. } => {
+            format!(" (kernel ABI {})", effective_abi as i32)
+        }
+        _ => String::new(),
+    };
+    Ok(match status.ruleset {
+        RulesetStatus::FullyEnforced => {
+            format!(
+                "landlock fully enforced{abi}: files read-only beneath the libraries, no TCP, no signals out"
+            )
+        }
+        RulesetStatus::PartiallyEnforced => {
+            format!("landlock partly enforced{abi}: files read-only beneath the libraries")
+        }
+        RulesetStatus::NotEnforced => "landlock not enforced: this kernel lacks it".into(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_round_trip_through_arguments() {
+        for options in [
+            Options {
+                engine: EngineKind::Tract,
+                threads: 3,
+                memory_mib: 512,
+            },
+            Options {
+                engine: EngineKind::Onnxruntime {
+                    library: "/opt/ort/libonnxruntime.so".into(),
+                    device: Device::Cuda(1),
+                },
+                threads: 1,
+                memory_mib: 4096,
+            },
+        ] {
+            assert_eq!(Options::from_args(options.to_args()), Ok(options));
+        }
+        assert!(Options::from_args(["--engine".to_string()]).is_err());
+        assert!(Options::from_args(["--engine".into(), "onnxruntime".into()]).is_err());
+        assert!(Options::from_args(["--bogus".to_string()]).is_err());
+    }
+}
