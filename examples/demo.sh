@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The README's main command. Builds moxnet and its ONNX runner guest, creates a fresh demo home,
+# The README's main command. Builds moxnet and its ONNX runner guest (and installs onnxruntime
+# from PyPI, the engine the node runs graphs on, if Python lacks it), creates a fresh demo home,
 # records the example package's training run (two snapshots), publishes it, then publishes the
 # demo text-embedding model, starts a node and calls the model through it. On a terminal the
 # node keeps running (Ctrl-C stops it); elsewhere (CI) it stops at the end.
@@ -13,6 +14,11 @@ cargo build --quiet -p node
 export MOXNET_RUNNER="$target/wasm32-wasip2/release/moxnet_runner.wasm"
 [ -f "$MOXNET_RUNNER" ] || MOXNET_RUNNER=guests/target/wasm32-wasip2/release/moxnet_runner.wasm
 python3 examples/minilm/fetch.py
+# The node runs guests' graphs on onnxruntime (its shared library comes with the PyPI wheel);
+# without it, on native tract, and says so.
+python3 -c 'import onnxruntime' 2>/dev/null ||
+    python3 -m pip install --quiet --disable-pip-version-check onnxruntime ||
+    echo "demo: no onnxruntime (pip failed): the node will run graphs on native tract" >&2
 moxnet() { "$target/debug/moxnet" "$@"; }
 
 export MOXNET_HOME="${MOXNET_DEMO_HOME:-${CARGO_TARGET_DIR:-target}/moxnet-demo}"

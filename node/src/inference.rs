@@ -341,6 +341,7 @@ impl Inference {
             request,
             &outcome.outputs,
             parameters([
+                ("backend", json!(self.engine(&outcome))),
                 ("fuel", json!(outcome.fuel)),
                 ("elapsed_ms", json!(outcome.elapsed.as_secs_f64() * 1e3)),
                 ("host_calls", json!(outcome.host.calls)),

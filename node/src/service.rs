@@ -336,10 +336,15 @@ impl api::NodeApi for Service {
             gpu: query.gpu,
         };
         let local = self.home.catalog.is_local(id);
-        // This node runs models with no GPU engine: a call that needs one goes to a provider.
+        // A call that needs a GPU runs here only if this node's engine is a GPU one.
+        let gpu_here = self
+            .runtime
+            .engine()
+            .backend()
+            .is_some_and(|b| protocol::compute::GPU_BACKENDS.contains(&b));
         let remote = options.on.is_some()
             || options.verify
-            || options.gpu
+            || (options.gpu && !gpu_here)
             || (!local && self.remote.has_providers(id));
         let answer = if remote {
             self.remote.call(id, &request, &options).await

@@ -46,6 +46,13 @@ pub struct Hello {
     pub confinement: String,
 }
 
+/// The environment variables a worker gets from its node (all others are cleared).
+pub const PASSED_ENV: [&str; 3] = [
+    "LD_LIBRARY_PATH",
+    "CUDA_VISIBLE_DEVICES",
+    "NVIDIA_VISIBLE_DEVICES",
+];
+
 /// A backend whose graphs run in workers.
 pub struct Isolated {
     command: Arc<WorkerCommand>,
@@ -234,12 +241,19 @@ struct Worker {
 
 impl Worker {
     fn spawn(command: &WorkerCommand) -> Result<Worker, Error> {
-        let mut child = Command::new(&command.program)
-            .args(&command.prefix)
+        let mut cmd = Command::new(&command.program);
+        cmd.args(&command.prefix)
             .args(command.options.to_args())
-            // Nothing of the node's environment (tokens, paths to keys) crosses.
+            // Nothing of the node's environment (tokens, paths to keys) crosses but where the
+            // engine's libraries are and which GPUs it may use.
             .env_clear()
-            .current_dir("/")
+            .current_dir("/");
+        for key in PASSED_ENV {
+            if let Some(value) = std::env::var_os(key) {
+                cmd.env(key, value);
+            }
+        }
+        let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

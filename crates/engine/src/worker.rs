@@ -10,7 +10,8 @@
 //!    (`RLIMIT_FSIZE` 0); at most 256 open files;
 //! 4. confines itself with Landlock, best effort for the running kernel: the filesystem is
 //!    read-only and only beneath the library's folder, `/usr`, `/lib*`, `/etc/ld.so.cache`,
-//!    `/proc/self`, `/sys` and `/dev/null` (plus `/dev/nvidia*` and `/dev/shm` on a GPU): no home,
+//!    `/proc/self`, `/sys` and `/dev/null` (plus `/proc/driver/nvidia`, and `/dev/nvidia*` and
+//!    `/dev/shm` read-write, on a GPU): no home,
 //!    no store, no keys; no TCP bind or connect; no abstract Unix sockets or signals outside.
 //!
 //! Then it says hello (engine, version, what confinement the kernel granted) and serves
@@ -325,6 +326,7 @@ fn landlock(library_dir: Option<&Path>, gpu: bool) -> Result<String, landlock::R
     }
     let mut writable: Vec<PathBuf> = Vec::new();
     if gpu {
+        readable.push("/proc/driver/nvidia".into());
         writable.push("/dev/shm".into());
         if let Ok(entries) = std::fs::read_dir("/dev") {
             for e in entries.flatten() {

@@ -13,8 +13,6 @@
 //! assert_eq!(wp.encode("Hello, playing world!", 16), vec![2, 4, 1, 7, 8, 5, 6, 3]);
 //! ```
 
-use std::collections::HashMap;
-
 use unicode_normalization::UnicodeNormalization;
 use unicode_normalization::char::is_combining_mark;
 
@@ -26,7 +24,7 @@ const MAX_WORD_CHARS: usize = 100;
 /// A WordPiece vocabulary and the rules to apply it.
 #[derive(Debug, Clone)]
 pub struct WordPiece {
-    vocab: HashMap<String, i64>,
+    vocab: Vocab,
     unk: i64,
     cls: i64,
     sep: i64,
@@ -37,15 +35,10 @@ impl WordPiece {
     /// Reads a `vocab.txt`: one token per line, the line number is its id. It must hold
     /// `[UNK]`, `[CLS]` and `[SEP]`.
     pub fn from_vocab(text: &str, lowercase: bool) -> Result<WordPiece, Error> {
-        let vocab: HashMap<String, i64> = text
-            .lines()
-            .enumerate()
-            .map(|(i, t)| (t.trim_end_matches('\r').to_string(), i as i64))
-            .collect();
+        let vocab = Vocab::new(text)?;
         let id = |t: &str| {
             vocab
                 .get(t)
-                .copied()
                 .ok_or_else(|| Error::Load(format!("the vocabulary has no {t} token")))
         };
         Ok(WordPiece {
@@ -59,7 +52,7 @@ impl WordPiece {
 
     /// The id of `[PAD]`, or 0.
     pub fn pad(&self) -> i64 {
-        self.vocab.get("[PAD]").copied().unwrap_or(0)
+        self.vocab.get("[PAD]").unwrap_or(0)
     }
 
     /// Token ids for `text`: `[CLS]`, the pieces, `[SEP]`; at most `max_tokens` in all
@@ -139,7 +132,7 @@ impl WordPiece {
                 if start > 0 {
                     piece.insert_str(0, "##");
                 }
-                if let Some(&id) = self.vocab.get(&piece) {
+                if let Some(id) = self.vocab.get(&piece) {
                     found = Some(id);
                     break;
                 }
@@ -152,6 +145,77 @@ impl WordPiece {
             start = end;
         }
         out
+    }
+}
+
+/// Token → id, built in one pass over the vocabulary's text (a model's instance builds it on
+/// every call's fresh instance, so it must be cheap): the tokens are slices of one copy of the
+/// text, found through an open-addressing table of ids keyed by FNV-1a. A token listed twice
+/// takes the later line's id.
+#[derive(Debug, Clone)]
+struct Vocab {
+    text: String,
+    /// Each id's token, as a byte range of `text`.
+    spans: Vec<(u32, u32)>,
+    /// 0: empty; else an id + 1. A power of two, at least twice the tokens.
+    slots: Vec<u32>,
+}
+
+impl Vocab {
+    fn new(text: &str) -> Result<Vocab, Error> {
+        if text.len() >= u32::MAX as usize {
+            return Err(Error::Load("the vocabulary is larger than 4 GiB".into()));
+        }
+        let body = text.strip_suffix('\n').unwrap_or(text);
+        let mut spans = Vec::new();
+        let mut start = 0usize;
+        if !text.is_empty() {
+            for line in body.split('\n') {
+                let token = line.trim_end_matches('\r');
+                spans.push((start as u32, (start + token.len()) as u32));
+                start += line.len() + 1;
+            }
+        }
+        let mut vocab = Vocab {
+            text: text.to_string(),
+            slots: vec![0; (2 * spans.len()).max(16).next_power_of_two()],
+            spans,
+        };
+        for id in 0..vocab.spans.len() {
+            let at = vocab.find(vocab.token(id));
+            vocab.slots[at] = id as u32 + 1;
+        }
+        Ok(vocab)
+    }
+
+    fn token(&self, id: usize) -> &str {
+        let (a, b) = self.spans[id];
+        &self.text[a as usize..b as usize]
+    }
+
+    /// The slot holding `token`, or the empty one where it would go.
+    fn find(&self, token: &str) -> usize {
+        let mask = self.slots.len() - 1;
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for &b in token.as_bytes() {
+            hash ^= u64::from(b);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+        let mut at = hash as usize & mask;
+        loop {
+            match self.slots[at] {
+                0 => return at,
+                id if self.token(id as usize - 1) == token => return at,
+                _ => at = (at + 1) & mask,
+            }
+        }
+    }
+
+    fn get(&self, token: &str) -> Option<i64> {
+        match self.slots[self.find(token)] {
+            0 => None,
+            id => Some(i64::from(id) - 1),
+        }
     }
 }
 
@@ -204,6 +268,32 @@ mod tests {
     fn truncates_but_keeps_sep() {
         assert_eq!(wp().encode("cafe cafe cafe cafe", 4), vec![2, 7, 7, 3]);
         assert_eq!(wp().encode("", 4), vec![2, 3]);
+    }
+
+    proptest::proptest! {
+        /// The table finds every token as a map built from `str::lines` does (the later line
+        /// wins a duplicate), and nothing else.
+        #[test]
+        fn the_vocabulary_table_agrees_with_a_map(
+            tokens in proptest::collection::vec("[a-c#\\[\\]]{0,3}", 0..64),
+            crlf: bool,
+            trailing: bool,
+            probes in proptest::collection::vec("[a-c#]{0,3}", 0..16),
+        ) {
+            let mut text = tokens.join(if crlf { "\r\n" } else { "\n" });
+            if trailing {
+                text.push('\n');
+            }
+            let map: std::collections::HashMap<String, i64> = text
+                .lines()
+                .enumerate()
+                .map(|(i, t)| (t.trim_end_matches('\r').to_string(), i as i64))
+                .collect();
+            let vocab = Vocab::new(&text).expect("vocab");
+            for t in tokens.iter().chain(&probes) {
+                proptest::prop_assert_eq!(vocab.get(t), map.get(t).copied(), "{:?} in {:?}", t, text);
+            }
+        }
     }
 
     #[test]

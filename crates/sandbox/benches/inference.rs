@@ -1,19 +1,31 @@
 //! Inference latency, every figure a ratio to onnxruntime (or to native tract) measured in the
-//! same run: the demo model (all-MiniLM-L6-v2 int8, batch 1, 16 tokens) in the sandboxed
-//! pure-wasm runner, in the sandbox with the native host backend, in native tract, and in
-//! onnxruntime (Python, one thread); then the per-call overhead on a trivial model (p50/p99)
-//! and the time to load a guest whose compiled module is cached.
+//! same run: the demo model (all-MiniLM-L6-v2 int8, batch 1, 16 tokens) in onnxruntime called
+//! from Python (one thread, the baseline); in onnxruntime from Rust in this process and in a
+//! confined engine worker (the difference is the process boundary); through a node's whole
+//! call path in its default configuration (OIP v2 over HTTP, the runner guest in the sandbox,
+//! the graph in an onnxruntime worker); in the sandbox with native tract; in native tract; in
+//! the pure-wasm runner. Then the boundary's per-call cost and the sandbox's on a trivial model
+//! (p50/p99), and the time to load a guest whose compiled module is cached.
 //!
 //! ```sh
 //! python3 examples/minilm/fetch.py
 //! (cd guests && cargo build --release)
+//! cargo build --release -p node --bin moxnet -p engine --bin moxnet-engine
 //! cargo bench -p sandbox --bench inference
 //! ```
-//! Set `MOXNET_GUESTS_DIR` when `CARGO_TARGET_DIR` is set, and `BENCH_CALLS` for more calls.
+//! Set `MOXNET_GUESTS_DIR` when `CARGO_TARGET_DIR` is set (or `MOXNET_BIN` for another `moxnet`),
+//! and `BENCH_CALLS` for more calls.
 
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use engine::runtime::{Device, Onnxruntime};
+use engine::worker::{EngineKind, Options};
+use engine::{Isolated, WorkerCommand};
 
 use graph::Tensor;
 use sandbox::{CallLimits, Model, Sandbox, SandboxConfig};
@@ -133,18 +145,200 @@ fn row(what: &str, s: &Stats, baseline: f64, against: &str) {
     );
 }
 
+/// The release binaries next to this bench (`target/release`), or `MOXNET_BIN`'s folder.
+fn release_bin(name: &str) -> PathBuf {
+    let path = match std::env::var_os("MOXNET_BIN").map(PathBuf::from) {
+        Some(moxnet) if name == "moxnet" => moxnet,
+        _ => std::env::current_exe()
+            .expect("this bench's path")
+            .parent()
+            .and_then(Path::parent)
+            .expect("target/release")
+            .join(name),
+    };
+    assert!(
+        path.is_file(),
+        "{} is missing: cargo build --release -p node --bin moxnet -p engine --bin moxnet-engine",
+        path.display()
+    );
+    path
+}
+
+fn worker_command(library: &Path) -> WorkerCommand {
+    WorkerCommand {
+        program: release_bin("moxnet-engine"),
+        prefix: vec![],
+        options: Options {
+            engine: EngineKind::Onnxruntime {
+                library: library.to_path_buf(),
+                device: Device::Cpu,
+            },
+            threads: 1,
+            memory_mib: 4096,
+        },
+        run_timeout: Duration::from_secs(60),
+        load_timeout: Duration::from_secs(60),
+    }
+}
+
+fn timed(calls: usize, mut call: impl FnMut()) -> Vec<f64> {
+    call();
+    (0..calls)
+        .map(|_| {
+            let started = Instant::now();
+            call();
+            ms(started.elapsed())
+        })
+        .collect()
+}
+
+/// A node in a fresh home, in its default configuration, with the demo model published.
+struct Node {
+    child: Child,
+    api: String,
+    model: String,
+    _home: tempfile::TempDir,
+}
+
+impl Node {
+    fn start(runner: &Path) -> Node {
+        let home = tempfile::tempdir().expect("home");
+        let moxnet = |args: &[&str]| {
+            let out = Command::new(release_bin("moxnet"))
+                .args(args)
+                .env("MOXNET_HOME", home.path())
+                .env("MOXNET_RUNNER", runner)
+                .stderr(Stdio::inherit())
+                .output()
+                .expect("moxnet");
+            assert!(out.status.success(), "moxnet {args:?} failed");
+            String::from_utf8(out.stdout).expect("utf-8")
+        };
+        moxnet(&["init"]);
+        let model = moxnet(&[
+            "publish",
+            &root().join("examples/minilm").display().to_string(),
+        ])
+        .trim()
+        .to_string();
+        let child = Command::new(release_bin("moxnet"))
+            .args([
+                "node",
+                "--listen",
+                "/ip4/127.0.0.1/udp/0/quic-v1",
+                "--api",
+                "127.0.0.1:0",
+                "--no-mdns",
+            ])
+            .env("MOXNET_HOME", home.path())
+            .env("MOXNET_RUNNER", runner)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("moxnet node");
+        let api_file = home.path().join("api");
+        let started = Instant::now();
+        while !api_file.is_file()
+            || std::fs::read_to_string(&api_file).map_or(true, |a| a.is_empty())
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "the node did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let api = std::fs::read_to_string(&api_file)
+            .expect("api")
+            .trim()
+            .to_string();
+        Node {
+            child,
+            api,
+            model,
+            _home: home,
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One keep-alive HTTP/1.1 connection, as a client library would hold.
+struct Http {
+    reader: BufReader<TcpStream>,
+    host: String,
+}
+
+impl Http {
+    fn connect(addr: &str) -> Http {
+        let stream = TcpStream::connect(addr).expect("connect to the node");
+        stream.set_nodelay(true).expect("nodelay");
+        Http {
+            reader: BufReader::new(stream),
+            host: addr.to_string(),
+        }
+    }
+
+    fn post(&mut self, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            self.host,
+            body.len()
+        );
+        let stream = self.reader.get_mut();
+        stream.write_all(head.as_bytes()).expect("send");
+        stream.write_all(body).expect("send");
+        let mut status_line = String::new();
+        self.reader.read_line(&mut status_line).expect("status");
+        let status: u16 = status_line
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .expect("status code");
+        let mut length = None;
+        loop {
+            let mut line = String::new();
+            self.reader.read_line(&mut line).expect("header");
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = line.split_once(':')
+                && k.eq_ignore_ascii_case("content-length")
+            {
+                length = v.trim().parse::<usize>().ok();
+            }
+        }
+        let mut body = vec![0; length.expect("a Content-Length")];
+        self.reader.read_exact(&mut body).expect("body");
+        (status, body)
+    }
+}
+
 fn main() {
     let calls: usize = std::env::var("BENCH_CALLS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(30);
+        .unwrap_or(50);
     let cache = tempfile::tempdir().expect("cache");
     let config = |host_backend| SandboxConfig {
         cache_dir: Some(cache.path().to_path_buf()),
         host_backend,
         ..SandboxConfig::default()
     };
+    let runner_path = std::env::var_os("MOXNET_GUESTS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("guests/target/wasm32-wasip2/release"))
+        .join("moxnet_runner.wasm");
     let runner = guest("moxnet_runner");
+    let library = engine::find_onnxruntime(None)
+        .expect("onnxruntime's shared library: pip install onnxruntime (or set ORT_DYLIB_PATH)");
+    let worker =
+        Arc::new(Isolated::start(worker_command(&library)).expect("an onnxruntime worker"));
 
     // The demo model's raw graph (no runner.json: token ids in, token vectors out).
     let onnx = root().join("examples/minilm/model.onnx");
@@ -153,9 +347,11 @@ fn main() {
         "{} is missing: run python3 examples/minilm/fetch.py",
         onnx.display()
     );
+    let onnx_bytes = std::fs::read(&onnx).expect("read model");
     let demo = tempfile::tempdir().expect("package");
     std::fs::copy(&onnx, demo.path().join("model.onnx")).expect("copy model");
     let inputs = demo_inputs();
+    let limits = graph::Limits::default();
 
     println!("demo model: all-MiniLM-L6-v2 int8, batch 1, 16 tokens, {calls} calls each");
     let ort = stats(onnxruntime(&onnx, &inputs, calls));
@@ -165,11 +361,89 @@ fn main() {
         ort.p50,
         "onnxruntime",
     );
-    let graph = graph::Graph::load(&std::fs::read(&onnx).expect("read model")).expect("tract");
+
+    let in_process = Onnxruntime::start(&library, 1, Device::Cpu).expect("onnxruntime");
+    let session = in_process.load(&onnx_bytes).expect("load in onnxruntime");
+    let ort_rust = stats(timed(calls, || {
+        session.run(inputs.clone()).expect("onnxruntime call");
+    }));
+    row(
+        "onnxruntime (Rust, this process, 1 thread)",
+        &ort_rust,
+        ort.p50,
+        "onnxruntime",
+    );
+    let isolated = worker.load_graph(&onnx_bytes).expect("load in a worker");
+    let ort_worker = stats(timed(calls, || {
+        isolated.run(inputs.clone(), &limits).expect("worker call");
+    }));
+    row(
+        "onnxruntime in a confined worker",
+        &ort_worker,
+        ort.p50,
+        "onnxruntime",
+    );
+    let sandbox = Sandbox::with_backend(config(false), Some(worker.clone())).expect("sandbox");
+    let model = sandbox
+        .load(&runner, demo.path(), Some("model.onnx"))
+        .expect("load demo model");
+    let s = stats(sandboxed(&sandbox, &model, &inputs, calls));
+    row("sandbox + onnxruntime worker", &s, ort.p50, "onnxruntime");
+    drop((model, sandbox));
+
+    // The node: text in (these words are exactly the 16 tokens above), OIP v2 JSON over HTTP.
+    let node = Node::start(&runner_path);
+    let mut http = Http::connect(&node.api);
+    let infer = format!("/v2/models/{}/infer", node.model);
+    let body = serde_json::to_vec(&serde_json::json!({"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["the quick brown fox jumps over the lazy dog and runs far away today ."]}]})).expect("json");
+    let mut backend = String::new();
+    let mut call = || {
+        let (status, answer) = http.post(&infer, &body);
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&answer));
+        if backend.is_empty() {
+            let answer: serde_json::Value = serde_json::from_slice(&answer).expect("json");
+            backend = answer["parameters"]["backend"]
+                .as_str()
+                .unwrap_or("onnxruntime worker")
+                .to_string();
+        }
+    };
+    // Like the sandbox rows (each call on a warm spare instance): calls 20 ms apart, the
+    // steady state of a node that is not saturated; then back to back, where each call's
+    // fresh instance is still being prepared when the next arrives.
+    call();
+    let mut times = Vec::new();
+    for _ in 0..calls {
+        std::thread::sleep(Duration::from_millis(20));
+        let started = Instant::now();
+        call();
+        times.push(ms(started.elapsed()));
+    }
+    let paced_times = stats(times);
+    row(
+        "node, OIP v2 over HTTP, calls 20 ms apart",
+        &paced_times,
+        ort.p50,
+        "onnxruntime",
+    );
+    let back_to_back = stats(timed(calls, &mut call));
+    row(
+        "node, OIP v2 over HTTP, back to back",
+        &back_to_back,
+        ort.p50,
+        "onnxruntime",
+    );
+    println!(
+        "{:<44} (default configuration: {backend}; text in, tokenised and pooled in the guest)",
+        ""
+    );
+    drop(node);
+
+    let graph = graph::Graph::load(&onnx_bytes).expect("tract");
     let tract = stats(native(&graph, &inputs, calls));
     row("native tract", &tract, ort.p50, "onnxruntime");
     for (host_backend, what) in [
-        (true, "sandbox + native host backend"),
+        (true, "sandbox + native tract (in process)"),
         (false, "sandbox, pure-wasm runner"),
     ] {
         let sandbox = Sandbox::new(config(host_backend)).expect("sandbox");
@@ -186,22 +460,62 @@ fn main() {
             ms(load)
         );
     }
+    println!(
+        "{:<44} p50 {:>9.3} ms  p99 {:>9.3} ms  (worker minus this process, demo model)",
+        "process boundary",
+        ort_worker.p50 - ort_rust.p50,
+        ort_worker.p99 - ort_rust.p99
+    );
 
     // Per-call overhead: a trivial graph, where the sandbox's own costs dominate.
     let trivial_calls = calls * 10;
     println!("\ntrivial model (tests/fixtures/mlp.onnx, batch 1), {trivial_calls} calls each");
     let mlp = root().join("crates/sandbox/tests/fixtures/mlp.onnx");
+    let mlp_bytes = std::fs::read(&mlp).expect("read");
     let pkg = tempfile::tempdir().expect("package");
     std::fs::copy(&mlp, pkg.path().join("mlp.onnx")).expect("copy");
     let x = vec![Tensor::from_f32("x", vec![1, 4], &[5.1, 3.5, 1.4, 0.2])];
-    let graph = graph::Graph::load(&std::fs::read(&mlp).expect("read")).expect("tract");
+    let graph = graph::Graph::load(&mlp_bytes).expect("tract");
     let base = stats(native(&graph, &x, trivial_calls));
     row("native tract", &base, base.p50, "native tract");
-    for (host_backend, what) in [
-        (true, "sandbox + native host backend"),
-        (false, "sandbox, pure-wasm runner"),
+    let session = in_process.load(&mlp_bytes).expect("load in onnxruntime");
+    let here = stats(timed(trivial_calls, || {
+        session.run(x.clone()).expect("onnxruntime call");
+    }));
+    row(
+        "onnxruntime (Rust, this process)",
+        &here,
+        base.p50,
+        "native tract",
+    );
+    let isolated = worker.load_graph(&mlp_bytes).expect("load in a worker");
+    let there = stats(timed(trivial_calls, || {
+        isolated.run(x.clone(), &limits).expect("worker call");
+    }));
+    row(
+        "onnxruntime in a confined worker",
+        &there,
+        base.p50,
+        "native tract",
+    );
+    println!(
+        "{:<44} p50 {:>9.3} ms  p99 {:>9.3} ms  (worker minus this process)",
+        "process boundary, per call",
+        there.p50 - here.p50,
+        there.p99 - here.p99
+    );
+    for (backend, what) in [
+        (
+            Some(worker.clone() as Arc<dyn sandbox::Backend>),
+            "sandbox + onnxruntime worker",
+        ),
+        (
+            Some(Arc::new(sandbox::NativeTract) as Arc<dyn sandbox::Backend>),
+            "sandbox + native tract (in process)",
+        ),
+        (None, "sandbox, pure-wasm runner"),
     ] {
-        let sandbox = Sandbox::new(config(host_backend)).expect("sandbox");
+        let sandbox = Sandbox::with_backend(config(false), backend).expect("sandbox");
         let model = sandbox
             .load(&runner, pkg.path(), Some("mlp.onnx"))
             .expect("load");

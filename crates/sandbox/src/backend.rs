@@ -73,6 +73,10 @@ impl LoadedGraph for graph::Graph {
     }
 }
 
+/// Most graphs one model loads on the host backend (each may cost the engine a worker
+/// process per call running on it).
+pub const MAX_GRAPHS_PER_MODEL: usize = 8;
+
 /// The graphs a model's calls loaded, by package path: each is loaded once per model.
 #[derive(Clone, Default)]
 pub(crate) struct GraphCache(Arc<Mutex<HashMap<String, Arc<dyn LoadedGraph>>>>);
@@ -95,6 +99,11 @@ impl GraphCache {
         let mut graphs = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(g) = graphs.get(path) {
             return Ok(g.clone());
+        }
+        if graphs.len() >= MAX_GRAPHS_PER_MODEL {
+            return Err(format!(
+                "a model may load at most {MAX_GRAPHS_PER_MODEL} graphs on the host"
+            ));
         }
         let bytes = std::fs::read(dir.join(relative)).map_err(|e| format!("{path}: {e}"))?;
         let graph = backend.load(&bytes).map_err(|e| e.to_string())?;

@@ -57,7 +57,7 @@ use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Engine, ResourceLimiter, Store, Trap};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 
-pub use backend::{Backend, HostWork, LoadedGraph, NativeTract};
+pub use backend::{Backend, HostWork, LoadedGraph, MAX_GRAPHS_PER_MODEL, NativeTract};
 use gate::Gate;
 
 mod bindings {
@@ -546,8 +546,10 @@ impl Sandbox {
                 elapsed: started.elapsed(),
             })
         })();
-        drop((store, bindings));
-        self.core.refill(&model.inner);
+        // The used instance is torn down (its memory reset) on the spare's thread, off the
+        // call's path.
+        self.core
+            .refill(&model.inner, Some(Box::new((store, bindings))));
         outcome
     }
 }
@@ -568,7 +570,7 @@ fn lower_priority() {
     if let Err(e) =
         rustix::process::setpriority_process(Some(rustix::thread::gettid()), COMPILE_NICE)
     {
-        tracing::warn!(error = %e, "a compile thread keeps its CPU priority");
+        tracing::warn!(error = %e, "a background thread keeps its CPU priority");
     }
 }
 
@@ -595,13 +597,19 @@ impl Core {
     }
 
     /// Prepares a spare instance of `package` on a background thread, unless one is ready or
-    /// being built, or every warm place is taken.
-    fn refill(self: &Arc<Self>, package: &Arc<Package>) {
+    /// being built, or every warm place is taken; `used`, a finished call's instance, is
+    /// dropped there first. The thread runs at [`COMPILE_NICE`]: it yields the cores to running
+    /// calls (and the engine workers they wait on).
+    fn refill(self: &Arc<Self>, package: &Arc<Package>, used: Option<Box<dyn Send>>) {
         let mut spare = lock(&package.spare);
-        if !matches!(*spare, Spare::Empty) {
-            return;
-        }
-        let Some(token) = self.warm_token() else {
+        let token = if matches!(*spare, Spare::Empty) {
+            self.warm_token()
+        } else {
+            None
+        };
+        let Some(token) = token else {
+            drop(spare);
+            drop(used);
             return;
         };
         *spare = Spare::Building;
@@ -610,6 +618,8 @@ impl Core {
         let spawned = std::thread::Builder::new()
             .name("sandbox-spare".into())
             .spawn(move || {
+                lower_priority();
+                drop(used);
                 let built = core.instantiate(&building, &CallLimits::default());
                 let mut spare = lock(&building.spare);
                 *spare = match built {

@@ -666,3 +666,93 @@ fn a_call_that_needs_a_gpu_goes_only_to_a_provider_offering_one() {
         "{echo}"
     );
 }
+
+/// Native engines across nodes: A publishes an ONNX model, B and B2 serve it on onnxruntime
+/// (their default engine, each graph in a confined worker), C calls with `--verify`: the two
+/// native results agree within the documented tolerance, not bit for bit, and the answer says so.
+#[test]
+fn native_engines_serve_across_nodes_and_verify_within_the_tolerance() {
+    let net = Testnet::new().expect("testnet");
+    let a = init(&net, "a", "");
+    let iris = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/iris-linear");
+    let id = a.ok(&["publish", iris.to_str().expect("utf8")]);
+    let a_node = a.start(&[]);
+    let b = init(&net, "b", SERVE);
+    let b_node = b.start(&[a_node.addr()]);
+    let b2 = init(&net, "b2", SERVE);
+    let b2_node = b2.start(&[a_node.addr()]);
+    // The providers fetch the model and compile the runner guest on the first call: more than
+    // CALLER's 5 s in a debug build.
+    let c = init(
+        &net,
+        "c",
+        "[inference]\nfuel = 1000000000\n\n[compute]\ncall_timeout_secs = 120\n",
+    );
+    let c_node = c.start(&[a_node.addr()]);
+    for node in [&b_node, &b2_node] {
+        let (status, ready) = http(&node.api, "GET", "/v2/health/ready", None);
+        assert_eq!(status, 200);
+        assert_eq!(ready["backend"], "onnxruntime", "{ready}");
+        assert!(ready.get("fallback").is_none(), "{ready}");
+    }
+    wait_for_offers(&c_node, &[&b_node.peer_id, &b2_node.peer_id]);
+    let offers = c.json(&["offers"]);
+    let text = offers.to_string();
+    assert!(
+        text.contains("onnxruntime"),
+        "offers name the engine: {text}"
+    );
+
+    let body = json!({"inputs": [{"name": "features", "datatype": "FP32", "shape": [1, 4],
+        "data": [5.1, 3.5, 1.4, 0.2]}]})
+    .to_string();
+    let (status, verified) = http(
+        &c_node.api,
+        "POST",
+        &format!("/v2/models/{id}/infer?verify=true"),
+        Some(&body),
+    );
+    assert_eq!(status, 200, "{verified}");
+    let p = &verified["parameters"];
+    assert_eq!(p["backend"], "onnxruntime", "{verified}");
+    // The signed result names the engine, so that a checker knows to allow the tolerance.
+    let result = hex::decode(p["result"].as_str().expect("signed result")).expect("hex");
+    let signed =
+        protocol::Signed::<protocol::compute::InferResult>::from_bytes(&result).expect("verifies");
+    assert_eq!(signed.body().backend, "onnxruntime");
+    // Two providers on one machine and one library agree bit for bit; on different CPUs they
+    // may differ in the last bits, which the tolerance allows (compute::tolerance).
+    assert!(
+        p["verified"] == "bit for bit"
+            || p["verified"] == "within the tolerance for native engines",
+        "{verified}"
+    );
+    assert_eq!(
+        p["verified_by"].as_array().map(Vec::len),
+        Some(2),
+        "{verified}"
+    );
+    let probabilities: Vec<f64> = verified["outputs"][0]["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .map(|v| v.as_f64().expect("number"))
+        .collect();
+    assert_eq!(probabilities.len(), 3);
+    assert!(
+        (probabilities.iter().sum::<f64>() - 1.0).abs() < 1e-5,
+        "{probabilities:?}"
+    );
+    let reference = super::inference::onnxruntime(
+        &iris.join("model.onnx"),
+        "features",
+        &[1, 4],
+        &[5.1, 3.5, 1.4, 0.2],
+    );
+    for (p, r) in probabilities.iter().zip(&reference) {
+        assert!(
+            (p - r).abs() <= 1e-4,
+            "{probabilities:?} vs onnxruntime {reference:?}"
+        );
+    }
+}

@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# GPU check, for a machine with an NVIDIA GPU (and its driver): installs onnxruntime-gpu with its
+# CUDA and cuDNN wheels from PyPI in a venv of its own, builds moxnet (release), publishes the
+# demo model (all-MiniLM-L6-v2) and calls it through a node twice — engine "onnxruntime-cuda",
+# then "onnxruntime" (CPU, same library) — at batch 1 and batch 64, and prints the GPU's ratio to
+# the CPU. It fails if the node does not run the GPU engine (it prints the node's reason).
+#
+#   bash scripts/gpu-check.sh            # CALLS=50 by default
+set -euo pipefail
+cd "$(dirname "$0")/.."
+target="${CARGO_TARGET_DIR:-$PWD/target}"
+calls="${CALLS:-50}"
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader ||
+    { echo "gpu-check: no NVIDIA GPU here (nvidia-smi failed)" >&2; exit 1; }
+
+venv="$target/gpu-venv"
+[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+"$venv/bin/python" -c 'import onnxruntime, numpy' 2>/dev/null ||
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check 'onnxruntime-gpu[cuda,cudnn]' numpy
+capi=$("$venv/bin/python" -c 'import onnxruntime, os; print(os.path.join(os.path.dirname(onnxruntime.__file__), "capi"))')
+library=$(ls "$capi"/libonnxruntime.so* | sort | tail -n 1)
+# The CUDA, cuBLAS and cuDNN libraries the wheels brought, for onnxruntime's CUDA provider.
+site=$("$venv/bin/python" -c 'import site; print(site.getsitepackages()[0])')
+nvlibs=$(find "$site/nvidia" -maxdepth 2 -name lib -type d 2>/dev/null | tr '\n' ':')
+export LD_LIBRARY_PATH="${nvlibs}${LD_LIBRARY_PATH:-}"
+echo "gpu-check: onnxruntime-gpu at $library"
+
+rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
+cargo build --quiet --release -p node --bin moxnet
+(cd guests && cargo build --quiet --release --locked)
+export MOXNET_RUNNER="$target/wasm32-wasip2/release/moxnet_runner.wasm"
+[ -f "$MOXNET_RUNNER" ] || MOXNET_RUNNER=guests/target/wasm32-wasip2/release/moxnet_runner.wasm
+python3 examples/minilm/fetch.py
+
+run_node() { # engine -> prints "p50_batch1 p50_batch64"
+    local engine=$1 home
+    home=$(mktemp -d)
+    export MOXNET_HOME="$home"
+    "$target/release/moxnet" init >/dev/null
+    printf '[inference]\nengine = "%s"\nonnxruntime = "%s"\nengine_memory_mib = 65536\n' \
+        "$engine" "$library" >"$home/config.toml"
+    local model
+    model=$("$target/release/moxnet" publish examples/minilm)
+    "$target/release/moxnet" node --listen /ip4/127.0.0.1/udp/0/quic-v1 --api 127.0.0.1:0 --no-mdns \
+        >"$home/node.log" 2>&1 &
+    local pid=$!
+    for _ in $(seq 600); do [ -s "$home/api" ] && break; sleep 0.1; done
+    "$venv/bin/python" - "$(cat "$home/api")" "$model" "$engine" "$calls" <<'PY' || { kill $pid; cat "$home/node.log" >&2; exit 1; }
+import http.client, json, sys, time
+api, model, engine, calls = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+host, port = api.rsplit(":", 1)
+conn = http.client.HTTPConnection(host, int(port))
+conn.request("GET", "/v2/health/ready")
+ready = json.loads(conn.getresponse().read())
+if ready.get("backend") != engine:
+    sys.exit(f"gpu-check: the node runs {ready.get('backend')!r}, not {engine!r}: {ready.get('fallback')}")
+words = "the quick brown fox jumps over the lazy dog and runs far away today ."
+out = []
+for batch in (1, 64):
+    body = json.dumps({"inputs": [{"name": "text", "datatype": "BYTES", "shape": [batch], "data": [words] * batch}]})
+    times = []
+    for i in range(calls + 1):
+        started = time.perf_counter()
+        conn.request("POST", f"/v2/models/{model}/infer", body, {"Content-Type": "application/json"})
+        answer = json.loads(conn.getresponse().read())
+        if "outputs" not in answer:
+            sys.exit(f"gpu-check: {answer}")
+        if i:
+            times.append((time.perf_counter() - started) * 1000)
+    times.sort()
+    out.append(times[len(times) // 2])
+    print(f"  {engine:<17} batch {batch:>2}: p50 {times[len(times) // 2]:8.2f} ms (backend {answer['parameters'].get('backend')})", file=sys.stderr)
+print(out[0], out[1])
+PY
+    kill $pid; wait $pid 2>/dev/null || true
+    rm -rf "$home"
+}
+
+echo "gpu-check: $calls calls each through a node (OIP v2 over HTTP)"
+read -r gpu1 gpu64 < <(run_node onnxruntime-cuda)
+[ -n "${gpu1:-}" ] || { echo "gpu-check: the GPU run failed (see above)" >&2; exit 1; }
+read -r cpu1 cpu64 < <(run_node onnxruntime)
+[ -n "${cpu1:-}" ] || { echo "gpu-check: the CPU run failed (see above)" >&2; exit 1; }
+python3 -c "import sys; g1,g64,c1,c64=map(float,sys.argv[1:]); print(f'gpu-check: GPU vs CPU: batch 1 {c1/g1:.2f}x faster ({g1:.2f} vs {c1:.2f} ms), batch 64 {c64/g64:.2f}x faster ({g64:.2f} vs {c64:.2f} ms)')" \
+    "$gpu1" "$gpu64" "$cpu1" "$cpu64"
