@@ -463,3 +463,45 @@ fn hostile_graphs_cost_only_their_engine_worker() {
     assert_eq!((status, &ready["ready"]), (200, &json!(true)));
     assert_eq!(node.stop().code(), Some(0));
 }
+
+/// A node whose onnxruntime library is missing runs graphs on native tract (still in confined
+/// workers) and says why at `/v2/health/ready`; its answers still match onnxruntime's.
+#[test]
+fn without_onnxruntime_a_node_falls_back_to_tract_and_says_so() {
+    let net = Testnet::new().expect("testnet");
+    let a = net.home("a");
+    a.ok(&["init"]);
+    std::fs::write(
+        a.home.join("config.toml"),
+        "[inference]\nonnxruntime = \"/nonexistent/libonnxruntime.so\"\n",
+    )
+    .expect("config");
+    let model = fixture("mlp.onnx");
+    let id = a.ok(&["publish", model.to_str().expect("utf8")]);
+    let node = a.start(&[]);
+    let (status, ready) = http(&node.api, "GET", "/v2/health/ready", None);
+    assert_eq!(status, 200);
+    assert_eq!(ready["backend"], "tract-native", "{ready}");
+    let fallback = ready["fallback"].as_str().unwrap_or_default();
+    assert!(
+        fallback.contains("onnxruntime") && fallback.contains("tract-native"),
+        "{ready}"
+    );
+    let x = [5.1f32, 3.5, 1.4, 0.2];
+    let body = json!({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": x}]});
+    let (status, answer) = http(
+        &node.api,
+        "POST",
+        &format!("/v2/models/{id}/infer"),
+        Some(&body.to_string()),
+    );
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["parameters"]["backend"], "tract-native", "{answer}");
+    let reference = onnxruntime(&model, "x", &[1, 4], &x);
+    let got = answer["outputs"][0]["data"].as_array().expect("data");
+    assert_eq!(got.len(), reference.len());
+    for (g, r) in got.iter().zip(&reference) {
+        assert!((g.as_f64().expect("number") - r).abs() <= 1e-4, "{answer}");
+    }
+    assert_eq!(node.stop().code(), Some(0));
+}
