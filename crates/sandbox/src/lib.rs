@@ -20,8 +20,8 @@
 //! - **Fresh instance per call.** Each call runs `predict` on an instance that has run `init`
 //!   and nothing else, then drops it: nothing of one caller's call survives into the next, and
 //!   the same input costs the same fuel every time. To keep `init` (parsing and optimising a
-//!   graph) off the call's path, each model keeps one such spare instance ready, prepared on a
-//!   background thread after each call ([`SandboxConfig::warm_instances`] bounds them). Fuel
+//!   graph) off the call's path, each model keeps up to two such spare instances ready,
+//!   prepared on background threads ([`SandboxConfig::warm_instances`] bounds them). Fuel
 //!   counts `predict` only; `init` has its own budget.
 //! - **Limits per call** ([`CallLimits`]): a memory cap (growth beyond it traps), fuel (the
 //!   deterministic unit calls are priced in), a wall-clock deadline enforced by epoch
@@ -240,14 +240,24 @@ struct Package {
     dir: PathBuf,
     entry: Option<String>,
     graphs: backend::GraphCache,
-    spare: Mutex<Spare>,
+    spare: Mutex<Spares>,
+    /// Signalled when a spare being built is ready (or failed).
+    built: std::sync::Condvar,
 }
 
-/// A model's spare instance: one that has run `init` and nothing else.
-enum Spare {
-    Empty,
-    Building,
-    Ready(Box<Ready>),
+/// How long a call waits for a spare that is being built before it builds its own instance:
+/// the one under way started earlier, so it is usually ready sooner than a new one would be.
+const SPARE_WAIT: Duration = Duration::from_millis(500);
+
+/// Most spare instances one model keeps (ready or being built): with two, calls back to back
+/// each find one ready while the next is built beside the running call.
+const SPARES_PER_MODEL: usize = 2;
+
+/// A model's spare instances: ones that have run `init` and nothing else.
+#[derive(Default)]
+struct Spares {
+    ready: Vec<Ready>,
+    building: usize,
 }
 
 /// An instance that has run `init`, with the token that counts it against
@@ -291,7 +301,7 @@ impl Model {
 
     /// Whether a spare instance is ready, so that the next call skips `init`.
     pub fn is_warm(&self) -> bool {
-        matches!(*lock(&self.inner.spare), Spare::Ready(_))
+        !lock(&self.inner.spare).ready.is_empty()
     }
 }
 
@@ -450,17 +460,19 @@ impl Sandbox {
             dir: dir.to_path_buf(),
             entry: entry.map(str::to_string),
             graphs: backend::GraphCache::default(),
-            spare: Mutex::new(Spare::Empty),
+            spare: Mutex::new(Spares::default()),
+            built: std::sync::Condvar::new(),
         });
         let _slot = self.gate.enter()?;
         let (store, bindings, metadata) = self.core.instantiate(&inner, &CallLimits::default())?;
         if let Some(token) = self.core.warm_token() {
-            *lock(&inner.spare) = Spare::Ready(Box::new(Ready {
+            lock(&inner.spare).ready.push(Ready {
                 store,
                 bindings,
                 _token: token,
-            }));
+            });
         }
+        self.core.refill(&inner, None);
         Ok(Model {
             inner,
             inputs: metadata.inputs.into_iter().map(spec_from_wit).collect(),
@@ -484,14 +496,26 @@ impl Sandbox {
         let _slot = self.gate.enter()?;
         let _ticking = self.core.ticker.running();
         let started = Instant::now();
-        let spare = std::mem::replace(&mut *lock(&model.inner.spare), Spare::Empty);
+        let spare = {
+            let mut spares = lock(&model.inner.spare);
+            if spares.ready.is_empty() && spares.building > 0 {
+                spares = model
+                    .inner
+                    .built
+                    .wait_timeout_while(spares, SPARE_WAIT, |s| {
+                        s.ready.is_empty() && s.building > 0
+                    })
+                    .map_or_else(|p| p.into_inner().0, |(s, _)| s);
+            }
+            spares.ready.pop()
+        };
         let (mut store, bindings) = match spare {
-            Spare::Ready(ready) => {
+            Some(ready) => {
                 let Ready {
                     mut store,
                     bindings,
                     _token,
-                } = *ready;
+                } = ready;
                 let state = store.data_mut();
                 state.memory_limit = limits.memory_mib.min(self.core.config.max_memory_mib) << 20;
                 state.input_limits = limits.input;
@@ -499,12 +523,7 @@ impl Sandbox {
                 store.set_epoch_deadline(epoch_ticks(limits.timeout));
                 (store, bindings)
             }
-            Spare::Building => {
-                *lock(&model.inner.spare) = Spare::Building;
-                let (store, bindings, _) = self.core.instantiate(&model.inner, limits)?;
-                (store, bindings)
-            }
-            Spare::Empty => {
+            None => {
                 let (store, bindings, _) = self.core.instantiate(&model.inner, limits)?;
                 (store, bindings)
             }
@@ -596,43 +615,51 @@ impl Core {
             .map(|_| WarmToken(self.warm.clone()))
     }
 
-    /// Prepares a spare instance of `package` on a background thread, unless one is ready or
-    /// being built, or every warm place is taken; `used`, a finished call's instance, is
-    /// dropped there first. The thread runs at [`COMPILE_NICE`]: it yields the cores to running
-    /// calls (and the engine workers they wait on).
+    /// Prepares a spare instance of `package` on a background thread, unless
+    /// [`SPARES_PER_MODEL`] are ready or being built, or every warm place is taken; `used`, a
+    /// finished call's instance, is dropped there first. A call that finds no spare ready but
+    /// one being built waits for it (at most [`SPARE_WAIT`]) rather than building another.
     fn refill(self: &Arc<Self>, package: &Arc<Package>, used: Option<Box<dyn Send>>) {
-        let mut spare = lock(&package.spare);
-        let token = if matches!(*spare, Spare::Empty) {
+        let mut spares = lock(&package.spare);
+        let token = if spares.ready.len() + spares.building < SPARES_PER_MODEL {
             self.warm_token()
         } else {
             None
         };
         let Some(token) = token else {
-            drop(spare);
+            drop(spares);
             drop(used);
             return;
         };
-        *spare = Spare::Building;
-        drop(spare);
+        spares.building += 1;
+        drop(spares);
         let (core, building) = (self.clone(), package.clone());
         let spawned = std::thread::Builder::new()
             .name("sandbox-spare".into())
             .spawn(move || {
-                lower_priority();
                 drop(used);
                 let built = core.instantiate(&building, &CallLimits::default());
-                let mut spare = lock(&building.spare);
-                *spare = match built {
-                    Ok((store, bindings, _)) => Spare::Ready(Box::new(Ready {
+                let mut spares = lock(&building.spare);
+                spares.building -= 1;
+                let ok = built.is_ok();
+                if let Ok((store, bindings, _)) = built {
+                    spares.ready.push(Ready {
                         store,
                         bindings,
                         _token: token,
-                    })),
-                    Err(_) => Spare::Empty,
-                };
+                    });
+                }
+                let more = ok && spares.ready.len() + spares.building < SPARES_PER_MODEL;
+                drop(spares);
+                building.built.notify_all();
+                // A spare taken while this one was built leaves room for another.
+                if more {
+                    core.refill(&building, None);
+                }
             });
         if spawned.is_err() {
-            *lock(&package.spare) = Spare::Empty;
+            lock(&package.spare).building -= 1;
+            package.built.notify_all();
         }
     }
 
