@@ -130,7 +130,7 @@ impl IsolatedGraph {
     /// Runs the graph in a worker: checks the inputs, sends them, waits at most the run
     /// timeout, checks the outputs.
     pub fn run(&self, inputs: Vec<Tensor>, limits: &Limits) -> Result<Vec<Tensor>, Error> {
-        let inputs = order_and_check(&self.inputs, inputs, limits)?;
+        let inputs = graph::match_inputs(&self.inputs, inputs, limits)?;
         let idle = self
             .idle
             .lock()
@@ -168,39 +168,6 @@ impl sandbox::LoadedGraph for IsolatedGraph {
     fn run(&self, inputs: Vec<Tensor>, limits: &Limits) -> Result<Vec<Tensor>, Error> {
         IsolatedGraph::run(self, inputs, limits)
     }
-}
-
-/// Matches inputs to the specs by name (in the specs' order) and checks each against the
-/// limits and its spec.
-fn order_and_check(
-    specs: &[Spec],
-    mut inputs: Vec<Tensor>,
-    limits: &Limits,
-) -> Result<Vec<Tensor>, Error> {
-    if let Some(extra) = inputs
-        .iter()
-        .find(|t| !specs.iter().any(|s| s.name == t.name))
-    {
-        return Err(Error::Invalid(format!(
-            "the model has no input {:?}",
-            extra.name
-        )));
-    }
-    let mut ordered = Vec::with_capacity(specs.len());
-    for spec in specs {
-        let at = inputs
-            .iter()
-            .position(|t| t.name == spec.name)
-            .ok_or_else(|| Error::Invalid(format!("missing input {:?}", spec.name)))?;
-        let tensor = inputs.swap_remove(at);
-        if inputs.iter().any(|t| t.name == spec.name) {
-            return Err(Error::Invalid(format!("input {:?} given twice", spec.name)));
-        }
-        tensor.check(limits)?;
-        spec.accepts(tensor.dtype, &tensor.shape)?;
-        ordered.push(tensor);
-    }
-    Ok(ordered)
 }
 
 /// Checks a worker's outputs: one per spec, in order, each well-formed within the limits.

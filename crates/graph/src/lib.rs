@@ -23,7 +23,7 @@ pub mod wordpiece;
 mod tensor;
 mod tract;
 
-pub use tensor::{DType, Dim, Limits, Spec, Tensor};
+pub use tensor::{DType, Dim, Limits, Spec, Tensor, match_inputs};
 pub use tract::Graph;
 
 /// Why a tensor or graph operation failed.

@@ -363,6 +363,42 @@ impl Tensor {
     }
 }
 
+/// Matches `inputs` to a graph's `specs` by name, each spec exactly once, and returns them in
+/// the specs' order, each checked against `limits` and its spec: what every engine does before
+/// a graph sees a caller's tensors.
+pub fn match_inputs(
+    specs: &[Spec],
+    mut inputs: Vec<Tensor>,
+    limits: &Limits,
+) -> Result<Vec<Tensor>, Error> {
+    if let Some(extra) = inputs
+        .iter()
+        .find(|t| !specs.iter().any(|s| s.name == t.name))
+    {
+        let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+        return Err(Error::Invalid(format!(
+            "the model has no input {:?} (inputs: {})",
+            extra.name,
+            names.join(", ")
+        )));
+    }
+    let mut ordered = Vec::with_capacity(specs.len());
+    for spec in specs {
+        let at = inputs
+            .iter()
+            .position(|t| t.name == spec.name)
+            .ok_or_else(|| Error::Invalid(format!("missing input {:?}", spec.name)))?;
+        let tensor = inputs.swap_remove(at);
+        if inputs.iter().any(|t| t.name == spec.name) {
+            return Err(Error::Invalid(format!("input {:?} given twice", spec.name)));
+        }
+        tensor.check(limits)?;
+        spec.accepts(tensor.dtype, &tensor.shape)?;
+        ordered.push(tensor);
+    }
+    Ok(ordered)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

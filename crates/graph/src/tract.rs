@@ -73,29 +73,9 @@ impl Graph {
     }
 
     /// [`Graph::run`] with explicit limits on each input.
-    pub fn run_with(&self, mut inputs: Vec<Tensor>, limits: &Limits) -> Result<Vec<Tensor>, Error> {
-        if let Some(extra) = inputs
-            .iter()
-            .find(|t| !self.inputs.iter().any(|s| s.name == t.name))
-        {
-            return Err(Error::Invalid(format!(
-                "the model has no input {:?} (inputs: {})",
-                extra.name,
-                names(&self.inputs)
-            )));
-        }
+    pub fn run_with(&self, inputs: Vec<Tensor>, limits: &Limits) -> Result<Vec<Tensor>, Error> {
         let mut values: TVec<TValue> = TVec::new();
-        for spec in &self.inputs {
-            let at = inputs
-                .iter()
-                .position(|t| t.name == spec.name)
-                .ok_or_else(|| Error::Invalid(format!("missing input {:?}", spec.name)))?;
-            let tensor = inputs.swap_remove(at);
-            if inputs.iter().any(|t| t.name == spec.name) {
-                return Err(Error::Invalid(format!("input {:?} given twice", spec.name)));
-            }
-            tensor.check(limits)?;
-            spec.accepts(tensor.dtype, &tensor.shape)?;
+        for tensor in crate::match_inputs(&self.inputs, inputs, limits)? {
             values.push(to_tract(&tensor)?.into());
         }
         let outputs = self
@@ -108,11 +88,6 @@ impl Graph {
             .map(|(value, spec)| from_tract(&spec.name, &value.into_tensor()))
             .collect()
     }
-}
-
-fn names(specs: &[Spec]) -> String {
-    let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
-    names.join(", ")
 }
 
 fn spec(name: String, fact: &TypedFact) -> Result<Spec, Error> {
