@@ -192,6 +192,7 @@ mod tests {
                 entry: None,
                 guest: None,
                 memory_mib: None,
+                language_model: None,
             },
             files: vec![FileEntry {
                 path: "w.bin".into(),

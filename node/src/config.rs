@@ -25,6 +25,7 @@ struct ConfigFile {
     upload_mib_per_sec: Option<f64>,
     upload_mib_per_sec_per_peer: Option<f64>,
     inference: Option<InferenceSection>,
+    llm: Option<LlmSection>,
     compute: Option<ComputeSection>,
     catalog: Option<CatalogSection>,
     credits: Option<CreditsSection>,
@@ -119,6 +120,42 @@ impl ComputeSection {
     }
 }
 
+/// `[llm]`: language models (GGUF, run by llama.cpp in confined workers). Any key left out
+/// keeps its default.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LlmSection {
+    /// Threads one generation runs on (default: every core).
+    pub threads: Option<usize>,
+    /// The most context a worker allocates, in tokens (and at most what the model was trained
+    /// for).
+    pub context: Option<u32>,
+    /// Generations running at once, across models; more wait (up to `max_queued`).
+    pub concurrent: Option<usize>,
+    /// Generations waiting for a slot; beyond, the node answers busy (HTTP 503).
+    pub max_queued: Option<usize>,
+    /// Wall-clock limit of one generation, seconds.
+    pub timeout_secs: Option<u64>,
+    /// Memory a worker may use beyond its model file, MiB.
+    pub memory_mib: Option<u64>,
+    /// Language models kept loaded (their workers kept); the least recently used gives way.
+    pub loaded: Option<usize>,
+}
+
+impl LlmSection {
+    fn or(self, d: LlmSection) -> LlmSection {
+        LlmSection {
+            threads: self.threads.or(d.threads),
+            context: self.context.or(d.context),
+            concurrent: self.concurrent.or(d.concurrent),
+            max_queued: self.max_queued.or(d.max_queued),
+            timeout_secs: self.timeout_secs.or(d.timeout_secs),
+            memory_mib: self.memory_mib.or(d.memory_mib),
+            loaded: self.loaded.or(d.loaded),
+        }
+    }
+}
+
 /// `[inference]`: the sandbox's limits. Any key left out keeps its default.
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -202,6 +239,8 @@ pub struct NodeConfig {
     pub upload: (Option<u64>, Option<u64>),
     /// Sandbox limits.
     pub inference: InferenceSection,
+    /// Language models.
+    pub llm: LlmSection,
     /// Compute sharing.
     pub compute: ComputeSection,
     /// The catalogue's quota for manifests from peers.
@@ -321,6 +360,10 @@ pub fn load(dir: &Path, args: &NodeArgs) -> Result<NodeConfig> {
         timeout_secs: f.timeout_secs.or(d.timeout_secs),
         compile_threads: f.compile_threads.or(d.compile_threads),
     };
+    let llm = file
+        .llm
+        .unwrap_or_default()
+        .or(defaults.llm.unwrap_or_default());
     let mut compute = file
         .compute
         .unwrap_or_default()
@@ -382,6 +425,7 @@ pub fn load(dir: &Path, args: &NodeArgs) -> Result<NodeConfig> {
         connections,
         upload,
         inference,
+        llm,
         compute,
         catalog,
         credits,

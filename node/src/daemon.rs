@@ -241,7 +241,14 @@ async fn serve(
         config.credits.spend_limit,
         config.credits.settle_every,
     ));
+    let language = Arc::new(crate::language::LanguageModels::new(
+        home.store.clone(),
+        home.catalog.clone(),
+        home.key.node_id().to_string(),
+        &config.llm,
+    )?);
     let service = Arc::new(Service {
+        language,
         home: home.clone(),
         net: client.clone(),
         fetcher: fetcher.clone(),

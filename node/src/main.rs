@@ -14,6 +14,7 @@ mod engines;
 mod fetcher;
 mod home;
 mod inference;
+mod language;
 mod metrics;
 mod models;
 mod ops;

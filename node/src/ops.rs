@@ -198,6 +198,9 @@ pub fn publish(home: &Home, path: &Path, quiet: bool) -> Result<Published> {
     if manifest.runtime.kind == "onnx" && manifest.runtime.guest.is_none() {
         prepare_onnx(home, path, &package.files, &mut manifest)?;
     }
+    if manifest.runtime.kind == crate::language::KIND {
+        prepare_gguf(&package.files, &mut manifest)?;
+    }
     manifest.files = import_files(store, &package.files, quiet)?;
     protocol::check_files(&manifest.files).map_err(|e| anyhow::anyhow!("{e}"))?;
     manifest.snapshots = home
@@ -227,6 +230,65 @@ pub fn publish(home: &Home, path: &Path, quiet: bool) -> Result<Published> {
         snapshots: m.snapshots.len(),
         author: signed.signer().to_string(),
     })
+}
+
+/// Reads a language model's GGUF header (the runtime entry; checked, never trusted) into the
+/// manifest: architecture, context length, quantisation, parameters, chat template; and, when
+/// `moxnet.toml` declares no interface, gives it the text-in, text-out interface of `/v2`.
+fn prepare_gguf(files: &[(String, PathBuf)], manifest: &mut Manifest) -> Result<()> {
+    let entry = match &manifest.runtime.entry {
+        Some(e) => e.clone(),
+        None => {
+            let ggufs: Vec<&String> = files
+                .iter()
+                .map(|(rel, _)| rel)
+                .filter(|rel| rel.ends_with(".gguf"))
+                .collect();
+            match ggufs.as_slice() {
+                [one] => (*one).clone(),
+                _ => bail!(
+                    "a gguf package names its model file: [runtime] entry = \"model.gguf\" ({} .gguf files here)",
+                    ggufs.len()
+                ),
+            }
+        }
+    };
+    let full = files
+        .iter()
+        .find(|(rel, _)| *rel == entry)
+        .map(|(_, full)| full)
+        .with_context(|| format!("runtime entry {entry:?} is not a file of the package"))?;
+    let size = std::fs::metadata(full)
+        .with_context(|| format!("reading {}", full.display()))?
+        .len();
+    let header = crate::language::read_header(full, size)
+        .with_context(|| format!("{} is not a usable GGUF model", full.display()))?;
+    let template = header
+        .chat_template
+        .filter(|t| t.len() <= protocol::MAX_CHAT_TEMPLATE);
+    manifest.runtime.entry = Some(entry);
+    manifest.runtime.language_model = Some(protocol::LanguageModel {
+        architecture: header.architecture,
+        context_length: header.context_length,
+        quantisation: header.quantisation,
+        parameters: header.parameters,
+        chat_template: template,
+    });
+    if manifest.interface.inputs.is_empty() && manifest.interface.outputs.is_empty() {
+        let text = |name: &str| protocol::TensorSpec {
+            name: name.into(),
+            dtype: protocol::DType::Bytes,
+            shape: vec![Dim::Fixed(1)],
+        };
+        manifest.interface = protocol::Interface {
+            inputs: vec![text("prompt")],
+            outputs: vec![text("text")],
+        };
+    }
+    if manifest.tags.is_empty() {
+        manifest.tags = vec!["llm".into(), "gguf".into()];
+    }
+    Ok(())
 }
 
 /// Makes an ONNX package callable: names the built-in runner (imported as a blob) as its

@@ -1,4 +1,5 @@
-//! Model packages on disk: a folder with `moxnet.toml` and its files, or a bare `.onnx` file.
+//! Model packages on disk: a folder with `moxnet.toml` and its files, or a bare `.onnx` or
+//! `.gguf` file (a language model: runtime `gguf`).
 //!
 //! ```toml
 //! [package]
@@ -171,12 +172,12 @@ pub struct Package {
     pub royalty: Option<RoyaltySpec>,
 }
 
-/// Reads a package folder or a bare `.onnx` file.
+/// Reads a package folder or a bare `.onnx` or `.gguf` file.
 pub fn read(path: &Path) -> Result<Package> {
     let meta =
         std::fs::metadata(path).with_context(|| format!("{} does not exist", path.display()))?;
     if meta.is_file() {
-        return read_bare_onnx(path);
+        return read_bare(path);
     }
     let toml_path = path.join(PACKAGE_FILE);
     let text = std::fs::read_to_string(&toml_path).with_context(|| {
@@ -258,6 +259,7 @@ pub fn parse(text: &str) -> Result<(Manifest, Option<RoyaltySpec>)> {
                 })
                 .transpose()?,
             memory_mib: r.memory_mib,
+            language_model: None,
         },
     };
     if let Some(entry) = &runtime.entry {
@@ -324,13 +326,15 @@ pub fn parse(text: &str) -> Result<(Manifest, Option<RoyaltySpec>)> {
     .map(|m| (m, royalty))
 }
 
-fn read_bare_onnx(path: &Path) -> Result<Package> {
-    if path.extension().is_none_or(|e| e != "onnx") {
-        bail!(
-            "{} is a file but not an .onnx model; publish a folder with a {PACKAGE_FILE} instead",
+fn read_bare(path: &Path) -> Result<Package> {
+    let kind = match path.extension().and_then(|e| e.to_str()) {
+        Some("onnx") => "onnx",
+        Some("gguf") => "gguf",
+        _ => bail!(
+            "{} is a file but not an .onnx or .gguf model; publish a folder with a {PACKAGE_FILE} instead",
             path.display()
-        );
-    }
+        ),
+    };
     let file_name = path
         .file_name()
         .and_then(|n| n.to_str())
@@ -362,10 +366,11 @@ fn read_bare_onnx(path: &Path) -> Result<Package> {
             name,
             version: "0.0.0".into(),
             runtime: Runtime {
-                kind: "onnx".into(),
+                kind: kind.into(),
                 entry: Some(file_name),
                 guest: None,
                 memory_mib: None,
+                language_model: None,
             },
             ..Manifest::default()
         },

@@ -44,6 +44,8 @@ pub struct Service {
     pub search: Arc<crate::search::Search>,
     /// The node's metrics.
     pub metrics: Arc<Metrics>,
+    /// Language models.
+    pub language: Arc<crate::language::LanguageModels>,
 }
 
 /// An operation's error as the API answers it: 404 for what is not here, 400 for a malformed
@@ -94,6 +96,41 @@ impl Service {
 }
 
 impl api::NodeApi for Service {
+    async fn generate(
+        &self,
+        request: api::openai::Generation,
+    ) -> ApiResult<tokio::sync::mpsc::Receiver<api::openai::GenerationEvent>> {
+        self.language.generate(request).await
+    }
+
+    async fn language_models(&self) -> ApiResult<serde_json::Value> {
+        let language = self.language.clone();
+        let list = tokio::task::spawn_blocking(move || language.list())
+            .await
+            .map_err(|e| ApiError::internal(format!("listing: {e}")))?;
+        let owner = self.home.key.node_id().to_string();
+        Ok(serde_json::json!({
+            "object": "list",
+            "data": list.iter().map(|(id, m)| {
+                let lm = m.runtime.language_model.as_ref();
+                serde_json::json!({
+                    "id": m.name,
+                    "object": "model",
+                    "created": 0,
+                    "owned_by": owner,
+                    "moxnet": {
+                        "model_id": id.to_string(),
+                        "version": m.version,
+                        "architecture": lm.map(|l| l.architecture.clone()),
+                        "context_length": lm.map(|l| l.context_length),
+                        "quantisation": lm.map(|l| l.quantisation.clone()),
+                        "parameters": lm.map(|l| l.parameters),
+                    },
+                })
+            }).collect::<Vec<_>>(),
+        }))
+    }
+
     async fn info(&self) -> ApiResult<NodeInfo> {
         let asking = |e| ApiError::internal(format!("asking the network: {e}"));
         let peers = self.net.peers().await.map_err(asking)?;

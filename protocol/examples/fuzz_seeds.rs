@@ -63,6 +63,7 @@ fn main() -> std::io::Result<()> {
             entry: Some("model.onnx".into()),
             guest: Some(BlobHash::of(b"guest")),
             memory_mib: Some(64),
+            language_model: None,
         },
         files: vec![file("model.onnx", 1 << 20), file("sub/vocab.txt", 0)],
         datasets: vec![],

@@ -46,10 +46,10 @@ pub mod wire;
 
 pub use hash::{BlobHash, ModelId, NodeId};
 pub use manifest::{
-    COLLECTION_VERSION, Collection, DType, DatasetRef, Dim, FileEntry, Interface, MANIFEST_VERSION,
-    MAX_BLOB_BYTES, MAX_COLLECTION_BYTES, MAX_DESCRIPTION, MAX_FILES, MAX_LIST, MAX_MANIFEST_BYTES,
-    MAX_PATH_BYTES, MAX_SHORT_TEXT, MAX_SNAPSHOTS, Manifest, Runtime, TensorSpec, check_files,
-    validate_name, validate_path,
+    COLLECTION_VERSION, Collection, DType, DatasetRef, Dim, FileEntry, Interface, LanguageModel,
+    MANIFEST_VERSION, MAX_BLOB_BYTES, MAX_CHAT_TEMPLATE, MAX_COLLECTION_BYTES, MAX_DESCRIPTION,
+    MAX_FILES, MAX_LIST, MAX_MANIFEST_BYTES, MAX_PATH_BYTES, MAX_SHORT_TEXT, MAX_SNAPSHOTS,
+    Manifest, Runtime, TensorSpec, check_files, validate_name, validate_path,
 };
 pub use signed::{ENVELOPE_OVERHEAD, ENVELOPE_VERSION, SecretKey, Signable, Signed};
 pub use snapshot::{MAX_SNAPSHOT_BYTES, MAX_SNAPSHOT_WEIGHTS, SNAPSHOT_VERSION, Snapshot};

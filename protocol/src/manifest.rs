@@ -162,6 +162,9 @@ pub struct Runtime {
     pub guest: Option<BlobHash>,
     /// Memory the model needs, in MiB.
     pub memory_mib: Option<u64>,
+    /// For `kind = "gguf"`: what the publisher's node read from the GGUF header. A node that
+    /// runs the model reads the header again and trusts only what it reads.
+    pub language_model: Option<LanguageModel>,
 }
 
 impl Default for Runtime {
@@ -171,7 +174,75 @@ impl Default for Runtime {
             entry: None,
             guest: None,
             memory_mib: None,
+            language_model: None,
         }
+    }
+}
+
+/// The most bytes of a chat template a manifest carries (32 KiB).
+pub const MAX_CHAT_TEMPLATE: usize = 32 * 1024;
+
+/// A language model's facts, read from its GGUF header at publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LanguageModel {
+    /// `general.architecture`, e.g. `llama`.
+    pub architecture: String,
+    /// The context length it was trained for, in tokens.
+    pub context_length: u64,
+    /// The quantisation, e.g. `Q4_1`.
+    pub quantisation: String,
+    /// Parameters (elements of every tensor).
+    pub parameters: u64,
+    /// `tokenizer.chat_template`, when the file has one (at most [`MAX_CHAT_TEMPLATE`] bytes).
+    pub chat_template: Option<String>,
+}
+
+impl LanguageModel {
+    fn to_cbor(&self) -> Value {
+        let mut entries = vec![
+            (Value::text("architecture"), Value::text(&self.architecture)),
+            (
+                Value::text("context_length"),
+                Value::Uint(self.context_length),
+            ),
+            (Value::text("quantisation"), Value::text(&self.quantisation)),
+            (Value::text("parameters"), Value::Uint(self.parameters)),
+        ];
+        if let Some(t) = &self.chat_template {
+            entries.push((Value::text("chat_template"), Value::text(t)));
+        }
+        Value::Map(entries)
+    }
+
+    fn from_cbor(v: Value) -> Result<Self, DecodeError> {
+        let mut m = MapReader::new("language model", v)?;
+        let architecture = as_text(
+            "language model architecture",
+            m.required("architecture")?,
+            MAX_SHORT_TEXT,
+        )?;
+        let context_length = as_u64(
+            "language model context_length",
+            m.required("context_length")?,
+        )?;
+        let quantisation = as_text(
+            "language model quantisation",
+            m.required("quantisation")?,
+            MAX_SHORT_TEXT,
+        )?;
+        let parameters = as_u64("language model parameters", m.required("parameters")?)?;
+        let chat_template = m
+            .optional("chat_template")
+            .map(|v| as_text("language model chat_template", v, MAX_CHAT_TEMPLATE))
+            .transpose()?;
+        m.finish()?;
+        Ok(LanguageModel {
+            architecture,
+            context_length,
+            quantisation,
+            parameters,
+            chat_template,
+        })
     }
 }
 
@@ -435,6 +506,9 @@ impl Runtime {
         if let Some(mib) = self.memory_mib {
             entries.push((Value::text("memory_mib"), Value::Uint(mib)));
         }
+        if let Some(lm) = &self.language_model {
+            entries.push((Value::text("language_model"), lm.to_cbor()));
+        }
         Value::Map(entries)
     }
 
@@ -457,12 +531,17 @@ impl Runtime {
             .optional("memory_mib")
             .map(|v| as_u64("runtime memory_mib", v))
             .transpose()?;
+        let language_model = m
+            .optional("language_model")
+            .map(LanguageModel::from_cbor)
+            .transpose()?;
         m.finish()?;
         Ok(Runtime {
             kind,
             entry,
             guest,
             memory_mib,
+            language_model,
         })
     }
 }

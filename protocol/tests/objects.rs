@@ -34,6 +34,7 @@ fn sample_manifest() -> Manifest {
             entry: Some("model.onnx".into()),
             guest: None,
             memory_mib: Some(512),
+            language_model: None,
         },
         files: vec![
             FileEntry {

@@ -94,6 +94,7 @@ fn generate() -> serde_json::Value {
             entry: Some("model.onnx".into()),
             guest: None,
             memory_mib: Some(16),
+            language_model: None,
         },
         files: vec![
             FileEntry {

@@ -29,6 +29,7 @@
 pub mod dto;
 mod guard;
 pub mod oip;
+pub mod openai;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -51,6 +52,9 @@ use dto::*;
 pub const MAX_V1_BODY: usize = 64 << 10;
 /// The largest OIP inference request (JSON tensors).
 pub const MAX_INFER_BODY: usize = 64 << 20;
+/// The largest completion request: a prompt of [`llm::params::MAX_PROMPT_BYTES`] with room
+/// for JSON escapes.
+pub const MAX_GENERATE_BODY: usize = 8 << 20;
 
 /// An error answer: an HTTP status, a message that says what to do, and evidence if any.
 #[derive(Debug, Clone, PartialEq)]
@@ -277,6 +281,20 @@ pub trait NodeApi: Send + Sync + 'static {
     }
     /// `GET /v2/models/{id}/ready`.
     fn model_ready(&self, _id: String) -> impl Future<Output = ApiResult<oip::ModelReady>> + Send {
+        unsupported()
+    }
+    /// `POST /v1/completions` and `POST /v1/chat/completions`: starts a generation. An error
+    /// before the first token is the HTTP answer; after it, events arrive on the receiver, and
+    /// dropping the receiver (the client went away) cancels the generation.
+    fn generate(
+        &self,
+        _request: openai::Generation,
+    ) -> impl Future<Output = ApiResult<tokio::sync::mpsc::Receiver<openai::GenerationEvent>>> + Send
+    {
+        unsupported()
+    }
+    /// `GET /v1/models`: the language models this node can run, OpenAI's way.
+    fn language_models(&self) -> impl Future<Output = ApiResult<Value>> + Send {
         unsupported()
     }
     /// `POST /v2/models/{id}/infer`: the request, decoded and checked for form.
@@ -521,6 +539,25 @@ pub fn router<N: NodeApi>(node: Arc<N>, access: Access) -> Router {
                 ),
             )
             .layer(DefaultBodyLimit::max(MAX_INFER_BODY));
+    let openai =
+        Router::new()
+            .route(
+                "/v1/models",
+                get(|s: State<Arc<N>>| async move { ok(s.language_models().await) }),
+            )
+            .route(
+                "/v1/completions",
+                post(|s: State<Arc<N>>, Body(body): Body| async move {
+                    generation(s.0, &body, false).await
+                }),
+            )
+            .route(
+                "/v1/chat/completions",
+                post(|s: State<Arc<N>>, Body(body): Body| async move {
+                    generation(s.0, &body, true).await
+                }),
+            )
+            .layer(DefaultBodyLimit::max(MAX_GENERATE_BODY));
     let metrics = Router::new().route(
         "/metrics",
         get(|s: State<Arc<N>>| async move {
@@ -538,6 +575,7 @@ pub fn router<N: NodeApi>(node: Arc<N>, access: Access) -> Router {
         }),
     );
     v1.merge(v2)
+        .merge(openai)
         .merge(metrics)
         .with_state(node)
         .layer(axum::middleware::from_fn_with_state(
@@ -619,6 +657,86 @@ fn infer_answer(answer: ApiResult<oip::InferResponse>) -> Response {
         },
         Err(e) => e.into_response(),
     }
+}
+
+/// A completion: decoded, started on the node, answered whole or as server-sent events.
+async fn generation<N: NodeApi>(node: Arc<N>, body: &Bytes, chat: bool) -> Response {
+    let request = match openai::parse_request(body, chat) {
+        Ok(r) => r,
+        Err(e) => return e.into_response(),
+    };
+    let mut events = match node.generate(request.clone()).await {
+        Ok(rx) => rx,
+        Err(e) => return e.into_response(),
+    };
+    let created = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let id = format!("{:016x}", {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(created);
+        h.finish()
+    });
+    let answer = openai::Answer::new(&request, id, created);
+    if !request.stream {
+        let mut text = String::new();
+        while let Some(event) = events.recv().await {
+            match event {
+                openai::GenerationEvent::Text(t) => text.push_str(&t),
+                openai::GenerationEvent::Done(done) => {
+                    return axum::Json(answer.whole(&text, &done)).into_response();
+                }
+                openai::GenerationEvent::Failed(e) => return e.into_response(),
+            }
+        }
+        return ApiError::internal("the generation ended without an answer").into_response();
+    }
+    let include_usage = request.include_usage;
+    // One SSE event per chunk; the stream ends after `[DONE]` (or an error event).
+    #[derive(Clone, Copy, PartialEq)]
+    enum Stage {
+        First,
+        Streaming,
+        Done,
+        Ended,
+    }
+    let stream = futures::stream::unfold(
+        (events, answer, Stage::First),
+        move |(mut events, answer, stage)| async move {
+            use axum::response::sse::Event;
+            let (event, next) = match stage {
+                Stage::Ended => return None,
+                Stage::Done => (Event::default().data("[DONE]"), Stage::Ended),
+                Stage::First | Stage::Streaming => match events.recv().await {
+                    Some(openai::GenerationEvent::Text(t)) => (
+                        Event::default().data(answer.chunk(&t, stage == Stage::First).to_string()),
+                        Stage::Streaming,
+                    ),
+                    Some(openai::GenerationEvent::Done(done)) => (
+                        Event::default().data(answer.last_chunk(&done, include_usage).to_string()),
+                        Stage::Done,
+                    ),
+                    Some(openai::GenerationEvent::Failed(e)) => (
+                        Event::default().data(json!({ "error": e.to_json() }).to_string()),
+                        Stage::Ended,
+                    ),
+                    None => (
+                        Event::default().data(
+                            json!({ "error": { "error": "the generation ended without an answer" } })
+                                .to_string(),
+                        ),
+                        Stage::Ended,
+                    ),
+                },
+            };
+            Some((
+                Ok::<_, std::convert::Infallible>(event),
+                (events, answer, next),
+            ))
+        },
+    );
+    axum::response::sse::Sse::new(stream).into_response()
 }
 
 /// Decodes a JSON request body, answering 400 with serde's reason when it does not fit.

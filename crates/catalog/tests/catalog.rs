@@ -21,6 +21,7 @@ fn manifest(name: &str, files: &[(&str, &[u8])], guest: Option<BlobHash>) -> Man
             entry: None,
             guest,
             memory_mib: None,
+            language_model: None,
         },
         files: files
             .iter()

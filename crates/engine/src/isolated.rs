@@ -196,6 +196,185 @@ fn check_outputs(specs: &[Spec], outputs: &[Tensor], limits: &Limits) -> Result<
     Ok(())
 }
 
+/// What a `llama` worker said about its model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ModelInfo {
+    /// The context the model was trained for, in tokens.
+    pub trained_context: u32,
+    /// The context each worker allocates, in tokens.
+    pub context: u32,
+    /// Tokens in the vocabulary.
+    pub vocab: u32,
+    /// Parameters.
+    pub parameters: u64,
+}
+
+/// How a generation ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Generated {
+    /// Tokens of the prompt as the model saw it (the chat template applied).
+    pub prompt_tokens: u32,
+    /// Tokens generated.
+    pub completion_tokens: u32,
+    /// Why it ended.
+    pub finish: llm::Finish,
+    /// Time spent on the prompt.
+    pub prompt_time: Duration,
+    /// Time spent generating.
+    pub generate_time: Duration,
+}
+
+/// A GGUF language model served by `llama` workers: one generation per worker at a time,
+/// workers started on demand and kept idle for the next (the caller bounds how many run).
+pub struct LanguageModelWorkers {
+    command: Arc<WorkerCommand>,
+    hello: Hello,
+    info: ModelInfo,
+    idle: Mutex<Vec<Worker>>,
+}
+
+impl LanguageModelWorkers {
+    /// Starts a first worker, which loads the model (its options' engine is
+    /// [`crate::worker::EngineKind::Llama`]). An error says why the model cannot run: the
+    /// worker's own message, or how it died.
+    pub fn start(command: WorkerCommand) -> Result<LanguageModelWorkers, Error> {
+        let (worker, info) = Self::spawn(&command)?;
+        Ok(LanguageModelWorkers {
+            hello: worker.hello.clone(),
+            info,
+            command: Arc::new(command),
+            idle: Mutex::new(vec![worker]),
+        })
+    }
+
+    fn spawn(command: &WorkerCommand) -> Result<(Worker, ModelInfo), Error> {
+        let mut worker = Worker::spawn(command)?;
+        match worker.receive(Some(Instant::now() + command.load_timeout)) {
+            Ok(Reply::LanguageModel {
+                trained_context,
+                context,
+                vocab,
+                parameters,
+            }) => Ok((
+                worker,
+                ModelInfo {
+                    trained_context,
+                    context,
+                    vocab,
+                    parameters,
+                },
+            )),
+            Ok(Reply::Failed { message, .. }) => Err(Error::Load(message)),
+            Ok(other) => Err(Error::Load(format!(
+                "the engine worker answered {other:?} instead of describing its model"
+            ))),
+            Err(e) => Err(Error::Load(e.to_string())),
+        }
+    }
+
+    /// What the first worker said when it started.
+    pub fn hello(&self) -> &Hello {
+        &self.hello
+    }
+
+    /// What the model is.
+    pub fn info(&self) -> ModelInfo {
+        self.info
+    }
+
+    /// Workers waiting for a generation.
+    pub fn idle_workers(&self) -> usize {
+        self.idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    /// Generates on an idle worker (or a new one). `on_token` gets each token's id and the
+    /// text it releases, as they come; when it returns `false` the generation is cancelled
+    /// (the worker stops at its next token). The whole generation must end within the
+    /// command's `run_timeout`, or its worker is killed.
+    pub fn generate(
+        &self,
+        prompt: &llm::Prompt,
+        sampling: &llm::Sampling,
+        on_token: &mut dyn FnMut(u32, &str) -> bool,
+    ) -> Result<(Generated, String), Error> {
+        prompt.check().map_err(Error::Invalid)?;
+        sampling.check().map_err(Error::Invalid)?;
+        let taken = self
+            .idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
+        let mut worker = match taken {
+            Some(w) => w,
+            None => Self::spawn(&self.command)?.0,
+        };
+        let deadline = Instant::now() + self.command.run_timeout;
+        worker
+            .send(&Request::Generate {
+                prompt: prompt.clone(),
+                sampling: sampling.clone(),
+            })
+            .map_err(|e| Error::Run(e.to_string()))?;
+        let mut cancelled = false;
+        loop {
+            match worker.receive(Some(deadline)) {
+                Ok(Reply::Token { id, text }) => {
+                    if !cancelled && !on_token(id, &text) {
+                        cancelled = true;
+                        worker
+                            .send(&Request::Cancel)
+                            .map_err(|e| Error::Run(e.to_string()))?;
+                    }
+                }
+                Ok(Reply::Generated {
+                    prompt_tokens,
+                    completion_tokens,
+                    finish,
+                    tail,
+                    prompt_us,
+                    generate_us,
+                }) => {
+                    self.idle
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .push(worker);
+                    return Ok((
+                        Generated {
+                            prompt_tokens,
+                            completion_tokens,
+                            finish,
+                            prompt_time: Duration::from_micros(prompt_us),
+                            generate_time: Duration::from_micros(generate_us),
+                        },
+                        tail,
+                    ));
+                }
+                Ok(Reply::Failed { failure, message }) => {
+                    self.idle
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .push(worker);
+                    return Err(match failure {
+                        Failure::Invalid => Error::Invalid(message),
+                        Failure::Load => Error::Load(message),
+                        Failure::Run => Error::Run(message),
+                    });
+                }
+                Ok(other) => {
+                    let status = worker.reap();
+                    return Err(Error::Run(format!(
+                        "the engine worker sent {other:?} during a generation; killed ({status})"
+                    )));
+                }
+                Err(e) => return Err(Error::Run(e.to_string())),
+            }
+        }
+    }
+}
+
 /// One worker process and its pipe.
 struct Worker {
     child: Child,
@@ -400,7 +579,7 @@ impl Worker {
     fn timed_out(&mut self) -> Gone {
         let status = self.reap();
         Gone(format!(
-            "the graph ran past the engine's time limit; its worker was killed ({status})"
+            "the model ran past the engine's time limit; its worker was killed ({status})"
         ))
     }
 

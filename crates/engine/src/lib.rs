@@ -11,6 +11,8 @@
 //!   graph, a wall-clock kill per run, every frame decoded with limits, inputs and outputs
 //!   checked against the graph's specs on the node's side of the pipe.
 //! - [`wire`]: the frames on the pipe (I/O-free).
+//! - [`llama`]: llama.cpp in a worker, for GGUF language models; the node's side is
+//!   [`LanguageModelWorkers`] (generations streamed token by token, cancellable).
 //! - [`runtime`]: onnxruntime in the worker, loaded at run time from a shared library (the
 //!   `onnxruntime` PyPI wheel ships one; [`find_onnxruntime`] looks for it).
 //!
@@ -30,11 +32,14 @@
 //! ```
 
 pub mod isolated;
+pub mod llama;
 pub mod runtime;
 pub mod wire;
 pub mod worker;
 
-pub use isolated::{Hello, Isolated, IsolatedGraph, WorkerCommand};
+pub use isolated::{
+    Generated, Hello, Isolated, IsolatedGraph, LanguageModelWorkers, ModelInfo, WorkerCommand,
+};
 
 use std::path::{Path, PathBuf};
 

@@ -9,6 +9,7 @@
 //! its name, dtype and rank, then per dim a 0 and a u64 (fixed) or a 1 and a string (symbolic).
 
 use graph::{DType, Dim, Spec, Tensor};
+use llm::{Finish, Message, Prompt, Sampling};
 
 /// The largest frame either side sends or accepts, in bytes (1 GiB: a call's tensors are
 /// bounded well below it by the sandbox's input limits).
@@ -33,6 +34,17 @@ pub enum Request {
         /// The inputs, checked by the node against the model's specs.
         inputs: Vec<Tensor>,
     },
+    /// Generate from a language model (a `llama` worker): [`Reply::Token`]s as they are made,
+    /// then [`Reply::Generated`] (or [`Reply::Failed`]).
+    Generate {
+        /// What to continue.
+        prompt: Prompt,
+        /// How to choose tokens.
+        sampling: Sampling,
+    },
+    /// Stop the generation under way (sent while one runs; the worker checks between tokens
+    /// and ends it with [`Finish::Cancelled`]).
+    Cancel,
 }
 
 /// How a worker's request failed.
@@ -67,6 +79,40 @@ pub enum Reply {
     },
     /// The model ran.
     Outputs(Vec<Tensor>),
+    /// A language model is loaded (a `llama` worker's second frame).
+    LanguageModel {
+        /// The context it was trained for, in tokens.
+        trained_context: u32,
+        /// The context this worker allocated, in tokens.
+        context: u32,
+        /// Tokens in its vocabulary.
+        vocab: u32,
+        /// Parameters.
+        parameters: u64,
+    },
+    /// A token was made.
+    Token {
+        /// Its id in the vocabulary.
+        id: u32,
+        /// The text it releases (whole characters; empty while a character or a possible stop
+        /// string is incomplete).
+        text: String,
+    },
+    /// A generation ended.
+    Generated {
+        /// Tokens of the prompt as the model saw it.
+        prompt_tokens: u32,
+        /// Tokens generated.
+        completion_tokens: u32,
+        /// Why it ended.
+        finish: Finish,
+        /// Text held back until the end (released now).
+        tail: String,
+        /// Microseconds spent on the prompt.
+        prompt_us: u64,
+        /// Microseconds spent generating.
+        generate_us: u64,
+    },
     /// The request failed (the worker goes on).
     Failed {
         /// How.
@@ -122,6 +168,33 @@ impl Request {
                 out.push(2);
                 put_tensors(&mut out, inputs);
             }
+            Request::Generate { prompt, sampling } => {
+                out.push(3);
+                match prompt {
+                    Prompt::Text(t) => {
+                        out.push(0);
+                        put_str(&mut out, t);
+                    }
+                    Prompt::Chat(messages) => {
+                        out.push(1);
+                        out.extend_from_slice(&(messages.len() as u32).to_le_bytes());
+                        for m in messages {
+                            put_str(&mut out, &m.role);
+                            put_str(&mut out, &m.content);
+                        }
+                    }
+                }
+                out.extend_from_slice(&sampling.max_tokens.to_le_bytes());
+                out.extend_from_slice(&sampling.temperature.to_le_bytes());
+                out.extend_from_slice(&sampling.top_p.to_le_bytes());
+                out.extend_from_slice(&sampling.top_k.to_le_bytes());
+                out.extend_from_slice(&sampling.seed.to_le_bytes());
+                out.extend_from_slice(&(sampling.stop.len() as u32).to_le_bytes());
+                for s in &sampling.stop {
+                    put_str(&mut out, s);
+                }
+            }
+            Request::Cancel => out.push(4),
         }
         out
     }
@@ -136,6 +209,42 @@ impl Request {
             2 => Request::Run {
                 inputs: r.tensors()?,
             },
+            3 => {
+                let prompt = match r.u8()? {
+                    0 => Prompt::Text(r.str()?),
+                    1 => {
+                        let n = r.count(llm::params::MAX_MESSAGES, "messages")?;
+                        let mut messages = Vec::with_capacity(n.min(64));
+                        for _ in 0..n {
+                            messages.push(Message {
+                                role: r.str()?,
+                                content: r.str()?,
+                            });
+                        }
+                        Prompt::Chat(messages)
+                    }
+                    k => return Err(Malformed(format!("unknown prompt kind {k}"))),
+                };
+                let max_tokens = r.u32()?;
+                let temperature = f32::from_bits(r.u32()?);
+                let top_p = f32::from_bits(r.u32()?);
+                let top_k = r.u32()?;
+                let seed = r.u32()?;
+                let n = r.count(llm::params::MAX_STOPS, "stop strings")?;
+                let stop = (0..n).map(|_| r.str()).collect::<Result<_, _>>()?;
+                Request::Generate {
+                    prompt,
+                    sampling: Sampling {
+                        max_tokens,
+                        temperature,
+                        top_p,
+                        top_k,
+                        seed,
+                        stop,
+                    },
+                }
+            }
+            4 => Request::Cancel,
             t => return Err(Malformed(format!("unknown request tag {t}"))),
         };
         r.end()?;
@@ -166,6 +275,43 @@ impl Reply {
             Reply::Outputs(tensors) => {
                 out.push(3);
                 put_tensors(&mut out, tensors);
+            }
+            Reply::LanguageModel {
+                trained_context,
+                context,
+                vocab,
+                parameters,
+            } => {
+                out.push(5);
+                out.extend_from_slice(&trained_context.to_le_bytes());
+                out.extend_from_slice(&context.to_le_bytes());
+                out.extend_from_slice(&vocab.to_le_bytes());
+                out.extend_from_slice(&parameters.to_le_bytes());
+            }
+            Reply::Token { id, text } => {
+                out.push(6);
+                out.extend_from_slice(&id.to_le_bytes());
+                put_str(&mut out, text);
+            }
+            Reply::Generated {
+                prompt_tokens,
+                completion_tokens,
+                finish,
+                tail,
+                prompt_us,
+                generate_us,
+            } => {
+                out.push(7);
+                out.extend_from_slice(&prompt_tokens.to_le_bytes());
+                out.extend_from_slice(&completion_tokens.to_le_bytes());
+                out.push(match finish {
+                    Finish::Stop => 0,
+                    Finish::Length => 1,
+                    Finish::Cancelled => 2,
+                });
+                put_str(&mut out, tail);
+                out.extend_from_slice(&prompt_us.to_le_bytes());
+                out.extend_from_slice(&generate_us.to_le_bytes());
             }
             Reply::Failed { failure, message } => {
                 out.push(4);
@@ -202,6 +348,29 @@ impl Reply {
                     k => return Err(Malformed(format!("unknown failure kind {k}"))),
                 },
                 message: r.str()?,
+            },
+            5 => Reply::LanguageModel {
+                trained_context: r.u32()?,
+                context: r.u32()?,
+                vocab: r.u32()?,
+                parameters: r.u64()?,
+            },
+            6 => Reply::Token {
+                id: r.u32()?,
+                text: r.str()?,
+            },
+            7 => Reply::Generated {
+                prompt_tokens: r.u32()?,
+                completion_tokens: r.u32()?,
+                finish: match r.u8()? {
+                    0 => Finish::Stop,
+                    1 => Finish::Length,
+                    2 => Finish::Cancelled,
+                    k => return Err(Malformed(format!("unknown finish {k}"))),
+                },
+                tail: r.str()?,
+                prompt_us: r.u64()?,
+                generate_us: r.u64()?,
             },
             t => return Err(Malformed(format!("unknown reply tag {t}"))),
         };
@@ -416,7 +585,72 @@ mod tests {
                 "\\PC{0,16}"
             )
                 .prop_map(|(failure, message)| Reply::Failed { failure, message }),
+            (any::<u32>(), any::<u32>(), any::<u32>(), any::<u64>()).prop_map(
+                |(trained_context, context, vocab, parameters)| Reply::LanguageModel {
+                    trained_context,
+                    context,
+                    vocab,
+                    parameters,
+                }
+            ),
+            (any::<u32>(), "\\PC{0,8}").prop_map(|(id, text)| Reply::Token { id, text }),
+            (
+                any::<u32>(),
+                any::<u32>(),
+                prop::sample::select(vec![Finish::Stop, Finish::Length, Finish::Cancelled]),
+                "\\PC{0,8}",
+                any::<u64>(),
+                any::<u64>()
+            )
+                .prop_map(
+                    |(prompt_tokens, completion_tokens, finish, tail, prompt_us, generate_us)| {
+                        Reply::Generated {
+                            prompt_tokens,
+                            completion_tokens,
+                            finish,
+                            tail,
+                            prompt_us,
+                            generate_us,
+                        }
+                    }
+                ),
         ]
+    }
+
+    fn generate() -> impl Strategy<Value = Request> {
+        (
+            prop_oneof![
+                "\\PC{0,16}".prop_map(Prompt::Text),
+                prop::collection::vec(("[a-z]{0,9}", "\\PC{0,16}"), 0..4).prop_map(|m| {
+                    Prompt::Chat(
+                        m.into_iter()
+                            .map(|(role, content)| Message { role, content })
+                            .collect(),
+                    )
+                }),
+            ],
+            (
+                any::<u32>(),
+                any::<f32>(),
+                any::<f32>(),
+                any::<u32>(),
+                any::<u32>(),
+            ),
+            prop::collection::vec("\\PC{0,6}", 0..4),
+        )
+            .prop_map(
+                |(prompt, (max_tokens, temperature, top_p, top_k, seed), stop)| Request::Generate {
+                    prompt,
+                    sampling: Sampling {
+                        max_tokens,
+                        temperature,
+                        top_p,
+                        top_k,
+                        seed,
+                        stop,
+                    },
+                },
+            )
     }
 
     proptest! {
@@ -431,6 +665,16 @@ mod tests {
             prop_assert_eq!(Request::decode(&run.encode()), Ok(run));
             let load = Request::Load { model };
             prop_assert_eq!(Request::decode(&load.encode()), Ok(load));
+            prop_assert_eq!(Request::decode(&Request::Cancel.encode()), Ok(Request::Cancel));
+        }
+
+        #[test]
+        fn generation_requests_round_trip_bit_for_bit(g in generate(), cut in any::<prop::sample::Index>()) {
+            let bytes = g.encode();
+            // Compared as bytes: a NaN temperature is not equal to itself.
+            let back = Request::decode(&bytes).map(|r| r.encode());
+            prop_assert_eq!(back, Ok(bytes.clone()));
+            prop_assert!(Request::decode(&bytes[..cut.index(bytes.len())]).is_err());
         }
 
         #[test]

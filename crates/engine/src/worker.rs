@@ -43,6 +43,14 @@ pub enum EngineKind {
     },
     /// tract, compiled into the worker.
     Tract,
+    /// llama.cpp, compiled into the worker, with this GGUF language model (the one file the
+    /// worker may read besides the system's libraries).
+    Llama {
+        /// The GGUF file.
+        model: PathBuf,
+        /// The most context to allocate, in tokens.
+        context: u32,
+    },
 }
 
 /// A worker's settings, passed as arguments.
@@ -75,6 +83,14 @@ impl Options {
                 args.push("--engine".into());
                 args.push("tract".into());
             }
+            EngineKind::Llama { model, context } => {
+                args.push("--engine".into());
+                args.push("llama".into());
+                args.push("--model".into());
+                args.push(model.display().to_string());
+                args.push("--context".into());
+                args.push(context.to_string());
+            }
         }
         args.push("--threads".into());
         args.push(self.threads.to_string());
@@ -88,6 +104,8 @@ impl Options {
         let mut engine = None;
         let mut library = None;
         let mut cuda = None;
+        let mut model = None;
+        let mut context = 4096;
         let mut threads = 1;
         let mut memory_mib = 2048;
         let mut args = args.into_iter();
@@ -97,6 +115,8 @@ impl Options {
                 "--engine" => engine = Some(value()?),
                 "--library" => library = Some(PathBuf::from(value()?)),
                 "--cuda" => cuda = Some(value()?.parse().map_err(|e| format!("--cuda: {e}"))?),
+                "--model" => model = Some(PathBuf::from(value()?)),
+                "--context" => context = value()?.parse().map_err(|e| format!("--context: {e}"))?,
                 "--threads" => threads = value()?.parse().map_err(|e| format!("--threads: {e}"))?,
                 "--memory-mib" => {
                     memory_mib = value()?.parse().map_err(|e| format!("--memory-mib: {e}"))?
@@ -110,6 +130,10 @@ impl Options {
                 device: cuda.map_or(Device::Cpu, Device::Cuda),
             },
             Some("tract") => EngineKind::Tract,
+            Some("llama") => EngineKind::Llama {
+                model: model.ok_or("--engine llama needs --model")?,
+                context,
+            },
             Some(other) => return Err(format!("unknown engine {other:?}")),
             None => return Err("--engine is required".into()),
         };
@@ -145,7 +169,11 @@ pub fn main(args: impl IntoIterator<Item = String>) -> ExitCode {
     if let Err(e) = rustix::process::set_parent_process_death_signal(Some(Signal::KILL)) {
         eprintln!("engine worker: cannot ask to die with the node: {e}");
     }
+    if let EngineKind::Llama { model, context } = &options.engine {
+        return language_model(&options, model, *context, &mut out);
+    }
     let engine = match &options.engine {
+        EngineKind::Llama { .. } => return ExitCode::from(2),
         EngineKind::Onnxruntime { library, device } => {
             match Onnxruntime::start(library, options.threads, *device) {
                 Ok(ort) => Engine::Ort(ort),
@@ -177,6 +205,28 @@ pub fn main(args: impl IntoIterator<Item = String>) -> ExitCode {
     serve(&engine, &mut std::io::stdin().lock(), &mut out)
 }
 
+/// A `llama` worker: confined first (the model file readable), then the model loaded, then
+/// hello, what the model is, and generations.
+fn language_model(options: &Options, model: &Path, context: u32, out: &mut impl Write) -> ExitCode {
+    let confinement = confine(options);
+    let llama = match crate::llama::Llama::load(model, context, options.threads) {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = send(out, &failed(Failure::Load, e));
+            return ExitCode::from(3);
+        }
+    };
+    let hello = Reply::Hello {
+        engine: crate::llama::ENGINE.into(),
+        version: crate::llama::VERSION.into(),
+        confinement,
+    };
+    if send(out, &hello).is_err() || send(out, &llama.describe()).is_err() {
+        return ExitCode::from(4);
+    }
+    llama.serve(out)
+}
+
 fn serve(engine: &Engine, input: &mut impl Read, out: &mut impl Write) -> ExitCode {
     let mut loaded = None;
     loop {
@@ -206,6 +256,10 @@ fn serve(engine: &Engine, input: &mut impl Read, out: &mut impl Write) -> ExitCo
                 }
                 Err(e) => error_reply(e),
             },
+            Ok(Request::Generate { .. } | Request::Cancel) => failed(
+                Failure::Invalid,
+                "this worker runs graphs: it does not generate".into(),
+            ),
             Ok(Request::Run { inputs }) => match &loaded {
                 None => failed(Failure::Run, "no model is loaded".into()),
                 Some(l) => match run(l, inputs) {
@@ -292,18 +346,23 @@ fn confine(options: &Options) -> String {
         }
     }
     said.insert(0, format!("memory {} MiB ({what})", options.memory_mib));
-    let library_dir = match &options.engine {
-        EngineKind::Onnxruntime { library, .. } => library.parent().map(Path::to_path_buf),
-        EngineKind::Tract => None,
+    let (library_dir, model) = match &options.engine {
+        EngineKind::Onnxruntime { library, .. } => (library.parent().map(Path::to_path_buf), None),
+        EngineKind::Tract => (None, None),
+        EngineKind::Llama { model, .. } => (None, Some(model.as_path())),
     };
-    said.push(match landlock(library_dir.as_deref(), gpu) {
+    said.push(match landlock(library_dir.as_deref(), model, gpu) {
         Ok(status) => status,
         Err(e) => format!("landlock failed: {e}"),
     });
     said.join("; ")
 }
 
-fn landlock(library_dir: Option<&Path>, gpu: bool) -> Result<String, landlock::RulesetError> {
+fn landlock(
+    library_dir: Option<&Path>,
+    model: Option<&Path>,
+    gpu: bool,
+) -> Result<String, landlock::RulesetError> {
     let abi = ABI::V6;
     let read = AccessFs::from_read(abi);
     let mut readable: Vec<PathBuf> = [
@@ -324,6 +383,7 @@ fn landlock(library_dir: Option<&Path>, gpu: bool) -> Result<String, landlock::R
         // site-packages/nvidia: allow the package's site-packages.
         readable.push(dir.ancestors().nth(2).unwrap_or(dir).to_path_buf());
     }
+    readable.extend(model.map(Path::to_path_buf));
     let mut writable: Vec<PathBuf> = Vec::new();
     if gpu {
         readable.push("/proc/driver/nvidia".into());
@@ -397,6 +457,14 @@ mod tests {
                 },
                 threads: 1,
                 memory_mib: 4096,
+            },
+            Options {
+                engine: EngineKind::Llama {
+                    model: "/home/me/run/m/model.gguf".into(),
+                    context: 2048,
+                },
+                threads: 2,
+                memory_mib: 1024,
             },
         ] {
             assert_eq!(Options::from_args(options.to_args()), Ok(options));

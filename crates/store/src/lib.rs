@@ -321,6 +321,17 @@ impl Store {
             .collect()
     }
 
+    /// The one file holding a complete blob's bytes, or `None` when the blob is stored in
+    /// parts: for engines that map a model read-only instead of copying it (llama.cpp maps a
+    /// GGUF file). Nothing may write to it.
+    pub fn data_file(&self, hash: BlobHash) -> Result<Option<PathBuf>> {
+        let record = self.require(hash)?;
+        Ok(match record.layout {
+            Layout::File => Some(self.data_path(&hash)),
+            Layout::Parts(_) => None,
+        })
+    }
+
     /// Opens a complete blob's bytes for reading (without verifying them).
     pub fn open_blob(&self, hash: BlobHash) -> Result<BlobReader> {
         let record = self.require(hash)?;
