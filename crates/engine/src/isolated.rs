@@ -393,6 +393,8 @@ impl Worker {
             // Nothing of the node's environment (tokens, paths to keys) crosses but where the
             // engine's libraries are and which GPUs it may use.
             .env_clear()
+            // ggml, on an assertion, would start gdb on itself to print a backtrace.
+            .env("GGML_NO_BACKTRACE", "1")
             .current_dir("/");
         for key in PASSED_ENV {
             if let Some(value) = std::env::var_os(key) {
@@ -617,7 +619,10 @@ fn describe(status: std::process::ExitStatus) -> String {
     match (status.code(), status.signal()) {
         (Some(code), _) => format!("exit code {code}"),
         (None, Some(9)) => "killed (SIGKILL)".into(),
-        (None, Some(6)) => "aborted (SIGABRT; often an allocation over its memory limit)".into(),
+        (None, Some(6)) => {
+            "aborted (SIGABRT: an assertion failed, or an allocation went over its memory limit)"
+                .into()
+        }
         (None, Some(11)) => "crashed (SIGSEGV)".into(),
         (None, Some(sig)) => format!("killed by signal {sig}"),
         (None, None) => "ended".into(),

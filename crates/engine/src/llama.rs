@@ -62,18 +62,20 @@ impl Llama {
         })
     }
 
-    /// What the worker says about the model once it is loaded.
-    pub fn describe(&self) -> Reply {
+    /// What the worker says about the model once it is loaded, with the context it made
+    /// (llama.cpp rounds the one asked for up to a multiple of 256).
+    fn describe(&self, context: u32) -> Reply {
         Reply::LanguageModel {
             trained_context: self.model.n_ctx_train(),
-            context: self.context,
+            context,
             vocab: u32::try_from(self.model.n_vocab()).unwrap_or(0),
             parameters: self.model.n_params(),
         }
     }
 
-    /// Serves generations until the pipe closes.
-    pub fn serve(&self, out: &mut impl Write) -> std::process::ExitCode {
+    /// Makes the context, sends `hello` and what the model is (or why the context cannot be
+    /// made), then serves generations until the pipe closes.
+    pub fn serve(&self, hello: &Reply, out: &mut impl Write) -> std::process::ExitCode {
         use std::process::ExitCode;
         // Unbuffered, so that polling the descriptor tells whether a frame waits.
         let mut input = match std::io::stdin().as_fd().try_clone_to_owned() {
@@ -82,7 +84,7 @@ impl Llama {
         };
         let params = LlamaContextParams::default()
             .with_n_ctx(NonZeroU32::new(self.context))
-            .with_n_batch(BATCH as u32)
+            .with_n_batch(BATCH.min(self.context as usize) as u32)
             .with_n_threads(self.threads)
             .with_n_threads_batch(self.threads);
         let mut ctx = match self.model.new_context(&self.backend, params) {
@@ -98,6 +100,9 @@ impl Llama {
                 return ExitCode::from(3);
             }
         };
+        if send(out, hello).is_err() || send(out, &self.describe(ctx.n_ctx())).is_err() {
+            return ExitCode::from(4);
+        }
         loop {
             let request = match read_frame(&mut input) {
                 Ok(Some(r)) => r,
@@ -154,11 +159,13 @@ impl Llama {
         }
         ctx.clear_kv_cache();
         let run = |m: String| Stop::Fail(Failure::Run, m);
-        let mut batch = LlamaBatch::new(BATCH, 1);
-        for (chunk_at, chunk) in tokens.chunks(BATCH).enumerate() {
+        // llama.cpp decodes at most its batch size at once (at most the context).
+        let n_batch = (ctx.n_batch() as usize).clamp(1, BATCH);
+        let mut batch = LlamaBatch::new(n_batch, 1);
+        for (chunk_at, chunk) in tokens.chunks(n_batch).enumerate() {
             batch.clear();
             for (i, t) in chunk.iter().enumerate() {
-                let pos = chunk_at * BATCH + i;
+                let pos = chunk_at * n_batch + i;
                 let last = pos + 1 == tokens.len();
                 batch
                     .add(*t, pos as i32, &[0], last)

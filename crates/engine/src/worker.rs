@@ -221,10 +221,7 @@ fn language_model(options: &Options, model: &Path, context: u32, out: &mut impl 
         version: crate::llama::VERSION.into(),
         confinement,
     };
-    if send(out, &hello).is_err() || send(out, &llama.describe()).is_err() {
-        return ExitCode::from(4);
-    }
-    llama.serve(out)
+    llama.serve(&hello, out)
 }
 
 fn serve(engine: &Engine, input: &mut impl Read, out: &mut impl Write) -> ExitCode {
