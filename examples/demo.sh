@@ -2,18 +2,21 @@
 # The README's main command. Builds moxnet and its ONNX runner guest (and installs onnxruntime
 # from PyPI, the engine the node runs graphs on, if Python lacks it), creates a fresh demo home,
 # records the example package's training run (two snapshots), publishes it, then publishes the
-# demo text-embedding model, starts a node and calls the model through it. On a terminal the
+# demo text-embedding model and the demo language model (SmolLM2-135M-Instruct, GGUF, from PyPI),
+# starts a node, calls the embedding model and chats with the language model through it. On a terminal the
 # node keeps running (Ctrl-C stops it); elsewhere (CI) it stops at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 target="${CARGO_TARGET_DIR:-target}"
 
+bash scripts/system-deps.sh  # cmake and libclang, for llama.cpp
 rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
 cargo build --quiet -p node
 (cd guests && cargo build --quiet --release --locked)
 export MOXNET_RUNNER="$target/wasm32-wasip2/release/moxnet_runner.wasm"
 [ -f "$MOXNET_RUNNER" ] || MOXNET_RUNNER=guests/target/wasm32-wasip2/release/moxnet_runner.wasm
 python3 examples/minilm/fetch.py
+python3 examples/smollm2/fetch.py
 # The node runs guests' graphs on onnxruntime (its shared library comes with the PyPI wheel);
 # without it, on native tract, and says so.
 python3 -c 'import onnxruntime' 2>/dev/null ||
@@ -47,6 +50,11 @@ mini=$(moxnet publish examples/minilm)
 echo "$mini"
 moxnet show "$mini"
 
+echo "== moxnet publish examples/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf (a language model, bare GGUF)"
+llm=$(moxnet publish examples/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf)
+echo "$llm"
+moxnet show "$llm"
+
 echo "== moxnet node (HTTP API and Open Inference Protocol v2 on 127.0.0.1)"
 # The binary itself, not the `moxnet` function: `$!` must be the node's pid (a function in the
 # background runs in a subshell, and killing that subshell would orphan the node).
@@ -65,8 +73,14 @@ moxnet search embeddings
 echo "== moxnet call $mini"
 moxnet call "$mini" --input '{"text": ["moxnet shares models like code", "A model goes live the moment it is published."]}'
 
+echo "== moxnet chat SmolLM2-135M-Instruct.Q4_1 (streamed as it is generated)"
+moxnet chat SmolLM2-135M-Instruct.Q4_1 --message "What is the capital of France?" --temperature 0 --max-tokens 48
+
 echo
-echo "Published models $id (iris-linear) and $mini (all-MiniLM-L6-v2) in $MOXNET_HOME."
+echo "Published models $id (iris-linear), $mini (all-MiniLM-L6-v2) and $llm (SmolLM2-135M-Instruct) in $MOXNET_HOME."
+echo "Chat with the language model (one message per line):"
+echo "  MOXNET_HOME=$MOXNET_HOME $target/debug/moxnet chat SmolLM2-135M-Instruct.Q4_1"
+echo "or with any OpenAI client (base URL $api/v1, the token in $MOXNET_HOME/api.token as the key)."
 echo "Call the embedding model:"
 echo "  MOXNET_HOME=$MOXNET_HOME $target/debug/moxnet call $mini --input '{\"text\": [\"your sentence here\"]}'"
 echo "or over HTTP (Open Inference Protocol v2):"

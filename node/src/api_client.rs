@@ -92,6 +92,114 @@ impl Api {
             .with_context(|| format!("the node's answer to {method} {path} is not what this CLI expects (is it another version?)"))
     }
 
+    /// `POST path` with a JSON body whose answer is a stream of server-sent events: `on_data`
+    /// gets each event's data as it arrives (until `[DONE]`, or until it returns `false`). An
+    /// answer that is not a stream is an error with the node's reason.
+    pub fn stream(
+        &self,
+        path: &str,
+        body: &Value,
+        on_data: &mut dyn FnMut(&str) -> Result<bool>,
+    ) -> Result<()> {
+        let body = serde_json::to_vec(body)?;
+        let Opened {
+            status,
+            headers,
+            body: mut reader,
+        } = self.open("POST", path, &body)?;
+        let chunked = headers.iter().any(|(k, v)| {
+            k.eq_ignore_ascii_case("transfer-encoding") && v.eq_ignore_ascii_case("chunked")
+        });
+        let mut body: Box<dyn BufRead> = if chunked {
+            Box::new(BufReader::new(Chunked {
+                inner: reader,
+                left: 0,
+                done: false,
+            }))
+        } else {
+            Box::new(reader.by_ref())
+        };
+        if status != 200 {
+            let mut raw = Vec::new();
+            body.read_to_end(&mut raw)
+                .context("reading the node's answer")?;
+            let answer: Value = serde_json::from_slice(&raw).unwrap_or(Value::Null);
+            let reason = answer["error"].as_str().map_or_else(
+                || String::from_utf8_lossy(&raw).into_owned(),
+                str::to_string,
+            );
+            bail!("{reason} (HTTP {status} from the node)");
+        }
+        let mut data = String::new();
+        loop {
+            let mut line = String::new();
+            if body
+                .read_line(&mut line)
+                .context("reading the node's stream")?
+                == 0
+            {
+                bail!("the node's stream ended before [DONE]");
+            }
+            let line = line.trim_end_matches(['\r', '\n']);
+            if let Some(d) = line.strip_prefix("data:") {
+                if !data.is_empty() {
+                    data.push('\n');
+                }
+                data.push_str(d.strip_prefix(' ').unwrap_or(d));
+            } else if line.is_empty() && !data.is_empty() {
+                let event = std::mem::take(&mut data);
+                if event == "[DONE]" || !on_data(&event)? {
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// Sends a request and reads the status line and headers.
+    fn open(&self, method: &str, path: &str, body: &[u8]) -> Result<Opened> {
+        let mut stream = TcpStream::connect_timeout(&self.addr, Duration::from_secs(5))
+            .with_context(|| format!("connecting to the node's API at {}", self.addr))?;
+        write!(
+            stream,
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            self.addr,
+            self.token,
+            body.len()
+        )
+        .and_then(|()| stream.write_all(body))
+        .context("sending to the node's API")?;
+        let mut reader = BufReader::new(stream.take(MAX_ANSWER));
+        let mut status_line = String::new();
+        reader
+            .read_line(&mut status_line)
+            .context("reading the node's answer")?;
+        let status: u16 = status_line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .with_context(|| format!("bad HTTP status line {status_line:?}"))?;
+        let mut headers = Vec::new();
+        loop {
+            let mut line = String::new();
+            reader
+                .read_line(&mut line)
+                .context("reading the node's answer")?;
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = line.split_once(':') {
+                headers.push((k.trim().to_string(), v.trim().to_string()));
+            }
+        }
+        Ok(Opened {
+            status,
+            headers,
+            body: reader,
+        })
+    }
+
     /// Sends a request; returns the status and the JSON body.
     pub fn request(&self, method: &str, path: &str, body: Option<&[u8]>) -> Result<(u16, Value)> {
         let mut stream = TcpStream::connect_timeout(&self.addr, Duration::from_secs(5))
@@ -153,6 +261,55 @@ impl Api {
             serde_json::from_slice(&raw).context("the node's answer is not JSON")?
         };
         Ok((status, value))
+    }
+}
+
+/// An answer whose status and headers are read.
+struct Opened {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: BufReader<std::io::Take<TcpStream>>,
+}
+
+/// An HTTP/1.1 chunked body, decoded (chunk extensions and trailers ignored).
+struct Chunked<R> {
+    inner: R,
+    left: usize,
+    done: bool,
+}
+
+impl<R: BufRead> Read for Chunked<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.done || buf.is_empty() {
+            return Ok(0);
+        }
+        if self.left == 0 {
+            let mut line = String::new();
+            self.inner.read_line(&mut line)?;
+            if line.trim().is_empty() {
+                // The CRLF that ends the previous chunk.
+                line.clear();
+                self.inner.read_line(&mut line)?;
+            }
+            let size = line.trim().split(';').next().unwrap_or_default();
+            self.left = usize::from_str_radix(size, 16).map_err(|_| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("bad chunk size {line:?}"),
+                )
+            })?;
+            if self.left == 0 {
+                self.done = true;
+                return Ok(0);
+            }
+        }
+        let n = buf.len().min(self.left);
+        let n = self.inner.read(&mut buf[..n])?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        self.left -= n;
+        Ok(n)
     }
 }
 

@@ -66,10 +66,10 @@ pub enum Command {
     },
     /// List the blobs in the store.
     Ls,
-    /// Pack a package folder (with moxnet.toml) or a bare .onnx file into a signed model; prints
-    /// its model id.
+    /// Pack a package folder (with moxnet.toml) or a bare .onnx or .gguf file into a signed
+    /// model; prints its model id.
     Publish {
-        /// Package folder or .onnx file.
+        /// Package folder, .onnx or .gguf file.
         path: PathBuf,
     },
     /// Run a model and print its outputs: on this node, in the sandbox, when the model is here;
@@ -91,6 +91,28 @@ pub enum Command {
         /// Run the call only on a provider that offers a GPU and an engine that uses it.
         #[arg(long)]
         gpu: bool,
+    },
+    /// Chat with a language model on the running node: its answer streams as it is written and
+    /// the conversation is kept. Reads one message per line (an empty line or the end of input
+    /// ends the chat), or answers `--message` and exits.
+    Chat {
+        /// Model id, or the name of a language model this node holds.
+        model: String,
+        /// Answer this one message and exit.
+        #[arg(long, short)]
+        message: Option<String>,
+        /// A system prompt for the conversation.
+        #[arg(long)]
+        system: Option<String>,
+        /// Sampling temperature, 0 to 2 (0: always the likeliest token).
+        #[arg(long)]
+        temperature: Option<f32>,
+        /// Seed for sampling (each answer reports the one it used).
+        #[arg(long)]
+        seed: Option<u32>,
+        /// The most tokens of one answer.
+        #[arg(long)]
+        max_tokens: Option<u32>,
     },
     /// List the compute offers the running node has heard (providers, prices, measured latency).
     Offers,

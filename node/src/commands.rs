@@ -64,6 +64,21 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             verify,
             gpu,
         } => call(&dir, &id, &input, on.as_deref(), verify, gpu, json),
+        Command::Chat {
+            model,
+            message,
+            system,
+            temperature,
+            seed,
+            max_tokens,
+        } => chat(
+            &dir,
+            &model,
+            message,
+            system,
+            json!({ "temperature": temperature, "seed": seed, "max_tokens": max_tokens }),
+            json,
+        ),
         Command::Vote { id, choice } => {
             let api = running_node(&dir, "votes are signed and gossiped by a running node:")?;
             let view: api::dto::VotesView = api.send(
@@ -162,6 +177,107 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 /// The node on this home, or an error that says to start one for `what`.
+/// `moxnet chat`: a conversation with a language model through the running node's
+/// `/v1/chat/completions`, streamed.
+fn chat(
+    dir: &Path,
+    model: &str,
+    message: Option<String>,
+    system: Option<String>,
+    sampling: Value,
+    json: bool,
+) -> Result<ExitCode> {
+    use std::io::{BufRead, IsTerminal, Write};
+    let api = running_node(dir, "chat")?;
+    let tty = std::io::stdin().is_terminal();
+    let mut history: Vec<Value> = system
+        .into_iter()
+        .map(|s| json!({ "role": "system", "content": s }))
+        .collect();
+    let once = message.is_some();
+    let mut message = message;
+    let mut lines = std::io::stdin().lock().lines();
+    loop {
+        let text = match message.take() {
+            Some(m) => m,
+            None if once => break,
+            None => {
+                if tty {
+                    eprint!("> ");
+                    std::io::stderr().flush().ok();
+                }
+                match lines.next() {
+                    Some(line) => line.context("reading a message")?,
+                    None => break,
+                }
+            }
+        };
+        if text.trim().is_empty() {
+            break;
+        }
+        history.push(json!({ "role": "user", "content": text }));
+        let mut body = json!({
+            "model": model,
+            "messages": history,
+            "stream": true,
+            "stream_options": { "include_usage": true },
+        });
+        for (k, v) in sampling.as_object().into_iter().flatten() {
+            if !v.is_null() {
+                body[k] = v.clone();
+            }
+        }
+        let mut answer = String::new();
+        let mut end = Value::Null;
+        let mut out = std::io::stdout().lock();
+        api.stream("/v1/chat/completions", &body, &mut |data| {
+            let v: Value = serde_json::from_str(data).context("a chunk of the answer")?;
+            if let Some(e) = v.get("error") {
+                bail!("{}", e["error"].as_str().unwrap_or("the generation failed"));
+            }
+            if let Some(t) = v["choices"][0]["delta"]["content"].as_str() {
+                answer.push_str(t);
+                if !json {
+                    out.write_all(t.as_bytes())?;
+                    out.flush()?;
+                }
+            }
+            if v.get("moxnet").is_some() {
+                end = v;
+            }
+            Ok(true)
+        })?;
+        if json {
+            writeln!(
+                out,
+                "{}",
+                json!({
+                    "text": answer,
+                    "finish_reason": end["choices"][0]["finish_reason"],
+                    "usage": end["usage"],
+                    "moxnet": end["moxnet"],
+                })
+            )?;
+        } else {
+            writeln!(out)?;
+            if tty {
+                eprintln!(
+                    "[{} tokens in {:.0} ms, seed {}, {} on {}]",
+                    end["usage"]["completion_tokens"],
+                    end["moxnet"]["generate_ms"].as_f64().unwrap_or(0.0),
+                    end["moxnet"]["seed"],
+                    end["moxnet"]["engine"].as_str().unwrap_or("?"),
+                    end["moxnet"]["ran_on"]
+                        .as_str()
+                        .map_or("?", |n| &n[..n.len().min(12)]),
+                );
+            }
+        }
+        history.push(json!({ "role": "assistant", "content": answer }));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn running_node(dir: &Path, what: &str) -> Result<Api> {
     Api::find(dir)?.with_context(|| {
         format!("{what} needs a running node on this home: start `moxnet node` first")
@@ -392,6 +508,7 @@ fn store_command(target: &Target, command: Command, json: bool) -> Result<ExitCo
         | Command::Fetch { .. }
         | Command::Call { .. }
         | Command::Offers
+        | Command::Chat { .. }
         | Command::Vote { .. }
         | Command::Follow { .. }
         | Command::Votes { .. }

@@ -402,6 +402,15 @@ pub fn show(home: &Home, id: ModelId) -> Result<ModelView> {
             entry: m.runtime.entry.clone(),
             guest: m.runtime.guest.map(|g| g.to_string()),
             memory_mib: m.runtime.memory_mib,
+            language_model: m.runtime.language_model.as_ref().map(|l| {
+                api::dto::LanguageModelView {
+                    architecture: l.architecture.clone(),
+                    context_length: l.context_length,
+                    quantisation: l.quantisation.clone(),
+                    parameters: l.parameters,
+                    chat_template: l.chat_template.clone(),
+                }
+            }),
         },
         files: file_views(&m.files),
         datasets: m

@@ -128,6 +128,20 @@ impl Render for ModelView {
                 .map(|e| format!(" ({e})"))
                 .unwrap_or_default()
         ));
+        if let Some(lm) = &self.runtime.language_model {
+            out.push(format!(
+                "language {}, {:.0}M parameters, {}, context {} tokens{}",
+                lm.architecture,
+                lm.parameters as f64 / 1e6,
+                lm.quantisation,
+                lm.context_length,
+                if lm.chat_template.is_some() {
+                    ", chat template"
+                } else {
+                    ""
+                }
+            ));
+        }
         for t in &self.interface.inputs {
             out.push(format!(
                 "input    {} {} {}",

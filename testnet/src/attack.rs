@@ -344,6 +344,13 @@ impl Honest {
         }
         let echo_pkg = crate::echo_package(net.path())?;
         let echo = publisher.ok(&["publish", path_str(&echo_pkg)?]);
+        // The packages' source files (a GiB or more, written without fsync; the store fsyncs
+        // its own copies) would otherwise be written back by the kernel some 30 s from now,
+        // in the middle of the first rounds, halving their fetch throughput: flush them first.
+        let synced = std::process::Command::new("sync").status();
+        if !synced.as_ref().is_ok_and(|s| s.success()) {
+            eprintln!("sync failed ({synced:?}): early rounds may meet the kernel's writeback");
+        }
         let p = publisher.start(&[]);
         let s = server.start(&[p.addr()]);
         let c = client.start(&[p.addr(), s.addr()]);

@@ -217,7 +217,7 @@ pub enum DimView {
 /// How a model runs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RuntimeView {
-    /// `onnx` or `wasm`.
+    /// `onnx`, `wasm`, `gguf` or `files`.
     pub kind: String,
     /// The entry file, if any.
     pub entry: Option<String>,
@@ -225,6 +225,24 @@ pub struct RuntimeView {
     pub guest: Option<String>,
     /// Memory it asks for, MiB.
     pub memory_mib: Option<u64>,
+    /// A language model's facts, as its GGUF header gave them at publish.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub language_model: Option<LanguageModelView>,
+}
+
+/// What a language model's GGUF header says (protocol `LanguageModel`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LanguageModelView {
+    /// e.g. `llama`.
+    pub architecture: String,
+    /// The context it was trained for, in tokens.
+    pub context_length: u64,
+    /// e.g. `Q4_1`.
+    pub quantisation: String,
+    /// Parameters.
+    pub parameters: u64,
+    /// Its chat template, if any.
+    pub chat_template: Option<String>,
 }
 
 /// A file of a package or snapshot.

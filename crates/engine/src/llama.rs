@@ -86,7 +86,10 @@ impl Llama {
             .with_n_ctx(NonZeroU32::new(self.context))
             .with_n_batch(BATCH.min(self.context as usize) as u32)
             .with_n_threads(self.threads)
-            .with_n_threads_batch(self.threads);
+            .with_n_threads_batch(self.threads)
+            // Flash attention off (llama.cpp's LLAMA_FLASH_ATTN_TYPE_DISABLED), as in
+            // llama-cpp-python: the same kernels, so the same tokens as llama.cpp used there.
+            .with_flash_attention_policy(0);
         let mut ctx = match self.model.new_context(&self.backend, params) {
             Ok(c) => c,
             Err(e) => {

@@ -9,6 +9,7 @@ mod credits;
 mod disk_full;
 mod inference;
 mod journey;
+mod llm;
 mod matrix;
 mod network;
 mod votes;
