@@ -145,6 +145,51 @@ pub fn http_text(
     Ok((status, body.to_string()))
 }
 
+/// `POST path` with a JSON body to a node's API (with its `token`) whose answer is a stream of
+/// server-sent events: each event's data, with when it arrived (read as the bytes come).
+pub fn stream_events(
+    addr: &str,
+    token: &str,
+    path: &str,
+    body: &serde_json::Value,
+    timeout: std::time::Duration,
+) -> Result<Vec<(std::time::Instant, String)>> {
+    use std::io::{Read, Write};
+    let mut s =
+        std::net::TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_nodelay(true)?;
+    let body = body.to_string();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut events = Vec::new();
+    let mut pending = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = s
+            .read(&mut buf)
+            .with_context(|| format!("POST {path}: reading the stream"))?;
+        if n == 0 {
+            break;
+        }
+        let now = std::time::Instant::now();
+        pending.extend_from_slice(&buf[..n]);
+        // Events are whole lines `data: …`; the chunk-size lines of HTTP framing are skipped.
+        while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=end).collect();
+            let line = String::from_utf8_lossy(&line);
+            if let Some(data) = line.trim_end().strip_prefix("data: ") {
+                events.push((now, data.to_string()));
+            }
+        }
+    }
+    Ok(events)
+}
+
 /// Waits (up to 60 s) until `node` has heard compute offers from
 /// exactly `peers` (peer ids, any order).
 pub fn wait_for_offers(node: &Daemon, peers: &[&str]) -> Result<()> {

@@ -4,7 +4,7 @@
 //! on both nodes and the same as llama.cpp's own (llama-cpp-python) for 64 tokens on three
 //! prompts; hostile GGUF files are refused at publish with clear errors while the node serves.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -38,37 +38,8 @@ fn completion(node: &Daemon, model: &str, prompt: &str, max_tokens: u32) -> Valu
 
 /// A streamed request: each server-sent event's data, with when it arrived.
 fn stream(node: &Daemon, path: &str, body: &Value) -> Vec<(Instant, String)> {
-    let mut s = std::net::TcpStream::connect(&node.api).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(120)))
-        .expect("timeout");
-    let body = body.to_string();
-    write!(
-        s,
-        "POST {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        node.api,
-        node.token,
-        body.len()
-    )
-    .expect("send");
-    let mut events = Vec::new();
-    let mut pending = String::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        let n = s.read(&mut buf).expect("read");
-        if n == 0 {
-            break;
-        }
-        let now = Instant::now();
-        pending.push_str(&String::from_utf8_lossy(&buf[..n]));
-        // Events are whole lines `data: …`; chunk-size lines of the HTTP framing are skipped.
-        while let Some(end) = pending.find('\n') {
-            let line: String = pending.drain(..=end).collect();
-            if let Some(data) = line.trim_end().strip_prefix("data: ") {
-                events.push((now, data.to_string()));
-            }
-        }
-    }
-    events
+    testnet::stream_events(&node.api, &node.token, path, body, Duration::from_secs(120))
+        .unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 #[test]
