@@ -202,45 +202,15 @@ impl Api {
 
     /// Sends a request; returns the status and the JSON body.
     pub fn request(&self, method: &str, path: &str, body: Option<&[u8]>) -> Result<(u16, Value)> {
-        let mut stream = TcpStream::connect_timeout(&self.addr, Duration::from_secs(5))
-            .with_context(|| format!("connecting to the node's API at {}", self.addr))?;
-        let body = body.unwrap_or_default();
-        write!(
-            stream,
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\n\
-             Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            self.addr,
-            self.token,
-            body.len()
-        )
-        .and_then(|()| stream.write_all(body))
-        .context("sending to the node's API")?;
-        let mut reader = BufReader::new(stream.take(MAX_ANSWER));
-        let mut status_line = String::new();
-        reader
-            .read_line(&mut status_line)
-            .context("reading the node's answer")?;
-        let status: u16 = status_line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .with_context(|| format!("bad HTTP status line {status_line:?}"))?;
-        let mut length = None;
-        loop {
-            let mut line = String::new();
-            reader
-                .read_line(&mut line)
-                .context("reading the node's answer")?;
-            let line = line.trim_end();
-            if line.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = line.split_once(':')
-                && k.eq_ignore_ascii_case("content-length")
-            {
-                length = v.trim().parse::<usize>().ok();
-            }
-        }
+        let Opened {
+            status,
+            headers,
+            body: mut reader,
+        } = self.open(method, path, body.unwrap_or_default())?;
+        let length = headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+            .and_then(|(_, v)| v.parse::<usize>().ok());
         let mut raw = Vec::new();
         match length {
             Some(n) => {

@@ -9,7 +9,7 @@
 //! stop strings withheld). Between tokens the worker looks, without waiting, for a
 //! [`Request::Cancel`] on its pipe.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::num::NonZeroU32;
 use std::os::fd::AsFd;
 use std::path::Path;
@@ -27,7 +27,8 @@ use llm::text::Visible;
 use llm::{Finish, Prompt, Sampling};
 use rustix::event::{PollFd, PollFlags, Timespec, poll};
 
-use crate::wire::{self, Failure, Reply, Request};
+use crate::wire::{Failure, Reply, Request};
+use crate::worker::{read_frame, send};
 
 /// Tokens decoded at once while reading the prompt.
 const BATCH: usize = 512;
@@ -110,7 +111,7 @@ impl Llama {
             let request = match read_frame(&mut input) {
                 Ok(Some(r)) => r,
                 Ok(None) => return ExitCode::SUCCESS,
-                Err(code) => return ExitCode::from(code),
+                Err(bad) => return ExitCode::from(bad.code()),
             };
             let reply = match request {
                 Request::Generate { prompt, sampling } => {
@@ -298,27 +299,4 @@ fn cancelled(input: &mut std::fs::File) -> Result<bool, Stop> {
         Ok(None) => Err(Stop::Pipe),
         Ok(Some(_)) | Err(_) => Err(Stop::Pipe),
     }
-}
-
-/// Reads one request; `Ok(None)` when the pipe closed between frames, `Err(exit code)` when
-/// it broke or sent garbage.
-fn read_frame(input: &mut impl Read) -> Result<Option<Request>, u8> {
-    let mut header = [0; 4];
-    match input.read_exact(&mut header) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(_) => return Err(5),
-    }
-    let len = wire::payload_len(header).map_err(|_| 6u8)?;
-    let mut payload = vec![0; len];
-    input.read_exact(&mut payload).map_err(|_| 5u8)?;
-    Request::decode(&payload).map(Some).map_err(|_| 6)
-}
-
-fn send(out: &mut impl Write, reply: &Reply) -> std::io::Result<()> {
-    let payload = reply.encode();
-    let header = wire::header(payload.len()).map_err(std::io::Error::other)?;
-    out.write_all(&header)?;
-    out.write_all(&payload)?;
-    out.flush()
 }

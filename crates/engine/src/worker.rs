@@ -227,22 +227,11 @@ fn language_model(options: &Options, model: &Path, context: u32, out: &mut impl 
 fn serve(engine: &Engine, input: &mut impl Read, out: &mut impl Write) -> ExitCode {
     let mut loaded = None;
     loop {
-        let mut header = [0; 4];
-        match input.read_exact(&mut header) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return ExitCode::SUCCESS,
-            Err(_) => return ExitCode::from(5),
-        }
-        let Ok(len) = wire::payload_len(header) else {
-            return ExitCode::from(6);
-        };
-        let mut payload = vec![0; len];
-        if input.read_exact(&mut payload).is_err() {
-            return ExitCode::from(5);
-        }
-        let reply = match Request::decode(&payload) {
-            Err(e) => return fail_and_exit(out, e.to_string()),
-            Ok(Request::Load { model }) => match load(engine, &model) {
+        let reply = match read_frame(input) {
+            Ok(None) => return ExitCode::SUCCESS,
+            Err(BadFrame::Broken) => return ExitCode::from(5),
+            Err(BadFrame::Malformed(why)) => return fail_and_exit(out, why, 6),
+            Ok(Some(Request::Load { model })) => match load(engine, &model) {
                 Ok(l) => {
                     let (inputs, outputs) = match &l {
                         Loaded::Ort(g) => (g.inputs().to_vec(), g.outputs().to_vec()),
@@ -253,11 +242,11 @@ fn serve(engine: &Engine, input: &mut impl Read, out: &mut impl Write) -> ExitCo
                 }
                 Err(e) => error_reply(e),
             },
-            Ok(Request::Generate { .. } | Request::Cancel) => failed(
+            Ok(Some(Request::Generate { .. } | Request::Cancel)) => failed(
                 Failure::Invalid,
                 "this worker runs graphs: it does not generate".into(),
             ),
-            Ok(Request::Run { inputs }) => match &loaded {
+            Ok(Some(Request::Run { inputs })) => match &loaded {
                 None => failed(Failure::Run, "no model is loaded".into()),
                 Some(l) => match run(l, inputs) {
                     Ok(outputs) => Reply::Outputs(outputs),
@@ -271,9 +260,44 @@ fn serve(engine: &Engine, input: &mut impl Read, out: &mut impl Write) -> ExitCo
     }
 }
 
-fn fail_and_exit(out: &mut impl Write, message: String) -> ExitCode {
+fn fail_and_exit(out: &mut impl Write, message: String, code: u8) -> ExitCode {
     let _ = send(out, &failed(Failure::Run, message));
-    ExitCode::from(6)
+    ExitCode::from(code)
+}
+
+/// Why a request could not be read: the pipe broke (exit code 5), or its frame is garbage (6,
+/// with why).
+pub(crate) enum BadFrame {
+    Broken,
+    Malformed(String),
+}
+
+impl BadFrame {
+    /// The worker's exit code for it.
+    pub(crate) fn code(&self) -> u8 {
+        match self {
+            BadFrame::Broken => 5,
+            BadFrame::Malformed(_) => 6,
+        }
+    }
+}
+
+/// Reads one request; `Ok(None)` when the pipe closed between frames.
+pub(crate) fn read_frame(input: &mut impl Read) -> Result<Option<Request>, BadFrame> {
+    let mut header = [0; 4];
+    match input.read_exact(&mut header) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(_) => return Err(BadFrame::Broken),
+    }
+    let len = wire::payload_len(header).map_err(|e| BadFrame::Malformed(e.to_string()))?;
+    let mut payload = vec![0; len];
+    input
+        .read_exact(&mut payload)
+        .map_err(|_| BadFrame::Broken)?;
+    Request::decode(&payload)
+        .map(Some)
+        .map_err(|e| BadFrame::Malformed(e.to_string()))
 }
 
 fn load(engine: &Engine, model: &[u8]) -> Result<Loaded, Error> {
@@ -303,7 +327,8 @@ fn error_reply(e: Error) -> Reply {
     }
 }
 
-fn send(out: &mut impl Write, reply: &Reply) -> std::io::Result<()> {
+/// Writes one reply frame and flushes it.
+pub(crate) fn send(out: &mut impl Write, reply: &Reply) -> std::io::Result<()> {
     let payload = reply.encode();
     let header = wire::header(payload.len()).map_err(std::io::Error::other)?;
     out.write_all(&header)?;

