@@ -33,6 +33,7 @@
 
 pub mod isolated;
 pub mod llama;
+mod pipe;
 pub mod runtime;
 pub mod wire;
 pub mod worker;

@@ -27,8 +27,8 @@ use llm::text::Visible;
 use llm::{Finish, Prompt, Sampling};
 use rustix::event::{PollFd, PollFlags, Timespec, poll};
 
+use crate::pipe::{read_frame, send};
 use crate::wire::{Failure, Reply, Request};
-use crate::worker::{read_frame, send};
 
 /// Tokens decoded at once while reading the prompt.
 const BATCH: usize = 512;

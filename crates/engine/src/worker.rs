@@ -28,8 +28,9 @@ use landlock::{
 };
 use rustix::process::{Resource, Rlimit, Signal, setrlimit};
 
+use crate::pipe::{BadFrame, read_frame, send};
 use crate::runtime::{Device, Onnxruntime, OrtGraph};
-use crate::wire::{self, Failure, Reply, Request};
+use crate::wire::{Failure, Reply, Request};
 
 /// Which engine a worker runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -265,41 +266,6 @@ fn fail_and_exit(out: &mut impl Write, message: String, code: u8) -> ExitCode {
     ExitCode::from(code)
 }
 
-/// Why a request could not be read: the pipe broke (exit code 5), or its frame is garbage (6,
-/// with why).
-pub(crate) enum BadFrame {
-    Broken,
-    Malformed(String),
-}
-
-impl BadFrame {
-    /// The worker's exit code for it.
-    pub(crate) fn code(&self) -> u8 {
-        match self {
-            BadFrame::Broken => 5,
-            BadFrame::Malformed(_) => 6,
-        }
-    }
-}
-
-/// Reads one request; `Ok(None)` when the pipe closed between frames.
-pub(crate) fn read_frame(input: &mut impl Read) -> Result<Option<Request>, BadFrame> {
-    let mut header = [0; 4];
-    match input.read_exact(&mut header) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(_) => return Err(BadFrame::Broken),
-    }
-    let len = wire::payload_len(header).map_err(|e| BadFrame::Malformed(e.to_string()))?;
-    let mut payload = vec![0; len];
-    input
-        .read_exact(&mut payload)
-        .map_err(|_| BadFrame::Broken)?;
-    Request::decode(&payload)
-        .map(Some)
-        .map_err(|e| BadFrame::Malformed(e.to_string()))
-}
-
 fn load(engine: &Engine, model: &[u8]) -> Result<Loaded, Error> {
     match engine {
         Engine::Ort(ort) => ort.load(model).map(Loaded::Ort),
@@ -325,15 +291,6 @@ fn error_reply(e: Error) -> Reply {
         Error::Load(m) => failed(Failure::Load, m),
         Error::Run(m) => failed(Failure::Run, m),
     }
-}
-
-/// Writes one reply frame and flushes it.
-pub(crate) fn send(out: &mut impl Write, reply: &Reply) -> std::io::Result<()> {
-    let payload = reply.encode();
-    let header = wire::header(payload.len()).map_err(std::io::Error::other)?;
-    out.write_all(&header)?;
-    out.write_all(&payload)?;
-    out.flush()
 }
 
 /// Applies the limits and the Landlock rules; says in words what took effect.
