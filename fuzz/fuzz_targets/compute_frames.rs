@@ -1,12 +1,15 @@
 //! Fuzz compute sharing's frames (`/moxnet/infer/1` and offers on gossip): the call a provider
 //! reads, the reply a caller reads, the outputs inside it, and the signed request, result and
-//! offer envelopes, and the credit messages (cheques, receipts). Whatever decodes re-encodes to the same bytes, and a provider's checks
-//! (`compute::check_call`) and a caller's (`compute::check_reply`) never panic on it.
+//! offer envelopes, and the credit messages (cheques, receipts); generation's frames
+//! (`/moxnet/generate/1`: input, streamed frames, output). Whatever decodes re-encodes to the
+//! same bytes, and a provider's checks (`compute::check_call`) and a caller's
+//! (`compute::check_reply`, `compute::check_generation`) never panic on it.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use protocol::compute::{ComputeOffer, InferCall, InferReply, InferRequest, InferResult, Outputs};
 use protocol::credits::{Cheque, Receipt};
+use protocol::generate::{GenerateFrame, GenerateInput, GenerateOutput};
 use std::sync::OnceLock;
 
 use protocol::{BlobHash, ModelId, NodeId, Object, SecretKey, Signable, Signed};
@@ -57,6 +60,9 @@ fuzz_target!(|data: &[u8]| {
     signed_round_trip::<ComputeOffer>(data);
     signed_round_trip::<Cheque>(data);
     round_trip::<Receipt>(data);
+    round_trip::<GenerateInput>(data);
+    round_trip::<GenerateFrame>(data);
+    round_trip::<GenerateOutput>(data);
     if let Ok(receipt) = Receipt::from_bytes(data) {
         let _ = receipt.verify();
     }
@@ -64,4 +70,7 @@ fuzz_target!(|data: &[u8]| {
     let (terms, caller, request) = keys();
     let _ = compute::check_call(data, Some(*caller), terms);
     let _ = compute::check_reply(data, request);
+    if let Ok(GenerateFrame::End(reply, _)) = GenerateFrame::from_bytes(data) {
+        let _ = compute::check_generation(reply, request, "streamed");
+    }
 });

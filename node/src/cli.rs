@@ -113,6 +113,13 @@ pub enum Command {
         /// The most tokens of one answer.
         #[arg(long)]
         max_tokens: Option<u32>,
+        /// Generate on this peer (a peer id), which must serve calls; paid per token.
+        #[arg(long, value_name = "PEER")]
+        on: Option<String>,
+        /// Generate on two providers and compare their signed outputs (same seed, same
+        /// engine: the same text).
+        #[arg(long)]
+        verify: bool,
     },
     /// List the compute offers the running node has heard (providers, prices, measured latency).
     Offers,

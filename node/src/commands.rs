@@ -71,12 +71,19 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             temperature,
             seed,
             max_tokens,
+            on,
+            verify,
         } => chat(
             &dir,
             &model,
             message,
             system,
-            json!({ "temperature": temperature, "seed": seed, "max_tokens": max_tokens }),
+            json!({
+                "temperature": temperature,
+                "seed": seed,
+                "max_tokens": max_tokens,
+                "moxnet": { "on": on, "verify": verify },
+            }),
             json,
         ),
         Command::Vote { id, choice } => {
@@ -261,15 +268,22 @@ fn chat(
         } else {
             writeln!(out)?;
             if tty {
+                let m = &end["moxnet"];
+                let paid = match m["cost"].as_u64() {
+                    Some(cost) => format!(", {cost} credits"),
+                    None => String::new(),
+                };
+                let verified = match m["verified_by"].as_array() {
+                    Some(by) => format!(", verified by {} providers", by.len()),
+                    None => String::new(),
+                };
                 eprintln!(
-                    "[{} tokens in {:.0} ms, seed {}, {} on {}]",
+                    "[{} tokens in {:.0} ms, seed {}, {} on {}{paid}{verified}]",
                     end["usage"]["completion_tokens"],
-                    end["moxnet"]["generate_ms"].as_f64().unwrap_or(0.0),
-                    end["moxnet"]["seed"],
-                    end["moxnet"]["engine"].as_str().unwrap_or("?"),
-                    end["moxnet"]["ran_on"]
-                        .as_str()
-                        .map_or("?", |n| &n[..n.len().min(12)]),
+                    m["generate_ms"].as_f64().unwrap_or(0.0),
+                    m["seed"],
+                    m["engine"].as_str().unwrap_or("?"),
+                    m["ran_on"].as_str().map_or("?", |n| &n[..n.len().min(12)]),
                 );
             }
         }

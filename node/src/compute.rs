@@ -34,6 +34,10 @@ pub struct ComputeConfig {
     pub per_peer_concurrent: usize,
     /// Highest price paid when calling peers.
     pub max_price_per_mfuel: u64,
+    /// Price charged for generation, per million tokens.
+    pub price_per_mtoken: u64,
+    /// Highest price paid for generation on peers, per million tokens.
+    pub max_price_per_mtoken: u64,
     /// A provider's time for one call.
     pub call_timeout: Duration,
     /// Providers tried per call.
@@ -61,6 +65,8 @@ impl From<&ComputeSection> for ComputeConfig {
             ),
             per_peer_concurrent: c.per_peer_concurrent.unwrap_or(4).max(1),
             max_price_per_mfuel: c.max_price_per_mfuel.unwrap_or(100),
+            price_per_mtoken: c.price_per_mtoken.unwrap_or(100_000),
+            max_price_per_mtoken: c.max_price_per_mtoken.unwrap_or(10_000_000),
             call_timeout: Duration::from_secs(c.call_timeout_secs.unwrap_or(120).max(1)),
             attempts: c.attempts.unwrap_or(3).max(1),
             max_fetch_bytes: c.max_fetch_mib.unwrap_or(16 << 10).saturating_mul(1 << 20),
@@ -118,10 +124,21 @@ impl Compute {
         from: &PeerId,
         call: &[u8],
     ) -> Result<CheckedCall, compute::RequestError> {
+        self.check_priced(me, from, call, self.config.price_per_mfuel)
+    }
+
+    /// [`Compute::check`] at `price` (a generation's: per million tokens).
+    pub(crate) fn check_priced(
+        &self,
+        me: NodeId,
+        from: &PeerId,
+        call: &[u8],
+        price: u64,
+    ) -> Result<CheckedCall, compute::RequestError> {
         let terms = ServeTerms {
             provider: me,
             serve: self.config.serve,
-            price_per_mfuel: self.config.price_per_mfuel,
+            price_per_mfuel: price,
         };
         let checked = compute::check_call(call, net::node_id_of(from), &terms)?;
         let r = checked.request.body();
@@ -145,6 +162,7 @@ pub fn offer_view(v: OfferView) -> api::dto::OfferView {
         models: v.offer.models.iter().map(|m| m.to_string()).collect(),
         max_concurrent: v.offer.max_concurrent,
         price_per_mfuel: v.offer.price_per_mfuel,
+        price_per_mtoken: v.offer.price_per_mtoken,
         expires_in_s: v.expires_in_s,
         latency_ms: v.stats.latency_ms,
         in_flight: v.stats.in_flight,

@@ -93,6 +93,11 @@ pub struct ComputeSection {
     pub per_peer_concurrent: Option<usize>,
     /// The highest price this node pays when it calls a peer, per million fuel units.
     pub max_price_per_mfuel: Option<u64>,
+    /// The price this node charges for generation by language models, credits per million
+    /// tokens (prompt and generated).
+    pub price_per_mtoken: Option<u64>,
+    /// The highest price this node pays for generation on a peer, per million tokens.
+    pub max_price_per_mtoken: Option<u64>,
     /// Seconds a remote call may take before it moves to another provider.
     pub call_timeout_secs: Option<u64>,
     /// Providers tried for one call before giving up.
@@ -112,6 +117,8 @@ impl ComputeSection {
             offer_ttl_secs: self.offer_ttl_secs.or(d.offer_ttl_secs),
             per_peer_concurrent: self.per_peer_concurrent.or(d.per_peer_concurrent),
             max_price_per_mfuel: self.max_price_per_mfuel.or(d.max_price_per_mfuel),
+            price_per_mtoken: self.price_per_mtoken.or(d.price_per_mtoken),
+            max_price_per_mtoken: self.max_price_per_mtoken.or(d.max_price_per_mtoken),
             call_timeout_secs: self.call_timeout_secs.or(d.call_timeout_secs),
             attempts: self.attempts.or(d.attempts),
             max_fetch_mib: self.max_fetch_mib.or(d.max_fetch_mib),

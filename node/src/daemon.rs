@@ -248,7 +248,7 @@ async fn serve(
         &config.llm,
     )?);
     let service = Arc::new(Service {
-        language,
+        language: language.clone(),
         home: home.clone(),
         net: client.clone(),
         fetcher: fetcher.clone(),
@@ -263,6 +263,7 @@ async fn serve(
         fetcher,
         models: models.clone(),
         remote: remote.clone(),
+        language,
         votes,
     };
     // Wait briefly for the listeners so the start-up line can show real addresses.
@@ -387,6 +388,7 @@ struct Events {
     fetcher: Arc<Fetcher>,
     models: Arc<Models>,
     remote: Arc<Remote>,
+    language: Arc<crate::language::LanguageModels>,
     votes: Arc<crate::votes::Votes>,
 }
 
@@ -412,6 +414,18 @@ impl Events {
             NetEvent::InferCall { from, call, reply } => {
                 let remote = self.remote.clone();
                 tokio::spawn(async move { reply.send(remote.serve(from, call).await) });
+            }
+            NetEvent::GenerateCall {
+                from,
+                call,
+                responder,
+            } => {
+                let (remote, language) = (self.remote.clone(), self.language.clone());
+                tokio::spawn(async move {
+                    remote
+                        .serve_generation(&language, from, call, responder)
+                        .await
+                });
             }
             NetEvent::PeerDisconnected(peer) => self.remote.peer_left(&peer),
             NetEvent::Listening(addr) => tracing::debug!(%addr, "listening"),

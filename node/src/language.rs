@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -92,17 +92,32 @@ impl LanguageModels {
     }
 
     /// The model a request's `model` field names: a model id, or the name of the one language
-    /// model of that name whose files are here (several: the answer lists their ids).
+    /// model of that name whose files are here, else of the one this node knows of (several:
+    /// the answer lists their ids).
     pub fn resolve(&self, model: &str) -> ApiResult<ModelId> {
         if let Ok(hash) = model.parse::<BlobHash>() {
             return Ok(ModelId(hash));
         }
-        let named: Vec<ModelId> = self
+        let mut named: Vec<ModelId> = self
             .list()
             .into_iter()
             .filter(|(_, m)| m.name == model)
             .map(|(id, _)| id)
             .collect();
+        if named.is_empty() {
+            // Arc clones of every manifest known, once per request by name (by id is the way
+            // for a busy caller).
+            named = self
+                .catalog
+                .entries()
+                .into_iter()
+                .filter(|e| {
+                    let m = e.manifest.body();
+                    m.name == model && m.runtime.kind == KIND
+                })
+                .map(|e| e.id)
+                .collect();
+        }
         match named.as_slice() {
             [one] => Ok(*one),
             [] => Err(err(
@@ -255,13 +270,40 @@ impl LanguageModels {
         Ok(workers)
     }
 
-    /// Starts a generation: waits for a slot (or answers 503 when too many wait), loads the
-    /// model, then streams events. Dropping the receiver cancels the generation.
+    /// Whether the files of language model `id` are here (it runs here).
+    pub fn is_here(&self, id: ModelId) -> bool {
+        self.catalog.is_local(id)
+            && self
+                .catalog
+                .get(id)
+                .is_some_and(|m| m.body().runtime.kind == KIND)
+    }
+
+    /// Starts a generation here for an API request (the model named by id or name, a random
+    /// seed if it names none); see [`LanguageModels::run`].
     pub async fn generate(
         self: &Arc<Self>,
         g: Generation,
     ) -> ApiResult<tokio::sync::mpsc::Receiver<GenerationEvent>> {
         let id = self.resolve(&g.model)?;
+        let mut sampling = g.sampling.clone();
+        sampling.seed = g.seed.unwrap_or_else(rand_seed);
+        self.run(id, g.prompt, sampling, None, Arc::default()).await
+    }
+
+    /// Starts a generation of model `id`: waits for a slot (or answers 503 when too many wait),
+    /// loads the model, then streams events. Dropping the receiver, or setting `cancel`, cancels
+    /// the generation (with `cancel`, its end still comes, finished `cancelled`). With
+    /// `max_context`, a model whose context here is larger is refused (a peer's request pays
+    /// for at most that many tokens, and prompt and generation never pass the context).
+    pub async fn run(
+        self: &Arc<Self>,
+        id: ModelId,
+        prompt: llm::Prompt,
+        sampling: llm::Sampling,
+        max_context: Option<u64>,
+        cancel: Arc<AtomicBool>,
+    ) -> ApiResult<tokio::sync::mpsc::Receiver<GenerationEvent>> {
         let waiting = self.waiting.fetch_add(1, Ordering::SeqCst);
         let _counted = Uncount(self.waiting.clone());
         if waiting >= self.max_queued && self.slots.available_permits() == 0 {
@@ -281,21 +323,29 @@ impl LanguageModels {
         let workers = tokio::task::spawn_blocking(move || me.load(id))
             .await
             .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, format!("loading: {e}")))??;
+        let context = u64::from(workers.info().context);
+        if let Some(max) = max_context.filter(|max| context > *max) {
+            return Err(err(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "model {id} runs here with a context of {context} tokens; the request pays for at most {max}"
+                ),
+            ));
+        }
         let (tx, rx) = tokio::sync::mpsc::channel(64);
-        let seed = g.seed.unwrap_or_else(rand_seed);
-        let mut sampling = g.sampling.clone();
-        sampling.seed = seed;
+        let seed = sampling.seed;
         let engine_name = workers.hello().engine.clone();
         let node_id = self.node_id.clone();
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
             let mut on_token = |_id: u32, text: &str| {
-                text.is_empty()
-                    || tx
-                        .blocking_send(GenerationEvent::Text(text.to_string()))
-                        .is_ok()
+                !cancel.load(Ordering::Relaxed)
+                    && (text.is_empty()
+                        || tx
+                            .blocking_send(GenerationEvent::Text(text.to_string()))
+                            .is_ok())
             };
-            let event = match workers.generate(&g.prompt, &sampling, &mut on_token) {
+            let event = match workers.generate(&prompt, &sampling, &mut on_token) {
                 Ok((done, tail)) => {
                     if !tail.is_empty() {
                         let _ = tx.blocking_send(GenerationEvent::Text(tail));
@@ -310,6 +360,7 @@ impl LanguageModels {
                         seed,
                         prompt_ms: done.prompt_time.as_secs_f64() * 1e3,
                         generate_ms: done.generate_time.as_secs_f64() * 1e3,
+                        remote: None,
                     })
                 }
                 Err(e) => {
@@ -337,7 +388,7 @@ impl Drop for Uncount {
 }
 
 /// A random seed for a generation that named none (reported back, so it can be repeated).
-fn rand_seed() -> u32 {
+pub(crate) fn rand_seed() -> u32 {
     let mut b = [0u8; 4];
     match getrandom::fill(&mut b) {
         Ok(()) => u32::from_le_bytes(b),

@@ -12,6 +12,7 @@ mod config;
 mod daemon;
 mod engines;
 mod fetcher;
+mod generation;
 mod home;
 mod inference;
 mod language;

@@ -115,6 +115,8 @@ pub struct Metrics {
     pub calls: Family<CallLabels, Counter>,
     /// Fuel burnt by calls run on this node (local and served).
     pub fuel: Counter,
+    /// Tokens (prompt and generated) of generations this node served peers.
+    pub tokens: Counter,
     /// Manifests learnt from peers and dropped, by reason.
     pub manifests_dropped: Family<DropLabels, Counter>,
     /// Bytes of files the call cache holds.
@@ -179,6 +181,7 @@ impl Metrics {
             fetches: Family::default(),
             calls: Family::default(),
             fuel: Counter::default(),
+            tokens: Counter::default(),
             manifests_dropped: Family::default(),
             call_cache_bytes: Gauge::default(),
             call_cache_evicted: Counter::default(),
@@ -236,6 +239,11 @@ impl Metrics {
             "fuel",
             "Fuel burnt by calls run on this node",
             metrics.fuel.clone(),
+        );
+        registry.register(
+            "tokens_served",
+            "Tokens (prompt and generated) of generations this node served peers",
+            metrics.tokens.clone(),
         );
         registry.register(
             "manifests_dropped",

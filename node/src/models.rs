@@ -281,6 +281,17 @@ impl Runtime {
         self.load_local(id).await
     }
 
+    /// The files of model `id` here, fetched from peers first if they are not (then pinned for
+    /// `holder`).
+    pub async fn ensure_local(&self, id: ModelId, holder: Holder) -> Result<(), CallError> {
+        self.fetcher.fetch_model(id, holder).await.map_err(|e| {
+            CallError::new(
+                404,
+                format!("model {id} is not on this node and fetching it failed: {e:#}"),
+            )
+        })
+    }
+
     /// Runs `request` on model `id` here, fetching the model first if it is not here.
     pub async fn infer(
         self: &Arc<Self>,

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use api::dto::OfferList;
 use api::oip::{InferRequest as OipRequest, InferResponse};
 use catalog::Catalog;
-use compute::{Candidate, Outcome, ReplyError};
+use compute::{Candidate, CheckedCall, Outcome, ReplyError};
 use credits::{Accepted, Credits, CreditsError, PayWhen, Reservation, Side};
 use graph::Tensor;
 use net::libp2p::{Multiaddr, PeerId};
@@ -47,15 +47,15 @@ use crate::models::Runtime;
 
 /// Compute sharing between peers: serves calls, announces offers, calls providers.
 pub struct Remote {
-    key: Arc<SecretKey>,
-    net: net::Client,
-    compute: Compute,
-    runtime: Arc<Runtime>,
-    catalog: Arc<Catalog>,
+    pub(crate) key: Arc<SecretKey>,
+    pub(crate) net: net::Client,
+    pub(crate) compute: Compute,
+    pub(crate) runtime: Arc<Runtime>,
+    pub(crate) catalog: Arc<Catalog>,
     cache: Arc<CallCache>,
-    metrics: Arc<Metrics>,
+    pub(crate) metrics: Arc<Metrics>,
     credits: Arc<Credits>,
-    spend_limit: u64,
+    pub(crate) spend_limit: u64,
     settle_every: Duration,
     /// The cheque for each provider's next call, signed after the last one ended (see
     /// [`Remote::cheque_to_send`]); at most [`MAX_PREPARED`] providers.
@@ -66,7 +66,7 @@ pub struct Remote {
 const MAX_PREPARED: usize = 1024;
 
 /// A call's reservation of credit, given back if the call ends without a receipt.
-struct Held<'a> {
+pub(crate) struct Held<'a> {
     credits: &'a Credits,
     reservation: Option<Reservation>,
 }
@@ -270,52 +270,12 @@ impl Remote {
             Ok(slot) => slot,
             Err(busy) => return refuse(InferStatus::Busy, busy.to_string()),
         };
-        let caller = call.caller();
-        let payment_required = |message: String| {
-            self.metrics.refused_for_payment("served");
-            InferReply {
-                cheque: self.credits.cheque_from(&caller),
-                ..InferReply::error(InferStatus::PaymentRequired, message)
-            }
+        let price = compute.config.price_per_mfuel;
+        let admitted = match self.admit(from, &mut call, price) {
+            Ok(a) => a,
+            Err(refusal) => return refusal,
         };
         let r = call.request.body();
-        let price = compute.config.price_per_mfuel;
-        let worst = protocol::credits::cost(r.max_fuel, price);
-        // A paying caller sends a cheque with most calls. When a known caller's call is
-        // admitted without counting it (its debt leaves room for the call's worst case), the
-        // call runs at once and the cheque is checked and stored beside it, off the call's
-        // path (`_later`, also when the call fails); otherwise the cheque is taken first and
-        // the call admitted with it.
-        let mut cheque = call.cheque.take();
-        // A stranger's cheque is always taken first: it asks for credit, and its call is not
-        // to come out of the free allowance that strangers share.
-        let mut reservation = None;
-        if self.credits.balance(&caller).account.known() {
-            reservation = self.credits.admit(caller, worst, now_ms()).ok();
-        }
-        if reservation.is_none() {
-            if let Some(cheque) = cheque.take() {
-                match take_cheque(&self.credits, &self.metrics, &from, &cheque) {
-                    Ok(()) => {}
-                    Err(ChequeRefused::Payment(why)) => return payment_required(why),
-                    Err(ChequeRefused::Other(status, why)) => return refuse(status, why),
-                }
-            }
-            match self.credits.admit(caller, worst, now_ms()) {
-                Ok(r) => reservation = Some(r),
-                Err(refusal) => return payment_required(refusal.to_string()),
-            }
-        }
-        let held = Held {
-            credits: &self.credits,
-            reservation,
-        };
-        let _later = LaterCheque {
-            credits: self.credits.clone(),
-            metrics: self.metrics.clone(),
-            from,
-            cheque,
-        };
         let input = match serde_json::from_slice::<Value>(&call.input)
             .map_err(|e| format!("inputs are not JSON: {e}"))
             .and_then(|v| OipRequest::from_json(&v))
@@ -323,7 +283,7 @@ impl Remote {
             Ok(r) => r,
             Err(e) => return refuse(InferStatus::BadRequest, e),
         };
-        if let Err((status, why)) = self.may_fetch_for(r.model) {
+        if let Err((status, why)) = self.may_fetch_for(r.model, self.runtime.engine().is_full()) {
             return refuse(status, why);
         }
         let model = match self.runtime.ensure_loaded(r.model, Holder::CallCache).await {
@@ -351,20 +311,104 @@ impl Remote {
             price,
             self.runtime.engine().engine(&outcome),
         ));
-        // The receipt is on disk before the result leaves: the caller can never hold a
-        // receipt this node has not booked.
-        let royalty = self.catalog.get(r.model).and_then(|m| m.body().royalty);
+        if let Err(refusal) = self.book(from, admitted, &call, &result) {
+            return refusal;
+        }
+        InferReply {
+            status: InferStatus::Ok,
+            result: Some(result.to_bytes()),
+            output: Some(output),
+            message: None,
+            cheque: None,
+        }
+    }
+
+    /// Admits a checked call at `price` (per million fuel units, or tokens) on credit: takes the
+    /// cheque that came with it (first, or beside the call) and reserves the call's worst case
+    /// against the caller's limit. The refusal is the reply to send.
+    pub(crate) fn admit(
+        &self,
+        from: PeerId,
+        call: &mut CheckedCall,
+        price: u64,
+    ) -> Result<Admitted<'_>, InferReply> {
+        let refuse = |status, message: String| InferReply::error(status, message);
+        let caller = call.caller();
+        let payment_required = |message: String| {
+            self.metrics.refused_for_payment("served");
+            InferReply {
+                cheque: self.credits.cheque_from(&caller),
+                ..InferReply::error(InferStatus::PaymentRequired, message)
+            }
+        };
+        let r = call.request.body();
+        let worst = protocol::credits::cost(r.max_fuel, price);
+        // A paying caller sends a cheque with most calls. When a known caller's call is
+        // admitted without counting it (its debt leaves room for the call's worst case), the
+        // call runs at once and the cheque is checked and stored beside it, off the call's
+        // path (`_later`, also when the call fails); otherwise the cheque is taken first and
+        // the call admitted with it.
+        let mut cheque = call.cheque.take();
+        // A stranger's cheque is always taken first: it asks for credit, and its call is not
+        // to come out of the free allowance that strangers share.
+        let mut reservation = None;
+        if self.credits.balance(&caller).account.known() {
+            reservation = self.credits.admit(caller, worst, now_ms()).ok();
+        }
+        if reservation.is_none() {
+            if let Some(cheque) = cheque.take() {
+                match take_cheque(&self.credits, &self.metrics, &from, &cheque) {
+                    Ok(()) => {}
+                    Err(ChequeRefused::Payment(why)) => return Err(payment_required(why)),
+                    Err(ChequeRefused::Other(status, why)) => return Err(refuse(status, why)),
+                }
+            }
+            match self.credits.admit(caller, worst, now_ms()) {
+                Ok(r) => reservation = Some(r),
+                Err(refusal) => return Err(payment_required(refusal.to_string())),
+            }
+        }
+        Ok(Admitted {
+            held: Held {
+                credits: &self.credits,
+                reservation,
+            },
+            _later: LaterCheque {
+                credits: self.credits.clone(),
+                metrics: self.metrics.clone(),
+                from,
+                cheque,
+            },
+        })
+    }
+
+    /// Books a call that ran: the receipt (request and signed result) is on disk before this
+    /// returns, so before the result leaves: the caller can never hold a receipt this node has
+    /// not booked. The refusal is the reply to send.
+    pub(crate) fn book(
+        &self,
+        from: PeerId,
+        admitted: Admitted<'_>,
+        call: &CheckedCall,
+        result: &Signed<InferResult>,
+    ) -> Result<(), InferReply> {
+        let refuse = |status, message: String| InferReply::error(status, message);
+        let Admitted { held, _later } = admitted;
+        let royalty = self
+            .catalog
+            .get(call.request.body().model)
+            .and_then(|m| m.body().royalty);
         let Some(reservation) = held.take() else {
-            return refuse(
+            return Err(refuse(
                 InferStatus::Internal,
                 "the call's reservation was lost".into(),
-            );
+            ));
         };
         // A journal write (the ledger's disk flush is its checkpointer's): no need to leave
         // the async worker for it.
         match self
             .credits
-            .settle(reservation, &call.request, &result, royalty, now_ms())
+            .settle(reservation, &call.request, result, royalty, now_ms())
         {
             Ok(receipt) => {
                 self.metrics.billed("served", receipt.cost);
@@ -376,27 +420,28 @@ impl Remote {
             }
             Err(e) => {
                 tracing::error!(peer = %from, "credits: booking a served call: {e}");
-                return refuse(
+                return Err(refuse(
                     InferStatus::Internal,
                     format!("the provider could not book the call: {e}"),
-                );
+                ));
             }
         }
-        InferReply {
-            status: InferStatus::Ok,
-            result: Some(result.to_bytes()),
-            output: Some(output),
-            message: None,
-            cheque: None,
-        }
+        Ok(())
     }
+}
+
+/// A call admitted on credit ([`Remote::admit`]): its reservation, given back if it ends
+/// without a receipt, and the cheque that came with it, taken when this is dropped.
+pub(crate) struct Admitted<'a> {
+    held: Held<'a>,
+    _later: LaterCheque,
 }
 
 impl Remote {
     /// Notes that a peer called `model`: the call cache takes it (unless the user pinned it)
     /// and, when over its budget, lets the least recently called go. In the background: the
     /// call does not wait for a pin or a gc.
-    fn cache_used(&self, model: ModelId) {
+    pub(crate) fn cache_used(&self, model: ModelId) {
         if self.cache.touch(model) && self.cache.bytes() <= self.compute.config.cache_bytes {
             return;
         }
@@ -427,17 +472,21 @@ impl Remote {
         });
     }
 
-    /// Whether a peer's call for `model` may make this node fetch it: only when the sandbox
-    /// could run the call now, the model was announced to this node (its manifest is in the
+    /// Whether a peer's call for `model` may make this node fetch it: only when the engine
+    /// that would run it is not `full`, the model was announced to this node (its manifest is in the
     /// catalogue), and its files total at most `max_fetch_bytes`. A model already here passes.
-    fn may_fetch_for(&self, model: ModelId) -> Result<(), (InferStatus, String)> {
+    pub(crate) fn may_fetch_for(
+        &self,
+        model: ModelId,
+        full: bool,
+    ) -> Result<(), (InferStatus, String)> {
         if self.catalog.is_local(model) {
             return Ok(());
         }
-        if self.runtime.engine().is_full() {
+        if full {
             return Err((
                 InferStatus::Busy,
-                format!("every sandbox slot is taken; {model} is not fetched for a call now"),
+                format!("every slot is taken; {model} is not fetched for a call now"),
             ));
         }
         let Some(manifest) = self.catalog.get(model) else {
@@ -528,6 +577,8 @@ impl Remote {
         if let Some(b) = engine.backend() {
             backends.push(b.to_string());
         }
+        // Language models run in llama.cpp workers on every node.
+        backends.push(engine::llama::ENGINE.to_string());
         let issued_ms = now_ms();
         let mut addrs: Vec<String> = match self.net.dial_addrs().await {
             Ok(a) => a.iter().map(|a| a.to_string()).collect(),
@@ -550,6 +601,7 @@ impl Remote {
             price_per_mfuel: self.compute.config.price_per_mfuel,
             addrs,
             credit: self.credits.terms(),
+            price_per_mtoken: Some(self.compute.config.price_per_mtoken),
         })
     }
 
@@ -592,7 +644,7 @@ struct Answer {
 }
 
 /// Why one attempt failed.
-enum Failure {
+pub(crate) enum Failure {
     /// Try another provider.
     Retry(Outcome, String),
     /// The provider wants to be paid first; it returned the newest cheque from this node it
@@ -604,25 +656,25 @@ enum Failure {
 
 /// A provider a call may go to, with its libp2p identity and addresses.
 #[derive(Debug, Clone)]
-struct Target {
+pub(crate) struct Target {
     /// Its node id (the request is addressed to it).
-    node: NodeId,
+    pub(crate) node: NodeId,
     /// Its peer id.
-    peer: PeerId,
+    pub(crate) peer: PeerId,
     /// Addresses from its offer.
-    addrs: Vec<Multiaddr>,
+    pub(crate) addrs: Vec<Multiaddr>,
     /// Its offered price per million fuel units (`None` when forced without an offer). The
     /// request caps the price at it, so a provider cannot charge more than it offered.
-    price_per_mfuel: Option<u64>,
+    pub(crate) price_per_mfuel: Option<u64>,
     /// Its offered credit terms (`None` when forced without an offer: the defaults).
-    credit: Option<protocol::credits::CreditTerms>,
+    pub(crate) credit: Option<protocol::credits::CreditTerms>,
 }
 
 impl Target {
     /// The ranking's candidate, reachable through libp2p: its peer id derives from its node id
     /// (which always holds for a `NodeId`, a valid ed25519 key), its addresses are parsed
     /// (those that do not parse are skipped).
-    fn of(c: Candidate) -> Option<Target> {
+    pub(crate) fn of(c: Candidate) -> Option<Target> {
         Some(Target {
             peer: net::peer_id_of(&c.node)?,
             addrs: c.addrs.iter().filter_map(|a| a.parse().ok()).collect(),
@@ -673,20 +725,7 @@ impl Remote {
             .await
         {
             Err(Failure::Payment(_, kept)) => {
-                if let Some(kept) = kept {
-                    match tokio::task::block_in_place(|| self.credits.adopt_own(to.node, &kept)) {
-                        Ok(true) => {
-                            tracing::info!(provider = %to.peer, "adopted the provider's copy of this node's newest cheque to it")
-                        }
-                        Ok(false) => {}
-                        Err(e) => {
-                            tracing::debug!(provider = %to.peer, "the provider's copy of this node's cheque: {e}")
-                        }
-                    }
-                }
-                // The provider may hold receipts this node lost (it was killed before their
-                // replies came, or restored from a copy): settle first, then pay in full.
-                self.settle_with(to.peer).await;
+                self.before_paying_in_full(to, kept).await;
                 self.attempt_once(to, model, input, max_price, PayWhen::Now)
                     .await
                     .inspect_err(|f| {
@@ -697,6 +736,25 @@ impl Remote {
             }
             other => other,
         }
+    }
+
+    /// What a caller does when a provider refused it for payment, before it pays everything
+    /// owed: adopts the provider's copy of this node's newest cheque (`kept`, if this node lost
+    /// a newer one), then settles, since the provider may hold receipts this node lost (it was
+    /// killed before their replies came, or restored from a copy).
+    pub(crate) async fn before_paying_in_full(&self, to: &Target, kept: Option<Vec<u8>>) {
+        if let Some(kept) = kept {
+            match tokio::task::block_in_place(|| self.credits.adopt_own(to.node, &kept)) {
+                Ok(true) => {
+                    tracing::info!(provider = %to.peer, "adopted the provider's copy of this node's newest cheque to it")
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::debug!(provider = %to.peer, "the provider's copy of this node's cheque: {e}")
+                }
+            }
+        }
+        self.settle_with(to.peer).await;
     }
 
     /// One signed call to one provider, verified.
@@ -793,7 +851,11 @@ impl Remote {
     /// The cheque to send with a call to `to`: for [`PayWhen::Due`], the one prepared after the
     /// last call if it is still right (recorded as sent now: a journal write), else a new one
     /// signed now (see [`Remote::cheque_for`]).
-    fn cheque_to_send(&self, to: &Target, when: PayWhen) -> Result<Option<Vec<u8>>, Failure> {
+    pub(crate) fn cheque_to_send(
+        &self,
+        to: &Target,
+        when: PayWhen,
+    ) -> Result<Option<Vec<u8>>, Failure> {
         if when == PayWhen::Due {
             let prepared = self
                 .prepared
@@ -827,7 +889,7 @@ impl Remote {
 
     /// Signs the cheque for the next call to `to` now, on a blocking thread, if one will be
     /// due: the next call then only records it (see [`Credits::prepare`]).
-    fn prepare_cheque(&self, to: &Target) {
+    pub(crate) fn prepare_cheque(&self, to: &Target) {
         let threshold = to.credit.unwrap_or_default().payment_threshold;
         let (credits, key, prepared) = (
             self.credits.clone(),
@@ -934,27 +996,38 @@ impl Remote {
             .is_empty()
     }
 
-    /// Runs an OIP v2 request for `model` on peers and returns the OIP response, with the
-    /// provider, its signed result and the fuel in `parameters`.
-    pub async fn call(
+    /// Whether this node knows an offer it could send a generation by `model` to.
+    pub fn has_generation_providers(&self, model: ModelId) -> bool {
+        let needs = compute::Needs {
+            tokens: true,
+            ..compute::Needs::default()
+        };
+        !self
+            .compute
+            .offers()
+            .candidates_for(
+                model,
+                self.compute.config.max_price_per_mtoken,
+                needs,
+                now_ms(),
+            )
+            .is_empty()
+    }
+
+    /// The providers a call for `model` may go to, best first, with `needs`, at or below
+    /// `max_price` (per million fuel units, or tokens), as `options` restrict them.
+    pub(crate) fn providers(
         &self,
         model: ModelId,
-        request: &OipRequest,
         options: &CallOptions,
-    ) -> Result<InferResponse, CallError> {
-        let input = serde_json::to_vec(&request.to_json())
-            .map_err(|e| CallError::new(400, format!("the request cannot be encoded: {e}")))?;
-        if input.len() > MAX_INFER_INPUT_BYTES {
-            return Err(CallError::new(
-                413,
-                format!(
-                    "the inputs are {} bytes; a remote call takes at most {MAX_INFER_INPUT_BYTES}",
-                    input.len()
-                ),
-            ));
-        }
-        let max_price = self.compute.config.max_price_per_mfuel;
-        let needs = compute::Needs { gpu: options.gpu };
+        needs: compute::Needs,
+        max_price: u64,
+    ) -> Result<Vec<Target>, CallError> {
+        let (what, unit) = if needs.tokens {
+            ("generation", "tokens")
+        } else {
+            ("compute", "fuel")
+        };
         let candidates = self
             .compute
             .offers()
@@ -964,7 +1037,7 @@ impl Remote {
             return Err(CallError::new(
                 503,
                 format!(
-                    "no provider offers a GPU (and a GPU engine: {}) at or below {max_price} per million fuel",
+                    "no provider offers a GPU (and a GPU engine: {}) at or below {max_price} per million {unit}",
                     protocol::compute::GPU_BACKENDS.join(", ")
                 ),
             ));
@@ -993,9 +1066,37 @@ impl Remote {
         if order.is_empty() {
             return Err(CallError::new(
                 503,
-                format!("no provider offers compute at or below {max_price} per million fuel"),
+                format!("no provider offers {what} at or below {max_price} per million {unit}"),
             ));
         }
+        Ok(order)
+    }
+
+    /// Runs an OIP v2 request for `model` on peers and returns the OIP response, with the
+    /// provider, its signed result and the fuel in `parameters`.
+    pub async fn call(
+        &self,
+        model: ModelId,
+        request: &OipRequest,
+        options: &CallOptions,
+    ) -> Result<InferResponse, CallError> {
+        let input = serde_json::to_vec(&request.to_json())
+            .map_err(|e| CallError::new(400, format!("the request cannot be encoded: {e}")))?;
+        if input.len() > MAX_INFER_INPUT_BYTES {
+            return Err(CallError::new(
+                413,
+                format!(
+                    "the inputs are {} bytes; a remote call takes at most {MAX_INFER_INPUT_BYTES}",
+                    input.len()
+                ),
+            ));
+        }
+        let max_price = self.compute.config.max_price_per_mfuel;
+        let needs = compute::Needs {
+            gpu: options.gpu,
+            tokens: false,
+        };
+        let mut order = self.providers(model, options, needs, max_price)?;
         let version = crate::inference::local_manifest(&self.catalog, model)
             .map(|m| m.body().version.clone())
             .unwrap_or_default();

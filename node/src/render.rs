@@ -437,8 +437,11 @@ impl Render for OfferList {
         self.offers
             .iter()
             .map(|o| {
+                let tokens = o
+                    .price_per_mtoken
+                    .map_or_else(String::new, |p| format!(" {p}/Mtoken"));
                 format!(
-                    "{}  {} cores  {} MiB  price {}/Mfuel  models {}  {}  latency {}  failures {}",
+                    "{}  {} cores  {} MiB  price {}/Mfuel{tokens}  models {}  {}  latency {}  failures {}",
                     o.peer_id,
                     o.cores,
                     o.memory_mib,

@@ -96,11 +96,41 @@ impl Service {
 }
 
 impl api::NodeApi for Service {
+    /// Runs here when the model's files are here (and no provider is forced), else on a peer
+    /// that offers generation, else fetches the model and runs here.
     async fn generate(
         &self,
         request: api::openai::Generation,
     ) -> ApiResult<tokio::sync::mpsc::Receiver<api::openai::GenerationEvent>> {
-        self.language.generate(request).await
+        let id = self.language.resolve(&request.model)?;
+        let placement = &request.placement;
+        let on = placement
+            .on
+            .as_deref()
+            .map(str::parse::<PeerId>)
+            .transpose()
+            .map_err(|e| ApiError::bad_request(format!("moxnet.on: not a peer id: {e}")))?;
+        let options = CallOptions {
+            on,
+            verify: placement.verify,
+            gpu: placement.gpu,
+        };
+        let remote = options.on.is_some()
+            || options.verify
+            || options.gpu
+            || (!self.language.is_here(id) && self.remote.has_generation_providers(id));
+        if !remote {
+            return self.language.generate(request).await;
+        }
+        let mut sampling = request.sampling.clone();
+        sampling.seed = request.seed.unwrap_or_else(crate::language::rand_seed);
+        let input = crate::generation::input_of(&request.prompt, &sampling);
+        let started = self.remote.generate(id, input, &options).await;
+        if let Err(e) = &started {
+            self.metrics
+                .call(Place::Remote, Outcome::of_status(e.status));
+        }
+        started.map_err(from_call)
     }
 
     async fn language_models(&self) -> ApiResult<serde_json::Value> {
@@ -361,6 +391,11 @@ impl api::NodeApi for Service {
         request: InferRequest,
     ) -> ApiResult<InferResponse> {
         let id = parse_model(&id)?;
+        if let Some(m) = self.home.catalog.get(id)
+            && m.body().runtime.kind == crate::language::KIND
+        {
+            return self.infer_language_model(id, &m, query, request).await;
+        }
         let on = query
             .on
             .as_deref()
@@ -421,6 +456,103 @@ impl api::NodeApi for Service {
             .set(self.runtime.engine().loaded_count() as i64);
         m.encode()
             .map_err(|e| ApiError::internal(format!("encoding the metrics: {e}")))
+    }
+}
+
+/// The most bytes of text an OIP call of a language model answers with (the whole text is
+/// one BYTES element).
+const MAX_OIP_TEXT: usize = 16 << 20;
+
+impl Service {
+    /// `POST /v2/models/{id}/infer` for a language model: one BYTES input (the prompt), the
+    /// sampling parameters (`max_tokens`, `temperature`, `top_p`, `top_k`, `seed`, `stop`) in
+    /// the request's `parameters`, run as a completion (here or on a peer, as `/v1/completions`
+    /// would), answered whole: one BYTES output, the text, with the finish reason, the token
+    /// counts and where it ran in `parameters`.
+    async fn infer_language_model(
+        &self,
+        id: ModelId,
+        manifest: &protocol::Signed<protocol::Manifest>,
+        query: api::dto::InferQuery,
+        request: InferRequest,
+    ) -> ApiResult<InferResponse> {
+        let m = manifest.body();
+        let prompt = match request.inputs.as_slice() {
+            [one] if one.data.len() == 1 => one.data[0].as_str().map(str::to_string),
+            _ => None,
+        }
+        .ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "model {id} is a language model: it takes one input, a BYTES tensor of shape [1] holding the prompt text (sampling parameters go in the request's parameters)"
+            ))
+        })?;
+        let mut body = serde_json::json!({
+            "model": id.to_string(),
+            "prompt": prompt,
+            "moxnet": query,
+        });
+        for key in [
+            "max_tokens",
+            "temperature",
+            "top_p",
+            "top_k",
+            "seed",
+            "stop",
+        ] {
+            if let Some(v) = request.parameters.get(key) {
+                body[key] = v.clone();
+            }
+        }
+        let body = serde_json::to_vec(&body)
+            .map_err(|e| ApiError::internal(format!("encoding the completion: {e}")))?;
+        let generation = api::openai::parse_request(&body, false)?;
+        let mut events = api::NodeApi::generate(self, generation).await?;
+        let mut text = String::new();
+        let done = loop {
+            match events.recv().await {
+                Some(api::openai::GenerationEvent::Text(t)) => {
+                    if text.len() + t.len() > MAX_OIP_TEXT {
+                        return Err(ApiError::new(
+                            StatusCode::PAYLOAD_TOO_LARGE,
+                            format!(
+                                "the text passed {MAX_OIP_TEXT} bytes: stream it from /v1/completions"
+                            ),
+                        ));
+                    }
+                    text.push_str(&t);
+                }
+                Some(api::openai::GenerationEvent::Done(done)) => break done,
+                Some(api::openai::GenerationEvent::Failed(e)) => return Err(e),
+                None => return Err(ApiError::internal("the generation ended without an answer")),
+            }
+        };
+        let name = m
+            .interface
+            .outputs
+            .first()
+            .map_or_else(|| "text".to_string(), |o| o.name.clone());
+        let mut data = Vec::with_capacity(4 + text.len());
+        data.extend_from_slice(&(text.len() as u32).to_le_bytes());
+        data.extend_from_slice(text.as_bytes());
+        let tensor = api::oip::RawTensor {
+            name,
+            datatype: protocol::DType::Bytes,
+            shape: vec![1],
+            data,
+        };
+        let mut parameters = serde_json::Map::new();
+        parameters.insert("finish_reason".into(), done.finish.name().into());
+        parameters.insert("usage".into(), done.usage());
+        if let serde_json::Value::Object(moxnet) = done.moxnet() {
+            parameters.extend(moxnet);
+        }
+        Ok(InferResponse::new(
+            id.to_string(),
+            m.version.clone(),
+            &request,
+            &[tensor],
+            parameters,
+        ))
     }
 }
 

@@ -226,6 +226,7 @@ fn main() -> std::io::Result<()> {
         price_per_mfuel: 1,
         addrs: vec!["/ip4/127.0.0.1/tcp/4001".into()],
         credit: protocol::credits::CreditTerms::default(),
+        price_per_mtoken: None,
     });
     write(&dir, "compute_frames", "offer", &offer.to_bytes())?;
     println!("seeds written to {}", dir.display());

@@ -140,6 +140,9 @@ pub struct ComputeOffer {
     pub addrs: Vec<String>,
     /// How it extends credit to callers.
     pub credit: CreditTerms,
+    /// Its price for generation by language models (`/moxnet/generate/1`), credits per million
+    /// tokens (prompt and generated); `None` when it runs no language models for peers.
+    pub price_per_mtoken: Option<u64>,
 }
 
 fn texts(what: &'static str, v: Value, max: usize, len: usize) -> Result<Vec<String>, DecodeError> {
@@ -171,7 +174,7 @@ impl Object for ComputeOffer {
     const MAX_BYTES: usize = MAX_OFFER_BYTES;
 
     fn to_cbor(&self) -> Value {
-        Value::Map(vec![
+        let mut entries = vec![
             (Value::text("v"), Value::Uint(COMPUTE_VERSION)),
             (Value::text("issued_ms"), Value::Uint(self.issued_ms)),
             (Value::text("expires_ms"), Value::Uint(self.expires_ms)),
@@ -193,7 +196,11 @@ impl Object for ComputeOffer {
             ),
             (Value::text("addrs"), text_array(&self.addrs)),
             (Value::text("credit"), self.credit.to_cbor()),
-        ])
+        ];
+        if let Some(p) = self.price_per_mtoken {
+            entries.push((Value::text("price_per_mtoken"), Value::Uint(p)));
+        }
+        Value::Map(entries)
     }
 
     fn from_cbor(v: Value) -> Result<Self, DecodeError> {
@@ -221,6 +228,10 @@ impl Object for ComputeOffer {
             price_per_mfuel: as_u64("offer price_per_mfuel", m.required("price_per_mfuel")?)?,
             addrs: texts("offer addrs", m.required("addrs")?, MAX_OFFER_ADDRS, 256)?,
             credit: CreditTerms::from_cbor(m.required("credit")?)?,
+            price_per_mtoken: m
+                .optional("price_per_mtoken")
+                .map(|v| as_u64("offer price_per_mtoken", v))
+                .transpose()?,
         };
         m.finish()?;
         if offer.expires_ms <= offer.issued_ms {
@@ -716,6 +727,7 @@ mod tests {
             price_per_mfuel: 3,
             addrs: vec!["/ip4/127.0.0.1/tcp/1".into()],
             credit: CreditTerms::default(),
+            price_per_mtoken: None,
         });
         let o = Signed::<ComputeOffer>::from_bytes(&offer.to_bytes()).expect("offer");
         assert_eq!(o.body(), offer.body());

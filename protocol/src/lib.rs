@@ -29,6 +29,7 @@
 //!   snapshots). [`Snapshot`]: one training step with metrics and weights, linked by parent.
 //!   [`Collection`]: the listing of a plain folder.
 //! - [`compute`]: compute offers and the signed inference call between peers.
+//! - [`generate`]: generation by language models between peers, streamed.
 //! - [`credits`]: receipts, cheques and royalties.
 //! - [`vote`]: votes on models and their merge rule.
 //!
@@ -37,6 +38,7 @@
 pub mod cbor;
 pub mod compute;
 pub mod credits;
+pub mod generate;
 mod hash;
 mod manifest;
 mod signed;

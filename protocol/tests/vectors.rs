@@ -185,6 +185,7 @@ fn generate() -> serde_json::Value {
         price_per_mfuel: 2,
         addrs: vec!["/ip4/192.0.2.1/tcp/4001".into()],
         credit: CreditTerms::default(),
+        price_per_mtoken: None,
     };
     // The frames that carry credits: a call paying with a cheque, a refusal for payment
     // returning the caller's newest cheque, and settling.

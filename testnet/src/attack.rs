@@ -1104,6 +1104,7 @@ async fn offer_spam(
                 price_per_mfuel: 0,
                 addrs: vec![format!("/ip4/127.0.0.1/tcp/9/p2p/{peer}")],
                 credit: protocol::credits::CreditTerms::default(),
+                price_per_mtoken: None,
             });
             let _ = client.announce_offer(offer.to_bytes()).await;
             sent += 1;

@@ -13,7 +13,9 @@
 //! - [`Lie::Compute`]: announces a signed compute offer (re-announced every second) and answers
 //!   calls on `/moxnet/infer/1`. It runs nothing: it calls the honest provider it was given
 //!   (with its own signed request and the caller's input bytes) and lies about the answer
-//!   ([`Fault`], [`falsify`]).
+//!   ([`Fault`], [`falsify`]). It offers generation too (`/moxnet/generate/1`), and runs no
+//!   language model either: it streams a made-up text and signs an end that lies as its fault
+//!   says ([`Peer::generate_lie`]).
 //!
 //! It opens the home's identity key and store itself, so no node may run on that home.
 
@@ -45,6 +47,8 @@ const OFFER_INTERVAL: Duration = Duration::from_secs(1);
 const OFFER_TTL: Duration = Duration::from_secs(120);
 /// What the liar charges per million fuel units (a node's default).
 const PRICE_PER_MFUEL: u64 = 1;
+/// What the liar charges per million tokens of generation (a node's default).
+const PRICE_PER_MTOKEN: u64 = 100_000;
 /// The most it pays the honest provider per million fuel units (a node's default).
 const MAX_PRICE_PER_MFUEL: u64 = 100;
 /// How long it waits for the honest provider's answer.
@@ -396,6 +400,14 @@ impl Peer {
             }
             // It keeps no ledger: a credits request goes unanswered (the stream closes).
             NetEvent::CreditsRequest { .. } => {}
+            NetEvent::GenerateCall {
+                from,
+                call,
+                responder,
+            } => {
+                let peer = self.clone();
+                tokio::spawn(async move { peer.generate_lie(from, call, responder).await });
+            }
             // Manifests and votes learnt from others are not kept: the liar only serves its
             // own home.
             NetEvent::Manifest { .. }
@@ -438,17 +450,89 @@ impl Peer {
                 cores: 1,
                 memory_mib: 1024,
                 gpus: Vec::new(),
-                backends: vec!["wasm".into()],
-                // It holds no model it could run: every answer is copied.
+                backends: vec!["wasm".into(), "llama.cpp".into()],
+                // It holds no model it could run: every answer is copied or made up.
                 models: Vec::new(),
                 max_concurrent: 4,
                 price_per_mfuel: PRICE_PER_MFUEL,
                 addrs,
                 credit: protocol::credits::CreditTerms::default(),
+                price_per_mtoken: Some(PRICE_PER_MTOKEN),
             });
             // No peers yet is fine: the next round reaches them.
             let _ = self.net.announce_offer(offer.to_bytes()).await;
         }
+    }
+
+    /// Answers a generation with a made-up text, streamed, then an end signed as its fault
+    /// says: [`Fault::WrongOutput`] signs the text it streamed (consistent: only `--verify`
+    /// catches it), [`Fault::BadHash`] signs another text than it streamed, [`Fault::InflatedFuel`]
+    /// signs more tokens than its counts add up to, [`Fault::Silent`] says nothing.
+    async fn generate_lie(
+        &self,
+        from: PeerId,
+        call: Vec<u8>,
+        mut responder: Box<net::GenerateResponder>,
+    ) {
+        let no_timings = protocol::generate::Timings::default();
+        let refuse = |status, why: &str| InferReply::error(status, why);
+        let Lie::Compute { fault, .. } = self.lie else {
+            let no = refuse(
+                InferStatus::Refused,
+                "this node does not serve calls for peers",
+            );
+            let _ = responder.end(no, no_timings).await;
+            return;
+        };
+        if fault == Fault::Silent {
+            let _held = responder;
+            std::future::pending::<()>().await;
+            return;
+        }
+        let checked = InferCall::from_bytes(&call).ok().and_then(|call| {
+            let request = Signed::<InferRequest>::from_bytes(&call.request).ok()?;
+            let r = request.body();
+            let fits = net::peer_id_of(&request.signer()) == Some(from)
+                && r.provider == self.key.node_id()
+                && r.max_price_per_mfuel >= PRICE_PER_MTOKEN
+                && r.max_fuel >= 40;
+            fits.then(|| (BlobHash::of(&call.request), r.model))
+        });
+        let Some((request, model)) = checked else {
+            let no = refuse(InferStatus::Refused, "a call this liar does not take");
+            let _ = responder.end(no, no_timings).await;
+            return;
+        };
+        let text = "I ran nothing, and I say so at length.";
+        if responder.text(text).await.is_err() {
+            return;
+        }
+        let output = protocol::generate::GenerateOutput {
+            text: match fault {
+                Fault::BadHash => format!("{text} Or did I?"),
+                _ => text.to_string(),
+            },
+            finish: protocol::generate::GenerateFinish::Stop,
+            prompt_tokens: 10,
+            generated_tokens: 10,
+        }
+        .to_bytes();
+        let result = self.key.sign(InferResult {
+            request,
+            model,
+            output_hash: BlobHash::of(&output),
+            fuel: if fault == Fault::InflatedFuel { 40 } else { 20 },
+            price_per_mfuel: PRICE_PER_MTOKEN,
+            backend: "llama.cpp".into(),
+        });
+        let reply = InferReply {
+            status: InferStatus::Ok,
+            result: Some(result.to_bytes()),
+            output: Some(output),
+            message: None,
+            cheque: None,
+        };
+        let _ = responder.end(reply, no_timings).await;
     }
 
     /// Answers one inbound call.

@@ -451,6 +451,9 @@ pub struct OfferView {
     pub max_concurrent: u64,
     /// Price per million fuel units.
     pub price_per_mfuel: u64,
+    /// Price per million tokens of generation by language models, if it serves them.
+    #[serde(default)]
+    pub price_per_mtoken: Option<u64>,
     /// Seconds until the offer expires.
     pub expires_in_s: u64,
     /// Smoothed latency of calls from here, once measured.

@@ -49,6 +49,8 @@ pub struct InferRequest {
     /// (`parameters.binary_data_output`), or these by name (`parameters.binary_data` of a
     /// requested output).
     pub binary: Binary,
+    /// The request's own `parameters` (e.g. a language model's sampling parameters), as sent.
+    pub parameters: Map<String, Value>,
 }
 
 /// Which outputs a request wants as binary tensor data (see [`InferRequest::binary`]).
@@ -249,11 +251,17 @@ impl InferRequest {
                     .collect::<Result<Vec<_>, &str>>()?,
             ),
         };
+        let parameters = match request.get("parameters") {
+            None => Map::new(),
+            Some(Value::Object(p)) => p.clone(),
+            Some(_) => return Err("\"parameters\" must be an object".into()),
+        };
         Ok(InferRequest {
             id: request.get("id").cloned(),
             inputs,
             outputs,
             binary,
+            parameters,
         })
     }
 
@@ -309,6 +317,9 @@ impl InferRequest {
         if let Some(outputs) = &self.outputs {
             let list = outputs.iter().map(|n| json!({ "name": n })).collect();
             out.insert("outputs".into(), Value::Array(list));
+        }
+        if !self.parameters.is_empty() {
+            out.insert("parameters".into(), Value::Object(self.parameters.clone()));
         }
         Value::Object(out)
     }

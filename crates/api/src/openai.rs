@@ -31,6 +31,9 @@ pub struct Generation {
     pub stream: bool,
     /// Streamed: send a last chunk with the token counts (`stream_options.include_usage`).
     pub include_usage: bool,
+    /// Where it runs (the body's `moxnet` object: `on`, `verify`, `gpu`, as the query of
+    /// `/v2/models/{id}/infer`).
+    pub placement: crate::dto::InferQuery,
 }
 
 /// What a generation sends its HTTP route, in order: tokens, then one end.
@@ -65,10 +68,14 @@ pub struct Done {
     pub prompt_ms: f64,
     /// Milliseconds generating.
     pub generate_ms: f64,
+    /// Ran on a peer: the provider's signed account (`provider`, `result`, `output_hash`,
+    /// `cost`, …), merged into the answer's `moxnet` object.
+    pub remote: Option<serde_json::Map<String, Value>>,
 }
 
 impl Done {
-    fn usage(&self) -> Value {
+    /// The `usage` object.
+    pub fn usage(&self) -> Value {
         json!({
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
@@ -76,15 +83,20 @@ impl Done {
         })
     }
 
-    fn moxnet(&self) -> Value {
-        json!({
+    /// The `moxnet` object: where and how it ran.
+    pub fn moxnet(&self) -> Value {
+        let mut v = json!({
             "model_id": self.model_id,
             "engine": self.engine,
             "ran_on": self.ran_on,
             "seed": self.seed,
             "prompt_ms": self.prompt_ms,
             "generate_ms": self.generate_ms,
-        })
+        });
+        if let (Some(remote), Value::Object(out)) = (&self.remote, &mut v) {
+            out.extend(remote.clone());
+        }
+        v
     }
 }
 
@@ -150,6 +162,8 @@ struct RawRequest {
     stream_options: Option<StreamOptions>,
     #[serde(default)]
     n: Option<u32>,
+    #[serde(default)]
+    moxnet: Option<crate::dto::InferQuery>,
 }
 
 /// Decodes and checks a `/v1/completions` (`chat` false) or `/v1/chat/completions` body.
@@ -232,6 +246,7 @@ pub fn parse_request(body: &[u8], chat: bool) -> Result<Generation, ApiError> {
         chat,
         stream: raw.stream,
         include_usage: raw.stream_options.is_some_and(|o| o.include_usage),
+        placement: raw.moxnet.unwrap_or_default(),
     })
 }
 

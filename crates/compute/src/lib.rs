@@ -112,6 +112,8 @@ pub use offers::{
     Candidate, FAILURE_MEMORY_MS, MAX_FAILURES, MAX_OFFER_SKEW_MS, MAX_OFFER_TTL_MS, MAX_OFFERS,
     Needs, OfferView, Offers, Outcome, Stats, score,
 };
-pub use reply::{Misbehavior, ReplyError, VerifiedReply, check_reply};
+pub use reply::{
+    Misbehavior, ReplyError, VerifiedGeneration, VerifiedReply, check_generation, check_reply,
+};
 pub use request::{CheckedCall, RequestError, ServeTerms, check_call};
 pub use slots::{CallerBusy, CallerSlot, CallerSlots};

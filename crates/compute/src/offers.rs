@@ -62,6 +62,24 @@ struct Entry {
 pub struct Needs {
     /// A GPU and an engine that uses it.
     pub gpu: bool,
+    /// Generation by a language model: the provider states a price per million tokens, and
+    /// `max_price` and the candidates' prices are per million tokens.
+    pub tokens: bool,
+}
+
+impl Needs {
+    /// The price `offer` charges for such a call, if it takes them: per million fuel units,
+    /// or per million tokens for generation.
+    pub fn price(&self, offer: &ComputeOffer) -> Option<u64> {
+        if self.gpu && !offer.offers_gpu() {
+            return None;
+        }
+        if self.tokens {
+            offer.price_per_mtoken
+        } else {
+            Some(offer.price_per_mfuel)
+        }
+    }
 }
 
 /// A provider a call may go to.
@@ -72,8 +90,9 @@ pub struct Candidate {
     /// Addresses from its offer, as offered (multiaddresses ending in `/p2p/<peer id>`); the
     /// caller parses them.
     pub addrs: Vec<String>,
-    /// Its offered price per million fuel units (`None` when forced without an offer). The
-    /// request caps the price at it, so a provider cannot charge more than it offered.
+    /// Its offered price per million fuel units, or per million tokens for generation
+    /// (`None` when forced without an offer). The request caps the price at it, so a provider
+    /// cannot charge more than it offered.
     pub price_per_mfuel: Option<u64>,
     /// The credit terms it offered (`None` when forced without an offer).
     pub credit: Option<protocol::credits::CreditTerms>,
@@ -240,14 +259,17 @@ impl Offers {
         let mut list: Vec<Candidate> = self
             .by_node
             .iter()
-            .filter(|(_, e)| e.expires_ms > now_ms && e.offer.body().price_per_mfuel <= max_price)
-            .filter(|(_, e)| !needs.gpu || e.offer.body().offers_gpu())
-            .map(|(node, e)| {
+            .filter(|(_, e)| e.expires_ms > now_ms)
+            .filter_map(|(node, e)| {
+                let price = needs.price(e.offer.body()).filter(|p| *p <= max_price)?;
+                Some((node, e, price))
+            })
+            .map(|(node, e, price)| {
                 let o = e.offer.body();
                 Candidate {
                     node: *node,
                     addrs: o.addrs.clone(),
-                    price_per_mfuel: Some(o.price_per_mfuel),
+                    price_per_mfuel: Some(price),
                     credit: Some(o.credit),
                     vouched: self.connected.contains(node) || e.stats.latency_ms.is_some(),
                     score: score(o, &e.stats, model, now_ms),
@@ -406,7 +428,10 @@ mod tests {
         offers.insert(with(2, vec!["NVIDIA H200"], vec!["wasm"]), 1000);
         offers.insert(with(3, vec![], vec!["wasm", "onnxruntime-cuda"]), 1000);
         offers.insert(with(4, vec!["NVIDIA H200"], vec!["onnxruntime-cuda"]), 1000);
-        let gpu = Needs { gpu: true };
+        let gpu = Needs {
+            gpu: true,
+            ..Needs::default()
+        };
         let found: Vec<NodeId> = offers
             .candidates_for(model(), 100, gpu, 2000)
             .iter()
@@ -414,6 +439,35 @@ mod tests {
             .collect();
         assert_eq!(found, vec![id(4)]);
         assert_eq!(offers.candidates(model(), 100, 2000).len(), 4);
+    }
+
+    #[test]
+    fn generation_sees_only_offers_with_a_token_price_at_or_below_the_callers() {
+        let with = |seed: u8, price_per_mtoken: Option<u64>| {
+            SecretKey::from_seed(&[seed; 32]).sign(ComputeOffer {
+                issued_ms: 1000,
+                expires_ms: 61_000,
+                price_per_mfuel: 1,
+                price_per_mtoken,
+                ..ComputeOffer::default()
+            })
+        };
+        let mut offers = Offers::default();
+        offers.insert(with(1, None), 1000);
+        offers.insert(with(2, Some(50)), 1000);
+        offers.insert(with(3, Some(5000)), 1000);
+        let tokens = Needs {
+            tokens: true,
+            ..Needs::default()
+        };
+        let found = offers.candidates_for(model(), 100, tokens, 2000);
+        assert_eq!(found.len(), 1);
+        assert_eq!(
+            (found[0].node, found[0].price_per_mfuel),
+            (id(2), Some(50)),
+            "the candidate's price is its token price"
+        );
+        assert_eq!(offers.candidates(model(), 100, 2000).len(), 3);
     }
 
     #[test]

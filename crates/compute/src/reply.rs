@@ -8,6 +8,7 @@
 //! whose reply fails a check is reported as [`ReplyError::Misbehaved`] and never trusted again.
 
 use protocol::compute::{InferReply, InferRequest, InferResult, InferStatus, Outputs};
+use protocol::generate::GenerateOutput;
 use protocol::{BlobHash, DecodeError, NodeId, Object, Signed};
 
 use crate::Outcome;
@@ -48,6 +49,21 @@ pub enum Misbehavior {
     /// The outputs, though they match the signed hash, do not decode.
     #[error("outputs: {0}")]
     MalformedOutputs(DecodeError),
+    /// A generation's streamed text is not the text its signed output holds.
+    #[error("the text streamed is not the text of the signed output")]
+    StreamMismatch,
+    /// A generation's signed fuel is not its prompt and generated tokens together.
+    #[error(
+        "the result states {fuel} tokens, the output {prompt} prompt and {generated} generated"
+    )]
+    TokensMismatch {
+        /// The fuel the result states.
+        fuel: u64,
+        /// The output's prompt tokens.
+        prompt: u64,
+        /// The output's generated tokens.
+        generated: u64,
+    },
 }
 
 /// Why a reply brings no answer. Each variant says what the caller does next; the message is
@@ -117,6 +133,52 @@ pub fn check_reply(
     request: &Signed<InferRequest>,
 ) -> Result<VerifiedReply, ReplyError> {
     let reply = InferReply::from_bytes(reply).map_err(Misbehavior::MalformedReply)?;
+    let (result, output) = signed_output(reply, request)?;
+    let outputs = Outputs::from_bytes(&output).map_err(Misbehavior::MalformedOutputs)?;
+    Ok(VerifiedReply { result, outputs })
+}
+
+/// A generation that passed [`check_generation`]: the text streamed is the text the provider
+/// signed for the request.
+#[derive(Debug, Clone)]
+pub struct VerifiedGeneration {
+    /// The provider's signed result (with a later request, a receipt).
+    pub result: Signed<InferResult>,
+    /// The output it signed.
+    pub output: GenerateOutput,
+}
+
+/// Checks the reply that ended a generation stream from the provider that `request` (as sent)
+/// was addressed to, given the text its frames streamed: as [`check_reply`], and the output is a
+/// [`GenerateOutput`] whose text is exactly `streamed` and whose token counts add up to the
+/// fuel the result states.
+pub fn check_generation(
+    reply: InferReply,
+    request: &Signed<InferRequest>,
+    streamed: &str,
+) -> Result<VerifiedGeneration, ReplyError> {
+    let (result, output) = signed_output(reply, request)?;
+    let output = GenerateOutput::from_bytes(&output).map_err(Misbehavior::MalformedOutputs)?;
+    if output.text != streamed {
+        return Err(Misbehavior::StreamMismatch.into());
+    }
+    if output.tokens() != Some(result.body().fuel) {
+        return Err(Misbehavior::TokensMismatch {
+            fuel: result.body().fuel,
+            prompt: output.prompt_tokens,
+            generated: output.generated_tokens,
+        }
+        .into());
+    }
+    Ok(VerifiedGeneration { result, output })
+}
+
+/// The checks every reply passes: the status, then the signed result against the request and
+/// the output's hash.
+fn signed_output(
+    reply: InferReply,
+    request: &Signed<InferRequest>,
+) -> Result<(Signed<InferResult>, Vec<u8>), ReplyError> {
     let message = reply.message.unwrap_or_default();
     match reply.status {
         InferStatus::Ok => {}
@@ -158,8 +220,7 @@ pub fn check_reply(
         }
         .into());
     }
-    let outputs = Outputs::from_bytes(&output).map_err(Misbehavior::MalformedOutputs)?;
-    Ok(VerifiedReply { result, outputs })
+    Ok((result, output))
 }
 
 #[cfg(test)]
@@ -313,5 +374,63 @@ mod tests {
             ok(&provider().sign(honest(&request, &junk)), junk),
             "outputs: ",
         );
+    }
+
+    fn generation(text: &str, prompt: u64, generated: u64) -> Vec<u8> {
+        GenerateOutput {
+            text: text.into(),
+            finish: protocol::generate::GenerateFinish::Stop,
+            prompt_tokens: prompt,
+            generated_tokens: generated,
+        }
+        .to_bytes()
+    }
+
+    fn generated_reply(output: &[u8], fuel: u64) -> InferReply {
+        let result = provider().sign(InferResult {
+            fuel,
+            ..honest(&request(), output)
+        });
+        InferReply::from_bytes(&ok(&result, output.to_vec())).expect("reply")
+    }
+
+    #[test]
+    fn a_generation_is_verified_against_the_text_streamed_and_its_token_counts() {
+        let request = request();
+        let output = generation("Hello there", 12, 3);
+        let verified =
+            check_generation(generated_reply(&output, 15), &request, "Hello there").expect("ok");
+        assert_eq!(verified.output.generated_tokens, 3);
+        assert_eq!(verified.result.body().fuel, 15);
+        // Streamed text other than the signed text.
+        let e = check_generation(generated_reply(&output, 15), &request, "Hello")
+            .expect_err("stream mismatch");
+        assert!(matches!(
+            e,
+            ReplyError::Misbehaved(Misbehavior::StreamMismatch)
+        ));
+        // Fuel other than the tokens.
+        let e = check_generation(generated_reply(&output, 16), &request, "Hello there")
+            .expect_err("tokens mismatch");
+        assert!(matches!(
+            e,
+            ReplyError::Misbehaved(Misbehavior::TokensMismatch { fuel: 16, .. })
+        ));
+        // More tokens than the request pays for.
+        let big = generation("x", 999, 2);
+        let e =
+            check_generation(generated_reply(&big, 1001), &request, "x").expect_err("over limits");
+        assert!(matches!(
+            e,
+            ReplyError::Misbehaved(Misbehavior::OverLimits { .. })
+        ));
+        // Inference outputs are not a generation.
+        let tensors = outputs();
+        let e = check_generation(generated_reply(&tensors, 1000), &request, "")
+            .expect_err("not a generation");
+        assert!(matches!(
+            e,
+            ReplyError::Misbehaved(Misbehavior::MalformedOutputs(_))
+        ));
     }
 }

