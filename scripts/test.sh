@@ -23,9 +23,21 @@ python3 -c 'import onnxruntime, onnx, numpy' 2>/dev/null ||
 python3 -c 'import tritonclient.http' 2>/dev/null ||
     python3 -m pip install --quiet --disable-pip-version-check 'tritonclient[http]'
 # llama.cpp itself, as the reference the language-model engine's greedy output is checked
-# against (built from PyPI's sources by pip, once; pip keeps the wheel in its cache).
-python3 -c 'import llama_cpp' 2>/dev/null ||
-    python3 -m pip install --quiet --disable-pip-version-check 'llama-cpp-python==0.3.36'
+# against, built from PyPI's sources by pip for this CPU as moxnet's own llama.cpp is
+# (.cargo/config.toml): -march=native without AMX. llama.cpp's default native build uses AMX
+# where the CPU lists it, and on virtual machines that list AMX without enabling it that
+# build dies on an illegal instruction. A build with AMX (or none) is replaced.
+reference_ok() {
+    python3 -c 'import sys, llama_cpp
+sys.exit("AMX_INT8 = 1" in llama_cpp.llama_print_system_info().decode())' 2>/dev/null
+}
+reference_ok || {
+    flags='-march=native -mno-amx-tile -mno-amx-int8 -mno-amx-bf16'
+    CMAKE_ARGS="-DGGML_NATIVE=OFF -DCMAKE_C_FLAGS='$flags' -DCMAKE_CXX_FLAGS='$flags'" \
+        python3 -m pip install --quiet --disable-pip-version-check --force-reinstall --no-deps \
+        --no-cache-dir 'llama-cpp-python==0.3.36'
+    reference_ok
+}
 cargo nextest --version >/dev/null 2>&1 || cargo install --locked cargo-nextest
 
 rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2

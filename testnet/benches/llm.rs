@@ -9,7 +9,7 @@
 //!
 //! ```text
 //! python3 examples/smollm2/fetch.py
-//! pip install llama-cpp-python==0.3.36
+//! # llama-cpp-python==0.3.36, built for this CPU without AMX as scripts/test.sh installs it
 //! cargo build --release -p node --bin moxnet
 //! cargo bench -p testnet --bench llm          # MOXNET_BENCH_THREADS=N to pin the threads
 //! ```
@@ -65,7 +65,7 @@ fn main() {
         .arg(GENERATE.to_string())
         .arg(ROUNDS.to_string())
         .output()
-        .expect("python3 with llama-cpp-python (pip install llama-cpp-python==0.3.36)");
+        .expect("python3 with llama-cpp-python (scripts/test.sh installs it)");
     assert!(
         out.status.success(),
         "llama-cpp-python: {}",

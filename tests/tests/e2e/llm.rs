@@ -504,7 +504,8 @@ fn a_language_model_published_on_a_streams_to_c_from_provider_b_paid_per_token()
         &node_b.peer_id,
         &[node_a.addr(), node_b.addr()],
     );
-    testnet::wait_for_offers(&node_c, &[&inconsistent.peer_id]).unwrap_or_else(|e| panic!("{e:#}"));
+    testnet::wait_for_offers(&node_c, &[&node_b.peer_id, &inconsistent.peer_id])
+        .unwrap_or_else(|e| panic!("{e:#}"));
     let caught = c.fails(&[
         "chat",
         id.as_str(),
