@@ -32,12 +32,12 @@ use compute::{Outcome, ReplyError, VerifiedGeneration};
 use credits::PayWhen;
 use net::libp2p::PeerId;
 use net::{GenerateResponder, GenerateStream};
-use protocol::compute::{InferCall, InferReply, InferRequest, InferStatus};
+use protocol::compute::{InferReply, InferRequest, InferStatus};
 use protocol::generate::{
     ChatMessage, GenerateFinish, GenerateFrame, GenerateInput, GenerateOutput, GeneratePrompt,
     MAX_GENERATED_BYTES, Timings,
 };
-use protocol::{BlobHash, ModelId, Object, Signed};
+use protocol::{ModelId, Object, Signed};
 use serde_json::json;
 use store::Holder;
 use tokio::sync::mpsc;
@@ -486,29 +486,7 @@ impl Remote {
                 reasons.push(format!("{}: {why}", to.peer));
             }
             if !(any_busy && Instant::now() + backoff < deadline) {
-                return Err(if any_payment && !any_busy {
-                    CallError::new(
-                        402,
-                        format!(
-                            "payment required: every provider wants to be paid first ({}); this node pays at most [credits] spend_limit = {} beyond what a peer's calls here cost",
-                            reasons.join("; "),
-                            self.spend_limit
-                        ),
-                    )
-                } else if any_busy {
-                    CallError::new(
-                        503,
-                        format!("every provider stayed busy ({})", reasons.join("; ")),
-                    )
-                } else {
-                    CallError::new(
-                        502,
-                        format!(
-                            "no provider could run the generation: {}",
-                            reasons.join("; ")
-                        ),
-                    )
-                });
+                return Err(self.no_provider(&reasons, any_payment, any_busy, "generation"));
             }
             let mut jitter = [0u8; 1];
             getrandom::fill(&mut jitter).unwrap_or_default();
@@ -528,37 +506,8 @@ impl Remote {
         context: u64,
         pay: PayWhen,
     ) -> Result<Opened, Failure> {
-        let mut nonce = [0u8; 16];
-        getrandom::fill(&mut nonce).map_err(|e| {
-            Failure::Final(CallError::new(
-                500,
-                format!("no randomness for a nonce: {e}"),
-            ))
-        })?;
-        let max_price = to.price_per_mfuel.map_or(max_price, |p| p.min(max_price));
-        // The most tokens the call may take is the model's context; it must fit the credit
-        // the provider extends to a caller that pays on time (as for inference).
-        let terms = to.credit.unwrap_or_default();
-        let room = terms
-            .disconnect_threshold
-            .saturating_sub(terms.payment_threshold / 2);
-        let affordable = u64::try_from(room as u128 * 1_000_000 / u128::from(max_price.max(1)))
-            .unwrap_or(u64::MAX);
-        let request = self.key.sign(InferRequest {
-            model,
-            input_hash: BlobHash::of(input),
-            max_fuel: context.min(affordable),
-            max_price_per_mfuel: max_price,
-            nonce,
-            issued_ms: now_ms(),
-            provider: to.node,
-        });
-        let call = InferCall {
-            request: request.to_bytes(),
-            input: input.to_vec(),
-            cheque: self.cheque_to_send(to, pay)?,
-        }
-        .to_bytes();
+        // The most tokens a generation takes is the model's context.
+        let (request, call) = self.signed_call(to, model, input, (max_price, context), pay)?;
         let started = Instant::now();
         self.net.reach(to.peer, &to.addrs).await;
         let timeout = self.compute.config.call_timeout;

@@ -757,15 +757,18 @@ impl Remote {
         self.settle_with(to.peer).await;
     }
 
-    /// One signed call to one provider, verified.
-    async fn attempt_once(
+    /// A call to `to` for `model` on `input`: the signed request (a fresh nonce, the price
+    /// capped at the provider's offer, at most `max_fuel` fuel units or tokens, fewer when the
+    /// provider's credit for a caller that pays on time allows fewer) and the encoded
+    /// [`InferCall`] with the cheque due.
+    pub(crate) fn signed_call(
         &self,
         to: &Target,
         model: ModelId,
         input: &[u8],
-        max_price: u64,
+        (max_price, max_fuel): (u64, u64),
         pay: PayWhen,
-    ) -> Result<Answer, Failure> {
+    ) -> Result<(Signed<InferRequest>, Vec<u8>), Failure> {
         let mut nonce = [0u8; 16];
         getrandom::fill(&mut nonce).map_err(|e| {
             Failure::Final(CallError::new(
@@ -775,7 +778,7 @@ impl Remote {
         })?;
         let max_price = to.price_per_mfuel.map_or(max_price, |p| p.min(max_price));
         // The worst case of the call must fit what the provider extends to a caller that pays
-        // on time (it owes under half the payment threshold when it calls): more fuel than that
+        // on time (it owes under half the payment threshold when it calls): more than that
         // would be refused for payment however much was paid.
         let terms = to.credit.unwrap_or_default();
         let room = terms
@@ -783,11 +786,10 @@ impl Remote {
             .saturating_sub(terms.payment_threshold / 2);
         let affordable = u64::try_from(room as u128 * 1_000_000 / u128::from(max_price.max(1)))
             .unwrap_or(u64::MAX);
-        let max_fuel = self.runtime.engine().max_fuel().min(affordable);
         let request = self.key.sign(InferRequest {
             model,
             input_hash: BlobHash::of(input),
-            max_fuel,
+            max_fuel: max_fuel.min(affordable),
             max_price_per_mfuel: max_price,
             nonce,
             issued_ms: now_ms(),
@@ -799,6 +801,45 @@ impl Remote {
             cheque: self.cheque_to_send(to, pay)?,
         }
         .to_bytes();
+        Ok((request, call))
+    }
+
+    /// The answer when no provider took a call: 402 when every one wants to be paid first,
+    /// 503 when some stayed busy, else 502; `reasons` says what each answered.
+    pub(crate) fn no_provider(
+        &self,
+        reasons: &[String],
+        any_payment: bool,
+        any_busy: bool,
+        what: &str,
+    ) -> CallError {
+        let reasons = reasons.join("; ");
+        if any_payment && !any_busy {
+            CallError::new(
+                402,
+                format!(
+                    "payment required: every provider wants to be paid first ({reasons}); this node pays at most [credits] spend_limit = {} beyond what a peer's calls here cost",
+                    self.spend_limit
+                ),
+            )
+        } else if any_busy {
+            CallError::new(503, format!("every provider stayed busy ({reasons})"))
+        } else {
+            CallError::new(502, format!("no provider could run the {what}: {reasons}"))
+        }
+    }
+
+    /// One signed call to one provider, verified.
+    async fn attempt_once(
+        &self,
+        to: &Target,
+        model: ModelId,
+        input: &[u8],
+        max_price: u64,
+        pay: PayWhen,
+    ) -> Result<Answer, Failure> {
+        let max_fuel = self.runtime.engine().max_fuel();
+        let (request, call) = self.signed_call(to, model, input, (max_price, max_fuel), pay)?;
         let started = Instant::now();
         // Not reaching it is not final: the call below says why.
         self.net.reach(to.peer, &to.addrs).await;
@@ -956,26 +997,7 @@ impl Remote {
             }
             let retry = any_busy && Instant::now() + backoff < deadline;
             if !retry {
-                return Err(if any_payment && !any_busy {
-                    CallError::new(
-                        402,
-                        format!(
-                            "payment required: every provider wants to be paid first ({}); this node pays at most [credits] spend_limit = {} beyond what a peer's calls here cost",
-                            reasons.join("; "),
-                            self.spend_limit
-                        ),
-                    )
-                } else if any_busy {
-                    CallError::new(
-                        503,
-                        format!("every provider stayed busy ({})", reasons.join("; ")),
-                    )
-                } else {
-                    CallError::new(
-                        502,
-                        format!("no provider could run the call: {}", reasons.join("; ")),
-                    )
-                });
+                return Err(self.no_provider(&reasons, any_payment, any_busy, "call"));
             }
             let mut jitter = [0u8; 1];
             // Without randomness the backoff has no jitter; it still backs off.

@@ -369,12 +369,22 @@ impl api::NodeApi for Service {
 
     async fn model_metadata(&self, id: String) -> ApiResult<ModelMetadata> {
         let id = parse_model(&id)?;
+        if let Some(m) = self.language_model(id) {
+            return Ok(language_metadata(id, m.body()));
+        }
         let loaded = self.runtime.load_local(id).await.map_err(from_call)?;
         Ok(loaded.metadata())
     }
 
     async fn model_ready(&self, id: String) -> ApiResult<ModelReady> {
         let id = parse_model(&id)?;
+        if self.language_model(id).is_some() {
+            // Callable: its files are here, or a peer offers generation.
+            return Ok(ModelReady {
+                name: id.to_string(),
+                ready: self.language.is_here(id) || self.remote.has_generation_providers(id),
+            });
+        }
         let loaded = self.runtime.load_local(id).await.map_err(from_call)?;
         Ok(ModelReady {
             name: loaded.id.to_string(),
@@ -391,9 +401,7 @@ impl api::NodeApi for Service {
         request: InferRequest,
     ) -> ApiResult<InferResponse> {
         let id = parse_model(&id)?;
-        if let Some(m) = self.home.catalog.get(id)
-            && m.body().runtime.kind == crate::language::KIND
-        {
+        if let Some(m) = self.language_model(id) {
             return self.infer_language_model(id, &m, query, request).await;
         }
         let on = query
@@ -463,7 +471,53 @@ impl api::NodeApi for Service {
 /// one BYTES element).
 const MAX_OIP_TEXT: usize = 16 << 20;
 
+/// OIP metadata of a language model, from its manifest: its interface (`prompt` → `text` for a
+/// bare `.gguf`), platform `moxnet_gguf`, and what its GGUF header said.
+fn language_metadata(id: ModelId, m: &protocol::Manifest) -> ModelMetadata {
+    let spec = |s: &protocol::TensorSpec| api::oip::TensorMetadata {
+        name: s.name.clone(),
+        datatype: s.dtype.name().to_string(),
+        shape: s
+            .shape
+            .iter()
+            .map(|d| match d {
+                protocol::Dim::Fixed(n) => i64::try_from(*n).unwrap_or(-1),
+                protocol::Dim::Symbolic(_) => -1,
+            })
+            .collect(),
+    };
+    let mut parameters = serde_json::Map::new();
+    parameters.insert("package".into(), m.name.clone().into());
+    if let Some(lm) = &m.runtime.language_model {
+        parameters.insert(
+            "language_model".into(),
+            serde_json::json!({
+                "architecture": lm.architecture,
+                "context_length": lm.context_length,
+                "quantisation": lm.quantisation,
+                "parameters": lm.parameters,
+            }),
+        );
+    }
+    ModelMetadata {
+        name: id.to_string(),
+        versions: vec![m.version.clone()],
+        platform: format!("moxnet_{}", m.runtime.kind),
+        inputs: m.interface.inputs.iter().map(spec).collect(),
+        outputs: m.interface.outputs.iter().map(spec).collect(),
+        parameters,
+    }
+}
+
 impl Service {
+    /// The manifest of `id` when it is a language model this node knows of.
+    fn language_model(&self, id: ModelId) -> Option<Arc<protocol::Signed<protocol::Manifest>>> {
+        self.home
+            .catalog
+            .get(id)
+            .filter(|m| m.body().runtime.kind == crate::language::KIND)
+    }
+
     /// `POST /v2/models/{id}/infer` for a language model: one BYTES input (the prompt), the
     /// sampling parameters (`max_tokens`, `temperature`, `top_p`, `top_k`, `seed`, `stop`) in
     /// the request's `parameters`, run as a completion (here or on a peer, as `/v1/completions`

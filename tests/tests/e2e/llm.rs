@@ -430,6 +430,21 @@ fn a_language_model_published_on_a_streams_to_c_from_provider_b_paid_per_token()
         "{v}"
     );
 
+    let (status, meta) = node_c
+        .api_get(&format!("/v2/models/{id}"))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(status, 200, "{meta}");
+    assert_eq!(meta["platform"], "moxnet_gguf", "{meta}");
+    assert_eq!(meta["inputs"][0]["name"], "prompt", "{meta}");
+    assert_eq!(
+        meta["parameters"]["language_model"]["context_length"], 8192,
+        "{meta}"
+    );
+    let (_, ready) = node_c
+        .api_get(&format!("/v2/models/{id}/ready"))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(ready["ready"], true, "callable through B: {ready}");
+
     // Sampled with a fixed seed: reproducible through a provider too, and `--verify` on two
     // providers agrees bit for bit.
     let b2 = init("b2", SERVE);
