@@ -146,14 +146,7 @@ impl Remote {
         let (reply, timings) = self
             .run_for_peer(language, from, call, &mut responder)
             .await;
-        let outcome = match reply.status {
-            InferStatus::Ok => metrics::Outcome::Ok,
-            InferStatus::Busy | InferStatus::PaymentRequired => metrics::Outcome::Busy,
-            InferStatus::BadRequest | InferStatus::NotFound | InferStatus::Refused => {
-                metrics::Outcome::Refused
-            }
-            InferStatus::Failed | InferStatus::Internal => metrics::Outcome::Failed,
-        };
+        let outcome = metrics::Outcome::of_reply(reply.status);
         self.metrics.call(Place::Served, outcome);
         if outcome != metrics::Outcome::Ok {
             tracing::debug!(peer = %from, status = ?reply.status, "refused or failed a generation for a peer: {}", reply.message.as_deref().unwrap_or(""));

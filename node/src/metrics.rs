@@ -67,6 +67,17 @@ impl Outcome {
             _ => Outcome::Failed,
         }
     }
+
+    /// The outcome of a call served for a peer, by the status of its answer.
+    pub fn of_reply(status: protocol::compute::InferStatus) -> Outcome {
+        use protocol::compute::InferStatus as S;
+        match status {
+            S::Ok => Outcome::Ok,
+            S::Busy | S::PaymentRequired => Outcome::Busy,
+            S::BadRequest | S::NotFound | S::Refused => Outcome::Refused,
+            S::Failed | S::Internal => Outcome::Failed,
+        }
+    }
 }
 
 /// Labels of `moxnet_calls_total`.

@@ -243,14 +243,7 @@ impl Remote {
     /// Answers one inbound call and counts it; returns the encoded reply.
     pub async fn serve(&self, from: PeerId, call: Vec<u8>) -> Vec<u8> {
         let answer = self.handle_call(from, call).await;
-        let outcome = match answer.status {
-            InferStatus::Ok => metrics::Outcome::Ok,
-            InferStatus::Busy | InferStatus::PaymentRequired => metrics::Outcome::Busy,
-            InferStatus::BadRequest | InferStatus::NotFound | InferStatus::Refused => {
-                metrics::Outcome::Refused
-            }
-            InferStatus::Failed | InferStatus::Internal => metrics::Outcome::Failed,
-        };
+        let outcome = metrics::Outcome::of_reply(answer.status);
         self.metrics.call(Place::Served, outcome);
         if outcome != metrics::Outcome::Ok {
             tracing::debug!(peer = %from, status = ?answer.status, "refused or failed a call for a peer: {}", answer.message.as_deref().unwrap_or(""));
