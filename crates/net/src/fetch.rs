@@ -17,7 +17,8 @@
 //!   fewest requests in flight, then the highest measured rate.
 //! - **Work stealing:** when nothing is left to hand out, an idle peer duplicates the oldest
 //!   request of another peer; whichever answers first wins and the other is cancelled. A slow
-//!   peer therefore never holds up the end of a fetch.
+//!   peer therefore never holds up the end of a fetch. Peers that have delivered race first
+//!   (fastest first), so a peer that never answers cannot take a race from an idle seed.
 //! - **Bad bytes:** a peer whose data fails verification is banned for this blob at once; what
 //!   it had in flight is handed to others. Groups it sent that *did* verify are kept.
 //! - **Stalls:** a request gets a deadline from the peer's measured rate (at least
@@ -722,9 +723,20 @@ impl<P: Ord + Clone> Fetch<P> {
             // oldest unraced request it can serve. While peers serve each other, a seed races
             // only requests that are late (more than twice the target time old): its upload is
             // what the swarm spares.
+            // Peers that have delivered race first, fastest first: a request is raced by one
+            // peer at a time, so a peer that never answered (one that left, whose dial hangs)
+            // must not take the race from a seed that is idle.
             let swarming = self.swarming();
             let late = now.saturating_sub(2 * self.config.target_request_ms);
-            for (thief, usage) in self.candidates(now, true) {
+            let mut thieves = self.candidates(now, true);
+            let rate = |p: &P| self.peers.get(p).and_then(|p| p.rate);
+            thieves.sort_by(|(a, _), (b, _)| match (rate(a), rate(b)) {
+                (Some(ra), Some(rb)) => rb.partial_cmp(&ra).unwrap_or(std::cmp::Ordering::Equal),
+                (Some(_), None) => std::cmp::Ordering::Less,
+                (None, Some(_)) => std::cmp::Ordering::Greater,
+                (None, None) => std::cmp::Ordering::Equal,
+            });
+            for (thief, usage) in thieves {
                 let Some(t) = self.peers.get(&thief) else {
                     continue;
                 };

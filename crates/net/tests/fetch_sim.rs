@@ -593,3 +593,30 @@ fn a_peer_claiming_groups_it_never_sends_is_dropped() {
         "the liar was asked {asked_liar} times"
     );
 }
+
+#[test]
+fn silent_peers_do_not_hold_up_a_fetch_a_seed_can_finish() {
+    // The churn scenario: a fresh node starts on the live seed and on two announcers that left
+    // (their dials hang); the seed races their requests once it is idle.
+    let silent = SimPeer {
+        ms_per_group: 1,
+        latency: 1,
+        behaviour: Behaviour::Silent,
+    };
+    let alone = simulate(1024, vec![0..1024], &[honest(1)], 5);
+    for seed in 0..20 {
+        let with_silent = simulate(
+            1024,
+            vec![0..1024],
+            &[silent.clone(), silent.clone(), honest(1)],
+            seed,
+        );
+        assert!(with_silent.completed);
+        assert!(
+            with_silent.finished_at <= alone.finished_at * 13 / 10,
+            "seed {seed}: with two silent peers {} ms, the seed alone {} ms",
+            with_silent.finished_at,
+            alone.finished_at
+        );
+    }
+}
