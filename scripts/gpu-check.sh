@@ -4,6 +4,12 @@
 # demo model (all-MiniLM-L6-v2) and calls it through a node twice — engine "onnxruntime-cuda",
 # then "onnxruntime" (CPU, same library) — at batch 1 and batch 64, and prints the GPU's ratio to
 # the CPU. It fails if the node does not run the GPU engine (it prints the node's reason).
+# Then language models: where the CUDA toolkit is installed (nvcc on PATH or in $CUDA_PATH,
+# default /usr/local/cuda: llama.cpp's CUDA backend compiles with it and links its static
+# cudart, cuBLAS and culibos), it builds moxnet with `--features cuda`, publishes the demo
+# language model (SmolLM2-135M-Instruct) and generates through a node with `[llm] gpu_layers`
+# 999 (engine "llama.cpp-cuda"), then 0 (the CPU), and prints tokens per second and the ratio.
+# Without the toolkit it says so and skips that part.
 #
 #   bash scripts/gpu-check.sh            # CALLS=50 by default
 set -euo pipefail
@@ -84,3 +90,60 @@ read -r cpu1 cpu64 < <(run_node onnxruntime)
 [ -n "${cpu1:-}" ] || { echo "gpu-check: the CPU run failed (see above)" >&2; exit 1; }
 python3 -c "import sys; g1,g64,c1,c64=map(float,sys.argv[1:]); print(f'gpu-check: GPU vs CPU: batch 1 {c1/g1:.2f}x faster ({g1:.2f} vs {c1:.2f} ms), batch 64 {c64/g64:.2f}x faster ({g64:.2f} vs {c64:.2f} ms)')" \
     "$gpu1" "$gpu64" "$cpu1" "$cpu64"
+
+# Language models on the GPU (llama.cpp's CUDA backend, built from its sources).
+cuda="${CUDA_PATH:-/usr/local/cuda}"
+[ -x "$cuda/bin/nvcc" ] && export PATH="$cuda/bin:$PATH"
+if ! command -v nvcc >/dev/null; then
+    echo "gpu-check: no CUDA toolkit (nvcc) here: language models not tried on the GPU;" \
+        "install it (or set CUDA_PATH) and run again to build moxnet --features cuda" >&2
+    exit 0
+fi
+echo "gpu-check: building moxnet with llama.cpp's CUDA backend ($(nvcc --version | tail -n 1))"
+cargo build --quiet --release -p node --bin moxnet --features cuda
+python3 examples/smollm2/fetch.py
+
+run_llm() { # gpu_layers expected_engine -> prints "prompt_tok_per_s generated_tok_per_s"
+    local layers=$1 expected=$2 home
+    home=$(mktemp -d)
+    export MOXNET_HOME="$home"
+    "$target/release/moxnet" init >/dev/null
+    printf '[llm]\ngpu_layers = %s\nmemory_mib = 8192\n' "$layers" >"$home/config.toml"
+    local model
+    model=$("$target/release/moxnet" publish examples/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf)
+    "$target/release/moxnet" node --listen /ip4/127.0.0.1/udp/0/quic-v1 --api 127.0.0.1:0 --no-mdns \
+        >"$home/node.log" 2>&1 &
+    local pid=$!
+    for _ in $(seq 600); do [ -s "$home/api" ] && break; sleep 0.1; done
+    "$venv/bin/python" - "$(cat "$home/api")" "$model" "$expected" "$calls" <<'PY' || { kill $pid; cat "$home/node.log" >&2; exit 1; }
+import http.client, json, sys
+api, model, expected, calls = sys.argv[1], sys.argv[2], sys.argv[3], min(int(sys.argv[4]), 10)
+host, port = api.rsplit(":", 1)
+conn = http.client.HTTPConnection(host, int(port), timeout=600)
+prompt = "Write a long story about a lighthouse keeper who finds a map. " * 8
+pp, gen = [], []
+for i in range(calls + 1):
+    body = json.dumps({"model": model, "prompt": prompt, "max_tokens": 128, "temperature": 0, "seed": 1})
+    conn.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
+    answer = json.loads(conn.getresponse().read())
+    m = answer.get("moxnet") or sys.exit(f"gpu-check: {answer}")
+    if m["engine"] != expected:
+        sys.exit(f"gpu-check: the generation ran on {m['engine']!r}, not {expected!r}")
+    u = answer["usage"]
+    if i:
+        pp.append(u["prompt_tokens"] / m["prompt_ms"] * 1000)
+        gen.append(u["completion_tokens"] / m["generate_ms"] * 1000)
+pp.sort(); gen.sort()
+print(f"  {expected:<15} prompt {pp[len(pp) // 2]:9.1f} tok/s, generation {gen[len(gen) // 2]:8.1f} tok/s (medians of {calls})", file=sys.stderr)
+print(pp[len(pp) // 2], gen[len(gen) // 2])
+PY
+    kill $pid; wait $pid 2>/dev/null || true
+    rm -rf "$home"
+}
+
+read -r gpp ggen < <(run_llm 999 llama.cpp-cuda)
+[ -n "${gpp:-}" ] || { echo "gpu-check: the GPU generation failed (see above)" >&2; exit 1; }
+read -r cpp cgen < <(run_llm 0 llama.cpp)
+[ -n "${cpp:-}" ] || { echo "gpu-check: the CPU generation failed (see above)" >&2; exit 1; }
+python3 -c "import sys; gp,gg,cp,cg=map(float,sys.argv[1:]); print(f'gpu-check: language model GPU vs CPU: prompt {gp/cp:.1f}x ({gp:.0f} vs {cp:.0f} tok/s), generation {gg/cg:.1f}x ({gg:.0f} vs {cg:.0f} tok/s)')" \
+    "$gpp" "$ggen" "$cpp" "$cgen"

@@ -120,6 +120,10 @@ pub enum Command {
         /// engine: the same text).
         #[arg(long)]
         verify: bool,
+        /// Generate only on a provider whose offer lists a GPU and llama.cpp on it
+        /// (`llama.cpp-cuda`).
+        #[arg(long)]
+        gpu: bool,
     },
     /// List the compute offers the running node has heard (providers, prices, measured latency).
     Offers,

@@ -73,6 +73,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             max_tokens,
             on,
             verify,
+            gpu,
         } => chat(
             &dir,
             &model,
@@ -82,7 +83,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 "temperature": temperature,
                 "seed": seed,
                 "max_tokens": max_tokens,
-                "moxnet": { "on": on, "verify": verify },
+                "moxnet": { "on": on, "verify": verify, "gpu": gpu },
             }),
             json,
         ),

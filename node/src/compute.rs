@@ -46,6 +46,9 @@ pub struct ComputeConfig {
     pub max_fetch_bytes: u64,
     /// Bytes of files of models fetched for peers' calls kept (`crate::cache`).
     pub cache_bytes: u64,
+    /// The engine this node's generations run on, as offered (see
+    /// `LanguageModels::engine`).
+    pub generation_engine: &'static str,
 }
 
 impl From<&ComputeSection> for ComputeConfig {
@@ -71,6 +74,7 @@ impl From<&ComputeSection> for ComputeConfig {
             attempts: c.attempts.unwrap_or(3).max(1),
             max_fetch_bytes: c.max_fetch_mib.unwrap_or(16 << 10).saturating_mul(1 << 20),
             cache_bytes: c.cache_mib.unwrap_or(32 << 10).saturating_mul(1 << 20),
+            generation_engine: engine::llama::ENGINE,
         }
     }
 }

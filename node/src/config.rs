@@ -147,6 +147,9 @@ pub struct LlmSection {
     pub memory_mib: Option<u64>,
     /// Language models kept loaded (their workers kept); the least recently used gives way.
     pub loaded: Option<usize>,
+    /// Layers of a model put on the GPU (when the build has a GPU backend and the machine a
+    /// GPU); 0 keeps models on the CPU.
+    pub gpu_layers: Option<u32>,
 }
 
 impl LlmSection {
@@ -159,6 +162,7 @@ impl LlmSection {
             timeout_secs: self.timeout_secs.or(d.timeout_secs),
             memory_mib: self.memory_mib.or(d.memory_mib),
             loaded: self.loaded.or(d.loaded),
+            gpu_layers: self.gpu_layers.or(d.gpu_layers),
         }
     }
 }

@@ -174,7 +174,16 @@ async fn serve(
         catalog.clone(),
         fetcher.clone(),
     ));
-    let compute = ComputeConfig::from(&config.compute);
+    let language = Arc::new(crate::language::LanguageModels::new(
+        home.store.clone(),
+        home.catalog.clone(),
+        home.key.node_id().to_string(),
+        &config.llm,
+    )?);
+    let compute = ComputeConfig {
+        generation_engine: language.engine(),
+        ..ComputeConfig::from(&config.compute)
+    };
     let terms = config.credits.terms;
     let worst = protocol::credits::cost(max_fuel, compute.price_per_mfuel);
     if compute.serve && worst > terms.disconnect_threshold {
@@ -241,12 +250,6 @@ async fn serve(
         config.credits.spend_limit,
         config.credits.settle_every,
     ));
-    let language = Arc::new(crate::language::LanguageModels::new(
-        home.store.clone(),
-        home.catalog.clone(),
-        home.key.node_id().to_string(),
-        &config.llm,
-    )?);
     let service = Arc::new(Service {
         language: language.clone(),
         home: home.clone(),

@@ -19,7 +19,8 @@
 //! - **Caller** ([`Remote::generate`]): tries providers best first until one starts streaming
 //!   (busy ones again with backoff, until the call timeout); after the first frame the
 //!   provider is kept, and a failure ends the generation. `verify` runs the generation on a
-//!   second provider too and compares the two signed output hashes at the end.
+//!   second provider too (one that offers the same engine: GPU and CPU sum in other orders)
+//!   and compares the two signed output hashes at the end.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -350,12 +351,28 @@ impl Remote {
         let mut order = self.providers(model, options, needs, max_price)?;
         let bytes = input.to_bytes();
         let second = if options.verify {
-            if order.len() < 2 {
+            // Outputs are compared bit for bit, so both providers run the same engine (a
+            // GPU's kernels sum in other orders than the CPU's): the best-ranked engine that
+            // two providers offer.
+            let engine = |t: &Target| protocol::compute::generation_engine(&t.backends);
+            let shared = order
+                .iter()
+                .map(engine)
+                .find(|e| order.iter().filter(|t| engine(t) == *e).count() >= 2);
+            let Some(shared) = shared else {
                 return Err(CallError::new(
                     503,
-                    "--verify needs two providers; this node knows one",
+                    if order.len() < 2 {
+                        "--verify needs two providers; this node knows one".to_string()
+                    } else {
+                        format!(
+                            "--verify needs two providers on the same engine; these {} run different ones",
+                            order.len()
+                        )
+                    },
                 ));
-            }
+            };
+            order.retain(|t| engine(t) == shared);
             let others = order.split_off(1);
             let (me, bytes) = (self.clone(), bytes.clone());
             Some(tokio::spawn(async move {

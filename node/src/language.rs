@@ -43,6 +43,8 @@ pub struct LanguageModels {
     memory_mib: u64,
     max_loaded: usize,
     max_queued: usize,
+    /// Layers a worker puts on the GPU (0 when the build or the machine has none).
+    gpu_layers: u32,
     loaded: Mutex<HashMap<ModelId, (Arc<LanguageModelWorkers>, u64)>>,
     uses: AtomicU64,
     /// One lock per model being loaded (two calls never start the same model twice).
@@ -81,6 +83,11 @@ impl LanguageModels {
             memory_mib: section.memory_mib.unwrap_or(2048),
             max_loaded: section.loaded.unwrap_or(4).max(1),
             max_queued: section.max_queued.unwrap_or(16),
+            gpu_layers: if engine::llama::GPU_BUILD && !crate::remote::gpus().is_empty() {
+                section.gpu_layers.unwrap_or(999)
+            } else {
+                0
+            },
             loaded: Mutex::new(HashMap::new()),
             uses: AtomicU64::new(0),
             loading: Mutex::new(HashMap::new()),
@@ -89,6 +96,18 @@ impl LanguageModels {
             )),
             waiting: Arc::new(AtomicUsize::new(0)),
         })
+    }
+
+    /// The engine generations run on here, as offered: llama.cpp on the GPU when the build
+    /// has a GPU backend, the machine a GPU and `[llm] gpu_layers` is not 0. (A worker that
+    /// finds no GPU after all says so in its hello, and its signed results name the CPU
+    /// engine.)
+    pub fn engine(&self) -> &'static str {
+        if self.gpu_layers > 0 {
+            engine::llama::ENGINE_GPU
+        } else {
+            engine::llama::ENGINE
+        }
     }
 
     /// The model a request's `model` field names: a model id, or the name of the one language
@@ -233,6 +252,7 @@ impl LanguageModels {
                 engine: EngineKind::Llama {
                     model: path,
                     context: self.context,
+                    gpu_layers: self.gpu_layers,
                 },
                 threads: self.threads,
                 // The file is mapped (address space, not memory); the rest is the context,

@@ -570,8 +570,8 @@ impl Remote {
         if let Some(b) = engine.backend() {
             backends.push(b.to_string());
         }
-        // Language models run in llama.cpp workers on every node.
-        backends.push(engine::llama::ENGINE.to_string());
+        // Language models run in llama.cpp workers on every node (on its GPU where it can).
+        backends.push(self.compute.config.generation_engine.to_string());
         let issued_ms = now_ms();
         let mut addrs: Vec<String> = match self.net.dial_addrs().await {
             Ok(a) => a.iter().map(|a| a.to_string()).collect(),
@@ -661,6 +661,8 @@ pub(crate) struct Target {
     pub(crate) price_per_mfuel: Option<u64>,
     /// Its offered credit terms (`None` when forced without an offer: the defaults).
     pub(crate) credit: Option<protocol::credits::CreditTerms>,
+    /// The engines its offer lists (empty when forced without an offer).
+    pub(crate) backends: Vec<String>,
 }
 
 impl Target {
@@ -674,6 +676,7 @@ impl Target {
             node: c.node,
             price_per_mfuel: c.price_per_mfuel,
             credit: c.credit,
+            backends: c.backends,
         })
     }
 }
@@ -1049,11 +1052,16 @@ impl Remote {
             .candidates_for(model, max_price, needs, now_ms());
         let mut order: Vec<Target> = candidates.into_iter().filter_map(Target::of).collect();
         if options.gpu && order.is_empty() {
+            let engines = if needs.tokens {
+                protocol::compute::GPU_GENERATION_BACKENDS
+            } else {
+                protocol::compute::GPU_BACKENDS
+            };
             return Err(CallError::new(
                 503,
                 format!(
                     "no provider offers a GPU (and a GPU engine: {}) at or below {max_price} per million {unit}",
-                    protocol::compute::GPU_BACKENDS.join(", ")
+                    engines.join(", ")
                 ),
             ));
         }
@@ -1075,6 +1083,7 @@ impl Remote {
                     addrs: Vec::new(),
                     price_per_mfuel: None,
                     credit: None,
+                    backends: Vec::new(),
                 });
             }
         }

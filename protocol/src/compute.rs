@@ -157,6 +157,23 @@ fn text_array(items: &[String]) -> Value {
 /// in `gpus`, can take calls that require a GPU.
 pub const GPU_BACKENDS: &[&str] = &["onnxruntime-cuda"];
 
+/// Engines that run language models (generation, §11.3), GPU first: an offer lists the one
+/// its generations run on.
+pub const GENERATION_BACKENDS: &[&str] = &["llama.cpp-cuda", "llama.cpp"];
+
+/// Engines that run language models on a GPU: an offer that lists one of them, and a GPU in
+/// `gpus`, can take generations that require a GPU.
+pub const GPU_GENERATION_BACKENDS: &[&str] = &["llama.cpp-cuda"];
+
+/// The engine generations run on, of those `backends` lists (the first of
+/// [`GENERATION_BACKENDS`] among them).
+pub fn generation_engine(backends: &[String]) -> Option<&'static str> {
+    GENERATION_BACKENDS
+        .iter()
+        .copied()
+        .find(|e| backends.iter().any(|b| b == e))
+}
+
 impl ComputeOffer {
     /// Whether the provider can run calls on a GPU: it lists a GPU and a GPU engine
     /// ([`GPU_BACKENDS`]).
@@ -166,6 +183,16 @@ impl ComputeOffer {
                 .backends
                 .iter()
                 .any(|b| GPU_BACKENDS.contains(&b.as_str()))
+    }
+
+    /// Whether the provider can run generations on a GPU: it lists a GPU and a GPU engine for
+    /// language models ([`GPU_GENERATION_BACKENDS`]).
+    pub fn offers_gpu_generation(&self) -> bool {
+        !self.gpus.is_empty()
+            && self
+                .backends
+                .iter()
+                .any(|b| GPU_GENERATION_BACKENDS.contains(&b.as_str()))
     }
 }
 

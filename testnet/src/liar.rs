@@ -52,6 +52,10 @@ const PRICE_PER_MTOKEN: u64 = 100_000;
 /// The most it pays the honest provider per million fuel units (a node's default).
 const MAX_PRICE_PER_MFUEL: u64 = 100;
 /// How long it waits for the honest provider's answer.
+/// What a [`Fault::FakeGpu`] liar answers every call and generation with.
+pub const FAKE_GPU: &str = "a fake GPU provider";
+/// The GPU a [`Fault::FakeGpu`] liar offers.
+const FAKE_GPU_NAME: &str = "Fake GPU (0 MiB)";
 const HONEST_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How many bytes [`Lie::WrongSizes`] adds to every blob's size.
@@ -70,15 +74,20 @@ pub enum Fault {
     /// Sends the true outputs but signs twice the fuel they took: only comparing two providers
     /// (`--verify`) catches it, since fuel is deterministic.
     InflatedFuel,
+    /// Offers a GPU it does not have, with GPU engines for graphs and language models
+    /// (`onnxruntime-cuda`, `llama.cpp-cuda`), and refuses every call and generation ("a
+    /// fake GPU provider"): a call that requires a GPU reaches it, and only it.
+    FakeGpu,
 }
 
 impl Fault {
     /// Every fault, in the order of its name in [`Fault::name`].
-    pub const ALL: [Fault; 4] = [
+    pub const ALL: [Fault; 5] = [
         Fault::WrongOutput,
         Fault::BadHash,
         Fault::Silent,
         Fault::InflatedFuel,
+        Fault::FakeGpu,
     ];
 
     /// Its name on the command line.
@@ -88,6 +97,7 @@ impl Fault {
             Fault::BadHash => "bad-hash",
             Fault::Silent => "silent",
             Fault::InflatedFuel => "inflated-fuel",
+            Fault::FakeGpu => "fake-gpu",
         }
     }
 }
@@ -99,7 +109,10 @@ impl FromStr for Fault {
         Fault::ALL
             .into_iter()
             .find(|f| f.name() == s)
-            .ok_or_else(|| format!("unknown fault {s:?}: wrong-output, bad-hash or silent"))
+            .ok_or_else(|| {
+                let names: Vec<&str> = Fault::ALL.iter().map(|f| f.name()).collect();
+                format!("unknown fault {s:?}: one of {}", names.join(", "))
+            })
     }
 }
 
@@ -200,7 +213,9 @@ pub fn falsify(fault: Fault, honest: &[u8]) -> Result<(Vec<u8>, BlobHash), Decod
             bytes.push(0);
             Ok((bytes, hash))
         }
-        Fault::Silent | Fault::InflatedFuel => Ok((honest.to_vec(), BlobHash::of(honest))),
+        Fault::Silent | Fault::InflatedFuel | Fault::FakeGpu => {
+            Ok((honest.to_vec(), BlobHash::of(honest)))
+        }
     }
 }
 
@@ -435,6 +450,29 @@ impl Peer {
         }
     }
 
+    /// The GPUs its offer lists: a made-up one for [`Fault::FakeGpu`].
+    fn gpus(&self) -> Vec<String> {
+        match self.lie {
+            Lie::Compute {
+                fault: Fault::FakeGpu,
+                ..
+            } => vec![FAKE_GPU_NAME.into()],
+            _ => Vec::new(),
+        }
+    }
+
+    /// The engines its offer lists: the GPU ones for [`Fault::FakeGpu`].
+    fn backends(&self) -> Vec<String> {
+        let engines: &[&str] = match self.lie {
+            Lie::Compute {
+                fault: Fault::FakeGpu,
+                ..
+            } => &["wasm", "onnxruntime-cuda", "llama.cpp-cuda"],
+            _ => &["wasm", "llama.cpp"],
+        };
+        engines.iter().map(|e| e.to_string()).collect()
+    }
+
     /// Announces the compute offer now and every [`OFFER_INTERVAL`].
     async fn offer_loop(self: Arc<Self>) {
         let mut tick = tokio::time::interval(OFFER_INTERVAL);
@@ -449,8 +487,8 @@ impl Peer {
                 expires_ms: issued_ms + OFFER_TTL.as_millis() as u64,
                 cores: 1,
                 memory_mib: 1024,
-                gpus: Vec::new(),
-                backends: vec!["wasm".into(), "llama.cpp".into()],
+                gpus: self.gpus(),
+                backends: self.backends(),
                 // It holds no model it could run: every answer is copied or made up.
                 models: Vec::new(),
                 max_concurrent: 4,
@@ -484,6 +522,11 @@ impl Peer {
             let _ = responder.end(no, no_timings).await;
             return;
         };
+        if fault == Fault::FakeGpu {
+            let no = refuse(InferStatus::Refused, FAKE_GPU);
+            let _ = responder.end(no, no_timings).await;
+            return;
+        }
         if fault == Fault::Silent {
             let _held = responder;
             std::future::pending::<()>().await;
@@ -548,6 +591,10 @@ impl Peer {
             }
             Lie::Compute { fault, honest } => (fault, honest),
         };
+        if fault == Fault::FakeGpu {
+            reply.send(InferReply::error(InferStatus::Refused, FAKE_GPU).to_bytes());
+            return;
+        }
         if fault == Fault::Silent {
             // Keep the call open and say nothing until the caller gives up.
             let _held = reply;

@@ -60,7 +60,7 @@ struct Entry {
 /// What a call requires of its provider.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Needs {
-    /// A GPU and an engine that uses it.
+    /// A GPU and an engine that uses it (for generation, a GPU engine for language models).
     pub gpu: bool,
     /// Generation by a language model: the provider states a price per million tokens, and
     /// `max_price` and the candidates' prices are per million tokens.
@@ -71,7 +71,12 @@ impl Needs {
     /// The price `offer` charges for such a call, if it takes them: per million fuel units,
     /// or per million tokens for generation.
     pub fn price(&self, offer: &ComputeOffer) -> Option<u64> {
-        if self.gpu && !offer.offers_gpu() {
+        let gpu = if self.tokens {
+            offer.offers_gpu_generation()
+        } else {
+            offer.offers_gpu()
+        };
+        if self.gpu && !gpu {
             return None;
         }
         if self.tokens {
@@ -96,6 +101,8 @@ pub struct Candidate {
     pub price_per_mfuel: Option<u64>,
     /// The credit terms it offered (`None` when forced without an offer).
     pub credit: Option<protocol::credits::CreditTerms>,
+    /// The engines its offer lists.
+    pub backends: Vec<String>,
     /// Connected now, or answered a call from here: ranked ahead of every stranger.
     pub vouched: bool,
     /// Lower is better.
@@ -271,6 +278,7 @@ impl Offers {
                     addrs: o.addrs.clone(),
                     price_per_mfuel: Some(price),
                     credit: Some(o.credit),
+                    backends: o.backends.clone(),
                     vouched: self.connected.contains(node) || e.stats.latency_ms.is_some(),
                     score: score(o, &e.stats, model, now_ms),
                 }
@@ -412,17 +420,20 @@ mod tests {
         assert!(offers.candidates(model(), 100, 2000).is_empty());
     }
 
+    /// An offer valid from 1 s to 61 s with these GPUs and engines, that serves generations.
+    fn with(seed: u8, gpus: Vec<&str>, backends: Vec<&str>) -> Signed<ComputeOffer> {
+        SecretKey::from_seed(&[seed; 32]).sign(ComputeOffer {
+            issued_ms: 1000,
+            expires_ms: 61_000,
+            gpus: gpus.into_iter().map(String::from).collect(),
+            backends: backends.into_iter().map(String::from).collect(),
+            price_per_mtoken: Some(10),
+            ..ComputeOffer::default()
+        })
+    }
+
     #[test]
     fn a_call_that_needs_a_gpu_sees_only_offers_with_a_gpu_and_a_gpu_engine() {
-        let with = |seed: u8, gpus: Vec<&str>, backends: Vec<&str>| {
-            SecretKey::from_seed(&[seed; 32]).sign(ComputeOffer {
-                issued_ms: 1000,
-                expires_ms: 61_000,
-                gpus: gpus.into_iter().map(String::from).collect(),
-                backends: backends.into_iter().map(String::from).collect(),
-                ..ComputeOffer::default()
-            })
-        };
         let mut offers = Offers::default();
         offers.insert(with(1, vec![], vec!["wasm"]), 1000);
         offers.insert(with(2, vec!["NVIDIA H200"], vec!["wasm"]), 1000);
@@ -439,6 +450,43 @@ mod tests {
             .collect();
         assert_eq!(found, vec![id(4)]);
         assert_eq!(offers.candidates(model(), 100, 2000).len(), 4);
+    }
+
+    #[test]
+    fn a_generation_that_needs_a_gpu_sees_only_offers_with_a_gpu_and_a_gpu_llm_engine() {
+        let mut offers = Offers::default();
+        // A GPU for ONNX graphs only: its generations run on the CPU.
+        offers.insert(
+            with(
+                1,
+                vec!["NVIDIA H100"],
+                vec!["wasm", "onnxruntime-cuda", "llama.cpp"],
+            ),
+            1000,
+        );
+        offers.insert(with(2, vec![], vec!["wasm", "llama.cpp-cuda"]), 1000);
+        offers.insert(
+            with(3, vec!["NVIDIA H100"], vec!["wasm", "llama.cpp-cuda"]),
+            1000,
+        );
+        let needs = |gpu| Needs { gpu, tokens: true };
+        let found: Vec<NodeId> = offers
+            .candidates_for(model(), 100, needs(true), 2000)
+            .iter()
+            .map(|c| c.node)
+            .collect();
+        assert_eq!(found, vec![id(3)]);
+        assert_eq!(
+            offers
+                .candidates_for(model(), 100, needs(false), 2000)
+                .len(),
+            3
+        );
+        let on_gpu = offers.candidates_for(model(), 100, needs(true), 2000);
+        assert_eq!(
+            protocol::compute::generation_engine(&on_gpu[0].backends),
+            Some("llama.cpp-cuda")
+        );
     }
 
     #[test]

@@ -35,6 +35,10 @@ const BATCH: usize = 512;
 
 /// The engine's name in hellos, offers and signed results.
 pub const ENGINE: &str = "llama.cpp";
+/// Its name when the model's layers run on a GPU (CUDA).
+pub const ENGINE_GPU: &str = "llama.cpp-cuda";
+/// Whether this build's llama.cpp has a GPU backend (the `cuda` feature).
+pub const GPU_BUILD: bool = cfg!(feature = "cuda");
 /// Its version: the llama.cpp the `llama-cpp-2` crate vendors.
 pub const VERSION: &str = "llama-cpp-2 0.1.160";
 
@@ -44,23 +48,49 @@ pub struct Llama {
     model: LlamaModel,
     threads: i32,
     context: u32,
+    /// Layers on a GPU (0: all on the CPU).
+    offloaded: u32,
 }
 
 impl Llama {
     /// Starts llama.cpp and loads `path`, with a context of at most `context` tokens (and at
-    /// most what the model was trained for).
-    pub fn load(path: &Path, context: u32, threads: usize) -> Result<Llama, String> {
+    /// most what the model was trained for), and up to `gpu_layers` of its layers on a GPU when
+    /// this build has a GPU backend and llama.cpp finds a GPU (else all on the CPU).
+    pub fn load(
+        path: &Path,
+        context: u32,
+        threads: usize,
+        gpu_layers: u32,
+    ) -> Result<Llama, String> {
         let backend = LlamaBackend::init().map_err(|e| format!("starting llama.cpp: {e}"))?;
-        let params = LlamaModelParams::default();
+        let gpu = gpu_layers > 0 && backend.supports_gpu_offload() && has_gpu();
+        let params =
+            LlamaModelParams::default().with_n_gpu_layers(if gpu { gpu_layers } else { 0 });
         let model = LlamaModel::load_from_file(&backend, path, &params)
             .map_err(|e| format!("llama.cpp could not load the model: {e}"))?;
         let trained = model.n_ctx_train().max(1);
+        // Every repeating layer, and the output layer, can go to the GPU.
+        let offloaded = if gpu {
+            gpu_layers.min(model.n_layer().saturating_add(1))
+        } else {
+            0
+        };
         Ok(Llama {
             backend,
             model,
             threads: i32::try_from(threads.max(1)).unwrap_or(1),
             context: context.clamp(16, trained.max(16)),
+            offloaded,
         })
+    }
+
+    /// The engine the model runs on: [`ENGINE_GPU`] with layers on a GPU, else [`ENGINE`].
+    pub fn engine(&self) -> &'static str {
+        if self.offloaded > 0 {
+            ENGINE_GPU
+        } else {
+            ENGINE
+        }
     }
 
     /// What the worker says about the model once it is loaded, with the context it made
@@ -299,4 +329,12 @@ fn cancelled(input: &mut std::fs::File) -> Result<bool, Stop> {
         Ok(None) => Err(Stop::Pipe),
         Ok(Some(_)) | Err(_) => Err(Stop::Pipe),
     }
+}
+
+/// Whether llama.cpp found a GPU among its devices.
+fn has_gpu() -> bool {
+    use llama_cpp_2::LlamaBackendDeviceType;
+    llama_cpp_2::list_llama_ggml_backend_devices()
+        .iter()
+        .any(|d| matches!(d.device_type, LlamaBackendDeviceType::Gpu))
 }

@@ -51,6 +51,9 @@ pub enum EngineKind {
         model: PathBuf,
         /// The most context to allocate, in tokens.
         context: u32,
+        /// Layers offloaded to a GPU when llama.cpp was built with one (the `cuda` feature)
+        /// and finds one; 0 keeps the model on the CPU.
+        gpu_layers: u32,
     },
 }
 
@@ -84,13 +87,19 @@ impl Options {
                 args.push("--engine".into());
                 args.push("tract".into());
             }
-            EngineKind::Llama { model, context } => {
+            EngineKind::Llama {
+                model,
+                context,
+                gpu_layers,
+            } => {
                 args.push("--engine".into());
                 args.push("llama".into());
                 args.push("--model".into());
                 args.push(model.display().to_string());
                 args.push("--context".into());
                 args.push(context.to_string());
+                args.push("--gpu-layers".into());
+                args.push(gpu_layers.to_string());
             }
         }
         args.push("--threads".into());
@@ -107,6 +116,7 @@ impl Options {
         let mut cuda = None;
         let mut model = None;
         let mut context = 4096;
+        let mut gpu_layers = 0;
         let mut threads = 1;
         let mut memory_mib = 2048;
         let mut args = args.into_iter();
@@ -118,6 +128,9 @@ impl Options {
                 "--cuda" => cuda = Some(value()?.parse().map_err(|e| format!("--cuda: {e}"))?),
                 "--model" => model = Some(PathBuf::from(value()?)),
                 "--context" => context = value()?.parse().map_err(|e| format!("--context: {e}"))?,
+                "--gpu-layers" => {
+                    gpu_layers = value()?.parse().map_err(|e| format!("--gpu-layers: {e}"))?
+                }
                 "--threads" => threads = value()?.parse().map_err(|e| format!("--threads: {e}"))?,
                 "--memory-mib" => {
                     memory_mib = value()?.parse().map_err(|e| format!("--memory-mib: {e}"))?
@@ -134,6 +147,7 @@ impl Options {
             Some("llama") => EngineKind::Llama {
                 model: model.ok_or("--engine llama needs --model")?,
                 context,
+                gpu_layers,
             },
             Some(other) => return Err(format!("unknown engine {other:?}")),
             None => return Err("--engine is required".into()),
@@ -170,8 +184,13 @@ pub fn main(args: impl IntoIterator<Item = String>) -> ExitCode {
     if let Err(e) = rustix::process::set_parent_process_death_signal(Some(Signal::KILL)) {
         eprintln!("engine worker: cannot ask to die with the node: {e}");
     }
-    if let EngineKind::Llama { model, context } = &options.engine {
-        return language_model(&options, model, *context, &mut out);
+    if let EngineKind::Llama {
+        model,
+        context,
+        gpu_layers,
+    } = &options.engine
+    {
+        return language_model(&options, model, *context, *gpu_layers, &mut out);
     }
     let engine = match &options.engine {
         EngineKind::Llama { .. } => return ExitCode::from(2),
@@ -208,9 +227,15 @@ pub fn main(args: impl IntoIterator<Item = String>) -> ExitCode {
 
 /// A `llama` worker: confined first (the model file readable), then the model loaded, then
 /// hello, what the model is, and generations.
-fn language_model(options: &Options, model: &Path, context: u32, out: &mut impl Write) -> ExitCode {
+fn language_model(
+    options: &Options,
+    model: &Path,
+    context: u32,
+    gpu_layers: u32,
+    out: &mut impl Write,
+) -> ExitCode {
     let confinement = confine(options);
-    let llama = match crate::llama::Llama::load(model, context, options.threads) {
+    let llama = match crate::llama::Llama::load(model, context, options.threads, gpu_layers) {
         Ok(l) => l,
         Err(e) => {
             let _ = send(out, &failed(Failure::Load, e));
@@ -218,7 +243,7 @@ fn language_model(options: &Options, model: &Path, context: u32, out: &mut impl 
         }
     };
     let hello = Reply::Hello {
-        engine: crate::llama::ENGINE.into(),
+        engine: llama.engine().into(),
         version: crate::llama::VERSION.into(),
         confinement,
     };
@@ -296,13 +321,13 @@ fn error_reply(e: Error) -> Reply {
 /// Applies the limits and the Landlock rules; says in words what took effect.
 fn confine(options: &Options) -> String {
     let mut said = Vec::new();
-    let gpu = matches!(
-        options.engine,
-        EngineKind::Onnxruntime {
-            device: Device::Cuda(_),
-            ..
-        }
-    );
+    // A GPU worker maps the driver's devices and reserves much address space (RLIMIT_DATA
+    // then, not RLIMIT_AS). llama.cpp uses a GPU only when built with one.
+    let gpu = match &options.engine {
+        EngineKind::Onnxruntime { device, .. } => matches!(device, Device::Cuda(_)),
+        EngineKind::Llama { gpu_layers, .. } => *gpu_layers > 0 && crate::llama::GPU_BUILD,
+        EngineKind::Tract => false,
+    };
     let bytes = options.memory_mib.saturating_mul(1 << 20);
     let (resource, what) = if gpu {
         (Resource::Data, "RLIMIT_DATA")
@@ -441,6 +466,7 @@ mod tests {
                 engine: EngineKind::Llama {
                     model: "/home/me/run/m/model.gguf".into(),
                     context: 2048,
+                    gpu_layers: 999,
                 },
                 threads: 2,
                 memory_mib: 1024,

@@ -1,7 +1,8 @@
 //! llama.cpp in confined workers, with the demo language model (SmolLM2-135M-Instruct Q4_1,
 //! `python3 examples/smollm2/fetch.py`) and the real worker binary: greedy generation is
 //! reproducible, sampling with a seed is too, tokens stream one frame each, a cancel stops a
-//! generation and leaves the worker serving, a prompt longer than the context is refused, and
+//! generation and leaves the worker serving, a prompt longer than the context is refused, GPU
+//! layers go to a GPU only where the build and the machine have one, and
 //! hostile GGUF files handed straight to llama.cpp (past the node's own header check) cost only
 //! their worker, with an error that says why.
 
@@ -30,7 +31,11 @@ fn command(model: PathBuf, memory_mib: u64, context: u32) -> WorkerCommand {
         program: env!("CARGO_BIN_EXE_moxnet-engine").into(),
         prefix: vec![],
         options: Options {
-            engine: EngineKind::Llama { model, context },
+            engine: EngineKind::Llama {
+                model,
+                context,
+                gpu_layers: 0,
+            },
             threads: 2,
             memory_mib,
         },
@@ -132,6 +137,43 @@ fn generation_is_reproducible_streams_token_by_token_and_stops_where_asked() -> 
     let (answer, _, done) = generate(&w, &chat, &greedy(64))?;
     assert!(answer.contains("Paris"), "{answer:?}");
     assert_eq!(done.finish, Finish::Stop);
+    Ok(())
+}
+
+#[test]
+fn gpu_layers_run_on_a_gpu_only_where_there_is_one_and_say_so() -> Result<(), Error> {
+    let with_gpu_layers = |layers| {
+        let mut c = command(smollm2(), 1024, 256);
+        if let EngineKind::Llama { gpu_layers, .. } = &mut c.options.engine {
+            *gpu_layers = layers;
+        }
+        LanguageModelWorkers::start(c)
+    };
+    let gpu = with_gpu_layers(999)?;
+    let gpu_here =
+        std::fs::read_dir("/proc/driver/nvidia/gpus").is_ok_and(|mut d| d.next().is_some());
+    let prompt = Prompt::Text("The three primary colours are".into());
+    let (text, _, done) = generate(&gpu, &prompt, &greedy(16))?;
+    assert_eq!(done.completion_tokens, 16);
+    if engine::llama::GPU_BUILD && gpu_here {
+        // The signed results of its generations name the GPU engine.
+        assert_eq!(gpu.hello().engine, engine::llama::ENGINE_GPU);
+        assert!(gpu.hello().confinement.contains("RLIMIT_DATA"));
+    } else {
+        // Asked for, but no GPU backend or no GPU: the CPU, and it says so, with the CPU
+        // worker's tokens.
+        assert_eq!(gpu.hello().engine, engine::llama::ENGINE);
+        let cpu = with_gpu_layers(0)?;
+        assert_eq!(cpu.hello().engine, engine::llama::ENGINE);
+        assert_eq!(generate(&cpu, &prompt, &greedy(16))?.0, text);
+    }
+    if !engine::llama::GPU_BUILD {
+        assert!(
+            gpu.hello().confinement.contains("RLIMIT_AS"),
+            "{}",
+            gpu.hello().confinement
+        );
+    }
     Ok(())
 }
 

@@ -40,7 +40,7 @@ enum Mode {
     Compute {
         #[command(flatten)]
         peer: PeerArgs,
-        /// How to lie: wrong-output, bad-hash, silent or inflated-fuel.
+        /// How to lie: wrong-output, bad-hash, silent, inflated-fuel or fake-gpu.
         #[arg(long)]
         fault: Fault,
         /// The honest provider (peer id) whose answers are copied.

@@ -541,6 +541,36 @@ fn a_language_model_published_on_a_streams_to_c_from_provider_b_paid_per_token()
         json!(node_b.peer_id),
         "{after}"
     );
+    drop(inconsistent);
+
+    // A generation that needs a GPU goes only to a provider whose offer lists a GPU and
+    // llama.cpp on it: none at first (B runs llama.cpp on the CPU), then a liar that claims one
+    // gets it, and only it (it refuses, and C says so).
+    let gpu_chat = [
+        "chat",
+        id.as_str(),
+        "--message",
+        "Hi",
+        "--max-tokens",
+        "4",
+        "--gpu",
+    ];
+    let none = c.fails(&gpu_chat);
+    assert!(
+        none.contains("no provider offers a GPU") && none.contains("llama.cpp-cuda"),
+        "{none}"
+    );
+    let liar3 = net.home("liar3");
+    liar3.ok(&["init"]);
+    let fake_gpu = liar3.start_cheating(
+        testnet::Fault::FakeGpu,
+        &node_b.peer_id,
+        &[node_a.addr(), node_b.addr()],
+    );
+    testnet::wait_for_offers(&node_c, &[&node_b.peer_id, &fake_gpu.peer_id])
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let refused = c.fails(&gpu_chat);
+    assert!(refused.contains(testnet::liar::FAKE_GPU), "{refused}");
 
     // B was paid per token: its metrics count the tokens it served, and C owes it.
     let (_, metrics) = testnet::http_text(
