@@ -78,6 +78,7 @@ moxnet chat SmolLM2-135M-Instruct.Q4_1 --message "What is the capital of France?
 
 echo
 echo "Published models $id (iris-linear), $mini (all-MiniLM-L6-v2) and $llm (SmolLM2-135M-Instruct) in $MOXNET_HOME."
+echo "Browse, call and vote on them in the web UI: $api/ (the iris model's training curves: $api/m/$id)"
 echo "Chat with the language model (one message per line):"
 echo "  MOXNET_HOME=$MOXNET_HOME $target/debug/moxnet chat SmolLM2-135M-Instruct.Q4_1"
 echo "or with any OpenAI client (base URL $api/v1, the token in $MOXNET_HOME/api.token as the key)."

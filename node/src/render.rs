@@ -489,6 +489,9 @@ impl Render for InferResponse {
             p.get("fuel").and_then(Value::as_u64).unwrap_or(0),
             p.get("elapsed_ms").and_then(Value::as_f64).unwrap_or(0.0)
         ));
+        if let Some(hash) = text("output_hash") {
+            lines.push(format!("output hash {hash}"));
+        }
         if let Some(by) = p.get("verified_by").and_then(Value::as_array) {
             let by: Vec<&str> = by.iter().filter_map(Value::as_str).collect();
             lines.push(format!(
@@ -500,20 +503,9 @@ impl Render for InferResponse {
     }
 }
 
-/// Human-readable byte count.
+/// Human-readable byte count (as the web UI writes it).
 pub fn bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = n as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
+    api::ui::size(n)
 }
 
 impl Render for api::dto::VotesView {

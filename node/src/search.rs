@@ -10,6 +10,7 @@
 //!   milliseconds, big-endian), so a restart keeps the order; a model removed from the
 //!   catalogue loses its entry.
 
+use api::ui::pages::encode;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -177,6 +178,10 @@ impl Search {
                     relevance: h.relevance,
                     rank: h.rank,
                     local: self.catalog.is_local(h.id),
+                    bytes: m
+                        .files
+                        .iter()
+                        .fold(0u64, |sum, f| sum.saturating_add(f.size)),
                 })
             })
             .collect();
@@ -208,20 +213,6 @@ pub fn query_string(query: &SearchQuery) -> String {
         parts.push(format!("offset={offset}"));
     }
     parts.join("&")
-}
-
-/// Percent-encodes everything but unreserved characters (RFC 3986).
-fn encode(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for b in text.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                out.push(b as char)
-            }
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    out
 }
 
 #[cfg(test)]

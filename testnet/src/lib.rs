@@ -297,6 +297,17 @@ impl Testnet {
         self.dir.path()
     }
 
+    /// A node home named `name`, initialised (`moxnet init`), with `config` as its
+    /// `config.toml`.
+    pub fn init(&self, name: &str, config: &str) -> Node {
+        let n = self.home(name);
+        n.ok(&["init"]);
+        if let Err(e) = std::fs::write(n.home.join("config.toml"), config) {
+            panic!("writing {}'s config: {e}", n.home.display());
+        }
+        n
+    }
+
     /// A node home named `name` inside the scratch area (not yet initialised).
     pub fn home(&self, name: &str) -> Node {
         Node {

@@ -538,6 +538,9 @@ pub struct SearchHit {
     pub rank: f64,
     /// Whether its files are all on this node.
     pub local: bool,
+    /// The size of its files, bytes.
+    #[serde(default)]
+    pub bytes: u64,
 }
 
 /// `GET /api/v1/credits`: this node's ledger with every peer it has called or served.

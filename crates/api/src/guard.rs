@@ -59,6 +59,15 @@ impl Access {
         }
     }
 
+    /// The token the web UI's forms carry (see `ui`): a keyed hash of the owner's token, so
+    /// it is as hard to guess and reveals nothing of it.
+    pub fn csrf(&self) -> String {
+        blake3::derive_key("moxnet 2026-12 web ui csrf token", self.token.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
     /// Whether `host` (a `Host` header) names this API.
     fn is_own_host(&self, host: &str) -> bool {
         self.hosts.iter().any(|h| h.eq_ignore_ascii_case(host))
@@ -98,8 +107,14 @@ impl Access {
                 ));
             }
         }
+        // A link from elsewhere to one of the UI's pages opens it (a top-level navigation,
+        // which reads a page and changes nothing); everything else must come from here.
+        let navigation = *method == Method::GET
+            && text(axum::http::HeaderName::from_static("sec-fetch-mode")) == Some("navigate")
+            && crate::ui::is_page(path);
         if let Some(site) = headers.get("sec-fetch-site")
             && !matches!(site.to_str(), Ok("same-origin" | "none"))
+            && !navigation
         {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
@@ -117,7 +132,9 @@ impl Access {
                      with the token from <home>/api.token",
                 ));
             }
-        } else if method == Method::POST {
+        } else if method == Method::POST && !path.starts_with("/ui/") {
+            // UI forms (under /ui/) are form posts: each carries the CSRF token, checked by
+            // its handler.
             let kind = text(header::CONTENT_TYPE)
                 .and_then(|v| v.split(';').next())
                 .map(|v| v.trim().to_ascii_lowercase());

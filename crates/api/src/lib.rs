@@ -30,6 +30,7 @@ pub mod dto;
 mod guard;
 pub mod oip;
 pub mod openai;
+pub mod ui;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -574,10 +575,12 @@ pub fn router<N: NodeApi>(node: Arc<N>, access: Access) -> Router {
             }
         }),
     );
+    let ui = ui::router(node.clone(), &access);
     v1.merge(v2)
         .merge(openai)
         .merge(metrics)
         .with_state(node)
+        .merge(ui)
         .layer(axum::middleware::from_fn_with_state(
             Arc::new(access),
             guard::guard,

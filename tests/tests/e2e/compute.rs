@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use protocol::compute::{InferCall, InferReply, InferRequest, InferStatus};
 use protocol::{BlobHash, ModelId, Object, SecretKey};
 use serde_json::json;
-use testnet::{Fault, Node, Testnet};
+use testnet::{Fault, Testnet};
 
 use super::inference::{http, mode};
 
@@ -21,13 +21,6 @@ const SERVE: &str = "[inference]\nfuel = 1000000000\ntimeout_secs = 5\nmemory_mi
 /// Caller config: remote calls time out quickly.
 const CALLER: &str = "[inference]\nfuel = 1000000000\n\n[compute]\ncall_timeout_secs = 5\n";
 
-fn init(net: &Testnet, name: &str, config: &str) -> Node {
-    let n = net.home(name);
-    n.ok(&["init"]);
-    std::fs::write(n.home.join("config.toml"), config).expect("config");
-    n
-}
-
 fn wait_for_offers(node: &testnet::Daemon, peers: &[&str]) {
     testnet::wait_for_offers(node, peers).unwrap_or_else(|e| panic!("{e:#}"));
 }
@@ -35,7 +28,7 @@ fn wait_for_offers(node: &testnet::Daemon, peers: &[&str]) {
 #[test]
 fn a_model_published_on_a_is_served_by_b_and_called_from_c() {
     let net = Testnet::new().expect("testnet");
-    let a = init(&net, "a", "");
+    let a = net.init("a", "");
     let id = a.ok(&[
         "publish",
         testnet::echo_package(net.path())
@@ -44,11 +37,11 @@ fn a_model_published_on_a_is_served_by_b_and_called_from_c() {
             .expect("utf8"),
     ]);
     let a_node = a.start(&[]);
-    let b = init(&net, "b", SERVE);
+    let b = net.init("b", SERVE);
     let b_node = b.start(&[a_node.addr()]);
-    let b2 = init(&net, "b2", SERVE);
+    let b2 = net.init("b2", SERVE);
     let b2_node = b2.start(&[a_node.addr()]);
-    let c = init(&net, "c", CALLER);
+    let c = net.init("c", CALLER);
     let c_node = c.start(&[a_node.addr()]);
     wait_for_offers(&c_node, &[&b_node.peer_id, &b2_node.peer_id]);
 
@@ -106,7 +99,7 @@ fn a_model_published_on_a_is_served_by_b_and_called_from_c() {
 
     // A provider that corrupts its output (and signs it) is caught by --verify.
     assert_eq!(b2_node.stop().code(), Some(0));
-    let liar = init(&net, "liar", "");
+    let liar = net.init("liar", "");
     let liar_node = liar.start_cheating(
         Fault::WrongOutput,
         &b_node.peer_id,
@@ -136,7 +129,7 @@ fn a_model_published_on_a_is_served_by_b_and_called_from_c() {
     // A provider that sends true outputs but charges for twice the fuel is caught by --verify
     // too: fuel is deterministic, so two honest providers report the same.
     drop(liar_node);
-    let greedy = init(&net, "greedy", "");
+    let greedy = net.init("greedy", "");
     let greedy_node = greedy.start_cheating(
         Fault::InflatedFuel,
         &b_node.peer_id,
@@ -168,7 +161,7 @@ fn a_model_published_on_a_is_served_by_b_and_called_from_c() {
     drop(greedy_node);
 
     // A provider whose outputs do not match its signed hash is caught on any call.
-    let cheat = init(&net, "cheat", "");
+    let cheat = net.init("cheat", "");
     let cheat_node = cheat.start_cheating(
         Fault::BadHash,
         &b_node.peer_id,
@@ -200,7 +193,7 @@ fn a_model_published_on_a_is_served_by_b_and_called_from_c() {
 
     // A silent provider times out; calls keep going to the honest one.
     drop(cheat_node);
-    let mute = init(&net, "mute", "");
+    let mute = net.init("mute", "");
     let mute_node = mute.start_cheating(Fault::Silent, &b_node.peer_id, &[a_node.addr()]);
     wait_for_offers(&c_node, &[&b_node.peer_id, &mute_node.peer_id]);
     let started = Instant::now();
@@ -420,7 +413,7 @@ fn raw_requests_are_checked(provider: &testnet::Daemon, id: &str) {
 #[test]
 fn a_provider_keeps_models_fetched_for_calls_within_its_cache() {
     let net = Testnet::new().expect("testnet");
-    let a = init(&net, "a", "");
+    let a = net.init("a", "");
     // Three models of about 1.1 MiB of files each (1 MiB of their own, the shared guest), and
     // a fourth of 3.1 MiB.
     let mut ids = Vec::new();
@@ -431,15 +424,11 @@ fn a_provider_keeps_models_fetched_for_calls_within_its_cache() {
         ids.push(a.ok(&["publish", pkg.to_str().expect("utf8")]));
     }
     let a_node = a.start(&[]);
-    let b = init(
-        &net,
-        "b",
-        &format!("{SERVE}cache_mib = 2\nmax_fetch_mib = 2\n"),
-    );
+    let b = net.init("b", &format!("{SERVE}cache_mib = 2\nmax_fetch_mib = 2\n"));
     // B's user pins model 2 on purpose: the cache must never let it go.
     let b_node = b.start(&[a_node.addr()]);
     b.ok(&["fetch", &ids[2]]);
-    let c = init(&net, "c", CALLER);
+    let c = net.init("c", CALLER);
     let c_node = c.start(&[a_node.addr()]);
     wait_for_offers(&c_node, &[&b_node.peer_id]);
     let local = |id: &str| {
@@ -536,7 +525,7 @@ fn a_provider_keeps_models_fetched_for_calls_within_its_cache() {
 fn a_call_that_needs_a_gpu_goes_only_to_a_provider_offering_one() {
     use protocol::compute::ComputeOffer;
     let net = Testnet::new().expect("testnet");
-    let a = init(&net, "a", "");
+    let a = net.init("a", "");
     let id = a.ok(&[
         "publish",
         testnet::echo_package(net.path())
@@ -545,9 +534,9 @@ fn a_call_that_needs_a_gpu_goes_only_to_a_provider_offering_one() {
             .expect("utf8"),
     ]);
     let a_node = a.start(&[]);
-    let b = init(&net, "b", SERVE);
+    let b = net.init("b", SERVE);
     let b_node = b.start(&[a_node.addr()]);
-    let c = init(&net, "c", CALLER);
+    let c = net.init("c", CALLER);
     let c_node = c.start(&[a_node.addr()]);
     wait_for_offers(&c_node, &[&b_node.peer_id]);
     let gpu_call = format!("/v2/models/{id}/infer?gpu=true");
@@ -674,18 +663,17 @@ fn a_call_that_needs_a_gpu_goes_only_to_a_provider_offering_one() {
 #[test]
 fn native_engines_serve_across_nodes_and_verify_within_the_tolerance() {
     let net = Testnet::new().expect("testnet");
-    let a = init(&net, "a", "");
+    let a = net.init("a", "");
     let iris = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/iris-linear");
     let id = a.ok(&["publish", iris.to_str().expect("utf8")]);
     let a_node = a.start(&[]);
-    let b = init(&net, "b", SERVE);
+    let b = net.init("b", SERVE);
     let b_node = b.start(&[a_node.addr()]);
-    let b2 = init(&net, "b2", SERVE);
+    let b2 = net.init("b2", SERVE);
     let b2_node = b2.start(&[a_node.addr()]);
     // The providers fetch the model and compile the runner guest on the first call: more than
     // CALLER's 5 s in a debug build.
-    let c = init(
-        &net,
+    let c = net.init(
         "c",
         "[inference]\nfuel = 1000000000\n\n[compute]\ncall_timeout_secs = 120\n",
     );

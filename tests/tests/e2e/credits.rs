@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use serde_json::Value;
-use testnet::{Daemon, Node, Testnet};
+use testnet::{Daemon, Testnet};
 
 use super::inference::{http, mode};
 
@@ -20,13 +20,6 @@ const PROVIDER: &str = "[inference]\nfuel = 1000000000\ntimeout_secs = 5\nmax_co
                                                 [credits]\npayment_threshold = 400\ndisconnect_threshold = 500\n\
                         settle_every_secs = 1\n";
 const CALLER: &str = "[compute]\ncall_timeout_secs = 10\nmax_price_per_mfuel = 50000\n";
-
-fn init(net: &Testnet, name: &str, config: &str) -> Node {
-    let n = net.home(name);
-    n.ok(&["init"]);
-    std::fs::write(n.home.join("config.toml"), config).expect("config");
-    n
-}
 
 fn receipts(node: &Daemon, peer: &str) -> Value {
     let (status, list) = node
@@ -52,16 +45,16 @@ fn call(node: &Daemon, id: &str, on: &str) -> (u16, Value) {
 #[test]
 fn calls_are_paid_with_cheques_and_both_ledgers_agree_with_the_receipts() {
     let net = Testnet::new().expect("testnet");
-    let a = init(&net, "a", "");
+    let a = net.init("a", "");
     let pkg = testnet::echo_package(net.path()).expect("package");
     let toml = pkg.join("moxnet.toml");
     let text = std::fs::read_to_string(&toml).expect("toml");
     std::fs::write(&toml, format!("{text}\n[royalty]\npercent = 10\n")).expect("royalty");
     let id = a.ok(&["publish", pkg.to_str().expect("utf8")]);
     let a_node = a.start(&[]);
-    let b = init(&net, "b", PROVIDER);
+    let b = net.init("b", PROVIDER);
     let b_node = b.start(&[a_node.addr()]);
-    let c = init(&net, "c", CALLER);
+    let c = net.init("c", CALLER);
     let c_node = c.start(&[a_node.addr()]);
     testnet::wait_for_offers(&c_node, &[&b_node.peer_id]).unwrap_or_else(|e| panic!("{e:#}"));
 
@@ -203,7 +196,7 @@ fn calls_are_paid_with_cheques_and_both_ledgers_agree_with_the_receipts() {
     assert!(summary.contains(&b_node.peer_id), "{summary}");
 
     // A caller that never pays (spend limit 0) and also serves the model.
-    let d = init(&net, "d", &format!("{PROVIDER}spend_limit = 0\n"));
+    let d = net.init("d", &format!("{PROVIDER}spend_limit = 0\n"));
     let d_node = d.start(&[a_node.addr(), b_node.addr()]);
     testnet::wait_for_offers(&b_node, &[&d_node.peer_id]).unwrap_or_else(|e| panic!("{e:#}"));
     testnet::wait_for_offers(&d_node, &[&b_node.peer_id]).unwrap_or_else(|e| panic!("{e:#}"));
@@ -277,12 +270,12 @@ fn kill_9_of_the_provider_or_the_caller_mid_call_loses_no_credit_and_pays_nothin
     let (mut rng, seed) = super::crash::Rng::seeded();
     eprintln!("credits kill test: MOXNET_CRASH_SEED={seed}");
     let net = Testnet::new().expect("testnet");
-    let a = init(&net, "a", "");
+    let a = net.init("a", "");
     let pkg = testnet::echo_package(net.path()).expect("package");
     let id = a.ok(&["publish", pkg.to_str().expect("utf8")]);
     let a_node = a.start(&[]);
-    let b = init(&net, "b", PROVIDER);
-    let c = init(&net, "c", CALLER);
+    let b = net.init("b", PROVIDER);
+    let c = net.init("c", CALLER);
     let mut b_node = Some(b.start(&[a_node.addr()]));
     let mut c_node = Some(c.start(&[a_node.addr()]));
     let b_peer = b_node

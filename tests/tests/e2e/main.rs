@@ -12,4 +12,5 @@ mod journey;
 mod llm;
 mod matrix;
 mod network;
+mod ui;
 mod votes;

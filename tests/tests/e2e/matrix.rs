@@ -12,20 +12,13 @@
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
-use testnet::{Node, Testnet};
+use testnet::Testnet;
 
 /// Providers: re-announce every second; limits that fit the demo model.
 const SERVE: &str = "[inference]\nfuel = 50000000000\ntimeout_secs = 120\nmemory_mib = 1024\n\n\
                      [compute]\nserve = true\noffer_interval_secs = 1\n";
 /// The caller: a remote call may include the provider's fetch and first compile.
 const CALLER: &str = "[compute]\ncall_timeout_secs = 300\n";
-
-fn init(net: &Testnet, name: &str, config: &str) -> Node {
-    let n = net.home(name);
-    n.ok(&["init"]);
-    std::fs::write(n.home.join("config.toml"), config).expect("config");
-    n
-}
 
 fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
@@ -73,16 +66,16 @@ fn every_journey_works_across_nodes_for_every_kind_of_package() {
         "the demo model is missing: python3 examples/minilm/fetch.py (scripts/test.sh runs it)"
     );
 
-    let a = init(&net, "a", "");
+    let a = net.init("a", "");
     let ids: Vec<String> = cases
         .iter()
         .map(|c| a.ok(&["publish", c.path.to_str().expect("utf8")]))
         .collect();
     let a_node = a.start(&[]);
     let (b, c, d) = (
-        init(&net, "b", SERVE),
-        init(&net, "c", CALLER),
-        init(&net, "d", SERVE),
+        net.init("b", SERVE),
+        net.init("c", CALLER),
+        net.init("d", SERVE),
     );
     let b_node = b.start(&[a_node.addr()]);
     let d_node = d.start(&[a_node.addr()]);

@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use testnet::{Daemon, Node, Testnet};
+use testnet::{Daemon, Testnet};
 
 use super::inference::{http, mode};
 
@@ -15,13 +15,6 @@ const PROVIDER: &str = "[inference]\nfuel = 1000000000\ntimeout_secs = 5\nmax_co
                         [compute]\nserve = true\noffer_interval_secs = 1\nprice_per_mfuel = 20000\n\
                         max_price_per_mfuel = 50000\n";
 const CALLER: &str = "[compute]\ncall_timeout_secs = 10\nmax_price_per_mfuel = 50000\n";
-
-fn init(net: &Testnet, name: &str, config: &str) -> Node {
-    let n = net.home(name);
-    n.ok(&["init"]);
-    std::fs::write(n.home.join("config.toml"), config).expect("config");
-    n
-}
 
 /// Searches `node` (`GET /api/v1/search?{query}`) until `done` holds of the answer.
 fn wait_search(node: &Daemon, query: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
@@ -63,16 +56,16 @@ fn wait_votes(node: &Daemon, id: &str, what: &str, ok: impl Fn(&Value) -> bool) 
 #[test]
 fn a_paid_vote_reaches_every_node_and_weighs_where_its_voter_is_trusted() {
     let net = Testnet::new().expect("testnet");
-    let a = init(&net, "a", "");
+    let a = net.init("a", "");
     let pkg = testnet::echo_package(net.path()).expect("package");
     let id = a.ok(&["publish", pkg.to_str().expect("utf8")]);
     // A model that matches "guest" better by its name alone.
     let twin = testnet::echo_package_named(net.path(), "guest").expect("package");
     let twin = a.ok(&["publish", twin.to_str().expect("utf8")]);
     let a_node = a.start(&[]);
-    let b = init(&net, "b", PROVIDER);
+    let b = net.init("b", PROVIDER);
     let b_node = b.start(&[a_node.addr()]);
-    let c = init(&net, "c", CALLER);
+    let c = net.init("c", CALLER);
     let c_node = c.start(&[a_node.addr()]);
     testnet::wait_for_offers(&c_node, &[&b_node.peer_id]).unwrap_or_else(|e| panic!("{e:#}"));
     // B's search index has both, the better name first.
