@@ -49,6 +49,8 @@ pub struct Models {
     imports: tokio::sync::mpsc::Sender<Learnt>,
     /// Models already announced and provided by this node.
     announced: Mutex<HashSet<ModelId>>,
+    /// Whether a [`Models::keep_announcing`] loop runs (one is enough).
+    retrying: std::sync::atomic::AtomicBool,
     /// How many manifests from peers the catalogue takes.
     quota: catalog::Quota,
 }
@@ -72,6 +74,7 @@ impl Models {
             metrics,
             imports,
             announced: Mutex::default(),
+            retrying: Default::default(),
         }
     }
 
@@ -105,11 +108,25 @@ impl Models {
     /// (a node with no peer yet, just started or offline when the model was published): after
     /// 2 s, then twice as long each time, at most [`ANNOUNCE_RETRY_MAX`] apart, until every one
     /// was heard.
+    /// Only one such loop runs: a call while one runs returns at once (the running one
+    /// announces what was added since).
     pub async fn keep_announcing(self: Arc<Self>) {
-        let mut wait = Duration::from_secs(2);
-        while self.announce_local().await > 0 {
-            tokio::time::sleep(wait).await;
-            wait = (wait * 2).min(ANNOUNCE_RETRY_MAX);
+        use std::sync::atomic::Ordering;
+        if self.retrying.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        loop {
+            let mut wait = Duration::from_secs(2);
+            while self.announce_local().await > 0 {
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(ANNOUNCE_RETRY_MAX);
+            }
+            self.retrying.store(false, Ordering::SeqCst);
+            // A model added between the last round and the flag's reset: this loop goes on
+            // (unless another started meanwhile).
+            if self.announce_local().await == 0 || self.retrying.swap(true, Ordering::SeqCst) {
+                return;
+            }
         }
     }
 
@@ -117,9 +134,17 @@ impl Models {
     /// files. Returns how many no peer heard (they are tried again by the next call).
     pub async fn announce_local(&self) -> usize {
         let catalog = &self.catalog;
+        let done: HashSet<ModelId> = self
+            .announced
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        // Only the models not announced yet are read (a node holding thousands publishes one
+        // more without reading them all).
         let local: Vec<(ModelId, Vec<u8>, Vec<BlobHash>)> = catalog
             .held_models()
             .into_iter()
+            .filter(|id| !done.contains(id))
             .filter_map(|id| {
                 let signed = catalog.get(id)?;
                 // Local: the manifest, files and guest are here; snapshots may be too.

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
@@ -291,6 +291,25 @@ fn prepare_gguf(files: &[(String, PathBuf)], manifest: &mut Manifest) -> Result<
     Ok(())
 }
 
+/// The sandbox publishes read interfaces with (one per process, kept: it keeps the runner
+/// compiled, so a node publishing many models loads it once), for the wasm cache in `cache`.
+fn interface_sandbox(cache: &Path) -> Result<Arc<sandbox::Sandbox>> {
+    static KEPT: Mutex<Option<(PathBuf, Arc<sandbox::Sandbox>)>> = Mutex::new(None);
+    let mut kept = KEPT.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((dir, sandbox)) = kept.as_ref()
+        && dir == cache
+    {
+        return Ok(sandbox.clone());
+    }
+    let sandbox = Arc::new(sandbox::Sandbox::new(sandbox::SandboxConfig {
+        cache_dir: Some(cache.to_path_buf()),
+        max_concurrent: 1,
+        ..sandbox::SandboxConfig::default()
+    })?);
+    *kept = Some((cache.to_path_buf(), sandbox.clone()));
+    Ok(sandbox)
+}
+
 /// Makes an ONNX package callable: names the built-in runner (imported as a blob) as its
 /// guest and, when `moxnet.toml` declares no interface, takes the interface the runner reports
 /// for the graph (with the package's `runner.json` pre- and post-processing applied).
@@ -323,12 +342,7 @@ fn prepare_onnx(
         scratch.path().to_path_buf()
     };
     let wasm = std::fs::read(&runner).with_context(|| format!("reading {}", runner.display()))?;
-    let sandbox = sandbox::Sandbox::new(sandbox::SandboxConfig {
-        cache_dir: Some(home.dir.join("cache/wasm")),
-        max_concurrent: 1,
-        ..sandbox::SandboxConfig::default()
-    })?;
-    let model = sandbox
+    let model = interface_sandbox(&home.dir.join("cache/wasm"))?
         .load(&wasm, &dir, manifest.runtime.entry.as_deref())
         .context("loading the model in the sandbox to read its interface")?;
     let spec = |s: &graph::Spec| -> Result<protocol::TensorSpec> {

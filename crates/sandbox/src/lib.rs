@@ -309,7 +309,15 @@ impl Model {
 pub struct Sandbox {
     core: Arc<Core>,
     gate: Gate,
+    /// Components compiled (or read from the on-disk cache) by this sandbox, newest first, at
+    /// most [`COMPILED_KEPT`]: every ONNX model shares the runner guest, and reading it back
+    /// from the disk cache (decompressing and checking it) costs far more than a model's own
+    /// load.
+    compiled: Mutex<Vec<(blake3::Hash, Component)>>,
 }
+
+/// Compiled components a sandbox keeps in memory (each is some MiB of machine code).
+pub const COMPILED_KEPT: usize = 8;
 
 /// What building an instance needs; shared with the threads that prepare spare instances.
 struct Core {
@@ -391,6 +399,7 @@ impl Sandbox {
             .map_err(|e| SandboxError::Host(format!("epoch thread: {e}")))?
         };
         Ok(Sandbox {
+            compiled: Mutex::new(Vec::new()),
             gate: Gate::new(config.max_concurrent, config.max_queued),
             core: Arc::new(Core {
                 engine,
@@ -438,11 +447,27 @@ impl Sandbox {
                 wasm.len()
             )));
         }
+        let hash = blake3::hash(wasm);
+        {
+            let mut kept = lock(&self.compiled);
+            if let Some(i) = kept.iter().position(|(h, _)| *h == hash) {
+                let hit = kept.remove(i);
+                let component = hit.1.clone();
+                kept.insert(0, hit);
+                return Ok(component);
+            }
+        }
         // wasmtime's parallel compilation runs on the rayon pool it is called from: this
         // compile's own, of `compile_threads` threads.
-        compile_pool(self.core.config.compile_threads)?
+        let component = compile_pool(self.core.config.compile_threads)?
             .install(|| Component::new(&self.core.engine, wasm))
-            .map_err(|e| SandboxError::Load(format!("{e:#}")))
+            .map_err(|e| SandboxError::Load(format!("{e:#}")))?;
+        let mut kept = lock(&self.compiled);
+        if !kept.iter().any(|(h, _)| *h == hash) {
+            kept.insert(0, (hash, component.clone()));
+            kept.truncate(COMPILED_KEPT);
+        }
+        Ok(component)
     }
 
     /// Compiles a guest (or takes it from the cache) and loads its package: instantiates it
