@@ -211,6 +211,19 @@ impl Fetcher {
         view
     }
 
+    /// Every fetch remembered (running, and the newest finished), newest first.
+    pub fn all(&self) -> Vec<FetchProgress> {
+        let mut shared: Vec<(u64, BlobHash, Shared)> = lock(&self.fetches)
+            .iter()
+            .map(|(id, (n, p))| (*n, *id, p.clone()))
+            .collect();
+        shared.sort_by_key(|s| std::cmp::Reverse(s.0));
+        shared
+            .into_iter()
+            .map(|(_, id, p)| lock(&p).view(id))
+            .collect()
+    }
+
     /// The progress of the last fetch of `id` started on this node.
     pub fn progress(&self, id: BlobHash) -> Option<FetchProgress> {
         let shared = lock(&self.fetches).get(&id).map(|(_, p)| p.clone())?;

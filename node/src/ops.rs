@@ -436,6 +436,12 @@ pub fn show(home: &Home, id: ModelId) -> Result<ModelView> {
             })
             .collect(),
         parent: m.parent.map(|p| p.to_string()),
+        children: home
+            .catalog
+            .derived(id)
+            .iter()
+            .map(|c| c.to_string())
+            .collect(),
         snapshots: m.snapshots.iter().map(|s| s.to_string()).collect(),
         royalty: m.royalty.map(|r| api::dto::RoyaltyView {
             payee: r.payee.to_string(),

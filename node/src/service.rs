@@ -322,6 +322,12 @@ impl api::NodeApi for Service {
         Ok(self.fetcher.start(parse(&id)?))
     }
 
+    async fn fetches(&self) -> ApiResult<api::dto::FetchList> {
+        Ok(api::dto::FetchList {
+            fetches: self.fetcher.all(),
+        })
+    }
+
     async fn fetch_progress(&self, id: String) -> ApiResult<FetchProgress> {
         let hash = parse(&id)?;
         self.fetcher

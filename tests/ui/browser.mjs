@@ -36,7 +36,11 @@ async function open(viewport, scheme) {
 }
 
 const rows = (page) => page.$$eval("#catalogue tbody tr[data-model]", (trs) => trs.map((t) => t.dataset.model));
-const shot = (page, name) => page.screenshot({ path: `${setup.shots}/${name}.png`, fullPage: true });
+// From the top: a full-page picture taken scrolled down shows the sticky header mid-page.
+const shot = async (page, name) => {
+  await page.evaluate(() => window.scrollTo(0, 0));
+  await page.screenshot({ path: `${setup.shots}/${name}.png`, fullPage: true });
+};
 
 let page;
 try {
@@ -113,8 +117,13 @@ try {
   check((await offer.textContent()).includes("wasm"), "the offer lists its engines");
   await shot(page, "network");
 
+  check(await page.$(`#fetches a[href='/m/${setup.iris}']`), "B's fetch of the iris model on the network page");
+  check((await page.$$("#fetches progress")).length >= 1, "a progress bar per fetch");
+
+  // Credits: B owes A for its calls; the balance chart draws them.
   await page.goto(base + "/credits");
-  check((await page.textContent("#credits")).length > 0, "the credits table");
+  check((await page.textContent("#credits")).includes(setup.peer_a.slice(0, 12)), "A's account");
+  await page.waitForSelector("#balance-chart canvas");
   await shot(page, "credits");
   await page.goto(base + "/node");
   await shot(page, "node");

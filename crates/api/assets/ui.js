@@ -45,6 +45,22 @@
     });
   }
 
+  // Credits: the balance after each receipt, over time.
+  function balanceChart() {
+    const data = readJson("balance-data");
+    const box = document.getElementById("balance-chart");
+    if (!data || !box || typeof uPlot === "undefined") return;
+    const axis = { stroke: css("--muted"), grid: { stroke: css("--line") }, ticks: { stroke: css("--line") } };
+    const width = () => Math.max(280, box.clientWidth - 24);
+    const plot = new uPlot({
+      width: width(),
+      height: 240,
+      axes: [axis, Object.assign({ values: (u, ticks) => ticks.map((v) => v.toLocaleString("en")) }, axis)],
+      series: [{}, { label: "balance (credits)", stroke: css("--accent"), width: 2, fill: "rgba(48, 86, 211, 0.08)" }],
+    }, [data.t, data.v], box);
+    window.addEventListener("resize", () => plot.setSize({ width: width(), height: 240 }));
+  }
+
   // The shape to send for `count` items of an input declared with `declared` (numbers fixed,
   // names chosen per call): named dimensions are 1 but the last, which takes the rest.
   function fillShape(declared, count) {
@@ -114,7 +130,7 @@
         fact("cost", p.cost);
         fact("output hash", p.output_hash);
         fact("verified", p.verified || (p.verified_by ? "by " + p.verified_by.join(", ") : undefined));
-        fact("elapsed", p.elapsed_ms !== undefined ? p.elapsed_ms + " ms" : undefined);
+        fact("elapsed", p.elapsed_ms !== undefined ? Number(p.elapsed_ms).toFixed(2) + " ms" : undefined);
         const outs = (answer.outputs || []).map((o) => {
           const shown = o.data.slice(0, 64).map((v) => (typeof v === "number" ? Number(v.toPrecision(6)) : v));
           return el("pre", { class: "out", "data-output": o.name },
@@ -211,6 +227,7 @@
 
   document.addEventListener("DOMContentLoaded", () => {
     charts();
+    balanceChart();
     callForm();
     chat();
     live();

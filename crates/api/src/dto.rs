@@ -164,6 +164,9 @@ pub struct ModelView {
     pub datasets: Vec<DatasetView>,
     /// The model it was derived from.
     pub parent: Option<String>,
+    /// The models known here that name it as their parent (fine-tunes of it).
+    #[serde(default)]
+    pub children: Vec<String>,
     /// Its training snapshots, oldest first.
     pub snapshots: Vec<String>,
     /// The royalty every provider that runs it owes, if any.
@@ -396,6 +399,14 @@ pub enum FetchState {
     Complete,
     /// It stopped; `error` says why. Starting it again resumes.
     Failed,
+}
+
+/// `GET /api/v1/fetch`: the fetches this node remembers (running, and the newest finished),
+/// newest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FetchList {
+    /// Each fetch's progress.
+    pub fetches: Vec<FetchProgress>,
 }
 
 /// `POST /api/v1/fetch/{id}` and `GET /api/v1/fetch/{id}`: a fetch's progress.

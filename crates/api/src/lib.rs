@@ -209,6 +209,11 @@ pub trait NodeApi: Send + Sync + 'static {
         unsupported()
     }
     /// `GET /api/v1/fetch/{id}`.
+    /// `GET /api/v1/fetch`.
+    fn fetches(&self) -> impl Future<Output = ApiResult<FetchList>> + Send {
+        unsupported()
+    }
+    /// `GET /api/v1/fetch/{id}`.
     fn fetch_progress(&self, _id: String) -> impl Future<Output = ApiResult<FetchProgress>> + Send {
         unsupported()
     }
@@ -416,6 +421,10 @@ pub fn router<N: NodeApi>(node: Arc<N>, access: Access) -> Router {
                         Err(e) => e.into_response(),
                     }
                 }),
+            )
+            .route(
+                "/api/v1/fetch",
+                get(|s: State<Arc<N>>| async move { ok(s.fetches().await) }),
             )
             .route(
                 "/api/v1/fetch/{id}",

@@ -77,6 +77,22 @@ impl NodeApi for Catalogue {
         })
     }
 
+    async fn fetches(&self) -> ApiResult<FetchList> {
+        Ok(FetchList {
+            fetches: vec![FetchProgress {
+                id: self.models[1].id.clone(),
+                state: FetchState::Running,
+                bytes_total: 4 << 20,
+                bytes_done: 1 << 20,
+                bytes_fetched: 1 << 20,
+                peers_used: 2,
+                peers_banned: 0,
+                elapsed_ms: 1500,
+                error: None,
+            }],
+        })
+    }
+
     async fn blobs(&self) -> ApiResult<BlobList> {
         let blob = |n: u8, size, pinned| BlobRow {
             hash: format!("{n:02x}").repeat(32),
@@ -175,6 +191,7 @@ impl NodeApi for Catalogue {
                 description: HOSTILE.into(),
             }],
             parent: None,
+            children: vec![self.models[0].id.clone()],
             snapshots: vec![],
             royalty: None,
             votes: None,
@@ -363,6 +380,8 @@ async fn a_model_page_shows_the_manifest_history_and_a_call_form_and_runs_no_inj
     let data: serde_json::Value = serde_json::from_str(block).expect("JSON");
     assert_eq!(data["steps"], serde_json::json!([1, 2, 3]));
     assert!(data["metrics"].to_string().contains("\"loss\""));
+    // Its derived models link to their pages.
+    assert!(html.contains(&format!("href=\"/m/{}\"", node.models[0].id)));
     // A grid of 4 number fields for a [1, 4] input.
     assert_eq!(html.matches("type=\"number\"").count(), 4);
     let (status, _, missing) = send(&node, "GET", "/m/nope", &[HOST], "").await;
@@ -413,6 +432,13 @@ async fn network_credits_and_node_pages_assets_and_links_from_elsewhere() {
     let network = get(&node, "/network").await;
     assert!(network.contains("12D3KooWOther") && network.contains("llama.cpp"));
     assert!(network.contains("3 ms") || network.contains("4 ms"));
+    // The fetch in progress, with its bar.
+    assert!(
+        network.contains("<progress value=\"1048576\" max=\"4194304\">")
+            && network.contains("1.0 MiB of 4.0 MiB")
+            && network.contains("running"),
+        "{network}"
+    );
     assert_escaped(&network);
     let page = get(&node, "/node").await;
     assert!(page.contains(&"ab".repeat(32)) && page.contains("/metrics"));

@@ -158,14 +158,39 @@ async fn network<N: NodeApi>(State(ui): State<Arc<Ui<N>>>) -> Response {
         async {
             let info = ui.node.info().await?;
             let offers = ui.node.offers().await?;
-            Ok(pages::network(&info, &offers))
+            // A node that keeps no list of fetches shows none.
+            let fetches = ui
+                .node
+                .fetches()
+                .await
+                .map(|f| f.fetches)
+                .unwrap_or_default();
+            Ok(pages::network(&info, &offers, &fetches))
         }
         .await,
     )
 }
 
+/// Peers whose receipts the credits page charts.
+const CHARTED_PEERS: usize = 16;
+
 async fn credits<N: NodeApi>(State(ui): State<Arc<Ui<N>>>) -> Response {
-    answer(ui.node.credits().await.map(|c| pages::credits(&c)))
+    answer(
+        async {
+            let credits = ui.node.credits().await?;
+            // Every receipt moves the balance: a call served earns its cost, a call used
+            // owes it.
+            let mut moves = Vec::new();
+            for p in credits.peers.iter().take(CHARTED_PEERS) {
+                if let Ok(list) = ui.node.credit_receipts(p.peer_id.clone()).await {
+                    moves.extend(list.served.iter().map(|r| (r.issued_ms, r.cost as i64)));
+                    moves.extend(list.used.iter().map(|r| (r.issued_ms, -(r.cost as i64))));
+                }
+            }
+            Ok(pages::credits(&credits, &pages::balance(moves)))
+        }
+        .await,
+    )
 }
 
 async fn node_page<N: NodeApi>(State(ui): State<Arc<Ui<N>>>) -> Response {

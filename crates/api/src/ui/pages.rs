@@ -10,8 +10,8 @@ use serde_json::json;
 
 use super::page::{json_block, page, score, short, size};
 use crate::dto::{
-    BlobList, CreditsView, DimView, History, ModelView, NodeInfo, OfferList, SearchResults,
-    TensorView,
+    BlobList, CreditsView, DimView, FetchProgress, History, ModelView, NodeInfo, OfferList,
+    SearchResults, TensorView,
 };
 
 /// Rows per catalogue page.
@@ -265,6 +265,9 @@ pub fn model(m: &ModelView, history: &History, offers: &OfferList, csrf: &str) -
                         }
                     }
                     dt { "Parent" } dd { @if let Some(p) = &m.parent { a.mono href={ "/m/" (p) } { (p) } } @else { span.muted { "none" } } }
+                    @if !m.children.is_empty() {
+                        dt { "Derived models" } dd id="children" { @for c in &m.children { a.mono.id href={ "/m/" (c) } title=(c) { (short(c)) } " " } }
+                    }
                     @if let Some(r) = &m.royalty { dt { "Royalty" } dd { (f64::from(r.bps) / 100.0) "% to " span.mono { (short(&r.payee)) } } }
                     dt { "Providers" } dd { (providers) " offer it" }
                 }
@@ -409,10 +412,34 @@ pub fn model(m: &ModelView, history: &History, offers: &OfferList, csrf: &str) -
     page(&m.name, "/", body, !history.snapshots.is_empty())
 }
 
-/// `/network`: peers, compute offers.
-pub fn network(info: &NodeInfo, offers: &OfferList) -> Markup {
+/// `/network`: peers, compute offers, fetches.
+pub fn network(info: &NodeInfo, offers: &OfferList, fetches: &[FetchProgress]) -> Markup {
     let body = html! {
         h1 { "Network" }
+        h2 { "Fetches (" (fetches.len()) ")" }
+        div.panel.table-wrap {
+            table.cards id="fetches" data-live="2000" {
+                thead { tr { th { "Model or blob" } th { "State" } th { "Progress" } th.num { "Peers" } th.num { "Time" } } }
+                tbody {
+                    @for f in fetches {
+                        tr {
+                            td.mono.id title=(f.id) { a href={ "/m/" (f.id) } { (short(&f.id)) } }
+                            td data-label="State" {
+                                (format!("{:?}", f.state).to_lowercase())
+                                @if let Some(e) = &f.error { br; span.bad { (e) } }
+                            }
+                            td data-label="Progress" {
+                                progress value=(f.bytes_done) max=(f.bytes_total.max(1)) {}
+                                " " (size(f.bytes_done)) " of " (size(f.bytes_total))
+                            }
+                            td.num data-label="Peers" { (f.peers_used) @if f.peers_banned > 0 { " (" span.bad { (f.peers_banned) " banned" } ")" } }
+                            td.num data-label="Time" { (format!("{:.1} s", f.elapsed_ms as f64 / 1000.0)) }
+                        }
+                    }
+                    @if fetches.is_empty() { tr { td.muted colspan="5" { "No fetch since the node started." } } }
+                }
+            }
+        }
         h2 { "Peers connected (" (info.peers.len()) ")" }
         div.panel.table-wrap {
             table id="peers" data-live="5000" {
@@ -453,10 +480,45 @@ pub fn network(info: &NodeInfo, offers: &OfferList) -> Markup {
     page("Network", "/network", body, false)
 }
 
-/// `/credits`: the ledger with every peer.
-pub fn credits(c: &CreditsView) -> Markup {
+/// The most points a balance chart has (a longer history is thinned, keeping its last point).
+pub const BALANCE_POINTS: usize = 2000;
+
+/// The balance over time from its moves (`(ms, credits)`, any order): `(seconds, balance)`
+/// after each, at most [`BALANCE_POINTS`].
+pub fn balance(mut moves: Vec<(u64, i64)>) -> Vec<(f64, i64)> {
+    moves.sort_by_key(|(t, _)| *t);
+    let mut sum = 0i64;
+    let all: Vec<(f64, i64)> = moves
+        .into_iter()
+        .map(|(t, c)| {
+            sum = sum.saturating_add(c);
+            (t as f64 / 1000.0, sum)
+        })
+        .collect();
+    let step = all.len().div_ceil(BALANCE_POINTS).max(1);
+    let mut out: Vec<(f64, i64)> = all.iter().step_by(step).copied().collect();
+    if let (Some(last), Some(kept)) = (all.last(), out.last())
+        && kept != last
+    {
+        out.push(*last);
+    }
+    out
+}
+
+/// `/credits`: the ledger with every peer, and the balance over time.
+pub fn credits(c: &CreditsView, balance: &[(f64, i64)]) -> Markup {
+    let chart = json!({
+        "t": balance.iter().map(|(t, _)| *t).collect::<Vec<_>>(),
+        "v": balance.iter().map(|(_, v)| *v).collect::<Vec<_>>(),
+    });
     let body = html! {
         h1 { "Credits" }
+        @if !balance.is_empty() {
+            h2 { "Balance over time" }
+            p.muted { "Credits earned serving peers minus credits owed for calls on them, after each receipt (before cheques settle them)." }
+            (json_block("balance-data", &chart))
+            div.panel.chart id="balance-chart" {}
+        }
         div.panel {
             dl.facts {
                 dt { "Payment threshold" } dd { (c.payment_threshold) " credits" }
@@ -492,7 +554,7 @@ pub fn credits(c: &CreditsView) -> Markup {
             }
         }
     };
-    page("Credits", "/credits", body, false)
+    page("Credits", "/credits", body, !balance.is_empty())
 }
 
 /// `/node`: identity, addresses, store.
@@ -517,4 +579,47 @@ pub fn node(info: &NodeInfo, blobs: Option<&BlobList>) -> Markup {
         }
     };
     page("Node", "/node", body, false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_balance_adds_moves_in_time_order_and_thins_a_long_history() {
+        assert_eq!(
+            balance(vec![(3000, -5), (1000, 10), (2000, 7)]),
+            vec![(1.0, 10), (2.0, 17), (3.0, 12)]
+        );
+        assert!(balance(vec![]).is_empty());
+        let long: Vec<(u64, i64)> = (0..10_001).map(|i| (i, 1)).collect();
+        let thinned = balance(long);
+        assert!(thinned.len() <= BALANCE_POINTS + 1, "{}", thinned.len());
+        assert_eq!(
+            thinned.last(),
+            Some(&(10.0, 10_001)),
+            "the last point is kept"
+        );
+    }
+
+    #[test]
+    fn urls_are_encoded_and_keep_the_query() {
+        assert_eq!(encode("a b/ü&"), "a%20b%2F%C3%BC%26");
+        let q = CatalogueQuery {
+            q: "two words".into(),
+            sort: Some("usage".into()),
+            tag: Some("nlp".into()),
+            page: 2,
+        };
+        assert_eq!(q.sort(), "usage");
+        assert_eq!(
+            q.url("new", q.tag(), 3),
+            "/?q=two%20words&sort=new&tag=nlp&page=3"
+        );
+        let bad = CatalogueQuery {
+            sort: Some("<script>".into()),
+            ..CatalogueQuery::default()
+        };
+        assert_eq!(bad.sort(), "score", "an unknown order falls back");
+    }
 }
