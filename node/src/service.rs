@@ -165,11 +165,54 @@ impl api::NodeApi for Service {
         let asking = |e| ApiError::internal(format!("asking the network: {e}"));
         let peers = self.net.peers().await.map_err(asking)?;
         let listen = self.net.dial_addrs().await.map_err(asking)?;
+        let engine = self.runtime.engine();
+        let c = &self.remote.compute.config;
+        let limits = [
+            (
+                "guests' graphs run on",
+                engine
+                    .backend()
+                    .unwrap_or("wasm (tract inside the sandbox)")
+                    .to_string(),
+            ),
+            ("calls at once", engine.max_concurrent().to_string()),
+            ("language models run on", c.generation_engine.to_string()),
+            (
+                "serves peers",
+                if c.serve { "yes" } else { "no" }.to_string(),
+            ),
+            ("price per million fuel", c.price_per_mfuel.to_string()),
+            ("price per million tokens", c.price_per_mtoken.to_string()),
+            (
+                "calls one peer may have here at once",
+                c.per_peer_concurrent.to_string(),
+            ),
+            (
+                "files fetched for one peer's call",
+                api::ui::size(c.max_fetch_bytes),
+            ),
+            (
+                "models fetched for peers kept",
+                api::ui::size(c.cache_bytes),
+            ),
+            (
+                "highest price paid per million fuel",
+                c.max_price_per_mfuel.to_string(),
+            ),
+            (
+                "spent on one peer beyond its calls here",
+                self.remote.spend_limit().to_string(),
+            ),
+        ];
         Ok(NodeInfo {
             node_id: self.home.key.node_id().to_string(),
             peer_id: self.net.peer_id().to_string(),
             listen: listen.iter().map(ToString::to_string).collect(),
             peers: peers.iter().map(PeerId::to_string).collect(),
+            limits: limits
+                .into_iter()
+                .map(|(what, value)| (what.to_string(), value))
+                .collect(),
         })
     }
 

@@ -126,7 +126,19 @@ try {
   await page.waitForSelector("#balance-chart canvas");
   await shot(page, "credits");
   await page.goto(base + "/node");
+  check((await page.textContent("#limits")).includes("calls at once"), "the node's limits");
   await shot(page, "node");
+
+  // The language model's chat: B holds only its manifest, so it generates on A, streamed.
+  await page.goto(base + "/m/" + setup.llm);
+  await page.fill("#chat-form textarea", "What is the capital of France? Answer in one word.");
+  await page.click("#chat-form button[type=submit]");
+  await page.waitForFunction(() => /tokens/.test(document.getElementById("chat-status").textContent), null, { timeout: 120000 });
+  const answer = await page.textContent("#chat-log .msg.assistant");
+  check(answer.trim().length > 0 && !(await page.$("#chat-log .msg.bad")), "the chat's answer: " + answer);
+  const status = await page.textContent("#chat-status");
+  check(status.includes(setup.peer_a), "generated on A: " + status);
+  await shot(page, "model-chat");
 
   // Phone width, dark: every page again.
   const phone = await open({ width: 390, height: 844 }, "dark");

@@ -164,7 +164,7 @@
         const response = await fetch("/v1/chat/completions", {
           method: "POST",
           headers: { "Content-Type": "application/json" },
-          body: JSON.stringify({ model: box.dataset.model, messages, stream: true, stream_options: { include_usage: true } }),
+          body: JSON.stringify({ model: box.dataset.model, messages, max_tokens: 512, stream: true, stream_options: { include_usage: true } }),
         });
         if (!response.ok) {
           const answer = await response.json().catch(() => ({}));

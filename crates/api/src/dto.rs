@@ -19,6 +19,10 @@ pub struct NodeInfo {
     pub listen: Vec<String>,
     /// The peers connected now.
     pub peers: Vec<String>,
+    /// The limits it runs under, as `[what, value]` pairs in words (for people: the web UI's
+    /// node page).
+    #[serde(default)]
+    pub limits: Vec<(String, String)>,
 }
 
 /// `GET /api/v1/models`: the models this node knows.

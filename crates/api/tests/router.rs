@@ -30,6 +30,7 @@ impl NodeApi for Counting {
             peer_id: "p".into(),
             listen: vec![],
             peers: vec![],
+            limits: vec![],
         })
     }
 

@@ -74,6 +74,7 @@ impl NodeApi for Catalogue {
             peer_id: "12D3KooWPeer".into(),
             listen: vec!["/ip4/127.0.0.1/udp/4001/quic-v1".into()],
             peers: vec!["12D3KooWOther".into()],
+            limits: vec![("calls at once".into(), HOSTILE.into())],
         })
     }
 
@@ -443,6 +444,8 @@ async fn network_credits_and_node_pages_assets_and_links_from_elsewhere() {
     let page = get(&node, "/node").await;
     assert!(page.contains(&"ab".repeat(32)) && page.contains("/metrics"));
     assert!(page.contains("2 blobs, 2.0 MiB (1 pinned)"), "{page}");
+    assert!(page.contains("id=\"limits\"") && page.contains("calls at once"));
+    assert_escaped(&page);
     // This node keeps no ledger: the page says so with the API's error.
     let (status, _, credits) = send(&node, "GET", "/credits", &[HOST], "").await;
     assert_eq!(status, StatusCode::NOT_IMPLEMENTED);

@@ -15,10 +15,11 @@
 //!   than it delivers). Free slots go to partial holders first, then to peers of unknown
 //!   holdings, then to complete ones (see "Swarming"); among equals, to the peer with the
 //!   fewest requests in flight, then the highest measured rate.
-//! - **Work stealing:** when nothing is left to hand out, an idle peer duplicates the oldest
-//!   request of another peer; whichever answers first wins and the other is cancelled. A slow
-//!   peer therefore never holds up the end of a fetch. Peers that have delivered race first
-//!   (fastest first), so a peer that never answers cannot take a race from an idle seed.
+//! - **Work stealing (endgame):** when nothing is left to hand out, an idle peer duplicates the
+//!   least raced, then oldest, request of another peer (a request runs on at most
+//!   [`MAX_RACERS`] peers at once); whichever answers first wins and the others are cancelled.
+//!   A slow peer, or one that never answers (one that left, whose dial hangs), therefore never
+//!   holds up the end of a fetch. Peers that have delivered race first (fastest first).
 //! - **Bad bytes:** a peer whose data fails verification is banned for this blob at once; what
 //!   it had in flight is handed to others. Groups it sent that *did* verify are kept.
 //! - **Stalls:** a request gets a deadline from the peer's measured rate (at least
@@ -42,6 +43,10 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::ops::Range;
+
+/// The most peers one request's groups are asked of at once (the first request and its races,
+/// see "Work stealing").
+pub const MAX_RACERS: usize = 3;
 
 /// Identifies one request sent to one peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -745,14 +750,19 @@ impl<P: Ord + Clone> Fetch<P> {
                     .iter()
                     .filter(|(_, r)| r.peer != thief)
                     .filter(|(_, r)| !(swarming && usage == Use::Seed && r.started > late))
-                    .filter(|(id, r)| {
-                        !self.requests.iter().any(|(other, o)| {
-                            other != *id
-                                && o.groups.start < r.groups.end
-                                && r.groups.start < o.groups.end
-                        })
-                    })
                     .filter_map(|(_, r)| {
+                        // Requests already racing for these groups (this one included): the
+                        // least raced goes first, and none more than `MAX_RACERS` times.
+                        let racers = self
+                            .requests
+                            .values()
+                            .filter(|o| {
+                                o.groups.start < r.groups.end && r.groups.start < o.groups.end
+                            })
+                            .count();
+                        (racers < MAX_RACERS).then_some((racers, r))
+                    })
+                    .filter_map(|(racers, r)| {
                         // Only the part still missing (a race partner may have verified some).
                         let missing = r.groups.clone().find(|g| !self.present[*g as usize])?;
                         let end = (missing..r.groups.end)
@@ -764,9 +774,9 @@ impl<P: Ord + Clone> Fetch<P> {
                             }
                             _ => missing..end,
                         };
-                        Some((r.started, part))
+                        Some(((racers, r.started), part))
                     })
-                    .min_by_key(|(started, _)| *started)
+                    .min_by_key(|(key, _)| *key)
                     .map(|(_, groups)| groups);
                 if let Some(groups) = victim {
                     self.send(now, thief, groups, actions);

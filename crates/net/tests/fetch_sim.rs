@@ -620,3 +620,53 @@ fn silent_peers_do_not_hold_up_a_fetch_a_seed_can_finish() {
         );
     }
 }
+
+#[test]
+fn a_known_seed_races_peers_of_unknown_holdings_from_the_start() {
+    // A small blob (one range): the fetch starts on the peer that proved it holds the whole
+    // blob and on two announcers that left (their dials hang). Whoever gets the range, the
+    // seed must have a request for it at once, not after the others time out.
+    for seed in 0..32 {
+        let mut fetch: Fetch<usize> = Fetch::new(1, vec![0..1], FetchConfig::default(), seed);
+        let mut actions = fetch.handle(
+            0,
+            Event::Has {
+                peer: 2,
+                have: None,
+            },
+        );
+        actions.extend(fetch.handle(0, Event::PeerAdded(0)));
+        actions.extend(fetch.handle(0, Event::PeerAdded(1)));
+        assert!(
+            actions
+                .iter()
+                .any(|a| matches!(a, Action::Request { peer: 2, .. })),
+            "seed {seed}: the seed was not asked: {actions:?}"
+        );
+    }
+}
+
+#[test]
+fn the_last_range_is_raced_by_every_idle_peer_when_none_is_known() {
+    // Endgame: nothing is known of anyone's holdings yet and two of three peers never answer;
+    // the range must not wait for their timeouts whichever peers got it first.
+    let silent = SimPeer {
+        ms_per_group: 1,
+        latency: 1,
+        behaviour: Behaviour::Silent,
+    };
+    for seed in 0..32 {
+        let report = simulate(
+            1,
+            vec![0..1],
+            &[silent.clone(), silent.clone(), honest(1)],
+            seed,
+        );
+        assert!(report.completed);
+        assert!(
+            report.finished_at < 100,
+            "seed {seed}: finished at {} ms",
+            report.finished_at
+        );
+    }
+}

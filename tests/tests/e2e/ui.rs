@@ -4,8 +4,8 @@
 //! playwright-core (`tests/ui/browser.mjs`), then reads B's pages: the catalogue lists the
 //! models and search, sort and tags change its rows; the model page charts the snapshot
 //! metrics; the call form gives the output hash `moxnet call` gave; a vote changes the score
-//! and the order; the network page shows A and its offer; no console errors; the injected
-//! script never runs. Screenshots of every page, at laptop and phone widths, go to
+//! and the order; the network page shows A and its offer; the language model's chat streams an
+//! answer generated on A; no console errors; the injected script never runs. Screenshots of every page, at laptop and phone widths, go to
 //! `$CARGO_TARGET_TMPDIR/ui-screenshots` (not committed).
 
 use std::path::Path;
@@ -87,6 +87,12 @@ fn the_web_ui_lists_charts_calls_and_votes_in_a_real_browser_across_two_nodes() 
     )
     .expect("toml");
     let hostile = a.ok(&["publish", hostile_pkg.to_str().expect("utf8")]);
+    let gguf = examples.join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(
+        gguf.exists(),
+        "run `python3 examples/smollm2/fetch.py` (scripts/test.sh does)"
+    );
+    let llm = a.ok(&["publish", gguf.to_str().expect("utf8")]);
     let a_node = a.start(&[]);
 
     // B learns the catalogue from A and pays A for calls of both examples.
@@ -96,7 +102,7 @@ fn the_web_ui_lists_charts_calls_and_votes_in_a_real_browser_across_two_nodes() 
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let (_, found) = b_node.api_get("/api/v1/search?q=").expect("search");
-        if found["total"] == 3 {
+        if found["total"] == 4 {
             break;
         }
         assert!(
@@ -142,6 +148,7 @@ fn the_web_ui_lists_charts_calls_and_votes_in_a_real_browser_across_two_nodes() 
         "iris": iris,
         "minilm": minilm,
         "hostile": hostile,
+        "llm": llm,
         "iris_hash": iris_hash,
         "shots": shots,
     });

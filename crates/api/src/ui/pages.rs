@@ -132,7 +132,7 @@ pub fn catalogue(
                     th { "Model" } th { "Version" } th { "Author" }
                     th.num { a href=(query.url("score", tag, 0)) { "Score" } }
                     th.num { "Paying voters" }
-                    th.num { a href=(query.url("usage", tag, 0)) { "Usage" } }
+                    th.num title="Credits paid for its calls on providers this node trusts: paid use, which cannot be inflated for free as a count of calls could" { a href=(query.url("usage", tag, 0)) { "Usage" } }
                     th.num { "Size" } th { "Local" } th.num { "Providers" }
                 } }
                 tbody {
@@ -575,6 +575,14 @@ pub fn node(info: &NodeInfo, blobs: Option<&BlobList>) -> Markup {
                     } @else { span.muted { "unknown" } }
                 }
                 dt { "Metrics" } dd { a href="/metrics" { "/metrics" } " (OpenMetrics text)" }
+            }
+        }
+        @if !info.limits.is_empty() {
+            h2 { "Limits" }
+            div.panel {
+                dl.facts id="limits" {
+                    @for (what, value) in &info.limits { dt { (what) } dd { (value) } }
+                }
             }
         }
     };
