@@ -55,7 +55,8 @@
     const plot = new uPlot({
       width: width(),
       height: 240,
-      axes: [axis, Object.assign({ values: (u, ticks) => ticks.map((v) => v.toLocaleString("en")) }, axis)],
+      // Wide enough for "-12,345,678": negative balances keep their sign.
+      axes: [axis, Object.assign({ size: 80, values: (u, ticks) => ticks.map((v) => v.toLocaleString("en")) }, axis)],
       series: [{}, { label: "balance (credits)", stroke: css("--accent"), width: 2, fill: "rgba(48, 86, 211, 0.08)" }],
     }, [data.t, data.v], box);
     window.addEventListener("resize", () => plot.setSize({ width: width(), height: 240 }));
