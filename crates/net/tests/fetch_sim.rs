@@ -305,6 +305,15 @@ fn honest(ms_per_group: u64) -> SimPeer {
     }
 }
 
+/// A fast peer that accepts requests and never answers.
+fn silent() -> SimPeer {
+    SimPeer {
+        ms_per_group: 1,
+        latency: 1,
+        behaviour: Behaviour::Silent,
+    }
+}
+
 fn behaviour() -> impl Strategy<Value = Behaviour> {
     prop_oneof![
         3 => Just(Behaviour::Honest),
@@ -598,11 +607,7 @@ fn a_peer_claiming_groups_it_never_sends_is_dropped() {
 fn silent_peers_do_not_hold_up_a_fetch_a_seed_can_finish() {
     // The churn scenario: a fresh node starts on the live seed and on two announcers that left
     // (their dials hang); the seed races their requests once it is idle.
-    let silent = SimPeer {
-        ms_per_group: 1,
-        latency: 1,
-        behaviour: Behaviour::Silent,
-    };
+    let silent = silent();
     let alone = simulate(1024, vec![0..1024], &[honest(1)], 5);
     for seed in 0..20 {
         let with_silent = simulate(
@@ -650,11 +655,7 @@ fn a_known_seed_races_peers_of_unknown_holdings_from_the_start() {
 fn the_last_range_is_raced_by_every_idle_peer_when_none_is_known() {
     // Endgame: nothing is known of anyone's holdings yet and two of three peers never answer;
     // the range must not wait for their timeouts whichever peers got it first.
-    let silent = SimPeer {
-        ms_per_group: 1,
-        latency: 1,
-        behaviour: Behaviour::Silent,
-    };
+    let silent = silent();
     for seed in 0..32 {
         let report = simulate(
             1,
