@@ -20,6 +20,7 @@
 
 pub mod wordpiece;
 
+mod rewrite;
 mod tensor;
 mod tract;
 

@@ -34,7 +34,12 @@ impl Graph {
         let model = tract_onnx::onnx()
             .model_for_read(&mut &onnx[..])
             .map_err(load)?;
-        let typed = model.into_optimized().map_err(load)?;
+        let mut typed = model
+            .into_typed()
+            .and_then(|m| m.into_decluttered())
+            .map_err(load)?;
+        crate::rewrite::gather_first(&mut typed).map_err(load)?;
+        let typed = typed.into_optimized().map_err(load)?;
         let mut inputs = Vec::new();
         for (i, outlet) in typed.input_outlets().map_err(load)?.iter().enumerate() {
             let name = typed.node(outlet.node).name.clone();

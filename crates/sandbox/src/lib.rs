@@ -356,7 +356,11 @@ impl Sandbox {
             .epoch_interruption(true)
             .cranelift_opt_level(wasmtime::OptLevel::Speed)
             .max_wasm_stack(1 << 20)
-            .wasm_relaxed_simd(false)
+            // Relaxed SIMD in wasmtime's deterministic profile (fused multiply-add, signed dot
+            // products, the plain min/max/truncation/select): the same bits on every host, like
+            // NaN canonicalization below; a guest's results never depend on the CPU it ran on.
+            .wasm_relaxed_simd(true)
+            .relaxed_simd_deterministic(true)
             .cranelift_nan_canonicalization(true);
         let memory_bytes = usize::try_from(config.max_memory_mib << 20)
             .map_err(|_| SandboxError::Host("max_memory_mib is too large".into()))?;

@@ -410,6 +410,25 @@ fn guests_have_no_ambient_authority() {
     assert_eq!(a.fuel, b.fuel);
 }
 
+/// Where a CPU may choose a float result, the sandbox fixes it: NaNs are canonical, relaxed SIMD
+/// follows wasmtime's deterministic profile. Each value below differs on x86-64 without that
+/// (a negative NaN, `pmaddubsw`'s unsigned operand, `cvttps2dq`'s 0x80000000, `minps`'s second
+/// operand, `blendvps`'s top bit), so the same guest gives the same bits on every provider.
+#[test]
+fn float_results_a_cpu_could_choose_are_the_same_on_every_host() {
+    let sandbox = sandbox(false, 1, 1);
+    let (_dir, hostile) = hostile(&sandbox);
+    let out = sandbox
+        .predict(&hostile, mode("floats"), &limits())
+        .expect("floats");
+    assert_eq!(
+        text_output(&out),
+        // 0/0; (1 + 2^-12)^2 - (1 + 2^-11) fused = 2^-24; 4 × (1 × -1) signed; NaN truncated
+        // saturating = 0; min(0, -0) = -0; bit select of -1 and 0 under 0x7fffffff.
+        "nan 7fc00000 madd 33800000 dot -4 trunc 0 min 80000000 select 7fffffff"
+    );
+}
+
 #[test]
 fn malformed_oversized_and_foreign_components_are_refused() {
     let sandbox = Sandbox::new(SandboxConfig {

@@ -4,7 +4,9 @@
 //! `loop` (spins forever), `memory` (allocates without bound), `recurse` (unbounded recursion),
 //! `huge-output` (returns a 1 GiB tensor), `trap` (an unreachable instruction), `echo` (returns
 //! its input: the well-behaved case), `fs` (tries to read outside the package), `env` (reads the
-//! environment), `clock` (returns the wall clock and a random number: these must be fixed).
+//! environment), `clock` (returns the wall clock and a random number: these must be fixed),
+//! `floats` (float results a CPU may choose: NaN bits and relaxed SIMD, which must come out the
+//! same on every host).
 
 use moxnet::model::types as wit;
 
@@ -28,6 +30,45 @@ fn text(name: &str, s: &str) -> wit::Tensor {
         shape: vec![1],
         data,
     }
+}
+
+/// The bits of operations whose results a CPU may choose: a NaN's sign and payload, and each
+/// relaxed SIMD instruction on inputs where hosts differ (fused or not, signed or unsigned,
+/// saturating or not, `-0` or `+0`, bit or lane select). `one` is 1, unknown at compile time.
+fn floats(one: i32) -> String {
+    use core::arch::wasm32::*;
+    let onef = one as f32;
+    let zero = onef - 1.0;
+    let nan = zero / zero;
+    // (1 + 2^-12)^2 - (1 + 2^-11) = 2^-24 when fused, 0 when the product is rounded first.
+    let a = onef + 1.0 / 4096.0;
+    let madd = f32x4_relaxed_madd(
+        f32x4_splat(a),
+        f32x4_splat(a),
+        f32x4_splat(-(onef + 1.0 / 2048.0)),
+    );
+    // 1 × -1, four times: -4 when the second operand is signed, 1020 when unsigned.
+    let dot = i32x4_relaxed_dot_i8x16_i7x16_add(
+        i8x16_splat(one as i8),
+        i8x16_splat(-(one as i8)),
+        i32x4_splat(0),
+    );
+    let trunc = i32x4_relaxed_trunc_f32x4(f32x4_splat(nan));
+    let min = f32x4_relaxed_min(f32x4_splat(zero), f32x4_splat(-zero));
+    let select = i32x4_relaxed_laneselect(
+        i32x4_splat(-one),
+        i32x4_splat(0),
+        i32x4_splat(i32::MAX * one),
+    );
+    format!(
+        "nan {:08x} madd {:08x} dot {} trunc {} min {:08x} select {:08x}",
+        nan.to_bits(),
+        f32x4_extract_lane::<0>(madd).to_bits(),
+        i32x4_extract_lane::<0>(dot),
+        i32x4_extract_lane::<0>(trunc),
+        f32x4_extract_lane::<0>(min).to_bits(),
+        i32x4_extract_lane::<0>(select),
+    )
 }
 
 /// Recurses until `depth` (never reached in practice: the guest's stack runs out first).
@@ -100,6 +141,7 @@ impl Guest for Hostile {
                 let _ = &mut random;
                 Ok(vec![text("out", &format!("{now} {}", h.finish()))])
             }
+            "floats" => Ok(vec![text("out", &floats(mode(&inputs).len() as i32 / 6))]),
             _ => Ok(inputs),
         }
     }
