@@ -20,13 +20,20 @@ use tract_onnx::tract_core::ops::element_wise::ElementWiseOp;
 /// The longest element-wise chain [`gather_first`] follows back from a gather.
 const MAX_CHAIN: usize = 16;
 
+/// The most gathers [`gather_first`] moves in one graph (each move rescans the graph, so this
+/// keeps a crafted graph's load time linear in its size; real models have a few embedding
+/// tables).
+const MAX_MOVES: usize = 256;
+
 /// Moves each gather that reads an element-wise function of constants (which tract left
 /// unfolded) in front of that function. Returns how many gathers moved.
 pub(crate) fn gather_first(model: &mut TypedModel) -> TractResult<usize> {
     let mut moved = 0;
     // Each rewrite changes node ids; start over until no gather qualifies. Every rewrite
     // removes one qualifying gather (the new ones read constants), so this ends.
-    while let Some(id) = next_candidate(model)? {
+    while moved < MAX_MOVES
+        && let Some(id) = next_candidate(model)?
+    {
         let node = model.node(id);
         let Some(gather) = node.op_as::<Gather>().cloned() else {
             break;
