@@ -32,17 +32,10 @@ pub(crate) fn gather_first(model: &mut TypedModel) -> TractResult<usize> {
     // Each rewrite changes node ids; start over until no gather qualifies. Every rewrite
     // removes one qualifying gather (the new ones read constants), so this ends.
     while moved < MAX_MOVES
-        && let Some(id) = next_candidate(model)?
+        && let Some((id, gather, rows)) = next_candidate(model)?
     {
         let node = model.node(id);
-        let Some(gather) = node.op_as::<Gather>().cloned() else {
-            break;
-        };
         let data = node.inputs[0];
-        let rows = match model.outlet_fact(data)?.shape[gather.axis].to_i64() {
-            Ok(n) => n,
-            Err(_) => break,
-        };
         let mut patch = TypedModelPatch::default();
         let indices = patch.tap_model(model, node.inputs[1])?;
         let indices_rank = model.outlet_fact(node.inputs[1])?.rank();
@@ -69,8 +62,9 @@ pub(crate) fn gather_first(model: &mut TypedModel) -> TractResult<usize> {
 }
 
 /// The first gather whose data is an unfolded element-wise chain over constants, used by that
-/// gather alone (else the whole table is computed anyway).
-fn next_candidate(model: &TypedModel) -> TractResult<Option<usize>> {
+/// gather alone (else the whole table is computed anyway): its id, the op, and the table's size
+/// along the gathered axis.
+fn next_candidate(model: &TypedModel) -> TractResult<Option<(usize, Gather, i64)>> {
     for node in model.nodes() {
         let Some(gather) = node.op_as::<Gather>() else {
             continue;
@@ -84,7 +78,7 @@ fn next_candidate(model: &TypedModel) -> TractResult<Option<usize>> {
             continue;
         };
         if qualifies(model, data, gather.axis, rows, 0)? {
-            return Ok(Some(node.id));
+            return Ok(Some((node.id, gather.clone(), rows)));
         }
     }
     Ok(None)
