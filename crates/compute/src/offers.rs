@@ -280,7 +280,7 @@ impl Offers {
                     credit: Some(o.credit),
                     backends: o.backends.clone(),
                     vouched: self.connected.contains(node) || e.stats.latency_ms.is_some(),
-                    score: score(o, &e.stats, model, now_ms),
+                    score: score(o, &e.stats, model, price, now_ms),
                 }
             })
             .collect();
@@ -357,12 +357,13 @@ impl Offers {
 
 /// A provider's score for a call at `now_ms` (lower is better), in milliseconds of expected
 /// delay: measured latency (50 ms until measured), stretched by the load this node puts on it,
-/// plus the price (10 ms per credit per million fuel), a fetch if it lacks the model, and
-/// failures in the last [`FAILURE_MEMORY_MS`].
-pub fn score(offer: &ComputeOffer, stats: &Stats, model: ModelId, now_ms: u64) -> f64 {
+/// plus the price the call pays (`price`, what [`Needs::price`] gives: per million fuel units,
+/// or per million tokens for a generation; 10 ms per credit), a fetch if it lacks the model,
+/// and failures in the last [`FAILURE_MEMORY_MS`].
+pub fn score(offer: &ComputeOffer, stats: &Stats, model: ModelId, price: u64, now_ms: u64) -> f64 {
     let latency = stats.latency_ms.unwrap_or(50.0);
     let load = 1.0 + f64::from(stats.in_flight) / offer.max_concurrent.max(1) as f64;
-    let price = offer.price_per_mfuel as f64 * 10.0;
+    let price = price as f64 * 10.0;
     let fetch = if offer.models.contains(&model) {
         0.0
     } else {
@@ -519,6 +520,41 @@ mod tests {
     }
 
     #[test]
+    fn generations_rank_by_token_price_and_graph_calls_by_fuel_price() {
+        let with = |seed: u8, price_per_mfuel: u64, price_per_mtoken: u64| {
+            SecretKey::from_seed(&[seed; 32]).sign(ComputeOffer {
+                issued_ms: 1000,
+                expires_ms: 61_000,
+                max_concurrent: 1,
+                price_per_mfuel,
+                price_per_mtoken: Some(price_per_mtoken),
+                ..ComputeOffer::default()
+            })
+        };
+        let mut offers = Offers::default();
+        // Cheap fuel, dear tokens; and the other way round.
+        offers.insert(with(1, 1, 90), 1000);
+        offers.insert(with(2, 90, 1), 1000);
+        let tokens = Needs {
+            tokens: true,
+            ..Needs::default()
+        };
+        let order = |needs| -> Vec<(NodeId, f64)> {
+            offers
+                .candidates_for(model(), 100, needs, 2000)
+                .iter()
+                .map(|c| (c.node, c.score))
+                .collect()
+        };
+        // 50 ms unmeasured latency + 500 ms fetch + 10 ms per credit of the price that applies.
+        assert_eq!(order(tokens), vec![(id(2), 560.0), (id(1), 1450.0)]);
+        assert_eq!(
+            order(Needs::default()),
+            vec![(id(1), 560.0), (id(2), 1450.0)]
+        );
+    }
+
+    #[test]
     fn ranking_prefers_cheap_local_and_healthy_providers() {
         let mut offers = Offers::default();
         offers.insert(offer(1, 1, 1, vec![]), 1);
@@ -556,14 +592,14 @@ mod tests {
     #[test]
     fn a_failure_weighs_on_the_score_for_a_minute() {
         let offer = offer(1, 0, 1, vec![model()]);
-        let healthy = score(offer.body(), &Stats::default(), model(), 0);
+        let healthy = score(offer.body(), &Stats::default(), model(), 1, 0);
         assert_eq!(healthy, 60.0, "50 ms unmeasured latency + 10 ms per credit");
         let failed = Stats {
             failures: 1,
             last_failure_ms: Some(1000),
             ..Stats::default()
         };
-        let at = |now| score(offer.body(), &failed, model(), now);
+        let at = |now| score(offer.body(), &failed, model(), 1, now);
         assert_eq!(at(1000), healthy + 1000.0, "one recent failure");
         assert_eq!(at(1000 + FAILURE_MEMORY_MS - 1), healthy + 1000.0);
         assert_eq!(at(1000 + FAILURE_MEMORY_MS), healthy, "forgotten");
