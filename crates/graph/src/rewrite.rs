@@ -232,10 +232,27 @@ mod tests {
     }
 
     fn run(model: TypedModel) -> Tensor {
-        let plan = SimplePlan::new(model.into_optimized().expect("optimise")).expect("plan");
+        run_optimised(model.into_optimized().expect("optimise"))
+    }
+
+    fn run_optimised(model: TypedModel) -> Tensor {
+        let plan = SimplePlan::new(model).expect("plan");
         let ids = Tensor::from_shape(&[2, 3], &[0i64, 2047, -1, 5, 5, 1000]).expect("ids");
         let mut out = plan.run(tvec!(ids.into())).expect("run");
         out.remove(0).into_tensor()
+    }
+
+    /// Both f32 lookups have the expected shape and the same bits.
+    fn assert_same_bits(before: &Tensor, after: &Tensor, what: &str) {
+        assert_eq!(after.shape(), &[2, 3, 640], "{what}");
+        let (a, b) = (
+            before.to_plain_array_view::<f32>().expect("f32"),
+            after.to_plain_array_view::<f32>().expect("f32"),
+        );
+        assert!(
+            a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()),
+            "bit for bit ({what})"
+        );
     }
 
     /// The largest f32 value the optimised model computes (constants aside), in elements.
@@ -267,16 +284,7 @@ mod tests {
                 largest_f32(&rewritten) <= 6 * 640,
                 "only the gathered rows are cast and scaled ({scale_shape:?})"
             );
-            let after = run(rewritten);
-            assert_eq!(after.shape(), &[2, 3, 640]);
-            let (a, b) = (
-                before.to_plain_array_view::<f32>().expect("f32"),
-                after.to_plain_array_view::<f32>().expect("f32"),
-            );
-            assert!(
-                a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()),
-                "bit for bit ({scale_shape:?})"
-            );
+            assert_same_bits(&before, &run(rewritten), &format!("{scale_shape:?}"));
         }
     }
 
@@ -383,25 +391,14 @@ mod tests {
             largest_f32(&optimised) <= 6 * 640,
             "only the gathered rows are cast and scaled"
         );
-        let ids = Tensor::from_shape(&[2, 3], &[0i64, 2047, -1, 5, 5, 1000]).expect("ids");
-        let run = |model: TypedModel| {
-            let plan = SimplePlan::new(model).expect("plan");
-            let mut out = plan.run(tvec!(ids.clone().into())).expect("run");
-            out.remove(0).into_tensor()
-        };
         let tract_alone = parsed()
             .into_typed()
             .and_then(|m| m.into_optimized())
             .expect("optimise");
-        let (a, b) = (run(tract_alone), run(optimised));
-        assert_eq!(b.shape(), &[2, 3, 640]);
-        let (a, b) = (
-            a.to_plain_array_view::<f32>().expect("f32"),
-            b.to_plain_array_view::<f32>().expect("f32"),
-        );
-        assert!(
-            a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()),
-            "bit for bit"
+        assert_same_bits(
+            &run_optimised(tract_alone),
+            &run_optimised(optimised),
+            "ONNX",
         );
     }
 
