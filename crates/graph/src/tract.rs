@@ -246,3 +246,127 @@ fn from_tract(name: &str, t: &tract_onnx::prelude::Tensor) -> Result<Tensor, Err
         data,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use tract_onnx::prelude::*;
+
+    use crate::rewrite::tests::{assert_same_bits, largest_f32, run_optimised};
+
+    /// `quantized_lookup`'s graph as an ONNX file would hold it: `Gather(Mul(Cast(table_q),
+    /// scale), ids)` with a per-row scale and a symbolic batch of ids.
+    fn quantized_lookup_onnx() -> tract_onnx::pb::ModelProto {
+        use tract_onnx::pb::tensor_shape_proto::{Dimension, dimension};
+        use tract_onnx::pb::type_proto::{Tensor as TensorType, Value};
+        use tract_onnx::pb::{
+            AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto,
+            TensorShapeProto, TypeProto, ValueInfoProto,
+        };
+        let (rows, cols) = (2048usize, 640usize);
+        let value = |name: &str, elem_type: i32, dims: Vec<dimension::Value>| ValueInfoProto {
+            name: name.into(),
+            r#type: Some(TypeProto {
+                value: Some(Value::TensorType(TensorType {
+                    elem_type,
+                    shape: Some(TensorShapeProto {
+                        dim: dims
+                            .into_iter()
+                            .map(|d| Dimension {
+                                value: Some(d),
+                                ..Dimension::default()
+                            })
+                            .collect(),
+                    }),
+                })),
+                ..TypeProto::default()
+            }),
+            ..ValueInfoProto::default()
+        };
+        let node = |op: &str, inputs: &[&str], output: &str| NodeProto {
+            op_type: op.into(),
+            name: output.into(),
+            input: inputs.iter().map(|i| i.to_string()).collect(),
+            output: vec![output.into()],
+            ..NodeProto::default()
+        };
+        let (int8, float, int64) = (3, 1, 7);
+        let table = TensorProto {
+            name: "table_q".into(),
+            dims: vec![rows as i64, cols as i64],
+            data_type: int8,
+            raw_data: (0..rows * cols).map(|i| ((i * 7919) % 251) as u8).collect(),
+            ..TensorProto::default()
+        };
+        let scale = TensorProto {
+            name: "scale".into(),
+            dims: vec![rows as i64, 1],
+            data_type: float,
+            float_data: (0..rows).map(|i| 0.001 + i as f32 * 1e-5).collect(),
+            ..TensorProto::default()
+        };
+        let mut cast = node("Cast", &["table_q"], "cast");
+        cast.attribute.push(AttributeProto {
+            name: "to".into(),
+            r#type: 2, // INT
+            i: float.into(),
+            ..AttributeProto::default()
+        });
+        ModelProto {
+            ir_version: 8,
+            opset_import: vec![OperatorSetIdProto {
+                domain: String::new(),
+                version: 17,
+            }],
+            graph: Some(GraphProto {
+                name: "lookup".into(),
+                node: vec![
+                    cast,
+                    node("Mul", &["cast", "scale"], "mul"),
+                    node("Gather", &["mul", "ids"], "out"),
+                ],
+                initializer: vec![table, scale],
+                input: vec![value(
+                    "ids",
+                    int64,
+                    vec![
+                        dimension::Value::DimParam("batch".into()),
+                        dimension::Value::DimValue(3),
+                    ],
+                )],
+                output: vec![value("out", float, vec![])],
+                ..GraphProto::default()
+            }),
+            ..ModelProto::default()
+        }
+    }
+
+    #[test]
+    fn the_rewrite_applies_before_declutter_as_onnx_graphs_arrive() {
+        let parsed = || {
+            tract_onnx::onnx()
+                .model_for_proto_model(&quantized_lookup_onnx())
+                .expect("parse")
+        };
+        // As `into_typed` leaves it, before declutter's constant propagation gets to evaluate
+        // (and then drop) the whole cast table.
+        let mut typed = parsed().into_typed().expect("typed");
+        assert_eq!(
+            crate::rewrite::gather_first(&mut typed).expect("rewrite"),
+            1
+        );
+        let optimised = super::optimise(parsed()).expect("optimise");
+        assert!(
+            largest_f32(&optimised) <= 6 * 640,
+            "only the gathered rows are cast and scaled"
+        );
+        let tract_alone = parsed()
+            .into_typed()
+            .and_then(|m| m.into_optimized())
+            .expect("optimise");
+        assert_same_bits(
+            &run_optimised(tract_alone),
+            &run_optimised(optimised),
+            "ONNX",
+        );
+    }
+}
