@@ -23,6 +23,7 @@ use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::{LlamaChatMessage, LlamaModel};
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
+use llm::template::TemplateError;
 use llm::text::Visible;
 use llm::{Finish, Prompt, Sampling};
 use rustix::event::{PollFd, PollFlags, Timespec, poll};
@@ -258,7 +259,9 @@ impl Llama {
         })
     }
 
-    /// A chat as the model's template renders it, the assistant's turn opened.
+    /// A chat as the model's template renders it, the assistant's turn opened: the template
+    /// itself, run by [`llm::template`] as `transformers` runs it; where that cannot render it
+    /// (a function it lacks), llama.cpp's built-in copy of the template's family.
     fn render(&self, messages: &[llm::Message]) -> Result<String, Stop> {
         let template = self.model.chat_template(None).map_err(|e| {
             Stop::Fail(
@@ -266,6 +269,23 @@ impl Llama {
                 format!("this model has no chat template ({e}); send a plain prompt"),
             )
         })?;
+        if let Ok(source) = template.to_str() {
+            let vocab = self.model.vocab();
+            let text = |token: LlamaToken| {
+                if token.0 < 0 {
+                    return String::new();
+                }
+                String::from_utf8_lossy(&vocab.token_to_piece(token, true, None)).into_owned()
+            };
+            match llm::template::render(source, messages, &text(vocab.bos()), &text(vocab.eos())) {
+                Ok(chat) => return Ok(chat),
+                Err(e @ TemplateError::Refused(_)) => {
+                    return Err(Stop::Fail(Failure::Invalid, e.to_string()));
+                }
+                // Logged by the node (the worker's stderr, at debug level).
+                Err(e) => eprintln!("{e}; rendering with llama.cpp's engine"),
+            }
+        }
         let chat = messages
             .iter()
             .map(|m| LlamaChatMessage::new(m.role.clone(), m.content.clone()))

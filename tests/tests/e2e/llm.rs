@@ -125,6 +125,36 @@ fn a_language_model_published_on_a_is_fetched_by_b_and_both_answer_as_llama_cpp(
         assert_eq!(on_a["moxnet"]["engine"], "llama.cpp");
     }
 
+    // A chat without a system message, rendered by the model's own template as
+    // llama-cpp-python renders it (SmolLM2's adds its default system message; llama.cpp's
+    // built-in `chatml` would not): the same prompt tokens and the same greedy answer.
+    let messages = json!([{ "role": "user", "content": "What is the capital of France?" }]);
+    let out = Command::new("python3")
+        .arg(&script)
+        .args(["--chat", gguf.to_str().expect("utf8"), "48"])
+        .arg(messages.to_string())
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "llama-cpp-python failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reference: Value = serde_json::from_slice(&out.stdout).expect("a reference line");
+    let body = json!({ "model": name, "messages": messages, "temperature": 0, "max_tokens": 48 });
+    let (status, chat) = node_b
+        .api_call("POST", "/v1/chat/completions", Some(&body.to_string()))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(status, 200, "{chat}");
+    assert_eq!(
+        chat["usage"]["prompt_tokens"], reference["prompt_tokens"],
+        "{chat} / {reference}"
+    );
+    assert_eq!(
+        chat["choices"][0]["message"]["content"], reference["text"],
+        "{chat} / {reference}"
+    );
+
     // A streamed chat: the first words arrive well before the end; the events end with the
     // finish reason, the usage and [DONE].
     let events = stream(
