@@ -277,8 +277,14 @@ impl Llama {
                 }
                 String::from_utf8_lossy(&vocab.token_to_piece(token, true, None)).into_owned()
             };
-            match llm::template::render(source, messages, &text(vocab.bos()), &text(vocab.eos())) {
-                Ok(chat) => return Ok(chat),
+            let bos = text(vocab.bos());
+            match llm::template::render(source, messages, &bos, &text(vocab.eos())) {
+                // `generate` tokenizes with the model's own BOS.
+                Ok(chat) => {
+                    return Ok(
+                        llm::template::without_bos(&chat, &bos, vocab.should_add_bos()).to_string(),
+                    );
+                }
                 Err(e @ TemplateError::Refused(_)) => {
                     return Err(Stop::Fail(Failure::Invalid, e.to_string()));
                 }

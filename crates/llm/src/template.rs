@@ -115,6 +115,17 @@ pub fn render(
     })
 }
 
+/// A rendered chat to hand to a tokenizer that adds the model's BOS token itself (when
+/// `tokenizer_adds_bos`): without the `bos` a template wrote first (Llama 3's and Mistral's
+/// start with `{{ bos_token }}`), so that the prompt holds it once, as `transformers` tokenizes
+/// a rendered chat.
+pub fn without_bos<'c>(chat: &'c str, bos: &str, tokenizer_adds_bos: bool) -> &'c str {
+    match chat.strip_prefix(bos) {
+        Some(rest) if tokenizer_adds_bos && !bos.is_empty() => rest,
+        _ => chat,
+    }
+}
+
 /// The rendered chat, refusing to grow past [`MAX_OUTPUT`].
 struct Bounded(Vec<u8>);
 
@@ -305,6 +316,21 @@ mod tests {
             .expect("render"),
             "Hello  World|Ab|a"
         );
+    }
+
+    #[test]
+    fn a_bos_the_template_writes_is_left_to_a_tokenizer_that_adds_it() {
+        let chat = render(
+            "{{ bos_token }}[{{ messages[0].content }}]",
+            &[user("hi")],
+            "<s>",
+            "",
+        )
+        .expect("render");
+        assert_eq!(without_bos(&chat, "<s>", true), "[hi]");
+        assert_eq!(without_bos(&chat, "<s>", false), "<s>[hi]");
+        assert_eq!(without_bos("[hi]", "<s>", true), "[hi]");
+        assert_eq!(without_bos("[hi]", "", true), "[hi]");
     }
 
     #[test]
