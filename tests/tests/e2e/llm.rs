@@ -38,6 +38,22 @@ fn completion(node: &Daemon, model: &str, prompt: &str, max_tokens: u32) -> Valu
     v
 }
 
+/// What llama.cpp itself (llama-cpp-python, `python/llama_reference.py ARGS`) prints.
+fn llama_reference(args: &[&str]) -> String {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python/llama_reference.py");
+    let out = Command::new("python3")
+        .arg(&script)
+        .args(args)
+        .output()
+        .expect("python3 (scripts/test.sh installs llama-cpp-python)");
+    assert!(
+        out.status.success(),
+        "llama-cpp-python failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// A streamed request: each server-sent event's data, with when it arrived.
 fn stream(node: &Daemon, path: &str, body: &Value) -> Vec<(Instant, String)> {
     testnet::stream_events(&node.api, &node.token, path, body, Duration::from_secs(120))
@@ -88,20 +104,10 @@ fn a_language_model_published_on_a_is_fetched_by_b_and_both_answer_as_llama_cpp(
         "def fibonacci(n):",
         "Once upon a time, in a small village",
     ];
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python/llama_reference.py");
-    let out = Command::new("python3")
-        .arg(&script)
-        .arg(&gguf)
-        .arg("64")
-        .args(prompts)
-        .output()
-        .expect("python3 (scripts/test.sh installs llama-cpp-python)");
-    assert!(
-        out.status.success(),
-        "llama-cpp-python failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let reference: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+    let gguf_path = gguf.to_str().expect("utf8");
+    let mut args = vec![gguf_path, "64"];
+    args.extend(prompts);
+    let reference: Vec<Value> = llama_reference(&args)
         .lines()
         .map(|l| serde_json::from_str(l).expect("a reference line"))
         .collect();
@@ -129,18 +135,8 @@ fn a_language_model_published_on_a_is_fetched_by_b_and_both_answer_as_llama_cpp(
     // llama-cpp-python renders it (SmolLM2's adds its default system message; llama.cpp's
     // built-in `chatml` would not): the same prompt tokens and the same greedy answer.
     let messages = json!([{ "role": "user", "content": "What is the capital of France?" }]);
-    let out = Command::new("python3")
-        .arg(&script)
-        .args(["--chat", gguf.to_str().expect("utf8"), "48"])
-        .arg(messages.to_string())
-        .output()
-        .expect("python3");
-    assert!(
-        out.status.success(),
-        "llama-cpp-python failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let reference: Value = serde_json::from_slice(&out.stdout).expect("a reference line");
+    let chat_reference = llama_reference(&["--chat", gguf_path, "48", &messages.to_string()]);
+    let reference: Value = serde_json::from_str(&chat_reference).expect("a reference line");
     let body = json!({ "model": name, "messages": messages, "temperature": 0, "max_tokens": 48 });
     let (status, chat) = node_b
         .api_call("POST", "/v1/chat/completions", Some(&body.to_string()))
