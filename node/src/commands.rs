@@ -623,6 +623,7 @@ fn call(
                 sandbox::SandboxConfig {
                     // One call in this process: it runs on the instance loading initialised.
                     warm_instances: 1,
+                    snapshot_after: None,
                     ..sandbox_config
                 },
                 limits,

@@ -196,6 +196,9 @@ pub struct InferenceSection {
     pub timeout_secs: Option<u64>,
     /// Threads one compile runs on (default: a quarter of the cores, at least one).
     pub compile_threads: Option<usize>,
+    /// Seconds a model's instances spend in `init`, in all, before its guest is snapshotted
+    /// (`sandbox::SandboxConfig::snapshot_after`); negative: never.
+    pub snapshot_after_secs: Option<f64>,
 }
 
 impl InferenceSection {
@@ -214,6 +217,9 @@ impl InferenceSection {
         }
         if let Some(n) = self.compile_threads {
             config.compile_threads = n.max(1);
+        }
+        if let Some(secs) = self.snapshot_after_secs {
+            config.snapshot_after = std::time::Duration::try_from_secs_f64(secs).ok();
         }
         if let Some(b) = self.host_backend {
             config.host_backend = b;
@@ -370,6 +376,7 @@ pub fn load(dir: &Path, args: &NodeArgs) -> Result<NodeConfig> {
         fuel: f.fuel.or(d.fuel),
         timeout_secs: f.timeout_secs.or(d.timeout_secs),
         compile_threads: f.compile_threads.or(d.compile_threads),
+        snapshot_after_secs: f.snapshot_after_secs.or(d.snapshot_after_secs),
     };
     let llm = file
         .llm

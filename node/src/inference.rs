@@ -346,6 +346,7 @@ impl Inference {
                 ("elapsed_ms", json!(outcome.elapsed.as_secs_f64() * 1e3)),
                 ("host_calls", json!(outcome.host.calls)),
                 ("host_ms", json!(outcome.host.time.as_secs_f64() * 1e3)),
+                ("from_snapshot", json!(outcome.from_snapshot)),
                 // As a provider would sign it: BLAKE3 of the encoded outputs.
                 (
                     "output_hash",

@@ -304,6 +304,8 @@ fn interface_sandbox(cache: &Path) -> Result<Arc<sandbox::Sandbox>> {
     let sandbox = Arc::new(sandbox::Sandbox::new(sandbox::SandboxConfig {
         cache_dir: Some(cache.to_path_buf()),
         max_concurrent: 1,
+        // It only asks models for their interface.
+        snapshot_after: None,
         ..sandbox::SandboxConfig::default()
     })?);
     *kept = Some((cache.to_path_buf(), sandbox.clone()));

@@ -5,7 +5,10 @@
 //! call path in its default configuration (OIP v2 over HTTP, the runner guest in the sandbox,
 //! the graph in an onnxruntime worker); in the sandbox with native tract; in native tract; in
 //! the pure-wasm runner. Then the boundary's per-call cost and the sandbox's on a trivial model
-//! (p50/p99), and the time to load a guest whose compiled module is cached.
+//! (p50/p99), and the time to load a guest whose compiled module is cached. The node's rows are
+//! interleaved with onnxruntime (alternating calls 20 ms apart, and alternating blocks of calls
+//! back to back), each against the baseline measured beside it. Last, a busy pure-wasm model:
+//! calls back to back on instances that run `init`, then on instances from its snapshot.
 //!
 //! ```sh
 //! python3 examples/minilm/fetch.py
@@ -28,7 +31,7 @@ use engine::worker::{EngineKind, Options};
 use engine::{Isolated, WorkerCommand};
 
 use graph::Tensor;
-use sandbox::{CallLimits, Model, Sandbox, SandboxConfig};
+use sandbox::{CallLimits, Model, Sandbox, SandboxConfig, SnapshotStatus};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -103,7 +106,8 @@ fn native(graph: &graph::Graph, inputs: &[Tensor], calls: usize) -> Vec<f64> {
         .collect()
 }
 
-fn onnxruntime(model: &Path, inputs: &[Tensor], calls: usize, pause_ms: u64) -> Vec<f64> {
+/// `inputs` as `ort_run.py` reads them.
+fn ort_request(inputs: &[Tensor]) -> serde_json::Map<String, serde_json::Value> {
     let mut request = serde_json::Map::new();
     for t in inputs {
         let data: Vec<serde_json::Value> = match t.dtype {
@@ -115,13 +119,16 @@ fn onnxruntime(model: &Path, inputs: &[Tensor], calls: usize, pause_ms: u64) -> 
             serde_json::json!({ "dtype": t.dtype.name(), "shape": t.shape, "data": data }),
         );
     }
+    request
+}
+
+fn onnxruntime(model: &Path, inputs: &[Tensor], calls: usize) -> Vec<f64> {
+    let request = ort_request(inputs);
     let mut child = Command::new("python3")
         .arg(root().join("crates/sandbox/tests/fixtures/ort_run.py"))
         .arg(model)
         .arg("--bench")
         .arg(calls.to_string())
-        .arg("--pause-ms")
-        .arg(pause_ms.to_string())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -136,6 +143,55 @@ fn onnxruntime(model: &Path, inputs: &[Tensor], calls: usize, pause_ms: u64) -> 
         .iter()
         .filter_map(serde_json::Value::as_f64)
         .collect()
+}
+
+/// onnxruntime from Python, kept running and called one run at a time: for rows that
+/// interleave the baseline with the call they compare, so that both meet the same machine.
+struct OrtServe {
+    child: Child,
+    stdin: std::process::ChildStdin,
+    stdout: BufReader<std::process::ChildStdout>,
+}
+
+impl OrtServe {
+    fn start(model: &Path, inputs: &[Tensor]) -> OrtServe {
+        let request = ort_request(inputs);
+        let mut child = Command::new("python3")
+            .arg(root().join("crates/sandbox/tests/fixtures/ort_run.py"))
+            .arg(model)
+            .arg("--serve")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 with onnxruntime");
+        let mut stdin = child.stdin.take().expect("stdin");
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        serde_json::to_writer(&mut stdin, &request).expect("write");
+        stdin.write_all(b"\n").expect("write");
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("ready");
+        assert_eq!(line.trim(), "ready", "onnxruntime did not start");
+        OrtServe {
+            child,
+            stdin,
+            stdout,
+        }
+    }
+
+    /// One run; the milliseconds it took, as Python measured them.
+    fn run(&mut self) -> f64 {
+        self.stdin.write_all(b"\n").expect("write");
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).expect("read");
+        line.trim().parse().expect("milliseconds")
+    }
+}
+
+impl Drop for OrtServe {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 fn row(what: &str, s: &Stats, baseline: f64, against: &str) {
@@ -359,21 +415,12 @@ fn main() {
     let limits = graph::Limits::default();
 
     println!("demo model: all-MiniLM-L6-v2 int8, batch 1, 16 tokens, {calls} calls each");
-    let ort = stats(onnxruntime(&onnx, &inputs, calls, 0));
+    let ort = stats(onnxruntime(&onnx, &inputs, calls));
     row(
         "onnxruntime (Python, 1 thread)",
         &ort,
         ort.p50,
         "onnxruntime",
-    );
-    // Calls that come apart find colder caches than calls back to back: the node's paced
-    // row is held to the same pause here.
-    let ort_paced = stats(onnxruntime(&onnx, &inputs, calls, PAUSE_MS));
-    row(
-        "onnxruntime (Python, 1 thread), 20 ms apart",
-        &ort_paced,
-        ort_paced.p50,
-        "onnxruntime 20 ms apart",
     );
 
     let in_process = Onnxruntime::start(&library, 1, Device::Cpu).expect("onnxruntime");
@@ -425,27 +472,56 @@ fn main() {
     // Like the sandbox rows (each call on a warm spare instance): calls 20 ms apart, the
     // steady state of a node that is not saturated; then back to back, where each call's
     // fresh instance is still being prepared when the next arrives.
+    // Interleaved with onnxruntime (one Python process, called run by run), so that this VM's
+    // drift over a run (its other tenants, its clock) meets both alike: calls 20 ms apart,
+    // alternating; then blocks of calls back to back, alternating.
     call();
-    let mut times = Vec::new();
+    let mut serve = OrtServe::start(&onnx, &inputs);
+    let (mut paced, mut paced_ort) = (Vec::new(), Vec::new());
     for _ in 0..calls {
+        std::thread::sleep(Duration::from_millis(PAUSE_MS));
+        paced_ort.push(serve.run());
         std::thread::sleep(Duration::from_millis(PAUSE_MS));
         let started = Instant::now();
         call();
-        times.push(ms(started.elapsed()));
+        paced.push(ms(started.elapsed()));
     }
-    let paced_times = stats(times);
+    let (mut busy, mut busy_ort) = (Vec::new(), Vec::new());
+    for _ in 0..calls.div_ceil(10) {
+        serve.run();
+        busy_ort.extend((0..10).map(|_| serve.run()));
+        call();
+        busy.extend((0..10).map(|_| {
+            let started = Instant::now();
+            call();
+            ms(started.elapsed())
+        }));
+    }
+    drop(serve);
+    let (paced_ort, busy_ort) = (stats(paced_ort), stats(busy_ort));
     row(
-        "node, OIP v2 over HTTP, calls 20 ms apart",
-        &paced_times,
-        ort_paced.p50,
-        "onnxruntime 20 ms apart",
+        "onnxruntime (Python), 20 ms apart, alternating",
+        &paced_ort,
+        paced_ort.p50,
+        "itself",
     );
-    let back_to_back = stats(timed(calls, &mut call));
     row(
-        "node, OIP v2 over HTTP, back to back",
-        &back_to_back,
-        ort.p50,
-        "onnxruntime",
+        "node, OIP v2 over HTTP, 20 ms apart, alt.",
+        &stats(paced),
+        paced_ort.p50,
+        "onnxruntime alternating",
+    );
+    row(
+        "onnxruntime (Python), back to back, blocks",
+        &busy_ort,
+        busy_ort.p50,
+        "itself",
+    );
+    row(
+        "node, OIP v2 over HTTP, back to back, blocks",
+        &stats(busy),
+        busy_ort.p50,
+        "onnxruntime in blocks",
     );
     println!(
         "{:<44} (default configuration: {backend}; text in, tokenised and pooled in the guest)",
@@ -594,5 +670,57 @@ fn main() {
     println!(
         "demo model, pure wasm: instantiate + init (module cached) p50 {:.1} ms, p99 {:.1} ms",
         init.p50, init.p99
+    );
+
+    // A busy model: pure-wasm calls back to back, none waiting for a spare. Without a snapshot
+    // each call's instance runs `init` (above) first; from the snapshot it does not.
+    println!(
+        "
+demo model, pure wasm, calls back to back, {calls} calls each"
+    );
+    let mut busy = Vec::new();
+    for (after, what) in [
+        (None, "instances that run init"),
+        (Some(Duration::ZERO), "instances from the snapshot"),
+    ] {
+        let sandbox = Sandbox::new(SandboxConfig {
+            snapshot_after: after,
+            ..config(false)
+        })
+        .expect("sandbox");
+        let model = sandbox
+            .load(&runner, demo.path(), Some("model.onnx"))
+            .expect("load demo model");
+        if after.is_some() {
+            let started = Instant::now();
+            while matches!(
+                model.snapshot(),
+                SnapshotStatus::Pending | SnapshotStatus::Building
+            ) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            assert_eq!(model.snapshot(), SnapshotStatus::Ready);
+            println!(
+                "{:<44} snapshot made in {:.1} s (instrumented compile, init, compile)",
+                "",
+                started.elapsed().as_secs_f64()
+            );
+        }
+        let mut from_snapshot = 0;
+        let s = stats(timed(calls, || {
+            let outcome = sandbox
+                .predict(&model, inputs.clone(), &CallLimits::default())
+                .expect("call");
+            from_snapshot += usize::from(outcome.from_snapshot);
+        }));
+        row(what, &s, ort.p50, "onnxruntime");
+        busy.push((s.p50, from_snapshot));
+    }
+    println!(
+        "{:<44} {:.2}x the calls that wait for init ({} of {} calls from the snapshot)",
+        "snapshot",
+        busy[1].0 / busy[0].0,
+        busy[1].1,
+        calls + 1
     );
 }

@@ -23,6 +23,13 @@
 //!   graph) off the call's path, each model keeps up to two such spare instances ready,
 //!   prepared on background threads ([`SandboxConfig::warm_instances`] bounds them). Fuel
 //!   counts `predict` only; `init` has its own budget.
+//! - **Snapshots.** A model whose instances have spent [`SandboxConfig::snapshot_after`] in
+//!   `init` is snapshotted: its guest as `init` left it (memories, globals) becomes a component
+//!   of its own, compiled in the background, and instances start from it (a copy-on-write
+//!   memory image) instead of running `init`: each call still gets a fresh instance, without
+//!   paying for `init` in CPU. A snapshot answers as `init` would have: it is refused when
+//!   `init` drew randomness or kept a host resource other than the package directory, and an
+//!   instance from it that traps ends snapshots for the model (the call runs again as before).
 //! - **Limits per call** ([`CallLimits`]): a memory cap (growth beyond it traps), fuel (the
 //!   deterministic unit calls are priced in), a wall-clock deadline enforced by epoch
 //!   interruption, and a cap on output bytes. [`SandboxConfig::max_concurrent`] and
@@ -45,14 +52,13 @@
 mod backend;
 mod epoch;
 mod gate;
+mod snapshot;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use rand::SeedableRng;
-use rand::rngs::StdRng;
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Engine, ResourceLimiter, Store, Trap};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
@@ -150,6 +156,12 @@ pub struct SandboxConfig {
     /// Spare instances kept ready (each has run `init`), across all models: a call takes its
     /// model's spare instead of paying for `init`, and a new spare is prepared behind it.
     pub warm_instances: usize,
+    /// When a model's guest is snapshotted: once its instances have spent this long in `init`
+    /// in all (`None`: never). A snapshot is the guest's state as `init` left it, built on a
+    /// background thread at [`COMPILE_NICE`] (it costs two compiles of the guest: about as
+    /// much CPU as a first load); each instance then starts from it instead of running `init`.
+    /// Zero snapshots every model on its first load. See the crate docs.
+    pub snapshot_after: Option<Duration>,
     /// Threads one compile runs on (wasmtime compiles a guest's functions in parallel on
     /// them; each compile has its own, so compiles running at once share nothing and none
     /// waits for another). Default: a quarter of the cores, at least one, so that a guest built
@@ -162,6 +174,11 @@ pub struct SandboxConfig {
 /// it can always wait: at nice 10 it takes the cores the node's network, its running calls and
 /// the operator's other programs leave idle, and yields to them when they need them.
 pub const COMPILE_NICE: i32 = 10;
+
+/// The default [`SandboxConfig::snapshot_after`]: a model is snapshotted once `init` has cost
+/// about what the snapshot costs (two compiles of a large guest, some tens of seconds of one
+/// core): a model called rarely never pays for one, a busy one pays once.
+pub const DEFAULT_SNAPSHOT_AFTER: Duration = Duration::from_secs(30);
 
 /// The default [`SandboxConfig::compile_threads`]: a quarter of the cores, at least one (a
 /// node compiling two guests at once then takes at most half the machine).
@@ -179,6 +196,7 @@ impl Default for SandboxConfig {
             host_backend: false,
             max_component_bytes: 64 << 20,
             warm_instances: 4,
+            snapshot_after: Some(DEFAULT_SNAPSHOT_AFTER),
             compile_threads: default_compile_threads(),
         }
     }
@@ -225,6 +243,8 @@ pub struct Outcome {
     pub host: HostWork,
     /// Wall-clock time of the whole call.
     pub elapsed: Duration,
+    /// Whether the call's instance started from the model's snapshot (not from `init`).
+    pub from_snapshot: bool,
 }
 
 /// A guest loaded with its package, ready for calls.
@@ -237,10 +257,14 @@ pub struct Model {
 /// What every instance of a model is built from, and the spare instance waiting for a call.
 struct Package {
     component: Component,
+    /// The guest's bytes (shared with the sandbox's compiled list), for its snapshot.
+    wasm: Arc<[u8]>,
     dir: PathBuf,
     entry: Option<String>,
     graphs: backend::GraphCache,
     spare: Mutex<Spares>,
+    /// Whether instances start from a snapshot (see [`SandboxConfig::snapshot_after`]).
+    snap: Mutex<Snap>,
     /// Signalled when a spare being built is ready (or failed).
     built: std::sync::Condvar,
 }
@@ -260,11 +284,47 @@ struct Spares {
     building: usize,
 }
 
-/// An instance that has run `init`, with the token that counts it against
+/// Where a model stands with its snapshot.
+enum Snap {
+    /// Instances run `init`, which has taken this long in all so far.
+    Counting(Duration),
+    /// The snapshot is being made.
+    Building,
+    /// Instances start from this.
+    Ready(Arc<Snapshot>),
+    /// Instances run `init` for good, for this reason.
+    Off(String),
+}
+
+/// Where a model stands with its snapshot (see [`SandboxConfig::snapshot_after`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SnapshotStatus {
+    /// Not (yet) worth one: instances run `init`.
+    Pending,
+    /// Being made on a background thread; instances run `init` meanwhile.
+    Building,
+    /// Instances start from the snapshot.
+    Ready,
+    /// This guest cannot be snapshotted, for this reason; instances run `init`.
+    Off(String),
+}
+
+/// A model's guest as `init` left it.
+struct Snapshot {
+    /// The guest with its memories and globals as `init` left them.
+    component: Component,
+    /// What `init` returned.
+    metadata: wit::Metadata,
+    /// The host graphs `init` loaded, under the handles the guest holds.
+    handles: Vec<Arc<dyn LoadedGraph>>,
+}
+
+/// An instance that has run `init` (or started from the snapshot), with the token that counts it against
 /// [`SandboxConfig::warm_instances`].
 struct Ready {
     store: Store<CallState>,
     bindings: Guest,
+    from_snapshot: bool,
     _token: WarmToken,
 }
 
@@ -303,6 +363,16 @@ impl Model {
     pub fn is_warm(&self) -> bool {
         !lock(&self.inner.spare).ready.is_empty()
     }
+
+    /// Where the model stands with its snapshot.
+    pub fn snapshot(&self) -> SnapshotStatus {
+        match &*lock(&self.inner.snap) {
+            Snap::Counting(_) => SnapshotStatus::Pending,
+            Snap::Building => SnapshotStatus::Building,
+            Snap::Ready(_) => SnapshotStatus::Ready,
+            Snap::Off(why) => SnapshotStatus::Off(why.clone()),
+        }
+    }
 }
 
 /// The engine, its linker and the call gate. Cheap to share behind an `Arc`.
@@ -313,7 +383,15 @@ pub struct Sandbox {
     /// most [`COMPILED_KEPT`]: every ONNX model shares the runner guest, and reading it back
     /// from the disk cache (decompressing and checking it) costs far more than a model's own
     /// load.
-    compiled: Mutex<Vec<(blake3::Hash, Component)>>,
+    compiled: Mutex<Vec<Compiled>>,
+}
+
+/// A guest this sandbox compiled (or read from the on-disk cache).
+struct Compiled {
+    hash: blake3::Hash,
+    component: Component,
+    /// Its bytes, for a model's snapshot.
+    wasm: Arc<[u8]>,
 }
 
 /// Compiled components a sandbox keeps in memory (each is some MiB of machine code).
@@ -327,6 +405,9 @@ struct Core {
     backend: Option<Arc<dyn Backend>>,
     /// Spare instances held or being built, at most `config.warm_instances`.
     warm: Arc<AtomicUsize>,
+    /// Whether a snapshot is being made (one at a time: each takes a compile's threads and an
+    /// instance slot).
+    snapshotting: AtomicBool,
     /// Advances the epoch (call deadlines) while guest code may run, and only then.
     ticker: epoch::Ticker,
 }
@@ -365,7 +446,8 @@ impl Sandbox {
         let memory_bytes = usize::try_from(config.max_memory_mib << 20)
             .map_err(|_| SandboxError::Host("max_memory_mib is too large".into()))?;
         // Every running call, every spare instance, and one being built for each.
-        let slots = u32::try_from(config.max_concurrent + 2 * config.warm_instances + 1)
+        // One more for the snapshot being made (one at a time).
+        let slots = u32::try_from(config.max_concurrent + 2 * config.warm_instances + 2)
             .map_err(|_| SandboxError::Host("too many concurrent calls".into()))?;
         let mut pool = wasmtime::PoolingAllocationConfig::default();
         pool.total_component_instances(slots)
@@ -411,6 +493,7 @@ impl Sandbox {
                 config,
                 backend,
                 warm: Arc::new(AtomicUsize::new(0)),
+                snapshotting: AtomicBool::new(false),
                 ticker,
             }),
         })
@@ -443,7 +526,8 @@ impl Sandbox {
         self.compile(wasm).map(drop)
     }
 
-    fn compile(&self, wasm: &[u8]) -> Result<Component, SandboxError> {
+    /// The guest compiled, and its bytes.
+    fn compile(&self, wasm: &[u8]) -> Result<(Component, Arc<[u8]>), SandboxError> {
         let limit = self.core.config.max_component_bytes;
         if wasm.len() > limit {
             return Err(SandboxError::Load(format!(
@@ -454,11 +538,11 @@ impl Sandbox {
         let hash = blake3::hash(wasm);
         {
             let mut kept = lock(&self.compiled);
-            if let Some(i) = kept.iter().position(|(h, _)| *h == hash) {
+            if let Some(i) = kept.iter().position(|c| c.hash == hash) {
                 let hit = kept.remove(i);
-                let component = hit.1.clone();
+                let found = (hit.component.clone(), hit.wasm.clone());
                 kept.insert(0, hit);
-                return Ok(component);
+                return Ok(found);
             }
         }
         // wasmtime's parallel compilation runs on the rayon pool it is called from: this
@@ -466,12 +550,20 @@ impl Sandbox {
         let component = compile_pool(self.core.config.compile_threads)?
             .install(|| Component::new(&self.core.engine, wasm))
             .map_err(|e| SandboxError::Load(format!("{e:#}")))?;
+        let bytes: Arc<[u8]> = Arc::from(wasm);
         let mut kept = lock(&self.compiled);
-        if !kept.iter().any(|(h, _)| *h == hash) {
-            kept.insert(0, (hash, component.clone()));
+        if !kept.iter().any(|c| c.hash == hash) {
+            kept.insert(
+                0,
+                Compiled {
+                    hash,
+                    component: component.clone(),
+                    wasm: bytes.clone(),
+                },
+            );
             kept.truncate(COMPILED_KEPT);
         }
-        Ok(component)
+        Ok((component, bytes))
     }
 
     /// Compiles a guest (or takes it from the cache) and loads its package: instantiates it
@@ -483,23 +575,22 @@ impl Sandbox {
         dir: &Path,
         entry: Option<&str>,
     ) -> Result<Model, SandboxError> {
-        let component = self.compile(wasm)?;
+        let (component, wasm) = self.compile(wasm)?;
         let inner = Arc::new(Package {
             component,
+            wasm,
             dir: dir.to_path_buf(),
             entry: entry.map(str::to_string),
             graphs: backend::GraphCache::default(),
             spare: Mutex::new(Spares::default()),
+            snap: Mutex::new(Snap::Counting(Duration::ZERO)),
             built: std::sync::Condvar::new(),
         });
         let _slot = self.gate.enter()?;
-        let (store, bindings, metadata) = self.core.instantiate(&inner, &CallLimits::default())?;
+        let built = self.core.instantiate(&inner, &CallLimits::default())?;
+        let metadata = built.metadata.clone();
         if let Some(token) = self.core.warm_token() {
-            lock(&inner.spare).ready.push(Ready {
-                store,
-                bindings,
-                _token: token,
-            });
+            lock(&inner.spare).ready.push(built.ready(token));
         }
         self.core.refill(&inner, None);
         Ok(Model {
@@ -538,68 +629,95 @@ impl Sandbox {
             }
             spares.ready.pop()
         };
-        let (mut store, bindings) = match spare {
-            Some(ready) => {
-                let Ready {
-                    mut store,
-                    bindings,
-                    _token,
-                } = ready;
-                let state = store.data_mut();
+        // A spare from a snapshot that has since been given up is not used.
+        let spare = spare.filter(|r| !r.from_snapshot || model.inner.snapshot().is_some());
+        let ready = match spare {
+            Some(mut ready) => {
+                let state = ready.store.data_mut();
                 state.memory_limit = limits.memory_mib.min(self.core.config.max_memory_mib) << 20;
                 state.input_limits = limits.input;
                 state.host_work = HostWork::default();
-                store.set_epoch_deadline(epoch_ticks(limits.timeout));
-                (store, bindings)
+                ready.store.set_epoch_deadline(epoch_ticks(limits.timeout));
+                (ready.store, ready.bindings, ready.from_snapshot)
             }
             None => {
-                let (store, bindings, _) = self.core.instantiate(&model.inner, limits)?;
-                (store, bindings)
+                let built = self.core.instantiate(&model.inner, limits)?;
+                (built.store, built.bindings, built.from_snapshot)
             }
         };
-        // The spare for the next call is prepared once this one is done, not competing with it.
-        let outcome = (|| {
-            store
-                .set_fuel(limits.fuel)
-                .map_err(|e| SandboxError::Host(format!("{e:#}")))?;
-            let inputs: Vec<wit::Tensor> = inputs.into_iter().map(tensor_to_wit).collect();
-            let result = bindings.call_predict(&mut store, &inputs);
-            let fuel = limits.fuel - store.get_fuel().unwrap_or(0);
-            let outputs = match result {
-                Ok(Ok(outputs)) => outputs,
-                Ok(Err(e)) => return Err(guest_error(e)),
-                Err(e) => return Err(trap(&store, e, limits, limits.fuel)),
-            };
-            let bytes: u64 = outputs.iter().map(|t| t.data.len() as u64).sum();
-            if bytes > limits.max_output_bytes {
-                return Err(SandboxError::OutputTooLarge {
-                    bytes,
-                    limit: limits.max_output_bytes,
-                });
+        let inputs: Vec<wit::Tensor> = inputs.into_iter().map(tensor_to_wit).collect();
+        let (store, bindings, from_snapshot) = ready;
+        let (mut outcome, used) = call(store, bindings, &inputs, limits, started);
+        if from_snapshot && let Err(SandboxError::Trap(why)) = &outcome {
+            // Either the guest traps on this input anyway, or it touched state the snapshot
+            // cannot carry (a handle `init` opened): the call runs again on an instance that
+            // ran `init`, and if that one does not trap, snapshots end for this model.
+            let why = format!("an instance started from the snapshot trapped: {why}");
+            self.core.refill(&model.inner, Some(used));
+            let built = self.core.instantiate_with_init(&model.inner, limits)?;
+            let (again, used) = call(built.store, built.bindings, &inputs, limits, started);
+            if !matches!(again, Err(SandboxError::Trap(_))) {
+                tracing::warn!(%why, "the model's instances run init again");
+                *lock(&model.inner.snap) = Snap::Off(why);
             }
-            let outputs: Vec<graph::Tensor> = outputs.into_iter().map(tensor_from_wit).collect();
-            let output_limits = graph::Limits {
-                max_bytes: usize::try_from(limits.max_output_bytes).unwrap_or(usize::MAX),
-                ..limits.input
-            };
-            for t in &outputs {
-                t.check(&output_limits).map_err(|e| {
-                    SandboxError::Failed(format!("the guest returned a malformed tensor: {e}"))
-                })?;
-            }
-            Ok(Outcome {
-                outputs,
-                fuel,
-                host: store.data().host_work,
-                elapsed: started.elapsed(),
-            })
-        })();
+            self.core.refill(&model.inner, Some(used));
+            return again;
+        }
+        outcome
+            .iter_mut()
+            .for_each(|o| o.from_snapshot = from_snapshot);
         // The used instance is torn down (its memory reset) on the spare's thread, off the
         // call's path.
-        self.core
-            .refill(&model.inner, Some(Box::new((store, bindings))));
+        self.core.refill(&model.inner, Some(used));
         outcome
     }
+}
+
+/// Runs `predict` on an instance; returns the outcome and the used instance.
+fn call(
+    mut store: Store<CallState>,
+    bindings: Guest,
+    inputs: &[wit::Tensor],
+    limits: &CallLimits,
+    started: Instant,
+) -> (Result<Outcome, SandboxError>, Box<dyn Send>) {
+    let outcome = (|| {
+        store
+            .set_fuel(limits.fuel)
+            .map_err(|e| SandboxError::Host(format!("{e:#}")))?;
+        let result = bindings.call_predict(&mut store, inputs);
+        let fuel = limits.fuel - store.get_fuel().unwrap_or(0);
+        let outputs = match result {
+            Ok(Ok(outputs)) => outputs,
+            Ok(Err(e)) => return Err(guest_error(e)),
+            Err(e) => return Err(trap(&store, e, limits, limits.fuel)),
+        };
+        let bytes: u64 = outputs.iter().map(|t| t.data.len() as u64).sum();
+        if bytes > limits.max_output_bytes {
+            return Err(SandboxError::OutputTooLarge {
+                bytes,
+                limit: limits.max_output_bytes,
+            });
+        }
+        let outputs: Vec<graph::Tensor> = outputs.into_iter().map(tensor_from_wit).collect();
+        let output_limits = graph::Limits {
+            max_bytes: usize::try_from(limits.max_output_bytes).unwrap_or(usize::MAX),
+            ..limits.input
+        };
+        for t in &outputs {
+            t.check(&output_limits).map_err(|e| {
+                SandboxError::Failed(format!("the guest returned a malformed tensor: {e}"))
+            })?;
+        }
+        Ok(Outcome {
+            outputs,
+            fuel,
+            host: store.data().host_work,
+            elapsed: started.elapsed(),
+            from_snapshot: false,
+        })
+    })();
+    (outcome, Box::new((store, bindings)))
 }
 
 /// The threads one compile runs on: `threads` of them (at least one), at [`COMPILE_NICE`].
@@ -671,12 +789,8 @@ impl Core {
                 let mut spares = lock(&building.spare);
                 spares.building -= 1;
                 let ok = built.is_ok();
-                if let Ok((store, bindings, _)) = built {
-                    spares.ready.push(Ready {
-                        store,
-                        bindings,
-                        _token: token,
-                    });
+                if let Ok(built) = built {
+                    spares.ready.push(built.ready(token));
                 }
                 let more = ok && spares.ready.len() + spares.building < SPARES_PER_MODEL;
                 drop(spares);
@@ -692,21 +806,67 @@ impl Core {
         }
     }
 
+    /// A new instance of `model`: from its snapshot if there is one, else instantiated and
+    /// `init` run (which counts towards the snapshot).
     fn instantiate(
+        self: &Arc<Self>,
+        model: &Arc<Package>,
+        limits: &CallLimits,
+    ) -> Result<Built, SandboxError> {
+        let Some(snapshot) = model.snapshot() else {
+            return self.instantiate_with_init(model, limits);
+        };
+        // A start function would run here: deadlines need the epoch to advance.
+        let _ticking = self.ticker.running();
+        let mut store = self.new_store(model, limits)?;
+        store.data_mut().handles = snapshot.handles.clone();
+        let bindings = Guest::instantiate(&mut store, &snapshot.component, &self.linker)
+            .map_err(|e| instantiation_error(&store, e, limits))?;
+        Ok(Built {
+            store,
+            bindings,
+            metadata: snapshot.metadata.clone(),
+            from_snapshot: true,
+        })
+    }
+
+    /// A new instance of `model` that has run `init`.
+    fn instantiate_with_init(
+        self: &Arc<Self>,
+        model: &Arc<Package>,
+        limits: &CallLimits,
+    ) -> Result<Built, SandboxError> {
+        // `init` runs here: its deadline needs the epoch to advance.
+        let _ticking = self.ticker.running();
+        let mut store = self.new_store(model, limits)?;
+        let started = Instant::now();
+        let bindings = Guest::instantiate(&mut store, &model.component, &self.linker)
+            .map_err(|e| instantiation_error(&store, e, limits))?;
+        let metadata = init(&bindings, &mut store, model, limits)?;
+        self.count_init(model, started.elapsed());
+        Ok(Built {
+            store,
+            bindings,
+            metadata,
+            from_snapshot: false,
+        })
+    }
+
+    /// A store for one instance of `model`, with nothing in it yet.
+    fn new_store(
         &self,
         model: &Package,
         limits: &CallLimits,
-    ) -> Result<(Store<CallState>, Guest, wit::Metadata), SandboxError> {
-        // `init` runs here: its deadline needs the epoch to advance.
-        let _ticking = self.ticker.running();
+    ) -> Result<Store<CallState>, SandboxError> {
         let memory_mib = limits.memory_mib.min(self.config.max_memory_mib);
+        let draws = Arc::new(AtomicU64::new(0));
         let mut wasi = WasiCtx::builder();
         wasi.preopened_dir(&model.dir, GUEST_ROOT, FsPerms::ReadOnly)
             .map_err(|e| SandboxError::Host(format!("{}: {e:#}", model.dir.display())))?
             .wall_clock(FixedClock)
             .monotonic_clock(FixedClock)
-            .secure_random(StdRng::seed_from_u64(0))
-            .insecure_random(StdRng::seed_from_u64(0))
+            .secure_random(snapshot::Counted::new(draws.clone()))
+            .insecure_random(snapshot::Counted::new(draws.clone()))
             .insecure_random_seed(0)
             .allow_ip_name_lookup(false)
             .allow_tcp(false)
@@ -722,6 +882,7 @@ impl Core {
             handles: Vec::new(),
             input_limits: limits.input,
             host_work: HostWork::default(),
+            draws,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| s);
@@ -729,30 +890,169 @@ impl Core {
         store
             .set_fuel(limits.init_fuel)
             .map_err(|e| SandboxError::Host(format!("{e:#}")))?;
-        let bindings =
-            Guest::instantiate(&mut store, &model.component, &self.linker).map_err(|e| match e
-                .downcast_ref::<Trap>()
-            {
-                Some(_) => trap(&store, e, limits, limits.init_fuel),
-                None => SandboxError::Load(format!("{e:#}")),
-            })?;
-        let metadata = match bindings.call_init(&mut store, model.entry.as_deref()) {
-            Ok(Ok(m)) => m,
-            Ok(Err(e)) => {
-                return Err(SandboxError::Load(match e {
-                    wit::Error::InvalidInput(m) | wit::Error::Failed(m) => m,
-                }));
-            }
-            Err(e) => {
-                return Err(match trap(&store, e, limits, limits.init_fuel) {
-                    SandboxError::OutOfFuel { limit } => SandboxError::Load(format!(
-                        "loading the model needs more than {limit} fuel units"
-                    )),
-                    other => other,
-                });
-            }
+        Ok(store)
+    }
+
+    /// Adds `took` to the time `model`'s instances have spent in `init`; once that reaches
+    /// [`SandboxConfig::snapshot_after`], starts making the snapshot on a background thread.
+    fn count_init(self: &Arc<Self>, model: &Arc<Package>, took: Duration) {
+        let Some(after) = self.config.snapshot_after else {
+            return;
         };
-        Ok((store, bindings, metadata))
+        let mut snap = lock(&model.snap);
+        let Snap::Counting(spent) = &mut *snap else {
+            return;
+        };
+        *spent += took;
+        if *spent < after
+            || self
+                .snapshotting
+                .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+        {
+            return;
+        }
+        *snap = Snap::Building;
+        drop(snap);
+        let (core, package) = (self.clone(), model.clone());
+        let spawned = std::thread::Builder::new()
+            .name("sandbox-snapshot".into())
+            .spawn(move || {
+                lower_priority();
+                let started = Instant::now();
+                let made = core.make_snapshot(&package);
+                core.snapshotting.store(false, Ordering::Release);
+                *lock(&package.snap) = match made {
+                    Ok(snapshot) => {
+                        tracing::debug!(
+                            dir = %package.dir.display(),
+                            took = ?started.elapsed(),
+                            "instances start from the model's snapshot"
+                        );
+                        Snap::Ready(Arc::new(snapshot))
+                    }
+                    Err(why) => {
+                        tracing::info!(
+                            dir = %package.dir.display(),
+                            %why,
+                            "the model's guest is not snapshotted: its instances run init"
+                        );
+                        Snap::Off(why)
+                    }
+                };
+            });
+        if let Err(e) = spawned {
+            self.snapshotting.store(false, Ordering::Release);
+            *lock(&model.snap) = Snap::Off(format!("no snapshot thread: {e}"));
+        }
+    }
+
+    /// Instruments the guest (exports that read its memories and globals), runs `init` on an
+    /// instance of it, checks that what `init` left can be carried by memory alone, and
+    /// compiles the guest as `init` left it.
+    fn make_snapshot(&self, model: &Package) -> Result<Snapshot, String> {
+        let (cx, instrumented) = snapshot::instrument(&model.wasm)?;
+        let compile = |wasm: &[u8]| {
+            compile_pool(self.config.compile_threads)
+                .map_err(|e| e.to_string())?
+                .install(|| Component::new(&self.engine, wasm))
+                .map_err(|e| format!("compiling: {e:#}"))
+        };
+        let component = compile(&instrumented)?;
+        drop(instrumented);
+        let limits = CallLimits::default();
+        let mut store = self.new_store(model, &limits).map_err(|e| e.to_string())?;
+        let (bytes, metadata) = {
+            let _ticking = self.ticker.running();
+            let instance = self
+                .linker
+                .instantiate(&mut store, &component)
+                .map_err(|e| format!("instantiating: {e:#}"))?;
+            let bindings =
+                Guest::new(&mut store, &instance).map_err(|e| format!("bindings: {e:#}"))?;
+            let metadata =
+                init(&bindings, &mut store, model, &limits).map_err(|e| e.to_string())?;
+            snapshot::check(store.data_mut())?;
+            // The state crosses as lists as large as the guest's memory.
+            store.set_hostcall_fuel(usize::MAX);
+            (snapshot::snapshot(&cx, &mut store, instance)?, metadata)
+        };
+        let component = compile(&bytes)?;
+        drop(bytes);
+        let snapshot = Snapshot {
+            component,
+            metadata,
+            handles: store.data().handles.clone(),
+        };
+        drop(store);
+        // One instance, to find out now whether the snapshot instantiates.
+        let mut probe = self.new_store(model, &limits).map_err(|e| e.to_string())?;
+        probe.data_mut().handles = snapshot.handles.clone();
+        Guest::instantiate(&mut probe, &snapshot.component, &self.linker)
+            .map_err(|e| format!("instantiating the snapshot: {e:#}"))?;
+        Ok(snapshot)
+    }
+}
+
+/// An instance that is ready for `predict`.
+struct Built {
+    store: Store<CallState>,
+    bindings: Guest,
+    metadata: wit::Metadata,
+    from_snapshot: bool,
+}
+
+impl Built {
+    fn ready(self, token: WarmToken) -> Ready {
+        Ready {
+            store: self.store,
+            bindings: self.bindings,
+            from_snapshot: self.from_snapshot,
+            _token: token,
+        }
+    }
+}
+
+impl Package {
+    /// The snapshot instances start from, if there is one.
+    fn snapshot(&self) -> Option<Arc<Snapshot>> {
+        match &*lock(&self.snap) {
+            Snap::Ready(s) => Some(s.clone()),
+            _ => None,
+        }
+    }
+}
+
+/// Why instantiating failed: a trap (in a start function) or a component that does not fit.
+fn instantiation_error(
+    store: &Store<CallState>,
+    e: wasmtime::Error,
+    limits: &CallLimits,
+) -> SandboxError {
+    match e.downcast_ref::<Trap>() {
+        Some(_) => trap(store, e, limits, limits.init_fuel),
+        None => SandboxError::Load(format!("{e:#}")),
+    }
+}
+
+/// Runs the guest's `init`: its interface, or why the model cannot be loaded.
+fn init(
+    bindings: &Guest,
+    store: &mut Store<CallState>,
+    model: &Package,
+    limits: &CallLimits,
+) -> Result<wit::Metadata, SandboxError> {
+    match bindings.call_init(&mut *store, model.entry.as_deref()) {
+        Ok(Ok(m)) => Ok(m),
+        Ok(Err(e)) => Err(SandboxError::Load(match e {
+            wit::Error::InvalidInput(m) | wit::Error::Failed(m) => m,
+        })),
+        Err(e) => Err(match trap(store, e, limits, limits.init_fuel) {
+            SandboxError::OutOfFuel { limit } => SandboxError::Load(format!(
+                "loading the model needs more than {limit} fuel units"
+            )),
+            other => other,
+        }),
     }
 }
 
@@ -833,6 +1133,8 @@ struct CallState {
     handles: Vec<Arc<dyn LoadedGraph>>,
     input_limits: graph::Limits,
     host_work: HostWork,
+    /// Values drawn from the guest's random sources.
+    draws: Arc<AtomicU64>,
 }
 
 impl WasiView for CallState {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use graph::{DType, Dim, Tensor};
-use sandbox::{CallLimits, Sandbox, SandboxConfig, SandboxError};
+use sandbox::{CallLimits, Sandbox, SandboxConfig, SandboxError, SnapshotStatus};
 
 fn guest(name: &str) -> Vec<u8> {
     let dir = std::env::var_os("MOXNET_GUESTS_DIR")
@@ -659,4 +659,136 @@ fn the_demo_model_matches_onnxruntime() {
     let norm = mean.iter().map(|v| v * v).sum::<f64>().sqrt();
     let expected: Vec<f64> = mean.iter().map(|v| v / norm).collect();
     assert_close("embedding", &embedding.f32s().expect("f32"), &expected);
+}
+
+/// A sandbox that snapshots every model on its first load.
+fn snapshotting(host_backend: bool) -> Sandbox {
+    // Compiled once per build, like `sandbox`'s guests.
+    let _ = sandbox(host_backend, 1, 1);
+    Sandbox::new(SandboxConfig {
+        cache_dir: Some(cache_dir()),
+        max_memory_mib: 512,
+        host_backend,
+        snapshot_after: Some(Duration::ZERO),
+        ..SandboxConfig::default()
+    })
+    .expect("sandbox")
+}
+
+/// Waits until the model's snapshot is made (or refused).
+fn snapshot_of(model: &sandbox::Model) -> SnapshotStatus {
+    let started = std::time::Instant::now();
+    loop {
+        match model.snapshot() {
+            SnapshotStatus::Pending | SnapshotStatus::Building => {
+                assert!(
+                    started.elapsed() < Duration::from_secs(900),
+                    "no snapshot after 15 minutes"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            done => return done,
+        }
+    }
+}
+
+/// Calls until a call runs on an instance from the snapshot (the spares `load` made before the
+/// snapshot was ready come first).
+fn call_from_snapshot(
+    sandbox: &Sandbox,
+    model: &sandbox::Model,
+    inputs: &[Tensor],
+) -> sandbox::Outcome {
+    for _ in 0..8 {
+        let outcome = sandbox
+            .predict(model, inputs.to_vec(), &limits())
+            .expect("call");
+        if outcome.from_snapshot {
+            return outcome;
+        }
+    }
+    panic!("no call ran on an instance from the snapshot");
+}
+
+#[test]
+fn a_snapshot_answers_as_init_does() {
+    let x = Tensor::from_f32("x", vec![2, 4], &[0.5, -1.5, 2.0, 3.0, 1.0, 1.0, 1.0, 1.0]);
+    for host_backend in [false, true] {
+        let dir = package("mlp.onnx");
+        let plain = Sandbox::new(SandboxConfig {
+            cache_dir: Some(cache_dir()),
+            max_memory_mib: 512,
+            host_backend,
+            snapshot_after: None,
+            ..SandboxConfig::default()
+        })
+        .expect("sandbox");
+        let model = plain
+            .load(&guest("moxnet_runner"), dir.path(), Some("mlp.onnx"))
+            .expect("load");
+        let expected = plain
+            .predict(&model, vec![x.clone()], &limits())
+            .expect("call after init");
+        assert!(!expected.from_snapshot);
+        assert_eq!(model.snapshot(), SnapshotStatus::Pending);
+
+        let sandbox = snapshotting(host_backend);
+        let model = sandbox
+            .load(&guest("moxnet_runner"), dir.path(), Some("mlp.onnx"))
+            .expect("load");
+        assert_eq!(snapshot_of(&model), SnapshotStatus::Ready);
+        let got = call_from_snapshot(&sandbox, &model, std::slice::from_ref(&x));
+        assert_eq!(
+            got.outputs, expected.outputs,
+            "host backend: {host_backend}"
+        );
+        assert_eq!(got.fuel, expected.fuel, "host backend: {host_backend}");
+        // With the host backend, the graph `init` loaded is the one the snapshot's guest calls.
+        assert_eq!(got.host.calls, u64::from(host_backend));
+        // Each call has an instance of its own: the next one answers the same.
+        let again = sandbox
+            .predict(&model, vec![x.clone()], &limits())
+            .expect("call");
+        assert!(again.from_snapshot);
+        assert_eq!((again.outputs, again.fuel), (got.outputs, got.fuel));
+    }
+}
+
+#[test]
+fn a_guest_using_a_handle_from_init_goes_back_to_init() {
+    let sandbox = snapshotting(false);
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("a.txt"), "a").expect("write");
+    let model = sandbox
+        .load(&guest("moxnet_hostile"), dir.path(), Some("reads-package"))
+        .expect("load");
+    // `init` left the package directory's handle open: allowed, it is the guest's own package.
+    assert_eq!(snapshot_of(&model), SnapshotStatus::Ready);
+    let echo = call_from_snapshot(&sandbox, &model, &mode("echo"));
+    assert_eq!(text_output(&echo), "echo");
+    // A guest that traps on an input after `init` too keeps its snapshot.
+    let err = sandbox
+        .predict(&model, mode("trap"), &limits())
+        .expect_err("a trap");
+    assert!(matches!(err, SandboxError::Trap(_)), "{err}");
+    assert_eq!(model.snapshot(), SnapshotStatus::Ready);
+    call_from_snapshot(&sandbox, &model, &mode("echo"));
+    // The handle does not exist in an instance from the snapshot: the guest traps there, the
+    // call runs again on an instance that ran `init`, and the model gives up its snapshot.
+    let listed = sandbox
+        .predict(&model, mode("package"), &limits())
+        .expect("the call runs again after init");
+    assert_eq!(text_output(&listed), "1 entries");
+    assert!(!listed.from_snapshot);
+    match model.snapshot() {
+        SnapshotStatus::Off(why) => assert!(why.contains("trapped"), "{why}"),
+        other => panic!("the snapshot is still in use: {other:?}"),
+    }
+    for _ in 0..3 {
+        let again = sandbox
+            .predict(&model, mode("package"), &limits())
+            .expect("call");
+        assert!(!again.from_snapshot);
+        assert_eq!(text_output(&again), "1 entries");
+    }
 }

@@ -6,7 +6,9 @@
 //! its input: the well-behaved case), `fs` (tries to read outside the package), `env` (reads the
 //! environment), `clock` (returns the wall clock and a random number: these must be fixed),
 //! `floats` (float results a CPU may choose: NaN bits and relaxed SIMD, which must come out the
-//! same on every host).
+//! same on every host), `package` (lists the package directory). With the entry
+//! `reads-package`, `init` lists the package directory first (a guest that holds the directory's
+//! handle from `init` on, which a snapshot cannot carry).
 
 use moxnet::model::types as wit;
 
@@ -83,7 +85,13 @@ fn recurse(n: u64, depth: u64) -> u64 {
 }
 
 impl Guest for Hostile {
-    fn init(_entry: Option<String>) -> Result<wit::Metadata, wit::Error> {
+    fn init(entry: Option<String>) -> Result<wit::Metadata, wit::Error> {
+        // Entry `reads-package`: lists the package directory, so that the guest holds the
+        // directory's handle from `init` on (as a guest reading its files in `init` does).
+        if entry.as_deref() == Some("reads-package") {
+            let entries = std::fs::read_dir("/model").map_or(0, Iterator::count);
+            std::hint::black_box(entries);
+        }
         let spec = |name: &str| wit::TensorSpec {
             name: name.into(),
             dtype: wit::Dtype::Bytes,
@@ -124,6 +132,10 @@ impl Guest for Hostile {
             "fs" => match std::fs::read("/etc/passwd") {
                 Ok(b) => Ok(vec![text("out", &format!("read {} bytes", b.len()))]),
                 Err(e) => Err(wit::Error::Failed(format!("fs: {e}"))),
+            },
+            "package" => match std::fs::read_dir("/model") {
+                Ok(d) => Ok(vec![text("out", &format!("{} entries", d.count()))]),
+                Err(e) => Err(wit::Error::Failed(format!("package: {e}"))),
             },
             "env" => Ok(vec![text(
                 "out",
