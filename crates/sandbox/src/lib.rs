@@ -30,6 +30,8 @@
 //!   paying for `init` in CPU. A snapshot answers as `init` would have: it is refused when
 //!   `init` drew randomness or kept a host resource other than the package directory, and an
 //!   instance from it that traps ends snapshots for the model (the call runs again as before).
+//!   A model snapshotted before a restart is snapshotted again at its first load (a mark in the
+//!   cache directory; both compiles then come from the cache).
 //! - **Limits per call** ([`CallLimits`]): a memory cap (growth beyond it traps), fuel (the
 //!   deterministic unit calls are priced in), a wall-clock deadline enforced by epoch
 //!   interruption, and a cap on output bytes. [`SandboxConfig::max_concurrent`] and
@@ -175,6 +177,9 @@ pub struct SandboxConfig {
 /// the operator's other programs leave idle, and yields to them when they need them.
 pub const COMPILE_NICE: i32 = 10;
 
+/// Where, in the cache directory, models snapshotted before leave their marks.
+const SNAPSHOT_MARKS: &str = "snapshotted";
+
 /// The default [`SandboxConfig::snapshot_after`]: a model is snapshotted once `init` has cost
 /// about what the snapshot costs (two compiles of a large guest, some tens of seconds of one
 /// core): a model called rarely never pays for one, a busy one pays once.
@@ -265,6 +270,8 @@ struct Package {
     spare: Mutex<Spares>,
     /// Whether instances start from a snapshot (see [`SandboxConfig::snapshot_after`]).
     snap: Mutex<Snap>,
+    /// A file in the cache directory that says this guest and package were snapshotted.
+    mark: Option<PathBuf>,
     /// Signalled when a spare being built is ready (or failed).
     built: std::sync::Condvar,
 }
@@ -576,6 +583,22 @@ impl Sandbox {
         entry: Option<&str>,
     ) -> Result<Model, SandboxError> {
         let (component, wasm) = self.compile(wasm)?;
+        let mark = self.core.config.cache_dir.as_ref().map(|cache| {
+            let mut key = blake3::Hasher::new();
+            key.update(blake3::hash(&wasm).as_bytes());
+            key.update(dir.as_os_str().as_encoded_bytes());
+            key.update(&[0]);
+            key.update(entry.unwrap_or_default().as_bytes());
+            cache
+                .join(SNAPSHOT_MARKS)
+                .join(key.finalize().to_hex().as_str())
+        });
+        // A model snapshotted before (by this node, before a restart) is snapshotted again as
+        // soon as it is loaded: both compiles then come from the on-disk cache.
+        let spent = match (&mark, self.core.config.snapshot_after) {
+            (Some(mark), Some(after)) if mark.is_file() => after,
+            _ => Duration::ZERO,
+        };
         let inner = Arc::new(Package {
             component,
             wasm,
@@ -583,7 +606,8 @@ impl Sandbox {
             entry: entry.map(str::to_string),
             graphs: backend::GraphCache::default(),
             spare: Mutex::new(Spares::default()),
-            snap: Mutex::new(Snap::Counting(Duration::ZERO)),
+            snap: Mutex::new(Snap::Counting(spent)),
+            mark,
             built: std::sync::Condvar::new(),
         });
         let _slot = self.gate.enter()?;
@@ -659,6 +683,7 @@ impl Sandbox {
             if !matches!(again, Err(SandboxError::Trap(_))) {
                 tracing::warn!(%why, "the model's instances run init again");
                 *lock(&model.inner.snap) = Snap::Off(why);
+                model.inner.set_mark(false);
             }
             self.core.refill(&model.inner, Some(used));
             return again;
@@ -929,6 +954,7 @@ impl Core {
                             took = ?started.elapsed(),
                             "instances start from the model's snapshot"
                         );
+                        package.set_mark(true);
                         Snap::Ready(Arc::new(snapshot))
                     }
                     Err(why) => {
@@ -937,6 +963,7 @@ impl Core {
                             %why,
                             "the model's guest is not snapshotted: its instances run init"
                         );
+                        package.set_mark(false);
                         Snap::Off(why)
                     }
                 };
@@ -1014,6 +1041,27 @@ impl Built {
 }
 
 impl Package {
+    /// Leaves (or removes) the mark that has this model snapshotted at its first load after a
+    /// restart. A mark that cannot be written only costs that.
+    fn set_mark(&self, snapshotted: bool) {
+        let Some(mark) = &self.mark else {
+            return;
+        };
+        let done = match snapshotted {
+            true => mark
+                .parent()
+                .map_or(Ok(()), std::fs::create_dir_all)
+                .and_then(|()| std::fs::write(mark, b"")),
+            false => match std::fs::remove_file(mark) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                other => other,
+            },
+        };
+        if let Err(e) = done {
+            tracing::warn!(mark = %mark.display(), error = %e, "the snapshot mark");
+        }
+    }
+
     /// The snapshot instances start from, if there is one.
     fn snapshot(&self) -> Option<Arc<Snapshot>> {
         match &*lock(&self.snap) {

@@ -792,3 +792,39 @@ fn a_guest_using_a_handle_from_init_goes_back_to_init() {
         assert_eq!(text_output(&again), "1 entries");
     }
 }
+
+#[test]
+fn a_model_snapshotted_before_a_restart_is_snapshotted_at_its_first_load() {
+    let dir = tempfile::tempdir().expect("dir");
+    let load = |sandbox: &Sandbox| {
+        sandbox
+            .load(&guest("moxnet_hostile"), dir.path(), None)
+            .expect("load")
+    };
+    let first = snapshotting(false);
+    assert_eq!(snapshot_of(&load(&first)), SnapshotStatus::Ready);
+    drop(first);
+    // After a restart, with a threshold no test reaches: the mark from before decides.
+    let restarted = |cache: PathBuf| {
+        Sandbox::new(SandboxConfig {
+            cache_dir: Some(cache),
+            snapshot_after: Some(Duration::from_secs(3600)),
+            ..SandboxConfig::default()
+        })
+        .expect("sandbox")
+    };
+    let again = restarted(cache_dir());
+    let model = load(&again);
+    assert_eq!(snapshot_of(&model), SnapshotStatus::Ready);
+    call_from_snapshot(&again, &model, &mode("echo"));
+    // A node with another cache (no mark) waits for the threshold.
+    let other = tempfile::tempdir().expect("cache");
+    let fresh = restarted(other.path().to_path_buf());
+    let model = load(&fresh);
+    for _ in 0..3 {
+        fresh
+            .predict(&model, mode("echo"), &limits())
+            .expect("call");
+    }
+    assert_eq!(model.snapshot(), SnapshotStatus::Pending);
+}
