@@ -3,7 +3,8 @@
 //! (`testnet`'s `liar`, which copies B's answers and lies about them) are caught: one that returns
 //! a wrong output by `--verify`, one whose outputs do not match its signed hash on every call, and
 //! a silent one times out; and forged, replayed, stale, misaddressed, underpriced and oversized
-//! requests sent by a raw libp2p peer are refused with clear reasons.
+//! requests sent by a raw libp2p peer are refused with clear reasons. A provider whose instances
+//! start from the model's snapshot answers as one whose instances run `init`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -410,6 +411,74 @@ fn raw_requests_are_checked(provider: &testnet::Daemon, id: &str) {
 /// least recently called one is let go (its files freed, its manifest still known), and a later
 /// call of it fetches it again. A model its user pinned is never the cache's. A model larger
 /// than `max_fetch_mib` is refused before anything is fetched.
+#[test]
+fn a_provider_whose_instances_start_from_a_snapshot_agrees_bit_for_bit_with_one_running_init() {
+    let net = Testnet::new().expect("testnet");
+    let a = net.init("a", "");
+    let id = a.ok(&[
+        "publish",
+        testnet::echo_package(net.path())
+            .expect("package")
+            .to_str()
+            .expect("utf8"),
+    ]);
+    let a_node = a.start(&[]);
+    let serving = |after: &str| {
+        SERVE.replacen(
+            "[inference]\n",
+            &format!("[inference]\nsnapshot_after_secs = {after}\n"),
+            1,
+        )
+    };
+    let b = net.init("b", &serving("0"));
+    let b_node = b.start(&[a_node.addr()]);
+    let b2 = net.init("b2", &serving("-1"));
+    let b2_node = b2.start(&[a_node.addr()]);
+    let c = net.init("c", CALLER);
+    let c_node = c.start(&[a_node.addr()]);
+    wait_for_offers(&c_node, &[&b_node.peer_id, &b2_node.peer_id]);
+
+    // B snapshots the model on its first load, in the background; its own calls say when their
+    // instances start from the snapshot.
+    b.ok(&["fetch", &id]);
+    let infer = format!("/v2/models/{id}/infer");
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let (status, answer) = http(&b_node.api, "POST", &infer, Some(&mode("echo")));
+        assert_eq!(status, 200, "{answer}");
+        if answer["parameters"]["from_snapshot"] == json!(true) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no call on B started from the snapshot: {answer}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // B2 (no snapshots) runs the model itself too.
+    b2.ok(&["fetch", &id]);
+    let (_, on_b2) = http(&b2_node.api, "POST", &infer, Some(&mode("floats")));
+    assert_eq!(
+        on_b2["parameters"]["from_snapshot"],
+        json!(false),
+        "{on_b2}"
+    );
+
+    // From C: the same outputs and the same signed fuel from either provider, and --verify
+    // across both agrees bit for bit (the float results a CPU could choose included).
+    let floats = r#"{"mode": ["floats"]}"#;
+    let on = |peer: &str| c.json(&["call", &id, "--input", floats, "--on", peer]);
+    let (from_b, from_b2) = (on(&b_node.peer_id), on(&b2_node.peer_id));
+    assert_eq!(from_b["outputs"], from_b2["outputs"]);
+    assert_eq!(from_b["outputs"], on_b2["outputs"]);
+    assert_eq!(from_b["parameters"]["fuel"], from_b2["parameters"]["fuel"]);
+    let verified = c.json(&["call", &id, "--input", floats, "--verify"]);
+    assert_eq!(
+        verified["parameters"]["verified"], "bit for bit",
+        "{verified}"
+    );
+}
+
 #[test]
 fn a_provider_keeps_models_fetched_for_calls_within_its_cache() {
     let net = Testnet::new().expect("testnet");
