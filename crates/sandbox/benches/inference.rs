@@ -693,13 +693,10 @@ demo model, pure wasm, calls back to back, {calls} calls each"
             .expect("load demo model");
         if after.is_some() {
             let started = Instant::now();
-            while matches!(
-                model.snapshot(),
-                SnapshotStatus::Pending | SnapshotStatus::Building
-            ) {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            assert_eq!(model.snapshot(), SnapshotStatus::Ready);
+            assert_eq!(
+                model.wait_for_snapshot(Duration::from_secs(1800)),
+                SnapshotStatus::Ready
+            );
             println!(
                 "{:<44} snapshot made in {:.1} s (instrumented compile, init, compile)",
                 "",

@@ -274,6 +274,8 @@ struct Package {
     mark: Option<PathBuf>,
     /// Signalled when a spare being built is ready (or failed).
     built: std::sync::Condvar,
+    /// Signalled when the snapshot is made or given up.
+    snapped: std::sync::Condvar,
 }
 
 /// How long a call waits for a spare that is being built before it builds its own instance:
@@ -369,6 +371,20 @@ impl Model {
     /// Whether a spare instance is ready, so that the next call skips `init`.
     pub fn is_warm(&self) -> bool {
         !lock(&self.inner.spare).ready.is_empty()
+    }
+
+    /// Waits, at most `timeout`, while the model's snapshot is pending or being made; then
+    /// where it stands.
+    pub fn wait_for_snapshot(&self, timeout: Duration) -> SnapshotStatus {
+        let waiting = |snap: &mut Snap| matches!(snap, Snap::Counting(_) | Snap::Building);
+        let snap = lock(&self.inner.snap);
+        drop(
+            self.inner
+                .snapped
+                .wait_timeout_while(snap, timeout, waiting)
+                .map_or_else(|p| p.into_inner().0, |(s, _)| s),
+        );
+        self.snapshot()
     }
 
     /// Where the model stands with its snapshot.
@@ -609,6 +625,7 @@ impl Sandbox {
             snap: Mutex::new(Snap::Counting(spent)),
             mark,
             built: std::sync::Condvar::new(),
+            snapped: std::sync::Condvar::new(),
         });
         let _slot = self.gate.enter()?;
         let built = self.core.instantiate(&inner, &CallLimits::default())?;
@@ -682,7 +699,7 @@ impl Sandbox {
             let (again, used) = call(built.store, built.bindings, &inputs, limits, started);
             if !matches!(again, Err(SandboxError::Trap(_))) {
                 tracing::warn!(%why, "the model's instances run init again");
-                *lock(&model.inner.snap) = Snap::Off(why);
+                model.inner.set_snap(Snap::Off(why));
                 model.inner.set_mark(false);
             }
             self.core.refill(&model.inner, Some(used));
@@ -947,7 +964,7 @@ impl Core {
                 let started = Instant::now();
                 let made = core.make_snapshot(&package);
                 core.snapshotting.store(false, Ordering::Release);
-                *lock(&package.snap) = match made {
+                package.set_snap(match made {
                     Ok(snapshot) => {
                         tracing::debug!(
                             dir = %package.dir.display(),
@@ -966,11 +983,11 @@ impl Core {
                         package.set_mark(false);
                         Snap::Off(why)
                     }
-                };
+                });
             });
         if let Err(e) = spawned {
             self.snapshotting.store(false, Ordering::Release);
-            *lock(&model.snap) = Snap::Off(format!("no snapshot thread: {e}"));
+            model.set_snap(Snap::Off(format!("no snapshot thread: {e}")));
         }
     }
 
@@ -1041,6 +1058,12 @@ impl Built {
 }
 
 impl Package {
+    /// Moves the model to `snap` and wakes whoever waits for its snapshot.
+    fn set_snap(&self, snap: Snap) {
+        *lock(&self.snap) = snap;
+        self.snapped.notify_all();
+    }
+
     /// Leaves (or removes) the mark that has this model snapshotted at its first load after a
     /// restart. A mark that cannot be written only costs that.
     fn set_mark(&self, snapshotted: bool) {

@@ -677,19 +677,7 @@ fn snapshotting(host_backend: bool) -> Sandbox {
 
 /// Waits until the model's snapshot is made (or refused).
 fn snapshot_of(model: &sandbox::Model) -> SnapshotStatus {
-    let started = std::time::Instant::now();
-    loop {
-        match model.snapshot() {
-            SnapshotStatus::Pending | SnapshotStatus::Building => {
-                assert!(
-                    started.elapsed() < Duration::from_secs(900),
-                    "no snapshot after 15 minutes"
-                );
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            done => return done,
-        }
-    }
+    model.wait_for_snapshot(Duration::from_secs(900))
 }
 
 /// Calls until a call runs on an instance from the snapshot (the spares `load` made before the
