@@ -494,12 +494,11 @@ impl Worker {
     }
 
     fn send(&mut self, request: &Request) -> Result<(), Gone> {
-        let payload = request.encode();
-        let header = wire::header(payload.len()).map_err(|e| Gone(e.to_string()))?;
+        // One write: the worker, waiting for a request, wakes once for it.
+        let frame = request.frame().map_err(|e| Gone(e.to_string()))?;
         let sent = self
             .stdin
-            .write_all(&header)
-            .and_then(|()| self.stdin.write_all(&payload))
+            .write_all(&frame)
             .and_then(|()| self.stdin.flush());
         match sent {
             Ok(()) => Ok(()),

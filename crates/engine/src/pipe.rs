@@ -40,11 +40,9 @@ pub(crate) fn read_frame(input: &mut impl Read) -> Result<Option<Request>, BadFr
         .map_err(|e| BadFrame::Malformed(e.to_string()))
 }
 
-/// Writes one reply frame and flushes it.
+/// Writes one reply frame and flushes it: header and payload in one write, so that the node,
+/// waiting for the reply, wakes once (not once for the header, then for the payload).
 pub(crate) fn send(out: &mut impl Write, reply: &Reply) -> std::io::Result<()> {
-    let payload = reply.encode();
-    let header = wire::header(payload.len()).map_err(std::io::Error::other)?;
-    out.write_all(&header)?;
-    out.write_all(&payload)?;
+    out.write_all(&reply.frame().map_err(std::io::Error::other)?)?;
     out.flush()
 }

@@ -155,32 +155,53 @@ pub fn payload_len(header: [u8; 4]) -> Result<usize, Malformed> {
     Ok(len)
 }
 
+/// A message as a frame: header and the payload `put` appends, in one buffer, for one write
+/// on the pipe (the reader, waiting for it, then wakes once).
+fn framed(put: impl FnOnce(&mut Vec<u8>)) -> Result<Vec<u8>, Malformed> {
+    let mut out = vec![0; 4];
+    put(&mut out);
+    let header = header(out.len() - 4)?;
+    out[..4].copy_from_slice(&header);
+    Ok(out)
+}
+
 impl Request {
     /// The message's payload (without the frame header).
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::new();
+        self.put(&mut out);
+        out
+    }
+
+    /// The message as a frame (see [`framed`]).
+    pub fn frame(&self) -> Result<Vec<u8>, Malformed> {
+        framed(|out| self.put(out))
+    }
+
+    /// Appends the payload to `out`.
+    fn put(&self, out: &mut Vec<u8>) {
         match self {
             Request::Load { model } => {
                 out.push(1);
-                put_bytes(&mut out, model);
+                put_bytes(out, model);
             }
             Request::Run { inputs } => {
                 out.push(2);
-                put_tensors(&mut out, inputs);
+                put_tensors(out, inputs);
             }
             Request::Generate { prompt, sampling } => {
                 out.push(3);
                 match prompt {
                     Prompt::Text(t) => {
                         out.push(0);
-                        put_str(&mut out, t);
+                        put_str(out, t);
                     }
                     Prompt::Chat(messages) => {
                         out.push(1);
                         out.extend_from_slice(&(messages.len() as u32).to_le_bytes());
                         for m in messages {
-                            put_str(&mut out, &m.role);
-                            put_str(&mut out, &m.content);
+                            put_str(out, &m.role);
+                            put_str(out, &m.content);
                         }
                     }
                 }
@@ -191,12 +212,11 @@ impl Request {
                 out.extend_from_slice(&sampling.seed.to_le_bytes());
                 out.extend_from_slice(&(sampling.stop.len() as u32).to_le_bytes());
                 for s in &sampling.stop {
-                    put_str(&mut out, s);
+                    put_str(out, s);
                 }
             }
             Request::Cancel => out.push(4),
         }
-        out
     }
 
     /// Decodes a payload.
@@ -256,6 +276,17 @@ impl Reply {
     /// The message's payload (without the frame header).
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::new();
+        self.put(&mut out);
+        out
+    }
+
+    /// The message as a frame (see [`framed`]).
+    pub fn frame(&self) -> Result<Vec<u8>, Malformed> {
+        framed(|out| self.put(out))
+    }
+
+    /// Appends the payload to `out`.
+    fn put(&self, out: &mut Vec<u8>) {
         match self {
             Reply::Hello {
                 engine,
@@ -263,18 +294,18 @@ impl Reply {
                 confinement,
             } => {
                 out.push(1);
-                put_str(&mut out, engine);
-                put_str(&mut out, version);
-                put_str(&mut out, confinement);
+                put_str(out, engine);
+                put_str(out, version);
+                put_str(out, confinement);
             }
             Reply::Loaded { inputs, outputs } => {
                 out.push(2);
-                put_specs(&mut out, inputs);
-                put_specs(&mut out, outputs);
+                put_specs(out, inputs);
+                put_specs(out, outputs);
             }
             Reply::Outputs(tensors) => {
                 out.push(3);
-                put_tensors(&mut out, tensors);
+                put_tensors(out, tensors);
             }
             Reply::LanguageModel {
                 trained_context,
@@ -291,7 +322,7 @@ impl Reply {
             Reply::Token { id, text } => {
                 out.push(6);
                 out.extend_from_slice(&id.to_le_bytes());
-                put_str(&mut out, text);
+                put_str(out, text);
             }
             Reply::Generated {
                 prompt_tokens,
@@ -309,7 +340,7 @@ impl Reply {
                     Finish::Length => 1,
                     Finish::Cancelled => 2,
                 });
-                put_str(&mut out, tail);
+                put_str(out, tail);
                 out.extend_from_slice(&prompt_us.to_le_bytes());
                 out.extend_from_slice(&generate_us.to_le_bytes());
             }
@@ -320,10 +351,9 @@ impl Reply {
                     Failure::Load => 1,
                     Failure::Run => 2,
                 });
-                put_str(&mut out, message);
+                put_str(out, message);
             }
         }
-        out
     }
 
     /// Decodes a payload.
@@ -656,13 +686,18 @@ mod tests {
     proptest! {
         #[test]
         fn replies_round_trip(r in reply()) {
-            prop_assert_eq!(Reply::decode(&r.encode()), Ok(r));
+            let framed = r.frame().expect("a small frame");
+            prop_assert_eq!(payload_len(framed[..4].try_into().expect("4 bytes")), Ok(framed.len() - 4));
+            prop_assert_eq!(Reply::decode(&framed[4..]), Ok(r));
         }
 
         #[test]
         fn requests_round_trip(inputs in prop::collection::vec(tensor(), 0..4), model in prop::collection::vec(any::<u8>(), 0..64)) {
             let run = Request::Run { inputs };
+            let framed = run.frame().expect("a small frame");
+            prop_assert_eq!(&framed[4..], &run.encode()[..]);
             prop_assert_eq!(Request::decode(&run.encode()), Ok(run));
+            prop_assert_eq!(payload_len(framed[..4].try_into().expect("4 bytes")), Ok(framed.len() - 4));
             let load = Request::Load { model };
             prop_assert_eq!(Request::decode(&load.encode()), Ok(load));
             prop_assert_eq!(Request::decode(&Request::Cancel.encode()), Ok(Request::Cancel));

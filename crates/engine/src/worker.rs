@@ -18,6 +18,7 @@
 //! requests one at a time until its stdin closes.
 
 use std::io::{Read, Write};
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -173,7 +174,15 @@ enum Loaded {
 /// Runs a worker with these arguments (after the program name and any subcommand), serving on
 /// stdin and stdout.
 pub fn main(args: impl IntoIterator<Item = String>) -> ExitCode {
-    let mut out = std::io::stdout().lock();
+    // The pipe itself, not Rust's line-buffered stdout, which writes a binary frame in pieces
+    // (up to its last newline byte, then the rest): the node would wake for each.
+    let mut out = match std::io::stdout().as_fd().try_clone_to_owned() {
+        Ok(fd) => std::fs::File::from(fd),
+        Err(e) => {
+            eprintln!("engine worker: cannot use stdout: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let options = match Options::from_args(args) {
         Ok(o) => o,
         Err(e) => {

@@ -52,6 +52,7 @@
 //!   absurd shapes could exhaust the node's memory. Enable it for models you trust.
 
 mod backend;
+mod background;
 mod epoch;
 mod gate;
 mod snapshot;
@@ -433,6 +434,8 @@ struct Core {
     snapshotting: AtomicBool,
     /// Advances the epoch (call deadlines) while guest code may run, and only then.
     ticker: epoch::Ticker,
+    /// Builds spare instances and tears down used ones, off the calls' path.
+    background: background::Background,
 }
 
 impl Sandbox {
@@ -518,6 +521,11 @@ impl Sandbox {
                 warm: Arc::new(AtomicUsize::new(0)),
                 snapshotting: AtomicBool::new(false),
                 ticker,
+                background: background::Background::new(
+                    "sandbox-spare",
+                    std::thread::available_parallelism().map_or(2, usize::from),
+                    lower_priority,
+                ),
             }),
         })
     }
@@ -817,35 +825,31 @@ impl Core {
         };
         let Some(token) = token else {
             drop(spares);
-            drop(used);
+            if let Some(used) = used {
+                self.background.run(move || drop(used));
+            }
             return;
         };
         spares.building += 1;
         drop(spares);
         let (core, building) = (self.clone(), package.clone());
-        let spawned = std::thread::Builder::new()
-            .name("sandbox-spare".into())
-            .spawn(move || {
-                drop(used);
-                let built = core.instantiate(&building, &CallLimits::default());
-                let mut spares = lock(&building.spare);
-                spares.building -= 1;
-                let ok = built.is_ok();
-                if let Ok(built) = built {
-                    spares.ready.push(built.ready(token));
-                }
-                let more = ok && spares.ready.len() + spares.building < SPARES_PER_MODEL;
-                drop(spares);
-                building.built.notify_all();
-                // A spare taken while this one was built leaves room for another.
-                if more {
-                    core.refill(&building, None);
-                }
-            });
-        if spawned.is_err() {
-            lock(&package.spare).building -= 1;
-            package.built.notify_all();
-        }
+        self.background.run(move || {
+            drop(used);
+            let built = core.instantiate(&building, &CallLimits::default());
+            let mut spares = lock(&building.spare);
+            spares.building -= 1;
+            let ok = built.is_ok();
+            if let Ok(built) = built {
+                spares.ready.push(built.ready(token));
+            }
+            let more = ok && spares.ready.len() + spares.building < SPARES_PER_MODEL;
+            drop(spares);
+            building.built.notify_all();
+            // A spare taken while this one was built leaves room for another.
+            if more {
+                core.refill(&building, None);
+            }
+        });
     }
 
     /// A new instance of `model`: from its snapshot if there is one, else instantiated and
@@ -912,7 +916,11 @@ impl Core {
             .insecure_random_seed(0)
             .allow_ip_name_lookup(false)
             .allow_tcp(false)
-            .allow_udp(false);
+            .allow_udp(false)
+            // Guests run on threads of their own: a file read blocks this one, rather than
+            // going through tokio's blocking pool and back (two thread hand-offs per
+            // operation; the demo model's `init` does about twenty).
+            .allow_blocking_current_thread(true);
         let state = CallState {
             wasi: wasi.build(),
             table: ResourceTable::new(),
