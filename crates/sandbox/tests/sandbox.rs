@@ -782,6 +782,29 @@ fn a_guest_using_a_handle_from_init_goes_back_to_init() {
 }
 
 #[test]
+fn a_guest_that_draws_randomness_in_init_is_never_snapshotted() {
+    let sandbox = snapshotting(false);
+    let dir = tempfile::tempdir().expect("dir");
+    let model = sandbox
+        .load(
+            &guest("moxnet_hostile"),
+            dir.path(),
+            Some("draws-randomness"),
+        )
+        .expect("load");
+    // What `init` drew would be frozen in the snapshot, the same in every instance after it.
+    match snapshot_of(&model) {
+        SnapshotStatus::Off(why) => assert!(why.contains("random"), "{why}"),
+        other => panic!("a guest that drew randomness was snapshotted: {other:?}"),
+    }
+    let echo = sandbox
+        .predict(&model, mode("echo"), &limits())
+        .expect("call");
+    assert!(!echo.from_snapshot);
+    assert_eq!(text_output(&echo), "echo");
+}
+
+#[test]
 fn a_model_snapshotted_before_a_restart_is_snapshotted_at_its_first_load() {
     let dir = tempfile::tempdir().expect("dir");
     let load = |sandbox: &Sandbox| {

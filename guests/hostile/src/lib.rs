@@ -8,11 +8,24 @@
 //! `floats` (float results a CPU may choose: NaN bits and relaxed SIMD, which must come out the
 //! same on every host), `package` (lists the package directory). With the entry
 //! `reads-package`, `init` lists the package directory first (a guest that holds the directory's
-//! handle from `init` on, which a snapshot cannot carry).
+//! handle from `init` on, which a snapshot cannot carry); with `draws-randomness`, it draws
+//! from WASI's random source (which a snapshot must not freeze).
 
 use moxnet::model::types as wit;
 
-wit_bindgen::generate!({ world: "model", path: "../wit" });
+// The model's world, and WASI's random source (to draw from in `init`).
+wit_bindgen::generate!({
+    path: ["wit", "../wit"],
+    inline: "
+        package moxnet:hostile;
+        world hostile {
+            include moxnet:model/model@0.1.0;
+            import wasi:random/random@0.2.0;
+        }
+    ",
+    world: "hostile",
+    generate_all,
+});
 
 struct Hostile;
 
@@ -91,6 +104,11 @@ impl Guest for Hostile {
         if entry.as_deref() == Some("reads-package") {
             let entries = std::fs::read_dir("/model").map_or(0, Iterator::count);
             std::hint::black_box(entries);
+        }
+        // Entry `draws-randomness`: draws from the random source (a snapshot would freeze
+        // what it drew; std's `HashMap` keys come from the insecure seed, fixed at zero).
+        if entry.as_deref() == Some("draws-randomness") {
+            std::hint::black_box(wasi::random::random::get_random_u64());
         }
         let spec = |name: &str| wit::TensorSpec {
             name: name.into(),
