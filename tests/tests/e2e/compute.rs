@@ -22,6 +22,14 @@ const SERVE: &str = "[inference]\nfuel = 1000000000\ntimeout_secs = 5\nmemory_mi
 /// Caller config: remote calls time out quickly.
 const CALLER: &str = "[inference]\nfuel = 1000000000\n\n[compute]\ncall_timeout_secs = 5\n";
 
+/// Node `a`, in its default configuration, with the echo package published: its id.
+fn publisher(net: &Testnet) -> (testnet::Node, String) {
+    let a = net.init("a", "");
+    let package = testnet::echo_package(net.path()).expect("package");
+    let id = a.ok(&["publish", package.to_str().expect("utf8")]);
+    (a, id)
+}
+
 fn wait_for_offers(node: &testnet::Daemon, peers: &[&str]) {
     testnet::wait_for_offers(node, peers).unwrap_or_else(|e| panic!("{e:#}"));
 }
@@ -29,14 +37,7 @@ fn wait_for_offers(node: &testnet::Daemon, peers: &[&str]) {
 #[test]
 fn a_model_published_on_a_is_served_by_b_and_called_from_c() {
     let net = Testnet::new().expect("testnet");
-    let a = net.init("a", "");
-    let id = a.ok(&[
-        "publish",
-        testnet::echo_package(net.path())
-            .expect("package")
-            .to_str()
-            .expect("utf8"),
-    ]);
+    let (a, id) = publisher(&net);
     let a_node = a.start(&[]);
     let b = net.init("b", SERVE);
     let b_node = b.start(&[a_node.addr()]);
@@ -407,21 +408,10 @@ fn raw_requests_are_checked(provider: &testnet::Daemon, id: &str) {
     });
 }
 
-/// A provider keeps the models it fetched for peers' calls within `[compute] cache_mib`: the
-/// least recently called one is let go (its files freed, its manifest still known), and a later
-/// call of it fetches it again. A model its user pinned is never the cache's. A model larger
-/// than `max_fetch_mib` is refused before anything is fetched.
 #[test]
 fn a_provider_whose_instances_start_from_a_snapshot_agrees_bit_for_bit_with_one_running_init() {
     let net = Testnet::new().expect("testnet");
-    let a = net.init("a", "");
-    let id = a.ok(&[
-        "publish",
-        testnet::echo_package(net.path())
-            .expect("package")
-            .to_str()
-            .expect("utf8"),
-    ]);
+    let (a, id) = publisher(&net);
     let a_node = a.start(&[]);
     let serving = |after: &str| {
         SERVE.replacen(
@@ -479,6 +469,10 @@ fn a_provider_whose_instances_start_from_a_snapshot_agrees_bit_for_bit_with_one_
     );
 }
 
+/// A provider keeps the models it fetched for peers' calls within `[compute] cache_mib`: the
+/// least recently called one is let go (its files freed, its manifest still known), and a later
+/// call of it fetches it again. A model its user pinned is never the cache's. A model larger
+/// than `max_fetch_mib` is refused before anything is fetched.
 #[test]
 fn a_provider_keeps_models_fetched_for_calls_within_its_cache() {
     let net = Testnet::new().expect("testnet");
@@ -594,14 +588,7 @@ fn a_provider_keeps_models_fetched_for_calls_within_its_cache() {
 fn a_call_that_needs_a_gpu_goes_only_to_a_provider_offering_one() {
     use protocol::compute::ComputeOffer;
     let net = Testnet::new().expect("testnet");
-    let a = net.init("a", "");
-    let id = a.ok(&[
-        "publish",
-        testnet::echo_package(net.path())
-            .expect("package")
-            .to_str()
-            .expect("utf8"),
-    ]);
+    let (a, id) = publisher(&net);
     let a_node = a.start(&[]);
     let b = net.init("b", SERVE);
     let b_node = b.start(&[a_node.addr()]);
