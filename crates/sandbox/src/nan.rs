@@ -50,6 +50,9 @@ use wasmparser::{
     ValidPayload, Validator, ValidatorResources, WasmFeatures,
 };
 
+/// This pass's version: part of the name of a rewritten guest kept on disk. Raise it whenever the
+/// pass's output changes.
+pub(crate) const VERSION: u32 = 1;
 /// The canonical `f32` NaN (positive).
 const CANON32: u32 = 0x7fc0_0000;
 /// The canonical `f64` NaN (positive).
