@@ -91,24 +91,25 @@ fn rewrite_component(wasm: &[u8]) -> Result<Vec<u8>, String> {
         match &payload {
             Payload::ModuleSection {
                 unchecked_range, ..
-            } => {
-                if depth == 0 {
-                    let module = rewrite_module(slice(wasm, unchecked_range)?)?;
-                    out.section(&RawSection {
-                        id: wasm_encoder::ComponentSectionId::CoreModule as u8,
-                        data: &module,
-                    });
-                }
-                depth += 1;
             }
-            Payload::ComponentSection {
+            | Payload::ComponentSection {
                 unchecked_range, ..
             } => {
                 if depth == 0 {
-                    let component = rewrite_component(slice(wasm, unchecked_range)?)?;
+                    let inner = slice(wasm, unchecked_range)?;
+                    let (id, rewritten) = match payload {
+                        Payload::ModuleSection { .. } => (
+                            wasm_encoder::ComponentSectionId::CoreModule,
+                            rewrite_module(inner)?,
+                        ),
+                        _ => (
+                            wasm_encoder::ComponentSectionId::Component,
+                            rewrite_component(inner)?,
+                        ),
+                    };
                     out.section(&RawSection {
-                        id: wasm_encoder::ComponentSectionId::Component as u8,
-                        data: &component,
+                        id: id as u8,
+                        data: &rewritten,
                     });
                 }
                 depth += 1;
@@ -691,7 +692,7 @@ impl<'a> Walk<'a> {
                     let mut entry = next.take().unwrap_or_default();
                     self.leave(id, &mut entry, emit);
                     let header = match self.back_edges.get(&id).cloned() {
-                        Some(back) => self.join(id, &entry, &back, &mut changed),
+                        Some(back) => self.join(id, &entry, &back),
                         None => entry,
                     };
                     frames.push(Frame {
@@ -727,7 +728,7 @@ impl<'a> Walk<'a> {
                     let entry = frame.entry.take();
                     let exit = frame.exit.take();
                     self.leave(fid, &mut out, emit);
-                    let merged = self.merge(fid, exit, out, &mut changed);
+                    let merged = self.merge(fid, exit, out);
                     let frame = frames.last_mut().ok_or("`else` outside a frame")?;
                     frame.exit = Some(merged);
                     next = entry;
@@ -738,43 +739,20 @@ impl<'a> Walk<'a> {
                         FrameKind::Block | FrameKind::If => {
                             let mut out = next.take().unwrap_or_default();
                             self.leave(frame.id, &mut out, emit);
-                            next = Some(self.merge(frame.id, frame.exit, out, &mut changed));
+                            next = Some(self.merge(frame.id, frame.exit, out));
                         }
                         FrameKind::Loop | FrameKind::Function => {}
                     }
                 }
                 Control::Br(depth) | Control::BrIf(depth) => {
                     let mut out = next.take().unwrap_or_default();
-                    self.branch(
-                        *depth,
-                        &mut frames,
-                        &mut out,
-                        &mut new_back_edges,
-                        emit,
-                        &mut changed,
-                    )?;
+                    let depths = std::slice::from_ref(depth);
+                    self.branches(depths, &mut frames, &mut out, &mut new_back_edges, emit)?;
                     next = Some(out);
                 }
                 Control::BrTable(depths) => {
                     let mut out = next.take().unwrap_or_default();
-                    // Canonicalized once for every target that wants it, then sent to each.
-                    for depth in depths.iter() {
-                        let target = frame_at(&frames, *depth)?;
-                        let (kind, fid) = (target.kind, target.id);
-                        if kind != FrameKind::Function {
-                            self.leave(fid, &mut out, emit);
-                        }
-                    }
-                    for depth in depths.iter() {
-                        self.branch(
-                            *depth,
-                            &mut frames,
-                            &mut out,
-                            &mut new_back_edges,
-                            emit,
-                            &mut changed,
-                        )?;
-                    }
+                    self.branches(depths, &mut frames, &mut out, &mut new_back_edges, emit)?;
                     next = Some(out);
                 }
             }
@@ -804,44 +782,48 @@ impl<'a> Walk<'a> {
         Ok(changed)
     }
 
-    /// Sends the locals `out` along a branch to the frame `depth` out.
-    fn branch(
+    /// Sends the locals `out` along a branch to each frame `depths` out (one, or a `br_table`'s
+    /// targets): canonicalized once for every target that wants it, then merged into each.
+    fn branches(
         &mut self,
-        depth: u32,
+        depths: &[u32],
         frames: &mut [Frame],
         out: &mut [Taint],
         back_edges: &mut HashMap<u32, Vec<Taint>>,
         emit: &mut Emit<'_>,
-        changed: &mut bool,
     ) -> Result<(), String> {
-        let target = frame_at(frames, depth)?;
-        let (kind, fid) = (target.kind, target.id);
-        if kind == FrameKind::Function {
-            return Ok(());
-        }
-        self.leave(fid, out, emit);
-        match kind {
-            FrameKind::Loop => {
-                let merged = match back_edges.remove(&fid) {
-                    Some(seen) => self.join(fid, &seen, out, changed),
-                    None => out.to_vec(),
-                };
-                back_edges.insert(fid, merged);
+        for &depth in depths {
+            let target = frame_at(frames, depth)?;
+            if target.kind != FrameKind::Function {
+                self.leave(target.id, out, emit);
             }
-            _ => {
-                let frame = frames
-                    .iter_mut()
-                    .rev()
-                    .nth(depth as usize)
-                    .ok_or("a branch out of range")?;
-                let exit = frame.exit.take();
-                let merged = self.merge(fid, exit, out.to_vec(), changed);
-                let frame = frames
-                    .iter_mut()
-                    .rev()
-                    .nth(depth as usize)
-                    .ok_or("a branch out of range")?;
-                frame.exit = Some(merged);
+        }
+        for &depth in depths {
+            let target = frame_at(frames, depth)?;
+            let (kind, fid) = (target.kind, target.id);
+            match kind {
+                FrameKind::Function => {}
+                FrameKind::Loop => {
+                    let merged = match back_edges.remove(&fid) {
+                        Some(seen) => self.join(fid, &seen, out),
+                        None => out.to_vec(),
+                    };
+                    back_edges.insert(fid, merged);
+                }
+                FrameKind::Block | FrameKind::If => {
+                    let frame = frames
+                        .iter_mut()
+                        .rev()
+                        .nth(depth as usize)
+                        .ok_or("a branch out of range")?;
+                    let merged = self.merge(fid, frame.exit.take(), out.to_vec());
+                    let frame = frames
+                        .iter_mut()
+                        .rev()
+                        .nth(depth as usize)
+                        .ok_or("a branch out of range")?;
+                    frame.exit = Some(merged);
+                }
             }
         }
         Ok(())
@@ -860,21 +842,16 @@ impl<'a> Walk<'a> {
         }
     }
 
-    fn merge(
-        &mut self,
-        id: u32,
-        seen: Option<Vec<Taint>>,
-        out: Vec<Taint>,
-        changed: &mut bool,
-    ) -> Vec<Taint> {
+    fn merge(&mut self, id: u32, seen: Option<Vec<Taint>>, out: Vec<Taint>) -> Vec<Taint> {
         match seen {
-            Some(seen) => self.join(id, &seen, &out, changed),
+            Some(seen) => self.join(id, &seen, &out),
             None => out,
         }
     }
 
     /// The locals' taint where paths `a` and `b` meet at merge `id`.
-    fn join(&mut self, id: u32, a: &[Taint], b: &[Taint], changed: &mut bool) -> Vec<Taint> {
+    /// (A lane conflict makes the local strict: the pass's caller sees that and runs again.)
+    fn join(&mut self, id: u32, a: &[Taint], b: &[Taint]) -> Vec<Taint> {
         a.iter()
             .zip(b)
             .enumerate()
@@ -884,7 +861,7 @@ impl<'a> Walk<'a> {
                     _ if x == y => x,
                     _ if x.lane().is_some() && y.lane().is_some() && x.lane() != y.lane() => {
                         // `f32x4` taint meets `f64x2` taint: canonicalized whenever set.
-                        *changed |= self.strict.insert(slot);
+                        self.strict.insert(slot);
                         Taint::Clean
                     }
                     (Taint::Mixed(..), _) => x,
