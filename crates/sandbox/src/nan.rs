@@ -52,7 +52,7 @@ use wasmparser::{
 
 /// This pass's version: part of the name of a rewritten guest kept on disk. Raise it whenever the
 /// pass's output changes.
-pub(crate) const VERSION: u32 = 1;
+pub(crate) const VERSION: u32 = 2;
 /// The canonical `f32` NaN (positive).
 const CANON32: u32 = 0x7fc0_0000;
 /// The canonical `f64` NaN (positive).
@@ -680,6 +680,7 @@ impl<'a> Walk<'a> {
             emit.fix_operands(types, &fix)?;
             // Control flow: merges, and the locals canonicalized on their way into one.
             let mut next = Some(locals);
+            let mut written = false;
             match &op.control {
                 Control::None => {}
                 Control::Block => frames.push(Frame {
@@ -744,6 +745,20 @@ impl<'a> Walk<'a> {
                         FrameKind::Loop | FrameKind::Function => {}
                     }
                 }
+                Control::BrIf(depth) if op.pops == 1 && self.split(&frames, *depth, &next)? => {
+                    // The locals are canonicalized on the taken edge only: `br_if` becomes
+                    // `if, (canonicalizations), br, end`, and the path on keeps its values.
+                    let out = next.take().unwrap_or_default();
+                    let mut taken = out.clone();
+                    let outer = depth.checked_add(1).ok_or("a branch out of range")?;
+                    emit.insn(Instruction::If(wasm_encoder::BlockType::Empty));
+                    let depths = std::slice::from_ref(depth);
+                    self.branches(depths, &mut frames, &mut taken, &mut new_back_edges, emit)?;
+                    emit.insn(Instruction::Br(outer));
+                    emit.insn(Instruction::End);
+                    next = Some(out);
+                    written = true;
+                }
                 Control::Br(depth) | Control::BrIf(depth) => {
                     let mut out = next.take().unwrap_or_default();
                     let depths = std::slice::from_ref(depth);
@@ -756,7 +771,9 @@ impl<'a> Walk<'a> {
                     next = Some(out);
                 }
             }
-            emit.raw(op);
+            if !written {
+                emit.raw(op);
+            }
             stack.truncate(at);
             for _ in 0..op.pushes {
                 stack.push(result_for(op, result));
@@ -827,6 +844,22 @@ impl<'a> Walk<'a> {
             }
         }
         Ok(())
+    }
+
+    /// Whether a branch to the frame `depth` out, with the locals `out`, canonicalizes any of
+    /// them on its way.
+    fn split(
+        &self,
+        frames: &[Frame],
+        depth: u32,
+        out: &Option<Vec<Taint>>,
+    ) -> Result<bool, String> {
+        let target = frame_at(frames, depth)?;
+        Ok(target.kind != FrameKind::Function
+            && out.iter().flatten().enumerate().any(|(slot, taint)| {
+                matches!(taint, Taint::Tainted(..))
+                    && self.fixes.contains(&(target.id, slot as u32))
+            }))
     }
 
     /// On a path into the merge `id`: canonicalizes the locals fixed there that are tainted.
@@ -1381,6 +1414,105 @@ mod tests {
         payload[12..16].copy_from_slice(&0xffa0_0001u32.to_le_bytes());
         let (_, got) = run(&engine(false), &out, "f0", &[Val::I32(0)], &payload);
         assert_eq!(&got[32..48], &payload[0..16]);
+    }
+
+    #[test]
+    fn an_early_exit_canonicalizes_on_its_own_edge() {
+        // acc = load; block { if n == 0 exit; loop { acc = fma; n -= 1; exit if n == 0;
+        // acc = fma; n -= 1; again if n != 0 } }; store acc. The exit's merge also takes the
+        // loaded bits (n == 0), so the early exit canonicalizes; the path on through the loop
+        // does not: the `br_if` becomes `if, (canonicalization), br, end`.
+        let step = || {
+            vec![
+                I::LocalGet(1),
+                I::I32Const(0),
+                I::V128Load(mem(16)),
+                I::LocalGet(1),
+                I::F32x4RelaxedMadd,
+                I::LocalSet(1),
+                I::LocalGet(0),
+                I::I32Const(1),
+                I::I32Sub,
+                I::LocalTee(0),
+            ]
+        };
+        let mut body = vec![
+            I::I32Const(0),
+            I::V128Load(mem(0)),
+            I::LocalSet(1),
+            I::Block(BlockType::Empty),
+            I::LocalGet(0),
+            I::I32Eqz,
+            I::BrIf(0),
+            I::Loop(BlockType::Empty),
+        ];
+        body.extend(step());
+        body.extend([I::I32Eqz, I::BrIf(1)]);
+        body.extend(step());
+        body.extend([
+            I::BrIf(0),
+            I::End,
+            I::End,
+            I::I32Const(0),
+            I::LocalGet(1),
+            I::V128Store(mem(32)),
+        ]);
+        let func = Func {
+            params: vec![T::I32],
+            results: vec![],
+            locals: vec![T::V128],
+            body,
+        };
+        let wasm = module(&[func]);
+        let out = rewritten(&wasm);
+        let (before, after) = (ops_of(&wasm), ops_of(&out));
+        let exit = before
+            .iter()
+            .position(|op| op == "BrIf { relative_depth: 1 }");
+        let exit = exit.expect("the early exit");
+        // Up to the exit the code is unchanged; the exit is an `if` whose body branches out.
+        assert_eq!(after[..exit], before[..exit]);
+        assert!(after[exit].starts_with("If"), "{}", after[exit]);
+        let end = exit
+            + after[exit..]
+                .iter()
+                .position(|op| op == "End")
+                .expect("end");
+        assert_eq!(after[end - 1], "Br { relative_depth: 2 }");
+        assert!(after[exit..end].iter().any(|op| op == "F32x4Ne"));
+        // After it, the second step is as it was.
+        assert_eq!(after[end + 1..end + 11], before[exit + 1..exit + 11]);
+        let mut memory = Vec::new();
+        for x in [1.5f32, f32::INFINITY, -1.0, 0.0] {
+            memory.extend(x.to_le_bytes());
+        }
+        for x in [2.0f32, f32::NEG_INFINITY, 0.5, 1.0] {
+            memory.extend(x.to_le_bytes());
+        }
+        for n in [0, 1, 2, 3, 4] {
+            let (_, want) = run(&engine(true), &wasm, "f0", &[Val::I32(n)], &memory);
+            let (_, got) = run(&engine(false), &out, "f0", &[Val::I32(n)], &memory);
+            assert_eq!(&got[32..48], &want[32..48], "{n} iterations");
+        }
+        let mut payload = memory.clone();
+        payload[12..16].copy_from_slice(&0xffa0_0001u32.to_le_bytes());
+        let (_, got) = run(&engine(false), &out, "f0", &[Val::I32(0)], &payload);
+        assert_eq!(&got[32..48], &payload[0..16]);
+    }
+
+    /// The first function's operators, each as its `Debug` text.
+    fn ops_of(wasm: &[u8]) -> Vec<String> {
+        for payload in Parser::new(0).parse_all(wasm) {
+            if let Ok(Payload::CodeSectionEntry(body)) = payload {
+                let mut reader = body.get_operators_reader().expect("ops");
+                let mut ops = Vec::new();
+                while !reader.eof() {
+                    ops.push(format!("{:?}", reader.read().expect("op")));
+                }
+                return ops;
+            }
+        }
+        panic!("no function")
     }
 
     /// The bytes between a function's first `loop` and the `br_if` that closes it.

@@ -148,6 +148,18 @@ fn check_against_onnxruntime(host_backend: bool) {
             )],
         ),
     ];
+    // Odd depths (13, 19), and batches that fill no 8-wide tile or are a single row: the
+    // runner's matrix kernel's remainder step, and tract's matrix-vector kernel.
+    let gemm = |batch: u64| {
+        let x: Vec<f32> = (0..batch * 13)
+            .map(|i| ((i * 37 % 23) as f32 - 11.0) / 7.0)
+            .collect();
+        (
+            "gemm.onnx",
+            vec![Tensor::from_f32("x", vec![batch, 13], &x)],
+        )
+    };
+    let cases: Vec<(&str, Vec<Tensor>)> = cases.into_iter().chain([1, 9, 24].map(gemm)).collect();
     for (fixture, inputs) in cases {
         let dir = package(fixture);
         let model = sandbox

@@ -19,6 +19,7 @@ use std::cell::RefCell;
 use graph::wordpiece::WordPiece;
 use graph::{DType, Dim, Spec, Tensor};
 
+mod kernel;
 mod bindings {
     //! Guest bindings for the `moxnet:model` world (../wit/model.wit).
     wit_bindgen::generate!({ world: "model", path: "../wit" });
@@ -122,6 +123,8 @@ struct Runner;
 
 impl Guest for Runner {
     fn init(entry: Option<String>) -> Result<wit::Metadata, wit::Error> {
+        // The f32 matrix kernel joins tract's registry before any graph is loaded.
+        kernel::register();
         let entry = entry.unwrap_or_else(|| "model.onnx".into());
         let engine = match host::backend() {
             Some(_) => {
