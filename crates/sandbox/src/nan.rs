@@ -1357,86 +1357,26 @@ mod tests {
         assert_eq!(result_of(func(), 0, &[]), 0x7fa0_0001);
     }
 
-    #[test]
-    fn an_accumulator_is_canonicalized_after_its_loop_not_in_it() {
-        // acc = 0; loop n times { acc = acc * x + acc }; store acc. Inside the loop the
-        // accumulator only meets arithmetic: the loop body gains no instructions.
-        let func = Func {
-            params: vec![T::I32],
-            results: vec![],
-            locals: vec![T::V128],
-            body: vec![
-                I::I32Const(0),
-                I::V128Load(mem(0)),
-                I::LocalSet(1),
-                I::Block(BlockType::Empty),
-                I::LocalGet(0),
-                I::I32Eqz,
-                I::BrIf(0),
-                I::Loop(BlockType::Empty),
-                I::LocalGet(1),
-                I::I32Const(0),
-                I::V128Load(mem(16)),
-                I::LocalGet(1),
-                I::F32x4RelaxedMadd,
-                I::LocalSet(1),
-                I::LocalGet(0),
-                I::I32Const(1),
-                I::I32Sub,
-                I::LocalTee(0),
-                I::BrIf(0),
-                I::End,
-                I::End,
-                I::I32Const(0),
-                I::LocalGet(1),
-                I::V128Store(mem(32)),
-            ],
-        };
-        let wasm = module(&[func]);
-        let out = rewritten(&wasm);
-        // The loop's body, between `loop` and its `end`, is the same bytes as before.
-        let original = loop_body(&wasm);
-        assert_eq!(loop_body(&out), original);
-        let mut memory = Vec::new();
-        for x in [1.5f32, f32::INFINITY, -1.0, 0.0] {
-            memory.extend(x.to_le_bytes());
-        }
-        for x in [2.0f32, f32::NEG_INFINITY, 0.5, 1.0] {
-            memory.extend(x.to_le_bytes());
-        }
-        for n in [0, 1, 3] {
-            let (_, want) = run(&engine(true), &wasm, "f0", &[Val::I32(n)], &memory);
-            let (_, got) = run(&engine(false), &out, "f0", &[Val::I32(n)], &memory);
-            assert_eq!(&got[32..48], &want[32..48], "{n} iterations");
-        }
-        // With no iteration the loaded bits go out as they came, a NaN payload included.
-        let mut payload = memory.clone();
-        payload[12..16].copy_from_slice(&0xffa0_0001u32.to_le_bytes());
-        let (_, got) = run(&engine(false), &out, "f0", &[Val::I32(0)], &payload);
-        assert_eq!(&got[32..48], &payload[0..16]);
+    /// One step of an accumulator loop: `acc = acc * x + acc` (x loaded at 16), then `n -= 1`,
+    /// leaving `n` on the stack.
+    fn madd_step() -> Vec<I<'static>> {
+        vec![
+            I::LocalGet(1),
+            I::I32Const(0),
+            I::V128Load(mem(16)),
+            I::LocalGet(1),
+            I::F32x4RelaxedMadd,
+            I::LocalSet(1),
+            I::LocalGet(0),
+            I::I32Const(1),
+            I::I32Sub,
+            I::LocalTee(0),
+        ]
     }
 
-    #[test]
-    fn an_early_exit_canonicalizes_on_its_own_edge() {
-        // acc = load; block { if n == 0 exit; loop { acc = fma; n -= 1; exit if n == 0;
-        // acc = fma; n -= 1; again if n != 0 } }; store acc. The exit's merge also takes the
-        // loaded bits (n == 0), so the early exit canonicalizes; the path on through the loop
-        // does not: the `br_if` becomes `if, (canonicalization), br, end`.
-        let step = || {
-            vec![
-                I::LocalGet(1),
-                I::I32Const(0),
-                I::V128Load(mem(16)),
-                I::LocalGet(1),
-                I::F32x4RelaxedMadd,
-                I::LocalSet(1),
-                I::LocalGet(0),
-                I::I32Const(1),
-                I::I32Sub,
-                I::LocalTee(0),
-            ]
-        };
-        let mut body = vec![
+    /// `f0(n)`: acc = load 0; block { exit if n == 0; loop { `body` } }; store acc at 32.
+    fn accumulator_loop(body: Vec<I<'static>>) -> Vec<u8> {
+        let mut code = vec![
             I::I32Const(0),
             I::V128Load(mem(0)),
             I::LocalSet(1),
@@ -1446,24 +1386,67 @@ mod tests {
             I::BrIf(0),
             I::Loop(BlockType::Empty),
         ];
-        body.extend(step());
-        body.extend([I::I32Eqz, I::BrIf(1)]);
-        body.extend(step());
-        body.extend([
-            I::BrIf(0),
+        code.extend(body);
+        code.extend([
             I::End,
             I::End,
             I::I32Const(0),
             I::LocalGet(1),
             I::V128Store(mem(32)),
         ]);
-        let func = Func {
+        module(&[Func {
             params: vec![T::I32],
             results: vec![],
             locals: vec![T::V128],
-            body,
-        };
-        let wasm = module(&[func]);
+            body: code,
+        }])
+    }
+
+    /// Runs an accumulator loop as written with canonicalization and rewritten without, for
+    /// 0 to 4 iterations, and demands the same stored bits; with none, a loaded NaN's payload
+    /// goes out as it came.
+    fn check_accumulator_loop(wasm: &[u8], out: &[u8]) {
+        let mut memory = Vec::new();
+        for x in [1.5f32, f32::INFINITY, -1.0, 0.0] {
+            memory.extend(x.to_le_bytes());
+        }
+        for x in [2.0f32, f32::NEG_INFINITY, 0.5, 1.0] {
+            memory.extend(x.to_le_bytes());
+        }
+        for n in 0..5 {
+            let (_, want) = run(&engine(true), wasm, "f0", &[Val::I32(n)], &memory);
+            let (_, got) = run(&engine(false), out, "f0", &[Val::I32(n)], &memory);
+            assert_eq!(&got[32..48], &want[32..48], "{n} iterations");
+        }
+        let mut payload = memory.clone();
+        payload[12..16].copy_from_slice(&0xffa0_0001u32.to_le_bytes());
+        let (_, got) = run(&engine(false), out, "f0", &[Val::I32(0)], &payload);
+        assert_eq!(&got[32..48], &payload[0..16]);
+    }
+
+    #[test]
+    fn an_accumulator_is_canonicalized_after_its_loop_not_in_it() {
+        // Inside the loop the accumulator only meets arithmetic: the loop body gains no
+        // instructions.
+        let mut body = madd_step();
+        body.push(I::BrIf(0));
+        let wasm = accumulator_loop(body);
+        let out = rewritten(&wasm);
+        // The loop's body, between `loop` and its `br_if`, is the same bytes as before.
+        assert_eq!(loop_body(&out), loop_body(&wasm));
+        check_accumulator_loop(&wasm, &out);
+    }
+
+    #[test]
+    fn an_early_exit_canonicalizes_on_its_own_edge() {
+        // loop { step; exit if n == 0; step; again if n != 0 }. The exit's merge also takes
+        // the loaded bits (n == 0 at the start), so the early exit canonicalizes; the path on
+        // through the loop does not: the `br_if` becomes `if, (canonicalization), br, end`.
+        let mut body = madd_step();
+        body.extend([I::I32Eqz, I::BrIf(1)]);
+        body.extend(madd_step());
+        body.push(I::BrIf(0));
+        let wasm = accumulator_loop(body);
         let out = rewritten(&wasm);
         let (before, after) = (ops_of(&wasm), ops_of(&out));
         let exit = before
@@ -1482,22 +1465,7 @@ mod tests {
         assert!(after[exit..end].iter().any(|op| op == "F32x4Ne"));
         // After it, the second step is as it was.
         assert_eq!(after[end + 1..end + 11], before[exit + 1..exit + 11]);
-        let mut memory = Vec::new();
-        for x in [1.5f32, f32::INFINITY, -1.0, 0.0] {
-            memory.extend(x.to_le_bytes());
-        }
-        for x in [2.0f32, f32::NEG_INFINITY, 0.5, 1.0] {
-            memory.extend(x.to_le_bytes());
-        }
-        for n in [0, 1, 2, 3, 4] {
-            let (_, want) = run(&engine(true), &wasm, "f0", &[Val::I32(n)], &memory);
-            let (_, got) = run(&engine(false), &out, "f0", &[Val::I32(n)], &memory);
-            assert_eq!(&got[32..48], &want[32..48], "{n} iterations");
-        }
-        let mut payload = memory.clone();
-        payload[12..16].copy_from_slice(&0xffa0_0001u32.to_le_bytes());
-        let (_, got) = run(&engine(false), &out, "f0", &[Val::I32(0)], &payload);
-        assert_eq!(&got[32..48], &payload[0..16]);
+        check_accumulator_loop(&wasm, &out);
     }
 
     /// The first function's operators, each as its `Debug` text.
