@@ -831,12 +831,31 @@ fn rewritten(
     }
     let out =
         nan::rewrite(wasm).map_err(|e| SandboxError::Load(format!("preparing the guest: {e}")))?;
-    if let Some(path) = &path
-        && let Err(e) = keep(path, &out)
-    {
-        tracing::warn!(path = %path.display(), error = %e, "keeping a rewritten guest");
+    if let Some(path) = &path {
+        match keep(path, &out) {
+            Ok(()) => forget_older_rewrites(path, hash),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "keeping a rewritten guest")
+            }
+        }
     }
     Ok(out)
+}
+
+/// Removes what earlier versions of the rewrite kept for this guest beside `kept` (a node that
+/// was upgraded would otherwise hold every version's copy).
+fn forget_older_rewrites(kept: &Path, hash: &blake3::Hash) {
+    let Some(dir) = kept.parent() else { return };
+    for version in 0..nan::VERSION {
+        let old = dir.join(format!("{}-{version}.wasm", hash.to_hex()));
+        match std::fs::remove_file(&old) {
+            Ok(()) => tracing::debug!(path = %old.display(), "removed an older rewrite"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(path = %old.display(), error = %e, "removing an older rewrite")
+            }
+        }
+    }
 }
 
 /// Writes `bytes` and their BLAKE3 hash to `path`, through a temporary file renamed into place
@@ -1491,8 +1510,16 @@ mod tests {
         );
         let cache = tempfile::tempdir().expect("cache");
         let hash = blake3::hash(&module);
+        // What an earlier version of the rewrite kept for this guest goes once it is rewritten.
+        let older = cache.path().join(REWRITTEN).join(format!(
+            "{}-{}.wasm",
+            hash.to_hex(),
+            nan::VERSION - 1
+        ));
+        keep(&older, b"an older rewrite").expect("keep");
         let got = rewritten(Some(cache.path()), &module, &hash).expect("rewritten");
         assert_eq!(got, want);
+        assert!(!older.exists(), "the older rewrite is removed");
         let path =
             cache
                 .path()
