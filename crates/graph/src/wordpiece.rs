@@ -34,8 +34,8 @@ pub struct WordPiece {
 impl WordPiece {
     /// Reads a `vocab.txt`: one token per line, the line number is its id. It must hold
     /// `[UNK]`, `[CLS]` and `[SEP]`.
-    pub fn from_vocab(text: &str, lowercase: bool) -> Result<WordPiece, Error> {
-        let vocab = Vocab::new(text)?;
+    pub fn from_vocab(text: impl Into<String>, lowercase: bool) -> Result<WordPiece, Error> {
+        let vocab = Vocab::new(text.into())?;
         let id = |t: &str| {
             vocab
                 .get(t)
@@ -149,40 +149,95 @@ impl WordPiece {
 }
 
 /// Token → id, built in one pass over the vocabulary's text (a model's instance builds it on
-/// every call's fresh instance, so it must be cheap): the tokens are slices of one copy of the
-/// text, found through an open-addressing table of ids keyed by FNV-1a. A token listed twice
-/// takes the later line's id.
+/// every call's fresh instance, so it must be cheap: in a wasm guest the text is scanned
+/// eight bytes at a time and each token hashed a word at a time): the tokens are slices of the
+/// text, found through an open-addressing table of ids, each token's hash kept beside it so
+/// that a probe compares bytes only when hashes agree. A token listed twice takes the later
+/// line's id.
 #[derive(Debug, Clone)]
 struct Vocab {
     text: String,
     /// Each id's token, as a byte range of `text`.
     spans: Vec<(u32, u32)>,
+    /// Each id's token's [`hash`].
+    hashes: Vec<u32>,
     /// 0: empty; else an id + 1. A power of two, at least twice the tokens.
     slots: Vec<u32>,
 }
 
+/// Multiplier of the token hash (2^64 / φ).
+const GOLDEN: u64 = 0x9e37_79b9_7f4a_7c15;
+
+/// A token's hash: its bytes taken eight at a time (the last word zero-padded), each mixed in
+/// by a multiply and a shift, then folded to 32 bits.
+fn hash(token: &[u8]) -> u32 {
+    let mix = |h: u64, word: u64| {
+        let h = (h ^ word).wrapping_mul(GOLDEN);
+        h ^ (h >> 29)
+    };
+    let (words, rest) = token.as_chunks::<8>();
+    let mut h = words
+        .iter()
+        .fold((token.len() as u64).wrapping_mul(GOLDEN), |h, w| {
+            mix(h, u64::from_le_bytes(*w))
+        });
+    if !rest.is_empty() {
+        // Composed byte by byte: a copy into a padded buffer would call `memcpy` (in a wasm
+        // guest, a call out of the guest), the largest cost of a whole vocabulary's hashing.
+        h = mix(h, rest.iter().rev().fold(0, |w, &b| w << 8 | u64::from(b)));
+    }
+    (h ^ (h >> 32)) as u32
+}
+
+/// Where the next `\n` at or after `from` is: eight bytes at a time (a word holds one where
+/// `x - 0x01…01 & !x & 0x80…80` is not zero, `x` being the word xor `\n` in every byte; its
+/// lowest set bit marks the first).
+fn next_newline(bytes: &[u8], from: usize) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let rest = bytes.get(from..)?;
+    let (words, tail) = rest.as_chunks::<8>();
+    for (i, word) in words.iter().enumerate() {
+        let x = u64::from_le_bytes(*word) ^ (ONES * u64::from(b'\n'));
+        let found = x.wrapping_sub(ONES) & !x & HIGHS;
+        if found != 0 {
+            return Some(from + i * 8 + (found.trailing_zeros() / 8) as usize);
+        }
+    }
+    let at = from + words.len() * 8;
+    tail.iter().position(|&b| b == b'\n').map(|p| at + p)
+}
+
 impl Vocab {
-    fn new(text: &str) -> Result<Vocab, Error> {
+    fn new(text: String) -> Result<Vocab, Error> {
         if text.len() >= u32::MAX as usize {
             return Err(Error::Load("the vocabulary is larger than 4 GiB".into()));
         }
-        let body = text.strip_suffix('\n').unwrap_or(text);
-        let mut spans = Vec::new();
-        let mut start = 0usize;
-        if !text.is_empty() {
-            for line in body.split('\n') {
-                let token = line.trim_end_matches('\r');
-                spans.push((start as u32, (start + token.len()) as u32));
-                start += line.len() + 1;
-            }
+        let bytes = text.as_bytes();
+        let body = bytes.strip_suffix(b"\n").unwrap_or(bytes);
+        // A guess at the line count (vocabularies' tokens are short), so that little grows.
+        let mut spans = Vec::with_capacity(body.len() / 6);
+        let mut hashes = Vec::with_capacity(body.len() / 6);
+        let mut start = 0;
+        while !text.is_empty() && start <= body.len() {
+            let end = next_newline(body, start).unwrap_or(body.len());
+            let line = &body[start..end];
+            let token = match line.iter().rposition(|&b| b != b'\r') {
+                Some(last) => &line[..=last],
+                None => &[],
+            };
+            spans.push((start as u32, (start + token.len()) as u32));
+            hashes.push(hash(token));
+            start = end + 1;
         }
         let mut vocab = Vocab {
-            text: text.to_string(),
             slots: vec![0; (2 * spans.len()).max(16).next_power_of_two()],
+            text,
             spans,
+            hashes,
         };
         for id in 0..vocab.spans.len() {
-            let at = vocab.find(vocab.token(id));
+            let at = vocab.find_hashed(vocab.token(id).as_bytes(), vocab.hashes[id]);
             vocab.slots[at] = id as u32 + 1;
         }
         Ok(vocab)
@@ -195,17 +250,21 @@ impl Vocab {
 
     /// The slot holding `token`, or the empty one where it would go.
     fn find(&self, token: &str) -> usize {
+        self.find_hashed(token.as_bytes(), hash(token.as_bytes()))
+    }
+
+    /// [`Vocab::find`] for a token whose hash is known.
+    fn find_hashed(&self, token: &[u8], hash: u32) -> usize {
         let mask = self.slots.len() - 1;
-        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-        for &b in token.as_bytes() {
-            hash ^= u64::from(b);
-            hash = hash.wrapping_mul(0x0100_0000_01b3);
-        }
         let mut at = hash as usize & mask;
         loop {
             match self.slots[at] {
                 0 => return at,
-                id if self.token(id as usize - 1) == token => return at,
+                id if self.hashes[id as usize - 1] == hash
+                    && self.token(id as usize - 1).as_bytes() == token =>
+                {
+                    return at;
+                }
                 _ => at = (at + 1) & mask,
             }
         }
@@ -275,10 +334,10 @@ mod tests {
         /// wins a duplicate), and nothing else.
         #[test]
         fn the_vocabulary_table_agrees_with_a_map(
-            tokens in proptest::collection::vec("[a-c#\\[\\]]{0,3}", 0..64),
+            tokens in proptest::collection::vec("[a-c#\\[\\]\r]{0,3}|[a-c]{6,19}", 0..64),
             crlf: bool,
             trailing: bool,
-            probes in proptest::collection::vec("[a-c#]{0,3}", 0..16),
+            probes in proptest::collection::vec("[a-c#]{0,3}|[a-c]{6,19}", 0..16),
         ) {
             let mut text = tokens.join(if crlf { "\r\n" } else { "\n" });
             if trailing {
@@ -289,10 +348,22 @@ mod tests {
                 .enumerate()
                 .map(|(i, t)| (t.trim_end_matches('\r').to_string(), i as i64))
                 .collect();
-            let vocab = Vocab::new(&text).expect("vocab");
+            let vocab = Vocab::new(text.clone()).expect("vocab");
             for t in tokens.iter().chain(&probes) {
                 proptest::prop_assert_eq!(vocab.get(t), map.get(t).copied(), "{:?} in {:?}", t, text);
             }
+        }
+    }
+
+    proptest::proptest! {
+        /// The word-at-a-time search finds the first newline from any offset, as a byte loop does.
+        #[test]
+        fn newlines_are_found_as_a_byte_loop_finds_them(
+            text in proptest::collection::vec(proptest::prop_oneof![proptest::strategy::Just(b'\n'), proptest::strategy::Just(b'a'), proptest::strategy::Just(0x8a_u8), proptest::strategy::Just(0x0b_u8), proptest::strategy::Just(0x09_u8)], 0..40),
+            from in 0usize..45,
+        ) {
+            let expected = text.get(from..).and_then(|r| r.iter().position(|&b| b == b'\n')).map(|p| p + from);
+            proptest::prop_assert_eq!(next_newline(&text, from), expected);
         }
     }
 

@@ -164,7 +164,7 @@ impl Guest for Runner {
             Some(t) => {
                 let vocab = String::from_utf8(read(&format!("{dir}{}", t.vocab))?)
                     .map_err(|_| wit::Error::Failed(format!("{} is not UTF-8", t.vocab)))?;
-                let wp = WordPiece::from_vocab(&vocab, t.lowercase).map_err(from_graph_error)?;
+                let wp = WordPiece::from_vocab(vocab, t.lowercase).map_err(from_graph_error)?;
                 Some((t, wp))
             }
             None => None,
