@@ -632,10 +632,15 @@ impl InferResponse {
     /// outputs with `parameters.binary_data_size` and no `data`) followed by their bytes in
     /// output order; then also the JSON part's length, for [`HEADER_LENGTH`].
     pub fn to_body(&self) -> (Vec<u8>, Option<usize>) {
-        let mut json = serde_json::to_value(self).unwrap_or_else(|_| json!({}));
         if self.outputs.iter().all(|o| o.raw.is_none()) {
-            return (json.to_string().into_bytes(), None);
+            // Written straight out: no tree of values built first, no `Display` in between.
+            // (It cannot fail: every key is a string and every number finite.)
+            return (
+                serde_json::to_vec(self).unwrap_or_else(|_| b"{}".to_vec()),
+                None,
+            );
         }
+        let mut json = serde_json::to_value(self).unwrap_or_else(|_| json!({}));
         let mut binary = Vec::new();
         if let Some(outputs) = json.get_mut("outputs").and_then(Value::as_array_mut) {
             for (out, o) in outputs.iter_mut().zip(&self.outputs) {
