@@ -9,7 +9,7 @@
 //! next call a fresh worker. Nothing a graph does reaches the node's memory.
 //!
 //! A call waits for its reply the way Linux waits for a fast disk with hybrid polling
-//! ([`ReplyClock`]): asleep until shortly before the reply is due, then polling the pipe for
+//! (`ReplyClock`): asleep until shortly before the reply is due, then polling the pipe for
 //! at most [`MAX_POLL`] twice, when the graph was idle for [`IDLE_BEFORE_POLL`] and a core is
 //! idle. On a virtual machine, a core that went idle while the worker
 //! ran takes a hundred or more microseconds to wake for the reply (measured here: a pipe
