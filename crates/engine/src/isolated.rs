@@ -11,10 +11,9 @@
 //! A call waits for its reply the way Linux waits for a fast disk with hybrid polling
 //! (`ReplyClock`): asleep until shortly before the reply is due, then polling the pipe for
 //! at most [`MAX_POLL`] twice, when the graph was idle for [`IDLE_BEFORE_POLL`] and a core is
-//! idle. On a virtual machine, a core that went idle while the worker
-//! ran takes a hundred or more microseconds to wake for the reply (measured here: a pipe
-//! round trip between two idle processes p50 297 µs, between two busy ones 9 µs); a thread
-//! already awake sees it at once.
+//! idle. On a virtual machine, a core that went idle while the worker ran takes a hundred or
+//! more microseconds to wake for the reply (measured here: a pipe round trip between two idle
+//! processes p50 297 µs, between two busy ones 9 µs); a thread already awake sees it at once.
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -130,6 +129,14 @@ pub const IDLE_BEFORE_POLL: Duration = Duration::from_millis(5);
 
 /// `pause` instructions between two looks at the pipe while polling.
 const PAUSES: usize = 16;
+
+/// `poll`'s timeout for `d`.
+fn timespec(d: Duration) -> Timespec {
+    Timespec {
+        tv_sec: d.as_secs() as _,
+        tv_nsec: d.subsec_nanos() as _,
+    }
+}
 
 /// The threads running or ready to run, from a `/proc/loadavg` line (its fourth field,
 /// `running/all`).
@@ -599,12 +606,8 @@ impl Worker {
     fn poll_between(&self, from: Instant, to: Instant, may_poll: impl FnOnce() -> bool) {
         let mut fds = [PollFd::new(&self.stdout, PollFlags::IN)];
         let mut ready = |wait: Duration| {
-            let timeout = Timespec {
-                tv_sec: wait.as_secs() as _,
-                tv_nsec: wait.subsec_nanos() as _,
-            };
             // An error (EINTR) reads as "not yet": the reply is read, with its deadline, after.
-            matches!(poll(&mut fds, Some(&timeout)), Ok(n) if n > 0)
+            matches!(poll(&mut fds, Some(&timespec(wait))), Ok(n) if n > 0)
         };
         let asleep = from.saturating_duration_since(Instant::now());
         if !asleep.is_zero() && ready(asleep) || !may_poll() {
@@ -652,12 +655,8 @@ impl Worker {
                 if left.is_zero() {
                     return Err(self.timed_out());
                 }
-                let timeout = Timespec {
-                    tv_sec: left.as_secs() as _,
-                    tv_nsec: left.subsec_nanos() as _,
-                };
                 let mut fds = [PollFd::new(&self.stdout, PollFlags::IN)];
-                match poll(&mut fds, Some(&timeout)) {
+                match poll(&mut fds, Some(&timespec(left))) {
                     Ok(0) => return Err(self.timed_out()),
                     Ok(_) => {}
                     Err(rustix::io::Errno::INTR) => continue,
