@@ -8,10 +8,14 @@
 # them with your package manager.
 set -euo pipefail
 
+# libclang itself (libclang.so, libclang-14.so.1, ...), which bindgen loads; not libclang-cpp,
+# the C++ library some images carry without it.
 have_libclang() {
-    ldconfig -p 2>/dev/null | grep -q 'libclang\(-[0-9.]*\)\?\.so' ||
+    ldconfig -p 2>/dev/null | grep -q '[[:space:]]libclang\(-[0-9][0-9.]*\)\?\.so' ||
         compgen -G '/usr/lib/llvm-*/lib/libclang.so*' >/dev/null ||
-        compgen -G '/usr/lib/*/libclang*.so*' >/dev/null
+        compgen -G '/usr/lib/llvm-*/lib/libclang-[0-9]*.so*' >/dev/null ||
+        compgen -G '/usr/lib/*/libclang.so*' >/dev/null ||
+        compgen -G '/usr/lib/*/libclang-[0-9]*.so*' >/dev/null
 }
 
 missing=()
