@@ -30,7 +30,9 @@ python3 -c 'import tritonclient.http' 2>/dev/null ||
 # against, built from PyPI's sources by pip for this CPU as moxnet's own llama.cpp is
 # (.cargo/config.toml): -march=native without AMX. llama.cpp's default native build uses AMX
 # where the CPU lists it, and on virtual machines that list AMX without enabling it that
-# build dies on an illegal instruction. A build with AMX (or none) is replaced.
+# build dies on an illegal instruction. A build with AMX (or none) is replaced: rebuilt alone
+# (--no-deps, so that numpy and the rest are not reinstalled), then its dependencies installed
+# where missing (a fresh machine has none of them).
 reference_ok() {
     python3 -c 'import sys, llama_cpp
 sys.exit("AMX_INT8 = 1" in llama_cpp.llama_print_system_info().decode())' 2>/dev/null
@@ -40,7 +42,12 @@ reference_ok || {
     CMAKE_ARGS="-DGGML_NATIVE=OFF -DCMAKE_C_FLAGS='$flags' -DCMAKE_CXX_FLAGS='$flags'" \
         python3 -m pip install --quiet --disable-pip-version-check --force-reinstall --no-deps \
         --no-cache-dir 'llama-cpp-python==0.3.36'
-    reference_ok
+    python3 -m pip install --quiet --disable-pip-version-check 'llama-cpp-python==0.3.36'
+    reference_ok || {
+        echo "llama-cpp-python does not load, or was built with AMX:" >&2
+        python3 -c 'import llama_cpp; print(llama_cpp.llama_print_system_info().decode())' >&2
+        exit 1
+    }
 }
 cargo nextest --version >/dev/null 2>&1 || cargo install --locked cargo-nextest
 
