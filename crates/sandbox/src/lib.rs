@@ -22,7 +22,9 @@
 //!   the same input costs the same fuel every time. To keep `init` (parsing and optimising a
 //!   graph) off the call's path, each model keeps up to two such spare instances ready,
 //!   prepared on background threads ([`SandboxConfig::warm_instances`] bounds them). Fuel
-//!   counts `predict` only; `init` has its own budget.
+//!   counts `predict` only; `init` has its own budget. A finished instance's pool slot keeps the
+//!   pages it wrote resident, reset in place ([`KEEP_RESIDENT_MEMORY`]): the next instance in it
+//!   starts from the guest's initial state all the same, without the page faults.
 //! - **Snapshots.** A model whose instances have spent [`SandboxConfig::snapshot_after`] in
 //!   `init` is snapshotted: its guest as `init` left it (memories, globals) becomes a component
 //!   of its own, compiled in the background, and instances start from it (a copy-on-write
@@ -82,6 +84,18 @@ use bindings::moxnet::model::types as wit;
 
 /// How often the epoch ticks: the resolution of call deadlines.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// How much of a linear memory's slot in the pool stays resident when its instance is torn
+/// down: the pages the instance wrote (found with Linux's `PAGEMAP_SCAN`, where the kernel has
+/// it) are reset in place, up to this much, instead of being unmapped. The next instance in
+/// the slot, a call's, then takes no page faults for them: on a 2-core VM, the demo model's spare
+/// instance costs ~1.5 ms of CPU instead of ~2.1 ms, and its call's thread ~0.1 ms less. A
+/// call of the runner guest writes under 2 MiB; what a guest wrote beyond this is unmapped as
+/// before.
+pub const KEEP_RESIDENT_MEMORY: usize = 8 << 20;
+
+/// Like [`KEEP_RESIDENT_MEMORY`], for each table's slot (function references, 8 bytes each).
+pub const KEEP_RESIDENT_TABLE: usize = 512 << 10;
 
 /// Where the package appears inside the guest.
 pub const GUEST_ROOT: &str = "/model";
@@ -494,7 +508,10 @@ impl Sandbox {
             .max_component_instance_size(1 << 22)
             .max_core_instances_per_component(32)
             .max_tables_per_component(32)
-            .max_memories_per_component(2);
+            .max_memories_per_component(2)
+            .linear_memory_keep_resident(KEEP_RESIDENT_MEMORY)
+            .table_keep_resident(KEEP_RESIDENT_TABLE)
+            .pagemap_scan(wasmtime::Enabled::Auto);
         wasm.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
         if let Some(dir) = &config.cache_dir {
             std::fs::create_dir_all(dir)

@@ -369,6 +369,31 @@ fn hostile_guests_are_contained_while_other_calls_run() {
 }
 
 #[test]
+fn nothing_of_a_call_survives_into_the_next() {
+    // Pool slots keep the pages an instance wrote (reset in place, `KEEP_RESIDENT_MEMORY`):
+    // round after round through the same slots, each call's instance must start clean.
+    let sandbox = sandbox(false, 1, 1);
+    let (_dir, model) = hostile(&sandbox);
+    for round in 0..6 {
+        let secret = format!("caller {round}'s secret");
+        let kept = sandbox
+            .predict(&model, mode(&format!("remember:{secret}")), &limits())
+            .expect("remember");
+        assert_eq!(
+            text_output(&kept),
+            "kept",
+            "the guest's scan finds what it kept"
+        );
+        for _ in 0..3 {
+            let recalled = sandbox
+                .predict(&model, mode(&format!("recall:{secret}")), &limits())
+                .expect("recall");
+            assert_eq!(text_output(&recalled), "gone", "round {round}");
+        }
+    }
+}
+
+#[test]
 fn a_large_output_is_refused_not_returned() {
     let sandbox = sandbox(false, 1, 1);
     let (_dir, hostile) = hostile(&sandbox);

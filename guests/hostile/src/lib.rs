@@ -6,7 +6,10 @@
 //! its input: the well-behaved case), `fs` (tries to read outside the package), `env` (reads the
 //! environment), `clock` (returns the wall clock and a random number: these must be fixed),
 //! `floats` (float results a CPU may choose: NaN bits and relaxed SIMD, which must come out the
-//! same on every host), `package` (lists the package directory). With the entry
+//! same on every host), `package` (lists the package directory), `remember:<secret>` (keeps an
+//! encoding of the secret in a static and in leaked heap memory, as a guest that keeps one
+//! caller's data would; `kept` once its own scan finds it) and `recall:<secret>` (scans all of its linear memory for that encoding:
+//! `found` means an earlier call's data survived into this instance). With the entry
 //! `reads-package`, `init` lists the package directory first (a guest that holds the directory's
 //! handle from `init` on, which a snapshot cannot carry); with `draws-randomness`, it draws
 //! from WASI's random source (which a snapshot must not freeze).
@@ -54,6 +57,7 @@ fn floats(one: i32) -> String {
     use core::arch::wasm32::*;
     let onef = one as f32;
     let zero = onef - 1.0;
+    #[allow(clippy::eq_op, reason = "0 / 0: a NaN the compiler cannot fold")]
     let nan = zero / zero;
     // (1 + 2^-12)^2 - (1 + 2^-11) = 2^-24 when fused, 0 when the product is rounded first.
     let a = onef + 1.0 / 4096.0;
@@ -95,6 +99,35 @@ fn recurse(n: u64, depth: u64) -> u64 {
         return frame[0];
     }
     recurse(n + 1, depth) + frame[(n % 64) as usize]
+}
+
+std::thread_local! {
+    /// What `remember` keeps in static memory.
+    static KEPT: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A secret as `remember` keeps it (and `recall` looks for it): every byte flipped, so that the
+/// input holding the secret itself is never what `recall` finds.
+fn encoded(secret: &str) -> Vec<u8> {
+    secret.bytes().map(|b| !b).collect()
+}
+
+/// Whether `needle` appears anywhere in this instance's linear memory, other than where
+/// `needle` itself lies.
+fn in_memory(needle: &[u8]) -> bool {
+    if needle.is_empty() {
+        return false;
+    }
+    #[cfg(target_arch = "wasm32")]
+    let size = core::arch::wasm32::memory_size::<0>() * 65536;
+    #[cfg(not(target_arch = "wasm32"))]
+    let size = 0;
+    let own = needle.as_ptr() as usize;
+    (1..size.saturating_sub(needle.len()))
+        .filter(|&at| at != own)
+        // SAFETY: `at..at + needle.len()` lies inside the linear memory (its size was just read),
+        // all of which is readable; address 0 is skipped.
+        .any(|at| unsafe { std::slice::from_raw_parts(at as *const u8, needle.len()) } == needle)
 }
 
 impl Guest for Hostile {
@@ -172,6 +205,24 @@ impl Guest for Hostile {
                 Ok(vec![text("out", &format!("{now} {}", h.finish()))])
             }
             "floats" => Ok(vec![text("out", &floats(mode(&inputs).len() as i32 / 6))]),
+            m if m.starts_with("remember:") => {
+                let kept = encoded(&m["remember:".len()..]);
+                KEPT.with_borrow_mut(|k| k.clone_from(&kept));
+                std::hint::black_box(kept.leak());
+                // The scan `recall` makes must find what was just kept.
+                let needle = encoded(&m["remember:".len()..]);
+                Ok(vec![text(
+                    "out",
+                    if in_memory(&needle) { "kept" } else { "lost" },
+                )])
+            }
+            m if m.starts_with("recall:") => {
+                let needle = encoded(&m["recall:".len()..]);
+                Ok(vec![text(
+                    "out",
+                    if in_memory(&needle) { "found" } else { "gone" },
+                )])
+            }
             _ => Ok(inputs),
         }
     }
