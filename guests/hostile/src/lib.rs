@@ -8,8 +8,9 @@
 //! `floats` (float results a CPU may choose: NaN bits and relaxed SIMD, which must come out the
 //! same on every host), `package` (lists the package directory), `remember:<secret>` (keeps an
 //! encoding of the secret in a static and in leaked heap memory, as a guest that keeps one
-//! caller's data would; `kept` once its own scan finds it) and `recall:<secret>` (scans all of its linear memory for that encoding:
-//! `found` means an earlier call's data survived into this instance). With the entry
+//! caller's data would; `kept` once its own scan finds it) and `recall:<secret>` (scans all of
+//! its linear memory for that encoding: `found` means an earlier call's data survived into this
+//! instance). With the entry
 //! `reads-package`, `init` lists the package directory first (a guest that holds the directory's
 //! handle from `init` on, which a snapshot cannot carry); with `draws-randomness`, it draws
 //! from WASI's random source (which a snapshot must not freeze).
@@ -123,7 +124,7 @@ fn in_memory(needle: &[u8]) -> bool {
     #[cfg(not(target_arch = "wasm32"))]
     let size = 0;
     let own = needle.as_ptr() as usize;
-    (1..size.saturating_sub(needle.len()))
+    (1..=size.saturating_sub(needle.len()))
         .filter(|&at| at != own)
         // SAFETY: `at..at + needle.len()` lies inside the linear memory (its size was just read),
         // all of which is readable; address 0 is skipped.
