@@ -25,7 +25,10 @@
 //! - **Stalls:** a request gets a deadline from the peer's measured rate (at least
 //!   [`FetchConfig::min_timeout_ms`]); past it, the request is cancelled and re-queued. A peer
 //!   that fails [`FetchConfig::max_failures`] times in a row is dropped (not banned: it may
-//!   come back). A busy peer rests for [`FetchConfig::busy_rest_ms`] and is not blamed.
+//!   come back). Requests that were in flight together when one failed and fail with it (a
+//!   lost connection, streams the peer dropped) count as one failure: a live peer with four
+//!   pipelined requests is not dropped for one incident, while a peer that fails request after
+//!   request is. A busy peer rests for [`FetchConfig::busy_rest_ms`] and is not blamed.
 //!
 //! # Swarming
 //! Peers that fetch one blob at once serve each other what they hold, so that its first
@@ -67,7 +70,8 @@ pub struct FetchConfig {
     pub min_timeout_ms: u64,
     /// A deadline is this many times the time a request should take at the peer's rate.
     pub timeout_factor: u64,
-    /// Consecutive failures (not misbehaviour) after which a peer is dropped.
+    /// Consecutive failures (not misbehaviour) after which a peer is dropped; requests that
+    /// were in flight together and fail together count as one.
     pub max_failures: u32,
     /// How long a peer that answered busy is left alone, in ms.
     pub busy_rest_ms: u64,
@@ -201,6 +205,9 @@ enum Avail {
 struct Peer {
     in_flight: usize,
     failures: u32,
+    /// Requests numbered below this were in flight when its last counted failure came: they
+    /// fail with it (one lost connection, one stall), not as failures of their own.
+    incident: u64,
     /// Measured groups per ms (exponentially weighted).
     rate: Option<f64>,
     /// Random tie-breaker, fixed per peer.
@@ -217,6 +224,7 @@ impl Peer {
         Peer {
             in_flight: 0,
             failures: 0,
+            incident: 0,
             rate: None,
             tie,
             avail: Avail::Unknown,
@@ -429,7 +437,7 @@ impl<P: Ord + Clone> Fetch<P> {
                         Failure::Lacks if req.stated_held => Failure::Unavailable,
                         f => f,
                     };
-                    self.punish(now, &req.peer, failure, &mut actions);
+                    self.punish(now, id, &req.peer, failure, &mut actions);
                 }
             }
             Event::Tick => {
@@ -449,7 +457,7 @@ impl<P: Ord + Clone> Fetch<P> {
                             p.in_flight -= 1;
                         }
                         self.requeue(req.groups);
-                        self.punish(now, &req.peer, Failure::Stalled, &mut actions);
+                        self.punish(now, id, &req.peer, Failure::Stalled, &mut actions);
                     }
                 }
             }
@@ -483,7 +491,15 @@ impl<P: Ord + Clone> Fetch<P> {
         self.peers.get_mut(&peer)
     }
 
-    fn punish(&mut self, now: u64, peer: &P, failure: Failure, actions: &mut Vec<Action<P>>) {
+    /// Charges `peer` with the failure of request `id`.
+    fn punish(
+        &mut self,
+        now: u64,
+        id: RequestId,
+        peer: &P,
+        failure: Failure,
+        actions: &mut Vec<Action<P>>,
+    ) {
         match failure {
             Failure::Busy => {
                 if let Some(p) = self.peers.get_mut(peer) {
@@ -494,9 +510,15 @@ impl<P: Ord + Clone> Fetch<P> {
             Failure::Lacks => {}
             Failure::Misbehaved => self.drop_peer(peer, true, actions),
             Failure::Unavailable | Failure::Stalled => {
+                let next = self.next_id;
                 let dropped = match self.peers.get_mut(peer) {
+                    // Sent before the failure last counted against the peer: the same
+                    // incident (its requests in flight fail together when a connection drops
+                    // or it stops sending).
+                    Some(p) if id.0 < p.incident => false,
                     Some(p) => {
                         p.failures += 1;
+                        p.incident = next;
                         p.depth = 1;
                         p.failures >= self.config.max_failures
                     }

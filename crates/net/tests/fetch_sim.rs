@@ -671,3 +671,85 @@ fn the_last_range_is_raced_by_every_idle_peer_when_none_is_known() {
         );
     }
 }
+
+#[test]
+fn streams_of_a_live_seed_dropped_together_count_once() {
+    // The churn scenario under load: the seed's accept queue drops a burst of pipelined
+    // streams (each fails at once), while the only other peer left long ago and its dial
+    // hangs. Four failures at once are one incident: the seed stays in the fetch and is asked
+    // again at once, rather than the fetch waiting on the departed peer's dial timeout.
+    for seed in 0..32 {
+        let mut fetch: Fetch<usize> = Fetch::new(1024, vec![0..1024], FetchConfig::default(), seed);
+        let mut now = 0;
+        let mut actions = fetch.handle(
+            now,
+            Event::Has {
+                peer: 0,
+                have: None,
+            },
+        );
+        actions.extend(fetch.handle(now, Event::PeerAdded(1)));
+        // The seed answers quickly until it has the most requests in flight.
+        let max = FetchConfig::default().max_in_flight_per_peer;
+        loop {
+            let seeds: Vec<RequestId> = fetch
+                .in_flight()
+                .filter(|(_, p, _)| **p == 0)
+                .map(|(id, _, _)| id)
+                .collect();
+            if seeds.len() >= max {
+                break;
+            }
+            now += 5;
+            actions = fetch.handle(now, Event::Completed { id: seeds[0] });
+        }
+        drop(actions);
+        // Every stream in flight to the seed fails at once.
+        now += 1;
+        let dropped: Vec<RequestId> = fetch
+            .in_flight()
+            .filter(|(_, p, _)| **p == 0)
+            .map(|(id, _, _)| id)
+            .collect();
+        let mut asked_again = false;
+        for id in dropped {
+            let out = fetch.handle(
+                now,
+                Event::Failed {
+                    id,
+                    failure: Failure::Unavailable,
+                    verified: Vec::new(),
+                },
+            );
+            asked_again |= out
+                .iter()
+                .any(|a| matches!(a, Action::Request { peer: 0, .. }));
+        }
+        assert!(asked_again, "seed {seed}: the seed was not asked again");
+        assert_eq!(fetch.peer_count(), 2, "seed {seed}: the seed was dropped");
+        // Failing request after request still drops it.
+        for _ in 0..FetchConfig::default().max_failures {
+            let Some(id) = fetch
+                .in_flight()
+                .find(|(_, p, _)| **p == 0)
+                .map(|(id, _, _)| id)
+            else {
+                break;
+            };
+            now += 1;
+            fetch.handle(
+                now,
+                Event::Failed {
+                    id,
+                    failure: Failure::Unavailable,
+                    verified: Vec::new(),
+                },
+            );
+        }
+        assert_eq!(
+            fetch.peer_count(),
+            1,
+            "seed {seed}: a failing seed was kept"
+        );
+    }
+}
