@@ -14,7 +14,7 @@ use std::io::{self, Read, Write};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use futures::{AsyncReadExt, AsyncWriteExt};
 use libp2p::{PeerId, Stream, StreamProtocol};
 use protocol::Object;
 use protocol::wire::{
@@ -159,7 +159,7 @@ impl Slots {
 
 /// Accepts inbound blob streams until the swarm goes away.
 pub(crate) async fn serve(
-    mut incoming: libp2p_stream::IncomingStreams,
+    mut incoming: crate::streams::Incoming,
     provider: Arc<dyn Provider>,
     limits: ServeLimits,
     metrics: ServeMetrics,
@@ -447,7 +447,7 @@ impl Read for BlockingReader {
 
 /// Opens a stream to `peer`, sends the request, and reads the header.
 pub(crate) async fn request(
-    mut control: libp2p_stream::Control,
+    mut control: crate::streams::Control,
     peer: PeerId,
     request: &BlobRequest,
 ) -> Result<BlobResponse, NetError> {

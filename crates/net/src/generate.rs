@@ -14,7 +14,7 @@
 
 use std::sync::Arc;
 
-use futures::{AsyncWriteExt, StreamExt};
+use futures::AsyncWriteExt;
 use libp2p::{PeerId, Stream, StreamProtocol};
 use protocol::Object;
 use protocol::compute::{InferReply, InferStatus, MAX_INFER_CALL_BYTES};
@@ -140,7 +140,7 @@ impl GenerateStream {
 
 /// Opens a generation stream to `peer` and sends the encoded call.
 pub(crate) async fn open(
-    mut control: libp2p_stream::Control,
+    mut control: crate::streams::Control,
     peer: PeerId,
     call: &[u8],
 ) -> Result<GenerateStream, NetError> {
@@ -173,10 +173,7 @@ async fn busy(peer: PeerId, mut stream: Stream, why: &str) {
 
 /// Accepts generation streams: reads each call and hands it to the node as a
 /// [`NetEvent::GenerateCall`].
-pub(crate) async fn accept(
-    mut incoming: libp2p_stream::IncomingStreams,
-    events: mpsc::Sender<NetEvent>,
-) {
+pub(crate) async fn accept(mut incoming: crate::streams::Incoming, events: mpsc::Sender<NetEvent>) {
     let slots = Arc::new(Semaphore::new(MAX_INBOUND));
     while let Some((peer, mut stream)) = incoming.next().await {
         let Ok(slot) = slots.clone().try_acquire_owned() else {

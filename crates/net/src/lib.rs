@@ -43,6 +43,7 @@ pub mod fetch;
 pub mod generate;
 pub mod per_ip;
 pub mod rate;
+pub mod streams;
 mod swarm;
 
 use std::io::Write;
@@ -364,7 +365,7 @@ pub enum NetError {
 pub struct Client {
     peer_id: PeerId,
     commands: mpsc::Sender<Command>,
-    control: libp2p_stream::Control,
+    control: streams::Control,
 }
 
 impl std::fmt::Debug for Client {
@@ -386,7 +387,8 @@ pub async fn spawn(
 
 /// Like [`spawn`], registering the network's metrics in `registry`: libp2p's own
 /// (`libp2p_*`: connections, bandwidth per protocol stack, Kademlia, gossipsub, identify, ping)
-/// and moxnet's (`moxnet_net_events_dropped_total`, `moxnet_net_blob_streams_busy_total`,
+/// and moxnet's (`moxnet_net_events_dropped_total`, `moxnet_net_streams_dropped_total`,
+/// `moxnet_net_blob_streams_busy_total`,
 /// `moxnet_net_blob_streams_evicted_total`).
 pub async fn spawn_with_metrics(
     config: NetConfig,
@@ -395,13 +397,19 @@ pub async fn spawn_with_metrics(
 ) -> Result<(Client, mpsc::Receiver<NetEvent>), NetError> {
     let mut swarm = build_swarm(&config, registry)?;
     let peer_id = *swarm.local_peer_id();
-    let mut control = swarm.behaviour().stream.new_control();
-    let incoming = control
-        .accept(blob::protocol_id())
-        .map_err(|e| NetError::Setup(e.to_string()))?;
-    let generations = control
-        .accept(generate::protocol_id())
-        .map_err(|e| NetError::Setup(e.to_string()))?;
+    let control = swarm.behaviour().stream.new_control();
+    let accept = |p: libp2p::StreamProtocol| {
+        control
+            .accept(p.clone())
+            .ok_or_else(|| NetError::Setup(format!("{p} is accepted twice")))
+    };
+    let incoming = accept(blob::protocol_id())?;
+    let generations = accept(generate::protocol_id())?;
+    registry.sub_registry_with_prefix("moxnet_net").register(
+        "streams_dropped",
+        "Inbound blob and generation streams reset unanswered: their accept queue was full",
+        control.dropped(),
+    );
     for addr in &config.listen {
         swarm
             .listen_on(addr.clone())

@@ -44,7 +44,7 @@ pub(crate) struct Behaviour {
     catalog: request_response::Behaviour<FrameCodec>,
     infer: request_response::Behaviour<FrameCodec>,
     credits: request_response::Behaviour<FrameCodec>,
-    pub(crate) stream: libp2p_stream::Behaviour,
+    pub(crate) stream: crate::streams::Behaviour,
 }
 
 /// A request to the event loop; each carries its reply channel.
@@ -886,7 +886,7 @@ pub(crate) fn build_swarm(
                         .with_request_timeout(Duration::from_secs(30))
                         .with_max_concurrent_streams(16),
                 ),
-                stream: libp2p_stream::Behaviour::new(),
+                stream: crate::streams::Behaviour::new(),
             })
         })
         .map_err(|e| NetError::Setup(format!("behaviour: {e}")))?;

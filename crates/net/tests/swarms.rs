@@ -178,6 +178,15 @@ fn blob(len: usize, seed: u8) -> Vec<u8> {
         .collect()
 }
 
+/// Stores `data` on `node` as a raw blob; its hash.
+fn import(node: &TestNode, data: &[u8]) -> BlobHash {
+    node.provider
+        .store
+        .import_bytes(data, "raw", vec![])
+        .expect("import")
+        .hash
+}
+
 /// Fetches every group of `hash` from `peer` into `into`'s store.
 async fn fetch(
     into: &TestNode,
@@ -633,6 +642,56 @@ async fn unknown_blobs_and_bad_ranges_get_clear_answers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_streams_is_answered_and_none_is_dropped() {
+    // Streams negotiated together wait in the provider's accept queue (64) for its accept
+    // loop; `libp2p-stream` held one and reset the rest, which requesters took for a peer that
+    // could not serve.
+    let limits = net::ServeLimits {
+        per_peer: 64,
+        ..net::ServeLimits::default()
+    };
+    let a = node_with(70, limits).await;
+    let b = node(71, None).await;
+    b.client.dial(a.addr.clone()).await.expect("dial");
+    let data = blob(1 << 20, 17);
+    let hash = import(&a, &data);
+    let burst = net::streams::ACCEPT_QUEUE - 16;
+    for round in 0..3 {
+        let requests = (0..burst as u64).map(|i| {
+            let client = b.client.clone();
+            let peer = a.client.peer_id();
+            async move {
+                client
+                    .request_blob(
+                        peer,
+                        &BlobRequest {
+                            hash,
+                            groups: vec![(i, i + 1)],
+                        },
+                    )
+                    .await
+            }
+        });
+        let answers = futures::future::join_all(requests).await;
+        let failed: Vec<String> = answers
+            .iter()
+            .filter_map(|a| a.as_ref().err().map(|e| e.to_string()))
+            .collect();
+        assert!(
+            failed.is_empty(),
+            "round {round}: {} of {burst} requests failed: {failed:?}",
+            failed.len()
+        );
+        assert!(
+            answers
+                .iter()
+                .flatten()
+                .all(|r| r.size == data.len() as u64)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blobs_move_over_quic_too() {
     let a = node_on(10, None, "/ip4/127.0.0.1/udp/0/quic-v1").await;
     let b = node_on(11, None, "/ip4/127.0.0.1/udp/0/quic-v1").await;
@@ -861,12 +920,7 @@ async fn peers_that_never_read_cannot_keep_an_honest_requester_out() {
     };
     let a = node_with(60, limits.clone()).await;
     let data = blob(4 << 20, 5);
-    let hash = a
-        .provider
-        .store
-        .import_bytes(&data, "raw", vec![])
-        .expect("import")
-        .hash;
+    let hash = import(&a, &data);
     let size = data.len() as u64;
     let whole = BlobRequest {
         hash,
@@ -955,12 +1009,7 @@ async fn above_the_high_watermark_idle_connections_give_way_and_useful_peers_sta
     })
     .await;
     let data = blob(64 << 10, 3);
-    let hash = a
-        .provider
-        .store
-        .import_bytes(&data, "raw", vec![])
-        .expect("import")
-        .hash;
+    let hash = import(&a, &data);
     // Idle strangers (light nodes: they do not even sync the catalogue) fill every inbound slot.
     let idle = |seed| node_config(seed, None, "/ip4/127.0.0.1/tcp/0", |c| c.light = true);
     let mut strangers = Vec::new();
