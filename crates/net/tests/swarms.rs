@@ -605,6 +605,32 @@ async fn bad_bytes_from_a_byzantine_provider_never_reach_the_store() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_to_a_peer_nobody_can_reach_fails_at_once() {
+    // No address of the peer is known: the dial fails at once, and so does the request (not
+    // after the dial timeout).
+    let a = node(72, None).await;
+    let stranger = node(73, None).await.client.peer_id();
+    let start = tokio::time::Instant::now();
+    let err = a
+        .client
+        .request_blob(
+            stranger,
+            &BlobRequest {
+                hash: BlobHash::of(b"anything"),
+                groups: vec![(0, 1)],
+            },
+        )
+        .await
+        .expect_err("unreachable");
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "took {:?}: {err}",
+        start.elapsed()
+    );
+    assert!(err.to_string().contains("unavailable"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_blobs_and_bad_ranges_get_clear_answers() {
     let a = node(8, None).await;
     let b = node(9, None).await;
