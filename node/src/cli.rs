@@ -79,7 +79,7 @@ pub enum Command {
         id: String,
         /// The input: JSON, or @FILE to read it from a file (@- for stdin). Either an OIP v2
         /// request ({"inputs": [{"name", "datatype", "shape", "data"}]}) or the shorthand
-        /// {"<input name>": <nested data>}, e.g. {"text": ["a sentence"]}.
+        /// {"NAME": nested data, …}, e.g. {"text": ["a sentence"]}.
         #[arg(long)]
         input: String,
         /// Run the call on this peer (a peer id), which must serve calls.
@@ -239,7 +239,7 @@ pub struct NodeArgs {
     /// Listen address (repeatable), e.g. /ip4/0.0.0.0/tcp/4001 or /ip4/0.0.0.0/udp/4001/quic-v1.
     #[arg(long = "listen", value_name = "MULTIADDR")]
     pub listen: Vec<String>,
-    /// Peer to connect to at start, with /p2p/<peer id> (repeatable).
+    /// Peer to connect to at start, ending in /p2p/PEER_ID (repeatable).
     #[arg(long = "bootstrap", value_name = "MULTIADDR")]
     pub bootstrap: Vec<String>,
     /// HTTP API address (localhost only), e.g. 127.0.0.1:5080; port 0 picks a free one.

@@ -6,15 +6,15 @@
 //! - **Provider side** ([`Remote::serve`]): a call on `/moxnet/infer/1` carries a signed
 //!   [`InferRequest`] and the OIP v2 request JSON. [`compute::check_call`] checks it (signed by
 //!   the peer that sent it, addressed to this node, serving, at or above its price, the input
-//!   hash), then [`Nonces`] (fresh, not replayed) and the caller's share of the slots
-//!   ([`CallerSlots`]); the node fetches the model if it lacks it, runs it in the sandbox with
+//!   hash), then [`compute::Nonces`] (fresh, not replayed) and the caller's share of the slots
+//!   ([`compute::CallerSlots`]); the node fetches the model if it lacks it, runs it in the sandbox with
 //!   the caller's fuel limit and returns the outputs with a signed [`InferResult`]. A model
 //!   fetched for a peer's call is held by the call cache (`crate::cache`), not pinned for good.
 //! - **Offers** ([`Remote::offer_loop`]): a serving node announces a signed [`ComputeOffer`] on gossip
-//!   and re-announces it before it expires. Callers keep them in an [`Offers`] table, dropped
+//!   and re-announces it before it expires. Callers keep them in a [`compute::Offers`] table, dropped
 //!   when expired, when the peer disconnects, or after repeated failures.
 //! - **Caller side** ([`Remote::call`]): picks providers by price, measured latency, load and past
-//!   failures ([`Offers::candidates`]), signs a request for one, has
+//!   failures ([`compute::Offers::candidates`]), signs a request for one, has
 //!   [`compute::check_reply`] verify the signed result and the output hash, and moves to the
 //!   next provider when one is busy, silent or dishonest. `verify` runs the call on two
 //!   providers and compares their output hashes.

@@ -7,13 +7,13 @@
 //! own round on the same nodes. Fetch times are the client node's own (`elapsed_ms`). Each
 //! report says whether every honest node still answers, whether all honest work completed, and
 //! the honest throughput and p99 latency under attack divided by the baseline's. An attack
-//! that was only slow is measured once more (at most [`RETRIES`] times a run), against two
+//! that was only slow is measured once more (at most `RETRIES` times a run), against two
 //! baseline rounds measured just before the second try.
 //!
 //! Attackers are processes of this crate or tasks in this process that speak the wire protocol
 //! with the `net` crate (or raw libp2p): nothing in the product is switched into a test mode.
 //! Spammers send at a fixed pace ([`SPAM_PER_SEC`] messages a second), and in-process
-//! attackers run at the lowest CPU priority ([`lowest_priority`]): on a small machine an
+//! attackers run at the lowest CPU priority (`lowest_priority`): on a small machine an
 //! attacker sending as fast as it can, or competing with the honest nodes for the cores, would
 //! mostly measure its own CPU use, which a real attacker spends on its own machine.
 //!
@@ -714,7 +714,7 @@ fn lowest_priority() {
 }
 
 /// An attack under way: tasks on their own runtime at the lowest CPU priority
-/// ([`lowest_priority`]), stopped and joined on [`Running::stop`]; and processes (killed).
+/// (`lowest_priority`), stopped and joined on [`Running::stop`]; and processes (killed).
 struct Running {
     stop: Arc<Flags>,
     thread: Option<std::thread::JoinHandle<Result<String>>>,

@@ -15,7 +15,7 @@
 //!   (with its own signed request and the caller's input bytes) and lies about the answer
 //!   ([`Fault`], [`falsify`]). It offers generation too (`/moxnet/generate/1`), and runs no
 //!   language model either: it streams a made-up text and signs an end that lies as its fault
-//!   says ([`Peer::generate_lie`]).
+//!   says (`Peer::generate_lie`).
 //!
 //! It opens the home's identity key and store itself, so no node may run on that home.
 

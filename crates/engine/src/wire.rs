@@ -173,7 +173,7 @@ impl Request {
         out
     }
 
-    /// The message as a frame (see [`framed`]).
+    /// The message as a frame: its length (4 bytes, big-endian), then its bytes.
     pub fn frame(&self) -> Result<Vec<u8>, Malformed> {
         framed(|out| self.put(out))
     }
@@ -280,7 +280,7 @@ impl Reply {
         out
     }
 
-    /// The message as a frame (see [`framed`]).
+    /// The message as a frame: its length (4 bytes, big-endian), then its bytes.
     pub fn frame(&self) -> Result<Vec<u8>, Malformed> {
         framed(|out| self.put(out))
     }

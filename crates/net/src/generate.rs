@@ -8,7 +8,7 @@
 //! node does ([`crate::NetEvent::GenerateCall`], `compute::check_generation`).
 //!
 //! Bounds: at most [`MAX_INBOUND`] generation streams are served at once (more are answered
-//! busy), a caller has [`crate::blob::HANDSHAKE_TIMEOUT`] to send its call, which is at most
+//! busy), a caller has 10 s (`blob::HANDSHAKE_TIMEOUT`) to send its call, which is at most
 //! `MAX_INFER_CALL_BYTES`; a frame read is at most [`MAX_GENERATE_FRAME_BYTES`]. A caller that
 //! goes away ends the provider's next write, which ends the generation.
 
