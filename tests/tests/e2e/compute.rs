@@ -550,6 +550,7 @@ fn a_provider_keeps_models_fetched_for_calls_within_its_cache() {
     for name in [
         "\nmoxnet_net_connections_pruned_total ",
         "\nmoxnet_net_blob_streams_busy_total ",
+        "\nmoxnet_net_streams_dropped_total ",
         "\nlibp2p_swarm_connections_established_total",
     ] {
         assert!(metrics.contains(name), "{name:?} in {metrics}");
