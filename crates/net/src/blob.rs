@@ -44,8 +44,12 @@ const PACE_BYTES: usize = 64 * 1024;
 /// takes the slot of the stream that has gone longest without progress (no request read yet,
 /// or nothing written for [`ServeLimits::evict_after`]), so peers that open streams and never
 /// read cannot keep honest requesters out (and a peer holding such a stream takes no other
-/// peer's slot); a stream that writes nothing for
-/// [`IDLE_TIMEOUT`] ends anyway. Under an upload limit ([`crate::rate`]) a stream writes 64 KiB
+/// peer's slot). Before any stream has stalled that long, a peer holding fewer streams than
+/// its fair share (`total` over the peers being served, itself included) takes the slot of
+/// the peer holding the most, which holds more than that share: its stream with the oldest
+/// progress. So a newcomer is never refused for slots that a few peers hold (however fresh
+/// their streams), and peers holding more than their share cannot take each other's. A
+/// stream that writes nothing for [`IDLE_TIMEOUT`] ends anyway. Under an upload limit ([`crate::rate`]) a stream writes 64 KiB
 /// at a time, each when the node's and the peer's buckets allow.
 #[derive(Debug, Clone)]
 pub struct ServeLimits {
@@ -99,7 +103,7 @@ impl ServeMetrics {
         );
         sub.register(
             "blob_streams_evicted",
-            "Blob streams ended because they made no progress while another request waited for a slot",
+            "Blob streams ended for another request while every slot was taken: streams that made no progress, or streams of a peer holding more than its fair share",
             m.evicted.clone(),
         );
         sub.register(
@@ -116,6 +120,18 @@ struct Slot {
     peer: PeerId,
     progress: Arc<Mutex<Instant>>,
     task: tokio::task::AbortHandle,
+}
+
+/// What becomes of a new request.
+#[derive(Debug, PartialEq, Eq)]
+enum Admission {
+    /// A slot was free.
+    Free,
+    /// `peer`'s stream was ended for it: one `stalled` (no progress for
+    /// [`ServeLimits::evict_after`]), else one of a peer over its fair share.
+    Evicted { peer: PeerId, stalled: bool },
+    /// Refused.
+    Busy,
 }
 
 /// The streams being served, by a serial number.
@@ -151,6 +167,75 @@ impl Slots {
             .map(|(id, s)| (id, *s.progress.lock().unwrap_or_else(|p| p.into_inner())))
             .filter(|(_, last)| now.duration_since(*last) >= after)
             .min_by_key(|(_, last)| *last)?;
+        self.end(id)
+    }
+
+    /// When `peer` holds fewer streams than its fair share of `total` (the slots over the
+    /// peers being served, `peer` included), ends the stream with the oldest progress of the
+    /// peer holding the most streams, which must hold more than that share, and frees its
+    /// slot. With every slot taken such a peer always exists: a peer under its share is never
+    /// refused, and no peer is pushed below its share by another.
+    fn evict_for_share(&mut self, peer: &PeerId, total: usize) -> Option<PeerId> {
+        let mut held: HashMap<PeerId, usize> = HashMap::new();
+        for s in self.serving.values() {
+            *held.entry(s.peer).or_default() += 1;
+        }
+        let mine = held.get(peer).copied().unwrap_or(0);
+        let peers = held.len() + usize::from(mine == 0);
+        let share = total / peers.max(1);
+        if mine >= share {
+            return None;
+        }
+        let (&most, &count) = held.iter().max_by_key(|(p, n)| (**n, p.to_bytes()))?;
+        if count <= share {
+            return None;
+        }
+        let (&id, _) = self
+            .serving
+            .iter()
+            .filter(|(_, s)| s.peer == most)
+            .map(|(id, s)| (id, *s.progress.lock().unwrap_or_else(|p| p.into_inner())))
+            .min_by_key(|(_, last)| *last)?;
+        self.end(id)
+    }
+
+    /// Registers a stream being served; returns its serial number.
+    fn insert(&mut self, slot: Slot) -> u64 {
+        let id = self.next;
+        self.next += 1;
+        self.serving.insert(id, slot);
+        id
+    }
+
+    /// Whether a new request of `peer` is served, and whose stream gives way to it (see
+    /// [`ServeLimits`]).
+    fn admit(&mut self, peer: &PeerId, limits: &ServeLimits) -> Admission {
+        if self.of_peer(peer) >= limits.per_peer {
+            Admission::Busy
+        } else if self.serving.len() < limits.total {
+            Admission::Free
+        } else if self.stalls(peer, limits.evict_after) {
+            // A peer that does not read the streams it holds takes no one else's: peers
+            // holding streams open unread cannot churn the slots among themselves while
+            // honest requesters wait.
+            Admission::Busy
+        } else if let Some(evicted) = self.evict_stalest(limits.evict_after) {
+            Admission::Evicted {
+                peer: evicted,
+                stalled: true,
+            }
+        } else if let Some(evicted) = self.evict_for_share(peer, limits.total) {
+            Admission::Evicted {
+                peer: evicted,
+                stalled: false,
+            }
+        } else {
+            Admission::Busy
+        }
+    }
+
+    /// Ends the stream `id` and frees its slot; returns whose it was.
+    fn end(&mut self, id: u64) -> Option<PeerId> {
         let slot = self.serving.remove(&id)?;
         slot.task.abort();
         Some(slot.peer)
@@ -170,21 +255,21 @@ pub(crate) async fn serve(
     while let Some((peer, mut stream)) = incoming.next().await {
         let admitted = {
             let mut all = slots.lock().unwrap_or_else(|p| p.into_inner());
-            if all.of_peer(&peer) >= limits.per_peer {
-                false
-            } else if all.serving.len() < limits.total {
-                true
-            } else if all.stalls(&peer, limits.evict_after) {
-                // A peer that does not read the streams it holds takes no one else's: peers
-                // holding streams open unread cannot churn the slots among themselves while
-                // honest requesters wait.
-                false
-            } else if let Some(evicted) = all.evict_stalest(limits.evict_after) {
-                metrics.evicted.inc();
-                tracing::debug!(%evicted, for_peer = %peer, "ended a stalled blob stream to serve another");
-                true
-            } else {
-                false
+            match all.admit(&peer, &limits) {
+                Admission::Free => true,
+                Admission::Evicted {
+                    peer: evicted,
+                    stalled,
+                } => {
+                    metrics.evicted.inc();
+                    if stalled {
+                        tracing::debug!(%evicted, for_peer = %peer, "ended a stalled blob stream to serve another");
+                    } else {
+                        tracing::debug!(%evicted, for_peer = %peer, "ended a blob stream of a peer over its share to serve one under it");
+                    }
+                    true
+                }
+                Admission::Busy => false,
             }
         };
         if !admitted {
@@ -225,20 +310,14 @@ pub(crate) async fn serve(
                 let _ = stream.close().await;
             })
         };
-        let id = {
-            let mut all = slots.lock().unwrap_or_else(|p| p.into_inner());
-            let id = all.next;
-            all.next += 1;
-            all.serving.insert(
-                id,
-                Slot {
-                    peer,
-                    progress,
-                    task: task.abort_handle(),
-                },
-            );
-            id
-        };
+        let id = slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(Slot {
+                peer,
+                progress,
+                task: task.abort_handle(),
+            });
         let _ = start.send(id);
     }
 }
@@ -490,7 +569,127 @@ pub(crate) async fn request(
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    /// What happens to a provider's slots: a request from a peer, a stream that ends, one that
+    /// stalls (its requester stopped reading long ago) or makes progress.
+    #[derive(Debug, Clone)]
+    enum Step {
+        Request(usize),
+        End(usize),
+        Stall(usize),
+        Progress(usize),
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            4 => (0..10usize).prop_map(Step::Request),
+            1 => any::<usize>().prop_map(Step::End),
+            1 => any::<usize>().prop_map(Step::Stall),
+            1 => any::<usize>().prop_map(Step::Progress),
+        ]
+    }
+
+    proptest! {
+        /// Whatever peers do: the limits hold; a peer under its fair share with nothing
+        /// stalled is never refused; only stalled streams, or streams of a peer over its
+        /// share (which keeps at least its share), give way.
+        #[test]
+        fn slots_are_bounded_and_a_peer_under_its_share_is_served(
+            per_peer in 1..6usize,
+            total in 1..24usize,
+            steps in proptest::collection::vec(step(), 1..200),
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+            let _in = rt.enter();
+            let limits = ServeLimits { per_peer, total, ..ServeLimits::default() };
+            let peers: Vec<PeerId> = (0..10).map(|_| PeerId::random()).collect();
+            let now = Instant::now();
+            // Progress this long ago is a stall (an Instant cannot go before boot).
+            let Some(stalled_at) = now.checked_sub(limits.evict_after * 2) else {
+                return Ok(());
+            };
+            let mut slots = Slots::default();
+            for step in steps {
+                let ids: Vec<u64> = {
+                    let mut ids: Vec<u64> = slots.serving.keys().copied().collect();
+                    ids.sort_unstable();
+                    ids
+                };
+                match step {
+                    Step::Request(i) => {
+                        let peer = peers[i];
+                        let count = |slots: &Slots, p: &PeerId| slots.of_peer(p);
+                        let mine = count(&slots, &peer);
+                        let mut held: HashMap<PeerId, usize> = HashMap::new();
+                        for s in slots.serving.values() {
+                            *held.entry(s.peer).or_default() += 1;
+                        }
+                        let share = total / (held.len() + usize::from(mine == 0));
+                        let stalled = slots.stalls(&peer, limits.evict_after);
+                        let before = slots.serving.len();
+                        let stalled_ids: Vec<u64> = slots
+                            .serving
+                            .iter()
+                            .filter(|(_, s)| *s.progress.lock().expect("lock") <= stalled_at)
+                            .map(|(id, _)| *id)
+                            .collect();
+                        let outcome = slots.admit(&peer, &limits);
+                        match &outcome {
+                            Admission::Busy => {
+                                prop_assert!(
+                                    mine >= per_peer || stalled || mine >= share,
+                                    "refused a peer under its share ({mine} < {share}) with nothing stalled"
+                                );
+                                prop_assert_eq!(slots.serving.len(), before);
+                            }
+                            Admission::Free => prop_assert!(before < total),
+                            Admission::Evicted { peer: victim, stalled: true } => {
+                                prop_assert_eq!(before, total);
+                                prop_assert!(!stalled);
+                                let gone: Vec<&u64> = stalled_ids
+                                    .iter()
+                                    .filter(|id| !slots.serving.contains_key(id))
+                                    .collect();
+                                prop_assert_eq!(gone.len(), 1, "one stalled stream ended");
+                                prop_assert!(held.contains_key(victim));
+                            }
+                            Admission::Evicted { peer: victim, stalled: false } => {
+                                prop_assert_eq!(before, total);
+                                prop_assert!(mine < share);
+                                prop_assert!(count(&slots, victim) >= share);
+                                prop_assert!(victim != &peer);
+                            }
+                        }
+                        if outcome != Admission::Busy {
+                            let task = tokio::spawn(std::future::pending::<()>());
+                            slots.insert(Slot {
+                                peer,
+                                progress: Arc::new(Mutex::new(now)),
+                                task: task.abort_handle(),
+                            });
+                        }
+                    }
+                    Step::End(k) if !ids.is_empty() => {
+                        slots.end(ids[k % ids.len()]);
+                    }
+                    Step::Stall(k) | Step::Progress(k) if !ids.is_empty() => {
+                        let at = if matches!(step, Step::Stall(_)) { stalled_at } else { now };
+                        if let Some(s) = slots.serving.get(&ids[k % ids.len()]) {
+                            *s.progress.lock().expect("lock") = at;
+                        }
+                    }
+                    _ => {}
+                }
+                prop_assert!(slots.serving.len() <= total);
+                for p in &peers {
+                    prop_assert!(slots.of_peer(p) <= per_peer);
+                }
+            }
+        }
+    }
 
     #[test]
     fn covers_needs_one_run_around_each_range() {

@@ -1024,6 +1024,86 @@ async fn peers_that_never_read_cannot_keep_an_honest_requester_out() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newcomer_is_served_at_once_from_peers_holding_more_than_their_share() {
+    // No stream stalls long enough to be ended for that within the test: only the fair share
+    // can make room.
+    let limits = net::ServeLimits {
+        evict_after: Duration::from_secs(600),
+        ..net::ServeLimits::default()
+    };
+    let a = node_with(100, limits.clone()).await;
+    let data = blob(4 << 20, 6);
+    let hash = import(&a, &data);
+    let size = data.len() as u64;
+    let whole = BlobRequest {
+        hash,
+        groups: vec![(0, store::groups(size))],
+    };
+    let attackers_n = limits.total / limits.per_peer;
+    let mut attackers = Vec::new();
+    let mut held = Vec::new();
+    for i in 0..attackers_n {
+        let attacker = node_with(101 + i as u8, limits.clone()).await;
+        attacker.client.dial(a.addr.clone()).await.expect("dial");
+        for _ in 0..limits.per_peer {
+            match attacker
+                .client
+                .request_blob(a.client.peer_id(), &whole)
+                .await
+            {
+                Ok(response) => held.push(response),
+                Err(e) => panic!("the provider refused an attacker with free slots: {e}"),
+            }
+        }
+        attackers.push(attacker);
+    }
+    assert_eq!(held.len(), limits.total);
+
+    // Every slot is held by streams a moment old. A newcomer's requests, four at once as a
+    // fetcher pipelines them, are all served on the first try: its share is 64 / 9 = 7.
+    let honest = node_with(120, limits.clone()).await;
+    honest.client.dial(a.addr.clone()).await.expect("dial");
+    let asked = (0..4).map(|_| honest.client.request_blob(a.client.peer_id(), &whole));
+    let mut responses = Vec::new();
+    for r in futures::future::join_all(asked).await {
+        match r {
+            Ok(r) => responses.push(r),
+            Err(e) => panic!("a peer under its share was refused: {e}"),
+        }
+    }
+
+    // The attackers now hold 60 streams, each at least its share of 7: none may take another's
+    // slot or the newcomer's.
+    for (i, attacker) in attackers.iter().enumerate() {
+        match attacker
+            .client
+            .request_blob(a.client.peer_id(), &whole)
+            .await
+        {
+            Err(net::NetError::Busy { .. }) => {}
+            Ok(_) => panic!("attacker {i}, at or over its share, took a slot"),
+            Err(e) => panic!("expected Busy: {e}"),
+        }
+    }
+
+    // What the newcomer was sent is the whole blob, verified.
+    for response in responses {
+        let reader = response.into_blocking_reader(tokio::runtime::Handle::current());
+        let dir = tempfile::tempdir().expect("tempdir");
+        let st = Store::open(dir.path()).expect("store");
+        let groups = whole.groups.clone();
+        let outcome = tokio::task::spawn_blocking(move || {
+            st.ingest(hash, size, &store::chunk_ranges(&groups), reader)
+        })
+        .await
+        .expect("join")
+        .expect("honest ingest");
+        assert!(outcome.complete);
+    }
+    drop(held);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn above_the_high_watermark_idle_connections_give_way_and_useful_peers_stay() {
     let limits = net::ConnectionLimits {
         target_connections: 4,
