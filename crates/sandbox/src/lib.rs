@@ -815,13 +815,51 @@ fn compile_pool(threads: usize) -> Result<rayon::ThreadPool, SandboxError> {
         .map_err(|e| SandboxError::Host(format!("compile threads: {e}")))
 }
 
-/// Lowers the calling thread's CPU priority to [`COMPILE_NICE`] (Linux; elsewhere a no-op).
+/// Lowers the calling thread's CPU priority to [`COMPILE_NICE`] (or keeps a lower one it
+/// inherited) and makes it a batch thread (`SCHED_BATCH`; Linux, elsewhere a no-op).
+///
+/// A batch thread never preempts the thread that wakes it. A call hands its used instance to a
+/// spare builder as it ends, and the scheduler (EEVDF) put the builder, woken after a long
+/// sleep, ahead of the call on the call's own core: the call sent its answer only after the
+/// builder's ~1.5 ms slice. Measured on a 2-core VM, demo model, back to back: in 107–111 of
+/// 200 calls; 20 ms apart: 1 call in 10.
 fn lower_priority() {
     #[cfg(target_os = "linux")]
-    if let Err(e) =
-        rustix::process::setpriority_process(Some(rustix::thread::gettid()), COMPILE_NICE)
     {
-        tracing::warn!(error = %e, "a background thread keeps its CPU priority");
+        use thread_priority::{
+            NormalThreadSchedulePolicy, ThreadPriority, ThreadPriorityValue, ThreadSchedulePolicy,
+        };
+        let own = rustix::process::getpriority_process(Some(rustix::thread::gettid()));
+        let nice = COMPILE_NICE.max(own.unwrap_or(COMPILE_NICE));
+        let batch = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Batch);
+        // The crate sets a normal policy's nice value from a 0–99 priority: the one that
+        // comes to `nice`.
+        let priority = (0..=99u8)
+            .filter_map(|p| ThreadPriorityValue::try_from(p).ok())
+            .map(ThreadPriority::Crossplatform)
+            .find(|p| p.to_posix(batch).ok() == Some(nice));
+        let batched = priority.map(|p| {
+            thread_priority::set_thread_priority_and_policy(
+                thread_priority::thread_native_id(),
+                p,
+                batch,
+            )
+        });
+        match batched {
+            Some(Ok(())) => {}
+            other => {
+                let why = match other {
+                    Some(Err(e)) => format!("{e:?}"),
+                    _ => format!("no priority for nice {nice}"),
+                };
+                tracing::warn!(error = %why, "a background thread is not a batch thread");
+                if let Err(e) =
+                    rustix::process::setpriority_process(Some(rustix::thread::gettid()), nice)
+                {
+                    tracing::warn!(error = %e, "a background thread keeps its CPU priority");
+                }
+            }
+        }
     }
 }
 
@@ -1676,11 +1714,19 @@ mod tests {
         let own = nice(rustix::thread::gettid());
         let pool = compile_pool(3).expect("pool");
         assert_eq!(pool.current_num_threads(), 3);
-        let (inside, name) = pool.install(|| {
+        let (inside, name, policy) = pool.install(|| {
             let name = std::thread::current().name().map(str::to_owned);
-            (nice(rustix::thread::gettid()), name)
+            let policy = thread_priority::thread_schedule_policy().expect("policy");
+            (nice(rustix::thread::gettid()), name, policy)
         });
         assert_eq!(inside, COMPILE_NICE.max(own));
+        // A batch thread: it never preempts the call that wakes it.
+        assert_eq!(
+            policy,
+            thread_priority::ThreadSchedulePolicy::Normal(
+                thread_priority::NormalThreadSchedulePolicy::Batch
+            )
+        );
         assert!(name.is_some_and(|n| n.starts_with("sandbox-compile-")));
         assert_eq!(nice(rustix::thread::gettid()), own);
         assert_eq!(compile_pool(0).expect("pool").current_num_threads(), 1);
