@@ -938,6 +938,39 @@ async fn gossip_is_forwarded_only_after_it_verifies() {
     republish.abort();
 }
 
+/// Fresh peers (seeds from `seed`), each opening as many streams of `request` on `provider`
+/// as a peer may and never reading them, until every one of its slots is held.
+async fn hold_every_slot(
+    provider: &TestNode,
+    limits: &net::ServeLimits,
+    request: &BlobRequest,
+    seed: u8,
+) -> (Vec<TestNode>, Vec<net::BlobResponse>) {
+    let mut attackers = Vec::new();
+    let mut held = Vec::new();
+    for i in 0..limits.total / limits.per_peer {
+        let attacker = node_with(seed + i as u8, limits.clone()).await;
+        attacker
+            .client
+            .dial(provider.addr.clone())
+            .await
+            .expect("dial");
+        for _ in 0..limits.per_peer {
+            match attacker
+                .client
+                .request_blob(provider.client.peer_id(), request)
+                .await
+            {
+                Ok(response) => held.push(response),
+                Err(e) => panic!("the provider refused an attacker with free slots: {e}"),
+            }
+        }
+        attackers.push(attacker);
+    }
+    assert_eq!(held.len(), limits.total);
+    (attackers, held)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peers_that_never_read_cannot_keep_an_honest_requester_out() {
     let limits = net::ServeLimits {
@@ -952,26 +985,7 @@ async fn peers_that_never_read_cannot_keep_an_honest_requester_out() {
         hash,
         groups: vec![(0, store::groups(size))],
     };
-    // Fresh peer ids, each opening as many streams as a peer may and never reading them: every
-    // one of the provider's slots is held.
-    let mut attackers = Vec::new();
-    let mut held = Vec::new();
-    for i in 0..limits.total / limits.per_peer {
-        let attacker = node_with(61 + i as u8, limits.clone()).await;
-        attacker.client.dial(a.addr.clone()).await.expect("dial");
-        for _ in 0..limits.per_peer {
-            match attacker
-                .client
-                .request_blob(a.client.peer_id(), &whole)
-                .await
-            {
-                Ok(response) => held.push(response),
-                Err(e) => panic!("the provider refused an attacker with free slots: {e}"),
-            }
-        }
-        attackers.push(attacker);
-    }
-    assert_eq!(held.len(), limits.total);
+    let (attackers, mut held) = hold_every_slot(&a, &limits, &whole, 61).await;
 
     // The first attacker lets two of its streams go and a fresh one takes both slots: the
     // provider is full, and the first attacker is under its per-peer limit while it holds six
@@ -1039,25 +1053,7 @@ async fn a_newcomer_is_served_at_once_from_peers_holding_more_than_their_share()
         hash,
         groups: vec![(0, store::groups(size))],
     };
-    let attackers_n = limits.total / limits.per_peer;
-    let mut attackers = Vec::new();
-    let mut held = Vec::new();
-    for i in 0..attackers_n {
-        let attacker = node_with(101 + i as u8, limits.clone()).await;
-        attacker.client.dial(a.addr.clone()).await.expect("dial");
-        for _ in 0..limits.per_peer {
-            match attacker
-                .client
-                .request_blob(a.client.peer_id(), &whole)
-                .await
-            {
-                Ok(response) => held.push(response),
-                Err(e) => panic!("the provider refused an attacker with free slots: {e}"),
-            }
-        }
-        attackers.push(attacker);
-    }
-    assert_eq!(held.len(), limits.total);
+    let (attackers, held) = hold_every_slot(&a, &limits, &whole, 101).await;
 
     // Every slot is held by streams a moment old. A newcomer's requests, four at once as a
     // fetcher pipelines them, are all served on the first try: its share is 64 / 9 = 7.
