@@ -49,8 +49,9 @@ const PACE_BYTES: usize = 64 * 1024;
 /// the peer holding the most, which holds more than that share: its stream with the oldest
 /// progress. So a newcomer is never refused for slots that a few peers hold (however fresh
 /// their streams), and peers holding more than their share cannot take each other's. A
-/// stream that writes nothing for [`IDLE_TIMEOUT`] ends anyway. Under an upload limit ([`crate::rate`]) a stream writes 64 KiB
-/// at a time, each when the node's and the peer's buckets allow.
+/// stream that writes nothing for [`IDLE_TIMEOUT`] ends anyway. Under an upload limit
+/// ([`crate::rate`]) a stream writes 64 KiB at a time, each when the node's and the peer's
+/// buckets allow.
 #[derive(Debug, Clone)]
 pub struct ServeLimits {
     /// Streams served at once for one peer; more get [`Status::Busy`].
@@ -186,7 +187,7 @@ impl Slots {
         if mine >= share {
             return None;
         }
-        let (&most, &count) = held.iter().max_by_key(|(p, n)| (**n, p.to_bytes()))?;
+        let (&most, &count) = held.iter().max_by_key(|&(p, n)| (*n, *p))?;
         if count <= share {
             return None;
         }
