@@ -938,18 +938,31 @@ async fn gossip_is_forwarded_only_after_it_verifies() {
     republish.abort();
 }
 
-/// Fresh peers (seeds from `seed`), each opening as many streams of `request` on `provider`
-/// as a peer may and never reading them, until every one of its slots is held.
-async fn hold_every_slot(
-    provider: &TestNode,
-    limits: &net::ServeLimits,
-    request: &BlobRequest,
-    seed: u8,
-) -> (Vec<TestNode>, Vec<net::BlobResponse>) {
+/// A provider (seed `seed`) holding a 4 MiB blob, and fresh peers (the next seeds), each
+/// opening as many streams of the whole blob as a peer may and never reading them, until every
+/// one of the provider's slots is held.
+struct FullProvider {
+    provider: TestNode,
+    /// The blob's size in bytes.
+    size: u64,
+    whole: BlobRequest,
+    attackers: Vec<TestNode>,
+    held: Vec<net::BlobResponse>,
+}
+
+async fn full_provider(limits: &net::ServeLimits, seed: u8) -> FullProvider {
+    let provider = node_with(seed, limits.clone()).await;
+    let data = blob(4 << 20, seed);
+    let hash = import(&provider, &data);
+    let size = data.len() as u64;
+    let whole = BlobRequest {
+        hash,
+        groups: vec![(0, store::groups(size))],
+    };
     let mut attackers = Vec::new();
     let mut held = Vec::new();
     for i in 0..limits.total / limits.per_peer {
-        let attacker = node_with(seed + i as u8, limits.clone()).await;
+        let attacker = node_with(seed + 1 + i as u8, limits.clone()).await;
         attacker
             .client
             .dial(provider.addr.clone())
@@ -958,7 +971,7 @@ async fn hold_every_slot(
         for _ in 0..limits.per_peer {
             match attacker
                 .client
-                .request_blob(provider.client.peer_id(), request)
+                .request_blob(provider.client.peer_id(), &whole)
                 .await
             {
                 Ok(response) => held.push(response),
@@ -968,7 +981,13 @@ async fn hold_every_slot(
         attackers.push(attacker);
     }
     assert_eq!(held.len(), limits.total);
-    (attackers, held)
+    FullProvider {
+        provider,
+        size,
+        whole,
+        attackers,
+        held,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -977,15 +996,14 @@ async fn peers_that_never_read_cannot_keep_an_honest_requester_out() {
         evict_after: Duration::from_millis(300),
         ..net::ServeLimits::default()
     };
-    let a = node_with(60, limits.clone()).await;
-    let data = blob(4 << 20, 5);
-    let hash = import(&a, &data);
-    let size = data.len() as u64;
-    let whole = BlobRequest {
-        hash,
-        groups: vec![(0, store::groups(size))],
-    };
-    let (attackers, mut held) = hold_every_slot(&a, &limits, &whole, 61).await;
+    let FullProvider {
+        provider: a,
+        size,
+        whole,
+        attackers,
+        mut held,
+    } = full_provider(&limits, 60).await;
+    let hash = whole.hash;
 
     // The first attacker lets two of its streams go and a fresh one takes both slots: the
     // provider is full, and the first attacker is under its per-peer limit while it holds six
@@ -1045,15 +1063,14 @@ async fn a_newcomer_is_served_at_once_from_peers_holding_more_than_their_share()
         evict_after: Duration::from_secs(600),
         ..net::ServeLimits::default()
     };
-    let a = node_with(100, limits.clone()).await;
-    let data = blob(4 << 20, 6);
-    let hash = import(&a, &data);
-    let size = data.len() as u64;
-    let whole = BlobRequest {
-        hash,
-        groups: vec![(0, store::groups(size))],
-    };
-    let (attackers, held) = hold_every_slot(&a, &limits, &whole, 101).await;
+    let FullProvider {
+        provider: a,
+        size,
+        whole,
+        attackers,
+        held,
+    } = full_provider(&limits, 100).await;
+    let hash = whole.hash;
 
     // Every slot is held by streams a moment old. A newcomer's requests, four at once as a
     // fetcher pipelines them, are all served on the first try: its share is 64 / 9 = 7.
