@@ -46,10 +46,27 @@ fn guest(name: &str) -> Vec<u8> {
         .unwrap_or_else(|e| panic!("{}: {e}; build the guests first", path.display()))
 }
 
-/// 16 tokens: [CLS] "the quick brown fox jumps over the lazy dog and runs far away today ." [SEP]
+/// The node rows' text, which the guest's tokenizer makes exactly [`IDS`] of
+/// ([`check_sentence`]).
+const SENTENCE: &str = "the quick brown fox jumps over the lazy dog and runs far away today";
+
+/// 16 tokens: [CLS], [`SENTENCE`]'s words, [SEP].
 const IDS: [i64; 16] = [
     101, 1996, 4248, 2829, 4419, 14523, 2058, 1996, 13971, 3899, 1998, 3216, 2521, 2185, 2651, 102,
 ];
+
+/// Panics unless [`SENTENCE`] tokenizes to [`IDS`] with the tokenizer the runner guest uses
+/// (`graph::wordpiece`, the demo model's `runner.json` settings). A trailing " ." once made the
+/// node's rows run 17 tokens against onnxruntime's 16.
+fn check_sentence(vocab: &Path) {
+    let vocab = std::fs::read_to_string(vocab).expect("vocab.txt");
+    let wordpiece = graph::wordpiece::WordPiece::from_vocab(vocab, true).expect("vocabulary");
+    assert_eq!(
+        wordpiece.encode(SENTENCE, 256),
+        IDS,
+        "the sentence is not the tokens"
+    );
+}
 
 fn demo_inputs() -> Vec<Tensor> {
     vec![
@@ -455,10 +472,11 @@ fn main() {
     drop((model, sandbox));
 
     // The node: text in (these words are exactly the 16 tokens above), OIP v2 JSON over HTTP.
+    check_sentence(&root().join("examples/minilm/vocab.txt"));
     let node = Node::start(&runner_path);
     let mut http = Http::connect(&node.api);
     let infer = format!("/v2/models/{}/infer", node.model);
-    let body = serde_json::to_vec(&serde_json::json!({"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["the quick brown fox jumps over the lazy dog and runs far away today ."]}]})).expect("json");
+    let body = serde_json::to_vec(&serde_json::json!({"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": [SENTENCE]}]})).expect("json");
     let mut backend = String::new();
     let mut call = || {
         let (status, answer) = http.post(&infer, &body);
