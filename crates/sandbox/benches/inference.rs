@@ -1,10 +1,10 @@
 //! Inference latency, every figure a ratio to onnxruntime (or to native tract) measured in the
 //! same run: the demo model (all-MiniLM-L6-v2 int8, batch 1, 16 tokens) in onnxruntime called
 //! from Python (one thread, the baseline); in onnxruntime from Rust in this process and in a
-//! confined engine worker (the difference is the process boundary); through a node's whole
-//! call path in its default configuration (OIP v2 over HTTP, the runner guest in the sandbox,
-//! the graph in an onnxruntime worker); in the sandbox with native tract; in native tract; in
-//! the pure-wasm runner. Then the boundary's per-call cost and the sandbox's on a trivial model
+//! confined engine worker, call by call alternately (the difference of each pair is the process
+//! boundary); through a node's whole call path in its default configuration (OIP v2 over HTTP,
+//! the runner guest in the sandbox, the graph in an onnxruntime worker); in the sandbox with
+//! native tract; in native tract; in the pure-wasm runner. Then the boundary's per-call cost and the sandbox's on a trivial model
 //! (p50/p99), and the time to load a guest whose compiled module is cached. The node's rows are
 //! interleaved with onnxruntime (alternating calls 20 ms apart, and alternating blocks of calls
 //! back to back), each against the baseline measured beside it. Last, a busy pure-wasm model:
@@ -270,6 +270,30 @@ fn timed(calls: usize, mut call: impl FnMut()) -> Vec<f64> {
         .collect()
 }
 
+/// `calls` calls of `a` and of `b`, alternating call by call (after one of each to warm up), so
+/// that the machine's drift meets both alike: their times, and the difference of each pair
+/// (`b` minus `a`).
+fn alternating(
+    calls: usize,
+    mut a: impl FnMut(),
+    mut b: impl FnMut(),
+) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    a();
+    b();
+    let time = |f: &mut dyn FnMut()| {
+        let started = Instant::now();
+        f();
+        ms(started.elapsed())
+    };
+    let (mut at, mut bt) = (Vec::new(), Vec::new());
+    for _ in 0..calls {
+        at.push(time(&mut a));
+        bt.push(time(&mut b));
+    }
+    let differences = at.iter().zip(&bt).map(|(a, b)| b - a).collect();
+    (at, bt, differences)
+}
+
 /// A node in a fresh home, in its default configuration, with the demo model published.
 struct Node {
     child: Child,
@@ -444,19 +468,23 @@ fn main() {
 
     let in_process = Onnxruntime::start(&library, 1, Device::Cpu).expect("onnxruntime");
     let session = in_process.load(&onnx_bytes).expect("load in onnxruntime");
-    let ort_rust = stats(timed(calls, || {
-        session.run(inputs.clone()).expect("onnxruntime call");
-    }));
+    let isolated = worker.load_graph(&onnx_bytes).expect("load in a worker");
+    let (ort_rust, ort_worker, boundary) = alternating(
+        calls,
+        || {
+            session.run(inputs.clone()).expect("onnxruntime call");
+        },
+        || {
+            isolated.run(inputs.clone(), &limits).expect("worker call");
+        },
+    );
+    let (ort_rust, ort_worker, boundary) = (stats(ort_rust), stats(ort_worker), stats(boundary));
     row(
         "onnxruntime (Rust, this process, 1 thread)",
         &ort_rust,
         ort.p50,
         "onnxruntime",
     );
-    let isolated = worker.load_graph(&onnx_bytes).expect("load in a worker");
-    let ort_worker = stats(timed(calls, || {
-        isolated.run(inputs.clone(), &limits).expect("worker call");
-    }));
     row(
         "onnxruntime in a confined worker",
         &ort_worker,
@@ -572,9 +600,7 @@ fn main() {
     }
     println!(
         "{:<44} p50 {:>9.3} ms  p99 {:>9.3} ms  (worker minus this process, demo model)",
-        "process boundary",
-        ort_worker.p50 - ort_rust.p50,
-        ort_worker.p99 - ort_rust.p99
+        "process boundary", boundary.p50, boundary.p99
     );
 
     // Per-call overhead: a trivial graph, where the sandbox's own costs dominate.
@@ -589,19 +615,23 @@ fn main() {
     let base = stats(native(&graph, &x, trivial_calls));
     row("native tract", &base, base.p50, "native tract");
     let session = in_process.load(&mlp_bytes).expect("load in onnxruntime");
-    let here = stats(timed(trivial_calls, || {
-        session.run(x.clone()).expect("onnxruntime call");
-    }));
+    let isolated = worker.load_graph(&mlp_bytes).expect("load in a worker");
+    let (here, there, boundary) = alternating(
+        trivial_calls,
+        || {
+            session.run(x.clone()).expect("onnxruntime call");
+        },
+        || {
+            isolated.run(x.clone(), &limits).expect("worker call");
+        },
+    );
+    let (here, there, boundary) = (stats(here), stats(there), stats(boundary));
     row(
         "onnxruntime (Rust, this process)",
         &here,
         base.p50,
         "native tract",
     );
-    let isolated = worker.load_graph(&mlp_bytes).expect("load in a worker");
-    let there = stats(timed(trivial_calls, || {
-        isolated.run(x.clone(), &limits).expect("worker call");
-    }));
     row(
         "onnxruntime in a confined worker",
         &there,
@@ -610,9 +640,7 @@ fn main() {
     );
     println!(
         "{:<44} p50 {:>9.3} ms  p99 {:>9.3} ms  (worker minus this process)",
-        "process boundary, per call",
-        there.p50 - here.p50,
-        there.p99 - here.p99
+        "process boundary, per call", boundary.p50, boundary.p99
     );
     for (backend, what) in [
         (
