@@ -270,28 +270,35 @@ fn timed(calls: usize, mut call: impl FnMut()) -> Vec<f64> {
         .collect()
 }
 
-/// `calls` calls of `a` and of `b`, alternating call by call (after one of each to warm up), so
-/// that the machine's drift meets both alike: their times, and the difference of each pair
-/// (`b` minus `a`).
-fn alternating(
+/// `graph` in onnxruntime in this process and in a confined worker, `calls` runs of `inputs`
+/// in each, alternating run by run (after one of each to warm up), so that the machine's drift
+/// meets both alike: the times here, the times in the worker, and the difference of each pair
+/// (the process boundary).
+fn here_and_in_a_worker(
+    onnxruntime: &Onnxruntime,
+    worker: &Isolated,
+    graph: &[u8],
+    inputs: &[Tensor],
     calls: usize,
-    mut a: impl FnMut(),
-    mut b: impl FnMut(),
-) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
-    a();
-    b();
-    let time = |f: &mut dyn FnMut()| {
+) -> (Stats, Stats, Stats) {
+    let session = onnxruntime.load(graph).expect("load in onnxruntime");
+    let isolated = worker.load_graph(graph).expect("load in a worker");
+    let limits = graph::Limits::default();
+    let here = || {
         let started = Instant::now();
-        f();
+        session.run(inputs.to_vec()).expect("onnxruntime call");
         ms(started.elapsed())
     };
-    let (mut at, mut bt) = (Vec::new(), Vec::new());
-    for _ in 0..calls {
-        at.push(time(&mut a));
-        bt.push(time(&mut b));
-    }
-    let differences = at.iter().zip(&bt).map(|(a, b)| b - a).collect();
-    (at, bt, differences)
+    let there = || {
+        let started = Instant::now();
+        isolated.run(inputs.to_vec(), &limits).expect("worker call");
+        ms(started.elapsed())
+    };
+    here();
+    there();
+    let (here, there): (Vec<f64>, Vec<f64>) = (0..calls).map(|_| (here(), there())).unzip();
+    let boundary = here.iter().zip(&there).map(|(a, b)| b - a).collect();
+    (stats(here), stats(there), stats(boundary))
 }
 
 /// A node in a fresh home, in its default configuration, with the demo model published.
@@ -455,7 +462,6 @@ fn main() {
     let demo = tempfile::tempdir().expect("package");
     std::fs::copy(&onnx, demo.path().join("model.onnx")).expect("copy model");
     let inputs = demo_inputs();
-    let limits = graph::Limits::default();
 
     println!("demo model: all-MiniLM-L6-v2 int8, batch 1, 16 tokens, {calls} calls each");
     let ort = stats(onnxruntime(&onnx, &inputs, calls));
@@ -467,18 +473,8 @@ fn main() {
     );
 
     let in_process = Onnxruntime::start(&library, 1, Device::Cpu).expect("onnxruntime");
-    let session = in_process.load(&onnx_bytes).expect("load in onnxruntime");
-    let isolated = worker.load_graph(&onnx_bytes).expect("load in a worker");
-    let (ort_rust, ort_worker, boundary) = alternating(
-        calls,
-        || {
-            session.run(inputs.clone()).expect("onnxruntime call");
-        },
-        || {
-            isolated.run(inputs.clone(), &limits).expect("worker call");
-        },
-    );
-    let (ort_rust, ort_worker, boundary) = (stats(ort_rust), stats(ort_worker), stats(boundary));
+    let (ort_rust, ort_worker, boundary) =
+        here_and_in_a_worker(&in_process, &worker, &onnx_bytes, &inputs, calls);
     row(
         "onnxruntime (Rust, this process, 1 thread)",
         &ort_rust,
@@ -614,18 +610,8 @@ fn main() {
     let graph = graph::Graph::load(&mlp_bytes).expect("tract");
     let base = stats(native(&graph, &x, trivial_calls));
     row("native tract", &base, base.p50, "native tract");
-    let session = in_process.load(&mlp_bytes).expect("load in onnxruntime");
-    let isolated = worker.load_graph(&mlp_bytes).expect("load in a worker");
-    let (here, there, boundary) = alternating(
-        trivial_calls,
-        || {
-            session.run(x.clone()).expect("onnxruntime call");
-        },
-        || {
-            isolated.run(x.clone(), &limits).expect("worker call");
-        },
-    );
-    let (here, there, boundary) = (stats(here), stats(there), stats(boundary));
+    let (here, there, boundary) =
+        here_and_in_a_worker(&in_process, &worker, &mlp_bytes, &x, trivial_calls);
     row(
         "onnxruntime (Rust, this process)",
         &here,
