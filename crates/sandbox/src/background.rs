@@ -1,5 +1,5 @@
-//! The sandbox's background threads: they build spare instances and tear down used ones, off
-//! the calls' path. A call hands its work over with a queue push and, at most, a wake-up
+//! The sandbox's background thread pools (one builds spare instances, one tears down used
+//! ones), off the calls' path. A call hands its work over with a queue push and, at most, a wake-up
 //! (microseconds); spawning a thread per job cost the call about 70 µs of its latency on a
 //! 2-core VM (a `clone`, a stack mapped) before it could answer.
 //!
