@@ -7,7 +7,9 @@
 //! native tract; in native tract; in the pure-wasm runner. Then the boundary's per-call cost and the sandbox's on a trivial model
 //! (p50/p99), and the time to load a guest whose compiled module is cached. The node's rows are
 //! interleaved with onnxruntime (alternating calls 20 ms apart, and alternating blocks of calls
-//! back to back), each against the baseline measured beside it. Last, a busy pure-wasm model:
+//! back to back; five times the other rows' calls), each against the baseline measured beside
+//! it, with where the node's time went (the worker, the rest of the sandbox, HTTP, JSON and
+//! dispatch: the answers' `host_ms` and `elapsed_ms`). Last, a busy pure-wasm model:
 //! calls back to back on instances that run `init`, then on instances from its snapshot.
 //!
 //! ```sh
@@ -218,6 +220,31 @@ fn row(what: &str, s: &Stats, baseline: f64, against: &str) {
         s.p99,
         s.p50 / baseline
     );
+}
+
+/// Where a node call's time went, ms: in all (at the client), in the sandbox, and of that in
+/// the graph's worker.
+struct Split {
+    total: f64,
+    sandbox: f64,
+    host: f64,
+}
+
+impl Split {
+    /// The medians of the parts: the worker (its run and pipe) against onnxruntime's run
+    /// (`baseline`), the rest of the sandbox (instance, guest), the rest of the node (HTTP,
+    /// JSON, dispatch).
+    fn print(calls: &[Split], baseline: f64) {
+        let p50 = |part: fn(&Split) -> f64| stats(calls.iter().map(part).collect()).p50;
+        println!(
+            "{:<44} worker {:.3} ms ({:+.3} ms onnxruntime), rest of the sandbox {:.3} ms, HTTP/JSON/dispatch {:.3} ms (p50 of each)",
+            "",
+            p50(|s| s.host),
+            p50(|s| s.host) - baseline,
+            p50(|s| s.sandbox - s.host),
+            p50(|s| s.total - s.sandbox),
+        );
+    }
 }
 
 /// The pause between paced calls, ms.
@@ -502,15 +529,30 @@ fn main() {
     let infer = format!("/v2/models/{}/infer", node.model);
     let body = serde_json::to_vec(&serde_json::json!({"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": [SENTENCE]}]})).expect("json");
     let mut backend = String::new();
+    // A call's time at the client, and the answer's own account of it: the sandbox's
+    // (`elapsed_ms`, from an instance taken to the guest's return) and, of that, the graph
+    // calls' (`host_ms`, the worker's run and its pipe).
     let mut call = || {
+        let started = Instant::now();
         let (status, answer) = http.post(&infer, &body);
+        let total = ms(started.elapsed());
         assert_eq!(status, 200, "{}", String::from_utf8_lossy(&answer));
+        let answer: serde_json::Value = serde_json::from_slice(&answer).expect("json");
+        let figure = |name: &str| {
+            answer["parameters"][name]
+                .as_f64()
+                .unwrap_or_else(|| panic!("the answer has no {name}"))
+        };
         if backend.is_empty() {
-            let answer: serde_json::Value = serde_json::from_slice(&answer).expect("json");
             backend = answer["parameters"]["backend"]
                 .as_str()
                 .unwrap_or("onnxruntime worker")
                 .to_string();
+        }
+        Split {
+            total,
+            sandbox: figure("elapsed_ms"),
+            host: figure("host_ms"),
         }
     };
     // Like the sandbox rows (each call on a warm spare instance): calls 20 ms apart, the
@@ -519,27 +561,25 @@ fn main() {
     // Interleaved with onnxruntime (one Python process, called run by run), so that this VM's
     // drift over a run (its other tenants, its clock) meets both alike: calls 20 ms apart,
     // alternating; then blocks of calls back to back, alternating.
+    // Five times the calls of the other rows (they are fast: ~16 s in all), for medians that
+    // hold from run to run on a noisy machine.
+    let node_calls = calls * 5;
+    println!("node and onnxruntime alternating: {node_calls} calls each");
     call();
     let mut serve = OrtServe::start(&onnx, &inputs);
     let (mut paced, mut paced_ort) = (Vec::new(), Vec::new());
-    for _ in 0..calls {
+    for _ in 0..node_calls {
         std::thread::sleep(Duration::from_millis(PAUSE_MS));
         paced_ort.push(serve.run());
         std::thread::sleep(Duration::from_millis(PAUSE_MS));
-        let started = Instant::now();
-        call();
-        paced.push(ms(started.elapsed()));
+        paced.push(call());
     }
     let (mut busy, mut busy_ort) = (Vec::new(), Vec::new());
-    for _ in 0..calls.div_ceil(10) {
+    for _ in 0..node_calls.div_ceil(10) {
         serve.run();
         busy_ort.extend((0..10).map(|_| serve.run()));
         call();
-        busy.extend((0..10).map(|_| {
-            let started = Instant::now();
-            call();
-            ms(started.elapsed())
-        }));
+        busy.extend((0..10).map(|_| call()));
     }
     drop(serve);
     let (paced_ort, busy_ort) = (stats(paced_ort), stats(busy_ort));
@@ -551,10 +591,11 @@ fn main() {
     );
     row(
         "node, OIP v2 over HTTP, 20 ms apart, alt.",
-        &stats(paced),
+        &stats(paced.iter().map(|s| s.total).collect()),
         paced_ort.p50,
         "onnxruntime alternating",
     );
+    Split::print(&paced, paced_ort.p50);
     row(
         "onnxruntime (Python), back to back, blocks",
         &busy_ort,
@@ -563,10 +604,11 @@ fn main() {
     );
     row(
         "node, OIP v2 over HTTP, back to back, blocks",
-        &stats(busy),
+        &stats(busy.iter().map(|s| s.total).collect()),
         busy_ort.p50,
         "onnxruntime in blocks",
     );
+    Split::print(&busy, busy_ort.p50);
     println!(
         "{:<44} (default configuration: {backend}; text in, tokenised and pooled in the guest)",
         ""
