@@ -1763,6 +1763,61 @@ mod tests {
         assert!(nice >= COMPILE_NICE, "nice {nice}");
     }
 
+    /// A call that finds no spare ready while the one under way cannot run (every builder
+    /// thread held, as on a machine too busy for idle-policy threads) waits for it no longer
+    /// than a build's CPU time, then builds its own.
+    #[test]
+    fn a_call_waits_for_a_starved_spare_no_longer_than_a_build() {
+        let guests = std::env::var_os("MOXNET_GUESTS_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("../../guests/target/wasm32-wasip2/release")
+            });
+        let path = guests.join("moxnet_hostile.wasm");
+        let wasm = std::fs::read(&path).unwrap_or_else(|e| {
+            panic!(
+                "{}: {e}; build the guests first (see README)",
+                path.display()
+            )
+        });
+        let sandbox = Sandbox::new(SandboxConfig {
+            max_memory_mib: 256,
+            warm_instances: 2,
+            ..SandboxConfig::default()
+        })
+        .expect("sandbox");
+        let core = &sandbox.core;
+        let gate = Arc::new(Mutex::new(()));
+        let held = gate.lock().expect("gate");
+        for _ in 0..std::thread::available_parallelism().map_or(2, usize::from) {
+            let gate = gate.clone();
+            core.builders.run(move || drop(gate.lock()));
+        }
+        let package = tempfile::tempdir().expect("package");
+        let model = sandbox.load(&wasm, package.path(), None).expect("load");
+        let build = Duration::from_nanos(model.inner.build_cpu.load(Ordering::Relaxed));
+        assert!(build > Duration::ZERO, "load's build was timed");
+        let input = || vec![graph::Tensor::from_bytes("mode", vec![1], &["env"])];
+        // The first call takes the spare `load` made; the second finds two being built.
+        sandbox
+            .predict(&model, input(), &CallLimits::default())
+            .expect("call on the spare");
+        assert_eq!(lock(&model.inner.spare).building, 2);
+        let started = Instant::now();
+        sandbox
+            .predict(&model, input(), &CallLimits::default())
+            .expect("call on its own instance");
+        let took = started.elapsed();
+        // A build's CPU time is milliseconds here: the call did not wait out the cap.
+        assert!(
+            took < SPARE_WAIT,
+            "the call took {took:?} (a build: {build:?})"
+        );
+        assert_eq!(lock(&model.inner.spare).ready.len(), 0);
+        drop(held);
+    }
+
     /// Used instances waiting for a teardown thread stay within `warm_instances + 1`: beyond
     /// that the call's own thread tears its instance down.
     #[test]
