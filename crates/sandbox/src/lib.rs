@@ -1763,6 +1763,15 @@ mod tests {
         assert!(nice >= COMPILE_NICE, "nice {nice}");
     }
 
+    /// Gives each of the threads `pool` may run a job that waits for `gate` (held by the
+    /// caller): the pool's later jobs wait until it is let go.
+    fn hold_every_thread(pool: &background::Background, gate: &Arc<Mutex<()>>) {
+        for _ in 0..std::thread::available_parallelism().map_or(2, usize::from) {
+            let gate = gate.clone();
+            pool.run(move || drop(gate.lock()));
+        }
+    }
+
     /// A call that finds no spare ready while the one under way cannot run (every builder
     /// thread held, as on a machine too busy for idle-policy threads) waits for it no longer
     /// than a build's CPU time, then builds its own.
@@ -1790,10 +1799,7 @@ mod tests {
         let core = &sandbox.core;
         let gate = Arc::new(Mutex::new(()));
         let held = gate.lock().expect("gate");
-        for _ in 0..std::thread::available_parallelism().map_or(2, usize::from) {
-            let gate = gate.clone();
-            core.builders.run(move || drop(gate.lock()));
-        }
+        hold_every_thread(&core.builders, &gate);
         let package = tempfile::tempdir().expect("package");
         let model = sandbox.load(&wasm, package.path(), None).expect("load");
         let build = Duration::from_nanos(model.inner.build_cpu.load(Ordering::Relaxed));
@@ -1837,10 +1843,7 @@ mod tests {
         // Every teardown thread held up.
         let gate = Arc::new(Mutex::new(()));
         let held = gate.lock().expect("gate");
-        for _ in 0..std::thread::available_parallelism().map_or(2, usize::from) {
-            let gate = gate.clone();
-            core.teardown.run(move || drop(gate.lock()));
-        }
+        hold_every_thread(&core.teardown, &gate);
         let (dropped, torn) = std::sync::mpsc::channel();
         for i in 0..4 {
             core.tear_down(Box::new(Used(i, dropped.clone())));
