@@ -613,8 +613,8 @@ mod tests {
             Map::new(),
         );
         assert_eq!(
-            answer.outputs[0].data,
-            vec![json!(1), json!(2), json!(3), json!(-4)]
+            *answer.outputs[0].data.values(),
+            [json!(1), json!(2), json!(3), json!(-4)]
         );
         assert_eq!(answer.outputs[0].datatype, "INT8");
     }

@@ -464,7 +464,8 @@ impl Render for InferResponse {
     fn text(&self) -> String {
         let mut lines = Vec::new();
         for o in &self.outputs {
-            let shown: Vec<String> = o.data.iter().take(8).map(Value::to_string).collect();
+            let values = o.data.values();
+            let shown: Vec<String> = values.iter().take(8).map(Value::to_string).collect();
             let more = if o.data.len() > 8 {
                 format!(", … ({} values)", o.data.len())
             } else {
