@@ -61,6 +61,11 @@ pub const PASSED_ENV: [&str; 3] = [
     "NVIDIA_VISIBLE_DEVICES",
 ];
 
+/// Set in every worker's environment: glibc's malloc backs its heap with transparent huge
+/// pages (where the kernel has THP in `madvise` or `always` mode), which a graph's weights,
+/// read whole on every run, want.
+pub const HUGE_PAGES: (&str, &str) = ("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1");
+
 /// A backend whose graphs run in workers.
 pub struct Isolated {
     command: Arc<WorkerCommand>,
@@ -504,6 +509,12 @@ impl Worker {
             .env_clear()
             // ggml, on an assertion, would start gdb on itself to print a backtrace.
             .env("GGML_NO_BACKTRACE", "1")
+            // glibc's malloc asks for transparent huge pages (`MADV_HUGEPAGE`) for its heap:
+            // a graph's weights, read whole on every run, then take a few TLB entries instead
+            // of thousands (the demo model ran 6–17% faster in onnxruntime; its resident
+            // memory grew ~3 MB). Where THP is `never`, or the libc is not glibc, nothing
+            // changes.
+            .env(HUGE_PAGES.0, HUGE_PAGES.1)
             .current_dir("/");
         for key in PASSED_ENV {
             if let Some(value) = std::env::var_os(key) {

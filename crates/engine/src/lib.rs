@@ -39,7 +39,8 @@ pub mod wire;
 pub mod worker;
 
 pub use isolated::{
-    Generated, Hello, Isolated, IsolatedGraph, LanguageModelWorkers, ModelInfo, WorkerCommand,
+    Generated, HUGE_PAGES, Hello, Isolated, IsolatedGraph, LanguageModelWorkers, ModelInfo,
+    WorkerCommand,
 };
 
 use std::path::{Path, PathBuf};

@@ -251,3 +251,62 @@ fn a_missing_library_is_a_clear_error() {
         "{err}"
     );
 }
+
+/// This process's children that are engine workers: `(pid, environment, smaps_rollup)`.
+fn workers_here() -> Vec<(u32, String, String)> {
+    let me = std::process::id().to_string();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // After the command name (in parentheses, which may hold spaces): state, then ppid.
+        let parent = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1).map(str::to_string));
+        let command = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if parent.as_deref() != Some(me.as_str())
+            || !String::from_utf8_lossy(&command).contains("moxnet-engine")
+        {
+            continue;
+        }
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        let smaps =
+            std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+        found.push((
+            pid,
+            String::from_utf8_lossy(&environ).replace('\0', "\n"),
+            smaps,
+        ));
+    }
+    found
+}
+
+#[test]
+fn a_workers_heap_is_on_huge_pages_where_the_kernel_offers_them() {
+    let ort = onnxruntime(2048, Duration::from_secs(30));
+    let graph = ort.load_graph(&mlp()).expect("load");
+    graph.run(vec![x()], &Limits::default()).expect("run");
+    let workers = workers_here();
+    assert!(!workers.is_empty(), "no worker found under this process");
+    let (key, value) = engine::HUGE_PAGES;
+    // Where THP is `[never]` (or absent) the kernel gives none; elsewhere glibc's heap has some.
+    let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
+        .is_ok_and(|mode| !mode.contains("[never]"));
+    for (pid, environ, smaps) in workers {
+        assert!(
+            environ.lines().any(|l| l == format!("{key}={value}")),
+            "worker {pid}'s environment:\n{environ}"
+        );
+        let huge_kib: u64 = smaps
+            .lines()
+            .find_map(|l| l.strip_prefix("AnonHugePages:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0);
+        assert!(
+            !thp || huge_kib >= 2048,
+            "worker {pid}: {huge_kib} KiB on huge pages\n{smaps}"
+        );
+    }
+}

@@ -1,6 +1,7 @@
 //! Inference latency, every figure a ratio to onnxruntime (or to native tract) measured in the
 //! same run: the demo model (all-MiniLM-L6-v2 int8, batch 1, 16 tokens) in onnxruntime called
-//! from Python (one thread, the baseline); in onnxruntime from Rust in this process and in a
+//! from Python (one thread, the baseline; then with its heap on transparent huge pages, as the
+//! engine workers' is, for what those are worth alone); in onnxruntime from Rust in this process and in a
 //! confined engine worker, call by call alternately (the difference of each pair is the process
 //! boundary); through a node's whole call path in its default configuration (OIP v2 over HTTP,
 //! the runner guest in the sandbox, the graph in an onnxruntime worker); in the sandbox with
@@ -141,9 +142,10 @@ fn ort_request(inputs: &[Tensor]) -> serde_json::Map<String, serde_json::Value> 
     request
 }
 
-fn onnxruntime(model: &Path, inputs: &[Tensor], calls: usize) -> Vec<f64> {
+fn onnxruntime(model: &Path, inputs: &[Tensor], calls: usize, env: &[(&str, &str)]) -> Vec<f64> {
     let request = ort_request(inputs);
     let mut child = Command::new("python3")
+        .envs(env.iter().copied())
         .arg(root().join("crates/sandbox/tests/fixtures/ort_run.py"))
         .arg(model)
         .arg("--bench")
@@ -491,10 +493,19 @@ fn main() {
     let inputs = demo_inputs();
 
     println!("demo model: all-MiniLM-L6-v2 int8, batch 1, 16 tokens, {calls} calls each");
-    let ort = stats(onnxruntime(&onnx, &inputs, calls));
+    let ort = stats(onnxruntime(&onnx, &inputs, calls, &[]));
     row(
         "onnxruntime (Python, 1 thread)",
         &ort,
+        ort.p50,
+        "onnxruntime",
+    );
+    // What the engine workers' huge pages are worth by themselves (`engine::HUGE_PAGES`):
+    // the same baseline with its heap on them too. The node's rows compare with the plain one.
+    let huge = stats(onnxruntime(&onnx, &inputs, calls, &[engine::HUGE_PAGES]));
+    row(
+        "onnxruntime (Python, heap on huge pages)",
+        &huge,
         ort.p50,
         "onnxruntime",
     );
@@ -637,7 +648,7 @@ fn main() {
         );
     }
     println!(
-        "{:<44} p50 {:>9.3} ms  p99 {:>9.3} ms  (worker minus this process, demo model)",
+        "{:<44} p50 {:>9.3} ms  p99 {:>9.3} ms  (worker minus this process, demo model; the worker's heap on huge pages, this one's not)",
         "process boundary", boundary.p50, boundary.p99
     );
 
