@@ -274,6 +274,7 @@ impl LanguageModels {
             architecture = %header.architecture,
             quantisation = %header.quantisation,
             context = workers.info().context,
+            engine = %workers.hello().engine,
             confinement = %workers.hello().confinement,
             "language model loaded"
         );

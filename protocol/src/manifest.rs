@@ -71,6 +71,11 @@ impl DType {
         (DType::Bytes, "BYTES"),
     ];
 
+    /// Every element type, in the order of the OIP v2 table.
+    pub fn all() -> impl Iterator<Item = DType> {
+        Self::ALL.iter().map(|(d, _)| *d)
+    }
+
     /// The OIP v2 name, e.g. `FP32`.
     pub fn name(self) -> &'static str {
         Self::ALL
