@@ -15,7 +15,9 @@ import tritonclient.http as triton
 
 def main():
     url, model_id, onnx_path, input_name, output_name = sys.argv[1:6]
-    client = triton.InferenceServerClient(url=url)
+    # The first call loads the model (an engine worker starts): on a loaded CI machine that can
+    # take longer than the client's default 60 s.
+    client = triton.InferenceServerClient(url=url, connection_timeout=300.0, network_timeout=300.0)
     assert client.is_server_live(), "not live"
     server = client.get_server_metadata()
     meta = client.get_model_metadata(model_id)

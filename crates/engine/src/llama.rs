@@ -357,8 +357,8 @@ fn cancelled(input: &mut std::fs::File) -> Result<bool, Stop> {
     }
 }
 
-/// Whether llama.cpp found a GPU among its devices.
-fn has_gpu() -> bool {
+/// Whether llama.cpp finds a GPU (a device of a GPU backend compiled in: never without `cuda`).
+pub(crate) fn has_gpu() -> bool {
     use llama_cpp_2::LlamaBackendDeviceType;
     llama_cpp_2::list_llama_ggml_backend_devices()
         .iter()

@@ -331,10 +331,13 @@ fn error_reply(e: Error) -> Reply {
 fn confine(options: &Options) -> String {
     let mut said = Vec::new();
     // A GPU worker maps the driver's devices and reserves much address space (RLIMIT_DATA
-    // then, not RLIMIT_AS). llama.cpp uses a GPU only when built with one.
+    // then, not RLIMIT_AS). llama.cpp uses a GPU only when built with one and it finds one
+    // (asking opens the driver's devices: before the rules below, as loading a library does).
     let gpu = match &options.engine {
         EngineKind::Onnxruntime { device, .. } => matches!(device, Device::Cuda(_)),
-        EngineKind::Llama { gpu_layers, .. } => *gpu_layers > 0 && crate::llama::GPU_BUILD,
+        EngineKind::Llama { gpu_layers, .. } => {
+            *gpu_layers > 0 && crate::llama::GPU_BUILD && crate::llama::has_gpu()
+        }
         EngineKind::Tract => false,
     };
     let bytes = options.memory_mib.saturating_mul(1 << 20);
