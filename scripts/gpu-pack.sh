@@ -51,14 +51,21 @@ build="$target/gpu"
 if [ "$(cat "$build/cuda-archs" 2>/dev/null)" != "$archs" ] && [ -d "$build/release" ]; then
     CARGO_TARGET_DIR="$build" cargo clean --release -p llama-cpp-sys-2
 fi
+mkdir -p "$build"
+echo "$archs" >"$build/cuda-archs"
+# Its build script also links the libraries' unversioned names into the target folder (links
+# that dangle there), and fails when it runs again and finds them: clear them first.
+for dir in "$build/release" "$build/release/deps" "$build/release/examples"; do
+    if [ -d "$dir" ]; then
+        find "$dir" -maxdepth 1 -type l \( -name 'libllama*.so*' -o -name 'libggml*.so*' \) -delete
+    fi
+done
 # shellcheck disable=SC2016 # $ORIGIN is the loader's, not the shell's
 CUDA_PATH="$cuda" CUDAToolkit_ROOT="$cuda" PATH="$cuda/bin:$PATH" \
     CMAKE_CUDA_COMPILER="$cuda/bin/nvcc" CMAKE_CUDA_ARCHITECTURES="$archs" \
     LLAMA_BUILD_SHARED_LIBS=1 GGML_CUDA_NO_VMM=ON CARGO_TARGET_DIR="$build" \
     RUSTFLAGS='-C link-arg=-Wl,-rpath,$ORIGIN' \
     cargo build --release --locked -p node --bin moxnet --features cuda
-
-echo "$archs" >"$build/cuda-archs"
 
 stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
