@@ -109,17 +109,17 @@ if [ -f "$pack" ]; then
         "$pack" "$unpacked"
     moxnet="$unpacked/bin/moxnet"
     gguf="$unpacked/model.gguf"
-    # cudart and cuBLAS 13 (the pack's llama.cpp links them): this machine's Python nvidia
-    # packages, or its toolkit.
+    # cudart and cuBLAS (the pack's llama.cpp links them; 13 when built with gpu-pack.sh's
+    # wheels): this machine's Python nvidia packages, or its toolkit.
     for dir in $(python3 -c 'import site; print(*site.getsitepackages())' 2>/dev/null) /usr/local/cuda/lib64; do
-        for lib in $(find "$dir" -maxdepth 4 \( -name 'libcublas.so.13' -o -name 'libcudart.so.13' \) 2>/dev/null); do
+        for lib in $(find "$dir" -maxdepth 4 \( -name 'libcublas.so.*' -o -name 'libcudart.so.*' \) 2>/dev/null); do
             LD_LIBRARY_PATH="$(dirname "$lib"):${LD_LIBRARY_PATH:-}"
         done
     done
     # The pack's own libraries first (its llama.cpp's dependencies find them there too).
     export LD_LIBRARY_PATH="$unpacked/bin:${LD_LIBRARY_PATH:-}"
     if ldd "$moxnet" | grep 'not found' >&2; then
-        echo "gpu-check: the pack's moxnet cannot start here: the libraries above are missing (CUDA 13's cudart and cuBLAS)" >&2
+        echo "gpu-check: the pack's moxnet cannot start here: the libraries above are missing (CUDA's cudart and cuBLAS, of the version it was built with)" >&2
         exit 1
     fi
     echo "gpu-check: moxnet from $pack ($(ldd "$moxnet" | awk '/libcu/ { print $3 }' | tr '\n' ' '))"

@@ -74,7 +74,7 @@ cp "$build/release/moxnet" "$stage/bin/"
 # The llama.cpp libraries the binary needs, directly or through each other (libllama, libggml*),
 # by their sonames: the build leaves them in llama-cpp-sys-2's output folder.
 built=$(ls -dt "$build"/release/build/llama-cpp-sys-2-*/out/lib | head -n 1)
-LD_LIBRARY_PATH="$built:$cuda/lib" ldd "$build/release/moxnet" |
+LD_LIBRARY_PATH="$built:$cuda/lib64:$cuda/lib" ldd "$build/release/moxnet" |
     awk -v built="$built/" 'index($3, built) == 1 { print $1, $3 }' | while read -r name path; do
     cp -L "$path" "$stage/bin/$name"
 done
